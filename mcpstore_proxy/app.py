@@ -1,0 +1,96 @@
+"""The HTTP face of the proxy: Streamable HTTP at `/mcp`, plus `/healthz`, as a Starlette app.
+
+The SDK's session manager serves `/mcp` with DNS-rebinding protection on: a
+request whose Host is not allowed gets 421, a foreign Origin gets 403. Loopback
+names are always allowed; `allowed_hosts` / `allowed_origins` in the config add
+others (needed when binding to a non-loopback address).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import uvicorn
+from mcp.server.streamable_http_manager import StreamableHTTPASGIApp, StreamableHTTPSessionManager
+from mcp.server.transport_security import TransportSecuritySettings
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from mcpstore_proxy.config import ProxySettings
+from mcpstore_proxy.engine import ProxyEngine
+from mcpstore_proxy.server import ProxyServer
+
+__all__ = ["create_app", "security_settings", "serve_http"]
+
+logger = logging.getLogger(__name__)
+
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]")
+_GRACEFUL_SHUTDOWN_SECONDS = 5
+
+
+def security_settings(settings: ProxySettings) -> TransportSecuritySettings:
+    hosts = [pattern for name in LOOPBACK_HOSTS for pattern in (name, f"{name}:*")]
+    origins = [f"http://{name}:*" for name in LOOPBACK_HOSTS] + [f"http://{name}" for name in LOOPBACK_HOSTS]
+    if settings.host not in ("127.0.0.1", "localhost", "::1", "0.0.0.0", "::"):
+        hosts += [settings.host, f"{settings.host}:*"]
+    return TransportSecuritySettings(
+        enable_dns_rebinding_protection=True,
+        allowed_hosts=hosts + settings.allowed_hosts,
+        allowed_origins=origins + settings.allowed_origins,
+    )
+
+
+def create_app(engine: ProxyEngine) -> Starlette:
+    """The ASGI app over an already-started engine; its lifespan runs the MCP session manager."""
+    manager = StreamableHTTPSessionManager(
+        app=ProxyServer(engine),
+        security_settings=security_settings(engine.settings),
+        session_idle_timeout=engine.settings.session_idle_timeout_seconds,
+    )
+
+    @asynccontextmanager
+    async def lifespan(_: Starlette) -> AsyncIterator[None]:
+        async with manager.run():
+            yield
+
+    async def health(_: Request) -> JSONResponse:
+        statuses = engine.statuses()
+        return JSONResponse(
+            {
+                "status": "ok",
+                "upstreams": {s.name: {"state": s.state, "tools": s.tool_count, "sessions": s.client_sessions} for s in statuses},
+            }
+        )
+
+    return Starlette(
+        routes=[Route("/mcp", endpoint=StreamableHTTPASGIApp(manager)), Route("/healthz", endpoint=health)],
+        lifespan=lifespan,
+    )
+
+
+async def serve_http(settings: ProxySettings) -> None:
+    """Start every upstream, then serve Streamable HTTP until interrupted."""
+    async with ProxyEngine(settings) as engine:
+        if settings.host not in ("127.0.0.1", "localhost", "::1") and not settings.allowed_hosts:
+            logger.warning(
+                "bound to %s but allowed_hosts is empty: requests must use a loopback Host header or get 421; "
+                "list the names clients use in allowed_hosts",
+                settings.host,
+            )
+        server = uvicorn.Server(
+            uvicorn.Config(
+                create_app(engine),
+                host=settings.host,
+                port=settings.port,
+                log_level=settings.log_level.lower(),
+                access_log=False,
+                timeout_graceful_shutdown=_GRACEFUL_SHUTDOWN_SECONDS,
+                lifespan="on",
+            )
+        )
+        logger.info("serving MCP at http://%s:%d/mcp", settings.host, settings.port)
+        await server.serve()

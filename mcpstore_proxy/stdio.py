@@ -1,0 +1,24 @@
+"""The stdio face of the proxy: one downstream client on stdin/stdout, as Claude Desktop launches servers.
+
+The pipe is the client's session: its upstream sessions live until stdin
+closes, then every one of them is closed. Only MCP messages go to stdout;
+logs and the upstreams' stderr go to stderr.
+"""
+
+from __future__ import annotations
+
+from mcp.server.stdio import stdio_server
+
+from mcpstore_proxy.config import ProxySettings
+from mcpstore_proxy.engine import ProxyEngine
+from mcpstore_proxy.server import ProxyServer
+
+__all__ = ["serve_stdio"]
+
+
+async def serve_stdio(settings: ProxySettings) -> None:
+    """Start every upstream, then serve one client on stdin/stdout until it closes stdin."""
+    async with ProxyEngine(settings) as engine:
+        server = ProxyServer(engine, stdio=True)
+        async with stdio_server() as (read_stream, write_stream):
+            await server.run(read_stream, write_stream, server.create_initialization_options())

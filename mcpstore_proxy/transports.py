@@ -1,0 +1,124 @@
+"""Opening the byte-level connection to one upstream: stdio, Streamable HTTP or legacy SSE.
+
+`open_transport` yields the `(read, write)` stream pair that a `ClientSession`
+runs on. It must be entered and exited by the same task (the SDK transports
+hold task groups), which is why only `UpstreamSession`'s owner task calls it.
+
+A stdio upstream's stderr is read through a pipe of ours into a `StderrTail`,
+so a failure can quote the upstream's last words instead of "connection closed".
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import deque
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import anyio
+import httpx2
+from mcp.client._transport import TransportStreams
+from mcp.client.sse import sse_client
+from mcp.client.stdio import StdioServerParameters, stdio_client
+from mcp.client.streamable_http import streamable_http_client
+
+from mcpstore_proxy.config import UpstreamConfig
+
+__all__ = ["StderrTail", "open_transport"]
+
+logger = logging.getLogger(__name__)
+
+_HTTP_TIMEOUT = httpx2.Timeout(30.0, read=300.0)
+_STDERR_DRAIN_SECONDS = 0.5
+
+
+class StderrTail:
+    """The last lines an upstream process wrote to stderr, each also logged at DEBUG."""
+
+    def __init__(self, upstream: str, max_lines: int = 20) -> None:
+        self.upstream = upstream
+        self._lines: deque[str] = deque(maxlen=max_lines)
+
+    @property
+    def last_line(self) -> str | None:
+        return self._lines[-1] if self._lines else None
+
+    def summary(self, max_chars: int = 400) -> str:
+        text = " | ".join(self._lines)
+        return text if len(text) <= max_chars else "…" + text[-max_chars:]
+
+    def add(self, line: str) -> None:
+        line = line.rstrip()
+        if line:
+            self._lines.append(line)
+            logger.debug("[%s stderr] %s", self.upstream, line)
+
+    async def drain(self, fd: int) -> None:
+        """Read `fd` until EOF, splitting lines; closes `fd`."""
+        os.set_blocking(fd, False)
+        pending = b""
+        try:
+            while True:
+                await anyio.wait_readable(fd)
+                try:
+                    chunk = os.read(fd, 65536)
+                except BlockingIOError:
+                    continue
+                if not chunk:
+                    break
+                *lines, pending = (pending + chunk).split(b"\n")
+                for line in lines:
+                    self.add(line.decode(errors="replace"))
+        finally:
+            self.add(pending.decode(errors="replace"))
+            os.close(fd)
+
+
+@asynccontextmanager
+async def open_transport(config: UpstreamConfig, stderr: StderrTail) -> AsyncIterator[TransportStreams]:
+    """Connect to the upstream described by `config`; closing the context stops it (and its process)."""
+    transport = config.resolved_transport
+    if transport == "stdio":
+        async with _open_stdio(config, stderr) as streams:
+            yield streams
+    elif transport == "sse":
+        assert config.url is not None
+        async with sse_client(config.url, headers=dict(config.headers)) as streams:
+            yield streams
+    else:
+        assert config.url is not None
+        async with (
+            httpx2.AsyncClient(headers=dict(config.headers), timeout=_HTTP_TIMEOUT) as http,
+            streamable_http_client(config.url, http_client=http) as streams,
+        ):
+            yield streams
+
+
+@asynccontextmanager
+async def _open_stdio(config: UpstreamConfig, stderr: StderrTail) -> AsyncIterator[TransportStreams]:
+    assert config.command is not None
+    parameters = StdioServerParameters(command=config.command, args=config.args, env=config.env, cwd=config.cwd)
+    read_fd, write_fd = os.pipe()
+    errlog = os.fdopen(write_fd, "w")
+    drained = anyio.Event()
+
+    async def drain() -> None:
+        try:
+            await stderr.drain(read_fd)
+        finally:
+            drained.set()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(drain)
+        try:
+            async with stdio_client(parameters, errlog=errlog) as streams:
+                errlog.close()  # the child holds its own copy; ours would keep the pipe open forever
+                yield streams
+        finally:
+            errlog.close()
+            # The process is gone: let the reader take its last lines, but a grandchild
+            # that inherited stderr must not keep us here.
+            with anyio.move_on_after(_STDERR_DRAIN_SECONDS, shield=True):
+                await drained.wait()
+            tg.cancel_scope.cancel()

@@ -1,0 +1,319 @@
+"""One live MCP session with one upstream server, owned by one task.
+
+The SDK's transports and `ClientSession` hold task groups, so the task that
+enters them must be the task that exits them. `UpstreamSession.run` is that
+owner: it connects, performs the 2025-11-25 handshake, publishes the ready
+`ClientSession`, and then waits until it is asked to close or the upstream
+goes away. Any other task may issue requests on the ready session at once.
+
+A session ends for one of three reasons, recorded in `end_reason`:
+`closed` (we asked), `lost` (the upstream's stream ended: a crash or exit), or
+`failed` (it never came up). `on_end` fires once, whichever it was.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import math
+from collections.abc import Awaitable, Callable, Mapping
+from types import TracebackType
+from typing import Any, Final
+
+import anyio
+from mcp import ClientSession, MCPError
+from mcp import types
+from mcp.client.session import MessageHandlerFnT
+from mcp.shared.message import SessionMessage
+from pydantic import TypeAdapter
+from typing_extensions import Self
+
+from mcpstore_proxy.__about__ import __version__
+from mcpstore_proxy.config import UpstreamConfig
+from mcpstore_proxy.errors import (
+    SessionClosedError,
+    UpstreamClosedError,
+    UpstreamError,
+    UpstreamStartError,
+    UpstreamTimeoutError,
+)
+from mcpstore_proxy.transports import StderrTail, open_transport
+
+__all__ = ["EndReason", "UpstreamSession"]
+
+logger = logging.getLogger(__name__)
+
+_RAW_RESULT: Final = TypeAdapter(dict[str, Any])
+_CLOSE_TIMEOUT_SECONDS: Final = 10.0
+_CLIENT_INFO: Final = types.Implementation(name="mcpstore-proxy", version=__version__)
+
+ProgressCallback = Callable[[float, float | None, str | None], Awaitable[None]]
+
+
+class EndReason(enum.Enum):
+    CLOSED = "closed"
+    LOST = "lost"
+    FAILED = "failed"
+
+
+class UpstreamSession:
+    """A persistent MCP session with one upstream, created on demand and reused until it ends."""
+
+    def __init__(
+        self,
+        upstream: str,
+        config: UpstreamConfig,
+        *,
+        start_timeout_seconds: float,
+        label: str = "",
+        message_handler: MessageHandlerFnT | None = None,
+        on_end: Callable[[UpstreamSession], None] | None = None,
+    ) -> None:
+        self.upstream = upstream
+        self.config = config
+        self.label = label
+        self.end_reason: EndReason | None = None
+        self.failure: UpstreamError | None = None
+        self.last_used = anyio.current_time()
+        self.calls_in_flight = 0
+        self.stderr = StderrTail(upstream)
+        self._start_timeout_seconds = start_timeout_seconds
+        self._message_handler = message_handler
+        self._on_end = on_end
+        self._client: ClientSession | None = None
+        self._ready = anyio.Event()
+        self._stop = anyio.Event()
+        self._ended = anyio.Event()
+
+    def __repr__(self) -> str:
+        state = self.end_reason.value if self.end_reason else ("ready" if self._client else "starting")
+        return f"<UpstreamSession {self.upstream}{'/' + self.label if self.label else ''} {state}>"
+
+    @property
+    def has_ended(self) -> bool:
+        return self._ended.is_set()
+
+    @property
+    def is_ready(self) -> bool:
+        return self._client is not None
+
+    @property
+    def is_idle(self) -> bool:
+        return self.calls_in_flight == 0
+
+    async def run(self) -> None:
+        """Own the upstream connection until `close_soon()` or until the upstream goes away.
+
+        Never raises (but for cancellation): a failure is recorded in `failure`,
+        so one broken upstream cannot take down the task group that runs it.
+        """
+        try:
+            await self._connect_and_serve()
+        except UpstreamError as error:
+            self._fail(error)
+        except Exception as error:  # noqa: BLE001  # any transport fault is this upstream's failure, not ours
+            self._fail(self._describe_failure(error))
+        finally:
+            self._client = None
+            if self.end_reason is None:
+                self.end_reason = EndReason.LOST if self._ready.is_set() else EndReason.FAILED
+            if self.failure is None and self.end_reason is not EndReason.CLOSED:
+                self.failure = self._lost_error() if self._ready.is_set() else self._describe_failure(None)
+            self._ready.set()
+            self._ended.set()
+            if self._on_end is not None:
+                self._on_end(self)
+
+    async def _connect_and_serve(self) -> None:
+        with anyio.CancelScope() as start_scope:
+            # Only the start is bounded: the deadline is lifted once the handshake is done.
+            start_scope.deadline = anyio.current_time() + self._start_timeout_seconds
+            async with open_transport(self.config, self.stderr) as (read_stream, write_stream):
+                observed = _EndObservingReadStream(read_stream, self._stop.set)
+                async with ClientSession(
+                    observed,
+                    write_stream,
+                    message_handler=self._message_handler,
+                    client_info=_CLIENT_INFO,
+                ) as client:
+                    await client.initialize()
+                    start_scope.deadline = math.inf
+                    self._client = client
+                    self._ready.set()
+                    await self._stop.wait()
+                    if self.end_reason is None and observed.has_ended:
+                        self.end_reason = EndReason.LOST
+        if start_scope.cancelled_caught:
+            raise UpstreamStartError(
+                self.upstream,
+                f"upstream '{self.upstream}' did not finish starting within {self._start_timeout_seconds:g} s"
+                f"{self._stderr_hint()} (raise upstream_start_timeout_seconds, or check mcpServers.{self.upstream})",
+            )
+
+    async def client(self) -> ClientSession:
+        """The ready session, waiting for the start if needed.
+
+        Raises:
+            UpstreamError: the upstream failed to start, or is gone.
+            SessionClosedError: the session was closed before it could be used.
+        """
+        await self._ready.wait()
+        if self._client is not None:
+            return self._client
+        if self.failure is not None:
+            raise self.failure
+        raise SessionClosedError(f"the session with upstream '{self.upstream}' was closed; call again to open a new one")
+
+    async def call_tool(
+        self, name: str, arguments: Mapping[str, Any] | None, progress_callback: ProgressCallback | None = None
+    ) -> dict[str, Any]:
+        """Call `name` upstream and return its raw result, every field the upstream sent intact."""
+        client = await self.client()
+        request = types.CallToolRequest(params=types.CallToolRequestParams(name=name, arguments=dict(arguments or {})))
+        self.calls_in_flight += 1
+        try:
+            return await client.send_request(
+                request,
+                _RAW_RESULT,
+                request_read_timeout_seconds=self.config.call_timeout_seconds,
+                progress_callback=progress_callback,
+            )
+        except MCPError as error:
+            raise self._translate(error, f"tools/call '{name}'") from None
+        finally:
+            self.calls_in_flight -= 1
+            self.last_used = anyio.current_time()
+
+    async def list_tools(self) -> list[types.Tool]:
+        """Every tool the upstream offers, following pagination."""
+        client = await self.client()
+        tools: list[types.Tool] = []
+        cursor: str | None = None
+        try:
+            while True:
+                page = await client.list_tools(params=types.PaginatedRequestParams(cursor=cursor) if cursor else None)
+                tools.extend(page.tools)
+                cursor = page.next_cursor
+                if not cursor:
+                    return tools
+        except MCPError as error:
+            raise self._translate(error, "tools/list") from None
+
+    def close_soon(self) -> None:
+        """Ask the owner task to close the session; returns at once."""
+        if self.end_reason is None:
+            self.end_reason = EndReason.CLOSED
+        self._stop.set()
+
+    async def aclose(self) -> None:
+        """Close the session and wait (bounded) until its upstream is gone."""
+        self.close_soon()
+        with anyio.move_on_after(_CLOSE_TIMEOUT_SECONDS, shield=True):
+            await self._ended.wait()
+
+    async def wait_ended(self) -> None:
+        await self._ended.wait()
+
+    def _fail(self, error: UpstreamError) -> None:
+        if self.end_reason is None:
+            self.end_reason = EndReason.LOST if self._ready.is_set() else EndReason.FAILED
+        self.failure = error
+        self._stop.set()
+
+    def _translate(self, error: MCPError, what: str) -> Exception:
+        if error.code == types.REQUEST_TIMEOUT:
+            return UpstreamTimeoutError(
+                self.upstream,
+                f"upstream '{self.upstream}' did not answer {what} within {self.config.call_timeout_seconds:g} s "
+                f"(raise mcpServers.{self.upstream}.call_timeout_seconds if it needs longer)",
+            )
+        if error.code == types.CONNECTION_CLOSED:
+            self._stop.set()
+            if self.end_reason is EndReason.CLOSED:
+                return SessionClosedError(f"the session with upstream '{self.upstream}' was closed during {what}")
+            return self._lost_error()
+        return error
+
+    def _lost_error(self) -> UpstreamClosedError:
+        return UpstreamClosedError(
+            self.upstream,
+            f"upstream '{self.upstream}' closed the connection{self._stderr_hint()}; "
+            "the next call starts a fresh session",
+        )
+
+    def _describe_failure(self, error: BaseException | None) -> UpstreamStartError:
+        error = _innermost(error)
+        where = f"mcpServers.{self.upstream}." + ("command" if self.config.command else "url")
+        if isinstance(error, FileNotFoundError) and self.config.command:
+            reason = f"command '{self.config.command}' not found"
+        elif isinstance(error, PermissionError) and self.config.command:
+            reason = f"command '{self.config.command}' is not executable"
+        elif isinstance(error, MCPError) and error.code == types.CONNECTION_CLOSED:
+            reason = "it exited during the handshake"
+        elif error is None:
+            reason = "it closed the connection before the handshake finished"
+        else:
+            reason = _first_line(error)
+        return UpstreamStartError(
+            self.upstream, f"upstream '{self.upstream}' failed to start: {reason}{self._stderr_hint()} (check {where})"
+        )
+
+    def _stderr_hint(self) -> str:
+        tail = self.stderr.summary()
+        return f"; its stderr said: {tail}" if tail else ""
+
+
+def _innermost(error: BaseException | None) -> BaseException | None:
+    """The first real exception inside (possibly nested) task-group exception groups."""
+    while isinstance(error, BaseExceptionGroup) and error.exceptions:
+        error = error.exceptions[0]
+    return error
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0]}" if text else type(error).__name__
+
+
+class _EndObservingReadStream:
+    """Passes messages through unchanged and reports when the upstream's stream ends.
+
+    Wrapping rather than relaying adds no task or stream hop to the hot path.
+    """
+
+    def __init__(self, inner: Any, on_end: Callable[[], None]) -> None:
+        self._inner = inner
+        self._on_end = on_end
+        self.has_ended = False
+
+    @property
+    def last_context(self) -> Any:
+        return getattr(self._inner, "last_context", None)
+
+    async def receive(self) -> SessionMessage | Exception:
+        try:
+            return await self._inner.receive()
+        except (anyio.EndOfStream, anyio.ClosedResourceError, anyio.BrokenResourceError):
+            self.has_ended = True
+            self._on_end()
+            raise
+
+    def __aiter__(self) -> Self:
+        return self
+
+    async def __anext__(self) -> SessionMessage | Exception:
+        try:
+            return await self.receive()
+        except anyio.EndOfStream:
+            raise StopAsyncIteration from None
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
