@@ -9,9 +9,11 @@ others (needed when binding to a non-loopback address).
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+import signal
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 
+import anyio
 import uvicorn
 from mcp.server.streamable_http_manager import StreamableHTTPASGIApp, StreamableHTTPSessionManager
 from mcp.server.transport_security import TransportSecuritySettings
@@ -81,7 +83,7 @@ async def serve_http(settings: ProxySettings) -> None:
                 "list the names clients use in allowed_hosts",
                 settings.host,
             )
-        server = uvicorn.Server(
+        server = _Server(
             uvicorn.Config(
                 create_app(engine),
                 host=settings.host,
@@ -93,4 +95,25 @@ async def serve_http(settings: ProxySettings) -> None:
             )
         )
         logger.info("serving MCP at http://%s:%d/mcp", settings.host, settings.port)
-        await server.serve()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(_stop_on_signals, server)
+            await server.serve()
+            tg.cancel_scope.cancel()
+
+
+class _Server(uvicorn.Server):
+    """uvicorn, minus its signal handling: after a graceful stop it re-raises the signal, which
+    would kill the process before the engine could close the upstreams. `_stop_on_signals` stands in."""
+
+    @contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+async def _stop_on_signals(server: uvicorn.Server) -> None:
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for signum in signals:
+            logger.info("%s received: shutting down", signal.Signals(signum).name)
+            if server.should_exit:
+                server.force_exit = True
+            server.should_exit = True

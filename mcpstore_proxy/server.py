@@ -108,11 +108,15 @@ class ProxyServer(Server[Any]):
                 argument_name=self._argument,
                 header_name=self._engine.settings.session_header,
             )
-            return await self._engine.call_tool(
+            result = await self._engine.call_tool(
                 route, arguments, key, progress_callback=_progress_forwarder(ctx), on_reset=partial(_warn_reset, ctx, key)
             )
         except ProxyError as error:
             raise to_mcp_error(error) from None
+        if ctx.protocol_version in MODERN_PROTOCOL_VERSIONS:
+            # Upstreams speak the handshake era; a 2026-07-28 result must say it is complete.
+            result.setdefault("resultType", "complete")
+        return result
 
     async def _discover(self, ctx: Context, params: types.RequestParams) -> types.DiscoverResult:
         result = await self._handle_discover(ctx, params)

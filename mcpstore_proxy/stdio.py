@@ -7,6 +7,9 @@ logs and the upstreams' stderr go to stderr.
 
 from __future__ import annotations
 
+import signal
+
+import anyio
 from mcp.server.stdio import stdio_server
 
 from mcpstore_proxy.config import ProxySettings
@@ -17,8 +20,17 @@ __all__ = ["serve_stdio"]
 
 
 async def serve_stdio(settings: ProxySettings) -> None:
-    """Start every upstream, then serve one client on stdin/stdout until it closes stdin."""
-    async with ProxyEngine(settings) as engine:
+    """Start every upstream, then serve one client on stdin/stdout until stdin closes or SIGTERM/SIGINT."""
+    async with ProxyEngine(settings) as engine, anyio.create_task_group() as tg:
+        tg.start_soon(_cancel_on_signals, tg.cancel_scope)
         server = ProxyServer(engine, stdio=True)
         async with stdio_server() as (read_stream, write_stream):
             await server.run(read_stream, write_stream, server.create_initialization_options())
+        tg.cancel_scope.cancel()
+
+
+async def _cancel_on_signals(scope: anyio.CancelScope) -> None:
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for _ in signals:
+            scope.cancel()
+            return

@@ -1,0 +1,185 @@
+"""Helpers for tests that run the real proxy as a process on 127.0.0.1 and talk to it with real MCP clients."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx2
+import yaml
+from mcp import Client, types
+from mcp.client.streamable_http import streamable_http_client
+
+__all__ = ["streamable_http_client"]
+
+FIXTURES = Path(__file__).parent / "fixtures"
+STATEFUL_SERVER = FIXTURES / "stateful_server.py"
+PROJECT_ROOT = Path(__file__).parent.parent
+
+
+def fixture_server(name: str = "fixture", *flags: str, **options: Any) -> dict[str, Any]:
+    """An `mcpServers` entry that runs tests/fixtures/stateful_server.py over stdio."""
+    return {"command": sys.executable, "args": [str(STATEFUL_SERVER), "--name", name, *flags], **options}
+
+
+def write_config(directory: Path, servers: Mapping[str, Any], name: str = "proxy.yaml", **settings: Any) -> Path:
+    path = directory / name
+    path.write_text(yaml.safe_dump({**settings, "mcpServers": dict(servers)}, sort_keys=False))
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+async def wait_until(
+    predicate: Callable[[], bool] | Callable[[], Awaitable[bool]], *, timeout: float = 15.0, what: str = "condition"
+) -> None:
+    """Poll `predicate` until it holds, failing the test after `timeout` seconds."""
+    try:
+        with anyio.fail_after(timeout):
+            while True:
+                outcome = predicate()
+                if not isinstance(outcome, bool):
+                    outcome = await outcome
+                if outcome:
+                    return
+                await anyio.sleep(0.05)
+    except TimeoutError:
+        raise AssertionError(f"timed out after {timeout:g} s waiting for {what}") from None
+
+
+def is_alive(pid: int) -> bool:
+    """Whether `pid` is a live process (a zombie counts as dead)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return False
+    return state != "Z"
+
+
+def descendants(pid: int) -> set[int]:
+    """Every live process below `pid` in the process tree."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        if fields[0] != "Z":
+            children.setdefault(int(fields[1]), []).append(int(entry.name))
+    found: set[int] = set()
+    pending = [pid]
+    while pending:
+        for child in children.get(pending.pop(), []):
+            if child not in found:
+                found.add(child)
+                pending.append(child)
+    return found
+
+
+@dataclass
+class ProxyProcess:
+    """A running `mcpstore-proxy serve` process."""
+
+    process: anyio.abc.Process
+    port: int
+    log_path: Path
+    url: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.url = f"http://127.0.0.1:{self.port}/mcp"
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    @property
+    def log(self) -> str:
+        return self.log_path.read_text()
+
+    def upstream_pids(self) -> set[int]:
+        return descendants(self.pid)
+
+    async def stop(self) -> int:
+        """SIGTERM, then wait (bounded) for a clean exit; returns the exit code."""
+        if self.process.returncode is None:
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            with anyio.fail_after(30):
+                return await self.process.wait()
+        except TimeoutError:
+            self.process.kill()
+            await self.process.wait()
+            raise AssertionError(f"the proxy did not exit within 30 s of SIGTERM; log:\n{self.log}") from None
+
+
+@asynccontextmanager
+async def running_proxy(
+    config: Path, *, env: Mapping[str, str] | None = None, extra_args: Sequence[str] = ()
+) -> AsyncIterator[ProxyProcess]:
+    """Start `mcpstore-proxy serve` on a free loopback port and wait until /healthz answers."""
+    port = free_port()
+    log_path = config.parent / f"proxy-{port}.log"
+    with log_path.open("w") as log:
+        process = await anyio.open_process(
+            [sys.executable, "-m", "mcpstore_proxy", "serve", "--config", str(config), "--port", str(port), *extra_args],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
+            cwd=PROJECT_ROOT,
+        )
+    proxy = ProxyProcess(process, port, log_path)
+    try:
+        await wait_until(lambda: _is_healthy(proxy), timeout=60, what=f"the proxy on port {port} to serve")
+        yield proxy
+    finally:
+        with anyio.CancelScope(shield=True):
+            await proxy.stop()
+
+
+async def _is_healthy(proxy: ProxyProcess) -> bool:
+    if proxy.process.returncode is not None:
+        raise AssertionError(f"the proxy exited with {proxy.process.returncode}; log:\n{proxy.log}")
+    try:
+        async with httpx2.AsyncClient() as http:
+            response = await http.get(f"http://127.0.0.1:{proxy.port}/healthz")
+    except httpx2.TransportError:
+        return False
+    return response.status_code == 200
+
+
+@asynccontextmanager
+async def connect(
+    url: str, *, headers: Mapping[str, str] | None = None, mode: str = "legacy", **options: Any
+) -> AsyncIterator[Client]:
+    """A real MCP SDK client over Streamable HTTP; DELETEs its session on exit."""
+    async with (
+        httpx2.AsyncClient(headers=dict(headers or {}), timeout=httpx2.Timeout(30.0, read=300.0)) as http,
+        Client(streamable_http_client(url, http_client=http), mode=mode, cache=None, **options) as client,
+    ):
+        yield client
+
+
+def structured(result: types.CallToolResult) -> Any:
+    """The `result` value of a tool's structured output, failing loudly on an error result."""
+    assert not result.is_error, f"tool call failed: {result.content}"
+    assert result.structured_content is not None, f"no structured content in {result}"
+    return result.structured_content["result"]
+
+
+def text_of(result: types.CallToolResult) -> str:
+    return "".join(block.text for block in result.content if isinstance(block, types.TextContent))

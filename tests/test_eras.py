@@ -1,0 +1,49 @@
+"""Both protocol eras keep their sessions: handshake clients by connection, 2026-07-28 clients by explicit key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from mcp.types.version import HANDSHAKE_PROTOCOL_VERSIONS, MODERN_PROTOCOL_VERSIONS
+
+from tests.support import connect, fixture_server, running_proxy, structured, write_config
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_sdk_client_in_auto_mode_lands_on_the_handshake_and_keeps_its_session(tmp_path: Path) -> None:
+    config = write_config(tmp_path, {"state": fixture_server("state")})
+    async with running_proxy(config) as proxy, connect(proxy.url, mode="auto") as client:
+        assert client.protocol_version in HANDSHAKE_PROTOCOL_VERSIONS
+        await client.call_tool("state_remember", {"value": "one"})
+        await client.call_tool("state_remember", {"value": "two"})
+        assert structured(await client.call_tool("state_recall", {})) == ["one", "two"]
+
+
+async def test_sdk_client_in_auto_mode_with_a_session_header_uses_2026_and_keeps_state_across_clients(
+    tmp_path: Path,
+) -> None:
+    config = write_config(tmp_path, {"state": fixture_server("state")})
+    headers = {"X-MCPStore-Session": "modern-task"}
+    async with running_proxy(config) as proxy:
+        async with connect(proxy.url, mode="auto", headers=headers) as first:
+            assert first.protocol_version in MODERN_PROTOCOL_VERSIONS
+            await first.call_tool("state_remember", {"value": "persisted"})
+            assert structured(await first.call_tool("state_recall", {})) == ["persisted"]
+        async with connect(proxy.url, mode="2026-07-28", headers=headers) as second:
+            assert structured(await second.call_tool("state_recall", {})) == ["persisted"]
+
+
+async def test_2026_requests_with_a_session_argument_share_state(tmp_path: Path) -> None:
+    config = write_config(tmp_path, {"state": fixture_server("state")})
+    async with running_proxy(config) as proxy, connect(proxy.url, mode="2026-07-28") as client:
+        await client.call_tool("state_remember", {"value": "x", "session_id": "by-arg"})
+        assert structured(await client.call_tool("state_recall", {"session_id": "by-arg"})) == ["x"]
+
+
+async def test_2026_requests_without_a_key_get_a_fresh_ephemeral_session_each_call(tmp_path: Path) -> None:
+    config = write_config(tmp_path, {"state": fixture_server("state")})
+    async with running_proxy(config) as proxy, connect(proxy.url, mode="2026-07-28") as client:
+        await client.call_tool("state_remember", {"value": "forgotten"})
+        assert structured(await client.call_tool("state_recall", {})) == []

@@ -1,0 +1,103 @@
+"""Failures never hang anything: crashes fail calls promptly, recover on the next call, and broken upstreams retry."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import anyio
+import pytest
+from mcp import MCPError, types
+
+from mcpstore_proxy.errors import UPSTREAM_FAILED
+from tests.support import connect, fixture_server, running_proxy, structured, wait_until, write_config
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_an_upstream_crash_fails_the_call_in_flight_promptly_naming_the_upstream(tmp_path: Path) -> None:
+    config = write_config(tmp_path, {"state": fixture_server("state")})
+    async with running_proxy(config) as proxy, connect(proxy.url) as client:
+        pid = structured(await client.call_tool("state_whoami", {}))
+        failure: list[MCPError] = []
+        marker = tmp_path / "sleeping"
+
+        async def slow_call() -> None:
+            try:
+                await client.call_tool("state_sleep", {"seconds": 60, "started_marker": str(marker)})
+            except MCPError as error:
+                failure.append(error)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(slow_call)
+            await wait_until(marker.exists, what="the upstream to start the slow call")
+            os.kill(pid, signal.SIGKILL)
+            # "Within about a second", with room for a loaded machine.
+            await wait_until(lambda: bool(failure), timeout=2, what="the call in flight to fail")
+
+        assert failure, "the call in flight should have failed"
+        assert failure[0].code == UPSTREAM_FAILED
+        assert "'state'" in failure[0].message
+
+
+async def test_the_next_call_after_a_crash_gets_a_fresh_session_and_a_reset_warning(tmp_path: Path) -> None:
+    config = write_config(tmp_path, {"state": fixture_server("state")})
+    warnings: list[types.LoggingMessageNotificationParams] = []
+
+    async def on_log(params: types.LoggingMessageNotificationParams) -> None:
+        warnings.append(params)
+
+    async with running_proxy(config) as proxy, connect(proxy.url, logging_callback=on_log) as client:
+        await client.call_tool("state_remember", {"value": "lost soon"})
+        pid = structured(await client.call_tool("state_whoami", {}))
+        with pytest.raises(MCPError) as crashed:
+            await client.call_tool("state_crash", {})
+        assert crashed.value.code == UPSTREAM_FAILED
+
+        assert structured(await client.call_tool("state_recall", {})) == []
+        assert structured(await client.call_tool("state_whoami", {})) != pid
+        assert [w.level for w in warnings] == ["warning"]
+        assert "'state'" in str(warnings[0].data)
+        assert "reset" in str(warnings[0].data)
+        await client.call_tool("state_remember", {"value": "kept again"})
+        assert structured(await client.call_tool("state_recall", {})) == ["kept again"]
+        assert len(warnings) == 1
+
+
+async def test_an_upstream_that_fails_to_start_leaves_the_others_serving_and_logs_why(tmp_path: Path) -> None:
+    config = write_config(
+        tmp_path,
+        {"good": fixture_server("good"), "broken": fixture_server("broken", "--fail-start", "missing API key XYZ")},
+    )
+    async with running_proxy(config) as proxy, connect(proxy.url) as client:
+        names = {tool.name for tool in (await client.list_tools()).tools}
+        assert "good_echo" in names
+        assert not any(name.startswith("broken_") for name in names)
+        assert "upstream 'broken' failed to start" in proxy.log
+        assert "missing API key XYZ" in proxy.log
+        with pytest.raises(MCPError):
+            await client.call_tool("broken_echo", {"text": "x"})
+
+
+async def test_a_failed_upstream_is_retried_and_its_tools_appear_with_a_list_changed_notice(tmp_path: Path) -> None:
+    ready_flag = tmp_path / "ready"
+    config = write_config(
+        tmp_path, {"good": fixture_server("good"), "late": fixture_server("late", "--fail-until", str(ready_flag))}
+    )
+    notices: list[object] = []
+
+    async def on_message(message: object) -> None:
+        if isinstance(message, types.ToolListChangedNotification):
+            notices.append(message)
+
+    async with running_proxy(config) as proxy, connect(proxy.url, message_handler=on_message) as client:
+        assert not any(t.name.startswith("late_") for t in (await client.list_tools()).tools)
+        ready_flag.touch()
+
+        async def late_tools_listed() -> bool:
+            return any(t.name == "late_echo" for t in (await client.list_tools()).tools)
+
+        await wait_until(late_tools_listed, timeout=30, what="the retried upstream's tools")
+        assert structured(await client.call_tool("late_echo", {"text": "finally"})) == "finally"
+        await wait_until(lambda: bool(notices), timeout=5, what="a tools/list_changed notification")
