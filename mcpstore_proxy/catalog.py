@@ -113,8 +113,9 @@ class ToolCatalog:
                     continue
                 claimed[name] = self._expose(source.upstream, name, tool)
         if collisions and strict:
+            more = f" (and {len(collisions) - 1} more colliding names)" if len(collisions) > 1 else ""
             raise NameCollisionError(
-                collisions[0] + "; give one of them a distinct 'prefix', or exclude the tool with 'exclude_tools'"
+                f"{collisions[0]}{more}; give one of them a distinct 'prefix', or exclude the tool with 'exclude_tools'"
             )
         for message in collisions:
             logger.warning("%s; the later one stays hidden", message)

@@ -21,6 +21,8 @@ from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any, Literal, cast
 
+import yaml
+
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 from pydantic_core import ErrorDetails
 from pydantic_settings import (
@@ -98,6 +100,9 @@ class UpstreamConfig(BaseModel):
 
     @model_validator(mode="after")
     def _check_reachable(self) -> UpstreamConfig:
+        unknown = sorted(set(self.model_extra or {}) - _FOREIGN_KEYS)
+        if unknown:
+            raise ValueError(f"has unknown option(s) {', '.join(map(repr, unknown))}; see the README's config reference")
         if self.command is None and self.url is None:
             raise ValueError("needs either 'command' (a stdio server) or 'url' (an HTTP server)")
         if self.command is not None and self.url is not None:
@@ -108,9 +113,6 @@ class UpstreamConfig(BaseModel):
             raise ValueError(f"says transport {self.transport!r} but has no 'url'")
         if self.url is not None and not self.url.startswith(("http://", "https://")):
             raise ValueError(f"url {self.url!r} must start with http:// or https://")
-        unknown = sorted(set(self.model_extra or {}) - _FOREIGN_KEYS)
-        if unknown:
-            raise ValueError(f"has unknown option(s) {', '.join(map(repr, unknown))}; see the README's config reference")
         return self
 
     @field_validator("prefix")
@@ -283,10 +285,18 @@ def load_settings(path: Path | None = None, **overrides: Any) -> ProxySettings:
         raise ConfigError(f"{config_path}: {describe_validation_error(error)}") from None
     except ConfigError as error:
         raise ConfigError(f"{config_path}: {error.message}") from None
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{config_path}: is not valid YAML: {_yaml_problem(error)}") from None
     except (OSError, ValueError) as error:
         raise ConfigError(f"{config_path}: cannot be read: {error}") from None
     settings._config_path = config_path  # noqa: SLF001  # set once by the loader that owns the path
     return settings
+
+
+def _yaml_problem(error: yaml.YAMLError) -> str:
+    mark = getattr(error, "problem_mark", None)
+    problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+    return f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else str(problem)
 
 
 def _resolve_path(path: Path | None) -> Path:
