@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import signal
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, Generator
 from contextlib import asynccontextmanager, contextmanager
 
 import anyio
@@ -55,7 +55,7 @@ def create_app(engine: ProxyEngine) -> Starlette:
     )
 
     @asynccontextmanager
-    async def lifespan(_: Starlette) -> AsyncIterator[None]:
+    async def lifespan(_: Starlette) -> AsyncGenerator[None]:
         async with manager.run():
             yield
 
@@ -64,7 +64,9 @@ def create_app(engine: ProxyEngine) -> Starlette:
         return JSONResponse(
             {
                 "status": "ok",
-                "upstreams": {s.name: {"state": s.state, "tools": s.tool_count, "sessions": s.client_sessions} for s in statuses},
+                "upstreams": {
+                    s.name: {"state": s.state, "tools": s.tool_count, "sessions": s.client_sessions} for s in statuses
+                },
             }
         )
 
@@ -106,7 +108,7 @@ class _Server(uvicorn.Server):
     would kill the process before the engine could close the upstreams. `_stop_on_signals` stands in."""
 
     @contextmanager
-    def capture_signals(self) -> Iterator[None]:
+    def capture_signals(self) -> Generator[None]:
         yield
 
 

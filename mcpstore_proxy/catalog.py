@@ -97,7 +97,7 @@ class ToolCatalog:
         claimed: dict[str, tuple[ToolRoute, types.Tool]] = {}
         collisions: list[str] = []
         # Earlier owners of a name are offered it first, so a later change never steals a name.
-        for source in sorted(sources, key=lambda s: (0 if self._owns_any(s) else 1)):
+        for source in sorted(sources, key=lambda s: 0 if self._owns_any(s) else 1):
             for tool in source.tools:
                 if not is_tool_selected(source.config, tool.name):
                     continue

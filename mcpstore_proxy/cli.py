@@ -30,7 +30,9 @@ EXIT_BAD_CONFIG = 2
 def main(argv: Sequence[str] | None = None) -> int:
     arguments = _parser().parse_args(argv)
     try:
-        settings = load_settings(arguments.config, host=arguments.host, port=arguments.port, log_level=arguments.log_level)
+        settings = load_settings(
+            arguments.config, host=arguments.host, port=arguments.port, log_level=arguments.log_level
+        )
         _configure_logging(settings.log_level)
         if arguments.command == "serve":
             anyio.run(serve_http, settings)
@@ -61,7 +63,10 @@ def _parser() -> argparse.ArgumentParser:
     check = commands.add_parser("check", help="validate the config, start each upstream once, and report")
     for command in (serve, stdio, check):
         command.add_argument(
-            "--config", type=Path, default=None, help="YAML or JSON config (default: $MCPSTORE_PROXY_CONFIG, then config/proxy.yaml)"
+            "--config",
+            type=Path,
+            default=None,
+            help="YAML or JSON config (default: $MCPSTORE_PROXY_CONFIG, then config/proxy.yaml)",
         )
         command.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"], default=None)
         command.set_defaults(host=None, port=None)
@@ -88,9 +93,7 @@ async def _check(settings: ProxySettings) -> int:
 
 def _format_table(statuses: Sequence[UpstreamStatus]) -> str:
     rows = [("UPSTREAM", "TRANSPORT", "SESSION", "STATE", "TOOLS", "DETAIL")]
-    rows += [
-        (s.name, s.transport, s.session_mode, s.state, str(s.tool_count), s.error or "") for s in statuses
-    ]
+    rows += [(s.name, s.transport, s.session_mode, s.state, str(s.tool_count), s.error or "") for s in statuses]
     widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]) - 1)]
     return "\n".join(
         "  ".join(cell.ljust(width) for cell, width in zip(row[:-1], widths, strict=True)) + "  " + row[-1]

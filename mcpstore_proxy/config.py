@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any, Literal, cast
 
 import yaml
-
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 from pydantic_core import ErrorDetails
 from pydantic_settings import (
@@ -102,7 +101,9 @@ class UpstreamConfig(BaseModel):
     def _check_reachable(self) -> UpstreamConfig:
         unknown = sorted(set(self.model_extra or {}) - _FOREIGN_KEYS)
         if unknown:
-            raise ValueError(f"has unknown option(s) {', '.join(map(repr, unknown))}; see the README's config reference")
+            raise ValueError(
+                f"has unknown option(s) {', '.join(map(repr, unknown))}; see the README's config reference"
+            )
         if self.command is None and self.url is None:
             raise ValueError("needs either 'command' (a stdio server) or 'url' (an HTTP server)")
         if self.command is not None and self.url is not None:
@@ -166,11 +167,12 @@ class ProxySettings(BaseSettings):
     @classmethod
     def _merge_server_spellings(cls, data: Any) -> Any:
         """Fold `MCPSTORE_PROXY_MCP_SERVERS__*` (field-name spelling) over the file's `mcpServers`."""
-        if isinstance(data, dict) and "mcp_servers" in data and "mcpServers" in data:
-            merged = dict(cast(dict[str, Any], data))
+        if not isinstance(data, dict):
+            return data
+        merged = dict(cast(dict[str, Any], data))
+        if "mcp_servers" in merged and "mcpServers" in merged:
             merged["mcpServers"] = _deep_merge(merged["mcpServers"], merged.pop("mcp_servers"))
-            return merged
-        return data
+        return merged
 
     @field_validator("mcp_servers")
     @classmethod
@@ -208,7 +210,7 @@ class ProxySettings(BaseSettings):
 
 def _deep_merge(base: Any, override: Any) -> Any:
     if isinstance(base, dict) and isinstance(override, dict):
-        merged = dict(cast(dict[str, Any], base))
+        merged: dict[str, Any] = dict(cast(dict[str, Any], base))
         for key, value in cast(dict[str, Any], override).items():
             merged[key] = _deep_merge(merged.get(key), value)
         return merged
@@ -266,6 +268,10 @@ def load_settings(path: Path | None = None, **overrides: Any) -> ProxySettings:
     file_source = _InterpolatingJsonSource if config_path.suffix == ".json" else _InterpolatingYamlSource
 
     class _LoadedSettings(ProxySettings):
+        def model_post_init(self, context: Any, /) -> None:
+            super().model_post_init(context)
+            self._config_path = config_path
+
         @classmethod
         def settings_customise_sources(
             cls,
@@ -289,7 +295,6 @@ def load_settings(path: Path | None = None, **overrides: Any) -> ProxySettings:
         raise ConfigError(f"{config_path}: is not valid YAML: {_yaml_problem(error)}") from None
     except (OSError, ValueError) as error:
         raise ConfigError(f"{config_path}: cannot be read: {error}") from None
-    settings._config_path = config_path  # noqa: SLF001  # set once by the loader that owns the path
     return settings
 
 

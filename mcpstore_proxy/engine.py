@@ -14,16 +14,15 @@ session and leaves no upstream process behind.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Final
+from typing import Any, Final, Self
 
 import anyio
 import anyio.abc
 from mcp import types
-from typing_extensions import Self
 
 from mcpstore_proxy.catalog import CatalogSource, ToolCatalog, ToolRoute
 from mcpstore_proxy.config import ProxySettings
@@ -39,7 +38,7 @@ logger = logging.getLogger(__name__)
 
 _SHUTDOWN_SECONDS: Final = 15.0
 
-ToolsChangedListener = Callable[[], Awaitable[None]]
+ToolsChangedListener = Callable[[], Coroutine[Any, Any, None]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,7 +173,9 @@ class ProxyEngine:
 
     def _catalog_sources(self) -> list[CatalogSource]:
         return [
-            CatalogSource(upstream=service.name, prefix=service.prefix, config=service.config, tools=service.visible_tools)
+            CatalogSource(
+                upstream=service.name, prefix=service.prefix, config=service.config, tools=service.visible_tools
+            )
             for service in self._services.values()
         ]
 

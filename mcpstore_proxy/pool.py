@@ -128,7 +128,9 @@ class SessionPool:
         """Close explicit-key sessions that had no call in flight for `idle_timeout_seconds`."""
         for key, session in list(self._sessions.items()):
             if key.is_explicit and session.is_idle and now - session.last_used >= idle_timeout_seconds:
-                logger.info("closing %s with upstream '%s': idle for %.0f s", key, self.upstream, now - session.last_used)
+                logger.info(
+                    "closing %s with upstream '%s': idle for %.0f s", key, self.upstream, now - session.last_used
+                )
                 self.end_soon(key)
 
     async def aclose(self) -> None:

@@ -109,7 +109,11 @@ class ProxyServer(Server[Any]):
                 header_name=self._engine.settings.session_header,
             )
             result = await self._engine.call_tool(
-                route, arguments, key, progress_callback=_progress_forwarder(ctx), on_reset=partial(_warn_reset, ctx, key)
+                route,
+                arguments,
+                key,
+                progress_callback=_progress_forwarder(ctx),
+                on_reset=partial(_warn_reset, ctx, key),
             )
         except ProxyError as error:
             raise to_mcp_error(error) from None

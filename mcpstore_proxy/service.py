@@ -141,14 +141,15 @@ class UpstreamService:
                 logger.warning("%s", error.message)
 
     async def _refresh_tools(self, session: UpstreamSession) -> None:
-        with anyio.move_on_after(self._start_timeout_seconds) as scope:
+        tools: list[types.Tool] | None = None
+        with anyio.move_on_after(self._start_timeout_seconds):
             try:
                 tools = await session.list_tools()
             except MCPError as error:
                 raise UpstreamStartError(
                     self.name, f"upstream '{self.name}' failed to list its tools: {error.message}"
                 ) from None
-        if scope.cancelled_caught:
+        if tools is None:
             raise UpstreamStartError(
                 self.name, f"upstream '{self.name}' did not list its tools within {self._start_timeout_seconds:g} s"
             )

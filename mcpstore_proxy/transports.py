@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import os
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from contextlib import asynccontextmanager
 
 import anyio
@@ -76,7 +76,7 @@ class StderrTail:
 
 
 @asynccontextmanager
-async def open_transport(config: UpstreamConfig, stderr: StderrTail) -> AsyncIterator[TransportStreams]:
+async def open_transport(config: UpstreamConfig, stderr: StderrTail) -> AsyncGenerator[TransportStreams]:
     """Connect to the upstream described by `config`; closing the context stops it (and its process)."""
     transport = config.resolved_transport
     if transport == "stdio":
@@ -96,7 +96,7 @@ async def open_transport(config: UpstreamConfig, stderr: StderrTail) -> AsyncIte
 
 
 @asynccontextmanager
-async def _open_stdio(config: UpstreamConfig, stderr: StderrTail) -> AsyncIterator[TransportStreams]:
+async def _open_stdio(config: UpstreamConfig, stderr: StderrTail) -> AsyncGenerator[TransportStreams]:
     assert config.command is not None
     parameters = StdioServerParameters(command=config.command, args=config.args, env=config.env, cwd=config.cwd)
     read_fd, write_fd = os.pipe()

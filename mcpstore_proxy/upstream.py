@@ -16,17 +16,16 @@ from __future__ import annotations
 import enum
 import logging
 import math
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from types import TracebackType
-from typing import Any, Final
+from typing import Any, Final, Self, cast
 
 import anyio
-from mcp import ClientSession, MCPError
-from mcp import types
+from mcp import ClientSession, MCPError, types
 from mcp.client.session import MessageHandlerFnT
+from mcp.shared.dispatcher import ProgressFnT
 from mcp.shared.message import SessionMessage
-from pydantic import TypeAdapter
-from typing_extensions import Self
+from pydantic import RootModel
 
 from mcpstore_proxy.__about__ import __version__
 from mcpstore_proxy.config import UpstreamConfig
@@ -43,11 +42,14 @@ __all__ = ["EndReason", "UpstreamSession"]
 
 logger = logging.getLogger(__name__)
 
-_RAW_RESULT: Final = TypeAdapter(dict[str, Any])
 _CLOSE_TIMEOUT_SECONDS: Final = 10.0
 _CLIENT_INFO: Final = types.Implementation(name="mcpstore-proxy", version=__version__)
 
-ProgressCallback = Callable[[float, float | None, str | None], Awaitable[None]]
+ProgressCallback = ProgressFnT
+
+
+class _RawResult(RootModel[dict[str, Any]]):
+    """A result exactly as the upstream sent it: every field kept, nothing re-validated."""
 
 
 class EndReason(enum.Enum):
@@ -162,7 +164,9 @@ class UpstreamSession:
             return self._client
         if self.failure is not None:
             raise self.failure
-        raise SessionClosedError(f"the session with upstream '{self.upstream}' was closed; call again to open a new one")
+        raise SessionClosedError(
+            f"the session with upstream '{self.upstream}' was closed; call again to open a new one"
+        )
 
     async def call_tool(
         self, name: str, arguments: Mapping[str, Any] | None, progress_callback: ProgressCallback | None = None
@@ -172,12 +176,13 @@ class UpstreamSession:
         request = types.CallToolRequest(params=types.CallToolRequestParams(name=name, arguments=dict(arguments or {})))
         self.calls_in_flight += 1
         try:
-            return await client.send_request(
+            result = await client.send_request(
                 request,
-                _RAW_RESULT,
+                _RawResult,
                 request_read_timeout_seconds=self.config.call_timeout_seconds,
                 progress_callback=progress_callback,
             )
+            return result.root
         except MCPError as error:
             raise self._translate(error, f"tools/call '{name}'") from None
         finally:
@@ -265,8 +270,8 @@ class UpstreamSession:
 
 def _innermost(error: BaseException | None) -> BaseException | None:
     """The first real exception inside (possibly nested) task-group exception groups."""
-    while isinstance(error, BaseExceptionGroup) and error.exceptions:
-        error = error.exceptions[0]
+    while isinstance(error, BaseExceptionGroup):
+        error = cast("BaseExceptionGroup[BaseException]", error).exceptions[0]
     return error
 
 
@@ -314,6 +319,7 @@ class _EndObservingReadStream:
         return self
 
     async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
+        self, exc_type: type[BaseException] | None, exc_val: BaseException | None, exc_tb: TracebackType | None
+    ) -> bool | None:
         await self.aclose()
+        return None

@@ -7,7 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -130,13 +130,23 @@ class ProxyProcess:
 @asynccontextmanager
 async def running_proxy(
     config: Path, *, env: Mapping[str, str] | None = None, extra_args: Sequence[str] = ()
-) -> AsyncIterator[ProxyProcess]:
+) -> AsyncGenerator[ProxyProcess]:
     """Start `mcpstore-proxy serve` on a free loopback port and wait until /healthz answers."""
     port = free_port()
     log_path = config.parent / f"proxy-{port}.log"
     with log_path.open("w") as log:
         process = await anyio.open_process(
-            [sys.executable, "-m", "mcpstore_proxy", "serve", "--config", str(config), "--port", str(port), *extra_args],
+            [
+                sys.executable,
+                "-m",
+                "mcpstore_proxy",
+                "serve",
+                "--config",
+                str(config),
+                "--port",
+                str(port),
+                *extra_args,
+            ],
             stdout=log,
             stderr=subprocess.STDOUT,
             env={**os.environ, **(env or {})},
@@ -148,7 +158,12 @@ async def running_proxy(
         yield proxy
     finally:
         with anyio.CancelScope(shield=True):
+            left = proxy.upstream_pids() if proxy.process.returncode is None else set[int]()
             await proxy.stop()
+            # Every test doubles as a leak check: nothing the proxy started may outlive it.
+            await wait_until(
+                lambda: not any(is_alive(pid) for pid in left), what=f"the proxy's processes {sorted(left)} to exit"
+            )
 
 
 async def _is_healthy(proxy: ProxyProcess) -> bool:
@@ -165,7 +180,7 @@ async def _is_healthy(proxy: ProxyProcess) -> bool:
 @asynccontextmanager
 async def connect(
     url: str, *, headers: Mapping[str, str] | None = None, mode: str = "legacy", **options: Any
-) -> AsyncIterator[Client]:
+) -> AsyncGenerator[Client]:
     """A real MCP SDK client over Streamable HTTP; DELETEs its session on exit."""
     async with (
         httpx2.AsyncClient(headers=dict(headers or {}), timeout=httpx2.Timeout(30.0, read=300.0)) as http,

@@ -42,7 +42,16 @@ def test_catalog_lists_tools_sorted_with_routes_back_to_their_upstream() -> None
 def test_include_and_exclude_patterns_select_upstream_tools() -> None:
     catalog = ToolCatalog("session_id")
     catalog.rebuild(
-        [source("b", tool("navigate"), tool("click"), tool("install"), include_tools=["n*", "c*", "install"], exclude_tools=["install"])],
+        [
+            source(
+                "b",
+                tool("navigate"),
+                tool("click"),
+                tool("install"),
+                include_tools=["n*", "c*", "install"],
+                exclude_tools=["install"],
+            )
+        ],
         strict=True,
     )
     assert [t.name for t in catalog.tools] == ["b_click", "b_navigate"]
@@ -66,11 +75,13 @@ def test_session_argument_is_added_as_optional_unless_the_tool_declares_it() -> 
 
 def test_a_collision_is_an_error_when_strict_and_the_first_owner_wins_later() -> None:
     catalog = ToolCatalog("session_id")
-    with pytest.raises(NameCollisionError, match="'x' is exposed by both upstream 'one' .* and upstream 'two'"):
+    with pytest.raises(NameCollisionError, match=r"'x' is exposed by both upstream 'one' .* and upstream 'two'"):
         catalog.rebuild([source("one", tool("x"), prefix=""), source("two", tool("x"), prefix="")], strict=True)
 
     catalog.rebuild([source("two", prefix=""), source("one", tool("x"), prefix="")], strict=True)
-    changed = catalog.rebuild([source("two", tool("x"), tool("y"), prefix=""), source("one", tool("x"), prefix="")], strict=False)
+    changed = catalog.rebuild(
+        [source("two", tool("x"), tool("y"), prefix=""), source("one", tool("x"), prefix="")], strict=False
+    )
     assert changed
     assert catalog.route("x").upstream == "one"
     assert catalog.route("y").upstream == "two"

@@ -52,7 +52,9 @@ async def test_a_client_that_never_deletes_is_cleaned_up_by_idle_expiry(tmp_path
         catalog_pids = proxy.upstream_pids()
         async with (
             httpx2.AsyncClient() as http,
-            Client(streamable_http_client(proxy.url, http_client=http, terminate_on_close=False), mode="legacy") as client,
+            Client(
+                streamable_http_client(proxy.url, http_client=http, terminate_on_close=False), mode="legacy"
+            ) as client,
         ):
             pid = structured(await client.call_tool("state_whoami", {}))
         assert is_alive(pid)
@@ -61,15 +63,20 @@ async def test_a_client_that_never_deletes_is_cleaned_up_by_idle_expiry(tmp_path
 
 
 async def test_shutdown_leaves_no_upstream_process(tmp_path: Path) -> None:
-    config = write_config(tmp_path, {"state": fixture_server("state"), "shared": fixture_server("shared", session="shared")})
-    async with running_proxy(config) as proxy:
-        async with connect(proxy.url) as a, connect(proxy.url, headers={"X-MCPStore-Session": "k"}) as b:
-            await a.call_tool("state_whoami", {})
-            await b.call_tool("state_whoami", {})
-            await a.call_tool("shared_whoami", {})
-            every_upstream = proxy.upstream_pids()
-            assert len(every_upstream) == 4  # two catalog/shared sessions, two client sessions
-            assert await proxy.stop() == 0
+    config = write_config(
+        tmp_path, {"state": fixture_server("state"), "shared": fixture_server("shared", session="shared")}
+    )
+    async with (
+        running_proxy(config) as proxy,
+        connect(proxy.url) as a,
+        connect(proxy.url, headers={"X-MCPStore-Session": "k"}) as b,
+    ):
+        await a.call_tool("state_whoami", {})
+        await b.call_tool("state_whoami", {})
+        await a.call_tool("shared_whoami", {})
+        every_upstream = proxy.upstream_pids()
+        assert len(every_upstream) == 4  # two catalog/shared sessions, two client sessions
+        assert await proxy.stop() == 0
     assert not any(is_alive(pid) for pid in every_upstream)
 
 

@@ -38,7 +38,10 @@ def write_raw(tmp_path: Path, text: str, name: str = "proxy.yaml") -> Path:
         ("mcpServers:\n  web:\n    comand: npx\n", "mcpServers.web: has unknown option(s) 'comand'"),
         ("port: eighty\nmcpServers: {}\n", "port: Input should be a valid integer"),
         ("sesion_idle_timeout_seconds: 5\nmcpServers: {}\n", "sesion_idle_timeout_seconds: is not a known option"),
-        ("mcpServers:\n  a:\n    command: x\n    session: private\n", "mcpServers.a.session: Input should be 'isolated' or 'shared'"),
+        (
+            "mcpServers:\n  a:\n    command: x\n    session: private\n",
+            "mcpServers.a.session: Input should be 'isolated' or 'shared'",
+        ),
         ("mcpServers:\n  a:\n    url: ftp://host/mcp\n", "url 'ftp://host/mcp' must start with http:// or https://"),
         ("mcpServers:\n  a:\n    command: x\n    env: {KEY: '${UNSET_FOR_TEST}'}\n", "${UNSET_FOR_TEST} is not set"),
         ("mcpServers:\n  a: [unclosed\n", "is not valid YAML"),
@@ -81,7 +84,9 @@ def test_a_tool_name_collision_at_start_up_is_an_error_naming_both_sources(tmp_p
 
 
 def test_check_prints_each_upstream_with_state_and_tool_count(tmp_path: Path) -> None:
-    config = write_config(tmp_path, {"state": fixture_server("state"), "shared": fixture_server("shared", session="shared")})
+    config = write_config(
+        tmp_path, {"state": fixture_server("state"), "shared": fixture_server("shared", session="shared")}
+    )
     completed = run_cli("check", "--config", str(config))
     assert completed.returncode == 0, completed.stderr
     rows = [line.split() for line in completed.stdout.splitlines()]

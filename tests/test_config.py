@@ -47,7 +47,12 @@ def test_entries_pasted_from_other_clients_load_unchanged(tmp_path: Path) -> Non
             json.dumps(
                 {
                     "mcpServers": {
-                        "fs": {"command": "npx", "args": ["-y", "server-fs"], "autoApprove": ["read"], "disabled": True},
+                        "fs": {
+                            "command": "npx",
+                            "args": ["-y", "server-fs"],
+                            "autoApprove": ["read"],
+                            "disabled": True,
+                        },
                         "api": {"type": "http", "url": "https://example.invalid/mcp", "timeout": 30},
                     }
                 }
@@ -112,7 +117,10 @@ def test_config_path_comes_from_the_environment_when_not_given(tmp_path: Path, m
         ("mcpServers:\n  a: {command: x, url: 'http://h/mcp'}\n", "mcpServers.a: has both 'command' and 'url'"),
         ("mcpServers:\n  a: {url: 'http://h/mcp', transport: stdio}\n", "says transport 'stdio' but has no 'command'"),
         ("mcpServers:\n  a: {command: x, prefix: 'a b'}\n", "prefix 'a b' may use only letters"),
-        ("session_argument: 'session id'\nmcpServers: {}\n", "session_argument 'session id' must be a plain identifier"),
+        (
+            "session_argument: 'session id'\nmcpServers: {}\n",
+            "session_argument 'session id' must be a plain identifier",
+        ),
         ("mcpServers:\n  a: {command: x, call_timeout_seconds: 0}\n", "mcpServers.a.call_timeout_seconds"),
         ("- a\n- b\n", "the top level must be a mapping"),
     ],
