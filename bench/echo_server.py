@@ -1,7 +1,7 @@
 """The benchmark's upstream: one `echo` tool on the SDK's low-level server, over stdio or Streamable HTTP.
 
-    python bench/echo_server.py stdio
-    python bench/echo_server.py http PORT    # the "direct" baseline the proxy is compared against
+python bench/echo_server.py stdio
+python bench/echo_server.py http PORT    # the "direct" baseline the proxy is compared against
 """
 
 from __future__ import annotations
@@ -28,7 +28,9 @@ ECHO = types.Tool(
 )
 
 
-async def list_tools(ctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams | None) -> types.ListToolsResult:
+async def list_tools(
+    ctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams | None
+) -> types.ListToolsResult:
     return types.ListToolsResult(tools=[ECHO])
 
 

@@ -13,13 +13,11 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import AsyncGenerator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
 
 import anyio
 import httpx2
@@ -54,13 +52,14 @@ async def wait_serving(port: int, path: str) -> None:
 @asynccontextmanager
 async def direct_server() -> AsyncGenerator[str]:
     port = free_port()
-    process = subprocess.Popen([sys.executable, str(ECHO_SERVER), "http", str(port)])
+    process = await anyio.open_process([sys.executable, str(ECHO_SERVER), "http", str(port)], stdout=None, stderr=None)
     try:
         await wait_serving(port, "/mcp")
         yield f"http://127.0.0.1:{port}/mcp"
     finally:
         process.terminate()
-        process.wait(timeout=30)
+        with anyio.fail_after(30):
+            await process.wait()
 
 
 @asynccontextmanager
@@ -76,15 +75,19 @@ async def proxy_server(workdir: Path) -> AsyncGenerator[tuple[str, int]]:
             }
         )
     )
-    process = subprocess.Popen(
-        [sys.executable, "-m", "mcpstore_proxy", "serve", "--config", str(config), "--port", str(port)], cwd=ROOT
+    process = await anyio.open_process(
+        [sys.executable, "-m", "mcpstore_proxy", "serve", "--config", str(config), "--port", str(port)],
+        cwd=ROOT,
+        stdout=None,
+        stderr=None,
     )
     try:
         await wait_serving(port, "/healthz")
         yield f"http://127.0.0.1:{port}/mcp", process.pid
     finally:
         process.terminate()
-        process.wait(timeout=60)
+        with anyio.fail_after(60):
+            await process.wait()
 
 
 @asynccontextmanager
@@ -118,11 +121,11 @@ async def measure(url: str, calls: int) -> dict[str, float]:
         single_seconds = time.perf_counter() - started
     per_session = max(1, calls // CONCURRENCY)
     all_latencies: list[float] = []
+    concurrent_seconds = 0.0
     async with anyio.create_task_group() as tg:
-        sessions = []
+        sessions: list[Client] = []
         for _ in range(CONCURRENCY):
             sessions.append(await tg.start(_open_session, url))
-        await anyio.sleep(0)
         for session in sessions:
             await session.call_tool("echo", {"text": "warm-up"})
         started = time.perf_counter()

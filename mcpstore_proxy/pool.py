@@ -83,8 +83,13 @@ class SessionPool:
 
     def _session_for(self, key: SessionKey) -> tuple[UpstreamSession, bool]:
         session = self._sessions.get(key)
-        if session is not None and not session.has_ended:
-            return session, False
+        if session is not None:
+            if not session.is_closing:
+                return session, False
+            # Replaced before its owner task has finished; its state is gone all the same.
+            del self._sessions[key]
+            if session.end_reason is not EndReason.CLOSED:
+                self._lost_keys.add(key)
         if len(self._sessions) >= self._cap:
             raise SessionLimitError(
                 f"upstream '{self.upstream}' already has {len(self._sessions)} sessions, its cap; "

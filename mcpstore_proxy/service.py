@@ -207,7 +207,7 @@ class UpstreamService:
         with anyio.move_on_after(self._start_timeout_seconds):
             while True:
                 session = self._catalog
-                if session is not None and not session.has_ended:
+                if session is not None and not session.is_closing:
                     await session.client()
                     if session.is_ready:
                         return session

@@ -43,6 +43,8 @@ __all__ = ["EndReason", "UpstreamSession"]
 logger = logging.getLogger(__name__)
 
 _CLOSE_TIMEOUT_SECONDS: Final = 10.0
+_HTTP_SESSION_EXPIRED: Final = "Session terminated"
+"""What the SDK's Streamable HTTP client reports when the server answers 404 for a known session id."""
 _CLIENT_INFO: Final = types.Implementation(name="mcpstore-proxy", version=__version__)
 
 ProgressCallback = ProgressFnT
@@ -94,6 +96,11 @@ class UpstreamSession:
     @property
     def has_ended(self) -> bool:
         return self._ended.is_set()
+
+    @property
+    def is_closing(self) -> bool:
+        """Asked to close, or its upstream is gone: no new call should start on it."""
+        return self._stop.is_set()
 
     @property
     def is_ready(self) -> bool:
@@ -237,6 +244,16 @@ class UpstreamSession:
             if self.end_reason is EndReason.CLOSED:
                 return SessionClosedError(f"the session with upstream '{self.upstream}' was closed during {what}")
             return self._lost_error()
+        if error.code == types.INVALID_REQUEST and error.message == _HTTP_SESSION_EXPIRED:
+            # The HTTP upstream answered 404 for our session (it restarted, or expired it): the request
+            # never ran, so a fresh session may safely run it again.
+            self.end_reason = self.end_reason or EndReason.LOST
+            self._stop.set()
+            return UpstreamClosedError(
+                self.upstream,
+                f"upstream '{self.upstream}' no longer knows this session (HTTP 404); it was re-initialized",
+                is_retryable=True,
+            )
         return error
 
     def _lost_error(self) -> UpstreamClosedError:
