@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import os
 from collections import deque
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from contextlib import asynccontextmanager
 
 import anyio
@@ -22,6 +22,7 @@ from mcp.client._transport import TransportStreams
 from mcp.client.sse import sse_client
 from mcp.client.stdio import StdioServerParameters, stdio_client
 from mcp.client.streamable_http import streamable_http_client
+from mcp.server.streamable_http import MCP_SESSION_ID_HEADER
 
 from mcpstore_proxy.config import UpstreamConfig
 
@@ -76,8 +77,14 @@ class StderrTail:
 
 
 @asynccontextmanager
-async def open_transport(config: UpstreamConfig, stderr: StderrTail) -> AsyncGenerator[TransportStreams]:
-    """Connect to the upstream described by `config`; closing the context stops it (and its process)."""
+async def open_transport(
+    config: UpstreamConfig, stderr: StderrTail, on_session_expired: Callable[[], None]
+) -> AsyncGenerator[TransportStreams]:
+    """Connect to the upstream described by `config`; closing the context stops it (and its process).
+
+    `on_session_expired` is called when a Streamable HTTP upstream answers 404 for our session id,
+    the spec's way of saying the session is gone and must be re-initialized.
+    """
     transport = config.resolved_transport
     if transport == "stdio":
         async with _open_stdio(config, stderr) as streams:
@@ -88,8 +95,15 @@ async def open_transport(config: UpstreamConfig, stderr: StderrTail) -> AsyncGen
             yield streams
     else:
         assert config.url is not None
+
+        async def watch_for_expiry(response: httpx2.Response) -> None:
+            if response.status_code == 404 and MCP_SESSION_ID_HEADER in response.request.headers:
+                on_session_expired()
+
         async with (
-            httpx2.AsyncClient(headers=dict(config.headers), timeout=_HTTP_TIMEOUT) as http,
+            httpx2.AsyncClient(
+                headers=dict(config.headers), timeout=_HTTP_TIMEOUT, event_hooks={"response": [watch_for_expiry]}
+            ) as http,
             streamable_http_client(config.url, http_client=http) as streams,
         ):
             yield streams

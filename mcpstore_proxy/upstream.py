@@ -43,8 +43,7 @@ __all__ = ["EndReason", "UpstreamSession"]
 logger = logging.getLogger(__name__)
 
 _CLOSE_TIMEOUT_SECONDS: Final = 10.0
-_HTTP_SESSION_EXPIRED: Final = "Session terminated"
-"""What the SDK's Streamable HTTP client reports when the server answers 404 for a known session id."""
+
 _CLIENT_INFO: Final = types.Implementation(name="mcpstore-proxy", version=__version__)
 
 ProgressCallback = ProgressFnT
@@ -88,6 +87,7 @@ class UpstreamSession:
         self._ready = anyio.Event()
         self._stop = anyio.Event()
         self._ended = anyio.Event()
+        self._is_http_session_expired = False
 
     def __repr__(self) -> str:
         state = self.end_reason.value if self.end_reason else ("ready" if self._client else "starting")
@@ -137,7 +137,10 @@ class UpstreamSession:
         with anyio.CancelScope() as start_scope:
             # Only the start is bounded: the deadline is lifted once the handshake is done.
             start_scope.deadline = anyio.current_time() + self._start_timeout_seconds
-            async with open_transport(self.config, self.stderr) as (read_stream, write_stream):
+            async with open_transport(self.config, self.stderr, self._mark_http_session_expired) as (
+                read_stream,
+                write_stream,
+            ):
                 observed = _EndObservingReadStream(read_stream, self._stop.set)
                 async with ClientSession(
                     observed,
@@ -226,6 +229,11 @@ class UpstreamSession:
     async def wait_ended(self) -> None:
         await self._ended.wait()
 
+    def _mark_http_session_expired(self) -> None:
+        self._is_http_session_expired = True
+        self.end_reason = self.end_reason or EndReason.LOST
+        self._stop.set()
+
     def _fail(self, error: UpstreamError) -> None:
         if self.end_reason is None:
             self.end_reason = EndReason.LOST if self._ready.is_set() else EndReason.FAILED
@@ -233,6 +241,15 @@ class UpstreamSession:
         self._stop.set()
 
     def _translate(self, error: MCPError, what: str) -> Exception:
+        if self._is_http_session_expired:
+            # The HTTP upstream answered 404 for our session (it restarted, or expired it). The request
+            # never ran, so a fresh session may safely run it again; whatever error the closing session
+            # reported for it is beside the point.
+            return UpstreamClosedError(
+                self.upstream,
+                f"upstream '{self.upstream}' no longer knows this session (HTTP 404); it was re-initialized",
+                is_retryable=True,
+            )
         if error.code == types.REQUEST_TIMEOUT:
             return UpstreamTimeoutError(
                 self.upstream,
@@ -244,16 +261,6 @@ class UpstreamSession:
             if self.end_reason is EndReason.CLOSED:
                 return SessionClosedError(f"the session with upstream '{self.upstream}' was closed during {what}")
             return self._lost_error()
-        if error.code == types.INVALID_REQUEST and error.message == _HTTP_SESSION_EXPIRED:
-            # The HTTP upstream answered 404 for our session (it restarted, or expired it): the request
-            # never ran, so a fresh session may safely run it again.
-            self.end_reason = self.end_reason or EndReason.LOST
-            self._stop.set()
-            return UpstreamClosedError(
-                self.upstream,
-                f"upstream '{self.upstream}' no longer knows this session (HTTP 404); it was re-initialized",
-                is_retryable=True,
-            )
         return error
 
     def _lost_error(self) -> UpstreamClosedError:

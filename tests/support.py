@@ -91,6 +91,35 @@ def descendants(pid: int) -> set[int]:
     return found
 
 
+@asynccontextmanager
+async def running_fixture_server(transport: str, *flags: str, port: int | None = None) -> AsyncGenerator[str]:
+    """tests/fixtures/stateful_server.py served over `http` or `sse` on 127.0.0.1; yields its MCP URL."""
+    port = port or free_port()
+    process = await anyio.open_process(
+        [sys.executable, str(STATEFUL_SERVER), "--transport", transport, "--port", str(port), *flags],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    path = "/mcp" if transport == "http" else "/sse"
+
+    async def is_listening() -> bool:
+        if process.returncode is not None:
+            raise AssertionError(f"the fixture server exited with {process.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return True
+        except OSError:
+            return False
+
+    try:
+        await wait_until(is_listening, timeout=30, what=f"the {transport} fixture server on port {port}")
+        yield f"http://127.0.0.1:{port}{path}"
+    finally:
+        with anyio.CancelScope(shield=True):
+            process.kill()
+            await process.wait()
+
+
 @dataclass
 class ProxyProcess:
     """A running `mcpstore-proxy serve` process."""

@@ -1,0 +1,89 @@
+"""The HTTP face: DNS-rebinding protection, the health page, listing without spawning, unknown tools."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import httpx2
+import pytest
+from mcp import MCPError
+from mcp.types import INVALID_PARAMS
+
+from tests.support import PROJECT_ROOT, connect, fixture_server, running_proxy, structured, write_config
+
+pytestmark = pytest.mark.anyio
+
+INITIALIZE: dict[str, Any] = {
+    "jsonrpc": "2.0",
+    "id": 1,
+    "method": "initialize",
+    "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}},
+}
+ACCEPT = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
+
+
+async def post_initialize(url: str, **headers: str) -> httpx2.Response:
+    async with httpx2.AsyncClient() as http:
+        return await http.post(url, json=INITIALIZE, headers={**ACCEPT, **headers})
+
+
+async def test_a_foreign_host_header_is_refused_with_421_and_a_foreign_origin_with_403(tmp_path: Path) -> None:
+    config = write_config(tmp_path, {"state": fixture_server("state")})
+    async with running_proxy(config) as proxy:
+        assert (await post_initialize(proxy.url, Host="attacker.example")).status_code == 421
+        assert (await post_initialize(proxy.url, Origin="http://attacker.example")).status_code == 403
+        allowed = await post_initialize(proxy.url, Origin=f"http://localhost:{proxy.port}")
+        assert allowed.status_code == 200
+        assert allowed.headers["mcp-session-id"]
+
+
+async def test_configured_allowed_hosts_are_accepted(tmp_path: Path) -> None:
+    config = write_config(tmp_path, {"state": fixture_server("state")}, allowed_hosts=["proxy.internal:*"])
+    async with running_proxy(config) as proxy:
+        assert (await post_initialize(proxy.url, Host=f"proxy.internal:{proxy.port}")).status_code == 200
+        assert (await post_initialize(proxy.url, Host=f"other.internal:{proxy.port}")).status_code == 421
+
+
+async def test_health_page_reports_each_upstream(tmp_path: Path) -> None:
+    config = write_config(
+        tmp_path, {"state": fixture_server("state"), "broken": fixture_server("broken", "--fail-start", "nope")}
+    )
+    async with running_proxy(config) as proxy, httpx2.AsyncClient() as http:
+        health = (await http.get(f"http://127.0.0.1:{proxy.port}/healthz")).json()
+        assert health["upstreams"]["state"] == {"state": "ready", "tools": 7, "sessions": 0}
+        assert health["upstreams"]["broken"]["state"] == "failed"
+
+
+async def test_listing_tools_never_starts_a_client_session(tmp_path: Path) -> None:
+    config = write_config(tmp_path, {"state": fixture_server("state")})
+    async with running_proxy(config) as proxy:
+        catalog_pids = proxy.upstream_pids()
+        assert len(catalog_pids) == 1
+        async with connect(proxy.url) as first, connect(proxy.url) as second:
+            for client in (first, second, first):
+                assert len((await client.list_tools()).tools) == 7
+            assert proxy.upstream_pids() == catalog_pids
+
+
+async def test_an_unknown_tool_is_invalid_params(tmp_path: Path) -> None:
+    config = write_config(tmp_path, {"state": fixture_server("state")})
+    async with running_proxy(config) as proxy, connect(proxy.url) as client:
+        with pytest.raises(MCPError) as unknown:
+            await client.call_tool("state_nonexistent", {})
+        assert unknown.value.code == INVALID_PARAMS
+        assert "state_nonexistent" in unknown.value.message
+
+
+async def test_bundled_demo_config_gives_each_client_its_own_notes_and_one_shared_counter() -> None:
+    async with (
+        running_proxy(PROJECT_ROOT / "config" / "proxy.yaml") as proxy,
+        connect(proxy.url) as alice,
+        connect(proxy.url) as bob,
+    ):
+        await alice.call_tool("notes_add_note", {"text": "alice's note"})
+        await bob.call_tool("notes_add_note", {"text": "bob's note"})
+        assert structured(await alice.call_tool("notes_list_notes", {})) == ["alice's note"]
+        assert structured(await bob.call_tool("notes_list_notes", {})) == ["bob's note"]
+        first = structured(await alice.call_tool("counter_increment", {}))
+        assert structured(await bob.call_tool("counter_increment", {})) == first + 1
