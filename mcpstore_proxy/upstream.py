@@ -88,6 +88,7 @@ class UpstreamSession:
         self._stop = anyio.Event()
         self._ended = anyio.Event()
         self._is_http_session_expired = False
+        self._start_scope: anyio.CancelScope | None = None
 
     def __repr__(self) -> str:
         state = self.end_reason.value if self.end_reason else ("ready" if self._client else "starting")
@@ -137,6 +138,9 @@ class UpstreamSession:
         with anyio.CancelScope() as start_scope:
             # Only the start is bounded: the deadline is lifted once the handshake is done.
             start_scope.deadline = anyio.current_time() + self._start_timeout_seconds
+            self._start_scope = start_scope
+            if self._stop.is_set():
+                start_scope.cancel()
             async with open_transport(self.config, self.stderr, self._mark_http_session_expired) as (
                 read_stream,
                 write_stream,
@@ -155,7 +159,7 @@ class UpstreamSession:
                     await self._stop.wait()
                     if self.end_reason is None and observed.has_ended:
                         self.end_reason = EndReason.LOST
-        if start_scope.cancelled_caught:
+        if start_scope.cancelled_caught and self.end_reason is not EndReason.CLOSED:
             raise UpstreamStartError(
                 self.upstream,
                 f"upstream '{self.upstream}' did not finish starting within {self._start_timeout_seconds:g} s"
@@ -219,6 +223,8 @@ class UpstreamSession:
         if self.end_reason is None:
             self.end_reason = EndReason.CLOSED
         self._stop.set()
+        if self._start_scope is not None and not self._ready.is_set():
+            self._start_scope.cancel()  # closing a session that is still starting must not wait for its start
 
     async def aclose(self) -> None:
         """Close the session and wait (bounded) until its upstream is gone."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import anyio
 import httpx2
 import pytest
 from mcp import Client
@@ -60,6 +61,21 @@ async def test_a_client_that_never_deletes_is_cleaned_up_by_idle_expiry(tmp_path
         assert is_alive(pid)
         await wait_until(lambda: not is_alive(pid), timeout=15, what="the abandoned session to idle out")
         assert proxy.upstream_pids() == catalog_pids
+
+
+async def test_ending_a_session_whose_upstream_is_still_starting_stops_it_at_once(tmp_path: Path) -> None:
+    gate = tmp_path / "gate"
+    gate.mkdir()
+    config = write_config(tmp_path, {"state": fixture_server("state", "--start-gate", str(gate))})
+    async with running_proxy(config) as proxy:
+        (gate / "slow").touch()
+        async with connect(proxy.url) as client:
+            with anyio.move_on_after(1):
+                await client.call_tool("state_echo", {"text": "never answered"})
+            await wait_until(lambda: any(gate.glob("hanging-*")), what="the session's upstream to start hanging")
+        # Leaving `connect` sends DELETE while the upstream is still starting.
+        pid = int(next(gate.glob("hanging-*")).name.removeprefix("hanging-"))
+        await wait_until(lambda: not is_alive(pid), timeout=8, what="the still-starting upstream to be stopped")
 
 
 async def test_shutdown_leaves_no_upstream_process(tmp_path: Path) -> None:
