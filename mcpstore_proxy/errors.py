@@ -4,6 +4,8 @@
      ├── ConfigError              the YAML/JSON config or a value in it is wrong
      │    └── NameCollisionError  two upstreams expose the same tool name
      ├── UnknownToolError         no exposed tool has that name
+     ├── UnknownPromptError       no exposed prompt has that name
+     ├── UnknownResourceError     no upstream offers that resource URI
      ├── UpstreamError            an upstream failed; names the upstream
      │    ├── UpstreamStartError   it could not be started or initialized
      │    ├── UpstreamClosedError  its connection ended while in use (crash, exit)
@@ -51,6 +53,15 @@ class NameCollisionError(ConfigError):
 
 
 class UnknownToolError(ProxyError):
+    code = INVALID_PARAMS
+
+
+class UnknownPromptError(ProxyError):
+    code = INVALID_PARAMS
+
+
+class UnknownResourceError(ProxyError):
+    # -32002 was retired by the spec; like the SDK, an unknown URI is invalid params.
     code = INVALID_PARAMS
 
 

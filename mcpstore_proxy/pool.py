@@ -1,49 +1,96 @@
 """The per-key sessions that clients hold with one isolated upstream.
 
 Each key gets its own `UpstreamSession` (its own process, or its own HTTP
-session), started on the key's first call and reused for every later call
-with that key. A session ends when its key ends, when an explicit key idles
-out, or when the upstream goes away; in the last case the key's next call
-gets a fresh session and is told that the state was reset.
+session), started on the key's first request and reused for every later one.
+It declares upstream the client capabilities (sampling, elicitation, roots)
+that the client who opened it declared, and it relays what the upstream
+starts to that client. A session ends when its key ends, when an explicit key
+idles out, or when the upstream goes away; in the last case the key's next
+request gets a fresh session, and the client is warned that its state was reset.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from typing import TypeVar
 
 import anyio
+from mcp import types
 
 from mcpstore_proxy.config import UpstreamConfig
-from mcpstore_proxy.errors import SessionLimitError, UpstreamClosedError
+from mcpstore_proxy.errors import SessionLimitError, UpstreamClosedError, UpstreamError
 from mcpstore_proxy.keys import SessionKey
-from mcpstore_proxy.upstream import EndReason, ProgressCallback, UpstreamSession
+from mcpstore_proxy.relay import ClientCall, ListKind, SessionRelay
+from mcpstore_proxy.upstream import ALL_CLIENT_CAPABILITIES, ClientCapability, EndReason, UpstreamSession
 
-__all__ = ["ResetNotifier", "SessionPool"]
+__all__ = ["PoolHooks", "SessionPool", "Spawner", "declared_capabilities", "warn_reset"]
 
 logger = logging.getLogger(__name__)
 
-ResetNotifier = Callable[[str], Awaitable[None]]
-"""Called with the upstream's name when a call lands on a fresh session because the old one was lost."""
-
 Spawner = Callable[[UpstreamSession], None]
+_T = TypeVar("_T")
+
+
+@dataclass(frozen=True, slots=True)
+class PoolHooks:
+    """What a pool needs from the engine about a key."""
+
+    exposed_uri: Callable[[SessionKey, str, str], str]
+    """How the key's client knows an upstream's resource URI (key, upstream, uri)."""
+    listings_changed: Callable[[SessionKey], None]
+    """A session of the key now lists its own tools, prompts or resources."""
+    log_level: Callable[[SessionKey], types.LoggingLevel | None]
+    """The level the key's client asked for with `logging/setLevel`, if any."""
+
+
+def declared_capabilities(call: ClientCall | None) -> frozenset[ClientCapability]:
+    """The client capabilities to mirror upstream: what the calling client declared."""
+    declared = call.stream.capabilities if call is not None else None
+    if declared is None:
+        return frozenset()
+    return frozenset(c for c in ALL_CLIENT_CAPABILITIES if getattr(declared, c, None) is not None)
+
+
+async def warn_reset(call: ClientCall | None, upstream: str, key: SessionKey) -> None:
+    """Tell the client, on its request's stream, that its state with `upstream` is gone."""
+    if call is None:
+        return
+    message = (
+        f"upstream '{upstream}' was restarted: the state of {key} with it was reset "
+        "(a fresh upstream session serves this call)"
+    )
+    await call.stream.notify(
+        types.LoggingMessageNotification(
+            params=types.LoggingMessageNotificationParams(level="warning", data=message, logger="mcpstore-proxy")
+        )
+    )
 
 
 class SessionPool:
     """Lazily created, reused upstream sessions for one isolated upstream, one per session key."""
 
     def __init__(
-        self, upstream: str, config: UpstreamConfig, *, cap: int, start_timeout_seconds: float, spawn: Spawner
+        self,
+        upstream: str,
+        config: UpstreamConfig,
+        *,
+        cap: int,
+        start_timeout_seconds: float,
+        spawn: Spawner,
+        hooks: PoolHooks,
     ) -> None:
         self.upstream = upstream
         self._config = config
         self._cap = cap
         self._start_timeout_seconds = start_timeout_seconds
         self._spawn = spawn
+        self._hooks = hooks
         self._sessions: dict[SessionKey, UpstreamSession] = {}
         self._lost_keys: set[SessionKey] = set()
+        self._levelled: dict[UpstreamSession, types.LoggingLevel] = {}
 
     def __repr__(self) -> str:
         starting = sum(1 for session in self._sessions.values() if not session.is_ready)
@@ -56,23 +103,19 @@ class SessionPool:
     def sessions(self) -> Mapping[SessionKey, UpstreamSession]:
         return self._sessions
 
-    async def call_tool(
-        self,
-        key: SessionKey,
-        tool: str,
-        arguments: Mapping[str, Any] | None,
-        *,
-        progress_callback: ProgressCallback | None = None,
-        on_reset: ResetNotifier | None = None,
-    ) -> dict[str, Any]:
-        """Call `tool` on the key's session, creating the session on first use."""
+    async def run(
+        self, key: SessionKey, call: ClientCall | None, operation: Callable[[UpstreamSession], Awaitable[_T]]
+    ) -> _T:
+        """Run `operation` on the key's session, opening it on first use (and once more if the upstream had
+        forgotten the session before running the request)."""
         try:
             for attempt in (1, 2):
-                session, was_reset = self._session_for(key)
-                if was_reset and on_reset is not None:
-                    await on_reset(self.upstream)
+                session, was_reset = self._session_for(key, call)
+                if was_reset:
+                    await warn_reset(call, self.upstream, key)
                 try:
-                    return await session.call_tool(tool, arguments, progress_callback)
+                    await self._apply_log_level(key, session)
+                    return await operation(session)
                 except UpstreamClosedError as error:
                     if not (error.is_retryable and attempt == 1):
                         raise
@@ -81,7 +124,7 @@ class SessionPool:
             if key.is_ephemeral:
                 self.end_soon(key)
 
-    def _session_for(self, key: SessionKey) -> tuple[UpstreamSession, bool]:
+    def _session_for(self, key: SessionKey, call: ClientCall | None) -> tuple[UpstreamSession, bool]:
         session = self._sessions.get(key)
         if session is not None:
             if not session.is_closing:
@@ -95,25 +138,58 @@ class SessionPool:
                 f"upstream '{self.upstream}' already has {len(self._sessions)} sessions, its cap; "
                 f"end idle sessions, or raise max_sessions_per_upstream (or mcpServers.{self.upstream}.max_sessions)"
             )
+        relay = SessionRelay(self.upstream, exposed_uri=partial(self._hooks.exposed_uri, key, self.upstream))
         session = UpstreamSession(
             self.upstream,
             self._config,
             start_timeout_seconds=self._start_timeout_seconds,
+            relay=relay,
+            declared=declared_capabilities(call),
             label=key.name[:16],
             on_end=partial(self._forget, key),
         )
+        relay.on_list_changed = partial(self._refresh_listing, key, session)
         self._sessions[key] = session
         self._spawn(session)
         was_reset = key in self._lost_keys
         self._lost_keys.discard(key)
         return session, was_reset
 
+    async def _apply_log_level(self, key: SessionKey, session: UpstreamSession) -> None:
+        level = self._hooks.log_level(key)
+        if level is not None and self._levelled.get(session) != level:
+            await session.client()
+            self._levelled[session] = level
+            await session.set_logging_level(level)
+
+    async def set_logging_level(self, key: SessionKey, level: types.LoggingLevel) -> None:
+        """Forward a client's `logging/setLevel` to the key's session, if it has one yet."""
+        session = self._sessions.get(key)
+        if session is not None and not session.is_closing:
+            try:
+                await self._apply_log_level(key, session)
+            except UpstreamError as error:
+                logger.info("could not set the log level of %s: %s", key, error.message)
+
+    async def _refresh_listing(self, key: SessionKey, session: UpstreamSession, kind: ListKind) -> None:
+        kinds: tuple[ListKind, ...] = ("resources", "templates") if kind == "resources" else (kind,)
+        try:
+            for each in kinds:
+                session.listings[each] = await session.list_all(each)
+        except UpstreamError as error:
+            logger.warning("could not refresh the %s of %s with '%s': %s", kind, key, self.upstream, error.message)
+            return
+        self._hooks.listings_changed(key)
+
     def _forget(self, key: SessionKey, session: UpstreamSession) -> None:
+        self._levelled.pop(session, None)
         if self._sessions.get(key) is session:
             del self._sessions[key]
             if session.end_reason is EndReason.LOST and not key.is_ephemeral:
                 logger.warning("upstream '%s' went away during %s; its next call starts afresh", self.upstream, key)
                 self._lost_keys.add(key)
+            if session.listings:
+                self._hooks.listings_changed(key)
 
     def end_soon(self, key: SessionKey) -> None:
         """Close the key's session without waiting for its upstream to exit."""

@@ -1,48 +1,57 @@
 """The MCP face of the proxy: a low-level `Server` whose handlers are thin calls into `ProxyEngine`.
 
 What this adapter owns is what only the wire knows: which session key a
-request belongs to (see `keys`), when a downstream connection ends (its
-`Connection.exit_stack`, unwound by the SDK on DELETE, idle expiry, EOF or
-shutdown), and how our errors become MCP errors (`errors.to_mcp_error`).
+request belongs to (see `keys`), how to reach the client that sent it (its
+request's stream, its connection's stream: `ClientChannel`s for the relay),
+when a downstream connection ends (its `Connection.exit_stack`, unwound by the
+SDK on DELETE, idle expiry, EOF or shutdown), and how our errors become MCP
+errors (`errors.to_mcp_error`).
 
 Protocol eras. Handshake-era clients (2024-11-05 … 2025-11-25) are keyed by
 their connection. A 2026-07-28 request has no connection to key on, so over
 HTTP it is served with its explicit key (header or argument), or else with an
-ephemeral session for that one call. To keep auto-negotiating clients (such
-as the SDK's `Client(url)`) from landing in that era by accident and losing
-their state, `server/discover` over HTTP without an explicit session header
-advertises only the handshake versions; such clients then use the handshake
-and keep their session. Over stdio the pipe itself is the session, so both
-eras keep state.
+ephemeral session for that one call; it cannot be asked anything (sampling,
+elicitation, roots), and an upstream that asks gets a clear error. So that
+auto-negotiating clients (such as the SDK's `Client(url)`) do not land in that
+era by accident and lose their state, `server/discover` over HTTP without an
+explicit session header advertises only the handshake versions; such clients
+then use the handshake and keep their session. Over stdio the pipe itself is
+the session, so both eras keep state.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from functools import partial
-from typing import Any, Final
+import secrets
+from collections.abc import Awaitable, Callable
+from typing import Any, Final, TypeVar
 
 import anyio
 from mcp import types
-from mcp.server.connection import Connection
+from mcp.server.connection import Connection, allowed_log_levels
 from mcp.server.context import ServerRequestContext
 from mcp.server.lowlevel.server import NotificationOptions, Server
 from mcp.server.models import InitializationOptions
+from mcp.shared.message import ServerMessageMetadata
 from mcp.types.version import HANDSHAKE_PROTOCOL_VERSIONS, MODERN_PROTOCOL_VERSIONS
+from pydantic import BaseModel
 
 from mcpstore_proxy.__about__ import __version__
 from mcpstore_proxy.engine import ProxyEngine
-from mcpstore_proxy.errors import ProxyError, to_mcp_error
+from mcpstore_proxy.errors import ProxyError, UnknownToolError, to_mcp_error
 from mcpstore_proxy.keys import SessionKey, resolve_session_key
-from mcpstore_proxy.upstream import ProgressCallback
+from mcpstore_proxy.relay import ClientCall
 
 __all__ = ["ProxyServer", "downstream_connection"]
 
 logger = logging.getLogger(__name__)
 
 Context = ServerRequestContext[Any, Any]
+_ResultT = TypeVar("_ResultT", bound=BaseModel)
 
 _KEY_STATE: Final = "mcpstore_proxy.session_key"
+_CHANNEL_STATE: Final = "mcpstore_proxy.channel"
 _NOTIFY_SECONDS: Final = 1.0
 
 
@@ -58,8 +67,69 @@ def downstream_connection(ctx: Context) -> Connection:
     return connection
 
 
+class RequestStream:
+    """The client behind one request, reached on that request's own stream."""
+
+    def __init__(self, ctx: Context) -> None:
+        self._session = ctx.session
+        self._request_id = ctx.request_id
+        self._is_modern = ctx.protocol_version in MODERN_PROTOCOL_VERSIONS
+        self._log_levels = allowed_log_levels(ctx.protocol_version, ctx.meta)
+
+    @property
+    def capabilities(self) -> types.ClientCapabilities | None:
+        return self._session.client_capabilities
+
+    @property
+    def accepts_requests(self) -> bool:
+        return self._session.can_send_request and not self._is_modern
+
+    async def notify(self, notification: types.ServerNotification) -> None:
+        if (
+            isinstance(notification, types.LoggingMessageNotification)
+            and notification.params.level not in self._log_levels
+        ):
+            return  # a 2026-07-28 client gets log entries only at the level its request opted in to
+        await self._session.send_notification(notification, related_request_id=self._request_id)
+
+    async def request(self, request: types.ServerRequest, result_type: type[_ResultT]) -> _ResultT:
+        return await self._session.send_request(
+            request, result_type, metadata=ServerMessageMetadata(related_request_id=self._request_id)
+        )
+
+
+class ConnectionStream:
+    """A client reached on its connection's standalone stream (the GET stream, or the stdio pipe)."""
+
+    def __init__(self, connection: Connection) -> None:
+        self._connection = connection
+
+    @property
+    def capabilities(self) -> types.ClientCapabilities | None:
+        return self._connection.client_capabilities
+
+    @property
+    def accepts_requests(self) -> bool:
+        return (
+            self._connection.has_standalone_channel
+            and self._connection.protocol_version not in MODERN_PROTOCOL_VERSIONS
+        )
+
+    async def notify(self, notification: types.ServerNotification) -> None:
+        if (
+            isinstance(notification, types.LoggingMessageNotification)
+            and self._connection.protocol_version in MODERN_PROTOCOL_VERSIONS
+        ):
+            return  # 2026-07-28 has no connection-wide log delivery
+        wire = notification.model_dump(by_alias=True, mode="json", exclude_none=True)
+        await self._connection.notify(wire["method"], wire.get("params"))
+
+    async def request(self, request: types.ServerRequest, result_type: type[_ResultT]) -> _ResultT:
+        return await self._connection.send_request(request, result_type=result_type)
+
+
 class ProxyServer(Server[Any]):
-    """Serves the engine's merged tools to one kind of downstream transport (HTTP or stdio)."""
+    """Serves the engine's merged offer to one kind of downstream transport (HTTP, SSE or stdio)."""
 
     def __init__(self, engine: ProxyEngine, *, stdio: bool = False) -> None:
         super().__init__(
@@ -68,18 +138,30 @@ class ProxyServer(Server[Any]):
             instructions="Tools from several MCP servers. Each client keeps its own upstream sessions; "
             f"pass '{engine.settings.session_argument}' to name a session that outlives this connection.",
             on_list_tools=self._list_tools,
+            on_list_prompts=self._list_prompts,
+            on_list_resources=self._list_resources,
+            on_list_resource_templates=self._list_resource_templates,
         )
         # One OpenTelemetry span per message is measurable per-call cost, and there is no exporter by default.
         self.middleware.clear()
         self.add_request_handler("tools/call", types.CallToolRequestParams, self._call_tool)
+        self.add_request_handler("prompts/get", types.GetPromptRequestParams, self._get_prompt)
+        self.add_request_handler("resources/read", types.ReadResourceRequestParams, self._read_resource)
+        self.add_request_handler("resources/subscribe", types.SubscribeRequestParams, self._subscribe)
+        self.add_request_handler("resources/unsubscribe", types.UnsubscribeRequestParams, self._unsubscribe)
+        self.add_request_handler("completion/complete", types.CompleteRequestParams, self._complete)
+        self.add_request_handler("logging/setLevel", types.SetLevelRequestParams, self._set_logging_level)
         self.add_request_handler("server/discover", types.RequestParams, self._discover)
         self.add_notification_handler("notifications/initialized", types.NotificationParams, self._initialized)
+        self.add_notification_handler("notifications/roots/list_changed", types.NotificationParams, self._roots_changed)
         self._engine = engine
         self._argument = engine.settings.session_argument
         self._header = engine.settings.session_header.lower()
         self._stdio_key = SessionKey.connection("stdio") if stdio else None
         self._connections: dict[int, Connection] = {}
-        engine.add_listener(self._announce_tools_changed)
+        engine.add_listener(self._announce_catalog_changed)
+
+    # Capabilities: what the upstreams offer, not what handlers happen to be registered.
 
     def create_initialization_options(
         self,
@@ -87,40 +169,94 @@ class ProxyServer(Server[Any]):
         experimental_capabilities: dict[str, dict[str, Any]] | None = None,
         extensions: dict[str, dict[str, Any]] | None = None,
     ) -> InitializationOptions:
-        # The SDK's session manager never passes NotificationOptions, so listChanged is declared here.
-        return super().create_initialization_options(
-            notification_options or NotificationOptions(tools_changed=True), experimental_capabilities, extensions
-        )
+        return super().create_initialization_options(notification_options, experimental_capabilities, extensions)
+
+    def get_capabilities(
+        self,
+        notification_options: NotificationOptions | None = None,
+        experimental_capabilities: dict[str, dict[str, Any]] | None = None,
+        extensions: dict[str, dict[str, Any]] | None = None,
+        *,
+        protocol_version: str | None = None,
+    ) -> types.ServerCapabilities:
+        capabilities = self._engine.capabilities()
+        if protocol_version in MODERN_PROTOCOL_VERSIONS:
+            # 2026-07-28 delivers changes only on subscriptions/listen, which the proxy does not serve.
+            capabilities = _without_change_notices(capabilities)
+        return capabilities.model_copy(update={"experimental": experimental_capabilities})
+
+    # Listings: answered from the catalog the key sees, never by opening a session.
 
     async def _list_tools(self, ctx: Context, params: types.PaginatedRequestParams | None) -> types.ListToolsResult:
-        self._adopt(ctx)
-        return types.ListToolsResult(tools=self._engine.list_tools())
+        return types.ListToolsResult(tools=self._engine.catalog_for(self._listing_key(ctx)).tools)
+
+    async def _list_prompts(self, ctx: Context, params: types.PaginatedRequestParams | None) -> types.ListPromptsResult:
+        return types.ListPromptsResult(prompts=self._engine.catalog_for(self._listing_key(ctx)).prompts)
+
+    async def _list_resources(
+        self, ctx: Context, params: types.PaginatedRequestParams | None
+    ) -> types.ListResourcesResult:
+        return types.ListResourcesResult(resources=self._engine.catalog_for(self._listing_key(ctx)).resources)
+
+    async def _list_resource_templates(
+        self, ctx: Context, params: types.PaginatedRequestParams | None
+    ) -> types.ListResourceTemplatesResult:
+        catalog = self._engine.catalog_for(self._listing_key(ctx))
+        return types.ListResourceTemplatesResult(resource_templates=catalog.templates)
+
+    # Requests that run in the key's upstream session.
 
     async def _call_tool(self, ctx: Context, params: types.CallToolRequestParams) -> dict[str, Any]:
-        try:
-            route = self._engine.route(params.name)
+        async def forward() -> dict[str, Any]:
+            base_key = self._header_or_connection_key(ctx)
+            route = self._engine.tool_route(base_key, params.name)
             arguments = dict(params.arguments or {})
             named = None if route.declares_session_argument else arguments.pop(self._argument, None)
             key = resolve_session_key(
                 named,
-                ctx.request.headers.get(self._header) if ctx.request is not None else None,
+                base_key.name if base_key is not None and base_key.is_explicit else None,
                 self._adopt(ctx),
                 argument_name=self._argument,
                 header_name=self._engine.settings.session_header,
             )
-            result = await self._engine.call_tool(
-                route,
-                arguments,
-                key,
-                progress_callback=_progress_forwarder(ctx),
-                on_reset=partial(_warn_reset, ctx, key),
-            )
-        except ProxyError as error:
-            raise to_mcp_error(error) from None
-        if ctx.protocol_version in MODERN_PROTOCOL_VERSIONS:
-            # Upstreams speak the handshake era; a 2026-07-28 result must say it is complete.
-            result.setdefault("resultType", "complete")
-        return result
+            if key != base_key:
+                # The tool exists in the connection's view; the named session may just never have listed its own.
+                with contextlib.suppress(UnknownToolError):
+                    route = self._engine.tool_route(key, params.name)
+            return await self._engine.call_tool(key, route, arguments, self._client_call(ctx))
+
+        return await _answer(ctx, forward)
+
+    async def _get_prompt(self, ctx: Context, params: types.GetPromptRequestParams) -> dict[str, Any]:
+        return await _answer(ctx, lambda: self._engine.get_prompt(self._key(ctx), params, self._client_call(ctx)))
+
+    async def _read_resource(self, ctx: Context, params: types.ReadResourceRequestParams) -> dict[str, Any]:
+        return await _answer(ctx, lambda: self._engine.read_resource(self._key(ctx), params, self._client_call(ctx)))
+
+    async def _complete(self, ctx: Context, params: types.CompleteRequestParams) -> dict[str, Any]:
+        return await _answer(ctx, lambda: self._engine.complete(self._key(ctx), params, self._client_call(ctx)))
+
+    async def _subscribe(self, ctx: Context, params: types.SubscribeRequestParams) -> types.EmptyResult:
+        async def forward() -> dict[str, Any]:
+            await self._engine.subscribe(self._key(ctx), params.uri, self._client_call(ctx), subscribe=True)
+            return {}
+
+        await _answer(ctx, forward)
+        return types.EmptyResult()
+
+    async def _unsubscribe(self, ctx: Context, params: types.UnsubscribeRequestParams) -> types.EmptyResult:
+        async def forward() -> dict[str, Any]:
+            await self._engine.subscribe(self._key(ctx), params.uri, self._client_call(ctx), subscribe=False)
+            return {}
+
+        await _answer(ctx, forward)
+        return types.EmptyResult()
+
+    async def _set_logging_level(self, ctx: Context, params: types.SetLevelRequestParams) -> types.EmptyResult:
+        key = self._header_or_connection_key(ctx)
+        if key is not None:
+            await self._engine.set_logging_level(key, params.level)
+        return types.EmptyResult()
 
     async def _discover(self, ctx: Context, params: types.RequestParams) -> types.DiscoverResult:
         result = await self._handle_discover(ctx, params)
@@ -131,54 +267,93 @@ class ProxyServer(Server[Any]):
     async def _initialized(self, ctx: Context, params: types.NotificationParams) -> None:
         self._adopt(ctx)
 
+    async def _roots_changed(self, ctx: Context, params: types.NotificationParams) -> None:
+        key = self._header_or_connection_key(ctx)
+        if key is not None:
+            await self._engine.roots_changed(key)
+
+    # Keys and channels.
+
+    def _key(self, ctx: Context) -> SessionKey:
+        """The key of a request without a session argument: header, then connection, else ephemeral."""
+        return self._header_or_connection_key(ctx) or SessionKey.ephemeral()
+
+    def _listing_key(self, ctx: Context) -> SessionKey | None:
+        return self._header_or_connection_key(ctx)
+
+    def _header_or_connection_key(self, ctx: Context) -> SessionKey | None:
+        header = ctx.request.headers.get(self._header) if ctx.request is not None else None
+        if header is not None:
+            return resolve_session_key(
+                None, header, None, argument_name=self._argument, header_name=self._engine.settings.session_header
+            )
+        return self._adopt(ctx)
+
     def _adopt(self, ctx: Context) -> SessionKey | None:
         """The connection's own session key, registering the connection on first sight.
 
         Registration hooks the connection's end (DELETE, idle expiry, EOF,
         shutdown) to close every upstream session keyed by it.
         """
-        if self._stdio_key is not None and ctx.protocol_version in MODERN_PROTOCOL_VERSIONS:
-            return self._stdio_key
+        if ctx.protocol_version in MODERN_PROTOCOL_VERSIONS:
+            return self._stdio_key  # over HTTP a 2026-07-28 request has no connection
         connection = downstream_connection(ctx)
         key: SessionKey | None = connection.state.get(_KEY_STATE)
         if key is not None:
             return key
-        if self._stdio_key is None and connection.session_id is None:
-            return None
-        key = self._stdio_key or SessionKey.connection(connection.session_id or "")
+        key = SessionKey.connection(connection.session_id or secrets.token_hex(16))
         connection.state[_KEY_STATE] = key
+        connection.state[_CHANNEL_STATE] = ConnectionStream(connection)
         self._connections[id(connection)] = connection
         connection.exit_stack.push_async_callback(self._connection_ended, connection, key)
         return key
+
+    def _client_call(self, ctx: Context) -> ClientCall:
+        connection = downstream_connection(ctx)
+        channel: ConnectionStream | None = connection.state.get(_CHANNEL_STATE)
+        if channel is None and connection.has_standalone_channel:
+            channel = ConnectionStream(connection)  # a 2026-07-28 stdio request: notifications only
+        wants_progress = ctx.meta is not None and "progress_token" in ctx.meta
+        return ClientCall(
+            stream=RequestStream(ctx),
+            connection=channel,
+            progress=ctx.session.report_progress if wants_progress else None,
+        )
 
     async def _connection_ended(self, connection: Connection, key: SessionKey) -> None:
         self._connections.pop(id(connection), None)
         await self._engine.end_session(key)
 
-    async def _announce_tools_changed(self) -> None:
+    async def _announce_catalog_changed(self) -> None:
+        capabilities = self._engine.capabilities()
+        notices: list[types.ServerNotification] = [types.ToolListChangedNotification()]
+        if capabilities.prompts is not None:
+            notices.append(types.PromptListChangedNotification())
+        if capabilities.resources is not None:
+            notices.append(types.ResourceListChangedNotification())
         for connection in list(self._connections.values()):
+            channel = ConnectionStream(connection)
             with anyio.move_on_after(_NOTIFY_SECONDS):
-                await connection.send_tool_list_changed()
+                for notice in notices:
+                    await channel.notify(notice)
 
 
-def _progress_forwarder(ctx: Context) -> ProgressCallback | None:
-    """Relay upstream progress to the caller under the caller's own token, when it asked for progress."""
-    if ctx.meta is None or "progress_token" not in ctx.meta:
-        return None
-    return ctx.session.report_progress
+async def _answer(ctx: Context, forward: Callable[[], Awaitable[dict[str, Any]]]) -> dict[str, Any]:
+    """Run a forwarded request, translating our errors once, and shape the result for the client's era."""
+    try:
+        result = await forward()
+    except ProxyError as error:
+        raise to_mcp_error(error) from None
+    if ctx.protocol_version in MODERN_PROTOCOL_VERSIONS:
+        # Upstreams speak the handshake era; a 2026-07-28 result must say it is complete.
+        result.setdefault("resultType", "complete")
+    return result
 
 
-async def _warn_reset(ctx: Context, key: SessionKey, upstream: str) -> None:
-    """Tell the client, on this request's stream, that its upstream state is gone."""
-    if ctx.protocol_version in MODERN_PROTOCOL_VERSIONS and types.LOG_LEVEL_META_KEY not in (ctx.meta or {}):
-        return
-    message = (
-        f"upstream '{upstream}' was restarted: the state of {key} with it was reset "
-        "(a fresh upstream session serves this call)"
-    )
-    await ctx.session.send_notification(
-        types.LoggingMessageNotification(
-            params=types.LoggingMessageNotificationParams(level="warning", data=message, logger="mcpstore-proxy")
-        ),
-        related_request_id=ctx.request_id,
-    )
+def _without_change_notices(capabilities: types.ServerCapabilities) -> types.ServerCapabilities:
+    update: dict[str, Any] = {"tools": types.ToolsCapability(list_changed=False)}
+    if capabilities.prompts is not None:
+        update["prompts"] = types.PromptsCapability(list_changed=False)
+    if capabilities.resources is not None:
+        update["resources"] = types.ResourcesCapability(list_changed=False, subscribe=False)
+    return capabilities.model_copy(update=update)

@@ -16,13 +16,12 @@ from __future__ import annotations
 import enum
 import logging
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from types import TracebackType
-from typing import Any, Final, Self, cast
+from typing import Any, Final, Literal, Self, TypeVar, cast
 
 import anyio
 from mcp import ClientSession, MCPError, types
-from mcp.client.session import MessageHandlerFnT
 from mcp.shared.dispatcher import ProgressFnT
 from mcp.shared.message import SessionMessage
 from pydantic import RootModel
@@ -36,6 +35,7 @@ from mcpstore_proxy.errors import (
     UpstreamStartError,
     UpstreamTimeoutError,
 )
+from mcpstore_proxy.relay import ClientCall, ListKind, SessionRelay
 from mcpstore_proxy.transports import StderrTail, open_transport
 
 __all__ = ["EndReason", "UpstreamSession"]
@@ -53,6 +53,36 @@ class _RawResult(RootModel[dict[str, Any]]):
     """A result exactly as the upstream sent it: every field kept, nothing re-validated."""
 
 
+ClientCapability = Literal["sampling", "elicitation", "roots"]
+ALL_CLIENT_CAPABILITIES: Final[frozenset[ClientCapability]] = frozenset({"sampling", "elicitation", "roots"})
+
+Listing = list[types.Tool] | list[types.Prompt] | list[types.Resource] | list[types.ResourceTemplate]
+
+
+_ItemT = TypeVar("_ItemT")
+_PageT = TypeVar("_PageT", bound=types.PaginatedResult)
+
+
+async def _paginate(
+    fetch: Callable[[types.PaginatedRequestParams | None], Awaitable[_PageT]],
+    items_of: Callable[[_PageT], Sequence[_ItemT]],
+) -> list[_ItemT]:
+    """Every item across the pages of one listing."""
+    items: list[_ItemT] = []
+    cursor: str | None = None
+    while True:
+        page = await fetch(types.PaginatedRequestParams(cursor=cursor) if cursor else None)
+        items.extend(items_of(page))
+        cursor = page.next_cursor
+        if not cursor:
+            return items
+
+
+def _describe(request: types.ClientRequest) -> str:
+    name = getattr(request.params, "name", None) or getattr(request.params, "uri", None)
+    return f"{request.method} {name!r}" if name else request.method
+
+
 class EndReason(enum.Enum):
     CLOSED = "closed"
     LOST = "lost"
@@ -68,20 +98,26 @@ class UpstreamSession:
         config: UpstreamConfig,
         *,
         start_timeout_seconds: float,
+        relay: SessionRelay,
+        declared: frozenset[ClientCapability] = frozenset(),
         label: str = "",
-        message_handler: MessageHandlerFnT | None = None,
         on_end: Callable[[UpstreamSession], None] | None = None,
     ) -> None:
         self.upstream = upstream
         self.config = config
+        self.relay = relay
+        self.declared = declared
+        """The client capabilities this session declares upstream: those its downstream client declared."""
         self.label = label
+        self.server_capabilities: types.ServerCapabilities | None = None
+        self.listings: dict[ListKind, Listing] = {}
+        """This session's own listings, once it announced a change; the catalog's stand in until then."""
         self.end_reason: EndReason | None = None
         self.failure: UpstreamError | None = None
         self.last_used = anyio.current_time()
         self.calls_in_flight = 0
         self.stderr = StderrTail(upstream)
         self._start_timeout_seconds = start_timeout_seconds
-        self._message_handler = message_handler
         self._on_end = on_end
         self._client: ClientSession | None = None
         self._ready = anyio.Event()
@@ -149,10 +185,14 @@ class UpstreamSession:
                 async with ClientSession(
                     observed,
                     write_stream,
-                    message_handler=self._message_handler,
+                    message_handler=self.relay.on_message,
+                    sampling_callback=self.relay.sampling if "sampling" in self.declared else None,
+                    elicitation_callback=self.relay.elicitation if "elicitation" in self.declared else None,
+                    list_roots_callback=self.relay.list_roots if "roots" in self.declared else None,
                     client_info=_CLIENT_INFO,
                 ) as client:
                     await client.initialize()
+                    self.server_capabilities = client.server_capabilities
                     start_scope.deadline = math.inf
                     self._client = client
                     self._ready.set()
@@ -182,41 +222,62 @@ class UpstreamSession:
             f"the session with upstream '{self.upstream}' was closed; call again to open a new one"
         )
 
-    async def call_tool(
-        self, name: str, arguments: Mapping[str, Any] | None, progress_callback: ProgressCallback | None = None
-    ) -> dict[str, Any]:
-        """Call `name` upstream and return its raw result, every field the upstream sent intact."""
+    async def request(self, request: types.ClientRequest, call: ClientCall | None = None) -> dict[str, Any]:
+        """Send `request` upstream for `call` and return the raw result, every field the upstream sent intact.
+
+        While it is in flight, what the upstream starts (log entries, progress, sampling, ...) goes to `call`.
+        """
         client = await self.client()
-        request = types.CallToolRequest(params=types.CallToolRequestParams(name=name, arguments=dict(arguments or {})))
         self.calls_in_flight += 1
         try:
-            result = await client.send_request(
-                request,
-                _RawResult,
-                request_read_timeout_seconds=self.config.call_timeout_seconds,
-                progress_callback=progress_callback,
-            )
+            async with self.relay.serving(call):
+                result = await client.send_request(
+                    request,
+                    _RawResult,
+                    request_read_timeout_seconds=self.config.call_timeout_seconds,
+                    progress_callback=self.relay.progress_for(call),
+                )
             return result.root
         except MCPError as error:
-            raise self._translate(error, f"tools/call '{name}'") from None
+            raise self._translate(error, _describe(request)) from None
         finally:
             self.calls_in_flight -= 1
             self.last_used = anyio.current_time()
 
-    async def list_tools(self) -> list[types.Tool]:
-        """Every tool the upstream offers, following pagination."""
+    async def call_tool(
+        self, name: str, arguments: Mapping[str, Any] | None, call: ClientCall | None = None
+    ) -> dict[str, Any]:
+        request = types.CallToolRequest(params=types.CallToolRequestParams(name=name, arguments=dict(arguments or {})))
+        return await self.request(request, call)
+
+    async def notify(self, notification: types.ClientNotification) -> None:
         client = await self.client()
-        tools: list[types.Tool] = []
-        cursor: str | None = None
+        await client.send_notification(notification)
+
+    async def set_logging_level(self, level: types.LoggingLevel) -> None:
+        """Forward a client's `logging/setLevel`, when this upstream has logging at all."""
+        if self.server_capabilities is None or self.server_capabilities.logging is None:
+            return
+        await self.request(types.SetLevelRequest(params=types.SetLevelRequestParams(level=level)))
+
+    async def list_all(self, kind: ListKind) -> Listing:
+        """Every item of one listing (following pagination); empty when the upstream lacks the capability."""
+        client = await self.client()
+        capabilities = self.server_capabilities or types.ServerCapabilities()
         try:
-            while True:
-                page = await client.list_tools(params=types.PaginatedRequestParams(cursor=cursor) if cursor else None)
-                tools.extend(page.tools)
-                cursor = page.next_cursor
-                if not cursor:
-                    return tools
+            if kind == "tools" and capabilities.tools:
+                return await _paginate(lambda p: client.list_tools(params=p), lambda page: page.tools)
+            if kind == "prompts" and capabilities.prompts:
+                return await _paginate(lambda p: client.list_prompts(params=p), lambda page: page.prompts)
+            if kind == "resources" and capabilities.resources:
+                return await _paginate(lambda p: client.list_resources(params=p), lambda page: page.resources)
+            if kind == "templates" and capabilities.resources:
+                return await _paginate(
+                    lambda p: client.list_resource_templates(params=p), lambda page: page.resource_templates
+                )
+            return []
         except MCPError as error:
-            raise self._translate(error, "tools/list") from None
+            raise self._translate(error, f"listing {kind}") from None
 
     def close_soon(self) -> None:
         """Ask the owner task to close the session; returns at once."""

@@ -1,15 +1,16 @@
-"""The merged tool list: prefixed names, filters, session argument injection, and collision handling."""
+"""The catalog: prefixed names, filters, session argument injection, collisions, and resource URI routing."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 from mcp import types
 
-from mcpstore_proxy.catalog import CatalogSource, ToolCatalog, exposed_name
+from mcpstore_proxy.catalog import Catalog, CatalogSource, PromptRoute, ResourceRoute, build_catalog, exposed_name
 from mcpstore_proxy.config import UpstreamConfig
-from mcpstore_proxy.errors import NameCollisionError, UnknownToolError
+from mcpstore_proxy.errors import NameCollisionError, UnknownPromptError, UnknownResourceError, UnknownToolError
 from tests.support import connect, fixture_server, running_proxy, structured, wait_until, write_config
 
 
@@ -17,9 +18,27 @@ def tool(name: str, **properties: object) -> types.Tool:
     return types.Tool(name=name, input_schema={"type": "object", "properties": dict(properties)})
 
 
-def source(upstream: str, *tools: types.Tool, prefix: str | None = None, **options: object) -> CatalogSource:
+def source(
+    upstream: str,
+    *tools: types.Tool,
+    prefix: str | None = None,
+    prompts: Sequence[types.Prompt] = (),
+    resources: Sequence[types.Resource] = (),
+    templates: Sequence[types.ResourceTemplate] = (),
+    offers_resources: bool = False,
+    **options: object,
+) -> CatalogSource:
     config = UpstreamConfig.model_validate({"command": "x", **options})
-    return CatalogSource(upstream=upstream, prefix=upstream if prefix is None else prefix, config=config, tools=tools)
+    return CatalogSource(
+        upstream=upstream,
+        prefix=upstream if prefix is None else prefix,
+        config=config,
+        tools=tools,
+        prompts=prompts,
+        resources=resources,
+        templates=templates,
+        offers_resources=offers_resources,
+    )
 
 
 def test_exposed_names_are_prefixed_and_kept_within_mcp_name_rules() -> None:
@@ -29,62 +48,121 @@ def test_exposed_names_are_prefixed_and_kept_within_mcp_name_rules() -> None:
     assert len(exposed_name("p", "x" * 300)) == 128
 
 
+def catalog_of(*sources: CatalogSource, previous: Catalog | None = None, strict: bool = True) -> Catalog:
+    return build_catalog(sources, session_argument="session_id", previous=previous, strict=strict)
+
+
 def test_catalog_lists_tools_sorted_with_routes_back_to_their_upstream() -> None:
-    catalog = ToolCatalog("session_id")
-    catalog.rebuild([source("zeta", tool("b"), tool("a")), source("alpha", tool("c"))], strict=True)
+    catalog = catalog_of(source("zeta", tool("b"), tool("a")), source("alpha", tool("c")))
     assert [t.name for t in catalog.tools] == ["alpha_c", "zeta_a", "zeta_b"]
-    route = catalog.route("zeta_a")
+    route = catalog.tool("zeta_a")
     assert (route.upstream, route.tool) == ("zeta", "a")
     with pytest.raises(UnknownToolError):
-        catalog.route("a")
+        catalog.tool("a")
 
 
 def test_include_and_exclude_patterns_select_upstream_tools() -> None:
-    catalog = ToolCatalog("session_id")
-    catalog.rebuild(
-        [
-            source(
-                "b",
-                tool("navigate"),
-                tool("click"),
-                tool("install"),
-                include_tools=["n*", "c*", "install"],
-                exclude_tools=["install"],
-            )
-        ],
-        strict=True,
+    catalog = catalog_of(
+        source(
+            "b",
+            tool("navigate"),
+            tool("click"),
+            tool("install"),
+            include_tools=["n*", "c*", "install"],
+            exclude_tools=["install"],
+        )
     )
     assert [t.name for t in catalog.tools] == ["b_click", "b_navigate"]
 
 
 def test_session_argument_is_added_as_optional_unless_the_tool_declares_it() -> None:
-    catalog = ToolCatalog("session_id")
     own = types.Tool(
         name="own",
         input_schema={"type": "object", "properties": {"session_id": {"type": "integer"}}, "required": ["session_id"]},
     )
-    catalog.rebuild([source("u", tool("plain", x={"type": "string"}), own)], strict=True)
+    catalog = catalog_of(source("u", tool("plain", x={"type": "string"}), own))
     tools = {t.name: t for t in catalog.tools}
     assert tools["u_plain"].input_schema["properties"]["session_id"]["type"] == "string"
     assert tools["u_plain"].input_schema["properties"]["x"] == {"type": "string"}
     assert "required" not in tools["u_plain"].input_schema
     assert tools["u_own"].input_schema == own.input_schema
-    assert catalog.route("u_own").declares_session_argument
-    assert not catalog.route("u_plain").declares_session_argument
+    assert catalog.tool("u_own").declares_session_argument
+    assert not catalog.tool("u_plain").declares_session_argument
 
 
 def test_a_collision_is_an_error_when_strict_and_the_first_owner_wins_later() -> None:
-    catalog = ToolCatalog("session_id")
     with pytest.raises(NameCollisionError, match=r"'x' is exposed by both upstream 'one' .* and upstream 'two'"):
-        catalog.rebuild([source("one", tool("x"), prefix=""), source("two", tool("x"), prefix="")], strict=True)
+        catalog_of(source("one", tool("x"), prefix=""), source("two", tool("x"), prefix=""))
 
-    catalog.rebuild([source("two", prefix=""), source("one", tool("x"), prefix="")], strict=True)
-    changed = catalog.rebuild(
-        [source("two", tool("x"), tool("y"), prefix=""), source("one", tool("x"), prefix="")], strict=False
+    before = catalog_of(source("two", prefix=""), source("one", tool("x"), prefix=""))
+    after = catalog_of(
+        source("two", tool("x"), tool("y"), prefix=""),
+        source("one", tool("x"), prefix=""),
+        previous=before,
+        strict=False,
     )
-    assert changed
-    assert catalog.route("x").upstream == "one"
-    assert catalog.route("y").upstream == "two"
+    assert not after.offers_same_as(before)
+    assert after.tool("x").upstream == "one"
+    assert after.tool("y").upstream == "two"
+
+
+def test_prompts_are_prefixed_and_route_to_their_original_name() -> None:
+    prompt = types.Prompt(name="summarize")
+    catalog = catalog_of(
+        source("docs", prompts=[prompt]), source("bare", prefix="", prompts=[types.Prompt(name="greet")])
+    )
+    assert [p.name for p in catalog.prompts] == ["docs_summarize", "greet"]
+    assert catalog.prompt("docs_summarize") == PromptRoute("docs", "summarize")
+    assert catalog.prompt("greet") == PromptRoute("bare", "greet")
+    with pytest.raises(UnknownPromptError):
+        catalog.prompt("summarize")
+
+
+def test_resource_uris_pass_through_until_two_upstreams_offer_the_same_one() -> None:
+    shared = types.Resource(uri="file:///shared.txt", name="shared")
+    catalog = catalog_of(
+        source("a", resources=[shared, types.Resource(uri="a://only", name="only-a")], offers_resources=True),
+        source("b", resources=[shared], offers_resources=True),
+    )
+    uris = [r.uri for r in catalog.resources]
+    assert uris == ["a://only", "mcpstore:a:file:///shared.txt", "mcpstore:b:file:///shared.txt"]
+    assert catalog.resource("a://only") == ResourceRoute("a", "a://only")
+    assert catalog.resource("mcpstore:b:file:///shared.txt") == ResourceRoute("b", "file:///shared.txt")
+    with pytest.raises(UnknownResourceError, match="offered by several upstreams"):
+        catalog.resource("file:///shared.txt")
+    assert catalog.exposed_uri("b", "file:///shared.txt") == "mcpstore:b:file:///shared.txt"
+    assert catalog.exposed_uri("a", "a://only") == "a://only"
+
+
+def test_reads_route_by_template_and_identical_templates_are_namespaced() -> None:
+    catalog = catalog_of(
+        source(
+            "a", templates=[types.ResourceTemplate(uri_template="notes://{id}", name="note")], offers_resources=True
+        ),
+        source(
+            "b",
+            templates=[
+                types.ResourceTemplate(uri_template="pages://{site}/{page}", name="page"),
+                types.ResourceTemplate(uri_template="notes://{id}", name="note"),
+            ],
+            offers_resources=True,
+        ),
+    )
+    assert catalog.resource("pages://docs/intro") == ResourceRoute("b", "pages://docs/intro")
+    assert catalog.resource("mcpstore:a:notes://7") == ResourceRoute("a", "notes://7")
+    assert sorted(t.uri_template for t in catalog.templates) == [
+        "mcpstore:a:notes://{id}",
+        "mcpstore:b:notes://{id}",
+        "pages://{site}/{page}",
+    ]
+    assert catalog.template("mcpstore:b:notes://{id}") == ResourceRoute("b", "notes://{id}")
+    with pytest.raises(UnknownResourceError, match="no upstream offers resource"):
+        catalog.resource("other://x")
+
+
+def test_a_lone_resource_upstream_gets_every_unlisted_uri() -> None:
+    catalog = catalog_of(source("only", offers_resources=True), source("tools-only"))
+    assert catalog.resource("anything://at/all") == ResourceRoute("only", "anything://at/all")
 
 
 @pytest.mark.anyio
