@@ -1,4 +1,5 @@
-"""The HTTP face of the proxy: Streamable HTTP at `/mcp`, plus `/healthz`, as a Starlette app.
+"""The HTTP face of the proxy, as a Starlette app: Streamable HTTP at `/mcp`, the legacy HTTP+SSE
+transport at `/sse` (events) and `/messages/` (posts) for older clients, and `/healthz`.
 
 The SDK's session manager serves `/mcp` with DNS-rebinding protection on: a
 request whose Host is not allowed gets 421, a foreign Origin gets 403. Loopback
@@ -15,12 +16,14 @@ from contextlib import asynccontextmanager, contextmanager
 
 import anyio
 import uvicorn
+from mcp.server.sse import SseServerTransport
 from mcp.server.streamable_http_manager import StreamableHTTPASGIApp, StreamableHTTPSessionManager
 from mcp.server.transport_security import TransportSecuritySettings
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
-from starlette.routing import Route
+from starlette.routing import Mount, Route
+from starlette.types import Receive, Scope, Send
 
 from mcpstore_proxy.config import ProxySettings
 from mcpstore_proxy.engine import ProxyEngine
@@ -48,11 +51,14 @@ def security_settings(settings: ProxySettings) -> TransportSecuritySettings:
 
 def create_app(engine: ProxyEngine) -> Starlette:
     """The ASGI app over an already-started engine; its lifespan runs the MCP session manager."""
+    server = ProxyServer(engine)
+    security = security_settings(engine.settings)
     manager = StreamableHTTPSessionManager(
-        app=ProxyServer(engine),
-        security_settings=security_settings(engine.settings),
+        app=server,
+        security_settings=security,
         session_idle_timeout=engine.settings.session_idle_timeout_seconds,
     )
+    legacy = SseServerTransport("/messages/", security_settings=security)
 
     @asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncGenerator[None]:
@@ -71,9 +77,29 @@ def create_app(engine: ProxyEngine) -> Starlette:
         )
 
     return Starlette(
-        routes=[Route("/mcp", endpoint=StreamableHTTPASGIApp(manager)), Route("/healthz", endpoint=health)],
+        routes=[
+            Route("/mcp", endpoint=StreamableHTTPASGIApp(manager)),
+            Route("/sse", endpoint=_LegacySseStream(server, legacy), methods=["GET"]),
+            Mount("/messages/", app=legacy.handle_post_message),
+            Route("/healthz", endpoint=health),
+        ],
         lifespan=lifespan,
     )
+
+
+class _LegacySseStream:
+    """`GET /sse`: one legacy HTTP+SSE client, whose connection is its session until the stream closes."""
+
+    def __init__(self, server: ProxyServer, transport: SseServerTransport) -> None:
+        self._server = server
+        self._transport = transport
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            async with self._transport.connect_sse(scope, receive, send) as (read_stream, write_stream):
+                await self._server.run(read_stream, write_stream, self._server.create_initialization_options())
+        except ValueError:
+            return  # refused by the Host/Origin checks, which already answered 421 or 403
 
 
 async def serve_http(settings: ProxySettings) -> None:

@@ -24,11 +24,11 @@ from __future__ import annotations
 import contextlib
 import logging
 import secrets
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Final, TypeVar
 
 import anyio
-from mcp import types
+from mcp import MCPError, types
 from mcp.server.connection import Connection, allowed_log_levels
 from mcp.server.context import ServerRequestContext
 from mcp.server.lowlevel.server import NotificationOptions, Server
@@ -339,15 +339,47 @@ class ProxyServer(Server[Any]):
 
 
 async def _answer(ctx: Context, forward: Callable[[], Awaitable[dict[str, Any]]]) -> dict[str, Any]:
-    """Run a forwarded request, translating our errors once, and shape the result for the client's era."""
+    """Run a forwarded request, translating our errors once, and shape the result for the client's era.
+
+    A client that hangs up its request's HTTP stream has abandoned the request: the forward is
+    cancelled, which cancels it upstream. (The SDK keeps such a request running, for resumption.)
+    """
     try:
-        result = await forward()
+        if ctx.request is None or ctx.protocol_version in MODERN_PROTOCOL_VERSIONS:
+            result = await forward()
+        else:
+            result = await _unless_client_hangs_up(ctx.request.receive, forward)
     except ProxyError as error:
         raise to_mcp_error(error) from None
     if ctx.protocol_version in MODERN_PROTOCOL_VERSIONS:
         # Upstreams speak the handshake era; a 2026-07-28 result must say it is complete.
         result.setdefault("resultType", "complete")
     return result
+
+
+async def _unless_client_hangs_up(
+    receive: Callable[[], Awaitable[Mapping[str, Any]]], forward: Callable[[], Awaitable[dict[str, Any]]]
+) -> dict[str, Any]:
+    outcome: list[dict[str, Any]] = []
+    failure: list[Exception] = []
+    async with anyio.create_task_group() as tg:
+
+        async def watch() -> None:
+            while (await receive()).get("type") != "http.disconnect":
+                pass
+            tg.cancel_scope.cancel()
+
+        tg.start_soon(watch)
+        try:
+            outcome.append(await forward())
+        except Exception as error:  # noqa: BLE001  # re-raised below, outside the task group, unwrapped
+            failure.append(error)
+        tg.cancel_scope.cancel()
+    if failure:
+        raise failure[0]
+    if not outcome:
+        raise MCPError(code=types.INVALID_REQUEST, message="the client hung up; the request was cancelled upstream")
+    return outcome[0]
 
 
 def _without_change_notices(capabilities: types.ServerCapabilities) -> types.ServerCapabilities:

@@ -230,14 +230,21 @@ class UpstreamSession:
         client = await self.client()
         self.calls_in_flight += 1
         try:
-            async with self.relay.serving(call):
-                result = await client.send_request(
-                    request,
-                    _RawResult,
-                    request_read_timeout_seconds=self.config.call_timeout_seconds,
-                    progress_callback=self.relay.progress_for(call),
-                )
+            # Our own deadline, not the SDK's read timeout: an upstream may answer with its own timeout error,
+            # and that must reach the client unchanged. Abandoning the request cancels it upstream.
+            with anyio.fail_after(self.config.call_timeout_seconds):
+                async with self.relay.serving(call):
+                    result = await client.send_request(
+                        request, _RawResult, progress_callback=self.relay.progress_for(call)
+                    )
             return result.root
+        except TimeoutError:
+            raise UpstreamTimeoutError(
+                self.upstream,
+                f"upstream '{self.upstream}' did not answer {_describe(request)} within "
+                f"{self.config.call_timeout_seconds:g} s (raise mcpServers.{self.upstream}.call_timeout_seconds "
+                "if it needs longer)",
+            ) from None
         except MCPError as error:
             raise self._translate(error, _describe(request)) from None
         finally:
@@ -316,12 +323,6 @@ class UpstreamSession:
                 self.upstream,
                 f"upstream '{self.upstream}' no longer knows this session (HTTP 404); it was re-initialized",
                 is_retryable=True,
-            )
-        if error.code == types.REQUEST_TIMEOUT:
-            return UpstreamTimeoutError(
-                self.upstream,
-                f"upstream '{self.upstream}' did not answer {what} within {self.config.call_timeout_seconds:g} s "
-                f"(raise mcpServers.{self.upstream}.call_timeout_seconds if it needs longer)",
             )
         if error.code == types.CONNECTION_CLOSED:
             self._stop.set()

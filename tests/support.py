@@ -241,5 +241,12 @@ def structured(result: types.CallToolResult) -> Any:
     return result.structured_content["result"]
 
 
+async def set_log_level(client: Client, level: types.LoggingLevel) -> None:
+    """`logging/setLevel`, without the SDK's deprecation warning for the 2026-07-28 era."""
+    await client.session.send_request(
+        types.SetLevelRequest(params=types.SetLevelRequestParams(level=level)), types.EmptyResult
+    )
+
+
 def text_of(result: types.CallToolResult) -> str:
     return "".join(block.text for block in result.content if isinstance(block, types.TextContent))
