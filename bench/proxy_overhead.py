@@ -5,13 +5,16 @@ plus the memory each idle session costs the proxy (and its upstream process).
 
 "Direct" is the SDK's own Streamable HTTP server serving the echo tool; "proxied" is mcpstore-proxy over HTTP
 with the same echo server as an isolated stdio upstream. Both run on this machine in the same run, so compare
-the ratios, not the absolute numbers. Prints a table, and writes JSON to bench/results/ when asked to.
+the ratios, not the absolute numbers. `server_cpu_ms` is the CPU time the server process (the echo server, or
+the proxy without its upstream) spends per call at c=1: unlike latency, machine noise barely moves it.
+Prints a table, and writes JSON to bench/results/ when asked to.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -50,12 +53,12 @@ async def wait_serving(port: int, path: str) -> None:
 
 
 @asynccontextmanager
-async def direct_server() -> AsyncGenerator[str]:
+async def direct_server() -> AsyncGenerator[tuple[str, int]]:
     port = free_port()
     process = await anyio.open_process([sys.executable, str(ECHO_SERVER), "http", str(port)], stdout=None, stderr=None)
     try:
         await wait_serving(port, "/mcp")
-        yield f"http://127.0.0.1:{port}/mcp"
+        yield f"http://127.0.0.1:{port}/mcp", process.pid
     finally:
         process.terminate()
         with anyio.fail_after(30):
@@ -114,11 +117,19 @@ def percentile(values: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
 
 
-async def measure(url: str, calls: int) -> dict[str, float]:
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time a process has used (wall-clock noise does not touch it)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def measure(url: str, calls: int, server_pid: int) -> dict[str, float]:
     async with client(url) as session:
+        cpu_before = cpu_seconds(server_pid)
         started = time.perf_counter()
         single = await timed_calls(session, calls)
         single_seconds = time.perf_counter() - started
+        cpu_per_call = (cpu_seconds(server_pid) - cpu_before) / (calls + 1)
     per_session = max(1, calls // CONCURRENCY)
     all_latencies: list[float] = []
     concurrent_seconds = 0.0
@@ -135,6 +146,7 @@ async def measure(url: str, calls: int) -> dict[str, float]:
         concurrent_seconds = time.perf_counter() - started
         tg.cancel_scope.cancel()
     return {
+        "server_cpu_ms": cpu_per_call * 1000,
         "c1_p50_ms": statistics.median(single) * 1000,
         "c1_p99_ms": percentile(single, 0.99) * 1000,
         "c1_calls_per_s": calls / single_seconds,
@@ -202,12 +214,12 @@ async def main() -> None:
     parser.add_argument("--json", type=Path, default=None, help="also write the figures to this file")
     arguments = parser.parse_args()
 
-    async with direct_server() as url:
-        direct = await measure(url, arguments.calls)
+    async with direct_server() as (url, pid):
+        direct = await measure(url, arguments.calls, pid)
     workdir = ROOT / "bench" / "results"
     workdir.mkdir(exist_ok=True)
     async with proxy_server(workdir) as (url, pid):
-        proxied = await measure(url, arguments.calls)
+        proxied = await measure(url, arguments.calls, pid)
         memory = await idle_memory(url, pid, arguments.idle_sessions)
 
     print(f"{'metric':<16}{'direct':>12}{'proxied':>12}{'ratio':>10}")

@@ -248,5 +248,18 @@ async def set_log_level(client: Client, level: types.LoggingLevel) -> None:
     )
 
 
+async def subscribe(client: Client, uri: str) -> None:
+    """`resources/subscribe`, without the SDK's deprecation warning for the 2026-07-28 era."""
+    await client.session.send_request(
+        types.SubscribeRequest(params=types.SubscribeRequestParams(uri=uri)), types.EmptyResult
+    )
+
+
+async def unsubscribe(client: Client, uri: str) -> None:
+    await client.session.send_request(
+        types.UnsubscribeRequest(params=types.UnsubscribeRequestParams(uri=uri)), types.EmptyResult
+    )
+
+
 def text_of(result: types.CallToolResult) -> str:
     return "".join(block.text for block in result.content if isinstance(block, types.TextContent))

@@ -51,7 +51,7 @@ async def test_health_page_reports_each_upstream(tmp_path: Path) -> None:
     )
     async with running_proxy(config) as proxy, httpx2.AsyncClient() as http:
         health = (await http.get(f"http://127.0.0.1:{proxy.port}/healthz")).json()
-        assert health["upstreams"]["state"] == {"state": "ready", "tools": 12, "sessions": 0}
+        assert health["upstreams"]["state"] == {"state": "ready", "tools": 13, "sessions": 0}
         assert health["upstreams"]["broken"]["state"] == "failed"
 
 
@@ -62,7 +62,7 @@ async def test_listing_tools_never_starts_a_client_session(tmp_path: Path) -> No
         assert len(catalog_pids) == 1
         async with connect(proxy.url) as first, connect(proxy.url) as second:
             for client in (first, second, first):
-                assert len((await client.list_tools()).tools) == 12
+                assert len((await client.list_tools()).tools) == 13
             assert proxy.upstream_pids() == catalog_pids
 
 

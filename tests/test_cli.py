@@ -78,7 +78,7 @@ def test_a_tool_name_collision_at_start_up_is_an_error_naming_both_sources(tmp_p
     assert completed.returncode == 2
     last = completed.stderr.strip().splitlines()[-1]
     assert re.search(r"tool name '(\w+)' is exposed by both upstream 'first' \(tool '\1'\) and upstream 'second'", last)
-    assert "(and 11 more colliding names)" in last
+    assert "(and 12 more colliding names)" in last
     assert "'prefix'" in last
     assert "Traceback" not in completed.stderr
 
@@ -91,8 +91,8 @@ def test_check_prints_each_upstream_with_state_and_tool_count(tmp_path: Path) ->
     assert completed.returncode == 0, completed.stderr
     rows = [line.split() for line in completed.stdout.splitlines()]
     assert rows[0] == ["UPSTREAM", "TRANSPORT", "SESSION", "STATE", "TOOLS", "DETAIL"]
-    assert rows[1] == ["state", "stdio", "isolated", "ready", "12"]
-    assert rows[2] == ["shared", "stdio", "shared", "ready", "12"]
+    assert rows[1] == ["state", "stdio", "isolated", "ready", "13"]
+    assert rows[2] == ["shared", "stdio", "shared", "ready", "13"]
 
 
 def test_check_exits_nonzero_and_shows_why_an_upstream_failed(tmp_path: Path) -> None:
