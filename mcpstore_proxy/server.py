@@ -341,20 +341,27 @@ class ProxyServer(Server[Any]):
 async def _answer(ctx: Context, forward: Callable[[], Awaitable[dict[str, Any]]]) -> dict[str, Any]:
     """Run a forwarded request, translating our errors once, and shape the result for the client's era.
 
-    A client that hangs up its request's HTTP stream has abandoned the request: the forward is
-    cancelled, which cancels it upstream. (The SDK keeps such a request running, for resumption.)
+    A Streamable HTTP client that hangs up its request's stream has abandoned the request: the
+    forward is cancelled, which cancels it upstream. (The SDK keeps such a request running, for
+    resumption.) Only that transport answers a request on its own POST; a legacy SSE POST is over
+    at once (202), and 2026-07-28 requests are cancelled by the SDK itself.
     """
     try:
-        if ctx.request is None or ctx.protocol_version in MODERN_PROTOCOL_VERSIONS:
-            result = await forward()
-        else:
-            result = await _unless_client_hangs_up(ctx.request.receive, forward)
+        receive = _hang_up_source(ctx)
+        result = await (forward() if receive is None else _unless_client_hangs_up(receive, forward))
     except ProxyError as error:
         raise to_mcp_error(error) from None
     if ctx.protocol_version in MODERN_PROTOCOL_VERSIONS:
         # Upstreams speak the handshake era; a 2026-07-28 result must say it is complete.
         result.setdefault("resultType", "complete")
     return result
+
+
+def _hang_up_source(ctx: Context) -> Callable[[], Awaitable[Mapping[str, Any]]] | None:
+    """The ASGI `receive` of a Streamable HTTP request whose POST stays open for its answer, else None."""
+    if ctx.request is None or ctx.protocol_version in MODERN_PROTOCOL_VERSIONS:
+        return None
+    return ctx.request.receive if downstream_connection(ctx).session_id is not None else None
 
 
 async def _unless_client_hangs_up(

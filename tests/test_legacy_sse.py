@@ -1,0 +1,47 @@
+"""The legacy HTTP+SSE transport (GET /sse plus POSTs to /messages/) for older clients, with the same sessions."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator, Mapping
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import pytest
+from mcp import Client
+from mcp.client.sse import sse_client
+
+from tests.support import fixture_server, is_alive, running_proxy, structured, wait_until, write_config
+
+pytestmark = pytest.mark.anyio
+
+
+@asynccontextmanager
+async def connect_sse(proxy_port: int, headers: Mapping[str, str] | None = None) -> AsyncGenerator[Client]:
+    async with Client(
+        sse_client(f"http://127.0.0.1:{proxy_port}/sse", headers=dict(headers or {})), mode="legacy", cache=None
+    ) as client:
+        yield client
+
+
+async def test_each_sse_client_keeps_its_own_state_and_it_ends_with_the_stream(tmp_path: Path) -> None:
+    config = write_config(tmp_path, {"state": fixture_server("state")})
+    async with running_proxy(config) as proxy:
+        async with connect_sse(proxy.port) as alice, connect_sse(proxy.port) as bob:
+            assert "state_remember" in {t.name for t in (await alice.list_tools()).tools}
+            await alice.call_tool("state_remember", {"value": "alice"})
+            await bob.call_tool("state_remember", {"value": "bob"})
+            await alice.call_tool("state_remember", {"value": "alice again"})
+            assert structured(await alice.call_tool("state_recall", {})) == ["alice", "alice again"]
+            assert structured(await bob.call_tool("state_recall", {})) == ["bob"]
+            alice_pid = structured(await alice.call_tool("state_whoami", {}))
+        await wait_until(lambda: not is_alive(alice_pid), what="the SSE session's upstream to stop with the stream")
+
+
+async def test_an_explicit_session_header_works_over_sse_across_connections(tmp_path: Path) -> None:
+    config = write_config(tmp_path, {"state": fixture_server("state")})
+    headers = {"X-MCPStore-Session": "legacy-task"}
+    async with running_proxy(config) as proxy:
+        async with connect_sse(proxy.port, headers) as first:
+            await first.call_tool("state_remember", {"value": "kept"})
+        async with connect_sse(proxy.port, headers) as second:
+            assert structured(await second.call_tool("state_recall", {})) == ["kept"]
