@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from mcp import MCPError, types
+from mcp.client.session import ClientRequestContext
 from mcp.types.version import HANDSHAKE_PROTOCOL_VERSIONS, MODERN_PROTOCOL_VERSIONS
 
 from tests.support import connect, fixture_server, running_proxy, structured, write_config
@@ -47,3 +49,33 @@ async def test_2026_requests_without_a_key_get_a_fresh_ephemeral_session_each_ca
     async with running_proxy(config) as proxy, connect(proxy.url, mode="2026-07-28") as client:
         await client.call_tool("state_remember", {"value": "forgotten"})
         assert structured(await client.call_tool("state_recall", {})) == []
+
+
+async def test_a_2026_client_asked_for_sampling_gets_a_clear_error_naming_the_era(tmp_path: Path) -> None:
+    async def sampling(context: ClientRequestContext, params: types.CreateMessageRequestParams) -> types.ErrorData:
+        raise AssertionError("a 2026-07-28 client can never be asked")
+
+    config = write_config(tmp_path, {"state": fixture_server("state")})
+    headers = {"X-MCPStore-Session": "modern-sampling"}
+    async with (
+        running_proxy(config) as proxy,
+        connect(proxy.url, mode="2026-07-28", headers=headers, sampling_callback=sampling) as client,
+    ):
+        with pytest.raises(MCPError, match="2026-07-28, which has no server-to-client requests"):
+            await client.call_tool("state_ask", {"prompt": "anyone?"})
+
+
+async def test_a_2026_client_gets_log_entries_only_when_its_request_opts_in(tmp_path: Path) -> None:
+    config = write_config(tmp_path, {"state": fixture_server("state")})
+    entries: list[str] = []
+
+    async def on_log(params: types.LoggingMessageNotificationParams) -> None:
+        entries.append(str(params.data))
+
+    async with running_proxy(config) as proxy:
+        async with connect(proxy.url, mode="2026-07-28", logging_callback=on_log) as silent:
+            await silent.call_tool("state_chatter", {"tag": "quiet", "count": 3})
+        assert entries == []
+        async with connect(proxy.url, mode="2026-07-28", logging_callback=on_log, log_level="info") as opted_in:
+            await opted_in.call_tool("state_chatter", {"tag": "heard", "count": 3})
+        assert entries == ["heard 1", "heard 2", "heard 3"]
