@@ -278,3 +278,54 @@ async def test_results_arrive_exactly_as_the_upstream_sent_them(tmp_path: Path, 
     assert proxied == expected
     assert proxied["_meta"] == {"example.com/trace": "abc", "example.com/cost": 3}
     assert proxied["isError"] is fail
+
+
+@pytest.mark.parametrize(
+    ("kind", "notice", "listed"),
+    [
+        ("prompt", types.PromptListChangedNotification, "prompts"),
+        ("resource", types.ResourceListChangedNotification, "resources"),
+    ],
+)
+async def test_a_session_prompt_or_resource_list_change_reaches_its_owner_only(
+    tmp_path: Path, kind: str, notice: type[types.ServerNotification], listed: str
+) -> None:
+    config = write_config(tmp_path, {"state": fixture_server("state")})
+    notices: dict[str, int] = {"alice": 0, "bob": 0}
+
+    def counter(name: str) -> Any:
+        async def on_message(message: object) -> None:
+            if isinstance(message, notice):
+                notices[name] += 1
+
+        return on_message
+
+    async def names(client: Client) -> set[str]:
+        if listed == "prompts":
+            return {p.name for p in (await client.list_prompts()).prompts}
+        return {r.uri for r in (await client.list_resources()).resources}
+
+    expected = "state_extra" if kind == "prompt" else "grown://extra"
+    async with (
+        running_proxy(config) as proxy,
+        connect(proxy.url, message_handler=counter("alice")) as alice,
+        connect(proxy.url, message_handler=counter("bob")) as bob,
+    ):
+        await bob.call_tool("state_echo", {"text": "bob has a session too"})
+        await alice.call_tool("state_grow", {"name": "extra", "kind": kind})
+        await wait_until(lambda: notices["alice"] == 1, what=f"alice's {listed}/list_changed")
+        assert expected in await names(alice)
+        assert expected not in await names(bob)
+        assert notices["bob"] == 0
+
+
+async def test_a_shared_upstream_asks_the_client_whose_call_is_in_flight(tmp_path: Path) -> None:
+    config = write_config(tmp_path, {"state": fixture_server("state", session="shared")})
+    async with (
+        running_proxy(config) as proxy,
+        connect(proxy.url, sampling_callback=answering("alice's model")) as alice,
+        connect(proxy.url, sampling_callback=answering("bob's model")) as bob,
+    ):
+        assert structured(await alice.call_tool("state_ask", {"prompt": "who?"})) == "alice's model"
+        assert structured(await bob.call_tool("state_ask", {"prompt": "who?"})) == "bob's model"
+        assert structured(await alice.call_tool("state_ask", {"prompt": "who?"})) == "alice's model"
