@@ -71,7 +71,12 @@ def create_app(engine: ProxyEngine) -> Starlette:
             {
                 "status": "ok",
                 "upstreams": {
-                    s.name: {"state": s.state, "tools": s.tool_count, "sessions": s.client_sessions} for s in statuses
+                    f"{s.agent}/{s.name}" if s.agent else s.name: {
+                        "state": s.state,
+                        "tools": s.tool_count,
+                        "sessions": s.client_sessions,
+                    }
+                    for s in statuses
                 },
             }
         )
@@ -79,6 +84,7 @@ def create_app(engine: ProxyEngine) -> Starlette:
     return Starlette(
         routes=[
             Route("/mcp", endpoint=StreamableHTTPASGIApp(manager)),
+            Route("/agents/{agent}/mcp", endpoint=StreamableHTTPASGIApp(manager)),
             Route("/sse", endpoint=_LegacySseStream(server, legacy), methods=["GET"]),
             Mount("/messages/", app=legacy.handle_post_message),
             Route("/healthz", endpoint=health),

@@ -153,6 +153,9 @@ class ProxySettings(BaseSettings):
     session_header: str = "X-MCPStore-Session"
     session_argument: str = "session_id"
     upstream_start_timeout_seconds: float = Field(default=60.0, gt=0)
+    admin_token: str | None = None
+    allow_stdio_services_via_api: bool = False
+    runtime_services_file: Path | None = None
     allowed_hosts: list[str] = Field(default_factory=list[str])
     allowed_origins: list[str] = Field(default_factory=list[str])
     mcp_servers: dict[str, UpstreamConfig] = Field(default_factory=dict[str, UpstreamConfig], alias="mcpServers")
@@ -197,15 +200,17 @@ class ProxySettings(BaseSettings):
         return value
 
     @property
+    def runtime_services_path(self) -> Path | None:
+        """Where services added at run time are saved: `runtime_services_file`, else beside the config file."""
+        if self.runtime_services_file is not None:
+            return self.runtime_services_file
+        if self._config_path is None:
+            return None
+        return self._config_path.with_name(f"{self._config_path.stem}.runtime-services.json")
+
+    @property
     def enabled_servers(self) -> dict[str, UpstreamConfig]:
         return {name: server for name, server in self.mcp_servers.items() if server.enabled}
-
-    def prefix_of(self, name: str) -> str:
-        configured = self.mcp_servers[name].prefix
-        return name if configured is None else configured
-
-    def session_cap_of(self, name: str) -> int:
-        return self.mcp_servers[name].max_sessions or self.max_sessions_per_upstream
 
 
 def _deep_merge(base: Any, override: Any) -> Any:
@@ -215,6 +220,11 @@ def _deep_merge(base: Any, override: Any) -> Any:
             merged[key] = _deep_merge(merged.get(key), value)
         return merged
     return override
+
+
+def is_valid_name(name: str) -> bool:
+    """Whether `name` can be a server key (and so a tool prefix): 1 to 64 of `[A-Za-z0-9_.-]`."""
+    return bool(_NAME.match(name))
 
 
 def interpolate(value: Any, variables: Mapping[str, str]) -> Any:

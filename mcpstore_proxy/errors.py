@@ -6,6 +6,8 @@
      ├── UnknownToolError         no exposed tool has that name
      ├── UnknownPromptError       no exposed prompt has that name
      ├── UnknownResourceError     no upstream offers that resource URI
+     ├── UnknownServiceError      no service of that name in this scope
+     ├── AmbiguousToolError       a short tool name matches several services' tools
      ├── UpstreamError            an upstream failed; names the upstream
      │    ├── UpstreamStartError   it could not be started or initialized
      │    ├── UpstreamClosedError  its connection ended while in use (crash, exit)
@@ -62,6 +64,14 @@ class UnknownPromptError(ProxyError):
 
 class UnknownResourceError(ProxyError):
     # -32002 was retired by the spec; like the SDK, an unknown URI is invalid params.
+    code = INVALID_PARAMS
+
+
+class UnknownServiceError(ProxyError):
+    code = INVALID_PARAMS
+
+
+class AmbiguousToolError(ProxyError):
     code = INVALID_PARAMS
 
 

@@ -9,19 +9,26 @@ A request's key is resolved in this order:
 
 Explicit keys and connection keys live in separate namespaces, so naming an
 explicit key after someone's `Mcp-Session-Id` does not reach their session.
+Every key belongs to an agent scope (`""` is the store's own scope): agent A's
+session "task" and agent B's session "task" are different sessions.
 """
 
 from __future__ import annotations
 
+import re
 import secrets
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
 from mcpstore_proxy.errors import InvalidSessionKeyError
 
-__all__ = ["MAX_KEY_LENGTH", "SessionKey", "resolve_session_key"]
+__all__ = ["MAX_KEY_LENGTH", "STORE_SCOPE", "SessionKey", "checked_agent", "resolve_session_key"]
 
 MAX_KEY_LENGTH: Final = 256
+STORE_SCOPE: Final = ""
+"""The agent id of the store's own scope (`for_store()`), as opposed to `for_agent(id)`."""
+
+_AGENT_ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
 KeyKind = Literal["explicit", "connection", "ephemeral"]
 
@@ -30,18 +37,19 @@ KeyKind = Literal["explicit", "connection", "ephemeral"]
 class SessionKey:
     kind: KeyKind
     name: str
+    agent: str = STORE_SCOPE
 
     @classmethod
-    def explicit(cls, name: str) -> SessionKey:
-        return cls("explicit", name)
+    def explicit(cls, name: str, agent: str = STORE_SCOPE) -> SessionKey:
+        return cls("explicit", name, agent)
 
     @classmethod
-    def connection(cls, connection_id: str) -> SessionKey:
-        return cls("connection", connection_id)
+    def connection(cls, connection_id: str, agent: str = STORE_SCOPE) -> SessionKey:
+        return cls("connection", connection_id, agent)
 
     @classmethod
-    def ephemeral(cls) -> SessionKey:
-        return cls("ephemeral", secrets.token_hex(8))
+    def ephemeral(cls, agent: str = STORE_SCOPE) -> SessionKey:
+        return cls("ephemeral", secrets.token_hex(8), agent)
 
     @property
     def is_explicit(self) -> bool:
@@ -52,11 +60,31 @@ class SessionKey:
         return self.kind == "ephemeral"
 
     def __str__(self) -> str:
-        return f"{self.kind} session '{self.name}'"
+        scope = f" of agent '{self.agent}'" if self.agent else ""
+        return f"{self.kind} session '{self.name}'{scope}"
+
+
+def checked_agent(agent: str) -> str:
+    """An agent id as given, once it is known to be well formed.
+
+    Raises:
+        InvalidSessionKeyError: it is not 1 to 64 letters, digits, '_', '.' or '-'.
+    """
+    if agent != STORE_SCOPE and not _AGENT_ID.match(agent):
+        raise InvalidSessionKeyError(
+            f"agent id {agent!r:.80} must be 1 to 64 letters, digits, '_', '.' or '-' (for example 'team_1')"
+        )
+    return agent
 
 
 def resolve_session_key(
-    argument: Any, header: str | None, connection: SessionKey | None, *, argument_name: str, header_name: str
+    argument: Any,
+    header: str | None,
+    connection: SessionKey | None,
+    *,
+    argument_name: str,
+    header_name: str,
+    agent: str = STORE_SCOPE,
 ) -> SessionKey:
     """Pick the key for one request: argument, then header, then connection, else ephemeral.
 
@@ -64,15 +92,15 @@ def resolve_session_key(
         InvalidSessionKeyError: an explicit key is not a non-empty string of at most 256 characters.
     """
     if argument is not None:
-        return SessionKey.explicit(_checked(argument, f"the '{argument_name}' argument"))
+        return SessionKey.explicit(checked_session_name(argument, f"the '{argument_name}' argument"), agent)
     if header is not None:
-        return SessionKey.explicit(_checked(header, f"the {header_name} header"))
+        return SessionKey.explicit(checked_session_name(header, f"the {header_name} header"), agent)
     if connection is not None:
         return connection
-    return SessionKey.ephemeral()
+    return SessionKey.ephemeral(agent)
 
 
-def _checked(value: Any, source: str) -> str:
+def checked_session_name(value: Any, source: str) -> str:
     if not isinstance(value, str) or not value or len(value) > MAX_KEY_LENGTH or not value.isprintable():
         raise InvalidSessionKeyError(
             f"{source} must be a printable string of 1 to {MAX_KEY_LENGTH} characters naming a session, "

@@ -4,8 +4,8 @@ Each key gets its own `UpstreamSession` (its own process, or its own HTTP
 session), started on the key's first request and reused for every later one.
 It declares upstream the client capabilities (sampling, elicitation, roots)
 that the client who opened it declared, and it relays what the upstream
-starts to that client. A session ends when its key ends, when an explicit key
-idles out, or when the upstream goes away; in the last case the key's next
+starts to that client. A session ends when its key ends (an explicit key ends
+when it expires), or when the upstream goes away; in the last case the key's next
 request gets a fresh session, and the client is warned that its state was reset.
 """
 
@@ -124,6 +124,10 @@ class SessionPool:
             if key.is_ephemeral:
                 self.end_soon(key)
 
+    def open(self, key: SessionKey) -> UpstreamSession:
+        """The key's session, started now if it has none (without a client to relay to yet)."""
+        return self._session_for(key, None)[0]
+
     def _session_for(self, key: SessionKey, call: ClientCall | None) -> tuple[UpstreamSession, bool]:
         session = self._sessions.get(key)
         if session is not None:
@@ -204,15 +208,6 @@ class SessionPool:
         session = self._sessions.pop(key, None)
         if session is not None:
             await session.aclose()
-
-    def expire_idle(self, now: float, idle_timeout_seconds: float) -> None:
-        """Close explicit-key sessions that had no call in flight for `idle_timeout_seconds`."""
-        for key, session in list(self._sessions.items()):
-            if key.is_explicit and session.is_idle and now - session.last_used >= idle_timeout_seconds:
-                logger.info(
-                    "closing %s with upstream '%s': idle for %.0f s", key, self.upstream, now - session.last_used
-                )
-                self.end_soon(key)
 
     async def aclose(self) -> None:
         """Close every session and wait (bounded, together) until their upstreams are gone."""

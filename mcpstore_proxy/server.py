@@ -38,18 +38,20 @@ from mcp.types.version import HANDSHAKE_PROTOCOL_VERSIONS, MODERN_PROTOCOL_VERSI
 from pydantic import BaseModel
 
 from mcpstore_proxy.__about__ import __version__
+from mcpstore_proxy.catalog import Catalog
 from mcpstore_proxy.engine import ProxyEngine
 from mcpstore_proxy.errors import ProxyError, UnknownToolError, to_mcp_error
-from mcpstore_proxy.keys import SessionKey, resolve_session_key
+from mcpstore_proxy.keys import STORE_SCOPE, SessionKey, checked_agent, resolve_session_key
 from mcpstore_proxy.relay import ClientCall
 
-__all__ = ["ProxyServer", "downstream_connection"]
+__all__ = ["AGENT_HEADER", "ProxyServer", "downstream_connection"]
 
 logger = logging.getLogger(__name__)
 
 Context = ServerRequestContext[Any, Any]
 _ResultT = TypeVar("_ResultT", bound=BaseModel)
 
+AGENT_HEADER: Final = "x-mcpstore-agent"
 _KEY_STATE: Final = "mcpstore_proxy.session_key"
 _CHANNEL_STATE: Final = "mcpstore_proxy.channel"
 _NOTIFY_SECONDS: Final = 1.0
@@ -188,36 +190,42 @@ class ProxyServer(Server[Any]):
     # Listings: answered from the catalog the key sees, never by opening a session.
 
     async def _list_tools(self, ctx: Context, params: types.PaginatedRequestParams | None) -> types.ListToolsResult:
-        return types.ListToolsResult(tools=self._engine.catalog_for(self._listing_key(ctx)).tools)
+        return types.ListToolsResult(tools=self._catalog(ctx).tools)
 
     async def _list_prompts(self, ctx: Context, params: types.PaginatedRequestParams | None) -> types.ListPromptsResult:
-        return types.ListPromptsResult(prompts=self._engine.catalog_for(self._listing_key(ctx)).prompts)
+        return types.ListPromptsResult(prompts=self._catalog(ctx).prompts)
 
     async def _list_resources(
         self, ctx: Context, params: types.PaginatedRequestParams | None
     ) -> types.ListResourcesResult:
-        return types.ListResourcesResult(resources=self._engine.catalog_for(self._listing_key(ctx)).resources)
+        return types.ListResourcesResult(resources=self._catalog(ctx).resources)
 
     async def _list_resource_templates(
         self, ctx: Context, params: types.PaginatedRequestParams | None
     ) -> types.ListResourceTemplatesResult:
-        catalog = self._engine.catalog_for(self._listing_key(ctx))
-        return types.ListResourceTemplatesResult(resource_templates=catalog.templates)
+        return types.ListResourceTemplatesResult(resource_templates=self._catalog(ctx).templates)
+
+    def _catalog(self, ctx: Context) -> Catalog:
+        try:
+            return self._engine.catalog_for(self._key(ctx))
+        except ProxyError as error:
+            raise to_mcp_error(error) from None
 
     # Requests that run in the key's upstream session.
 
     async def _call_tool(self, ctx: Context, params: types.CallToolRequestParams) -> dict[str, Any]:
         async def forward() -> dict[str, Any]:
-            base_key = self._header_or_connection_key(ctx)
+            base_key = self._key(ctx)
             route = self._engine.tool_route(base_key, params.name)
             arguments = dict(params.arguments or {})
             named = None if route.declares_session_argument else arguments.pop(self._argument, None)
             key = resolve_session_key(
                 named,
-                base_key.name if base_key is not None and base_key.is_explicit else None,
+                base_key.name if base_key.is_explicit else None,
                 self._adopt(ctx),
                 argument_name=self._argument,
                 header_name=self._engine.settings.session_header,
+                agent=base_key.agent,
             )
             if key != base_key:
                 # The tool exists in the connection's view; the named session may just never have listed its own.
@@ -253,9 +261,13 @@ class ProxyServer(Server[Any]):
         return types.EmptyResult()
 
     async def _set_logging_level(self, ctx: Context, params: types.SetLevelRequestParams) -> types.EmptyResult:
-        key = self._header_or_connection_key(ctx)
-        if key is not None:
-            await self._engine.set_logging_level(key, params.level)
+        async def forward() -> dict[str, Any]:
+            key = self._key(ctx)
+            if not key.is_ephemeral:
+                await self._engine.set_logging_level(key, params.level)
+            return {}
+
+        await _answer(ctx, forward)
         return types.EmptyResult()
 
     async def _discover(self, ctx: Context, params: types.RequestParams) -> types.DiscoverResult:
@@ -268,26 +280,35 @@ class ProxyServer(Server[Any]):
         self._adopt(ctx)
 
     async def _roots_changed(self, ctx: Context, params: types.NotificationParams) -> None:
-        key = self._header_or_connection_key(ctx)
-        if key is not None:
-            await self._engine.roots_changed(key)
+        with contextlib.suppress(ProxyError):
+            key = self._key(ctx)
+            if not key.is_ephemeral:
+                await self._engine.roots_changed(key)
 
     # Keys and channels.
 
     def _key(self, ctx: Context) -> SessionKey:
-        """The key of a request without a session argument: header, then connection, else ephemeral."""
-        return self._header_or_connection_key(ctx) or SessionKey.ephemeral()
+        """The key of a request without a session argument: header, then connection, else ephemeral.
 
-    def _listing_key(self, ctx: Context) -> SessionKey | None:
-        return self._header_or_connection_key(ctx)
-
-    def _header_or_connection_key(self, ctx: Context) -> SessionKey | None:
+        Raises:
+            InvalidSessionKeyError: the agent id or the session header is malformed.
+        """
+        agent = self._agent(ctx)
         header = ctx.request.headers.get(self._header) if ctx.request is not None else None
-        if header is not None:
-            return resolve_session_key(
-                None, header, None, argument_name=self._argument, header_name=self._engine.settings.session_header
-            )
-        return self._adopt(ctx)
+        return resolve_session_key(
+            None,
+            header,
+            self._adopt(ctx),
+            argument_name=self._argument,
+            header_name=self._engine.settings.session_header,
+            agent=agent,
+        )
+
+    def _agent(self, ctx: Context) -> str:
+        """The agent scope of a request: the `/agents/{id}/mcp` path, else the `X-MCPStore-Agent` header."""
+        if ctx.request is None:
+            return STORE_SCOPE
+        return checked_agent(ctx.request.path_params.get("agent") or ctx.request.headers.get(AGENT_HEADER, STORE_SCOPE))
 
     def _adopt(self, ctx: Context) -> SessionKey | None:
         """The connection's own session key, registering the connection on first sight.
@@ -301,7 +322,7 @@ class ProxyServer(Server[Any]):
         key: SessionKey | None = connection.state.get(_KEY_STATE)
         if key is not None:
             return key
-        key = SessionKey.connection(connection.session_id or secrets.token_hex(16))
+        key = SessionKey.connection(connection.session_id or secrets.token_hex(16), self._agent(ctx))
         connection.state[_KEY_STATE] = key
         connection.state[_CHANNEL_STATE] = ConnectionStream(connection)
         self._connections[id(connection)] = connection

@@ -81,6 +81,7 @@ class UpstreamService:
         self._wake = anyio.Event()
         self._state_changed = anyio.Event()
         self._is_closing = False
+        self._restart_now = False
         self._generation = 0
         self._generation_seen: dict[SessionKey, int] = {}
         self._subscribers: dict[str, dict[SessionKey, ClientChannel]] = {}
@@ -114,6 +115,11 @@ class UpstreamService:
                 return
             if anyio.current_time() - started >= _STABLE_AFTER_SECONDS:
                 delay = _FIRST_RETRY_SECONDS
+            if self._restart_now:
+                self._restart_now = False
+                logger.info("restarting upstream '%s' as asked", self.name)
+                self._set_state(ServiceState.STARTING)
+                continue
             if session.end_reason is EndReason.LOST and self.state is ServiceState.READY:
                 logger.warning("upstream '%s' went away (%s); restarting it", self.name, self._reason(session))
                 self._set_state(ServiceState.RESTARTING)
@@ -233,6 +239,42 @@ class UpstreamService:
         raise UpstreamStartError(
             self.name, f"upstream '{self.name}' is still restarting after {self._start_timeout_seconds:g} s"
         )
+
+    async def open(self, key: SessionKey) -> UpstreamSession:
+        """The session `key` holds with this upstream, started now if it has none; waits until it is ready.
+
+        Raises:
+            UpstreamError: the upstream could not be started.
+        """
+        if self.pool is None:
+            return await self._shared_session()
+        session = self.pool.open(key)
+        await session.client()
+        return session
+
+    async def state_changed(self) -> None:
+        """Wait for the next change of `state` (or of the catalog session)."""
+        await self._state_changed.wait()
+
+    async def refresh_catalog(self) -> None:
+        """Read every listing again from the catalog session."""
+        session = self._catalog
+        if session is not None and session.is_ready:
+            await self._refresh(session, LISTING_KINDS)
+
+    def session_of(self, key: SessionKey) -> UpstreamSession | None:
+        """The session `key` holds with this upstream, if it has one (a shared upstream's, for anyone)."""
+        if self.pool is None:
+            return self._catalog
+        return self.pool.sessions.get(key)
+
+    async def restart(self) -> None:
+        """Close every session with this upstream and start it afresh, at once."""
+        if self.pool is not None:
+            await self.pool.aclose()
+        self._restart_now = True
+        if self._catalog is not None:
+            await self._catalog.aclose()
 
     async def subscribe(self, key: SessionKey, call: ClientCall | None, uri: str, *, subscribe: bool) -> None:
         """Forward a (un)subscription; a shared session subscribes once per URI, whoever asks."""

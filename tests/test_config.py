@@ -37,7 +37,7 @@ mcpServers:
     transports = {name: server.resolved_transport for name, server in settings.mcp_servers.items()}
     assert transports == {"local": "stdio", "remote": "streamable-http", "legacy": "sse", "pinned": "sse"}
     assert settings.mcp_servers["local"].session == "isolated"
-    assert settings.prefix_of("local") == "local"
+    assert settings.mcp_servers["local"].prefix is None  # the server key is the prefix
 
 
 def test_entries_pasted_from_other_clients_load_unchanged(tmp_path: Path) -> None:

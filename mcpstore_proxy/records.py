@@ -1,0 +1,80 @@
+"""What the engine remembers about each named session: when it opened, when it was last used, when it
+expires, and which services it has bound.
+
+Named sessions are the explicit keys (a `session_id` argument, an `X-MCPStore-Session` header, or an SDK
+session). Each use pushes the expiry out to at least `idle timeout` from now; `extend(seconds)` moves it by
+exactly `seconds`. Times are wall-clock epoch seconds, so what `session_info` reports is what expiry uses.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from mcpstore_proxy.keys import SessionKey
+
+__all__ = ["SessionRecord", "SessionRecords"]
+
+
+@dataclass(eq=False)
+class SessionRecord:
+    key: SessionKey
+    created_at: float
+    last_active: float
+    expires_at: float
+    bound: list[str] = field(default_factory=list[str])
+    calls_in_flight: int = 0
+
+    @property
+    def expires_in_seconds(self) -> float:
+        return self.expires_at - time.time()
+
+
+class SessionRecords:
+    """The named sessions, by key."""
+
+    def __init__(self, idle_timeout_seconds: float) -> None:
+        self._idle_timeout_seconds = idle_timeout_seconds
+        self._records: dict[SessionKey, SessionRecord] = {}
+
+    def __repr__(self) -> str:
+        return f"<SessionRecords {len(self._records)} named sessions>"
+
+    def __contains__(self, key: SessionKey) -> bool:
+        return key in self._records
+
+    def __iter__(self) -> Iterator[SessionRecord]:
+        return iter(list(self._records.values()))
+
+    def get(self, key: SessionKey) -> SessionRecord | None:
+        return self._records.get(key)
+
+    def open(self, key: SessionKey) -> SessionRecord:
+        """The key's record, created (as just used) when it has none."""
+        record = self._records.get(key)
+        if record is None:
+            now = time.time()
+            record = self._records[key] = SessionRecord(key, now, now, now + self._idle_timeout_seconds)
+        return record
+
+    def touch(self, key: SessionKey) -> SessionRecord:
+        """Note a use: the session stays at least `idle timeout` from now."""
+        record = self.open(key)
+        now = time.time()
+        record.last_active = now
+        record.expires_at = max(record.expires_at, now + self._idle_timeout_seconds)
+        return record
+
+    def extend(self, key: SessionKey, seconds: float) -> SessionRecord:
+        record = self.open(key)
+        record.expires_at += seconds
+        return record
+
+    def remove(self, key: SessionKey) -> SessionRecord | None:
+        return self._records.pop(key, None)
+
+    def expired(self) -> list[SessionKey]:
+        """Keys whose expiry has passed and that have no call in flight."""
+        now = time.time()
+        return [r.key for r in self._records.values() if r.expires_at <= now and r.calls_in_flight == 0]
