@@ -2,8 +2,10 @@
 
 from mcpstore_proxy.__about__ import __version__
 from mcpstore_proxy.config import ProxySettings, UpstreamConfig, load_settings
+from mcpstore_proxy.control import ServiceInfo, SessionInfo, ToolInfo
 from mcpstore_proxy.engine import ProxyEngine, UpstreamStatus
 from mcpstore_proxy.errors import (
+    AmbiguousToolError,
     ConfigError,
     InvalidSessionKeyError,
     NameCollisionError,
@@ -11,6 +13,9 @@ from mcpstore_proxy.errors import (
     SessionClosedError,
     SessionError,
     SessionLimitError,
+    UnknownPromptError,
+    UnknownResourceError,
+    UnknownServiceError,
     UnknownToolError,
     UpstreamClosedError,
     UpstreamError,
@@ -18,18 +23,30 @@ from mcpstore_proxy.errors import (
     UpstreamTimeoutError,
 )
 from mcpstore_proxy.keys import SessionKey
+from mcpstore_proxy.session import Session
+from mcpstore_proxy.store import MCPStore, StoreContext
 
 __all__ = [
+    "AmbiguousToolError",
     "ConfigError",
     "InvalidSessionKeyError",
+    "MCPStore",
     "NameCollisionError",
     "ProxyEngine",
     "ProxyError",
     "ProxySettings",
+    "ServiceInfo",
+    "Session",
     "SessionClosedError",
     "SessionError",
+    "SessionInfo",
     "SessionKey",
     "SessionLimitError",
+    "StoreContext",
+    "ToolInfo",
+    "UnknownPromptError",
+    "UnknownResourceError",
+    "UnknownServiceError",
     "UnknownToolError",
     "UpstreamClosedError",
     "UpstreamConfig",

@@ -1,5 +1,6 @@
-"""The HTTP face of the proxy, as a Starlette app: Streamable HTTP at `/mcp`, the legacy HTTP+SSE
-transport at `/sse` (events) and `/messages/` (posts) for older clients, and `/healthz`.
+"""The HTTP face of the proxy, as a Starlette app: Streamable HTTP at `/mcp` (and `/agents/{id}/mcp` for an
+agent's view), the legacy HTTP+SSE transport at `/sse` (events) and `/messages/` (posts) for older clients,
+the admin API under `/admin` (see `admin`), and `/healthz`.
 
 The SDK's session manager serves `/mcp` with DNS-rebinding protection on: a
 request whose Host is not allowed gets 421, a foreign Origin gets 403. Loopback
@@ -25,7 +26,9 @@ from starlette.responses import JSONResponse
 from starlette.routing import Mount, Route
 from starlette.types import Receive, Scope, Send
 
+from mcpstore_proxy.admin import admin_routes
 from mcpstore_proxy.config import ProxySettings
+from mcpstore_proxy.control import Control
 from mcpstore_proxy.engine import ProxyEngine
 from mcpstore_proxy.server import ProxyServer
 
@@ -88,6 +91,9 @@ def create_app(engine: ProxyEngine) -> Starlette:
             Route("/sse", endpoint=_LegacySseStream(server, legacy), methods=["GET"]),
             Mount("/messages/", app=legacy.handle_post_message),
             Route("/healthz", endpoint=health),
+            *admin_routes(
+                Control(engine, allows_stdio=engine.settings.allow_stdio_services_via_api), engine.settings, security
+            ),
         ],
         lifespan=lifespan,
     )

@@ -176,6 +176,10 @@ class ProxyEngine:
             raise UnknownServiceError(f"no service named {name!r} here (services: {known}); add it with add_service")
         return service
 
+    def scope_of(self, agent: str, name: str) -> str:
+        """Which scope the service `name`, as `agent` sees it, belongs to: the agent's own, or the store's."""
+        return agent if agent != STORE_SCOPE and name in self._scopes.get(agent, {}) else STORE_SCOPE
+
     async def add_service(self, agent: str, name: str, config: UpstreamConfig) -> UpstreamService:
         """Start a service at run time, seen by `agent` only (or by everyone, for the store); it is saved.
 
@@ -204,7 +208,7 @@ class ProxyEngine:
     async def remove_service(self, agent: str, name: str) -> None:
         """Stop a service added at run time, closing every session with it."""
         service = self.service(agent, name)
-        scope = agent if name in self._scopes.get(agent, {}) and agent != STORE_SCOPE else STORE_SCOPE
+        scope = self.scope_of(agent, name)
         if scope == STORE_SCOPE and name in self.settings.enabled_servers:
             raise ConfigError(f"service {name!r} comes from the config file; remove it there and restart the proxy")
         del self._scopes[scope][name]

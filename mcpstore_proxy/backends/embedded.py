@@ -1,0 +1,22 @@
+"""The embedded backend: the proxy's own engine, in this process, driven directly (no HTTP)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator
+from contextlib import asynccontextmanager
+
+from mcpstore_proxy.config import ProxySettings
+from mcpstore_proxy.control import Control
+from mcpstore_proxy.engine import ProxyEngine
+
+__all__ = ["embedded_backend"]
+
+
+@asynccontextmanager
+async def embedded_backend(settings: ProxySettings) -> AsyncGenerator[Control]:
+    """Start an engine over `settings` and yield its control operations; leaving stops every upstream.
+
+    The SDK runs in the operator's own process, so it may add command (stdio) services.
+    """
+    async with ProxyEngine(settings) as engine:
+        yield Control(engine, allows_stdio=True)

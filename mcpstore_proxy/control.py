@@ -1,0 +1,298 @@
+"""The control operations behind the SDK and the admin API, and the JSON shapes they return.
+
+Both the embedded SDK and the HTTP admin API call these, so a service added,
+a session extended or a tool resolved behaves the same whichever way it came.
+Everything is scoped by agent (`""` is the store's scope) and sessions are
+named within their scope.
+
+Tool names resolve the way MCPStore users expect: the upstream's own name when
+it is unambiguous among the session's bound services (or, with none bound,
+among every service the scope sees), else the proxy's prefixed name.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping, Sequence, Set
+from typing import Any, cast
+
+from mcp import types
+from pydantic import BaseModel, ValidationError
+
+from mcpstore_proxy.catalog import ToolRoute
+from mcpstore_proxy.config import UpstreamConfig, describe_validation_error
+from mcpstore_proxy.engine import ProxyEngine
+from mcpstore_proxy.errors import (
+    AmbiguousToolError,
+    ConfigError,
+    SessionClosedError,
+    UnknownToolError,
+)
+from mcpstore_proxy.keys import SessionKey, checked_agent, checked_session_name
+from mcpstore_proxy.records import SessionRecord
+
+__all__ = ["Control", "ServiceInfo", "SessionInfo", "ToolInfo", "resolve_tool_name", "service_entries"]
+
+
+class ServiceInfo(BaseModel):
+    name: str
+    agent_id: str | None
+    transport: str
+    session_mode: str
+    state: str
+    tool_count: int
+    client_sessions: int
+    error: str | None
+    from_config: bool
+
+
+class ToolInfo(BaseModel):
+    name: str
+    """The proxy's (prefixed) name, unique in the scope."""
+    service: str
+    tool: str
+    """The upstream's own name."""
+    description: str | None
+    input_schema: dict[str, Any]
+    """The upstream's schema, without the proxy's session argument."""
+
+
+class SessionInfo(BaseModel):
+    session_id: str
+    agent_id: str | None
+    is_active: bool
+    created_at: dt.datetime
+    last_active: dt.datetime
+    expires_at: dt.datetime
+    expires_in_seconds: float
+    bound_services: list[str]
+    service_count: int
+    tool_count: int
+    tools: list[str]
+    connection_status: dict[str, str]
+
+
+def service_entries(payload: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """`{"name": ..., <entry>}` or `{"mcpServers": {...}}` as `{name: entry}`.
+
+    Raises:
+        ConfigError: neither shape, or a service without a name.
+    """
+    servers = payload.get("mcpServers")
+    if isinstance(servers, Mapping):
+        return {
+            str(name): dict(cast(Mapping[str, Any], entry)) for name, entry in cast(Mapping[str, Any], servers).items()
+        }
+    entry = dict(payload)
+    name = entry.pop("name", None)
+    if not isinstance(name, str):
+        raise ConfigError(
+            "a service needs a 'name' (for example {'name': 'browser', 'url': 'http://127.0.0.1:8931/sse'}), "
+            "or pass {'mcpServers': {...}}"
+        )
+    return {name: entry}
+
+
+class Control:
+    """Service, session and tool operations over a running engine, for one kind of caller.
+
+    `allows_stdio` is whether this caller may add command (stdio) services: the operator's own process may;
+    the admin API may only when the config says so, because a spawn must come from the operator.
+    """
+
+    def __init__(self, engine: ProxyEngine, *, allows_stdio: bool) -> None:
+        self.engine = engine
+        self._allows_stdio = allows_stdio
+
+    # Services.
+
+    async def add_services(self, agent: str, payload: Mapping[str, Any]) -> list[ServiceInfo]:
+        agent = checked_agent(agent)
+        configs: dict[str, UpstreamConfig] = {}
+        for name, entry in service_entries(payload).items():
+            try:
+                config = UpstreamConfig.model_validate(entry)
+            except ValidationError as error:
+                raise ConfigError(f"service {name!r}: {describe_validation_error(error)}") from None
+            if config.command is not None and not self._allows_stdio:
+                raise ConfigError(
+                    f"service {name!r} runs a command; adding command (stdio) services through the admin API is off "
+                    "(set allow_stdio_services_via_api: true in the proxy's config, or add it to mcpServers there)"
+                )
+            configs[name] = config
+        added = [await self.engine.add_service(agent, name, config) for name, config in configs.items()]
+        return [self._service_info(agent, service.name) for service in added]
+
+    async def remove_service(self, agent: str, name: str) -> None:
+        await self.engine.remove_service(checked_agent(agent), name)
+
+    async def restart_service(self, agent: str, name: str) -> ServiceInfo:
+        await self.engine.restart_service(checked_agent(agent), name)
+        return self._service_info(agent, name)
+
+    async def wait_service(self, agent: str, name: str, timeout_seconds: float) -> ServiceInfo:
+        await self.engine.wait_service(checked_agent(agent), name, timeout_seconds)
+        return self._service_info(agent, name)
+
+    async def list_services(self, agent: str) -> list[ServiceInfo]:
+        agent = checked_agent(agent)
+        return [self._service_info(agent, service.name) for service in self.engine.services(agent)]
+
+    async def service_status(self, agent: str, name: str) -> ServiceInfo:
+        return self._service_info(checked_agent(agent), name)
+
+    def _service_info(self, agent: str, name: str) -> ServiceInfo:
+        service = self.engine.service(agent, name)
+        owner = self.engine.scope_of(agent, name)
+        status = self.engine.status_of(owner, service)
+        return ServiceInfo(
+            name=name,
+            agent_id=owner or None,
+            transport=status.transport,
+            session_mode=status.session_mode,
+            state=status.state,
+            tool_count=status.tool_count,
+            client_sessions=status.client_sessions,
+            error=status.error,
+            from_config=not owner and name in self.engine.settings.enabled_servers,
+        )
+
+    # Tools.
+
+    async def list_tools(self, agent: str, session: str | None = None, *, all_services: bool = False) -> list[ToolInfo]:
+        """The tools the scope sees, or, in a session with bound services, those services' tools."""
+        key = self._key(agent, session)
+        services = set[str]() if all_services else self._bound(key)
+        catalog = self.engine.catalog_for(key)
+        tools: list[ToolInfo] = []
+        for tool in catalog.tools:
+            route = catalog.tool(tool.name)
+            if services and route.upstream not in services:
+                continue
+            tools.append(self._tool_info(tool, route))
+        return tools
+
+    async def resolve_tool(self, agent: str, session: str | None, name: str) -> ToolInfo:
+        """The tool `name` means in this scope and session (see `resolve_tool_name`)."""
+        key = self._key(agent, session)
+        services = self._bound(key) or {s.name for s in self.engine.services(key.agent)}
+        return resolve_tool_name(name, await self.list_tools(agent, session, all_services=True), services)
+
+    async def call_tool(
+        self, agent: str, session: str | None, name: str, arguments: Mapping[str, Any] | None
+    ) -> types.CallToolResult:
+        tool = await self.resolve_tool(agent, session, name)
+        key = self._key(agent, session)
+        raw = await self.engine.call_tool(key, self.engine.tool_route(key, tool.name), dict(arguments or {}))
+        return types.CallToolResult.model_validate(raw)
+
+    # Sessions.
+
+    async def open_session(self, agent: str, session: str) -> SessionInfo:
+        key = self._key(agent, session)
+        return self._session_info(self.engine.open_session(key))
+
+    async def find_session(self, agent: str, session: str) -> SessionInfo | None:
+        record = self.engine.records.get(self._key(agent, session))
+        return self._session_info(record) if record is not None else None
+
+    async def list_sessions(self, agent: str) -> list[SessionInfo]:
+        return [self._session_info(record) for record in self.engine.named_sessions(checked_agent(agent))]
+
+    async def session_info(self, agent: str, session: str) -> SessionInfo:
+        return self._session_info(self._record(agent, session))
+
+    async def bind_service(self, agent: str, session: str, service: str) -> SessionInfo:
+        key = self._key(agent, session)
+        return self._session_info(await self.engine.bind(key, service))
+
+    async def extend_session(self, agent: str, session: str, seconds: float) -> SessionInfo:
+        self._record(agent, session)
+        return self._session_info(await self.engine.extend_session(self._key(agent, session), seconds))
+
+    async def restart_session(self, agent: str, session: str) -> SessionInfo:
+        self._record(agent, session)
+        return self._session_info(await self.engine.restart_session(self._key(agent, session)))
+
+    async def clear_cache(self, agent: str, session: str) -> SessionInfo:
+        self._record(agent, session)
+        key = self._key(agent, session)
+        await self.engine.refresh(key)
+        return self._session_info(self._record(agent, session))
+
+    async def close_session(self, agent: str, session: str) -> None:
+        await self.engine.end_session(self._key(agent, session))
+
+    def _record(self, agent: str, session: str) -> SessionRecord:
+        record = self.engine.records.get(self._key(agent, session))
+        if record is None:
+            raise SessionClosedError(
+                f"session {session!r}{f' of agent {agent!r}' if agent else ''} is closed or was never opened; "
+                "open it with create_session() or with_session()"
+            )
+        return record
+
+    def _session_info(self, record: SessionRecord) -> SessionInfo:
+        key = record.key
+        bound = set(record.bound)
+        catalog = self.engine.catalog_for(key)
+        tools = [name for name, route in catalog.tool_routes.items() if route.upstream in bound]
+        return SessionInfo(
+            session_id=key.name,
+            agent_id=key.agent or None,
+            is_active=key in self.engine.records,
+            created_at=_utc(record.created_at),
+            last_active=_utc(record.last_active),
+            expires_at=_utc(record.expires_at),
+            expires_in_seconds=record.expires_in_seconds,
+            bound_services=list(record.bound),
+            service_count=len(record.bound),
+            tool_count=len(tools),
+            tools=tools,
+            connection_status=self.engine.connection_status(key),
+        )
+
+    def _key(self, agent: str, session: str | None) -> SessionKey:
+        agent = checked_agent(agent)
+        if session is None:
+            return SessionKey.ephemeral(agent)
+        return SessionKey.explicit(checked_session_name(session, "a session id"), agent)
+
+    def _bound(self, key: SessionKey) -> set[str]:
+        record = self.engine.records.get(key)
+        return set(record.bound) if record is not None else set()
+
+    def _tool_info(self, tool: types.Tool, route: ToolRoute) -> ToolInfo:
+        schema = dict(tool.input_schema)
+        if not route.declares_session_argument:
+            properties = dict(cast(dict[str, Any], schema.get("properties") or {}))
+            properties.pop(self.engine.settings.session_argument, None)
+            schema["properties"] = properties
+        return ToolInfo(
+            name=tool.name, service=route.upstream, tool=route.tool, description=tool.description, input_schema=schema
+        )
+
+
+def resolve_tool_name(name: str, tools: Sequence[ToolInfo], services: Set[str]) -> ToolInfo:
+    """The tool `name` means: the upstream's own name when exactly one of `services` has it, else the
+    proxy's (prefixed) name.
+
+    Raises:
+        AmbiguousToolError: several of `services` have a tool called `name`.
+        UnknownToolError: no tool matches.
+    """
+    matches = [tool for tool in tools if tool.tool == name and tool.service in services]
+    if len(matches) == 1:
+        return matches[0]
+    exact = next((tool for tool in tools if tool.name == name), None)
+    if exact is not None:
+        return exact
+    if matches:
+        raise AmbiguousToolError(
+            f"tool {name!r} is offered by several services; call one of " + ", ".join(repr(t.name) for t in matches)
+        )
+    raise UnknownToolError(f"no tool named {name!r} here; list_tools() shows the tools of this scope and session")
+
+
+def _utc(epoch_seconds: float) -> dt.datetime:
+    return dt.datetime.fromtimestamp(epoch_seconds, tz=dt.UTC)
