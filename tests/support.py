@@ -19,6 +19,8 @@ import yaml
 from mcp import Client, types
 from mcp.client.streamable_http import streamable_http_client
 
+from mcpstore_proxy import MCPStore
+
 __all__ = ["streamable_http_client"]
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -232,6 +234,30 @@ async def connect(
         Client(streamable_http_client(url, http_client=http), mode=mode, cache=None, **options) as client,
     ):
         yield client
+
+
+@asynccontextmanager
+async def sdk_store(config: Path, mode: str) -> AsyncGenerator[MCPStore]:
+    """An `MCPStore` over `config`: embedded in this process, or (`remote`) against a proxy process serving it.
+
+    Either way, leaving checks that no process the store started is left.
+    """
+    if mode == "remote":
+        async with running_proxy(config) as proxy:
+            store = MCPStore.setup_store(url=proxy.url)
+            try:
+                yield store
+            finally:
+                store.close()
+        return
+    before = descendants(os.getpid())
+    store = MCPStore.setup_store(config=config)
+    try:
+        yield store
+    finally:
+        started = descendants(os.getpid()) - before
+        store.close()
+        await wait_until(lambda: not any(is_alive(pid) for pid in started), what=f"the store's processes {started}")
 
 
 def structured(result: types.CallToolResult) -> Any:
