@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -180,7 +181,10 @@ async def running_proxy(
 ) -> AsyncGenerator[ProxyProcess]:
     """Start `mcpstore-proxy serve` on a free loopback port and wait until /healthz answers."""
     port = free_port()
-    log_path = config.parent / f"proxy-{port}.log"
+    # Not next to the config: the bundled config lives in the repository.
+    log_directory = Path(tempfile.gettempdir()) / "mcpstore-proxy-test-logs"
+    log_directory.mkdir(exist_ok=True)
+    log_path = log_directory / f"proxy-{port}.log"
     with log_path.open("w") as log:
         process = await anyio.open_process(
             [

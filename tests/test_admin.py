@@ -1,0 +1,129 @@
+"""The admin HTTP API: access rules, the stdio policy, services saved across restarts, and atomic saves."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx2
+import pytest
+
+from tests.support import (
+    connect,
+    fixture_server,
+    running_fixture_server,
+    running_proxy,
+    structured,
+    wait_until,
+    write_config,
+)
+
+pytestmark = pytest.mark.anyio
+
+JSON = {"Content-Type": "application/json"}
+
+
+async def admin(port: int, method: str, path: str, body: Any = None, **headers: str) -> httpx2.Response:
+    async with httpx2.AsyncClient(base_url=f"http://127.0.0.1:{port}/admin", timeout=60) as http:
+        return await http.request(method, path, json=body, headers={**JSON, **headers})
+
+
+async def test_off_loopback_the_admin_api_needs_the_token(tmp_path: Path) -> None:
+    config = write_config(tmp_path, {"state": fixture_server("state")}, admin_token="s3cret-token")
+    async with running_proxy(config, extra_args=["--host", "0.0.0.0"]) as proxy:  # reached via 127.0.0.1
+        assert (await admin(proxy.port, "GET", "/services")).status_code == 401
+        wrong = await admin(proxy.port, "GET", "/services", Authorization="Bearer guess")
+        assert wrong.status_code == 401
+        assert "admin_token" in wrong.json()["error"]["message"]
+        right = await admin(proxy.port, "GET", "/services", Authorization="Bearer s3cret-token")
+        assert right.status_code == 200
+        assert [service["name"] for service in right.json()] == ["state"]
+
+
+async def test_off_loopback_without_a_token_the_admin_api_is_off(tmp_path: Path) -> None:
+    config = write_config(tmp_path, {"state": fixture_server("state")})
+    async with running_proxy(config, extra_args=["--host", "0.0.0.0"]) as proxy:  # reached via 127.0.0.1
+        refused = await admin(proxy.port, "GET", "/services")
+        assert refused.status_code == 403
+        assert "admin_token" in refused.json()["error"]["message"]
+
+
+async def test_on_loopback_the_admin_api_needs_no_token_but_checks_host_and_origin(tmp_path: Path) -> None:
+    config = write_config(tmp_path, {"state": fixture_server("state")})
+    async with running_proxy(config) as proxy:
+        assert (await admin(proxy.port, "GET", "/services")).status_code == 200
+        assert (await admin(proxy.port, "GET", "/services", Host="attacker.example")).status_code == 421
+        forged = await admin(proxy.port, "POST", "/sessions/x/extend", {"seconds": 1}, Origin="http://attacker.example")
+        assert forged.status_code == 403
+
+
+async def test_adding_a_command_service_through_the_api_is_refused_unless_the_config_allows_it(tmp_path: Path) -> None:
+    entry = {"name": "spawned", **fixture_server("spawned")}
+    closed = write_config(tmp_path, {}, name="closed.yaml")
+    async with running_proxy(closed) as proxy:
+        refused = await admin(proxy.port, "POST", "/services", entry)
+        assert refused.status_code == 400
+        assert refused.json()["error"]["type"] == "ConfigError"
+        assert "allow_stdio_services_via_api" in refused.json()["error"]["message"]
+        assert (await admin(proxy.port, "GET", "/services")).json() == []
+
+    opened = write_config(tmp_path, {}, name="opened.yaml", allow_stdio_services_via_api=True)
+    async with running_proxy(opened) as proxy:
+        added = await admin(proxy.port, "POST", "/services", entry)
+        assert added.status_code == 200, added.text
+        ready = await admin(proxy.port, "POST", "/services/spawned/wait?timeout=60")
+        assert ready.json()["state"] == "ready"
+
+
+async def test_a_service_added_at_run_time_survives_a_restart(tmp_path: Path) -> None:
+    config = write_config(tmp_path, {})
+    async with running_fixture_server("http") as upstream_url:
+        async with running_proxy(config) as proxy:
+            added = await admin(proxy.port, "POST", "/services", {"name": "remote", "url": upstream_url})
+            assert added.status_code == 200, added.text
+        saved = json.loads((tmp_path / "proxy.runtime-services.json").read_text())
+        assert saved["store"] == {"remote": {"url": upstream_url}}
+
+        async with running_proxy(config) as proxy:
+            services = (await admin(proxy.port, "GET", "/services")).json()
+            assert [(s["name"], s["state"]) for s in services] == [("remote", "ready")]
+            async with connect(proxy.url) as client:
+                assert structured(await client.call_tool("remote_echo", {"text": "still here"})) == "still here"
+            removed = await admin(proxy.port, "DELETE", "/services/remote")
+            assert removed.status_code == 200
+        assert json.loads((tmp_path / "proxy.runtime-services.json").read_text())["store"] == {}
+
+
+async def test_an_interrupted_save_leaves_the_previous_file_intact(tmp_path: Path) -> None:
+    saved = tmp_path / "proxy.runtime-services.json"
+    previous = '{"store": {"kept": {"url": "http://127.0.0.1:1/mcp"}}, "agents": {}}\n'
+    saved.write_text(previous)
+    writer = await anyio.open_process(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from pathlib import Path; from mcpstore_proxy.persistence import write_atomically; "
+            "write_atomically(Path(sys.argv[1]), 'x' * 400_000_000)",
+            str(saved),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+
+        def writing() -> bool:
+            return any(part.stat().st_size > 1_000_000 for part in tmp_path.glob(f".{saved.name}.*.tmp"))
+
+        await wait_until(writing, timeout=60, what="the save to be under way")
+        writer.send_signal(signal.SIGKILL)
+    finally:
+        with anyio.fail_after(30):
+            await writer.wait()
+    assert writer.returncode == -signal.SIGKILL
+    assert saved.read_text() == previous
+    assert json.loads(saved.read_text())["store"]["kept"]["url"] == "http://127.0.0.1:1/mcp"
