@@ -1,11 +1,23 @@
 from __future__ import annotations
 
+from collections.abc import Iterator
+from pathlib import Path
+
 import pytest
 
 
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
+
+
+@pytest.fixture
+def site(tmp_path: Path) -> Iterator[str]:
+    """Local test pages (tests/browser.py's PAGES) served on 127.0.0.1; the site's base URL."""
+    from tests.browser import serving_pages
+
+    with serving_pages(tmp_path / "site") as url:
+        yield url
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
