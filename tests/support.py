@@ -240,6 +240,12 @@ async def connect(
         yield client
 
 
+async def admin(port: int, method: str, path: str, body: Any = None, **headers: str) -> httpx2.Response:
+    """A request to the admin API of the proxy on `port` (loopback, JSON)."""
+    async with httpx2.AsyncClient(base_url=f"http://127.0.0.1:{port}/admin", timeout=60) as http:
+        return await http.request(method, path, json=body, headers={"Content-Type": "application/json", **headers})
+
+
 @asynccontextmanager
 async def sdk_store(config: Path, mode: str) -> AsyncGenerator[MCPStore]:
     """An `MCPStore` over `config`: embedded in this process, or (`remote`) against a proxy process serving it.

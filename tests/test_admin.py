@@ -7,13 +7,12 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import anyio
-import httpx2
 import pytest
 
 from tests.support import (
+    admin,
     connect,
     fixture_server,
     running_fixture_server,
@@ -24,13 +23,6 @@ from tests.support import (
 )
 
 pytestmark = pytest.mark.anyio
-
-JSON = {"Content-Type": "application/json"}
-
-
-async def admin(port: int, method: str, path: str, body: Any = None, **headers: str) -> httpx2.Response:
-    async with httpx2.AsyncClient(base_url=f"http://127.0.0.1:{port}/admin", timeout=60) as http:
-        return await http.request(method, path, json=body, headers={**JSON, **headers})
 
 
 async def test_off_loopback_the_admin_api_needs_the_token(tmp_path: Path) -> None:
