@@ -171,8 +171,9 @@ class _AdminApi:
         return await self._control.list_tools(_agent(request), request.query_params.get("session"))
 
     async def resolve_tool(self, request: Request) -> Any:
-        name = request.query_params["name"]
-        return await self._control.resolve_tool(_agent(request), request.query_params.get("session"), name)
+        name, session = request.query_params["name"], request.query_params.get("session")
+        opens = request.query_params.get("open", "") in ("1", "true")
+        return await self._control.resolve_tool(_agent(request), session, name, opens=opens)
 
     async def list_sessions(self, request: Request) -> Any:
         return await self._control.list_sessions(_agent(request))

@@ -172,16 +172,24 @@ class Control:
             tools.append(self._tool_info(tool, route))
         return tools
 
-    async def resolve_tool(self, agent: str, session: str | None, name: str) -> ToolInfo:
-        """The tool `name` means in this scope and session (see `resolve_tool_name`)."""
+    async def resolve_tool(self, agent: str, session: str | None, name: str, *, opens: bool = False) -> ToolInfo:
+        """The tool `name` means in this scope and session (see `resolve_tool_name`).
+
+        Raises:
+            SessionClosedError: `session` is closed (or was never opened), unless `opens`, which opens it.
+        """
         key = self._key(agent, session)
+        if session is not None and key not in self.engine.records:
+            if not opens:
+                raise _closed(agent, session)
+            self.engine.open_session(key)
         services = self._bound(key) or {s.name for s in self.engine.services(key.agent)}
         return resolve_tool_name(name, await self.list_tools(agent, session, all_services=True), services)
 
     async def call_tool(
-        self, agent: str, session: str | None, name: str, arguments: Mapping[str, Any] | None
+        self, agent: str, session: str | None, name: str, arguments: Mapping[str, Any] | None, opens: bool = False
     ) -> types.CallToolResult:
-        tool = await self.resolve_tool(agent, session, name)
+        tool = await self.resolve_tool(agent, session, name, opens=opens)
         key = self._key(agent, session)
         raw = await self.engine.call_tool(key, self.engine.tool_route(key, tool.name), dict(arguments or {}))
         return types.CallToolResult.model_validate(raw)
@@ -226,10 +234,7 @@ class Control:
     def _record(self, agent: str, session: str) -> SessionRecord:
         record = self.engine.records.get(self._key(agent, session))
         if record is None:
-            raise SessionClosedError(
-                f"session {session!r}{f' of agent {agent!r}' if agent else ''} is closed or was never opened; "
-                "open it with create_session() or with_session()"
-            )
+            raise _closed(agent, session)
         return record
 
     def _session_info(self, record: SessionRecord) -> SessionInfo:
@@ -292,6 +297,13 @@ def resolve_tool_name(name: str, tools: Sequence[ToolInfo], services: Set[str]) 
             f"tool {name!r} is offered by several services; call one of " + ", ".join(repr(t.name) for t in matches)
         )
     raise UnknownToolError(f"no tool named {name!r} here; list_tools() shows the tools of this scope and session")
+
+
+def _closed(agent: str, session: str) -> SessionClosedError:
+    return SessionClosedError(
+        f"session {session!r}{f' of agent {agent!r}' if agent else ''} is closed or was never opened; "
+        "open it with create_session() or with_session()"
+    )
 
 
 def _utc(epoch_seconds: float) -> dt.datetime:

@@ -31,20 +31,20 @@ class LangChainAdapter:
         self._context = context
 
     def list_tools(self) -> list[BaseTool]:
-        return self._as_tools(self._context.list_tools(), self._context.current_session_id())
+        return self._as_tools(self._context.list_tools(), self._context.session_target())
 
     async def list_tools_async(self) -> list[BaseTool]:
-        return self._as_tools(await self._context.list_tools_async(), self._context.current_session_id())
+        return self._as_tools(await self._context.list_tools_async(), self._context.session_target())
 
-    def _as_tools(self, tools: list[ToolInfo], session: str | None) -> list[BaseTool]:
+    def _as_tools(self, tools: list[ToolInfo], target: tuple[str | None, bool]) -> list[BaseTool]:
         try:
             from langchain_core.tools import StructuredTool
         except ImportError:
             raise ImportError('for_langchain() needs langchain-core: pip install "mcpstore-proxy[langchain]"') from None
         return [
             StructuredTool.from_function(
-                func=self._caller(tool.name, session),
-                coroutine=self._async_caller(tool.name, session),
+                func=self._caller(tool.name, *target),
+                coroutine=self._async_caller(tool.name, *target),
                 name=tool.name,
                 description=tool.description or tool.name,
                 args_schema=tool.input_schema,
@@ -53,19 +53,20 @@ class LangChainAdapter:
             for tool in tools
         ]
 
-    def _caller(self, name: str, session: str | None) -> Any:
+    def _caller(self, name: str, session: str | None, opens: bool) -> Any:
         store, agent = self._context.store, self._context.agent_id or ""
 
         def call(**arguments: Any) -> str:
-            return _as_text(store.bridge.call(store.backend.call_tool, agent, session, name, arguments))
+            return _as_text(store.bridge.call(store.backend.call_tool, agent, session, name, arguments, opens))
 
         return call
 
-    def _async_caller(self, name: str, session: str | None) -> Any:
+    def _async_caller(self, name: str, session: str | None, opens: bool) -> Any:
         store, agent = self._context.store, self._context.agent_id or ""
 
         async def call(**arguments: Any) -> str:
-            return _as_text(await store.bridge.call_async(store.backend.call_tool, agent, session, name, arguments))
+            call_tool = store.backend.call_tool
+            return _as_text(await store.bridge.call_async(call_tool, agent, session, name, arguments, opens))
 
         return call
 

@@ -183,23 +183,29 @@ class StoreContext:
         return await self._bridge.call_async(self._backend.list_tools, self._agent, self.current_session_id())
 
     def use_tool(self, name: str, arguments: dict[str, Any] | None = None) -> types.CallToolResult:
-        return self._bridge.call(self._backend.call_tool, self._agent, self.current_session_id(), name, arguments)
+        session, opens = self.session_target()
+        return self._bridge.call(self._backend.call_tool, self._agent, session, name, arguments, opens)
 
     async def use_tool_async(self, name: str, arguments: dict[str, Any] | None = None) -> types.CallToolResult:
-        session = self.current_session_id()
-        return await self._bridge.call_async(self._backend.call_tool, self._agent, session, name, arguments)
+        session, opens = self.session_target()
+        return await self._bridge.call_async(self._backend.call_tool, self._agent, session, name, arguments, opens)
 
     call_tool = use_tool
     call_tool_async = use_tool_async
 
     def current_session_id(self) -> str | None:
         """The session scope-level calls run in now: the `with_session` block's, the automatic one, or none."""
+        return self.session_target()[0]
+
+    def session_target(self) -> tuple[str | None, bool]:
+        """The current session, and whether a call may (re)open it: only the automatic session opens by itself;
+        a closed `with_session` or `create_session` session raises `SessionClosedError`."""
         current = CURRENT_SESSION.get()
         if current is not None and current.store is self._store and current.agent_id == self.agent_id:
-            return current.session_id
+            return current.session_id, False
         if (id(self._store), self._agent) in _AUTO_SCOPES.get():
-            return AUTO_SESSION_ID
-        return None
+            return AUTO_SESSION_ID, True
+        return None, False
 
     # Sessions.
 

@@ -100,6 +100,9 @@ async def test_session_auto_reuses_one_session_until_session_manual(store: MCPSt
     context.session_auto()
     assert structured(context.use_tool("state_recall")) == ["auto 1", "auto 2"]
     context.auto_session().close_session()
+    # Closed (or expired), the automatic session opens afresh on the next call instead of failing.
+    assert structured(context.use_tool("state_recall")) == []
+    context.auto_session().close_session()
     context.session_manual()
 
 
@@ -270,6 +273,8 @@ async def test_errors_name_the_thing_and_come_from_our_hierarchy(store: MCPStore
     with pytest.raises(UnknownServiceError):
         session.bind_service("nope")
     session.close_session()
+    with pytest.raises(SessionClosedError, match="session 'broken' is closed.*create_session"):
+        session.use_tool("state_echo", {"text": "too late"})
     context.add_service(name="unreachable", url=f"http://127.0.0.1:{free_port()}/mcp")
     with pytest.raises(UpstreamStartError, match="unreachable"):
         context.wait_service("unreachable", timeout=30)

@@ -105,9 +105,13 @@ class RemoteBackend:
         return _models(ToolInfo, await self._admin("GET", "/tools", agent, params=params))
 
     async def call_tool(
-        self, agent: str, session: str | None, name: str, arguments: Mapping[str, Any] | None
+        self, agent: str, session: str | None, name: str, arguments: Mapping[str, Any] | None, opens: bool = False
     ) -> types.CallToolResult:
-        params = {"name": name, **({"session": session} if session is not None else {})}
+        params = {
+            "name": name,
+            **({"session": session} if session is not None else {}),
+            **({"open": "1"} if opens else {}),
+        }
         tool = ToolInfo.model_validate(await self._admin("GET", "/tools/resolve", agent, params=params))
         if session is not None:
             connection = self._connection(agent, session)
