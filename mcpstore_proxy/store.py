@@ -250,6 +250,12 @@ class StoreContext:
         _AUTO_SCOPES.set(_AUTO_SCOPES.get() - {(id(self._store), self._agent)})
         return self
 
+    async def session_auto_async(self) -> Self:
+        return self.session_auto()
+
+    async def session_manual_async(self) -> Self:
+        return self.session_manual()
+
     def auto_session(self) -> Session:
         """A handle on this scope's automatic session."""
         return Session(self._store, self._agent, AUTO_SESSION_ID)

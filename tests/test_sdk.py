@@ -273,7 +273,7 @@ async def test_errors_name_the_thing_and_come_from_our_hierarchy(store: MCPStore
     with pytest.raises(UnknownServiceError):
         session.bind_service("nope")
     session.close_session()
-    with pytest.raises(SessionClosedError, match="session 'broken' is closed.*create_session"):
+    with pytest.raises(SessionClosedError, match=r"session 'broken' is closed.*create_session"):
         session.use_tool("state_echo", {"text": "too late"})
     context.add_service(name="unreachable", url=f"http://127.0.0.1:{free_port()}/mcp")
     with pytest.raises(UpstreamStartError, match="unreachable"):
@@ -294,3 +294,12 @@ async def test_langchain_tools_are_bound_to_the_session_they_were_listed_in(stor
         remember.invoke({"value": "from langchain"})
         assert structured(session.use_tool("recall")) == ["from langchain"]
         assert await tools["state_recall"].ainvoke({}) == "from langchain"
+
+    context.session_auto()
+    try:
+        auto_tools = {tool.name: tool for tool in context.for_langchain().list_tools()}
+        auto_tools["state_remember"].invoke({"value": "under session_auto"})
+        assert structured(context.use_tool("state_recall")) == ["under session_auto"]
+    finally:
+        context.auto_session().close_session()
+        context.session_manual()
