@@ -21,6 +21,7 @@ from types import TracebackType
 from typing import Any, Final, Literal, Self, TypeVar, cast
 
 import anyio
+import httpx2
 from mcp import ClientSession, MCPError, types
 from mcp.shared.dispatcher import ProgressFnT
 from mcp.shared.message import SessionMessage
@@ -349,6 +350,12 @@ class UpstreamSession:
             reason = "it exited during the handshake"
         elif error is None:
             reason = "it closed the connection before the handshake finished"
+        elif isinstance(error, httpx2.HTTPStatusError) and error.response.status_code in (401, 403):
+            reason = (
+                f"{_first_line(error)}: the server refused the request. Check the credentials in "
+                f"mcpServers.{self.upstream}.headers, and whether it accepts this host name (Playwright MCP, for one, "
+                "accepts only the host it prints when it starts, such as localhost)"
+            )
         else:
             reason = _first_line(error)
         return UpstreamStartError(

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from mcpstore_proxy import MCPStore, Session
+from mcpstore_proxy import MCPStore, Session, UpstreamStartError
 from tests.browser import button_ref, running_playwright_sse
 from tests.support import sdk_store, text_of, write_config
 
@@ -24,8 +24,14 @@ def mode(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-async def store(tmp_path: Path, mode: str) -> AsyncGenerator[MCPStore]:
-    async with running_playwright_sse(tmp_path) as browser_url, sdk_store(write_config(tmp_path, {}), mode) as opened:
+async def browser_url(tmp_path: Path) -> AsyncGenerator[str]:
+    async with running_playwright_sse(tmp_path) as url:
+        yield url
+
+
+@pytest.fixture
+async def store(tmp_path: Path, mode: str, browser_url: str) -> AsyncGenerator[MCPStore]:
+    async with sdk_store(write_config(tmp_path, {}), mode) as opened:
         opened.for_store().add_service({"name": "browser", "url": browser_url})
         opened.for_store().wait_service("browser", timeout=60)
         yield opened
@@ -83,3 +89,14 @@ async def test_two_created_sessions_hold_two_different_pages(store: MCPStore, si
     finally:
         alice.close_session()
         bob.close_session()
+
+
+async def test_a_url_the_upstream_refuses_fails_the_wait_with_the_likely_fix(store: MCPStore, browser_url: str) -> None:
+    # The same Playwright server, by address instead of the host name it accepts: it answers 403.
+    by_address = browser_url.replace("localhost", "127.0.0.1")
+    store.for_store().add_service({"name": "by_address", "url": by_address})
+    try:
+        with pytest.raises(UpstreamStartError, match=r"(?s)'by_address' failed to start.*403.*accepts only the host"):
+            store.for_store().wait_service("by_address", timeout=30)
+    finally:
+        store.for_store().remove_service("by_address")
