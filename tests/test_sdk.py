@@ -198,6 +198,24 @@ async def test_extend_session_moves_the_expiry_by_exactly_the_given_seconds(stor
     session.close_session()
 
 
+async def test_an_expired_session_closes_its_upstream_and_an_extended_one_lives_on(tmp_path: Path, mode: str) -> None:
+    config = write_config(tmp_path, {"state": fixture_server("state")}, session_idle_timeout_seconds=2)
+    async with sdk_store(config, mode) as store:
+        context = store.for_store()
+        short, extended = context.create_session("short"), context.create_session("extended")
+        extended.extend_session(60)
+        short_pid, extended_pid = pid_of(short), pid_of(extended)
+
+        await wait_until(lambda: not is_alive(short_pid), timeout=20, what="the idle session's upstream to stop")
+        assert context.find_session("short") is None
+        with pytest.raises(SessionClosedError, match="'short'"):
+            short.use_tool("state_recall")
+        assert extended.is_active
+        assert is_alive(extended_pid)
+        assert pid_of(extended) == extended_pid
+        extended.close_session()
+
+
 async def test_restart_session_gives_fresh_upstream_sessions(store: MCPStore) -> None:
     session = store.for_store().create_session("restartable").bind_service("state")
     session.use_tool("remember", {"value": "old"})
