@@ -25,7 +25,6 @@ from mcpstore_proxy.engine import ProxyEngine
 from mcpstore_proxy.errors import (
     AmbiguousToolError,
     ConfigError,
-    SessionClosedError,
     UnknownToolError,
 )
 from mcpstore_proxy.keys import SessionKey, checked_agent, checked_session_name
@@ -181,7 +180,7 @@ class Control:
         key = self._key(agent, session)
         if session is not None and key not in self.engine.records:
             if not opens:
-                raise _closed(agent, session)
+                self.engine.records.require(key)
             self.engine.open_session(key)
         services = self._bound(key) or {s.name for s in self.engine.services(key.agent)}
         return resolve_tool_name(name, await self.list_tools(agent, session, all_services=True), services)
@@ -232,10 +231,7 @@ class Control:
         await self.engine.end_session(self._key(agent, session))
 
     def _record(self, agent: str, session: str) -> SessionRecord:
-        record = self.engine.records.get(self._key(agent, session))
-        if record is None:
-            raise _closed(agent, session)
-        return record
+        return self.engine.records.require(self._key(agent, session))
 
     def _session_info(self, record: SessionRecord) -> SessionInfo:
         key = record.key
@@ -297,13 +293,6 @@ def resolve_tool_name(name: str, tools: Sequence[ToolInfo], services: Set[str]) 
             f"tool {name!r} is offered by several services; call one of " + ", ".join(repr(t.name) for t in matches)
         )
     raise UnknownToolError(f"no tool named {name!r} here; list_tools() shows the tools of this scope and session")
-
-
-def _closed(agent: str, session: str) -> SessionClosedError:
-    return SessionClosedError(
-        f"session {session!r}{f' of agent {agent!r}' if agent else ''} is closed or was never opened; "
-        "open it with create_session() or with_session()"
-    )
 
 
 def _utc(epoch_seconds: float) -> dt.datetime:

@@ -115,6 +115,9 @@ class SessionClosedError(SessionError):
 
 
 def to_mcp_error(error: ProxyError) -> MCPError:
-    """The wire form of one of our errors: its code, its message, and the upstream it names."""
-    data = {"upstream": error.upstream} if isinstance(error, UpstreamError) else None
+    """The wire form of one of our errors: its code, its message, and in `data` its type and the upstream it
+    names (so that the remote SDK raises the same exception the embedded one would)."""
+    data: dict[str, str] = {"type": type(error).__name__}
+    if isinstance(error, UpstreamError):
+        data["upstream"] = error.upstream
     return MCPError(code=error.code, message=error.message, data=data)

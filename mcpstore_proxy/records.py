@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+from mcpstore_proxy.errors import SessionClosedError
 from mcpstore_proxy.keys import SessionKey
 
 __all__ = ["SessionRecord", "SessionRecords"]
@@ -56,6 +57,21 @@ class SessionRecords:
         if record is None:
             now = time.time()
             record = self._records[key] = SessionRecord(key, now, now, now + self._idle_timeout_seconds)
+        return record
+
+    def require(self, key: SessionKey) -> SessionRecord:
+        """The key's record.
+
+        Raises:
+            SessionClosedError: the session is closed, expired, or was never opened.
+        """
+        record = self._records.get(key)
+        if record is None:
+            scope = f" of agent {key.agent!r}" if key.agent else ""
+            raise SessionClosedError(
+                f"session {key.name!r}{scope} is closed or was never opened; "
+                "open it with create_session() or with_session()"
+            )
         return record
 
     def touch(self, key: SessionKey) -> SessionRecord:

@@ -44,7 +44,7 @@ from mcpstore_proxy.errors import ProxyError, UnknownToolError, to_mcp_error
 from mcpstore_proxy.keys import STORE_SCOPE, SessionKey, checked_agent, resolve_session_key
 from mcpstore_proxy.relay import ClientCall
 
-__all__ = ["AGENT_HEADER", "ProxyServer", "downstream_connection"]
+__all__ = ["AGENT_HEADER", "EXISTING_SESSION_HEADER", "ProxyServer", "downstream_connection"]
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +52,8 @@ Context = ServerRequestContext[Any, Any]
 _ResultT = TypeVar("_ResultT", bound=BaseModel)
 
 AGENT_HEADER: Final = "x-mcpstore-agent"
+EXISTING_SESSION_HEADER: Final = "x-mcpstore-existing-session"
+"""Sent as `1` (by the remote SDK): a tool call must run in an open named session, not open one."""
 _KEY_STATE: Final = "mcpstore_proxy.session_key"
 _CHANNEL_STATE: Final = "mcpstore_proxy.channel"
 _NOTIFY_SECONDS: Final = 1.0
@@ -231,6 +233,8 @@ class ProxyServer(Server[Any]):
                 # The tool exists in the connection's view; the named session may just never have listed its own.
                 with contextlib.suppress(UnknownToolError):
                     route = self._engine.tool_route(key, params.name)
+            if key.is_explicit and ctx.request is not None and ctx.request.headers.get(EXISTING_SESSION_HEADER) == "1":
+                self._engine.records.require(key)
             return await self._engine.call_tool(key, route, arguments, self._client_call(ctx))
 
         return await _answer(ctx, forward)

@@ -25,7 +25,16 @@ from mcpstore_proxy import (
     UpstreamError,
     UpstreamStartError,
 )
-from tests.support import fixture_server, free_port, is_alive, sdk_store, structured, wait_until, write_config
+from tests.support import (
+    fixture_server,
+    free_port,
+    is_alive,
+    running_proxy,
+    sdk_store,
+    structured,
+    wait_until,
+    write_config,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -209,7 +218,7 @@ async def test_an_expired_session_closes_its_upstream_and_an_extended_one_lives_
         await wait_until(lambda: not is_alive(short_pid), timeout=20, what="the idle session's upstream to stop")
         assert context.find_session("short") is None
         with pytest.raises(SessionClosedError, match="'short'"):
-            short.use_tool("state_recall")
+            pid_of(short)  # remote: the name is remembered, so the proxy itself refuses the closed session
         assert extended.is_active
         assert is_alive(extended_pid)
         assert pid_of(extended) == extended_pid
@@ -321,3 +330,18 @@ async def test_langchain_tools_are_bound_to_the_session_they_were_listed_in(stor
     finally:
         context.auto_session().close_session()
         context.session_manual()
+
+
+async def test_a_remote_store_follows_a_tool_that_another_client_moved_to_another_service(tmp_path: Path) -> None:
+    config = write_config(tmp_path, {}, allow_stdio_services_via_api=True)
+    async with running_proxy(config) as proxy:
+        with MCPStore.setup_store(url=proxy.url) as mine, MCPStore.setup_store(url=proxy.url) as theirs:
+            mine.for_store().add_service(fixture_server("first"), name="first")
+            mine.for_store().wait_service("first", timeout=60)
+            assert structured(mine.for_store().use_tool("echo", {"text": "one"})) == "one"  # means first_echo
+
+            theirs.for_store().remove_service("first")
+            theirs.for_store().add_service(fixture_server("second"), name="second")
+            theirs.for_store().wait_service("second", timeout=60)
+
+            assert structured(mine.for_store().use_tool("echo", {"text": "two"})) == "two"  # now second_echo

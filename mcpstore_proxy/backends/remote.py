@@ -6,6 +6,12 @@ and the agent id as headers (`X-MCPStore-Session`, `X-MCPStore-Agent`). A call
 outside any session uses a fresh connection for that one call, which is what an
 ephemeral session is. The proxy's error types come back as the same exceptions
 the embedded backend raises.
+
+Which exposed tool a name means is asked of the admin API once and remembered
+until this backend changes services or sessions (or the proxy no longer knows
+the remembered name), so a call is one MCP round trip. Calls in a session that
+must already be open carry `X-MCPStore-Existing-Session`, so the proxy refuses
+them when that session has closed or expired instead of opening it afresh.
 """
 
 from __future__ import annotations
@@ -24,9 +30,9 @@ from pydantic import BaseModel
 from mcpstore_proxy import errors
 from mcpstore_proxy.config import UpstreamConfig
 from mcpstore_proxy.control import ServiceInfo, SessionInfo, ToolInfo
-from mcpstore_proxy.errors import ProxyError, SessionError, UpstreamError
+from mcpstore_proxy.errors import ProxyError, UpstreamError
 from mcpstore_proxy.relay import SessionRelay
-from mcpstore_proxy.server import AGENT_HEADER
+from mcpstore_proxy.server import AGENT_HEADER, EXISTING_SESSION_HEADER
 from mcpstore_proxy.upstream import UpstreamSession
 
 __all__ = ["RemoteBackend", "remote_backend"]
@@ -72,7 +78,8 @@ class RemoteBackend:
         self._task_group = task_group
         self._token = token
         self._session_header = session_header
-        self._connections: dict[tuple[str, str], UpstreamSession] = {}
+        self._connections: dict[tuple[str, str, bool], UpstreamSession] = {}
+        self._resolved: dict[tuple[str, str | None, str], str] = {}
 
     def __repr__(self) -> str:
         return f"<RemoteBackend {self._base_url}, {len(self._connections)} session connections>"
@@ -80,12 +87,15 @@ class RemoteBackend:
     # Services.
 
     async def add_services(self, agent: str, payload: Mapping[str, Any]) -> list[ServiceInfo]:
+        self._resolved.clear()
         return _models(ServiceInfo, await self._admin("POST", "/services", agent, json=dict(payload)))
 
     async def remove_service(self, agent: str, name: str) -> None:
+        self._resolved.clear()
         await self._admin("DELETE", f"/services/{_part(name)}", agent)
 
     async def restart_service(self, agent: str, name: str) -> ServiceInfo:
+        self._resolved.clear()
         return ServiceInfo.model_validate(await self._admin("POST", f"/services/{_part(name)}/restart", agent))
 
     async def wait_service(self, agent: str, name: str, timeout_seconds: float) -> ServiceInfo:
@@ -107,18 +117,37 @@ class RemoteBackend:
     async def call_tool(
         self, agent: str, session: str | None, name: str, arguments: Mapping[str, Any] | None, opens: bool = False
     ) -> types.CallToolResult:
+        remembered = self._resolved.get((agent, session, name))
+        exposed = remembered or await self._resolve(agent, session, name, opens)
+        try:
+            return await self._call(agent, session, exposed, arguments, existing=not opens)
+        except errors.UnknownToolError:
+            if remembered is None:
+                raise
+        # The remembered name is gone (a service changed through another client): resolve it again, once.
+        self._resolved.clear()
+        exposed = await self._resolve(agent, session, name, opens)
+        return await self._call(agent, session, exposed, arguments, existing=not opens)
+
+    async def _resolve(self, agent: str, session: str | None, name: str, opens: bool) -> str:
         params = {
             "name": name,
             **({"session": session} if session is not None else {}),
             **({"open": "1"} if opens else {}),
         }
         tool = ToolInfo.model_validate(await self._admin("GET", "/tools/resolve", agent, params=params))
+        self._resolved[(agent, session, name)] = tool.name
+        return tool.name
+
+    async def _call(
+        self, agent: str, session: str | None, exposed: str, arguments: Mapping[str, Any] | None, *, existing: bool
+    ) -> types.CallToolResult:
         if session is not None:
-            connection = self._connection(agent, session)
-            return types.CallToolResult.model_validate(await _translated(connection.call_tool(tool.name, arguments)))
-        connection = self._new_connection(agent, None)
+            connection = self._connection(agent, session, existing)
+            return types.CallToolResult.model_validate(await _translated(connection.call_tool(exposed, arguments)))
+        connection = self._new_connection(agent, None, existing=False)
         try:
-            return types.CallToolResult.model_validate(await _translated(connection.call_tool(tool.name, arguments)))
+            return types.CallToolResult.model_validate(await _translated(connection.call_tool(exposed, arguments)))
         finally:
             connection.close_soon()
 
@@ -140,6 +169,7 @@ class RemoteBackend:
         return SessionInfo.model_validate(await self._admin("GET", f"/sessions/{_part(session)}", agent))
 
     async def bind_service(self, agent: str, session: str, service: str) -> SessionInfo:
+        self._resolved.clear()
         path = f"/sessions/{_part(session)}/bind"
         return SessionInfo.model_validate(await self._admin("POST", path, agent, json={"service": service}))
 
@@ -148,15 +178,19 @@ class RemoteBackend:
         return SessionInfo.model_validate(await self._admin("POST", path, agent, json={"seconds": seconds}))
 
     async def restart_session(self, agent: str, session: str) -> SessionInfo:
+        self._resolved.clear()
         return SessionInfo.model_validate(await self._admin("POST", f"/sessions/{_part(session)}/restart", agent))
 
     async def clear_cache(self, agent: str, session: str) -> SessionInfo:
+        self._resolved.clear()
         return SessionInfo.model_validate(await self._admin("POST", f"/sessions/{_part(session)}/clear-cache", agent))
 
     async def close_session(self, agent: str, session: str) -> None:
-        connection = self._connections.pop((agent, session), None)
-        if connection is not None:
-            await connection.aclose()
+        self._resolved.clear()
+        for existing in (True, False):
+            connection = self._connections.pop((agent, session, existing), None)
+            if connection is not None:
+                await connection.aclose()
         await self._admin("DELETE", f"/sessions/{_part(session)}", agent)
 
     async def aclose(self) -> None:
@@ -167,16 +201,19 @@ class RemoteBackend:
 
     # Plumbing.
 
-    def _connection(self, agent: str, session: str) -> UpstreamSession:
-        connection = self._connections.get((agent, session))
+    def _connection(self, agent: str, session: str, existing: bool) -> UpstreamSession:
+        connection = self._connections.get((agent, session, existing))
         if connection is None or connection.is_closing:
-            connection = self._connections[(agent, session)] = self._new_connection(agent, session)
+            connection = self._new_connection(agent, session, existing=existing)
+            self._connections[(agent, session, existing)] = connection
         return connection
 
-    def _new_connection(self, agent: str, session: str | None) -> UpstreamSession:
+    def _new_connection(self, agent: str, session: str | None, *, existing: bool) -> UpstreamSession:
         headers = {AGENT_HEADER: agent} if agent else {}
         if session is not None:
             headers[self._session_header] = session
+        if existing:
+            headers[EXISTING_SESSION_HEADER] = "1"
         if self._token:
             headers["Authorization"] = f"Bearer {self._token}"
         config = UpstreamConfig(url=f"{self._base_url}/mcp", headers=headers, transport="streamable-http")
@@ -217,12 +254,17 @@ def _error_from(status: int, body: Any) -> ProxyError:
     document = cast(dict[str, Any], body) if isinstance(body, dict) else {}
     detail = cast(dict[str, Any], document.get("error") or {})
     message = str(detail.get("message") or f"the proxy answered HTTP {status}")
-    kind = getattr(errors, str(detail.get("type")), None)
-    if isinstance(kind, type) and issubclass(kind, ProxyError):
-        if issubclass(kind, UpstreamError):
-            return kind("", message)
-        return kind(message)
-    return ProxyError(message)
+    return _named_error(detail.get("type"), message) or ProxyError(message)
+
+
+def _named_error(kind_name: Any, message: str, upstream: str = "") -> ProxyError | None:
+    """Our exception of the type the proxy named, if it named one of ours."""
+    kind = getattr(errors, str(kind_name), None)
+    if not (isinstance(kind, type) and issubclass(kind, ProxyError)):
+        return None
+    if issubclass(kind, UpstreamError):
+        return kind(upstream, message)
+    return kind(message)
 
 
 async def _translated(call: Any) -> dict[str, Any]:
@@ -230,12 +272,11 @@ async def _translated(call: Any) -> dict[str, Any]:
     try:
         return cast(dict[str, Any], await call)
     except MCPError as error:
-        if error.code == errors.UPSTREAM_FAILED:
-            data: Any = error.error.data
-            upstream = cast(dict[str, Any], data).get("upstream", "") if isinstance(data, dict) else ""
-            raise UpstreamError(str(upstream), error.message) from None
-        if error.code == errors.SESSION_REFUSED:
-            raise SessionError(error.message) from None
+        data: Any = error.error.data
+        detail = cast(dict[str, Any], data) if isinstance(data, dict) else {}
+        named = _named_error(detail.get("type"), error.message, str(detail.get("upstream", "")))
+        if named is not None:
+            raise named from None
         raise
 
 
