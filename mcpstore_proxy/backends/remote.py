@@ -154,6 +154,7 @@ class RemoteBackend:
     # Sessions.
 
     async def open_session(self, agent: str, session: str) -> SessionInfo:
+        self._resolved.clear()  # a reopened session binds afresh
         return SessionInfo.model_validate(await self._admin("PUT", f"/sessions/{_part(session)}", agent))
 
     async def find_session(self, agent: str, session: str) -> SessionInfo | None:
