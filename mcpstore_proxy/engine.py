@@ -429,10 +429,10 @@ class ProxyEngine:
         return [record for record in self.records if record.key.agent == agent]
 
     async def end_session(self, key: SessionKey) -> None:
-        """Close every upstream session that `key` holds, and forget the key."""
-        await self._end_upstream_sessions(key)
+        """Forget the key, then close every upstream session it holds (so it reads as closed from the start)."""
         self.records.remove(key)
         self._log_levels.pop(key, None)
+        await self._end_upstream_sessions(key)
 
     async def _end_upstream_sessions(self, key: SessionKey) -> None:
         async with anyio.create_task_group() as tg:
