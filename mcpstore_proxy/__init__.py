@@ -3,7 +3,7 @@
 from mcpstore_proxy.__about__ import __version__
 from mcpstore_proxy.config import ProxySettings, UpstreamConfig, load_settings
 from mcpstore_proxy.control import ServiceInfo, SessionInfo, ToolInfo
-from mcpstore_proxy.engine import ProxyEngine, UpstreamStatus
+from mcpstore_proxy.engine import ProxyEngine
 from mcpstore_proxy.errors import (
     AmbiguousToolError,
     ConfigError,
@@ -52,7 +52,6 @@ __all__ = [
     "UpstreamConfig",
     "UpstreamError",
     "UpstreamStartError",
-    "UpstreamStatus",
     "UpstreamTimeoutError",
     "__version__",
     "load_settings",

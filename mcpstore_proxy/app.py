@@ -74,7 +74,7 @@ def create_app(engine: ProxyEngine) -> Starlette:
             {
                 "status": "ok",
                 "upstreams": {
-                    f"{s.agent}/{s.name}" if s.agent else s.name: {
+                    f"{s.agent_id}/{s.name}" if s.agent_id else s.name: {
                         "state": s.state,
                         "tools": s.tool_count,
                         "sessions": s.client_sessions,

@@ -17,7 +17,7 @@ import anyio
 from mcpstore_proxy.__about__ import __version__
 from mcpstore_proxy.app import serve_http
 from mcpstore_proxy.config import ProxySettings, load_settings
-from mcpstore_proxy.engine import ProxyEngine, UpstreamStatus
+from mcpstore_proxy.engine import ProxyEngine, ServiceInfo
 from mcpstore_proxy.errors import ConfigError, ProxyError
 from mcpstore_proxy.stdio import serve_stdio
 
@@ -91,7 +91,7 @@ async def _check(settings: ProxySettings) -> int:
     return EXIT_FAILED if any(status.state != "ready" for status in statuses) else 0
 
 
-def _format_table(statuses: Sequence[UpstreamStatus]) -> str:
+def _format_table(statuses: Sequence[ServiceInfo]) -> str:
     rows = [("UPSTREAM", "TRANSPORT", "SESSION", "STATE", "TOOLS", "DETAIL")]
     rows += [(s.name, s.transport, s.session_mode, s.state, str(s.tool_count), s.error or "") for s in statuses]
     widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]) - 1)]

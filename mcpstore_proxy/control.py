@@ -13,7 +13,7 @@ among every service the scope sees), else the proxy's prefixed name.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Mapping, Sequence, Set
+from collections.abc import Mapping, Set
 from typing import Any, cast
 
 from mcp import types
@@ -21,7 +21,7 @@ from pydantic import BaseModel, ValidationError
 
 from mcpstore_proxy.catalog import ToolRoute
 from mcpstore_proxy.config import UpstreamConfig, describe_validation_error
-from mcpstore_proxy.engine import ProxyEngine
+from mcpstore_proxy.engine import ProxyEngine, ServiceInfo
 from mcpstore_proxy.errors import (
     AmbiguousToolError,
     ConfigError,
@@ -31,18 +31,6 @@ from mcpstore_proxy.keys import SessionKey, checked_agent, checked_session_name
 from mcpstore_proxy.records import SessionRecord
 
 __all__ = ["Control", "ServiceInfo", "SessionInfo", "ToolInfo", "resolve_tool_name", "service_entries"]
-
-
-class ServiceInfo(BaseModel):
-    name: str
-    agent_id: str | None
-    transport: str
-    session_mode: str
-    state: str
-    tool_count: int
-    client_sessions: int
-    error: str | None
-    from_config: bool
 
 
 class ToolInfo(BaseModel):
@@ -141,20 +129,7 @@ class Control:
         return self._service_info(checked_agent(agent), name)
 
     def _service_info(self, agent: str, name: str) -> ServiceInfo:
-        service = self.engine.service(agent, name)
-        owner = self.engine.scope_of(agent, name)
-        status = self.engine.status_of(owner, service)
-        return ServiceInfo(
-            name=name,
-            agent_id=owner or None,
-            transport=status.transport,
-            session_mode=status.session_mode,
-            state=status.state,
-            tool_count=status.tool_count,
-            client_sessions=status.client_sessions,
-            error=status.error,
-            from_config=not owner and name in self.engine.settings.enabled_servers,
-        )
+        return self.engine.status_of(self.engine.scope_of(agent, name), self.engine.service(agent, name))
 
     # Tools.
 
@@ -178,20 +153,25 @@ class Control:
             SessionClosedError: `session` is closed (or was never opened), unless `opens`, which opens it.
         """
         key = self._key(agent, session)
-        if session is not None and key not in self.engine.records:
-            if not opens:
-                self.engine.records.require(key)
-            self.engine.open_session(key)
-        services = self._bound(key) or {s.name for s in self.engine.services(key.agent)}
-        return resolve_tool_name(name, await self.list_tools(agent, session, all_services=True), services)
+        exposed, route = self._resolve(key, name, opens)
+        tool = next(tool for tool in self.engine.catalog_for(key).tools if tool.name == exposed)
+        return self._tool_info(tool, route)
 
     async def call_tool(
         self, agent: str, session: str | None, name: str, arguments: Mapping[str, Any] | None, opens: bool = False
     ) -> types.CallToolResult:
-        tool = await self.resolve_tool(agent, session, name, opens=opens)
         key = self._key(agent, session)
-        raw = await self.engine.call_tool(key, self.engine.tool_route(key, tool.name), dict(arguments or {}))
-        return types.CallToolResult.model_validate(raw)
+        _, route = self._resolve(key, name, opens)
+        return types.CallToolResult.model_validate(await self.engine.call_tool(key, route, dict(arguments or {})))
+
+    def _resolve(self, key: SessionKey, name: str, opens: bool) -> tuple[str, ToolRoute]:
+        if key.is_explicit and key not in self.engine.records:
+            if not opens:
+                self.engine.records.require(key)
+            self.engine.open_session(key)
+        routes = self.engine.catalog_for(key).tool_routes
+        exposed = resolve_tool_name(name, routes, self._bound(key) or None)
+        return exposed, routes[exposed]
 
     # Sessions.
 
@@ -274,23 +254,26 @@ class Control:
         )
 
 
-def resolve_tool_name(name: str, tools: Sequence[ToolInfo], services: Set[str]) -> ToolInfo:
-    """The tool `name` means: the upstream's own name when exactly one of `services` has it, else the
-    proxy's (prefixed) name.
+def resolve_tool_name(name: str, routes: Mapping[str, ToolRoute], services: Set[str] | None) -> str:
+    """The exposed tool `name` means: the upstream's own name when exactly one of `services` (None: any)
+    has it, else the proxy's (prefixed) name.
 
     Raises:
         AmbiguousToolError: several of `services` have a tool called `name`.
         UnknownToolError: no tool matches.
     """
-    matches = [tool for tool in tools if tool.tool == name and tool.service in services]
+    matches = sorted(
+        exposed
+        for exposed, route in routes.items()
+        if route.tool == name and (services is None or route.upstream in services)
+    )
     if len(matches) == 1:
         return matches[0]
-    exact = next((tool for tool in tools if tool.name == name), None)
-    if exact is not None:
-        return exact
+    if name in routes:
+        return name
     if matches:
         raise AmbiguousToolError(
-            f"tool {name!r} is offered by several services; call one of " + ", ".join(repr(t.name) for t in matches)
+            f"tool {name!r} is offered by several services; call one of " + ", ".join(repr(m) for m in matches)
         )
     raise UnknownToolError(f"no tool named {name!r} here; list_tools() shows the tools of this scope and session")
 

@@ -29,13 +29,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
 from contextlib import AsyncExitStack
-from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Final, Self, TypeVar, cast
 
 import anyio
 import anyio.abc
 from mcp import types
+from pydantic import BaseModel
 
 from mcpstore_proxy.catalog import Catalog, CatalogSource, ToolRoute, build_catalog
 from mcpstore_proxy.config import ProxySettings, UpstreamConfig, is_valid_name
@@ -48,7 +48,7 @@ from mcpstore_proxy.relay import ClientCall
 from mcpstore_proxy.service import LISTING_KINDS, ServiceState, UpstreamService
 from mcpstore_proxy.upstream import Listing, UpstreamSession
 
-__all__ = ["ProxyEngine", "UpstreamStatus"]
+__all__ = ["ProxyEngine", "ServiceInfo"]
 
 logger = logging.getLogger(__name__)
 
@@ -58,18 +58,19 @@ _T = TypeVar("_T")
 CatalogListener = Callable[[], Coroutine[Any, Any, None]]
 
 
-@dataclass(frozen=True, slots=True)
-class UpstreamStatus:
-    """One upstream as `check`, `/healthz` and operators see it."""
+class ServiceInfo(BaseModel):
+    """One service as `check`, `/healthz`, the admin API and the SDK see it."""
 
     name: str
-    agent: str
+    agent_id: str | None
+    """The agent whose own service it is; None for the store's (everyone's)."""
     transport: str
     session_mode: str
     state: str
     tool_count: int
     client_sessions: int
     error: str | None
+    from_config: bool
 
 
 class ProxyEngine:
@@ -442,21 +443,23 @@ class ProxyEngine:
 
     # Operator views.
 
-    def statuses(self) -> list[UpstreamStatus]:
+    def statuses(self) -> list[ServiceInfo]:
         return [
             self.status_of(agent, service) for agent, services in self._scopes.items() for service in services.values()
         ]
 
-    def status_of(self, agent: str, service: UpstreamService) -> UpstreamStatus:
-        return UpstreamStatus(
+    def status_of(self, agent: str, service: UpstreamService) -> ServiceInfo:
+        """The status of `service`, which belongs to the scope `agent`."""
+        return ServiceInfo(
             name=service.name,
-            agent=agent,
+            agent_id=agent or None,
             transport=service.config.resolved_transport,
             session_mode=service.config.session,
             state=service.state.value,
             tool_count=len(service.visible("tools")),
             client_sessions=len(service.pool) if service.pool is not None else 0,
             error=service.error.message if service.error and service.state is ServiceState.FAILED else None,
+            from_config=not agent and service.name in self.settings.enabled_servers,
         )
 
     # Bookkeeping.
