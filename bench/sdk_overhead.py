@@ -29,7 +29,7 @@ from mcp import Client, StdioServerParameters
 from mcp.client.stdio import stdio_client
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from proxy_overhead import ECHO_SERVER, ROOT, client, percentile, proxy_server
+from proxy_overhead import ECHO_SERVER, ROOT, client, percentile, proxy_server, timed_calls
 
 from mcpstore_proxy import MCPStore
 
@@ -53,16 +53,6 @@ def sdk_latencies(store: MCPStore, calls: int) -> list[float]:
         store.close()
 
 
-async def client_latencies(session: Client, calls: int) -> list[float]:
-    await session.call_tool("echo", {"text": "warm-up"})
-    latencies: list[float] = []
-    for index in range(calls):
-        started = time.perf_counter()
-        await session.call_tool("echo", {"text": f"call {index}"})
-        latencies.append(time.perf_counter() - started)
-    return latencies
-
-
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--calls", type=int, default=1000)
@@ -73,7 +63,7 @@ async def main() -> None:
 
     parameters = StdioServerParameters(command=sys.executable, args=[str(ECHO_SERVER), "stdio"])
     async with Client(stdio_client(parameters), mode="legacy", cache=None) as direct:
-        rows["stdio direct"] = await client_latencies(direct, calls)
+        rows["stdio direct"] = await timed_calls(direct, calls)
 
     config = workdir / "bench-sdk.yaml"
     config.write_text(
@@ -88,7 +78,7 @@ async def main() -> None:
 
     async with proxy_server(workdir) as (url, _pid):
         async with client(url, {"X-MCPStore-Session": "bench-client"}) as proxied:
-            rows["mcp client via proxy"] = await client_latencies(proxied, calls)
+            rows["mcp client via proxy"] = await timed_calls(proxied, calls)
         store = await anyio.to_thread.run_sync(lambda: MCPStore.setup_store(url=url))
         rows["sdk remote"] = await anyio.to_thread.run_sync(sdk_latencies, store, calls)
 

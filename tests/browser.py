@@ -10,7 +10,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import threading
 from collections.abc import AsyncGenerator, Generator
@@ -23,7 +22,7 @@ from typing import Any
 import anyio
 import pytest
 
-from tests.support import PROJECT_ROOT, descendants, free_port, is_alive, node_environment, wait_until
+from tests.support import PROJECT_ROOT, descendants, free_port, is_alive, node_environment, wait_listening
 
 PLAYWRIGHT_CLI = PROJECT_ROOT / "node_modules" / "@playwright" / "mcp" / "cli.js"
 
@@ -77,18 +76,8 @@ async def running_playwright_sse(workdir: Path) -> AsyncGenerator[str]:
         cwd=workdir,
         env=node_environment(),
     )
-
-    async def is_listening() -> bool:
-        if process.returncode is not None:
-            raise AssertionError(f"Playwright MCP exited with {process.returncode}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
-                return True
-        except OSError:
-            return False
-
     try:
-        await wait_until(is_listening, timeout=60, what=f"Playwright MCP to listen on port {port}")
+        await wait_listening(process, port, "Playwright MCP")
         # Playwright checks the Host header against the name it prints ("localhost"), not the address.
         yield f"http://localhost:{port}/sse"
     finally:

@@ -120,23 +120,28 @@ async def running_fixture_server(
         stderr=subprocess.DEVNULL,
     )
     path = "/mcp" if transport == "http" else "/sse"
+    try:
+        await wait_listening(process, port, f"the {transport} fixture server", timeout=30)
+        yield f"http://127.0.0.1:{port}{path}"
+    finally:
+        with anyio.CancelScope(shield=True):
+            process.kill()
+            await process.wait()
+
+
+async def wait_listening(process: anyio.abc.Process, port: int, what: str, timeout: float = 60) -> None:
+    """Wait until `process` accepts connections on 127.0.0.1:`port`; fail at once if it exits."""
 
     async def is_listening() -> bool:
         if process.returncode is not None:
-            raise AssertionError(f"the fixture server exited with {process.returncode}")
+            raise AssertionError(f"{what} exited with {process.returncode}")
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=1):
                 return True
         except OSError:
             return False
 
-    try:
-        await wait_until(is_listening, timeout=30, what=f"the {transport} fixture server on port {port}")
-        yield f"http://127.0.0.1:{port}{path}"
-    finally:
-        with anyio.CancelScope(shield=True):
-            process.kill()
-            await process.wait()
+    await wait_until(is_listening, timeout=timeout, what=f"{what} to listen on port {port}")
 
 
 @dataclass
