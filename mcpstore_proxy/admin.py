@@ -25,7 +25,7 @@ import hmac
 import ipaddress
 import json
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from typing import Any, Final, cast
 
 from mcp.server.transport_security import TransportSecurityMiddleware, TransportSecuritySettings
@@ -36,38 +36,12 @@ from starlette.routing import BaseRoute, Mount, Route
 
 from mcpstore_proxy.config import ProxySettings
 from mcpstore_proxy.control import Control
-from mcpstore_proxy.errors import (
-    AmbiguousToolError,
-    ConfigError,
-    InvalidSessionKeyError,
-    ProxyError,
-    SessionClosedError,
-    SessionLimitError,
-    UnknownPromptError,
-    UnknownResourceError,
-    UnknownServiceError,
-    UnknownToolError,
-    UpstreamError,
-    UpstreamTimeoutError,
-)
+from mcpstore_proxy.errors import ProxyError
 
 __all__ = ["admin_routes", "is_loopback"]
 
 logger = logging.getLogger(__name__)
 
-_STATUS_OF_ERROR: Final[Sequence[tuple[type[ProxyError], int]]] = (
-    (ConfigError, 400),
-    (InvalidSessionKeyError, 400),
-    (AmbiguousToolError, 400),
-    (UnknownToolError, 404),
-    (UnknownServiceError, 404),
-    (UnknownPromptError, 404),
-    (UnknownResourceError, 404),
-    (SessionClosedError, 404),
-    (SessionLimitError, 429),
-    (UpstreamTimeoutError, 504),
-    (UpstreamError, 502),
-)
 _DEFAULT_WAIT_SECONDS: Final = 30.0
 
 Handler = Callable[[Request], Awaitable[Any]]
@@ -136,7 +110,7 @@ class _Guard:
             try:
                 return _json(await handler(request))
             except ProxyError as error:
-                return _error(_status_of(error), type(error).__name__, error.message, error.code)
+                return _error(error.http_status, type(error).__name__, error.message, error.code)
             except (ValueError, KeyError) as error:
                 return _error(400, "BadRequest", f"malformed request: {error}")
 
@@ -223,10 +197,6 @@ def _json(payload: Any) -> JSONResponse:
     if isinstance(payload, list) and all(isinstance(item, BaseModel) for item in cast(list[Any], payload)):
         return JSONResponse([cast(BaseModel, item).model_dump(mode="json") for item in cast(list[Any], payload)])
     return JSONResponse(payload)
-
-
-def _status_of(error: ProxyError) -> int:
-    return next((status for kind, status in _STATUS_OF_ERROR if isinstance(error, kind)), 500)
 
 
 def _error(status: int, kind: str, message: str, code: int | None = None) -> JSONResponse:

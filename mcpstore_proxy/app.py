@@ -6,38 +6,49 @@ The SDK's session manager serves `/mcp` with DNS-rebinding protection on: a
 request whose Host is not allowed gets 421, a foreign Origin gets 403. Loopback
 names are always allowed; `allowed_hosts` / `allowed_origins` in the config add
 others (needed when binding to a non-loopback address).
+
+The front door (`_FrontDoor`) admits new client sessions: while the proxy
+drains for shutdown, and once `max_downstream_sessions` are open, a request
+that would open one gets 503 with a JSON-RPC error naming the reason and the
+fix, at once. Requests within open sessions pass.
 """
 
 from __future__ import annotations
 
 import logging
-import signal
-from collections.abc import AsyncGenerator, Generator
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import AsyncGenerator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any, Final, Protocol
 
 import anyio
-import uvicorn
 from mcp.server.sse import SseServerTransport
+from mcp.server.streamable_http import MCP_SESSION_ID_HEADER
 from mcp.server.streamable_http_manager import StreamableHTTPASGIApp, StreamableHTTPSessionManager
 from mcp.server.transport_security import TransportSecuritySettings
+from mcp.shared.inbound import MCP_PROTOCOL_VERSION_HEADER
+from mcp.types.version import HANDSHAKE_PROTOCOL_VERSIONS
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Mount, Route
-from starlette.types import Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from mcpstore_proxy.admin import admin_routes
+from mcpstore_proxy.compat import open_http_sessions, terminate_http_sessions
 from mcpstore_proxy.config import ProxySettings
 from mcpstore_proxy.control import Control
+from mcpstore_proxy.drain import Drain
 from mcpstore_proxy.engine import ProxyEngine
+from mcpstore_proxy.errors import ConnectionLimitError, ProxyError, ShuttingDownError
+from mcpstore_proxy.logs import ThrottledWarning
 from mcpstore_proxy.server import ProxyServer
 
-__all__ = ["create_app", "security_settings", "serve_http"]
+__all__ = ["HttpFace", "create_app", "security_settings"]
 
 logger = logging.getLogger(__name__)
 
-LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]")
-_GRACEFUL_SHUTDOWN_SECONDS = 5
+LOOPBACK_HOSTS: Final = ("127.0.0.1", "localhost", "[::1]")
 
 
 def security_settings(settings: ProxySettings) -> TransportSecuritySettings:
@@ -52,16 +63,34 @@ def security_settings(settings: ProxySettings) -> TransportSecuritySettings:
     )
 
 
-def create_app(engine: ProxyEngine) -> Starlette:
+@dataclass(eq=False)
+class HttpFace:
+    """The app and the parts of it that shutdown needs to reach."""
+
+    app: Starlette
+    drain: Drain
+    manager: StreamableHTTPSessionManager
+    legacy: _LegacySseStream
+
+    async def close_client_sessions(self) -> None:
+        """End every client session (Streamable HTTP and legacy SSE) so that every open response completes."""
+        await terminate_http_sessions(self.manager)
+        await self.legacy.close_all()
+
+
+def create_app(engine: ProxyEngine) -> HttpFace:
     """The ASGI app over an already-started engine; its lifespan runs the MCP session manager."""
+    settings = engine.settings
     server = ProxyServer(engine)
-    security = security_settings(engine.settings)
+    security = security_settings(settings)
     manager = StreamableHTTPSessionManager(
         app=server,
         security_settings=security,
-        session_idle_timeout=engine.settings.session_idle_timeout_seconds,
+        session_idle_timeout=settings.session_idle_timeout_seconds,
+        max_sessions=settings.max_downstream_sessions,
     )
-    legacy = SseServerTransport("/messages/", security_settings=security)
+    legacy = _LegacySseStream(server, SseServerTransport("/messages/", security_settings=security))
+    door = _FrontDoor(server.drain, lambda: open_http_sessions(manager) + legacy.open, settings)
 
     @asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncGenerator[None]:
@@ -72,7 +101,7 @@ def create_app(engine: ProxyEngine) -> Starlette:
         statuses = engine.statuses()
         return JSONResponse(
             {
-                "status": "ok",
+                "status": "draining" if server.drain.is_draining else "ok",
                 "upstreams": {
                     f"{s.agent_id}/{s.name}" if s.agent_id else s.name: {
                         "state": s.state,
@@ -84,76 +113,111 @@ def create_app(engine: ProxyEngine) -> Starlette:
             }
         )
 
-    return Starlette(
+    mcp = door.guard(StreamableHTTPASGIApp(manager))
+    app = Starlette(
         routes=[
-            Route("/mcp", endpoint=StreamableHTTPASGIApp(manager)),
-            Route("/agents/{agent}/mcp", endpoint=StreamableHTTPASGIApp(manager)),
-            Route("/sse", endpoint=_LegacySseStream(server, legacy), methods=["GET"]),
-            Mount("/messages/", app=legacy.handle_post_message),
+            Route("/mcp", endpoint=mcp),
+            Route("/agents/{agent}/mcp", endpoint=mcp),
+            Route("/sse", endpoint=door.guard(legacy), methods=["GET"]),
+            Mount("/messages/", app=legacy.transport.handle_post_message),
             Route("/healthz", endpoint=health),
-            *admin_routes(
-                Control(engine, allows_stdio=engine.settings.allow_stdio_services_via_api), engine.settings, security
-            ),
+            *admin_routes(Control(engine, allows_stdio=settings.allow_stdio_services_via_api), settings, security),
         ],
         lifespan=lifespan,
     )
+    return HttpFace(app, server.drain, manager, legacy)
+
+
+class _FrontDoor:
+    """Admits new client sessions, or refuses them at once with a JSON-RPC error and 503."""
+
+    def __init__(self, drain: Drain, open_sessions: Any, settings: ProxySettings) -> None:
+        self._drain = drain
+        self._open_sessions = open_sessions
+        self._limit = settings.max_downstream_sessions
+        self._refusals = ThrottledWarning(logger)
+
+    def guard(self, app: ASGIApp) -> _Guarded:
+        return _Guarded(self, app)
+
+    async def admit(self, app: ASGIApp, scope: Scope, receive: Receive, send: Send) -> None:
+        refusal = self._refusal() if _opens_a_session(scope) else None
+        if refusal is None:
+            await app(scope, receive, send)
+            return
+        self._refusals.warn("refused a new client session: %s", refusal.message)
+        await _json_rpc_error(refusal)(scope, receive, send)
+
+    def _refusal(self) -> ProxyError | None:
+        if self._drain.is_draining:
+            return ShuttingDownError(
+                "mcpstore-proxy is shutting down and takes no new sessions; reconnect once it is back"
+            )
+        if self._open_sessions() >= self._limit:
+            return ConnectionLimitError(
+                f"mcpstore-proxy already holds {self._limit} client sessions (max_downstream_sessions); "
+                "close idle clients (their sessions also end after session_idle_timeout_seconds), "
+                "or raise max_downstream_sessions"
+            )
+        return None
+
+
+class _Guarded:
+    """An ASGI app behind the front door (a class, so that Starlette routes hand it every method as ASGI)."""
+
+    def __init__(self, door: _FrontDoor, app: ASGIApp) -> None:
+        self._door = door
+        self._app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self._door.admit(self._app, scope, receive, send)
+
+
+def _opens_a_session(scope: Scope) -> bool:
+    """A GET /sse, or a handshake-era POST without a session id: what would open a client session."""
+    headers = dict(scope["headers"])
+    if scope["method"] == "GET":
+        return scope["path"].endswith("/sse")
+    if scope["method"] != "POST" or MCP_SESSION_ID_HEADER.encode() in headers:
+        return False
+    version = headers.get(MCP_PROTOCOL_VERSION_HEADER.lower().encode())
+    return version is None or version.decode("latin-1") in HANDSHAKE_PROTOCOL_VERSIONS
+
+
+def _json_rpc_error(error: ProxyError) -> JSONResponse:
+    details = {"code": error.code, "message": error.message, "data": {"type": type(error).__name__}}
+    return JSONResponse({"jsonrpc": "2.0", "id": None, "error": details}, status_code=error.http_status)
+
+
+class _Closable(Protocol):
+    async def aclose(self) -> None: ...
 
 
 class _LegacySseStream:
     """`GET /sse`: one legacy HTTP+SSE client, whose connection is its session until the stream closes."""
 
     def __init__(self, server: ProxyServer, transport: SseServerTransport) -> None:
+        self.transport = transport
         self._server = server
-        self._transport = transport
+        self._streams: set[_Closable] = set()
+
+    @property
+    def open(self) -> int:
+        return len(self._streams)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
-            async with self._transport.connect_sse(scope, receive, send) as (read_stream, write_stream):
-                await self._server.run(read_stream, write_stream, self._server.create_initialization_options())
+            async with self.transport.connect_sse(scope, receive, send) as (read_stream, write_stream):
+                self._streams.add(write_stream)
+                try:
+                    await self._server.run(read_stream, write_stream, self._server.create_initialization_options())
+                finally:
+                    self._streams.discard(write_stream)
         except ValueError:
             return  # refused by the Host/Origin checks, which already answered 421 or 403
 
-
-async def serve_http(settings: ProxySettings) -> None:
-    """Start every upstream, then serve Streamable HTTP until interrupted."""
-    async with ProxyEngine(settings) as engine:
-        if settings.host not in ("127.0.0.1", "localhost", "::1") and not settings.allowed_hosts:
-            logger.warning(
-                "bound to %s but allowed_hosts is empty: requests must use a loopback Host header or get 421; "
-                "list the names clients use in allowed_hosts",
-                settings.host,
-            )
-        server = _Server(
-            uvicorn.Config(
-                create_app(engine),
-                host=settings.host,
-                port=settings.port,
-                log_level=settings.log_level.lower(),
-                access_log=False,
-                timeout_graceful_shutdown=_GRACEFUL_SHUTDOWN_SECONDS,
-                lifespan="on",
-            )
-        )
-        logger.info("serving MCP at http://%s:%d/mcp", settings.host, settings.port)
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(_stop_on_signals, server)
-            await server.serve()
-            tg.cancel_scope.cancel()
-
-
-class _Server(uvicorn.Server):
-    """uvicorn, minus its signal handling: after a graceful stop it re-raises the signal, which
-    would kill the process before the engine could close the upstreams. `_stop_on_signals` stands in."""
-
-    @contextmanager
-    def capture_signals(self) -> Generator[None]:
-        yield
-
-
-async def _stop_on_signals(server: uvicorn.Server) -> None:
-    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async for signum in signals:
-            logger.info("%s received: shutting down", signal.Signals(signum).name)
-            if server.should_exit:
-                server.force_exit = True
-            server.should_exit = True
+    async def close_all(self) -> None:
+        """End every legacy stream: closing our write side completes its response, which ends its session."""
+        for stream in list(self._streams):
+            with anyio.move_on_after(1, shield=True):
+                await stream.aclose()

@@ -7,7 +7,6 @@ no traceback. `check` exits with 1 when any upstream fails to start.
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -15,11 +14,11 @@ from pathlib import Path
 import anyio
 
 from mcpstore_proxy.__about__ import __version__
-from mcpstore_proxy.app import serve_http
 from mcpstore_proxy.config import ProxySettings, load_settings
 from mcpstore_proxy.engine import ProxyEngine, ServiceInfo
 from mcpstore_proxy.errors import ConfigError, ProxyError
-from mcpstore_proxy.stdio import serve_stdio
+from mcpstore_proxy.logs import configure_logging
+from mcpstore_proxy.serving import serve_http, serve_stdio
 
 __all__ = ["main"]
 
@@ -33,7 +32,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = load_settings(
             arguments.config, host=arguments.host, port=arguments.port, log_level=arguments.log_level
         )
-        _configure_logging(settings.log_level)
+        configure_logging(settings.log_level)
         if arguments.command == "serve":
             anyio.run(serve_http, settings)
         elif arguments.command == "stdio":
@@ -75,14 +74,9 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True
-    )
-
-
 async def _check(settings: ProxySettings) -> int:
     async with ProxyEngine(settings) as engine:
+        await engine.started()
         statuses = engine.statuses()
     print(_format_table(statuses))
     if not statuses:

@@ -72,7 +72,7 @@ class UpstreamConfig(BaseModel):
 
     session: Literal["isolated", "shared"] = "isolated"
     prefix: str | None = None
-    call_timeout_seconds: float = Field(default=120.0, gt=0)
+    call_timeout_seconds: float = Field(default=120.0, gt=0, allow_inf_nan=False)
     enabled: bool = True
     include_tools: list[str] | None = None
     exclude_tools: list[str] = Field(default_factory=list[str])
@@ -148,11 +148,14 @@ class ProxySettings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(default=8765, ge=0, le=65535)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
-    session_idle_timeout_seconds: float = Field(default=1800.0, gt=0)
+    session_idle_timeout_seconds: float = Field(default=1800.0, gt=0, allow_inf_nan=False)
     max_sessions_per_upstream: int = Field(default=32, gt=0)
+    max_downstream_sessions: int = Field(default=1000, gt=0)
+    max_named_sessions_per_client: int = Field(default=16, gt=0)
+    shutdown_grace_seconds: float = Field(default=30.0, ge=0, allow_inf_nan=False)
     session_header: str = "X-MCPStore-Session"
     session_argument: str = "session_id"
-    upstream_start_timeout_seconds: float = Field(default=60.0, gt=0)
+    upstream_start_timeout_seconds: float = Field(default=60.0, gt=0, allow_inf_nan=False)
     admin_token: str | None = None
     allow_stdio_services_via_api: bool = False
     runtime_services_file: Path | None = None

@@ -168,7 +168,7 @@ class Control:
         if key.is_explicit and key not in self.engine.records:
             if not opens:
                 self.engine.records.require(key)
-            self.engine.open_session(key)
+            self.engine.named.open(key)
         routes = self.engine.catalog_for(key).tool_routes
         exposed = resolve_tool_name(name, routes, self._bound(key) or None)
         return exposed, routes[exposed]
@@ -177,34 +177,34 @@ class Control:
 
     async def open_session(self, agent: str, session: str) -> SessionInfo:
         key = self._key(agent, session)
-        return self._session_info(self.engine.open_session(key))
+        return self._session_info(self.engine.named.open(key))
 
     async def find_session(self, agent: str, session: str) -> SessionInfo | None:
         record = self.engine.records.get(self._key(agent, session))
         return self._session_info(record) if record is not None else None
 
     async def list_sessions(self, agent: str) -> list[SessionInfo]:
-        return [self._session_info(record) for record in self.engine.named_sessions(checked_agent(agent))]
+        return [self._session_info(record) for record in self.engine.named.of_agent(checked_agent(agent))]
 
     async def session_info(self, agent: str, session: str) -> SessionInfo:
         return self._session_info(self._record(agent, session))
 
     async def bind_service(self, agent: str, session: str, service: str) -> SessionInfo:
         key = self._key(agent, session)
-        return self._session_info(await self.engine.bind(key, service))
+        return self._session_info(await self.engine.named.bind(key, service))
 
     async def extend_session(self, agent: str, session: str, seconds: float) -> SessionInfo:
         self._record(agent, session)
-        return self._session_info(await self.engine.extend_session(self._key(agent, session), seconds))
+        return self._session_info(self.engine.named.extend(self._key(agent, session), seconds))
 
     async def restart_session(self, agent: str, session: str) -> SessionInfo:
         self._record(agent, session)
-        return self._session_info(await self.engine.restart_session(self._key(agent, session)))
+        return self._session_info(await self.engine.named.restart(self._key(agent, session)))
 
     async def clear_cache(self, agent: str, session: str) -> SessionInfo:
         self._record(agent, session)
         key = self._key(agent, session)
-        await self.engine.refresh(key)
+        await self.engine.named.refresh(key)
         return self._session_info(self._record(agent, session))
 
     async def close_session(self, agent: str, session: str) -> None:
@@ -225,12 +225,12 @@ class Control:
             created_at=_utc(record.created_at),
             last_active=_utc(record.last_active),
             expires_at=_utc(record.expires_at),
-            expires_in_seconds=record.expires_in_seconds,
+            expires_in_seconds=self.engine.records.expires_in_seconds(record),
             bound_services=list(record.bound),
             service_count=len(record.bound),
             tool_count=len(tools),
             tools=tools,
-            connection_status=self.engine.connection_status(key),
+            connection_status=self.engine.named.connection_status(key),
         )
 
     def _key(self, agent: str, session: str | None) -> SessionKey:

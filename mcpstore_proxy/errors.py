@@ -1,45 +1,55 @@
-"""The proxy's one error hierarchy, and its single translation to MCP errors.
+"""The proxy's one error hierarchy, and its single translation to the wire.
 
     ProxyError
-     ├── ConfigError              the YAML/JSON config or a value in it is wrong
-     │    └── NameCollisionError  two upstreams expose the same tool name
-     ├── UnknownToolError         no exposed tool has that name
-     ├── UnknownPromptError       no exposed prompt has that name
-     ├── UnknownResourceError     no upstream offers that resource URI
-     ├── UnknownServiceError      no service of that name in this scope
-     ├── AmbiguousToolError       a short tool name matches several services' tools
-     ├── UpstreamError            an upstream failed; names the upstream
-     │    ├── UpstreamStartError   it could not be started or initialized
-     │    ├── UpstreamClosedError  its connection ended while in use (crash, exit)
-     │    └── UpstreamTimeoutError a call exceeded the upstream's call timeout
-     └── SessionError             the session could not serve the request
-          ├── InvalidSessionKeyError the explicit session key is malformed
-          ├── SessionLimitError    the upstream's session cap is reached
-          └── SessionClosedError   the session was closed while the call waited
+     ├── ConfigError                the YAML/JSON config or a value in it is wrong
+     │    └── NameCollisionError    two upstreams expose the same tool name
+     ├── UnknownToolError           no exposed tool has that name
+     ├── UnknownPromptError         no exposed prompt has that name
+     ├── UnknownResourceError       no upstream offers that resource URI
+     ├── UnknownServiceError        no service of that name in this scope
+     ├── AmbiguousToolError         a short tool name matches several services' tools
+     ├── UpstreamError              an upstream failed; names the upstream
+     │    ├── UpstreamStartError     it could not be started or initialized
+     │    ├── UpstreamClosedError    its connection ended by itself while in use (crash, exit)
+     │    ├── UpstreamStoppedError   the proxy closed the connection under the request (restart, removal,
+     │    │                          shutdown, or the end of the session that held it)
+     │    └── UpstreamTimeoutError   a call exceeded the upstream's call timeout
+     ├── SessionError               the session could not serve the request
+     │    ├── InvalidSessionKeyError the explicit session key or agent id is malformed
+     │    ├── SessionLimitError      a cap on sessions is reached (names the cap and the fix)
+     │    │    └── ConnectionLimitError  the proxy already holds max_downstream_sessions client sessions
+     │    └── SessionClosedError     the named session was closed, expired, or never opened
+     └── ShuttingDownError          the proxy is draining for shutdown and takes no new work
 
-Errors that the upstream itself answered (an `MCPError` from its JSON-RPC
-reply) are not wrapped: the client sees the upstream's own code and message.
-`to_mcp_error` is the one place our errors become wire errors.
+Each class carries its wire facts: the JSON-RPC `code` an MCP client sees and
+the `http_status` the admin API and the HTTP front door answer with. Errors
+that the upstream itself answered (an `MCPError` from its JSON-RPC reply) are
+not wrapped: the client sees the upstream's own code and message.
+`to_mcp_error` is the one place our errors become MCP errors.
 """
 
 from __future__ import annotations
 
-from typing import Final
+from typing import Final, cast
 
 from mcp import MCPError
 from mcp.types import INTERNAL_ERROR, INVALID_PARAMS
 
 UPSTREAM_FAILED: Final = -32010
-"""JSON-RPC code for a failed, crashed or timed-out upstream (implementation-defined server error range)."""
+"""JSON-RPC code for a failed, crashed, stopped or timed-out upstream (implementation-defined server error range)."""
 
 SESSION_REFUSED: Final = -32011
-"""JSON-RPC code for a session that could not be created or was closed under the call."""
+"""JSON-RPC code for a session that could not be created (a cap) or is closed."""
+
+SHUTTING_DOWN: Final = -32012
+"""JSON-RPC code for work refused or cut short because the proxy is shutting down."""
 
 
 class ProxyError(Exception):
     """Base of every error the proxy raises on purpose."""
 
     code: int = INTERNAL_ERROR
+    http_status: int = 500
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -49,6 +59,8 @@ class ProxyError(Exception):
 class ConfigError(ProxyError):
     """The config file, or one value in it, is invalid."""
 
+    http_status = 400
+
 
 class NameCollisionError(ConfigError):
     """Two upstreams expose the same tool name in a static config."""
@@ -56,27 +68,33 @@ class NameCollisionError(ConfigError):
 
 class UnknownToolError(ProxyError):
     code = INVALID_PARAMS
+    http_status = 404
 
 
 class UnknownPromptError(ProxyError):
     code = INVALID_PARAMS
+    http_status = 404
 
 
 class UnknownResourceError(ProxyError):
     # -32002 was retired by the spec; like the SDK, an unknown URI is invalid params.
     code = INVALID_PARAMS
+    http_status = 404
 
 
 class UnknownServiceError(ProxyError):
     code = INVALID_PARAMS
+    http_status = 404
 
 
 class AmbiguousToolError(ProxyError):
     code = INVALID_PARAMS
+    http_status = 400
 
 
 class UpstreamError(ProxyError):
     code = UPSTREAM_FAILED
+    http_status = 502
 
     def __init__(self, upstream: str, message: str) -> None:
         super().__init__(message)
@@ -94,24 +112,42 @@ class UpstreamClosedError(UpstreamError):
         """True when the upstream provably never ran the request (its HTTP session had expired)."""
 
 
+class UpstreamStoppedError(UpstreamError):
+    def __init__(self, upstream: str, message: str, *, was_sent: bool) -> None:
+        super().__init__(upstream, message)
+        self.was_sent = was_sent
+        """Whether the request had reached the upstream; one that had not may run again on a fresh session."""
+
+
 class UpstreamTimeoutError(UpstreamError):
-    pass
+    http_status = 504
 
 
 class SessionError(ProxyError):
     code = SESSION_REFUSED
+    http_status = 409
 
 
 class InvalidSessionKeyError(SessionError):
     code = INVALID_PARAMS
+    http_status = 400
 
 
 class SessionLimitError(SessionError):
-    pass
+    http_status = 429
+
+
+class ConnectionLimitError(SessionLimitError):
+    http_status = 503
 
 
 class SessionClosedError(SessionError):
-    pass
+    http_status = 404
+
+
+class ShuttingDownError(ProxyError):
+    code = SHUTTING_DOWN
+    http_status = 503
 
 
 def to_mcp_error(error: ProxyError) -> MCPError:
@@ -121,3 +157,17 @@ def to_mcp_error(error: ProxyError) -> MCPError:
     if isinstance(error, UpstreamError):
         data["upstream"] = error.upstream
     return MCPError(code=error.code, message=error.message, data=data)
+
+
+def innermost(error: BaseException | None) -> BaseException | None:
+    """The first real exception inside (possibly nested) task-group exception groups."""
+    while isinstance(error, BaseExceptionGroup):
+        error = cast("BaseExceptionGroup[BaseException]", error).exceptions[0]
+    return error
+
+
+def first_line(error: BaseException) -> str:
+    """`Type: first line of the message` of the innermost exception, for a one-line error or log."""
+    inner = innermost(error) or error
+    text = str(inner).strip().splitlines()
+    return f"{type(inner).__name__}: {text[0]}" if text else type(inner).__name__

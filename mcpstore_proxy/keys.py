@@ -9,6 +9,8 @@ A request's key is resolved in this order:
 
 Explicit keys and connection keys live in separate namespaces, so naming an
 explicit key after someone's `Mcp-Session-Id` does not reach their session.
+A key's name is a bearer secret: `str(key)` (what logs and messages show) gives
+a short hash of it, never the name itself.
 Every key belongs to an agent scope (`""` is the store's own scope): agent A's
 session "task" and agent B's session "task" are different sessions.
 """
@@ -21,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any, Final, Literal
 
 from mcpstore_proxy.errors import InvalidSessionKeyError
+from mcpstore_proxy.logs import fingerprint
 
 __all__ = ["MAX_KEY_LENGTH", "STORE_SCOPE", "SessionKey", "checked_agent", "resolve_session_key"]
 
@@ -59,9 +62,14 @@ class SessionKey:
     def is_ephemeral(self) -> bool:
         return self.kind == "ephemeral"
 
+    @property
+    def fingerprint(self) -> str:
+        """A short hash of the name: enough to tell keys apart in a log, useless for taking one over."""
+        return fingerprint(self.name)
+
     def __str__(self) -> str:
         scope = f" of agent '{self.agent}'" if self.agent else ""
-        return f"{self.kind} session '{self.name}'{scope}"
+        return f"{self.kind} session #{self.fingerprint}{scope}"
 
 
 def checked_agent(agent: str) -> str:

@@ -7,6 +7,8 @@ that the client who opened it declared, and it relays what the upstream
 starts to that client. A session ends when its key ends (an explicit key ends
 when it expires), or when the upstream goes away; in the last case the key's next
 request gets a fresh session, and the client is warned that its state was reset.
+A request that found its session closed before it was sent (a restart) runs on
+a fresh one; once the pool itself is closed, requests fail with the reason.
 """
 
 from __future__ import annotations
@@ -21,9 +23,16 @@ import anyio
 from mcp import types
 
 from mcpstore_proxy.config import UpstreamConfig
-from mcpstore_proxy.errors import SessionLimitError, UpstreamClosedError, UpstreamError
+from mcpstore_proxy.errors import (
+    SessionLimitError,
+    UpstreamClosedError,
+    UpstreamError,
+    UpstreamStoppedError,
+)
 from mcpstore_proxy.keys import SessionKey
+from mcpstore_proxy.logs import ThrottledWarning
 from mcpstore_proxy.relay import ClientCall, ListKind, SessionRelay
+from mcpstore_proxy.transports import TransportFactory
 from mcpstore_proxy.upstream import ALL_CLIENT_CAPABILITIES, ClientCapability, EndReason, UpstreamSession
 
 __all__ = ["PoolHooks", "SessionPool", "Spawner", "declared_capabilities", "warn_reset"]
@@ -81,6 +90,7 @@ class SessionPool:
         start_timeout_seconds: float,
         spawn: Spawner,
         hooks: PoolHooks,
+        transports: TransportFactory,
     ) -> None:
         self.upstream = upstream
         self._config = config
@@ -88,6 +98,9 @@ class SessionPool:
         self._start_timeout_seconds = start_timeout_seconds
         self._spawn = spawn
         self._hooks = hooks
+        self._transports = transports
+        self._closed_because: str | None = None
+        self._refusals = ThrottledWarning(logger)
         self._sessions: dict[SessionKey, UpstreamSession] = {}
         self._lost_keys: set[SessionKey] = set()
         self._levelled: dict[UpstreamSession, types.LoggingLevel] = {}
@@ -106,8 +119,8 @@ class SessionPool:
     async def run(
         self, key: SessionKey, call: ClientCall | None, operation: Callable[[UpstreamSession], Awaitable[_T]]
     ) -> _T:
-        """Run `operation` on the key's session, opening it on first use (and once more if the upstream had
-        forgotten the session before running the request)."""
+        """Run `operation` on the key's session, opening it on first use (and once more if the request provably
+        never reached the upstream: its HTTP session had expired, or the session was closed under it)."""
         try:
             for attempt in (1, 2):
                 session, was_reset = self._session_for(key, call)
@@ -119,6 +132,9 @@ class SessionPool:
                 except UpstreamClosedError as error:
                     if not (error.is_retryable and attempt == 1):
                         raise
+                except UpstreamStoppedError as error:
+                    if error.was_sent or attempt == 2 or self._closed_because is not None:
+                        raise
             raise AssertionError("unreachable")  # pragma: no cover
         finally:
             if key.is_ephemeral:
@@ -129,6 +145,12 @@ class SessionPool:
         return self._session_for(key, None)[0]
 
     def _session_for(self, key: SessionKey, call: ClientCall | None) -> tuple[UpstreamSession, bool]:
+        if self._closed_because is not None:
+            raise UpstreamStoppedError(
+                self.upstream,
+                f"upstream '{self.upstream}' takes no new sessions: {self._closed_because}",
+                was_sent=False,
+            )
         session = self._sessions.get(key)
         if session is not None:
             if not session.is_closing:
@@ -138,6 +160,12 @@ class SessionPool:
             if session.end_reason is not EndReason.CLOSED:
                 self._lost_keys.add(key)
         if len(self._sessions) >= self._cap:
+            self._refusals.warn(
+                "refused a new session with upstream '%s' for %s: its cap of %d sessions is reached",
+                self.upstream,
+                key,
+                self._cap,
+            )
             raise SessionLimitError(
                 f"upstream '{self.upstream}' already has {len(self._sessions)} sessions, its cap; "
                 f"end idle sessions, or raise max_sessions_per_upstream (or mcpServers.{self.upstream}.max_sessions)"
@@ -149,8 +177,9 @@ class SessionPool:
             start_timeout_seconds=self._start_timeout_seconds,
             relay=relay,
             declared=declared_capabilities(call),
-            label=key.name[:16],
+            label=str(key),
             on_end=partial(self._forget, key),
+            transports=self._transports,
         )
         relay.on_list_changed = partial(self._refresh_listing, key, session)
         self._sessions[key] = session
@@ -200,20 +229,25 @@ class SessionPool:
         self._lost_keys.discard(key)
         session = self._sessions.pop(key, None)
         if session is not None:
-            session.close_soon()
+            session.close_soon("its session ended")
 
     async def end(self, key: SessionKey) -> None:
         """Close the key's session and wait (bounded) until its upstream is gone."""
         self._lost_keys.discard(key)
         session = self._sessions.pop(key, None)
         if session is not None:
-            await session.aclose()
+            await session.aclose("its session ended")
 
-    async def aclose(self) -> None:
-        """Close every session and wait (bounded, together) until their upstreams are gone."""
+    async def reset(self, reason: str) -> None:
+        """Close every session (bounded, together); later requests open fresh ones."""
         sessions = list(self._sessions.values())
         self._sessions.clear()
         self._lost_keys.clear()
         async with anyio.create_task_group() as tg:
             for session in sessions:
-                tg.start_soon(session.aclose)
+                tg.start_soon(session.aclose, reason)
+
+    async def aclose(self, reason: str) -> None:
+        """Close every session and take no new ones; requests fail saying `reason`."""
+        self._closed_because = reason
+        await self.reset(reason)

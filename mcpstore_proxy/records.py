@@ -3,16 +3,18 @@ expires, and which services it has bound.
 
 Named sessions are the explicit keys (a `session_id` argument, an `X-MCPStore-Session` header, or an SDK
 session). Each use pushes the expiry out to at least `idle timeout` from now; `extend(seconds)` moves it by
-exactly `seconds`. Times are wall-clock epoch seconds, so what `session_info` reports is what expiry uses.
+exactly `seconds`. Times are wall-clock epoch seconds from a `Clock`, so what `session_info` reports is what
+expiry uses, and tests can move time by hand.
 """
 
 from __future__ import annotations
 
-import time
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from mcpstore_proxy.errors import SessionClosedError
+from mcpstore_proxy.clock import SYSTEM_CLOCK, Clock
+from mcpstore_proxy.errors import ConfigError, SessionClosedError
 from mcpstore_proxy.keys import SessionKey
 
 __all__ = ["SessionRecord", "SessionRecords"]
@@ -27,15 +29,12 @@ class SessionRecord:
     bound: list[str] = field(default_factory=list[str])
     calls_in_flight: int = 0
 
-    @property
-    def expires_in_seconds(self) -> float:
-        return self.expires_at - time.time()
-
 
 class SessionRecords:
     """The named sessions, by key."""
 
-    def __init__(self, idle_timeout_seconds: float) -> None:
+    def __init__(self, idle_timeout_seconds: float, clock: Clock = SYSTEM_CLOCK) -> None:
+        self.clock = clock
         self._idle_timeout_seconds = idle_timeout_seconds
         self._records: dict[SessionKey, SessionRecord] = {}
 
@@ -48,6 +47,9 @@ class SessionRecords:
     def __iter__(self) -> Iterator[SessionRecord]:
         return iter(list(self._records.values()))
 
+    def keys(self) -> set[SessionKey]:
+        return set(self._records)
+
     def get(self, key: SessionKey) -> SessionRecord | None:
         return self._records.get(key)
 
@@ -55,7 +57,7 @@ class SessionRecords:
         """The key's record, created (as just used) when it has none."""
         record = self._records.get(key)
         if record is None:
-            now = time.time()
+            now = self.clock.now()
             record = self._records[key] = SessionRecord(key, now, now, now + self._idle_timeout_seconds)
         return record
 
@@ -77,20 +79,30 @@ class SessionRecords:
     def touch(self, key: SessionKey) -> SessionRecord:
         """Note a use: the session stays at least `idle timeout` from now."""
         record = self.open(key)
-        now = time.time()
+        now = self.clock.now()
         record.last_active = now
         record.expires_at = max(record.expires_at, now + self._idle_timeout_seconds)
         return record
 
     def extend(self, key: SessionKey, seconds: float) -> SessionRecord:
+        """Move the expiry by exactly `seconds`.
+
+        Raises:
+            ConfigError: `seconds` is not a finite number.
+        """
+        if not math.isfinite(seconds):
+            raise ConfigError(f"extend needs a finite number of seconds, got {seconds!r}")
         record = self.open(key)
         record.expires_at += seconds
         return record
+
+    def expires_in_seconds(self, record: SessionRecord) -> float:
+        return record.expires_at - self.clock.now()
 
     def remove(self, key: SessionKey) -> SessionRecord | None:
         return self._records.pop(key, None)
 
     def expired(self) -> list[SessionKey]:
         """Keys whose expiry has passed and that have no call in flight."""
-        now = time.time()
+        now = self.clock.now()
         return [r.key for r in self._records.values() if r.expires_at <= now and r.calls_in_flight == 0]

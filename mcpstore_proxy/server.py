@@ -39,12 +39,14 @@ from pydantic import BaseModel
 
 from mcpstore_proxy.__about__ import __version__
 from mcpstore_proxy.catalog import Catalog
+from mcpstore_proxy.compat import downstream_connection
+from mcpstore_proxy.drain import Drain
 from mcpstore_proxy.engine import ProxyEngine
 from mcpstore_proxy.errors import ProxyError, UnknownToolError, to_mcp_error
 from mcpstore_proxy.keys import STORE_SCOPE, SessionKey, checked_agent, resolve_session_key
 from mcpstore_proxy.relay import ClientCall
 
-__all__ = ["AGENT_HEADER", "EXISTING_SESSION_HEADER", "ProxyServer", "downstream_connection"]
+__all__ = ["AGENT_HEADER", "EXISTING_SESSION_HEADER", "ProxyServer"]
 
 logger = logging.getLogger(__name__)
 
@@ -57,18 +59,6 @@ EXISTING_SESSION_HEADER: Final = "x-mcpstore-existing-session"
 _KEY_STATE: Final = "mcpstore_proxy.session_key"
 _CHANNEL_STATE: Final = "mcpstore_proxy.channel"
 _NOTIFY_SECONDS: Final = 1.0
-
-
-def downstream_connection(ctx: Context) -> Connection:
-    """The per-connection object behind a request.
-
-    The SDK keeps it private (`ServerSession._connection`); this is the only
-    place the proxy reaches for it, and a test pins the assumption.
-    """
-    connection = getattr(ctx.session, "_connection", None)
-    if not isinstance(connection, Connection):
-        raise RuntimeError("this mcp SDK no longer exposes ServerSession._connection; pin mcp to a supported release")
-    return connection
 
 
 class RequestStream:
@@ -135,7 +125,7 @@ class ConnectionStream:
 class ProxyServer(Server[Any]):
     """Serves the engine's merged offer to one kind of downstream transport (HTTP, SSE or stdio)."""
 
-    def __init__(self, engine: ProxyEngine, *, stdio: bool = False) -> None:
+    def __init__(self, engine: ProxyEngine, *, stdio: bool = False, drain: Drain | None = None) -> None:
         super().__init__(
             "mcpstore-proxy",
             version=__version__,
@@ -159,6 +149,7 @@ class ProxyServer(Server[Any]):
         self.add_notification_handler("notifications/initialized", types.NotificationParams, self._initialized)
         self.add_notification_handler("notifications/roots/list_changed", types.NotificationParams, self._roots_changed)
         self._engine = engine
+        self.drain = drain or Drain()
         self._argument = engine.settings.session_argument
         self._header = engine.settings.session_header.lower()
         self._stdio_key = SessionKey.connection("stdio") if stdio else None
@@ -235,25 +226,28 @@ class ProxyServer(Server[Any]):
                     route = self._engine.tool_route(key, params.name)
             if key.is_explicit and ctx.request is not None and ctx.request.headers.get(EXISTING_SESSION_HEADER) == "1":
                 self._engine.records.require(key)
+            self._admit(ctx, key)
             return await self._engine.call_tool(key, route, arguments, self._client_call(ctx))
 
-        return await _answer(ctx, forward)
+        return await self._answer(ctx, forward)
 
     async def _get_prompt(self, ctx: Context, params: types.GetPromptRequestParams) -> dict[str, Any]:
-        return await _answer(ctx, lambda: self._engine.get_prompt(self._key(ctx), params, self._client_call(ctx)))
+        return await self._answer(ctx, lambda: self._engine.get_prompt(self._key(ctx), params, self._client_call(ctx)))
 
     async def _read_resource(self, ctx: Context, params: types.ReadResourceRequestParams) -> dict[str, Any]:
-        return await _answer(ctx, lambda: self._engine.read_resource(self._key(ctx), params, self._client_call(ctx)))
+        return await self._answer(
+            ctx, lambda: self._engine.read_resource(self._key(ctx), params, self._client_call(ctx))
+        )
 
     async def _complete(self, ctx: Context, params: types.CompleteRequestParams) -> dict[str, Any]:
-        return await _answer(ctx, lambda: self._engine.complete(self._key(ctx), params, self._client_call(ctx)))
+        return await self._answer(ctx, lambda: self._engine.complete(self._key(ctx), params, self._client_call(ctx)))
 
     async def _subscribe(self, ctx: Context, params: types.SubscribeRequestParams) -> types.EmptyResult:
         async def forward() -> dict[str, Any]:
             await self._engine.subscribe(self._key(ctx), params.uri, self._client_call(ctx), subscribe=True)
             return {}
 
-        await _answer(ctx, forward)
+        await self._answer(ctx, forward)
         return types.EmptyResult()
 
     async def _unsubscribe(self, ctx: Context, params: types.UnsubscribeRequestParams) -> types.EmptyResult:
@@ -261,7 +255,7 @@ class ProxyServer(Server[Any]):
             await self._engine.subscribe(self._key(ctx), params.uri, self._client_call(ctx), subscribe=False)
             return {}
 
-        await _answer(ctx, forward)
+        await self._answer(ctx, forward)
         return types.EmptyResult()
 
     async def _set_logging_level(self, ctx: Context, params: types.SetLevelRequestParams) -> types.EmptyResult:
@@ -271,14 +265,16 @@ class ProxyServer(Server[Any]):
                 await self._engine.set_logging_level(key, params.level)
             return {}
 
-        await _answer(ctx, forward)
+        await self._answer(ctx, forward)
         return types.EmptyResult()
 
     async def _discover(self, ctx: Context, params: types.RequestParams) -> types.DiscoverResult:
-        result = await self._handle_discover(ctx, params)
-        if ctx.request is None or self._header in ctx.request.headers:
-            return result
-        return result.model_copy(update={"supported_versions": list(HANDSHAKE_PROTOCOL_VERSIONS)})
+        keyed = ctx.request is None or self._header in ctx.request.headers
+        return types.DiscoverResult(
+            supported_versions=list(MODERN_PROTOCOL_VERSIONS if keyed else HANDSHAKE_PROTOCOL_VERSIONS),
+            capabilities=self.get_capabilities(protocol_version=ctx.protocol_version),
+            instructions=self.instructions,
+        )
 
     async def _initialized(self, ctx: Context, params: types.NotificationParams) -> None:
         self._adopt(ctx)
@@ -296,10 +292,11 @@ class ProxyServer(Server[Any]):
 
         Raises:
             InvalidSessionKeyError: the agent id or the session header is malformed.
+            SessionLimitError: it names a session that would take the client past its limit.
         """
         agent = self._agent(ctx)
         header = ctx.request.headers.get(self._header) if ctx.request is not None else None
-        return resolve_session_key(
+        key = resolve_session_key(
             None,
             header,
             self._adopt(ctx),
@@ -307,6 +304,21 @@ class ProxyServer(Server[Any]):
             header_name=self._engine.settings.session_header,
             agent=agent,
         )
+        self._admit(ctx, key)
+        return key
+
+    def _admit(self, ctx: Context, key: SessionKey) -> None:
+        """Count a named session against the client that uses it: its connection, or without one (a 2026-07-28
+        request over HTTP) its address."""
+        if not key.is_explicit:
+            return
+        connection = self._adopt(ctx)
+        if connection is not None:
+            client = f"connection {connection.name}"
+        else:
+            peer = ctx.request.client if ctx.request is not None else None
+            client = f"address {peer.host if peer is not None else 'unknown'}"
+        self._engine.named.admit(key, client)
 
     def _agent(self, ctx: Context) -> str:
         """The agent scope of a request: the `/agents/{id}/mcp` path, else the `X-MCPStore-Agent` header."""
@@ -347,7 +359,28 @@ class ProxyServer(Server[Any]):
 
     async def _connection_ended(self, connection: Connection, key: SessionKey) -> None:
         self._connections.pop(id(connection), None)
+        self._engine.named.forget_client(f"connection {key.name}")
         await self._engine.end_session(key)
+
+    async def _answer(self, ctx: Context, forward: Callable[[], Awaitable[dict[str, Any]]]) -> dict[str, Any]:
+        """Run a forwarded request as work in flight (see `drain`), translating our errors once, and shape the
+        result for the client's era.
+
+        A Streamable HTTP client that hangs up its request's stream has abandoned the request: the
+        forward is cancelled, which cancels it upstream. (The SDK keeps such a request running, for
+        resumption.) Only that transport answers a request on its own POST; a legacy SSE POST is over
+        at once (202), and 2026-07-28 requests are cancelled by the SDK itself.
+        """
+        try:
+            with self.drain.request():
+                receive = _hang_up_source(ctx)
+                result = await (forward() if receive is None else _unless_client_hangs_up(receive, forward))
+        except ProxyError as error:
+            raise to_mcp_error(error) from None
+        if ctx.protocol_version in MODERN_PROTOCOL_VERSIONS:
+            # Upstreams speak the handshake era; a 2026-07-28 result must say it is complete.
+            result.setdefault("resultType", "complete")
+        return result
 
     async def _announce_catalog_changed(self) -> None:
         capabilities = self._engine.capabilities()
@@ -361,25 +394,6 @@ class ProxyServer(Server[Any]):
             with anyio.move_on_after(_NOTIFY_SECONDS):
                 for notice in notices:
                     await channel.notify(notice)
-
-
-async def _answer(ctx: Context, forward: Callable[[], Awaitable[dict[str, Any]]]) -> dict[str, Any]:
-    """Run a forwarded request, translating our errors once, and shape the result for the client's era.
-
-    A Streamable HTTP client that hangs up its request's stream has abandoned the request: the
-    forward is cancelled, which cancels it upstream. (The SDK keeps such a request running, for
-    resumption.) Only that transport answers a request on its own POST; a legacy SSE POST is over
-    at once (202), and 2026-07-28 requests are cancelled by the SDK itself.
-    """
-    try:
-        receive = _hang_up_source(ctx)
-        result = await (forward() if receive is None else _unless_client_hangs_up(receive, forward))
-    except ProxyError as error:
-        raise to_mcp_error(error) from None
-    if ctx.protocol_version in MODERN_PROTOCOL_VERSIONS:
-        # Upstreams speak the handshake era; a 2026-07-28 result must say it is complete.
-        result.setdefault("resultType", "complete")
-    return result
 
 
 def _hang_up_source(ctx: Context) -> Callable[[], Awaitable[Mapping[str, Any]]] | None:

@@ -3,6 +3,8 @@
 `open_transport` yields the `(read, write)` stream pair that a `ClientSession`
 runs on. It must be entered and exited by the same task (the SDK transports
 hold task groups), which is why only `UpstreamSession`'s owner task calls it.
+It is the default `TransportFactory`; the engine takes another one where
+upstreams live elsewhere (the tests run real `mcp` servers in memory).
 
 A stdio upstream's stderr is read through a pipe of ours into a `StderrTail`,
 so a failure can quote the upstream's last words instead of "connection closed".
@@ -14,19 +16,21 @@ import logging
 import os
 from collections import deque
 from collections.abc import AsyncGenerator, Callable
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass
+from typing import Protocol
 
 import anyio
 import httpx2
-from mcp.client._transport import TransportStreams
 from mcp.client.sse import sse_client
 from mcp.client.stdio import StdioServerParameters, stdio_client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.server.streamable_http import MCP_SESSION_ID_HEADER
 
+from mcpstore_proxy.compat import TransportStreams
 from mcpstore_proxy.config import UpstreamConfig
 
-__all__ = ["StderrTail", "open_transport"]
+__all__ = ["StderrTail", "TransportEvents", "TransportFactory", "TransportStreams", "open_transport"]
 
 logger = logging.getLogger(__name__)
 
@@ -76,18 +80,33 @@ class StderrTail:
             os.close(fd)
 
 
+@dataclass(frozen=True, slots=True)
+class TransportEvents:
+    """What a transport reports back about its upstream while it is open."""
+
+    stderr: StderrTail
+    """Collects what the upstream says on stderr (a process's own, or anything else worth quoting)."""
+    session_expired: Callable[[], None]
+    """Called when a Streamable HTTP upstream answers 404 for our session id: the spec's way of saying the
+    session is gone and must be re-initialized."""
+
+
+class TransportFactory(Protocol):
+    def __call__(
+        self, upstream: str, config: UpstreamConfig, events: TransportEvents
+    ) -> AbstractAsyncContextManager[TransportStreams]:
+        """Connect to the upstream named `upstream`; leaving the context disconnects it (and stops its process)."""
+        ...
+
+
 @asynccontextmanager
 async def open_transport(
-    config: UpstreamConfig, stderr: StderrTail, on_session_expired: Callable[[], None]
+    upstream: str, config: UpstreamConfig, events: TransportEvents
 ) -> AsyncGenerator[TransportStreams]:
-    """Connect to the upstream described by `config`; closing the context stops it (and its process).
-
-    `on_session_expired` is called when a Streamable HTTP upstream answers 404 for our session id,
-    the spec's way of saying the session is gone and must be re-initialized.
-    """
+    """Connect to the upstream described by `config`; closing the context stops it (and its process)."""
     transport = config.resolved_transport
     if transport == "stdio":
-        async with _open_stdio(config, stderr) as streams:
+        async with _open_stdio(config, events.stderr) as streams:
             yield streams
     elif transport == "sse":
         assert config.url is not None
@@ -98,7 +117,7 @@ async def open_transport(
 
         async def watch_for_expiry(response: httpx2.Response) -> None:
             if response.status_code == 404 and MCP_SESSION_ID_HEADER in response.request.headers:
-                on_session_expired()
+                events.session_expired()
 
         async with (
             httpx2.AsyncClient(

@@ -7,8 +7,11 @@ owner: it connects, performs the 2025-11-25 handshake, publishes the ready
 goes away. Any other task may issue requests on the ready session at once.
 
 A session ends for one of three reasons, recorded in `end_reason`:
-`closed` (we asked), `lost` (the upstream's stream ended: a crash or exit), or
-`failed` (it never came up). `on_end` fires once, whichever it was.
+`closed` (we asked, saying why: restart, removal, shutdown, the end of its
+key), `lost` (the upstream's stream ended: a crash or exit), or `failed` (it
+never came up). `on_end` fires once, whichever it was. A request that meets a
+closed session fails with `UpstreamStoppedError`, which says whether the
+request had been sent; one that had not may safely run on a fresh session.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import logging
 import math
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from types import TracebackType
-from typing import Any, Final, Literal, Self, TypeVar, cast
+from typing import Any, Final, Literal, Self, TypeVar
 
 import anyio
 import httpx2
@@ -30,14 +33,16 @@ from pydantic import RootModel
 from mcpstore_proxy.__about__ import __version__
 from mcpstore_proxy.config import UpstreamConfig
 from mcpstore_proxy.errors import (
-    SessionClosedError,
     UpstreamClosedError,
     UpstreamError,
     UpstreamStartError,
+    UpstreamStoppedError,
     UpstreamTimeoutError,
+    first_line,
+    innermost,
 )
 from mcpstore_proxy.relay import ClientCall, ListKind, SessionRelay
-from mcpstore_proxy.transports import StderrTail, open_transport
+from mcpstore_proxy.transports import StderrTail, TransportEvents, TransportFactory, open_transport
 
 __all__ = ["EndReason", "UpstreamSession"]
 
@@ -103,6 +108,7 @@ class UpstreamSession:
         declared: frozenset[ClientCapability] = frozenset(),
         label: str = "",
         on_end: Callable[[UpstreamSession], None] | None = None,
+        transports: TransportFactory = open_transport,
     ) -> None:
         self.upstream = upstream
         self.config = config
@@ -110,6 +116,7 @@ class UpstreamSession:
         self.declared = declared
         """The client capabilities this session declares upstream: those its downstream client declared."""
         self.label = label
+        """Whose session this is, as logs may show it (never a session id in clear)."""
         self.server_capabilities: types.ServerCapabilities | None = None
         self.listings: dict[ListKind, Listing] = {}
         """This session's own listings, once it announced a change; the catalog's stand in until then."""
@@ -120,6 +127,8 @@ class UpstreamSession:
         self.stderr = StderrTail(upstream)
         self._start_timeout_seconds = start_timeout_seconds
         self._on_end = on_end
+        self._transports = transports
+        self._close_reason = "it was closed"
         self._client: ClientSession | None = None
         self._ready = anyio.Event()
         self._stop = anyio.Event()
@@ -129,7 +138,7 @@ class UpstreamSession:
 
     def __repr__(self) -> str:
         state = self.end_reason.value if self.end_reason else ("ready" if self._client else "starting")
-        return f"<UpstreamSession {self.upstream}{'/' + self.label if self.label else ''} {state}>"
+        return f"<UpstreamSession {self.upstream}{' for ' + self.label if self.label else ''} {state}>"
 
     @property
     def has_ended(self) -> bool:
@@ -178,10 +187,8 @@ class UpstreamSession:
             self._start_scope = start_scope
             if self._stop.is_set():
                 start_scope.cancel()
-            async with open_transport(self.config, self.stderr, self._mark_http_session_expired) as (
-                read_stream,
-                write_stream,
-            ):
+            events = TransportEvents(self.stderr, self._mark_http_session_expired)
+            async with self._transports(self.upstream, self.config, events) as (read_stream, write_stream):
                 observed = _EndObservingReadStream(read_stream, self._stop.set)
                 async with ClientSession(
                     observed,
@@ -211,17 +218,15 @@ class UpstreamSession:
         """The ready session, waiting for the start if needed.
 
         Raises:
+            UpstreamStoppedError: the session was closed before it could be used (the request was not sent).
             UpstreamError: the upstream failed to start, or is gone.
-            SessionClosedError: the session was closed before it could be used.
         """
         await self._ready.wait()
         if self._client is not None:
             return self._client
-        if self.failure is not None:
-            raise self.failure
-        raise SessionClosedError(
-            f"the session with upstream '{self.upstream}' was closed; call again to open a new one"
-        )
+        if self.end_reason is EndReason.CLOSED or self.failure is None:
+            raise self._stopped(was_sent=False)
+        raise self.failure
 
     async def request(self, request: types.ClientRequest, call: ClientCall | None = None) -> dict[str, Any]:
         """Send `request` upstream for `call` and return the raw result, every field the upstream sent intact.
@@ -240,6 +245,13 @@ class UpstreamSession:
                     )
             return result.root
         except TimeoutError:
+            logger.warning(
+                "upstream '%s' did not answer %s for %s within %g s; cancelled it upstream",
+                self.upstream,
+                _describe(request),
+                self.label or "the catalog",
+                self.config.call_timeout_seconds,
+            )
             raise UpstreamTimeoutError(
                 self.upstream,
                 f"upstream '{self.upstream}' did not answer {_describe(request)} within "
@@ -287,17 +299,19 @@ class UpstreamSession:
         except MCPError as error:
             raise self._translate(error, f"listing {kind}") from None
 
-    def close_soon(self) -> None:
-        """Ask the owner task to close the session; returns at once."""
+    def close_soon(self, reason: str = "it was closed") -> None:
+        """Ask the owner task to close the session; returns at once. `reason` completes "... because <reason>"
+        in the error of any request that meets the closed session."""
         if self.end_reason is None:
             self.end_reason = EndReason.CLOSED
+            self._close_reason = reason
         self._stop.set()
         if self._start_scope is not None and not self._ready.is_set():
             self._start_scope.cancel()  # closing a session that is still starting must not wait for its start
 
-    async def aclose(self) -> None:
+    async def aclose(self, reason: str = "it was closed") -> None:
         """Close the session and wait (bounded) until its upstream is gone."""
-        self.close_soon()
+        self.close_soon(reason)
         with anyio.move_on_after(_CLOSE_TIMEOUT_SECONDS, shield=True):
             await self._ended.wait()
 
@@ -328,9 +342,17 @@ class UpstreamSession:
         if error.code == types.CONNECTION_CLOSED:
             self._stop.set()
             if self.end_reason is EndReason.CLOSED:
-                return SessionClosedError(f"the session with upstream '{self.upstream}' was closed during {what}")
+                return self._stopped(was_sent=True, during=what)
             return self._lost_error()
         return error
+
+    def _stopped(self, *, was_sent: bool, during: str = "") -> UpstreamStoppedError:
+        when = f" during {during}" if during else " before the request was sent"
+        return UpstreamStoppedError(
+            self.upstream,
+            f"the session with upstream '{self.upstream}' was closed{when}, because {self._close_reason}",
+            was_sent=was_sent,
+        )
 
     def _lost_error(self) -> UpstreamClosedError:
         return UpstreamClosedError(
@@ -340,7 +362,7 @@ class UpstreamSession:
         )
 
     def _describe_failure(self, error: BaseException | None) -> UpstreamStartError:
-        error = _innermost(error)
+        error = innermost(error)
         where = f"mcpServers.{self.upstream}." + ("command" if self.config.command else "url")
         if isinstance(error, FileNotFoundError) and self.config.command:
             reason = f"command '{self.config.command}' not found"
@@ -352,12 +374,12 @@ class UpstreamSession:
             reason = "it closed the connection before the handshake finished"
         elif isinstance(error, httpx2.HTTPStatusError) and error.response.status_code in (401, 403):
             reason = (
-                f"{_first_line(error)}: the server refused the request. Check the credentials in "
+                f"{first_line(error)}: the server refused the request. Check the credentials in "
                 f"mcpServers.{self.upstream}.headers, and whether it accepts this host name (Playwright MCP, for one, "
                 "accepts only the host it prints when it starts, such as localhost)"
             )
         else:
-            reason = _first_line(error)
+            reason = first_line(error)
         return UpstreamStartError(
             self.upstream, f"upstream '{self.upstream}' failed to start: {reason}{self._stderr_hint()} (check {where})"
         )
@@ -365,18 +387,6 @@ class UpstreamSession:
     def _stderr_hint(self) -> str:
         tail = self.stderr.summary()
         return f"; its stderr said: {tail}" if tail else ""
-
-
-def _innermost(error: BaseException | None) -> BaseException | None:
-    """The first real exception inside (possibly nested) task-group exception groups."""
-    while isinstance(error, BaseExceptionGroup):
-        error = cast("BaseExceptionGroup[BaseException]", error).exceptions[0]
-    return error
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {text[0]}" if text else type(error).__name__
 
 
 class _EndObservingReadStream:

@@ -182,9 +182,14 @@ class ProxyProcess:
 
 @asynccontextmanager
 async def running_proxy(
-    config: Path, *, env: Mapping[str, str] | None = None, extra_args: Sequence[str] = ()
+    config: Path,
+    *,
+    env: Mapping[str, str] | None = None,
+    extra_args: Sequence[str] = (),
+    wait_for_upstreams: bool = True,
 ) -> AsyncGenerator[ProxyProcess]:
-    """Start `mcpstore-proxy serve` on a free loopback port and wait until /healthz answers."""
+    """Start `mcpstore-proxy serve` on a free loopback port and wait until /healthz answers (and, unless told
+    not to, until every upstream has made its first start attempt)."""
     port = free_port()
     # Not next to the config: the bundled config lives in the repository.
     log_directory = Path(tempfile.gettempdir()) / "mcpstore-proxy-test-logs"
@@ -211,6 +216,8 @@ async def running_proxy(
     proxy = ProxyProcess(process, port, log_path)
     try:
         await wait_until(lambda: _is_healthy(proxy), timeout=60, what=f"the proxy on port {port} to serve")
+        if wait_for_upstreams:
+            await wait_until(lambda: _has_started(proxy), timeout=60, what="every upstream's first start attempt")
         yield proxy
     finally:
         with anyio.CancelScope(shield=True):
@@ -231,6 +238,12 @@ async def _is_healthy(proxy: ProxyProcess) -> bool:
     except httpx2.TransportError:
         return False
     return response.status_code == 200
+
+
+async def _has_started(proxy: ProxyProcess) -> bool:
+    async with httpx2.AsyncClient() as http:
+        upstreams = (await http.get(f"http://127.0.0.1:{proxy.port}/healthz")).json()["upstreams"]
+    return all(upstream["state"] != "starting" for upstream in upstreams.values())
 
 
 @asynccontextmanager

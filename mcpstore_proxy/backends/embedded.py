@@ -16,7 +16,9 @@ __all__ = ["embedded_backend"]
 async def embedded_backend(settings: ProxySettings) -> AsyncGenerator[Control]:
     """Start an engine over `settings` and yield its control operations; leaving stops every upstream.
 
-    The SDK runs in the operator's own process, so it may add command (stdio) services.
+    The SDK runs in the operator's own process, so it may add command (stdio) services. Unlike the server, it
+    waits for every upstream's first start attempt, so that the tools are there for the first call.
     """
     async with ProxyEngine(settings) as engine:
+        await engine.started()
         yield Control(engine, allows_stdio=True)

@@ -1,0 +1,59 @@
+"""Every place the proxy leans on a private part of a dependency, and nowhere else.
+
+Each function here wraps one assumption about `mcp` (pinned to the minor
+release in pyproject.toml) or uvicorn, and `tests/test_compat.py` holds one
+test per assumption, so an upgrade that breaks one fails there, by name,
+instead of somewhere deep in a proxied call.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+from contextlib import contextmanager
+from typing import Any
+
+import uvicorn
+from mcp.client._transport import TransportStreams
+from mcp.server.connection import Connection
+from mcp.server.context import ServerRequestContext
+from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
+
+__all__ = [
+    "SignalFreeServer",
+    "TransportStreams",
+    "downstream_connection",
+    "open_http_sessions",
+    "terminate_http_sessions",
+]
+
+
+def downstream_connection(ctx: ServerRequestContext[Any, Any]) -> Connection:
+    """The per-connection object behind a request (`ServerSession._connection`): its `session_id`, `state`,
+    standalone channel and `exit_stack`, which the SDK unwinds when the connection ends."""
+    connection = getattr(ctx.session, "_connection", None)
+    if not isinstance(connection, Connection):
+        raise RuntimeError("this mcp SDK no longer exposes ServerSession._connection; pin mcp to a supported release")
+    return connection
+
+
+def open_http_sessions(manager: StreamableHTTPSessionManager) -> int:
+    """How many Streamable HTTP sessions the manager holds open (`_server_instances`)."""
+    instances: dict[str, Any] = getattr(manager, "_server_instances")  # noqa: B009  # private; pinned by a test
+    return len(instances)
+
+
+async def terminate_http_sessions(manager: StreamableHTTPSessionManager) -> None:
+    """End every open Streamable HTTP session as a DELETE would: its streams close (so its GET stream's response
+    completes), its server task ends, and its connection's exit stack unwinds."""
+    instances: dict[str, Any] = getattr(manager, "_server_instances")  # noqa: B009  # private; pinned by a test
+    for transport in list(instances.values()):
+        await transport.terminate()
+
+
+class SignalFreeServer(uvicorn.Server):
+    """uvicorn without its own signal handling (`capture_signals`): after a graceful stop it re-raises the
+    signal, which would kill the process before the proxy has drained and closed its upstreams."""
+
+    @contextmanager
+    def capture_signals(self) -> Generator[None]:
+        yield

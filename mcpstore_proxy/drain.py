@@ -1,0 +1,105 @@
+"""Shutting down without dropping anyone: stop taking work, let the work in flight finish, then cut the rest.
+
+Every forwarded request runs inside `Drain.request()`. Once `drain()` starts,
+new requests (and new client sessions, refused at the HTTP door) get a clear
+`ShuttingDownError`; the requests in flight get up to the grace period to
+finish; whatever is still running then is cancelled, which cancels it
+upstream, and its client gets a JSON-RPC error saying why. `hurry()` (a
+second signal) ends the grace period at once.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Generator
+from contextlib import contextmanager
+from typing import Final
+
+import anyio
+
+from mcpstore_proxy.errors import ShuttingDownError
+
+__all__ = ["Drain"]
+
+logger = logging.getLogger(__name__)
+
+_ANSWER_SECONDS: Final = 5.0
+"""How long cancelled requests get to send their error answer."""
+
+
+class Drain:
+    """The requests in flight, and whether new ones are still welcome."""
+
+    def __init__(self) -> None:
+        self._is_draining = False
+        self._in_flight: set[anyio.CancelScope] = set()
+        self._idle = anyio.Event()
+        self._idle.set()
+        self._hurry = anyio.Event()
+
+    def __repr__(self) -> str:
+        return f"<Drain {'draining' if self._is_draining else 'open'}, {len(self._in_flight)} requests in flight>"
+
+    @property
+    def is_draining(self) -> bool:
+        return self._is_draining
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._in_flight)
+
+    def refuse_if_draining(self) -> None:
+        """Raises ShuttingDownError once draining has begun."""
+        if self._is_draining:
+            raise ShuttingDownError("mcpstore-proxy is shutting down and takes no new requests; retry once it is back")
+
+    @contextmanager
+    def request(self) -> Generator[None]:
+        """Run one request as work in flight.
+
+        Raises:
+            ShuttingDownError: draining has begun (before the request), or the grace period ran out (during it).
+        """
+        self.refuse_if_draining()
+        with anyio.CancelScope() as scope:
+            self._in_flight.add(scope)
+            if len(self._in_flight) == 1:
+                self._idle = anyio.Event()
+            try:
+                yield
+            finally:
+                self._in_flight.discard(scope)
+                if not self._in_flight:
+                    self._idle.set()
+        if scope.cancelled_caught:
+            raise ShuttingDownError(
+                "mcpstore-proxy shut down before the upstream answered (its shutdown grace period ran out); "
+                "the request was cancelled upstream"
+            )
+
+    async def drain(self, grace_seconds: float) -> None:
+        """Refuse new requests, wait up to `grace_seconds` (or until `hurry()`) for those in flight, then cancel
+        the rest and give them a moment to answer."""
+        self._is_draining = True
+        if self._in_flight:
+            logger.info("waiting up to %g s for %d requests in flight", grace_seconds, len(self._in_flight))
+        with anyio.move_on_after(grace_seconds):
+            async with anyio.create_task_group() as tg:
+
+                async def hurried() -> None:
+                    await self._hurry.wait()
+                    tg.cancel_scope.cancel()
+
+                tg.start_soon(hurried)
+                await self._idle.wait()
+                tg.cancel_scope.cancel()
+        if self._in_flight:
+            logger.warning("cancelling %d requests still in flight: the shutdown grace period ran out", self.in_flight)
+            for scope in list(self._in_flight):
+                scope.cancel()
+            with anyio.move_on_after(_ANSWER_SECONDS):
+                await self._idle.wait()
+
+    def hurry(self) -> None:
+        """End the grace period now."""
+        self._hurry.set()

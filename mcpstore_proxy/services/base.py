@@ -1,0 +1,345 @@
+"""What every configured upstream has in common: a catalog session kept alive with retries, and a state.
+
+`UpstreamService.maintain` is the upstream's owner task. Started with the
+proxy (or when the service is added), it holds the upstream's *catalog
+session*, which answers the listings (tools, prompts, resources, templates)
+for the catalog, so that listing never spawns a client's session; its
+list-changed notices refresh the catalog for every client. It never raises
+into its parent: any failure becomes the state `failed`, with the reason in
+`error`, one log line, and a retry after a backoff (1 s, doubling to 60 s).
+
+States: `starting` → `ready`; `ready` → `restarting` when the upstream goes
+away; `failed` while waiting to retry; `stopped` once removed or shut down.
+`restart()` and `close()` are safe in every state, and neither waits for a
+start to finish: a start in progress is cancelled.
+
+How clients' requests reach the upstream is what tells the two kinds apart
+(see `shared` and `isolated`).
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from abc import ABC, abstractmethod
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Final, TypeVar
+
+import anyio
+from mcp import types
+
+from mcpstore_proxy.config import UpstreamConfig
+from mcpstore_proxy.errors import UpstreamError, UpstreamStartError, UpstreamStoppedError, first_line
+from mcpstore_proxy.keys import SessionKey
+from mcpstore_proxy.pool import PoolHooks, Spawner
+from mcpstore_proxy.relay import ClientCall, ListKind, SessionRelay
+from mcpstore_proxy.transports import TransportFactory
+from mcpstore_proxy.upstream import ClientCapability, EndReason, Listing, UpstreamSession
+
+__all__ = ["CATALOG_KEY", "LISTING_KINDS", "ServiceContext", "ServiceState", "UpstreamService"]
+
+logger = logging.getLogger(__name__)
+
+LISTING_KINDS: Final[tuple[ListKind, ...]] = ("tools", "prompts", "resources", "templates")
+_FIRST_RETRY_SECONDS: Final = 1.0
+_MAX_RETRY_SECONDS: Final = 60.0
+_STABLE_AFTER_SECONDS: Final = 30.0
+_RESTARTED: Final = "the upstream was restarted"
+_T = TypeVar("_T")
+
+CATALOG_KEY: Final = SessionKey("connection", "catalog")
+"""Stands for "no particular client" when asking the engine how a URI is exposed."""
+
+
+class ServiceState(enum.Enum):
+    STARTING = "starting"
+    READY = "ready"
+    RESTARTING = "restarting"
+    FAILED = "failed"
+    STOPPED = "stopped"
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceContext:
+    """What every service gets from the engine that runs it."""
+
+    start_timeout_seconds: float
+    hooks: PoolHooks
+    transports: TransportFactory
+    spawn: Spawner
+    """Starts an upstream session's owner task in the engine's task group."""
+    on_catalog_changed: Callable[[], None]
+
+
+class UpstreamService(ABC):
+    """A configured upstream: its state, what it offers, and the sessions clients hold with it."""
+
+    def __init__(self, name: str, config: UpstreamConfig, *, prefix: str, context: ServiceContext) -> None:
+        self.name = name
+        self.config = config
+        self.prefix = prefix
+        self.state = ServiceState.STARTING
+        self.error: UpstreamError | None = None
+        self.listings: dict[ListKind, Listing] = {}
+        self.capabilities: types.ServerCapabilities | None = None
+        self.first_attempt_done = anyio.Event()
+        """Set once the first start has succeeded or failed (or the service stopped first)."""
+        self._context = context
+        self._hooks = context.hooks
+        self._start_timeout_seconds = context.start_timeout_seconds
+        self._on_catalog_changed = context.on_catalog_changed
+        self._catalog: UpstreamSession | None = None
+        self._wake = anyio.Event()
+        self._retry_now = anyio.Event()
+        self._state_changed = anyio.Event()
+        self._is_closing = False
+        self._restart_now = False
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name} {self.state.value}>"
+
+    @property
+    def is_up(self) -> bool:
+        return self.state in (ServiceState.READY, ServiceState.RESTARTING)
+
+    @property
+    def is_closing(self) -> bool:
+        return self._is_closing
+
+    def visible(self, kind: ListKind) -> Listing:
+        """What the catalog lists of `kind`: nothing while the upstream is down."""
+        return self.listings.get(kind, []) if self.is_up else []
+
+    # The owner task.
+
+    async def maintain(self) -> None:
+        """Keep the catalog session up until `close()`: start, list, follow changes, restart on loss.
+
+        Never raises (but for cancellation): a failure becomes the state `failed` and a retry.
+        """
+        delay = _FIRST_RETRY_SECONDS
+        try:
+            while not self._is_closing:
+                if self._restart_now:
+                    self._restart_now = False
+                    self.error = None
+                    delay = _FIRST_RETRY_SECONDS
+                    logger.info("restarting upstream '%s' as asked", self.name)
+                    self._set_state(ServiceState.STARTING)
+                started = anyio.current_time()
+                session = self._new_catalog_session()
+                self._catalog = session
+                self._announce_state()
+                try:
+                    await self._keep(session)
+                except Exception as error:  # the boundary: no fault here may reach the engine
+                    logger.exception("upstream '%s': unexpected fault in its catalog session", self.name)
+                    self.error = UpstreamError(self.name, f"upstream '{self.name}' failed: {first_line(error)}")
+                if self._is_closing:
+                    return
+                if anyio.current_time() - started >= _STABLE_AFTER_SECONDS:
+                    delay = _FIRST_RETRY_SECONDS
+                if self._restart_now:
+                    continue
+                if session.end_reason is EndReason.LOST and self.state is ServiceState.READY:
+                    logger.warning("upstream '%s' went away (%s); restarting it", self.name, self._reason(session))
+                    self._set_state(ServiceState.RESTARTING)
+                else:
+                    self.error = self.error or session.failure or UpstreamStartError(self.name, self._reason(session))
+                    logger.warning("%s; retrying in %g s", self.error.message, delay)
+                    self._set_state(ServiceState.FAILED)
+                self.first_attempt_done.set()
+                await self._pause(delay)
+                delay = min(delay * 2, _MAX_RETRY_SECONDS)
+        finally:
+            self._catalog = None
+            self._set_state(ServiceState.STOPPED)
+            self.first_attempt_done.set()
+
+    async def _keep(self, session: UpstreamSession) -> None:
+        """Run one catalog session until it ends or is asked to."""
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(session.run)
+            try:
+                await self._serve_catalog(session)
+            finally:
+                session.close_soon(_RESTARTED if self._restart_now else "the upstream's catalog session ended")
+
+    async def _pause(self, seconds: float) -> None:
+        """Wait out a retry delay, or less if a restart or close asks for it sooner."""
+        with anyio.move_on_after(seconds):
+            await self._retry_now.wait()
+        self._retry_now = anyio.Event()
+
+    def _new_catalog_session(self) -> UpstreamSession:
+        relay = SessionRelay(self.name, exposed_uri=lambda uri: self._hooks.exposed_uri(CATALOG_KEY, self.name, uri))
+        relay.on_list_changed = self._list_changed
+        relay.announces_list_changes = False  # the engine tells every client when the catalog changes
+        self._prepare_catalog_relay(relay)
+        return UpstreamSession(
+            self.name,
+            self.config,
+            start_timeout_seconds=self._start_timeout_seconds,
+            relay=relay,
+            declared=self._catalog_declares,
+            label="the catalog",
+            on_end=lambda _: self._wake.set(),
+            transports=self._context.transports,
+        )
+
+    async def _serve_catalog(self, session: UpstreamSession) -> None:
+        try:
+            await self._refresh(session, LISTING_KINDS)
+        except UpstreamError as error:
+            self.error = error
+            return
+        self.error = None
+        self.capabilities = session.server_capabilities
+        self._became_ready()
+        self._set_state(ServiceState.READY)
+        self.first_attempt_done.set()
+        logger.info("upstream '%s' is ready with %d tools", self.name, len(self.listings.get("tools", [])))
+        while True:
+            await self._wake.wait()
+            self._wake = anyio.Event()
+            if session.has_ended or session.is_closing or self._is_closing:
+                return
+
+    async def _list_changed(self, kind: ListKind) -> None:
+        session = self._catalog
+        if session is None or session.is_closing:
+            return
+        try:
+            await self._refresh(session, ("resources", "templates") if kind == "resources" else (kind,))
+        except UpstreamError as error:
+            logger.warning("%s", error.message)
+
+    async def _refresh(self, session: UpstreamSession, kinds: tuple[ListKind, ...]) -> None:
+        """Re-read `kinds` from the catalog session (bounded by the start timeout)."""
+        listings: dict[ListKind, Listing] = {}
+        with anyio.move_on_after(self._start_timeout_seconds):
+            await session.client()
+            for kind in kinds:
+                listings[kind] = await session.list_all(kind)
+        if len(listings) < len(kinds):
+            raise UpstreamStartError(
+                self.name,
+                f"upstream '{self.name}' did not list its {kinds[-1]} within {self._start_timeout_seconds:g} s",
+            )
+        if any(self.listings.get(kind) != listing for kind, listing in listings.items()):
+            self.listings.update(listings)
+            self._on_catalog_changed()
+
+    def _set_state(self, state: ServiceState) -> None:
+        was_up = self.is_up
+        self.state = state
+        self._announce_state()
+        if self.is_up != was_up:
+            self._on_catalog_changed()
+
+    def _announce_state(self) -> None:
+        self._state_changed.set()
+        self._state_changed = anyio.Event()
+
+    def _reason(self, session: UpstreamSession) -> str:
+        return session.failure.message if session.failure else f"upstream '{self.name}' closed the connection"
+
+    # Operations.
+
+    async def state_changed(self) -> None:
+        """Wait for the next change of `state` (or of the catalog session)."""
+        await self._state_changed.wait()
+
+    async def refresh_catalog(self) -> None:
+        """Read every listing again from the catalog session."""
+        session = self._catalog
+        if session is not None and session.is_ready:
+            await self._refresh(session, LISTING_KINDS)
+
+    async def restart(self) -> None:
+        """Close every session with this upstream and start it afresh, at once (a start in progress is cut short)."""
+        if self._is_closing:
+            return
+        self._restart_now = True
+        self._retry_now.set()
+        await self._reset_sessions(_RESTARTED)
+        catalog = self._catalog
+        if catalog is not None:
+            await catalog.aclose(_RESTARTED)
+
+    async def close(self, reason: str = "it was removed") -> None:
+        """Close every client session, then stop the catalog session (and `maintain`); requests fail with
+        `reason`."""
+        self._is_closing = True
+        self._retry_now.set()
+        self._wake.set()
+        await self._close_sessions(f"upstream '{self.name}' {reason}")
+        catalog = self._catalog
+        if catalog is not None:
+            await catalog.aclose(reason)
+
+    def _stopped_error(self) -> UpstreamStoppedError:
+        return UpstreamStoppedError(self.name, f"upstream '{self.name}' is stopped", was_sent=False)
+
+    # What the two kinds of upstream do differently.
+
+    @property
+    @abstractmethod
+    def _catalog_declares(self) -> frozenset[ClientCapability]:
+        """The client capabilities the catalog session declares upstream."""
+
+    def _prepare_catalog_relay(self, relay: SessionRelay) -> None:
+        """Adjust how the catalog session's own messages are routed (by default, not at all)."""
+        return
+
+    def _became_ready(self) -> None:
+        """The catalog session is up (again); by default nothing follows."""
+        return
+
+    @property
+    @abstractmethod
+    def client_sessions(self) -> int:
+        """How many client sessions this upstream holds."""
+
+    @abstractmethod
+    async def run(
+        self, key: SessionKey, call: ClientCall | None, operation: Callable[[UpstreamSession], Awaitable[_T]]
+    ) -> _T:
+        """Run `operation` in the session that `key` holds with this upstream."""
+
+    @abstractmethod
+    async def open(self, key: SessionKey) -> UpstreamSession:
+        """The session `key` holds with this upstream, started now if it has none; waits until it is ready.
+
+        Raises:
+            UpstreamError: the upstream could not be started.
+        """
+
+    @abstractmethod
+    def session_of(self, key: SessionKey) -> UpstreamSession | None:
+        """The session `key` holds with this upstream, if it has one (a shared upstream's, for anyone)."""
+
+    @abstractmethod
+    def own_session(self, key: SessionKey) -> UpstreamSession | None:
+        """The session that `key` alone holds with this upstream (never a shared one)."""
+
+    @abstractmethod
+    async def subscribe(self, key: SessionKey, call: ClientCall | None, uri: str, *, subscribe: bool) -> None:
+        """Forward a resource (un)subscription."""
+
+    @abstractmethod
+    async def set_logging_level(self, key: SessionKey, level: types.LoggingLevel) -> None:
+        """Forward a client's `logging/setLevel` to the session(s) it concerns."""
+
+    @abstractmethod
+    async def end_session(self, key: SessionKey) -> None:
+        """Forget `key`: close the session it alone holds (bounded)."""
+
+    @abstractmethod
+    async def _reset_sessions(self, reason: str) -> None:
+        """Close every client session; later requests open fresh ones."""
+
+    @abstractmethod
+    async def _close_sessions(self, reason: str) -> None:
+        """Close every client session and take no new ones."""

@@ -1,0 +1,90 @@
+"""An upstream that gives every session key a session of its own (its own process, or HTTP session).
+
+The catalog session only lists; each key's requests run in the key's own
+session from a `SessionPool`, which relays what that session starts to the
+client that owns it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+from mcp import types
+
+from mcpstore_proxy.config import UpstreamConfig
+from mcpstore_proxy.keys import SessionKey
+from mcpstore_proxy.pool import SessionPool
+from mcpstore_proxy.relay import ClientCall
+from mcpstore_proxy.services.base import ServiceContext, UpstreamService
+from mcpstore_proxy.upstream import ClientCapability, UpstreamSession
+
+__all__ = ["IsolatedService"]
+
+logger = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
+
+
+class IsolatedService(UpstreamService):
+    """An upstream with one session per session key, opened on the key's first request."""
+
+    def __init__(self, name: str, config: UpstreamConfig, *, prefix: str, context: ServiceContext, cap: int) -> None:
+        super().__init__(name, config, prefix=prefix, context=context)
+        self.pool = SessionPool(
+            name,
+            config,
+            cap=cap,
+            start_timeout_seconds=context.start_timeout_seconds,
+            spawn=context.spawn,
+            hooks=context.hooks,
+            transports=context.transports,
+        )
+
+    def __repr__(self) -> str:
+        return f"<IsolatedService {self.name} {self.state.value}, {self.pool!r}>"
+
+    @property
+    def _catalog_declares(self) -> frozenset[ClientCapability]:
+        return frozenset()  # the catalog session only lists; no client is behind it to ask
+
+    @property
+    def client_sessions(self) -> int:
+        return len(self.pool)
+
+    async def run(
+        self, key: SessionKey, call: ClientCall | None, operation: Callable[[UpstreamSession], Awaitable[_T]]
+    ) -> _T:
+        return await self.pool.run(key, call, operation)
+
+    async def open(self, key: SessionKey) -> UpstreamSession:
+        session = self.pool.open(key)
+        await session.client()
+        return session
+
+    def session_of(self, key: SessionKey) -> UpstreamSession | None:
+        return self.pool.sessions.get(key)
+
+    def own_session(self, key: SessionKey) -> UpstreamSession | None:
+        return self.pool.sessions.get(key)
+
+    async def subscribe(self, key: SessionKey, call: ClientCall | None, uri: str, *, subscribe: bool) -> None:
+        request: types.ClientRequest = (
+            types.SubscribeRequest(params=types.SubscribeRequestParams(uri=uri))
+            if subscribe
+            else types.UnsubscribeRequest(params=types.UnsubscribeRequestParams(uri=uri))
+        )
+        await self.run(key, call, lambda session: session.request(request, call))
+
+    async def set_logging_level(self, key: SessionKey, level: types.LoggingLevel) -> None:
+        await self.pool.set_logging_level(key, level)
+
+    async def end_session(self, key: SessionKey) -> None:
+        await self.pool.end(key)
+
+    async def _reset_sessions(self, reason: str) -> None:
+        await self.pool.reset(reason)
+
+    async def _close_sessions(self, reason: str) -> None:
+        await self.pool.aclose(reason)

@@ -1,0 +1,108 @@
+"""Which catalog each session key sees, built on demand and kept until something it shows changes.
+
+A key sees its scope's catalog (the store's, or, for an agent with services
+of its own, the store's plus the agent's), until one of its own upstream
+sessions announces a change of its tools, prompts or resources: from then on
+that key sees a catalog of its own, in which that session's listings replace
+the upstream's. Catalogs are cached: a key's until its sessions' listings
+change, a scope's until any service's listings or state change.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from mcp import types
+
+from mcpstore_proxy.catalog import Catalog, CatalogSource, build_catalog
+from mcpstore_proxy.keys import STORE_SCOPE, SessionKey
+from mcpstore_proxy.registry import ServiceRegistry
+from mcpstore_proxy.services import LISTING_KINDS
+from mcpstore_proxy.upstream import Listing
+
+__all__ = ["CatalogViews"]
+
+
+class CatalogViews:
+    """The catalogs that scopes and keys see."""
+
+    def __init__(self, registry: ServiceRegistry, *, session_argument: str) -> None:
+        self.store = Catalog()
+        """What the store's scope sees (and every client without an agent)."""
+        self._registry = registry
+        self._session_argument = session_argument
+        self._scopes: dict[str, Catalog] = {}
+        self._keys: dict[SessionKey, Catalog] = {}
+        self._keys_with_listings: set[SessionKey] = set()
+
+    def __repr__(self) -> str:
+        return f"<CatalogViews store {self.store!r}, {len(self._scopes)} agent and {len(self._keys)} key views>"
+
+    def catalog_for(self, key: SessionKey) -> Catalog:
+        """The catalog `key` sees: its scope's, unless its own sessions list something of their own."""
+        if key not in self._keys_with_listings:
+            return self.of_scope(key.agent)
+        catalog = self._keys.get(key)
+        if catalog is None:
+            catalog = self._keys[key] = self.build(key.agent, key)
+        return catalog
+
+    def of_scope(self, agent: str) -> Catalog:
+        if not self._registry.has_own(agent):
+            return self.store
+        catalog = self._scopes.get(agent)
+        if catalog is None:
+            catalog = self._scopes[agent] = self.build(agent, None)
+        return catalog
+
+    def exposed_uri(self, key: SessionKey, upstream: str, uri: str) -> str:
+        return self.catalog_for(key).exposed_uri(upstream, uri)
+
+    def key_listings_changed(self, key: SessionKey) -> None:
+        """One of `key`'s own sessions listed something anew (or ended): its view is rebuilt on next use."""
+        self._keys.pop(key, None)
+        has_listings = any(
+            (session := service.own_session(key)) is not None and bool(session.listings)
+            for service in self._registry.services(key.agent)
+        )
+        if has_listings:
+            self._keys_with_listings.add(key)
+        else:
+            self._keys_with_listings.discard(key)
+
+    def rebuild(self) -> bool:
+        """Rebuild after a service's listings or state changed; whether any client would now see a difference."""
+        before = [self.store, *self._scopes.values()]
+        self.store = self.build(STORE_SCOPE, None)
+        self._scopes.clear()
+        self._keys.clear()
+        after = [self.of_scope(agent) for agent in self._registry.scopes]
+        return len(before) != len(after) or any(not a.offers_same_as(b) for a, b in zip(before, after, strict=False))
+
+    def build(self, agent: str, key: SessionKey | None, *, strict: bool = False) -> Catalog:
+        """The catalog of every service `agent` sees, with `key`'s own listings where it has them.
+
+        Raises:
+            NameCollisionError: `strict` and two services expose the same tool or prompt name.
+        """
+        sources: list[CatalogSource] = []
+        for service in self._registry.services(agent):
+            session = service.own_session(key) if key is not None else None
+            own: Mapping[str, Listing] = session.listings if session is not None else {}
+            listings = {kind: own.get(kind, service.visible(kind)) for kind in LISTING_KINDS}
+            sources.append(
+                CatalogSource(
+                    upstream=service.name,
+                    prefix=service.prefix,
+                    config=service.config,
+                    tools=[t for t in listings["tools"] if isinstance(t, types.Tool)],
+                    prompts=[p for p in listings["prompts"] if isinstance(p, types.Prompt)],
+                    resources=[r for r in listings["resources"] if isinstance(r, types.Resource)],
+                    templates=[t for t in listings["templates"] if isinstance(t, types.ResourceTemplate)],
+                    offers_resources=service.is_up
+                    and service.capabilities is not None
+                    and service.capabilities.resources is not None,
+                )
+            )
+        previous = None if strict else self.store
+        return build_catalog(sources, session_argument=self._session_argument, previous=previous, strict=strict)
