@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import logging
 import signal
-from collections.abc import AsyncIterator
 from typing import Final
 
 import anyio
@@ -27,6 +26,7 @@ import uvicorn
 from mcp.server.stdio import stdio_server
 
 from mcpstore_proxy.app import create_app
+from mcpstore_proxy.clock import SYSTEM_CLOCK, Clock
 from mcpstore_proxy.compat import SignalFreeServer
 from mcpstore_proxy.config import ProxySettings
 from mcpstore_proxy.engine import ProxyEngine
@@ -34,7 +34,7 @@ from mcpstore_proxy.errors import ProxyError
 from mcpstore_proxy.server import ProxyServer
 from mcpstore_proxy.transports import TransportFactory, open_transport
 
-__all__ = ["serve_http", "serve_stdio"]
+__all__ = ["StopRequests", "serve_http", "serve_stdio"]
 
 logger = logging.getLogger(__name__)
 
@@ -42,99 +42,144 @@ _CLOSE_CONNECTIONS_SECONDS: Final = 5
 """uvicorn's own grace for connections still open once every client session has ended."""
 
 
-async def serve_http(settings: ProxySettings, *, transports: TransportFactory = open_transport) -> None:
-    """Serve Streamable HTTP (and legacy SSE, and the admin API) until a signal, then drain and stop.
+class StopRequests:
+    """Requests to stop, from signals or from whoever embeds the proxy: the first drains, a later one hurries."""
+
+    def __init__(self) -> None:
+        self.asked = anyio.Event()
+        self.hurried = anyio.Event()
+
+    def __repr__(self) -> str:
+        return f"<StopRequests {'hurried' if self.hurried.is_set() else 'asked' if self.asked.is_set() else 'none'}>"
+
+    def request(self, why: str) -> None:
+        if not self.asked.is_set():
+            logger.info("%s: draining, then stopping (asking again stops at once)", why)
+            self.asked.set()
+        elif not self.hurried.is_set():
+            logger.info("%s again: stopping now", why)
+            self.hurried.set()
+
+    async def watch_signals(self) -> None:
+        """Turn SIGINT and SIGTERM into requests, until cancelled."""
+        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async for signum in signals:
+                self.request(f"{signal.Signals(signum).name} received")
+
+
+async def serve_http(
+    settings: ProxySettings,
+    *,
+    transports: TransportFactory = open_transport,
+    clock: Clock = SYSTEM_CLOCK,
+    stop: StopRequests | None = None,
+) -> None:
+    """Serve Streamable HTTP (and legacy SSE, and the admin API) until asked to stop (by default, by SIGTERM or
+    SIGINT), then drain and stop.
 
     Raises:
         ProxyError: the address could not be bound.
     """
-    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async with ProxyEngine(settings, transports=transports) as engine:
-            if settings.host not in ("127.0.0.1", "localhost", "::1") and not settings.allowed_hosts:
-                logger.warning(
-                    "bound to %s but allowed_hosts is empty: requests must use a loopback Host header or get 421; "
-                    "list the names clients use in allowed_hosts",
-                    settings.host,
-                )
-            face = create_app(engine)
-            server = SignalFreeServer(
-                uvicorn.Config(
-                    face.app,
-                    host=settings.host,
-                    port=settings.port,
-                    log_level=settings.log_level.lower(),
-                    access_log=False,
-                    timeout_graceful_shutdown=_CLOSE_CONNECTIONS_SECONDS,
-                    lifespan="on",
-                )
-            )
-            stopping = anyio.Event()
-            served = anyio.Event()
-            could_not_listen = False
-
-            async def run_server() -> None:
-                nonlocal could_not_listen
-                try:
-                    await server.serve()
-                except SystemExit:
-                    could_not_listen = True  # uvicorn has logged why (the address is in use, for one)
-                finally:
-                    served.set()
-                    stopping.set()
-
-            async def watch_signals() -> None:
-                async for signum in _named(signals):
-                    if not stopping.is_set():
-                        logger.info("%s received: draining, then stopping (a second signal stops at once)", signum)
-                        stopping.set()
-                    else:
-                        logger.info("%s received again: stopping now", signum)
-                        face.drain.hurry()
-                        server.force_exit = True
-
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(watch_signals)
-                tg.start_soon(run_server)
-                logger.info("serving MCP at http://%s:%d/mcp", settings.host, settings.port)
-                await stopping.wait()
-                if not served.is_set():
-                    await face.drain.drain(settings.shutdown_grace_seconds)
-                    await face.close_client_sessions()
-                    server.should_exit = True
-                    await served.wait()
-                tg.cancel_scope.cancel()
-            if could_not_listen:
-                raise ProxyError(
-                    f"could not listen on {settings.host}:{settings.port} (see the error above); "
-                    "pick another address with --host/--port"
-                )
+    listened = False
+    async with anyio.create_task_group() as signals:
+        if stop is None:
+            stop = StopRequests()
+            signals.start_soon(stop.watch_signals)  # before anything starts: no signal may find us unprepared
+        async with ProxyEngine(settings, transports=transports, clock=clock) as engine:
+            listened = await _serve_http(engine, stop)
+        signals.cancel_scope.cancel()
+    if not listened:
+        raise ProxyError(
+            f"could not listen on {settings.host}:{settings.port} (see the error above); "
+            "pick another address with --host/--port"
+        )
     logger.info("stopped")
+
+
+async def _serve_http(engine: ProxyEngine, stop: StopRequests) -> bool:
+    """Serve until asked to stop; False if the address could not be bound."""
+    settings = engine.settings
+    if settings.host not in ("127.0.0.1", "localhost", "::1") and not settings.allowed_hosts:
+        logger.warning(
+            "bound to %s but allowed_hosts is empty: requests must use a loopback Host header or get 421; "
+            "list the names clients use in allowed_hosts",
+            settings.host,
+        )
+    face = create_app(engine)
+    server = SignalFreeServer(
+        uvicorn.Config(
+            face.app,
+            host=settings.host,
+            port=settings.port,
+            log_level=settings.log_level.lower(),
+            access_log=False,
+            timeout_graceful_shutdown=_CLOSE_CONNECTIONS_SECONDS,
+            lifespan="on",
+        )
+    )
+    served = anyio.Event()
+    could_not_listen = False
+
+    async def run_server() -> None:
+        nonlocal could_not_listen
+        try:
+            await server.serve()
+        except SystemExit:
+            could_not_listen = True  # uvicorn has logged why (the address is in use, for one)
+        finally:
+            served.set()
+
+    async def hurry_when_asked() -> None:
+        await stop.hurried.wait()
+        face.drain.hurry()
+        server.force_exit = True
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(run_server)
+        tg.start_soon(hurry_when_asked)
+        logger.info("serving MCP at http://%s:%d/mcp", settings.host, settings.port)
+        await _first_of(stop.asked, served)
+        if not served.is_set():
+            await face.drain.drain(settings.shutdown_grace_seconds)
+            await face.close_client_sessions()
+            server.should_exit = True
+            await served.wait()
+        tg.cancel_scope.cancel()
+    return not could_not_listen
 
 
 async def serve_stdio(settings: ProxySettings, *, transports: TransportFactory = open_transport) -> None:
     """Serve one client on stdin/stdout until stdin closes (then at once) or a signal (then drain first)."""
-    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+    stop = StopRequests()
+    async with anyio.create_task_group() as signals:
+        signals.start_soon(stop.watch_signals)  # before anything starts: no signal may find us unprepared
         async with ProxyEngine(settings, transports=transports) as engine, anyio.create_task_group() as tg:
             server = ProxyServer(engine, stdio=True)
 
             async def drain_then_stop() -> None:
+                await stop.asked.wait()
                 await server.drain.drain(settings.shutdown_grace_seconds)
                 tg.cancel_scope.cancel()
 
-            async def watch_signals() -> None:
-                async for signum in _named(signals):
-                    if not server.drain.is_draining:
-                        logger.info("%s received: draining, then stopping", signum)
-                        tg.start_soon(drain_then_stop)
-                    else:
-                        server.drain.hurry()
+            async def hurry_when_asked() -> None:
+                await stop.hurried.wait()
+                server.drain.hurry()
 
-            tg.start_soon(watch_signals)
+            tg.start_soon(drain_then_stop)
+            tg.start_soon(hurry_when_asked)
             async with stdio_server() as (read_stream, write_stream):
                 await server.run(read_stream, write_stream, server.create_initialization_options())
             tg.cancel_scope.cancel()
+        signals.cancel_scope.cancel()
 
 
-async def _named(signals: AsyncIterator[int]) -> AsyncIterator[str]:
-    async for signum in signals:
-        yield signal.Signals(signum).name
+async def _first_of(*events: anyio.Event) -> None:
+    """Return once any of `events` is set."""
+    async with anyio.create_task_group() as tg:
+
+        async def cancel_on(event: anyio.Event) -> None:
+            await event.wait()
+            tg.cancel_scope.cancel()
+
+        for event in events:
+            tg.start_soon(cancel_on, event)

@@ -1,0 +1,150 @@
+"""The proxy in this process: the real app, served by uvicorn on a loopback port, with upstreams in memory.
+
+`running_app` runs `serve_http` on an event loop of its own thread (so that a
+test may block in the SDK's sync API while the proxy answers), with the
+fixture upstreams in memory (`MemoryUpstreams`) and a hand-moved clock for
+session expiry. It behaves like `support.running_proxy`: real MCP clients reach
+it at `proxy.url`, and leaving it stops the proxy the way SIGTERM would and
+checks that no upstream instance is left running.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncGenerator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import anyio
+import anyio.to_thread
+import httpx2
+from anyio.from_thread import BlockingPortal, start_blocking_portal
+
+from mcpstore_proxy.config import load_settings
+from mcpstore_proxy.logs import RedactSessionIds
+from mcpstore_proxy.serving import StopRequests, serve_http
+from tests.clock import ManualClock
+from tests.memory import MemoryUpstreams
+from tests.support import free_port, wait_until
+
+__all__ = ["InProcessProxy", "running_app"]
+
+_T = TypeVar("_T")
+
+
+class _Capture(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.lines: list[str] = []
+        self.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        self.addFilter(RedactSessionIds())
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(self.format(record))
+
+
+@dataclass(eq=False)
+class InProcessProxy:
+    """A proxy served from this process; `url` is its MCP endpoint."""
+
+    port: int
+    upstreams: MemoryUpstreams
+    clock: ManualClock
+    portal: BlockingPortal
+    stop_requests: StopRequests
+    capture: _Capture
+    url: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.url = f"http://127.0.0.1:{self.port}/mcp"
+
+    @property
+    def log(self) -> str:
+        return "\n".join(self.capture.lines)
+
+    def live_upstreams(self) -> set[int]:
+        """Identities of the in-memory upstream instances running now."""
+        return set(self.upstreams.live)
+
+    async def on_proxy_loop(self, function: Callable[[], Awaitable[_T]]) -> _T:
+        """Run `function` on the proxy's own event loop (where its engine lives)."""
+        return await anyio.to_thread.run_sync(self.portal.call, function)
+
+    async def advance_clock(self, seconds: float) -> None:
+        """Move the proxy's wall clock on by `seconds` (session expiry follows it)."""
+
+        async def advance() -> None:
+            self.clock.advance(seconds)
+
+        await self.on_proxy_loop(advance)
+
+    async def request_stop(self) -> None:
+        """What SIGTERM does: the first request drains, a second one hurries."""
+
+        async def request() -> None:
+            self.stop_requests.request("stop requested")
+
+        await self.on_proxy_loop(request)
+
+
+@asynccontextmanager
+async def running_app(
+    config: Path, *, wait_for_upstreams: bool = True, upstreams: MemoryUpstreams | None = None
+) -> AsyncGenerator[InProcessProxy]:
+    """Serve `config` from this process on a free loopback port, until the block ends."""
+    port = free_port()
+    settings = load_settings(config, port=port)
+    upstreams = upstreams or MemoryUpstreams()
+    capture = _Capture()
+    root = logging.getLogger()
+    level = root.level
+    root.addHandler(capture)
+    root.setLevel(logging.INFO)
+    portal_context = start_blocking_portal(name="in-process proxy")
+    portal = portal_context.__enter__()
+    try:
+        clock, stop = portal.call(_loop_objects)
+        served = portal.start_task_soon(
+            lambda: serve_http(settings, transports=upstreams, clock=clock, stop=stop), name="serve_http"
+        )
+        proxy = InProcessProxy(port, upstreams, clock, portal, stop, capture)
+        try:
+            await wait_until(lambda: _answers(proxy, served.done()), timeout=30, what="the in-process proxy to serve")
+            if wait_for_upstreams:
+                await wait_until(lambda: _has_started(proxy), timeout=30, what="every upstream's first attempt")
+            yield proxy
+        finally:
+            with anyio.CancelScope(shield=True):
+                if not served.done():
+                    await proxy.request_stop()
+                await anyio.to_thread.run_sync(served.result, 60)
+                # Every test doubles as a leak check: no upstream instance outlives the proxy.
+                assert not upstreams.live, f"upstream instances {sorted(upstreams.live)} outlived the proxy"
+    finally:
+        await anyio.to_thread.run_sync(portal_context.__exit__, None, None, None)
+        root.removeHandler(capture)
+        root.setLevel(level)
+
+
+async def _loop_objects() -> tuple[ManualClock, StopRequests]:
+    """Objects that belong to the proxy's loop, made on it."""
+    return ManualClock(), StopRequests()
+
+
+async def _answers(proxy: InProcessProxy, has_ended: bool) -> bool:
+    if has_ended:
+        raise AssertionError(f"the in-process proxy stopped before serving; log:\n{proxy.log}")
+    try:
+        async with httpx2.AsyncClient() as http:
+            response = await http.get(f"http://127.0.0.1:{proxy.port}/healthz")
+    except httpx2.TransportError:
+        return False
+    return response.status_code == 200
+
+
+async def _has_started(proxy: InProcessProxy) -> bool:
+    async with httpx2.AsyncClient() as http:
+        upstreams: dict[str, Any] = (await http.get(f"http://127.0.0.1:{proxy.port}/healthz")).json()["upstreams"]
+    return all(upstream["state"] != "starting" for upstream in upstreams.values())

@@ -1,0 +1,126 @@
+"""Upstreams in memory: the test fixture servers, run as real `mcp` servers over memory streams.
+
+`MemoryUpstreams` is a `TransportFactory`. An `mcpServers` entry that runs
+tests/fixtures/stateful_server.py (what `support.fixture_server` writes) is
+served in memory instead: each connection gets a fresh server instance, as
+each session would get a fresh process, with the same flags (--fail-start,
+--fail-until, --start-gate, ...). whoami answers the instance's identity (a
+number no pid reaches) and crash ends the instance mid-call. Any other entry
+goes through the real transports.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import sys
+from collections.abc import AsyncGenerator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from pathlib import Path
+from typing import Final
+
+import anyio
+from mcp.server import Server
+from mcp.shared.memory import MessageStream, create_client_server_memory_streams
+
+from mcpstore_proxy.config import UpstreamConfig
+from mcpstore_proxy.transports import TransportEvents, TransportStreams, open_transport
+from tests.fixtures.stateful_server import build, parse
+
+__all__ = ["FIRST_IDENTITY", "MemoryUpstreams"]
+
+STATEFUL_SERVER: Final = Path(__file__).parent / "fixtures" / "stateful_server.py"
+FIRST_IDENTITY: Final = 10**9
+"""In-memory instances are numbered from here, above any pid."""
+
+
+class _MemoryHost:
+    def __init__(self, identity: int, scope: anyio.CancelScope) -> None:
+        self._identity = identity
+        self._scope = scope
+
+    @property
+    def identity(self) -> int:
+        return self._identity
+
+    async def crash(self) -> None:
+        self._scope.cancel()
+        await anyio.sleep_forever()
+
+
+class MemoryUpstreams:
+    """Runs fixture upstreams in memory; keeps count of the instances that are live."""
+
+    def __init__(self) -> None:
+        self.live: set[int] = set()
+        """Identities of the instances running now."""
+        self.started: list[int] = []
+        """Identities of every instance started, in order."""
+        self._identities = itertools.count(FIRST_IDENTITY)
+
+    def __repr__(self) -> str:
+        return f"<MemoryUpstreams {len(self.live)} live of {len(self.started)} started>"
+
+    def is_alive(self, identity: int) -> bool:
+        return identity in self.live
+
+    def __call__(
+        self, upstream: str, config: UpstreamConfig, events: TransportEvents
+    ) -> AbstractAsyncContextManager[TransportStreams]:
+        if config.command == sys.executable and config.args and Path(config.args[0]) == STATEFUL_SERVER:
+            return self._serve(parse(config.args[1:]), events)
+        return open_transport(upstream, config, events)
+
+    @asynccontextmanager
+    async def _serve(self, arguments: argparse.Namespace, events: TransportEvents) -> AsyncGenerator[TransportStreams]:
+        identity = next(self._identities)
+        self.started.append(identity)
+        self.live.add(identity)
+        done = anyio.Event()
+        try:
+            async with (
+                create_client_server_memory_streams() as (client, server_streams),
+                anyio.create_task_group() as tg,
+            ):
+                tg.start_soon(self._run, arguments, identity, server_streams, events, done)
+                try:
+                    yield client
+                finally:
+                    # EOF the server, as closing a process's stdin would; it exits on its own, or is stopped.
+                    await client[1].aclose()
+                    with anyio.move_on_after(2, shield=True):
+                        await done.wait()
+                    tg.cancel_scope.cancel()
+        finally:
+            self.live.discard(identity)
+
+    async def _run(
+        self,
+        arguments: argparse.Namespace,
+        identity: int,
+        streams: MessageStream,
+        events: TransportEvents,
+        done: anyio.Event,
+    ) -> None:
+        server_read, server_write = streams
+        try:
+            with anyio.CancelScope() as scope:
+                gate: Path | None = arguments.start_gate
+                if gate is not None and (gate / "slow").exists():
+                    (gate / f"hanging-{identity}").touch()
+                    await anyio.sleep_forever()
+                if arguments.fail_start is not None:
+                    events.stderr.add(arguments.fail_start)
+                    return
+                if arguments.fail_until is not None and not arguments.fail_until.exists():
+                    events.stderr.add(f"waiting for {arguments.fail_until}")
+                    return
+                server = build(arguments, _MemoryHost(identity, scope))
+                lowlevel: Server = server._lowlevel_server  # pyright: ignore[reportPrivateUsage]  # as the SDK's InMemoryTransport does
+                await lowlevel.run(server_read, server_write, lowlevel.create_initialization_options())
+        finally:
+            # However the instance ended (EOF, crash, failure), its client sees the connection end.
+            await server_write.aclose()
+            await server_read.aclose()
+            self.live.discard(identity)
+            done.set()
