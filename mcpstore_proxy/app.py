@@ -49,6 +49,7 @@ __all__ = ["HttpFace", "create_app", "security_settings"]
 logger = logging.getLogger(__name__)
 
 LOOPBACK_HOSTS: Final = ("127.0.0.1", "localhost", "[::1]")
+_FLUSH_SECONDS: Final = 5.0
 
 
 def security_settings(settings: ProxySettings) -> TransportSecuritySettings:
@@ -72,8 +73,16 @@ class HttpFace:
     manager: StreamableHTTPSessionManager
     legacy: _LegacySseStream
 
+    door: _FrontDoor
+
     async def close_client_sessions(self) -> None:
-        """End every client session (Streamable HTTP and legacy SSE) so that every open response completes."""
+        """End every client session (Streamable HTTP and legacy SSE) so that every open response completes, once
+        the answers already given have reached their clients (bounded)."""
+        with anyio.move_on_after(_FLUSH_SECONDS):
+            await self.door.requests_answered()
+        with anyio.move_on_after(_FLUSH_SECONDS):
+            # Legacy SSE answers travel on the event stream, not the POST: let them be written first.
+            await anyio.wait_all_tasks_blocked()
         await terminate_http_sessions(self.manager)
         await self.legacy.close_all()
 
@@ -125,7 +134,7 @@ def create_app(engine: ProxyEngine) -> HttpFace:
         ],
         lifespan=lifespan,
     )
-    return HttpFace(app, server.drain, manager, legacy)
+    return HttpFace(app, server.drain, manager, legacy, door)
 
 
 class _FrontDoor:
@@ -136,14 +145,32 @@ class _FrontDoor:
         self._open_sessions = open_sessions
         self._limit = settings.max_downstream_sessions
         self._refusals = ThrottledWarning(logger)
+        self._requests = 0
+        self._answered = anyio.Event()
+        self._answered.set()
 
     def guard(self, app: ASGIApp) -> _Guarded:
         return _Guarded(self, app)
 
+    async def requests_answered(self) -> None:
+        """Wait until no request (other than an event stream) is being answered."""
+        await self._answered.wait()
+
     async def admit(self, app: ASGIApp, scope: Scope, receive: Receive, send: Send) -> None:
         refusal = self._refusal() if _opens_a_session(scope) else None
-        if refusal is None:
+        if refusal is None and scope["method"] == "GET":
             await app(scope, receive, send)
+            return
+        if refusal is None:
+            self._requests += 1
+            if self._requests == 1:
+                self._answered = anyio.Event()
+            try:
+                await app(scope, receive, send)
+            finally:
+                self._requests -= 1
+                if self._requests == 0:
+                    self._answered.set()
             return
         self._refusals.warn("refused a new client session: %s", refusal.message)
         await _json_rpc_error(refusal)(scope, receive, send)

@@ -156,6 +156,7 @@ class ProxySettings(BaseSettings):
     session_header: str = "X-MCPStore-Session"
     session_argument: str = "session_id"
     upstream_start_timeout_seconds: float = Field(default=60.0, gt=0, allow_inf_nan=False)
+    startup_wait_seconds: float = Field(default=5.0, ge=0, allow_inf_nan=False)
     admin_token: str | None = None
     allow_stdio_services_via_api: bool = False
     runtime_services_file: Path | None = None

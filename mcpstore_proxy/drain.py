@@ -18,6 +18,7 @@ from typing import Final
 import anyio
 
 from mcpstore_proxy.errors import ShuttingDownError
+from mcpstore_proxy.logs import ThrottledWarning
 
 __all__ = ["Drain"]
 
@@ -36,6 +37,7 @@ class Drain:
         self._idle = anyio.Event()
         self._idle.set()
         self._hurry = anyio.Event()
+        self._refusals = ThrottledWarning(logger)
 
     def __repr__(self) -> str:
         return f"<Drain {'draining' if self._is_draining else 'open'}, {len(self._in_flight)} requests in flight>"
@@ -51,6 +53,7 @@ class Drain:
     def refuse_if_draining(self) -> None:
         """Raises ShuttingDownError once draining has begun."""
         if self._is_draining:
+            self._refusals.warn("refused a request: the proxy is shutting down")
             raise ShuttingDownError("mcpstore-proxy is shutting down and takes no new requests; retry once it is back")
 
     @contextmanager

@@ -9,14 +9,18 @@ Lifetime: `async with ProxyEngine(settings) as engine:` starts every upstream
 and returns at once: upstreams join the catalog as they come up, and a
 client hears of each with a list-changed notice. `await engine.started()`
 waits for every upstream's first start attempt (what `check` and the
-embedded SDK want). Leaving the block closes every session and leaves no
-upstream process behind. Every task the engine runs is an owner task that
-never raises into it: one upstream's failure is that upstream's state.
+embedded SDK want); `await engine.settled()` waits for them only within the
+first `startup_wait_seconds`, so that a client's first listing includes the
+upstreams that start quickly without any request waiting on a slow one.
+Leaving the block closes every session and leaves no upstream process
+behind. Every task the engine runs is an owner task that never raises into
+it: one upstream's failure is that upstream's state.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from contextlib import AsyncExitStack
 from types import TracebackType
@@ -99,6 +103,8 @@ class ProxyEngine:
         self._task_group: anyio.abc.TaskGroup | None = None
         self._stack: AsyncExitStack | None = None
         self._is_closing = False
+        self._has_settled = False
+        self._settle_by = math.inf
 
     def __repr__(self) -> str:
         return f"<ProxyEngine {self.registry!r}, {self.views!r}, {self.named!r}>"
@@ -113,6 +119,7 @@ class ProxyEngine:
         return self.named.records
 
     async def __aenter__(self) -> Self:
+        self._settle_by = anyio.current_time() + self.settings.startup_wait_seconds
         async with AsyncExitStack() as stack:
             self._task_group = await stack.enter_async_context(anyio.create_task_group())
             stack.push_async_callback(self._shutdown)
@@ -131,7 +138,12 @@ class ProxyEngine:
     ) -> bool | None:
         assert self._stack is not None
         stack, self._stack = self._stack, None
-        return await stack.__aexit__(exc_type, exc, tb)
+        try:
+            return await stack.__aexit__(exc_type, exc, tb)
+        except BaseExceptionGroup as group:
+            if exc is not None and len(group.exceptions) == 1 and group.exceptions[0] is exc:
+                raise exc from None  # the block's own error, not wrapped by the task group it passed through
+            raise
 
     async def started(self) -> None:
         """Wait until every service has made its first start attempt (each bounded by the start timeout).
@@ -142,6 +154,16 @@ class ProxyEngine:
         for service in self.registry:
             await service.first_attempt_done.wait()
         self.views.build(STORE_SCOPE, None, strict=True)
+
+    async def settled(self) -> None:
+        """Wait until every configured upstream has made its first start attempt, but never past the end of the
+        start-up window (`startup_wait_seconds` after the engine started)."""
+        if self._has_settled:
+            return
+        with anyio.move_on_after(self._settle_by - anyio.current_time()):
+            for service in self.registry.configured():
+                await service.first_attempt_done.wait()
+        self._has_settled = not self.is_starting or anyio.current_time() >= self._settle_by
 
     @property
     def is_starting(self) -> bool:

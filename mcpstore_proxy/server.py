@@ -183,22 +183,23 @@ class ProxyServer(Server[Any]):
     # Listings: answered from the catalog the key sees, never by opening a session.
 
     async def _list_tools(self, ctx: Context, params: types.PaginatedRequestParams | None) -> types.ListToolsResult:
-        return types.ListToolsResult(tools=self._catalog(ctx).tools)
+        return types.ListToolsResult(tools=(await self._catalog(ctx)).tools)
 
     async def _list_prompts(self, ctx: Context, params: types.PaginatedRequestParams | None) -> types.ListPromptsResult:
-        return types.ListPromptsResult(prompts=self._catalog(ctx).prompts)
+        return types.ListPromptsResult(prompts=(await self._catalog(ctx)).prompts)
 
     async def _list_resources(
         self, ctx: Context, params: types.PaginatedRequestParams | None
     ) -> types.ListResourcesResult:
-        return types.ListResourcesResult(resources=self._catalog(ctx).resources)
+        return types.ListResourcesResult(resources=(await self._catalog(ctx)).resources)
 
     async def _list_resource_templates(
         self, ctx: Context, params: types.PaginatedRequestParams | None
     ) -> types.ListResourceTemplatesResult:
-        return types.ListResourceTemplatesResult(resource_templates=self._catalog(ctx).templates)
+        return types.ListResourceTemplatesResult(resource_templates=(await self._catalog(ctx)).templates)
 
-    def _catalog(self, ctx: Context) -> Catalog:
+    async def _catalog(self, ctx: Context) -> Catalog:
+        await self._engine.settled()
         try:
             return self._engine.catalog_for(self._key(ctx))
         except ProxyError as error:
@@ -373,6 +374,7 @@ class ProxyServer(Server[Any]):
         """
         try:
             with self.drain.request():
+                await self._engine.settled()
                 receive = _hang_up_source(ctx)
                 result = await (forward() if receive is None else _unless_client_hangs_up(receive, forward))
         except ProxyError as error:

@@ -132,7 +132,6 @@ async def _serve_http(engine: ProxyEngine, stop: StopRequests) -> bool:
     async def hurry_when_asked() -> None:
         await stop.hurried.wait()
         face.drain.hurry()
-        server.force_exit = True
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(run_server)
