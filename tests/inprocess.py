@@ -6,6 +6,10 @@ fixture upstreams in memory (`MemoryUpstreams`) and a hand-moved clock for
 session expiry. It behaves like `support.running_proxy`: real MCP clients reach
 it at `proxy.url`, and leaving it stops the proxy the way SIGTERM would and
 checks that no upstream instance is left running.
+
+`sdk_store` gives an `MCPStore` in either mode the same way: embedded (its
+engine on the store's own loop thread, upstreams in memory) or remote (against
+`running_app`).
 """
 
 from __future__ import annotations
@@ -22,6 +26,9 @@ import anyio.to_thread
 import httpx2
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
+from mcpstore_proxy import MCPStore
+from mcpstore_proxy.backends.embedded import embedded_backend
+from mcpstore_proxy.bridge import LoopThread
 from mcpstore_proxy.config import load_settings
 from mcpstore_proxy.logs import RedactSessionIds
 from mcpstore_proxy.serving import StopRequests, serve_http
@@ -29,7 +36,7 @@ from tests.clock import ManualClock
 from tests.memory import MemoryUpstreams
 from tests.support import free_port, wait_until
 
-__all__ = ["InProcessProxy", "running_app"]
+__all__ = ["InProcessProxy", "SdkHarness", "running_app", "sdk_store"]
 
 _T = TypeVar("_T")
 
@@ -148,3 +155,54 @@ async def _has_started(proxy: InProcessProxy) -> bool:
     async with httpx2.AsyncClient() as http:
         upstreams: dict[str, Any] = (await http.get(f"http://127.0.0.1:{proxy.port}/healthz")).json()["upstreams"]
     return all(upstream["state"] != "starting" for upstream in upstreams.values())
+
+
+@dataclass(eq=False)
+class SdkHarness:
+    """An `MCPStore` under test, and what the test can see and move behind it."""
+
+    store: MCPStore
+    upstreams: MemoryUpstreams
+    advance_clock: Callable[[float], Awaitable[None]]
+    """Move the engine's wall clock on by so many seconds (named-session expiry follows it)."""
+
+    def is_alive(self, identity: int) -> bool:
+        """Whether the in-memory upstream instance that answered whoami with `identity` still runs."""
+        return self.upstreams.is_alive(identity)
+
+
+@asynccontextmanager
+async def sdk_store(config: Path, mode: str) -> AsyncGenerator[SdkHarness]:
+    """An `MCPStore` over `config`, embedded (`mode="embedded"`) or against an in-process proxy (`"remote"`).
+
+    Either way the upstreams run in memory, and leaving checks that none is left running.
+    """
+    if mode == "remote":
+        async with running_app(config) as proxy:
+            store = MCPStore.setup_store(url=proxy.url)
+            try:
+                yield SdkHarness(store, proxy.upstreams, proxy.advance_clock)
+            finally:
+                await anyio.to_thread.run_sync(store.close)
+        return
+    upstreams = MemoryUpstreams()
+    bridge = LoopThread()
+    clock, _ = bridge.call(_loop_objects)
+    try:
+        backend = bridge.enter(embedded_backend(load_settings(config), transports=upstreams, clock=clock))
+    except BaseException:
+        bridge.close()
+        raise
+    store = MCPStore(bridge, backend, "embedded")
+
+    async def advance_clock(seconds: float) -> None:
+        async def advance() -> None:
+            clock.advance(seconds)
+
+        await bridge.call_async(advance)
+
+    try:
+        yield SdkHarness(store, upstreams, advance_clock)
+    finally:
+        await anyio.to_thread.run_sync(store.close)
+        assert not upstreams.live, f"upstream instances {sorted(upstreams.live)} outlived the store"
