@@ -1,0 +1,135 @@
+"""One test per assumption that `mcpstore_proxy.compat` makes about the private parts of `mcp` and uvicorn.
+
+If an upgrade breaks one, it fails here, by name, rather than somewhere deep in a proxied call.
+"""
+
+from __future__ import annotations
+
+import signal
+import typing
+from collections.abc import AsyncGenerator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import anyio
+import httpx2
+import pytest
+import uvicorn
+from mcp import Client, types
+from mcp.client.streamable_http import streamable_http_client
+from mcp.server.connection import Connection
+from mcp.server.context import ServerRequestContext
+from mcp.server.lowlevel.server import Server
+from mcp.server.streamable_http_manager import StreamableHTTPASGIApp, StreamableHTTPSessionManager
+from mcp.shared._stream_protocols import ReadStream, WriteStream
+from starlette.applications import Starlette
+from starlette.routing import Route
+
+from mcpstore_proxy import compat
+from tests.support import free_port, wait_until
+
+pytestmark = pytest.mark.anyio
+
+
+def _server(seen: list[Connection]) -> Server[Any]:
+    async def list_tools(ctx: ServerRequestContext[Any, Any], params: object) -> types.ListToolsResult:
+        seen.append(compat.downstream_connection(ctx))
+        return types.ListToolsResult(tools=[])
+
+    return Server("compat", on_list_tools=list_tools)
+
+
+@asynccontextmanager
+async def _serving(manager: StreamableHTTPSessionManager) -> AsyncGenerator[str]:
+    """The manager behind a real uvicorn on a loopback port, in this event loop."""
+    port = free_port()
+
+    @asynccontextmanager
+    async def lifespan(_: Starlette) -> AsyncGenerator[None]:
+        async with manager.run():
+            yield
+
+    app = Starlette(routes=[Route("/mcp", endpoint=StreamableHTTPASGIApp(manager))], lifespan=lifespan)
+    server = compat.SignalFreeServer(uvicorn.Config(app, port=port, log_level="warning", lifespan="on"))
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(server.serve)
+        await wait_until(lambda: server.started, what="uvicorn to start")
+        try:
+            yield f"http://127.0.0.1:{port}/mcp"
+        finally:
+            server.should_exit = True
+
+
+@asynccontextmanager
+async def _client(url: str) -> AsyncGenerator[Client]:
+    async with (
+        httpx2.AsyncClient() as http,
+        Client(streamable_http_client(url, http_client=http, terminate_on_close=False), mode="legacy") as client,
+    ):
+        yield client
+
+
+async def test_a_request_context_reaches_its_connection_and_the_connection_is_the_same_for_each_request() -> None:
+    seen: list[Connection] = []
+    manager = StreamableHTTPSessionManager(app=_server(seen))
+    async with _serving(manager) as url, _client(url) as client:
+        await client.list_tools()
+        await client.list_tools()
+    assert len(seen) == 2
+    assert seen[0] is seen[1]
+    assert seen[0].session_id is not None
+    assert isinstance(seen[0].state, dict)
+    assert seen[0].exit_stack is not None
+
+
+async def test_the_manager_counts_its_open_sessions() -> None:
+    manager = StreamableHTTPSessionManager(app=_server([]))
+    async with _serving(manager) as url:
+        assert compat.open_http_sessions(manager) == 0
+        async with _client(url) as first, _client(url) as second:
+            await first.list_tools()
+            await second.list_tools()
+            assert compat.open_http_sessions(manager) == 2
+
+
+async def test_terminating_the_managers_sessions_ends_them_and_unwinds_each_connection() -> None:
+    seen: list[Connection] = []
+    manager = StreamableHTTPSessionManager(app=_server(seen))
+    ended = anyio.Event()
+    async with _serving(manager) as url, httpx2.AsyncClient() as http:
+        # A raw session: the SDK client would re-open its event stream and raise once the session is gone.
+        headers = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
+        hello = {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}
+        opened = await http.post(
+            url, json={"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": hello}, headers=headers
+        )
+        headers |= {"Mcp-Session-Id": opened.headers["mcp-session-id"], "Mcp-Protocol-Version": "2025-11-25"}
+        await http.post(url, json={"jsonrpc": "2.0", "method": "notifications/initialized"}, headers=headers)
+        await http.post(url, json={"jsonrpc": "2.0", "id": 2, "method": "tools/list"}, headers=headers)
+
+        async def note_end() -> None:
+            ended.set()
+
+        seen[0].exit_stack.push_async_callback(note_end)
+        await compat.terminate_http_sessions(manager)
+        with anyio.fail_after(5):
+            await ended.wait()
+        assert compat.open_http_sessions(manager) == 0
+        gone = await http.post(url, json={"jsonrpc": "2.0", "id": 3, "method": "tools/list"}, headers=headers)
+        assert gone.status_code == 404
+
+
+def test_transport_streams_is_the_read_and_write_stream_pair_the_sdk_transports_yield() -> None:
+    assert typing.get_origin(compat.TransportStreams) is tuple
+    read, write = typing.get_args(compat.TransportStreams)
+    assert typing.get_origin(read) is ReadStream
+    assert typing.get_origin(write) is WriteStream
+
+
+def test_uvicorn_takes_its_signal_handlers_in_capture_signals_and_the_override_takes_none() -> None:
+    before = signal.getsignal(signal.SIGTERM)
+    config = uvicorn.Config(Starlette(), port=free_port(), log_level="warning")
+    with uvicorn.Server(config).capture_signals():
+        assert signal.getsignal(signal.SIGTERM) != before  # the assumption: this is where uvicorn takes SIGTERM
+    with compat.SignalFreeServer(config).capture_signals():
+        assert signal.getsignal(signal.SIGTERM) == before
