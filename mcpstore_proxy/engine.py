@@ -172,11 +172,13 @@ class ProxyEngine:
 
     async def _shutdown(self) -> None:
         """Close every session (bounded, in parallel), then cancel what is left."""
+        logger.debug("closing every upstream session")
         self._is_closing = True
         with anyio.move_on_after(_SHUTDOWN_SECONDS, shield=True):
             async with anyio.create_task_group() as tg:
                 for service in self.registry:
                     tg.start_soon(service.close, "the proxy is shutting down")
+        logger.debug("every upstream session is closed")
         assert self._task_group is not None
         self._task_group.cancel_scope.cancel()
 

@@ -23,7 +23,6 @@ from typing import Final
 
 import anyio
 import uvicorn
-from mcp.server.stdio import stdio_server
 
 from mcpstore_proxy.app import create_app
 from mcpstore_proxy.clock import SYSTEM_CLOCK, Clock
@@ -32,6 +31,7 @@ from mcpstore_proxy.config import ProxySettings
 from mcpstore_proxy.engine import ProxyEngine
 from mcpstore_proxy.errors import ProxyError
 from mcpstore_proxy.server import ProxyServer
+from mcpstore_proxy.stdio import stdio_streams
 from mcpstore_proxy.transports import TransportFactory, open_transport
 
 __all__ = ["StopRequests", "serve_http", "serve_stdio"]
@@ -166,7 +166,7 @@ async def serve_stdio(settings: ProxySettings, *, transports: TransportFactory =
 
             tg.start_soon(drain_then_stop)
             tg.start_soon(hurry_when_asked)
-            async with stdio_server() as (read_stream, write_stream):
+            async with stdio_streams() as (read_stream, write_stream):
                 await server.run(read_stream, write_stream, server.create_initialization_options())
             tg.cancel_scope.cancel()
         signals.cancel_scope.cancel()

@@ -206,6 +206,34 @@ async def test_stdio_eof_during_start_up_ends_the_proxy_promptly_and_leaves_no_p
             await process.wait()
 
 
+async def test_stdio_sigterm_while_the_client_keeps_stdin_open_ends_the_proxy_promptly(tmp_path: Path) -> None:
+    config = write_config(tmp_path, {"state": fixture_server("state")})
+    stderr = tmp_path / "stderr.txt"
+    with stderr.open("w") as log:
+        process = await anyio.open_process(
+            [sys.executable, "-m", "mcpstore_proxy", "stdio", "--config", str(config)], stderr=log, cwd=PROJECT_ROOT
+        )
+    try:
+        assert process.stdin is not None
+        assert process.stdout is not None
+        hello = {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}
+        await process.stdin.send(
+            json.dumps({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": hello}).encode() + b"\n"
+        )
+        with anyio.fail_after(30):
+            assert b'"id":1' in await process.stdout.receive()
+        process.send_signal(signal.SIGTERM)
+        signalled = time.monotonic()
+        with anyio.fail_after(30):
+            assert await process.wait() == 0
+        assert time.monotonic() - signalled < _PROMPT_SECONDS
+        assert "Traceback" not in stderr.read_text()
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+
+
 class RawSession:
     """A Streamable HTTP MCP session driven with plain HTTP requests (no SDK client, which re-opens its event stream
     and raises when the server ends the session)."""
