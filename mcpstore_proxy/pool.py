@@ -219,7 +219,12 @@ class SessionPool:
         if self._sessions.get(key) is session:
             del self._sessions[key]
             if session.end_reason is EndReason.LOST and not key.is_ephemeral:
-                logger.warning("upstream '%s' went away during %s; its next call starts afresh", self.upstream, key)
+                logger.warning(
+                    "upstream '%s' went away during %s (%s); its next call starts afresh",
+                    self.upstream,
+                    key,
+                    session.failure.message if session.failure else "the connection ended",
+                )
                 self._lost_keys.add(key)
             if session.listings:
                 self._hooks.listings_changed(key)
