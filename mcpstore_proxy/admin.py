@@ -36,7 +36,7 @@ from starlette.routing import BaseRoute, Mount, Route
 
 from mcpstore_proxy.config import ProxySettings
 from mcpstore_proxy.control import Control
-from mcpstore_proxy.errors import ProxyError
+from mcpstore_proxy.errors import ProxyError, error_data
 
 __all__ = ["admin_routes", "is_loopback"]
 
@@ -110,7 +110,10 @@ class _Guard:
             try:
                 return _json(await handler(request))
             except ProxyError as error:
-                return _error(error.http_status, type(error).__name__, error.message, error.code)
+                return JSONResponse(
+                    {"error": {**error_data(error), "message": error.message, "code": error.code}},
+                    status_code=error.http_status,
+                )
             except (ValueError, KeyError) as error:
                 return _error(400, "BadRequest", f"malformed request: {error}")
 

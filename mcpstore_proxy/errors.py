@@ -113,7 +113,7 @@ class UpstreamClosedError(UpstreamError):
 
 
 class UpstreamStoppedError(UpstreamError):
-    def __init__(self, upstream: str, message: str, *, was_sent: bool) -> None:
+    def __init__(self, upstream: str, message: str, *, was_sent: bool = True) -> None:
         super().__init__(upstream, message)
         self.was_sent = was_sent
         """Whether the request had reached the upstream; one that had not may run again on a fresh session."""
@@ -150,13 +150,18 @@ class ShuttingDownError(ProxyError):
     http_status = 503
 
 
-def to_mcp_error(error: ProxyError) -> MCPError:
-    """The wire form of one of our errors: its code, its message, and in `data` its type and the upstream it
-    names (so that the remote SDK raises the same exception the embedded one would)."""
+def error_data(error: ProxyError) -> dict[str, str]:
+    """What travels with one of our errors besides its message: its type, and the upstream it names (so that the
+    remote SDK raises the same exception the embedded one would)."""
     data: dict[str, str] = {"type": type(error).__name__}
     if isinstance(error, UpstreamError):
         data["upstream"] = error.upstream
-    return MCPError(code=error.code, message=error.message, data=data)
+    return data
+
+
+def to_mcp_error(error: ProxyError) -> MCPError:
+    """The MCP form of one of our errors: its code, its message, and `error_data` in `data`."""
+    return MCPError(code=error.code, message=error.message, data=error_data(error))
 
 
 def innermost(error: BaseException | None) -> BaseException | None:

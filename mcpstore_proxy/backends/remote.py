@@ -255,7 +255,7 @@ def _error_from(status: int, body: Any) -> ProxyError:
     document = cast(dict[str, Any], body) if isinstance(body, dict) else {}
     detail = cast(dict[str, Any], document.get("error") or {})
     message = str(detail.get("message") or f"the proxy answered HTTP {status}")
-    return _named_error(detail.get("type"), message) or ProxyError(message)
+    return _named_error(detail.get("type"), message, str(detail.get("upstream", ""))) or ProxyError(message)
 
 
 def _named_error(kind_name: Any, message: str, upstream: str = "") -> ProxyError | None:

@@ -1,0 +1,222 @@
+"""`Drain`, shutting down without dropping anyone: requests in flight finish, new ones are refused with a
+clear error, and whatever outlives the grace period is cancelled with an error saying so; `hurry()` ends
+the grace at once. Then the same through the proxy served in process, stopped as SIGTERM would stop it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx2
+import pytest
+from mcp import MCPError, types
+from mcp.client.session import ClientRequestContext
+
+from mcpstore_proxy.drain import Drain
+from mcpstore_proxy.errors import SHUTTING_DOWN, ShuttingDownError
+from tests.inprocess import running_app
+from tests.support import connect, fixture_server, structured, wait_until, write_config
+
+pytestmark = pytest.mark.anyio
+
+_INITIALIZE = {
+    "jsonrpc": "2.0",
+    "id": 1,
+    "method": "initialize",
+    "params": {
+        "protocolVersion": "2025-11-25",
+        "capabilities": {},
+        "clientInfo": {"name": "newcomer", "version": "1"},
+    },
+}
+
+
+async def test_drain_returns_once_the_requests_in_flight_have_finished() -> None:
+    drain = Drain()
+    journal: list[str] = []
+    release = anyio.Event()
+
+    async def request() -> None:
+        with drain.request():
+            await release.wait()
+        journal.append("request finished")
+
+    async def draining() -> None:
+        await drain.drain(grace_seconds=60)
+        journal.append("drained")
+
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(request)
+            await wait_until(lambda: drain.in_flight == 1, what="the request to be in flight")
+            tg.start_soon(draining)
+            await anyio.wait_all_tasks_blocked()
+            assert drain.is_draining
+            assert journal == []  # the drain waits for the request
+            release.set()
+    assert journal == ["request finished", "drained"]
+    assert drain.in_flight == 0
+
+
+async def test_a_drain_with_nothing_in_flight_returns_at_once() -> None:
+    drain = Drain()
+    with anyio.fail_after(1):  # far below the grace period
+        await drain.drain(grace_seconds=300)
+    assert drain.is_draining
+    assert repr(drain) == "<Drain draining, 0 requests in flight>"
+
+
+async def test_a_request_arriving_while_draining_is_refused(caplog: pytest.LogCaptureFixture) -> None:
+    drain = Drain()
+    assert repr(drain) == "<Drain open, 0 requests in flight>"
+    drain.refuse_if_draining()  # open: nothing happens
+    await drain.drain(grace_seconds=1)
+    ran = False
+    for _ in range(3):
+        with pytest.raises(ShuttingDownError) as refused, drain.request():
+            ran = True
+        assert refused.value.code == SHUTTING_DOWN
+        assert refused.value.http_status == 503
+        assert "shutting down and takes no new requests" in refused.value.message
+    with pytest.raises(ShuttingDownError):
+        drain.refuse_if_draining()
+    assert not ran
+    # A flood of refusals is one log line (the rest are counted, not logged).
+    refusals = [r for r in caplog.records if "refused a request" in r.getMessage()]
+    assert len(refusals) == 1
+
+
+async def test_when_the_grace_period_ends_the_requests_left_are_cancelled_with_an_error_saying_so(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    drain = Drain()
+    failures: list[ShuttingDownError] = []
+    started = anyio.Event()
+
+    async def endless() -> None:
+        try:
+            with drain.request():
+                started.set()
+                await anyio.sleep_forever()
+        except ShuttingDownError as error:
+            failures.append(error)
+
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(endless)
+            await started.wait()
+            await drain.drain(grace_seconds=0.05)
+            # drain() returns only once the cancelled request has answered.
+            assert len(failures) == 1
+    assert failures[0].code == SHUTTING_DOWN
+    assert "grace period ran out" in failures[0].message
+    assert "cancelled upstream" in failures[0].message
+    assert "cancelling 1 requests still in flight" in caplog.text
+
+
+async def test_a_request_that_finishes_within_the_grace_period_is_not_cut() -> None:
+    drain = Drain()
+    outcome: list[str] = []
+    release = anyio.Event()
+
+    async def request() -> None:
+        with drain.request():
+            await release.wait()
+            outcome.append("answered")
+
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(request)
+            await wait_until(lambda: drain.in_flight == 1, what="the request to be in flight")
+            tg.start_soon(drain.drain, 60)
+            await anyio.wait_all_tasks_blocked()
+            release.set()
+    assert outcome == ["answered"]
+
+
+async def test_hurry_ends_the_grace_period_at_once() -> None:
+    drain = Drain()
+    failures: list[ShuttingDownError] = []
+    started = anyio.Event()
+
+    async def endless() -> None:
+        try:
+            with drain.request():
+                started.set()
+                await anyio.sleep_forever()
+        except ShuttingDownError as error:
+            failures.append(error)
+
+    with anyio.fail_after(5):  # far below the grace period
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(endless)
+            await started.wait()
+            tg.start_soon(drain.drain, 300)
+            await anyio.wait_all_tasks_blocked()
+            assert failures == []
+            drain.hurry()
+    assert len(failures) == 1
+    assert "grace period ran out" in failures[0].message
+
+
+# Through the proxy, stopped the way SIGTERM stops it.
+
+
+async def test_during_the_drain_a_call_in_flight_completes_and_newcomers_get_503_with_a_json_rpc_error(
+    tmp_path: Path,
+) -> None:
+    config = write_config(tmp_path, {"state": fixture_server("state")}, shutdown_grace_seconds=60)
+    asked, release = anyio.Event(), anyio.Event()
+
+    async def answer_once_released(
+        context: ClientRequestContext, params: types.CreateMessageRequestParams
+    ) -> types.CreateMessageResult:
+        # The call stays in flight until the test lets the client answer its sampling request.
+        asked.set()
+        await release.wait()
+        return types.CreateMessageResult(
+            role="assistant", content=types.TextContent(type="text", text="answered"), model="m"
+        )
+
+    answers: list[Any] = []
+    newcomer: httpx2.Response | None = None
+    health: dict[str, Any] = {}
+    too_late: pytest.ExceptionInfo[MCPError] | None = None
+    async with running_app(config) as proxy, connect(proxy.url, sampling_callback=answer_once_released) as client:
+
+        async def call_in_flight() -> None:
+            # Not `client.call_tool`: it would list the tools afterwards to check the result, and by then the
+            # drained proxy has ended the session.
+            request = types.CallToolRequest(
+                params=types.CallToolRequestParams(name="state_ask", arguments={"prompt": "still there?"})
+            )
+            answers.append(structured(await client.session.send_request(request, types.CallToolResult)))
+
+        with anyio.fail_after(20):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(call_in_flight)
+                await asked.wait()
+                await proxy.request_stop()
+                await wait_until(lambda: "draining" in proxy.log, what="the proxy to start draining")
+                async with httpx2.AsyncClient() as http:
+                    newcomer = await http.post(
+                        proxy.url, json=_INITIALIZE, headers={"Accept": "application/json, text/event-stream"}
+                    )
+                    health = (await http.get(proxy.url.replace("/mcp", "/healthz"))).json()
+                with pytest.raises(MCPError) as refused:  # a new request in an open session
+                    await client.call_tool("state_echo", {"text": "too late"})
+                too_late = refused
+                release.set()
+        assert answers == ["answered"]
+    assert too_late is not None
+    assert too_late.value.code == SHUTTING_DOWN
+    assert "shutting down and takes no new requests" in too_late.value.message
+    assert newcomer is not None
+    assert newcomer.status_code == 503
+    error = newcomer.json()["error"]
+    assert error["code"] == SHUTTING_DOWN
+    assert error["data"] == {"type": "ShuttingDownError"}
+    assert "shutting down and takes no new sessions" in error["message"]
+    assert health["status"] == "draining"

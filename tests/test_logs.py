@@ -1,0 +1,178 @@
+"""Logging: session ids never appear in clear (the SDK's and uvicorn's lines show the same short hash our own
+lines show), the handler `configure_logging` installs, and warnings that a flood cannot turn into a flood."""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from mcpstore_proxy.keys import SessionKey
+from mcpstore_proxy.logs import RedactSessionIds, ThrottledWarning, configure_logging, fingerprint
+from tests.support import wait_until
+
+pytestmark = pytest.mark.anyio
+
+
+class ListHandler(logging.Handler):
+    """Keeps every record's final message, as a handler with the redaction filter would write it."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+@pytest.fixture
+def redacted() -> Iterator[ListHandler]:
+    """A handler with the redaction filter on the loggers the tests write to."""
+    handler = ListHandler()
+    handler.addFilter(RedactSessionIds())
+    loggers = [logging.getLogger(name) for name in ("mcp.server.streamable_http", "uvicorn.error", "mcpstore_proxy.x")]
+    for logger in loggers:
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+    try:
+        yield handler
+    finally:
+        for logger in loggers:
+            logger.removeHandler(handler)
+            logger.setLevel(logging.NOTSET)
+
+
+@pytest.fixture
+def quiet_logger() -> Iterator[tuple[logging.Logger, ListHandler]]:
+    """A logger of its own that writes only to a list."""
+    logger = logging.getLogger(f"tests.throttled.{uuid.uuid4().hex[:8]}")
+    handler = ListHandler()
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        yield logger, handler
+    finally:
+        logger.removeHandler(handler)
+
+
+# Session ids.
+
+
+@pytest.mark.parametrize("session_id", [uuid.uuid4().hex, str(uuid.uuid4()), uuid.uuid4().hex.upper()])
+def test_a_session_id_in_an_sdk_line_becomes_the_fingerprint_our_own_lines_show(
+    redacted: ListHandler, session_id: str
+) -> None:
+    logging.getLogger("mcp.server.streamable_http").info("Terminating session: %s", session_id)
+    expected = f"Terminating session: #{SessionKey.connection(session_id).fingerprint}"
+    assert redacted.messages == [expected]
+    assert session_id not in redacted.messages[0]
+
+
+def test_every_session_id_in_a_uvicorn_line_is_redacted_and_the_rest_kept(redacted: ListHandler) -> None:
+    first, second = uuid.uuid4().hex, str(uuid.uuid4())
+    logging.getLogger("uvicorn.error").info("moved %s to %s (status %d)", first, second, 200)
+    assert redacted.messages == [f"moved #{fingerprint(first)} to #{fingerprint(second)} (status 200)"]
+
+
+def test_lines_of_other_loggers_and_lines_without_ids_are_left_alone(redacted: ListHandler) -> None:
+    session_id = uuid.uuid4().hex
+    # "mcpstore_proxy" starts with "mcp" but is not the SDK: its lines name sessions by key already.
+    logging.getLogger("mcpstore_proxy.x").info("request id %s", session_id)
+    logging.getLogger("mcp.server.streamable_http").info("no id here, only %d digits", 1234567890)
+    logging.getLogger("mcp.server.streamable_http").info("too short to be one: %s", "0123456789abcdef")
+    assert redacted.messages == [
+        f"request id {session_id}",
+        "no id here, only 1234567890 digits",
+        "too short to be one: 0123456789abcdef",
+    ]
+
+
+def test_a_fingerprint_is_short_and_stable_and_tells_ids_apart() -> None:
+    session_id = uuid.uuid4().hex
+    assert fingerprint(session_id) == fingerprint(session_id)
+    assert len(fingerprint(session_id)) == 10
+    assert fingerprint(session_id) != fingerprint(uuid.uuid4().hex)
+    assert str(SessionKey.connection(session_id)) == f"connection session #{fingerprint(session_id)}"
+
+
+# The handler.
+
+
+@pytest.fixture
+def root_restored() -> Iterator[None]:
+    """configure_logging replaces the root handlers (pytest's own among them): put everything back after."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    httpx2_level = logging.getLogger("httpx2").level
+    try:
+        yield
+    finally:
+        for handler in list(root.handlers):
+            root.removeHandler(handler)
+            handler.close()
+        for handler in handlers:
+            root.addHandler(handler)
+        root.setLevel(level)
+        logging.getLogger("httpx2").setLevel(httpx2_level)
+
+
+@pytest.mark.usefixtures("root_restored")
+def test_configure_logging_writes_redacted_lines_to_stderr_at_the_given_level(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    configure_logging("WARNING")
+    root = logging.getLogger()
+    [handler] = root.handlers
+    assert isinstance(handler, logging.StreamHandler)
+    assert root.level == logging.WARNING
+    assert logging.getLogger("httpx2").level == logging.WARNING  # one line per upstream request is noise
+    session_id = uuid.uuid4().hex
+    logging.getLogger("mcp.server.streamable_http").warning("lost session %s", session_id)
+    logging.getLogger("mcpstore_proxy.x").info("below the level")
+    captured = capsys.readouterr()
+    assert captured.out == ""  # stdout may be the MCP channel
+    [line] = captured.err.splitlines()
+    assert line.endswith(f" WARNING mcp.server.streamable_http: lost session #{fingerprint(session_id)}")
+
+
+@pytest.mark.usefixtures("root_restored")
+def test_configure_logging_at_debug_keeps_the_http_client_lines(capsys: pytest.CaptureFixture[str]) -> None:
+    logging.getLogger("httpx2").setLevel(logging.NOTSET)
+    configure_logging("DEBUG")
+    assert logging.getLogger().level == logging.DEBUG
+    assert logging.getLogger("httpx2").level == logging.NOTSET
+    logging.getLogger("httpx2").debug("HTTP Request: GET /mcp")
+    assert capsys.readouterr().err.splitlines()[-1].endswith(" DEBUG httpx2: HTTP Request: GET /mcp")
+
+
+# Throttled warnings.
+
+
+def test_a_throttled_warning_logs_the_first_at_once_and_holds_back_the_rest(
+    quiet_logger: tuple[logging.Logger, ListHandler],
+) -> None:
+    logger, handler = quiet_logger
+    warning = ThrottledWarning(logger, interval_seconds=3600)
+    for index in range(5):
+        warning.warn("refused request %d", index)
+    assert handler.messages == ["refused request 0"]
+
+
+async def test_after_the_interval_the_next_warning_counts_the_ones_held_back(
+    quiet_logger: tuple[logging.Logger, ListHandler],
+) -> None:
+    logger, handler = quiet_logger
+    interval = 0.2
+    warning = ThrottledWarning(logger, interval_seconds=interval)
+    warning.warn("refused %s", "a")
+    logged_at = time.monotonic()
+    warning.warn("refused %s", "b")
+    warning.warn("refused %s", "c")
+    assert handler.messages == ["refused a"]
+    await wait_until(lambda: time.monotonic() - logged_at > interval, what="the interval to pass")
+    warning.warn("refused %s", "d")
+    warning.warn("refused %s", "e")  # held back again: the count starts afresh
+    assert handler.messages == ["refused a", "refused d (and 2 more like it in the last 0.2 s)"]
