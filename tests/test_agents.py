@@ -12,23 +12,16 @@ from pathlib import Path
 import pytest
 from mcp.shared.exceptions import MCPError
 
-from tests.support import (
-    ProxyProcess,
-    admin,
-    connect,
-    fixture_server,
-    running_proxy,
-    structured,
-    write_config,
-)
+from tests.inprocess import InProcessProxy, running_app
+from tests.support import admin, connect, fixture_server, structured, write_config
 
 pytestmark = pytest.mark.anyio
 
 
 @pytest.fixture
-async def proxy(tmp_path: Path) -> AsyncGenerator[ProxyProcess]:
+async def proxy(tmp_path: Path) -> AsyncGenerator[InProcessProxy]:
     config = write_config(tmp_path, {"state": fixture_server("state")}, allow_stdio_services_via_api=True)
-    async with running_proxy(config) as running:
+    async with running_app(config) as running:
         added = await admin(running.port, "POST", "/services?agent=team1", {"name": "private", **fixture_server("p")})
         assert added.status_code == 200, added.text
         ready = await admin(running.port, "POST", "/services/private/wait?agent=team1&timeout=60")
@@ -36,7 +29,7 @@ async def proxy(tmp_path: Path) -> AsyncGenerator[ProxyProcess]:
         yield running
 
 
-def agent_url(proxy: ProxyProcess, agent: str) -> str:
+def agent_url(proxy: InProcessProxy, agent: str) -> str:
     return proxy.url.replace("/mcp", f"/agents/{agent}/mcp")
 
 
@@ -45,7 +38,7 @@ async def tool_names(url: str, headers: dict[str, str] | None = None) -> set[str
         return {tool.name for tool in (await client.list_tools()).tools}
 
 
-async def test_an_agents_own_service_is_seen_on_its_path_and_with_its_header_only(proxy: ProxyProcess) -> None:
+async def test_an_agents_own_service_is_seen_on_its_path_and_with_its_header_only(proxy: InProcessProxy) -> None:
     own = await tool_names(agent_url(proxy, "team1"))
     assert "private_whoami" in own
     assert "state_whoami" in own  # the config's services are everyone's
@@ -63,7 +56,7 @@ async def test_an_agents_own_service_is_seen_on_its_path_and_with_its_header_onl
     ]
 
 
-async def test_the_same_session_id_is_a_separate_session_in_each_agent(proxy: ProxyProcess) -> None:
+async def test_the_same_session_id_is_a_separate_session_in_each_agent(proxy: InProcessProxy) -> None:
     places: dict[str, tuple[str, dict[str, str]]] = {
         "team1 path": (agent_url(proxy, "team1"), {}),
         "team2 path": (agent_url(proxy, "team2"), {}),
@@ -96,7 +89,7 @@ async def test_the_same_session_id_is_a_separate_session_in_each_agent(proxy: Pr
     assert listed == {"team1": {"task"}, "team2": {"task"}, "": {"task"}}
 
 
-async def test_a_malformed_agent_id_is_refused_with_the_rule(proxy: ProxyProcess) -> None:
+async def test_a_malformed_agent_id_is_refused_with_the_rule(proxy: InProcessProxy) -> None:
     async with connect(proxy.url, headers={"X-MCPStore-Agent": "no spaces allowed"}) as client:
         with pytest.raises(MCPError, match=r"agent id 'no spaces allowed' must be 1 to 64 letters.*team_1"):
             await client.call_tool("state_whoami", {})

@@ -1,7 +1,11 @@
-"""The HTTP face: DNS-rebinding protection, the health page, listing without spawning, unknown tools."""
+"""The HTTP face: DNS-rebinding protection, the health page, listing without spawning, unknown tools.
+
+In process (`running_app`): the real app served by uvicorn on a loopback port, upstreams in memory.
+"""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +14,17 @@ import pytest
 from mcp import MCPError
 from mcp.types import INVALID_PARAMS
 
-from tests.support import PROJECT_ROOT, connect, fixture_server, running_proxy, structured, write_config
+from tests.inprocess import running_app
+from tests.support import (
+    PROJECT_ROOT,
+    connect,
+    descendants,
+    fixture_server,
+    is_alive,
+    structured,
+    wait_until,
+    write_config,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -21,6 +35,8 @@ INITIALIZE: dict[str, Any] = {
     "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}},
 }
 ACCEPT = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
+FIXTURE_TOOLS = 13
+"""How many tools tests/fixtures/stateful_server.py offers by default."""
 
 
 async def post_initialize(url: str, **headers: str) -> httpx2.Response:
@@ -30,7 +46,7 @@ async def post_initialize(url: str, **headers: str) -> httpx2.Response:
 
 async def test_a_foreign_host_header_is_refused_with_421_and_a_foreign_origin_with_403(tmp_path: Path) -> None:
     config = write_config(tmp_path, {"state": fixture_server("state")})
-    async with running_proxy(config) as proxy:
+    async with running_app(config) as proxy:
         assert (await post_initialize(proxy.url, Host="attacker.example")).status_code == 421
         assert (await post_initialize(proxy.url, Origin="http://attacker.example")).status_code == 403
         allowed = await post_initialize(proxy.url, Origin=f"http://localhost:{proxy.port}")
@@ -40,7 +56,7 @@ async def test_a_foreign_host_header_is_refused_with_421_and_a_foreign_origin_wi
 
 async def test_configured_allowed_hosts_are_accepted(tmp_path: Path) -> None:
     config = write_config(tmp_path, {"state": fixture_server("state")}, allowed_hosts=["proxy.internal:*"])
-    async with running_proxy(config) as proxy:
+    async with running_app(config) as proxy:
         assert (await post_initialize(proxy.url, Host=f"proxy.internal:{proxy.port}")).status_code == 200
         assert (await post_initialize(proxy.url, Host=f"other.internal:{proxy.port}")).status_code == 421
 
@@ -49,26 +65,27 @@ async def test_health_page_reports_each_upstream(tmp_path: Path) -> None:
     config = write_config(
         tmp_path, {"state": fixture_server("state"), "broken": fixture_server("broken", "--fail-start", "nope")}
     )
-    async with running_proxy(config) as proxy, httpx2.AsyncClient() as http:
+    async with running_app(config) as proxy, httpx2.AsyncClient() as http:
         health = (await http.get(f"http://127.0.0.1:{proxy.port}/healthz")).json()
-        assert health["upstreams"]["state"] == {"state": "ready", "tools": 13, "sessions": 0}
+        assert health["upstreams"]["state"] == {"state": "ready", "tools": FIXTURE_TOOLS, "sessions": 0}
         assert health["upstreams"]["broken"]["state"] == "failed"
 
 
 async def test_listing_tools_never_starts_a_client_session(tmp_path: Path) -> None:
     config = write_config(tmp_path, {"state": fixture_server("state")})
-    async with running_proxy(config) as proxy:
-        catalog_pids = proxy.upstream_pids()
-        assert len(catalog_pids) == 1
+    async with running_app(config) as proxy:
+        catalog = proxy.live_upstreams()
+        assert len(catalog) == 1
         async with connect(proxy.url) as first, connect(proxy.url) as second:
             for client in (first, second, first):
-                assert len((await client.list_tools()).tools) == 13
-            assert proxy.upstream_pids() == catalog_pids
+                assert len((await client.list_tools()).tools) == FIXTURE_TOOLS
+            assert proxy.live_upstreams() == catalog
+        assert proxy.upstreams.started == sorted(catalog)
 
 
 async def test_an_unknown_tool_is_invalid_params(tmp_path: Path) -> None:
     config = write_config(tmp_path, {"state": fixture_server("state")})
-    async with running_proxy(config) as proxy, connect(proxy.url) as client:
+    async with running_app(config) as proxy, connect(proxy.url) as client:
         with pytest.raises(MCPError) as unknown:
             await client.call_tool("state_nonexistent", {})
         assert unknown.value.code == INVALID_PARAMS
@@ -76,8 +93,10 @@ async def test_an_unknown_tool_is_invalid_params(tmp_path: Path) -> None:
 
 
 async def test_bundled_demo_config_gives_each_client_its_own_notes_and_one_shared_counter() -> None:
+    # The demo upstreams are not fixtures: they run as real processes, children of this one.
+    before = descendants(os.getpid())
     async with (
-        running_proxy(PROJECT_ROOT / "config" / "proxy.yaml") as proxy,
+        running_app(PROJECT_ROOT / "config" / "proxy.yaml") as proxy,
         connect(proxy.url) as alice,
         connect(proxy.url) as bob,
     ):
@@ -87,3 +106,6 @@ async def test_bundled_demo_config_gives_each_client_its_own_notes_and_one_share
         assert structured(await bob.call_tool("notes_list_notes", {})) == ["bob's note"]
         first = structured(await alice.call_tool("counter_increment", {}))
         assert structured(await bob.call_tool("counter_increment", {})) == first + 1
+        started = descendants(os.getpid()) - before
+        assert len(started) == 4  # the notes catalog, the shared counter, and each client's own notes
+    await wait_until(lambda: not any(is_alive(pid) for pid in started), what=f"the demo processes {started} to exit")

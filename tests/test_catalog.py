@@ -11,7 +11,8 @@ from mcp import types
 from mcpstore_proxy.catalog import Catalog, CatalogSource, PromptRoute, ResourceRoute, build_catalog, exposed_name
 from mcpstore_proxy.config import UpstreamConfig
 from mcpstore_proxy.errors import NameCollisionError, UnknownPromptError, UnknownResourceError, UnknownToolError
-from tests.support import connect, fixture_server, running_proxy, structured, wait_until, write_config
+from tests.inprocess import running_app
+from tests.support import connect, fixture_server, structured, wait_until, write_config
 
 
 def tool(name: str, **properties: object) -> types.Tool:
@@ -177,14 +178,14 @@ async def test_a_colliding_tool_from_an_upstream_that_comes_up_later_stays_hidde
             "late": fixture_server("late", "--fail-until", str(flag), "--extra-tool", "only_late", prefix=""),
         },
     )
-    async with running_proxy(config) as proxy, connect(proxy.url) as client:
-        early_pid = structured(await client.call_tool("whoami", {}))
+    async with running_app(config) as proxy, connect(proxy.url) as client:
+        early = structured(await client.call_tool("whoami", {}))
         flag.touch()
 
         async def late_tool_listed() -> bool:
             return "only_late" in {t.name for t in (await client.list_tools()).tools}
 
         await wait_until(late_tool_listed, timeout=30, what="the late upstream's own tool")
-        assert structured(await client.call_tool("whoami", {})) == early_pid
+        assert structured(await client.call_tool("whoami", {})) == early
         assert "is exposed by both upstream 'early'" in proxy.log
         assert "the later one stays hidden" in proxy.log

@@ -1,4 +1,8 @@
-"""Ending a session closes its upstream sessions: on DELETE, on idle expiry, on shutdown. No process is left."""
+"""Ending a session closes its upstream sessions: on DELETE, on idle expiry, on shutdown. No upstream is left.
+
+In process (`running_app`, upstreams in memory; named-session expiry follows a hand-moved clock), but for
+shutdown by SIGTERM, which must leave no real process behind.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ import httpx2
 import pytest
 from mcp import Client
 
+from tests.inprocess import running_app
 from tests.support import (
     connect,
     fixture_server,
@@ -22,63 +27,80 @@ from tests.support import (
 
 pytestmark = pytest.mark.anyio
 
+_IDLE_TIMEOUT_SECONDS = 60.0
+"""Named sessions expire on the proxy's clock, which the tests move by hand: no test waits this long."""
+
 
 async def test_delete_of_the_downstream_session_stops_its_upstream_process(tmp_path: Path) -> None:
     config = write_config(tmp_path, {"state": fixture_server("state")})
-    async with running_proxy(config) as proxy:
-        catalog_pids = proxy.upstream_pids()
+    async with running_app(config) as proxy:
+        catalog = proxy.live_upstreams()
         async with connect(proxy.url) as client:
-            pid = structured(await client.call_tool("state_whoami", {}))
-            assert is_alive(pid)
-            assert proxy.upstream_pids() == catalog_pids | {pid}
+            upstream = structured(await client.call_tool("state_whoami", {}))
+            assert proxy.upstreams.is_alive(upstream)
+            assert proxy.live_upstreams() == catalog | {upstream}
         # Leaving `connect` sends DELETE.
-        await wait_until(lambda: not is_alive(pid), what="the session's upstream process to exit")
-        assert proxy.upstream_pids() == catalog_pids
+        await wait_until(lambda: not proxy.upstreams.is_alive(upstream), what="the session's upstream to stop")
+        assert proxy.live_upstreams() == catalog
 
 
 async def test_explicit_key_session_outlives_delete_and_ends_on_idle_expiry(tmp_path: Path) -> None:
-    config = write_config(tmp_path, {"state": fixture_server("state")}, session_idle_timeout_seconds=1.5)
-    async with running_proxy(config) as proxy:
-        catalog_pids = proxy.upstream_pids()
+    config = write_config(
+        tmp_path, {"state": fixture_server("state")}, session_idle_timeout_seconds=_IDLE_TIMEOUT_SECONDS
+    )
+    async with running_app(config) as proxy:
+        catalog = proxy.live_upstreams()
         async with connect(proxy.url, headers={"X-MCPStore-Session": "long-task"}) as client:
-            pid = structured(await client.call_tool("state_whoami", {}))
-        assert is_alive(pid), "an explicit-key session must survive the client's DELETE"
-        await wait_until(lambda: not is_alive(pid), timeout=15, what="the idle explicit-key session to expire")
-        assert proxy.upstream_pids() == catalog_pids
+            upstream = structured(await client.call_tool("state_whoami", {}))
+        async with connect(proxy.url, headers={"X-MCPStore-Session": "long-task"}) as again:
+            # The first client's DELETE is answered by now: the key's upstream served on.
+            assert structured(await again.call_tool("state_whoami", {})) == upstream
+        assert proxy.upstreams.is_alive(upstream), "an explicit-key session must survive the client's DELETE"
+        await proxy.advance_clock(_IDLE_TIMEOUT_SECONDS + 1)
+        await wait_until(lambda: not proxy.upstreams.is_alive(upstream), what="the idle explicit-key session to expire")
+        assert proxy.live_upstreams() == catalog
 
 
 async def test_a_client_that_never_deletes_is_cleaned_up_by_idle_expiry(tmp_path: Path) -> None:
+    # The client's HTTP session is idled out by the SDK's session manager, on a real-time timer (not the proxy's
+    # clock): this test keeps a short real timeout, and checks that the manager's timer is what ended it.
     config = write_config(tmp_path, {"state": fixture_server("state")}, session_idle_timeout_seconds=1.5)
-    async with running_proxy(config) as proxy:
-        catalog_pids = proxy.upstream_pids()
+    async with running_app(config) as proxy:
+        catalog = proxy.live_upstreams()
         async with (
             httpx2.AsyncClient() as http,
             Client(
                 streamable_http_client(proxy.url, http_client=http, terminate_on_close=False), mode="legacy"
             ) as client,
         ):
-            pid = structured(await client.call_tool("state_whoami", {}))
-        assert is_alive(pid)
-        await wait_until(lambda: not is_alive(pid), timeout=15, what="the abandoned session to idle out")
-        assert proxy.upstream_pids() == catalog_pids
+            upstream = structured(await client.call_tool("state_whoami", {}))
+        assert proxy.upstreams.is_alive(upstream)
+        await wait_until(
+            lambda: not proxy.upstreams.is_alive(upstream), timeout=15, what="the abandoned session to idle out"
+        )
+        assert proxy.live_upstreams() == catalog
+        assert "idle timeout" in proxy.log
 
 
 async def test_ending_a_session_whose_upstream_is_still_starting_stops_it_at_once(tmp_path: Path) -> None:
     gate = tmp_path / "gate"
     gate.mkdir()
     config = write_config(tmp_path, {"state": fixture_server("state", "--start-gate", str(gate))})
-    async with running_proxy(config) as proxy:
+    async with running_app(config) as proxy:
         (gate / "slow").touch()
-        async with connect(proxy.url) as client:
-            with anyio.move_on_after(1):
-                await client.call_tool("state_echo", {"text": "never answered"})
+        async with connect(proxy.url) as client, anyio.create_task_group() as tg:
+            tg.start_soon(client.call_tool, "state_echo", {"text": "never answered"})
             await wait_until(lambda: any(gate.glob("hanging-*")), what="the session's upstream to start hanging")
-        # Leaving `connect` sends DELETE while the upstream is still starting.
-        pid = int(next(gate.glob("hanging-*")).name.removeprefix("hanging-"))
-        await wait_until(lambda: not is_alive(pid), timeout=8, what="the still-starting upstream to be stopped")
+            tg.cancel_scope.cancel()
+        # Leaving `connect` sent DELETE while the upstream was still starting.
+        upstream = int(next(gate.glob("hanging-*")).name.removeprefix("hanging-"))
+        await wait_until(
+            lambda: not proxy.upstreams.is_alive(upstream), timeout=8, what="the still-starting upstream to be stopped"
+        )
 
 
 async def test_shutdown_leaves_no_upstream_process(tmp_path: Path) -> None:
+    # Real processes and a real SIGTERM: what must not leak is an operating-system process.
     config = write_config(
         tmp_path, {"state": fixture_server("state"), "shared": fixture_server("shared", session="shared")}
     )
@@ -98,9 +120,10 @@ async def test_shutdown_leaves_no_upstream_process(tmp_path: Path) -> None:
 
 async def test_ephemeral_sessions_serve_one_call_and_leave_nothing_behind(tmp_path: Path) -> None:
     config = write_config(tmp_path, {"state": fixture_server("state")})
-    async with running_proxy(config) as proxy:
-        catalog_pids = proxy.upstream_pids()
+    async with running_app(config) as proxy:
+        catalog = proxy.live_upstreams()
         async with connect(proxy.url, mode="2026-07-28") as modern:
             await modern.call_tool("state_remember", {"value": "gone"})
             assert structured(await modern.call_tool("state_recall", {})) == []
-        await wait_until(lambda: proxy.upstream_pids() == catalog_pids, what="ephemeral sessions to close")
+        await wait_until(lambda: proxy.live_upstreams() == catalog, what="ephemeral sessions to close")
+        assert len(proxy.upstreams.started) == len(catalog) + 2  # one upstream session for each call

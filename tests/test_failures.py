@@ -1,22 +1,33 @@
-"""Failures never hang anything: crashes fail calls promptly, recover on the next call, and broken upstreams retry."""
+"""Failures never hang anything: crashes fail calls promptly, recover on the next call, and broken upstreams retry.
+
+In process (`running_app`, upstreams in memory, where `crash` ends an instance mid-call), but for one test that
+SIGKILLs a real upstream process from outside.
+"""
 
 from __future__ import annotations
 
 import os
 import signal
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
 from mcp import MCPError, types
+from mcp.types import INVALID_PARAMS
 
 from mcpstore_proxy.errors import UPSTREAM_FAILED
+from tests.inprocess import running_app
 from tests.support import connect, fixture_server, running_proxy, structured, wait_until, write_config
 
 pytestmark = pytest.mark.anyio
 
+_PROMPT_SECONDS = 2.0
+"""A bound for "within about a second" that a loaded machine still meets."""
+
 
 async def test_an_upstream_crash_fails_the_call_in_flight_promptly_naming_the_upstream(tmp_path: Path) -> None:
+    # A real process, killed from outside: its pipes close under the proxy, with no answer and no goodbye.
     config = write_config(tmp_path, {"state": fixture_server("state")})
     async with running_proxy(config) as proxy, connect(proxy.url) as client:
         pid = structured(await client.call_tool("state_whoami", {}))
@@ -33,12 +44,42 @@ async def test_an_upstream_crash_fails_the_call_in_flight_promptly_naming_the_up
             tg.start_soon(slow_call)
             await wait_until(marker.exists, what="the upstream to start the slow call")
             os.kill(pid, signal.SIGKILL)
-            # "Within about a second", with room for a loaded machine.
-            await wait_until(lambda: bool(failure), timeout=2, what="the call in flight to fail")
+            await wait_until(lambda: bool(failure), timeout=_PROMPT_SECONDS, what="the call in flight to fail")
 
         assert failure, "the call in flight should have failed"
         assert failure[0].code == UPSTREAM_FAILED
         assert "'state'" in failure[0].message
+
+
+async def test_an_upstream_crash_during_one_call_fails_another_call_in_flight_promptly_naming_the_upstream(
+    tmp_path: Path,
+) -> None:
+    config = write_config(tmp_path, {"state": fixture_server("state")})
+    async with running_app(config) as proxy, connect(proxy.url) as client:
+        upstream = structured(await client.call_tool("state_whoami", {}))
+        failures: dict[str, MCPError] = {}
+        marker = tmp_path / "sleeping"
+
+        async def call(tool: str, arguments: dict[str, Any]) -> None:
+            try:
+                await client.call_tool(tool, arguments)
+            except MCPError as error:
+                failures[tool] = error
+
+        with anyio.fail_after(15):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(call, "state_sleep", {"seconds": 60, "started_marker": str(marker)})
+                await wait_until(marker.exists, what="the upstream to start the slow call")
+                tg.start_soon(call, "state_crash", dict[str, Any]())
+                await wait_until(
+                    lambda: "state_sleep" in failures, timeout=_PROMPT_SECONDS, what="the call in flight to fail"
+                )
+
+        await wait_until(lambda: not proxy.upstreams.is_alive(upstream), what="the crashed instance to be gone")
+        assert set(failures) == {"state_sleep", "state_crash"}
+        for error in failures.values():
+            assert error.code == UPSTREAM_FAILED
+            assert "'state'" in error.message
 
 
 async def test_the_next_call_after_a_crash_gets_a_fresh_session_and_a_reset_warning(tmp_path: Path) -> None:
@@ -48,15 +89,18 @@ async def test_the_next_call_after_a_crash_gets_a_fresh_session_and_a_reset_warn
     async def on_log(params: types.LoggingMessageNotificationParams) -> None:
         warnings.append(params)
 
-    async with running_proxy(config) as proxy, connect(proxy.url, logging_callback=on_log) as client:
+    async with running_app(config) as proxy, connect(proxy.url, logging_callback=on_log) as client:
         await client.call_tool("state_remember", {"value": "lost soon"})
-        pid = structured(await client.call_tool("state_whoami", {}))
+        upstream = structured(await client.call_tool("state_whoami", {}))
         with pytest.raises(MCPError) as crashed:
             await client.call_tool("state_crash", {})
         assert crashed.value.code == UPSTREAM_FAILED
+        await wait_until(lambda: not proxy.upstreams.is_alive(upstream), what="the crashed instance to be gone")
 
         assert structured(await client.call_tool("state_recall", {})) == []
-        assert structured(await client.call_tool("state_whoami", {})) != pid
+        fresh = structured(await client.call_tool("state_whoami", {}))
+        assert fresh != upstream
+        assert proxy.upstreams.is_alive(fresh)
         assert [w.level for w in warnings] == ["warning"]
         assert "'state'" in str(warnings[0].data)
         assert "reset" in str(warnings[0].data)
@@ -70,14 +114,16 @@ async def test_an_upstream_that_fails_to_start_leaves_the_others_serving_and_log
         tmp_path,
         {"good": fixture_server("good"), "broken": fixture_server("broken", "--fail-start", "missing API key XYZ")},
     )
-    async with running_proxy(config) as proxy, connect(proxy.url) as client:
+    async with running_app(config) as proxy, connect(proxy.url) as client:
         names = {tool.name for tool in (await client.list_tools()).tools}
         assert "good_echo" in names
         assert not any(name.startswith("broken_") for name in names)
         assert "upstream 'broken' failed to start" in proxy.log
         assert "missing API key XYZ" in proxy.log
-        with pytest.raises(MCPError):
+        with pytest.raises(MCPError) as unlisted:
             await client.call_tool("broken_echo", {"text": "x"})
+        assert unlisted.value.code == INVALID_PARAMS
+        assert structured(await client.call_tool("good_echo", {"text": "served"})) == "served"
 
 
 async def test_a_failed_upstream_is_retried_and_its_tools_appear_with_a_list_changed_notice(tmp_path: Path) -> None:
@@ -91,8 +137,9 @@ async def test_a_failed_upstream_is_retried_and_its_tools_appear_with_a_list_cha
         if isinstance(message, types.ToolListChangedNotification):
             notices.append(message)
 
-    async with running_proxy(config) as proxy, connect(proxy.url, message_handler=on_message) as client:
+    async with running_app(config) as proxy, connect(proxy.url, message_handler=on_message) as client:
         assert not any(t.name.startswith("late_") for t in (await client.list_tools()).tools)
+        assert f"waiting for {ready_flag}" in proxy.log  # the first attempt failed, and said why
         ready_flag.touch()
 
         async def late_tools_listed() -> bool:
