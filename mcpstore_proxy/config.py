@@ -41,7 +41,7 @@ logger = logging.getLogger(__name__)
 DEFAULT_CONFIG_PATH = Path("config/proxy.yaml")
 CONFIG_PATH_ENV = "MCPSTORE_PROXY_CONFIG"
 
-_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 _VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _TRANSPORT_ALIASES: dict[str, str] = {
     "stdio": "stdio",
@@ -119,7 +119,7 @@ class UpstreamConfig(BaseModel):
     @field_validator("prefix")
     @classmethod
     def _check_prefix(cls, value: str | None) -> str | None:
-        if value not in (None, "") and not _NAME.match(value):
+        if value not in (None, "") and not _NAME.fullmatch(value):
             raise ValueError(f"prefix {value!r} may use only letters, digits, '_', '.' and '-' (at most 64)")
         return value
 
@@ -185,7 +185,7 @@ class ProxySettings(BaseSettings):
     @classmethod
     def _check_server_names(cls, servers: dict[str, UpstreamConfig]) -> dict[str, UpstreamConfig]:
         for name in servers:
-            if not _NAME.match(name):
+            if not _NAME.fullmatch(name):
                 raise ValueError(f"server name {name!r} may use only letters, digits, '_', '.' and '-' (at most 64)")
         return servers
 
@@ -228,7 +228,7 @@ def _deep_merge(base: Any, override: Any) -> Any:
 
 def is_valid_name(name: str) -> bool:
     """Whether `name` can be a server key (and so a tool prefix): 1 to 64 of `[A-Za-z0-9_.-]`."""
-    return bool(_NAME.match(name))
+    return bool(_NAME.fullmatch(name))
 
 
 def interpolate(value: Any, variables: Mapping[str, str]) -> Any:

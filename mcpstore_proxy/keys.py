@@ -31,7 +31,7 @@ MAX_KEY_LENGTH: Final = 256
 STORE_SCOPE: Final = ""
 """The agent id of the store's own scope (`for_store()`), as opposed to `for_agent(id)`."""
 
-_AGENT_ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+_AGENT_ID = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
 KeyKind = Literal["explicit", "connection", "ephemeral"]
 
@@ -78,7 +78,7 @@ def checked_agent(agent: str) -> str:
     Raises:
         InvalidSessionKeyError: it is not 1 to 64 letters, digits, '_', '.' or '-'.
     """
-    if agent != STORE_SCOPE and not _AGENT_ID.match(agent):
+    if agent != STORE_SCOPE and not _AGENT_ID.fullmatch(agent):
         raise InvalidSessionKeyError(
             f"agent id {agent!r:.80} must be 1 to 64 letters, digits, '_', '.' or '-' (for example 'team_1')"
         )

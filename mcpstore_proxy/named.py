@@ -95,7 +95,8 @@ class NamedSessions:
             yield
         finally:
             record.calls_in_flight -= 1
-            self.records.touch(key)
+            if key in self.records:  # closed during the call: it stays closed
+                self.records.touch(key)
 
     def of_agent(self, agent: str) -> list[SessionRecord]:
         return [record for record in self.records if record.key.agent == agent]

@@ -79,6 +79,14 @@ class InProcessProxy:
         """Run `function` on the proxy's own event loop (where its engine lives)."""
         return await anyio.to_thread.run_sync(self.portal.call, function)
 
+    async def kill_upstream(self, identity: int) -> None:
+        """End an in-memory upstream instance from outside, as SIGKILL would end its process."""
+
+        async def kill() -> None:
+            self.upstreams.kill(identity)
+
+        await self.on_proxy_loop(kill)
+
     async def advance_clock(self, seconds: float) -> None:
         """Move the proxy's wall clock on by `seconds` (session expiry follows it)."""
 
@@ -165,6 +173,8 @@ class SdkHarness:
     upstreams: MemoryUpstreams
     advance_clock: Callable[[float], Awaitable[None]]
     """Move the engine's wall clock on by so many seconds (named-session expiry follows it)."""
+    kill: Callable[[int], Awaitable[None]]
+    """End an in-memory upstream instance from outside, as SIGKILL would end its process."""
 
     def is_alive(self, identity: int) -> bool:
         """Whether the in-memory upstream instance that answered whoami with `identity` still runs."""
@@ -181,7 +191,7 @@ async def sdk_store(config: Path, mode: str) -> AsyncGenerator[SdkHarness]:
         async with running_app(config) as proxy:
             store = MCPStore.setup_store(url=proxy.url)
             try:
-                yield SdkHarness(store, proxy.upstreams, proxy.advance_clock)
+                yield SdkHarness(store, proxy.upstreams, proxy.advance_clock, proxy.kill_upstream)
             finally:
                 await anyio.to_thread.run_sync(store.close)
         return
@@ -201,8 +211,14 @@ async def sdk_store(config: Path, mode: str) -> AsyncGenerator[SdkHarness]:
 
         await bridge.call_async(advance)
 
+    async def kill(identity: int) -> None:
+        async def on_loop() -> None:
+            upstreams.kill(identity)
+
+        await bridge.call_async(on_loop)
+
     try:
-        yield SdkHarness(store, upstreams, advance_clock)
+        yield SdkHarness(store, upstreams, advance_clock, kill)
     finally:
         await anyio.to_thread.run_sync(store.close)
         assert not upstreams.live, f"upstream instances {sorted(upstreams.live)} outlived the store"

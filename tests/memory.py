@@ -5,8 +5,9 @@ tests/fixtures/stateful_server.py (what `support.fixture_server` writes) is
 served in memory instead: each connection gets a fresh server instance, as
 each session would get a fresh process, with the same flags (--fail-start,
 --fail-until, --start-gate, ...). whoami answers the instance's identity (a
-number no pid reaches) and crash ends the instance mid-call. Any other entry
-goes through the real transports.
+number no pid reaches) and crash ends the instance mid-call. Other fixture
+scripts can be served in memory too (`scripts`: script path → server builder).
+Any other entry goes through the real transports.
 """
 
 from __future__ import annotations
@@ -14,10 +15,10 @@ from __future__ import annotations
 import argparse
 import itertools
 import sys
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 import anyio
 from mcp.server import Server
@@ -51,11 +52,13 @@ class _MemoryHost:
 class MemoryUpstreams:
     """Runs fixture upstreams in memory; keeps count of the instances that are live."""
 
-    def __init__(self) -> None:
+    def __init__(self, scripts: Mapping[Path, Callable[[], Server[Any]]] | None = None) -> None:
+        self._scripts = dict(scripts or {})
         self.live: set[int] = set()
         """Identities of the instances running now."""
         self.started: list[int] = []
         """Identities of every instance started, in order."""
+        self._scopes: dict[int, anyio.CancelScope] = {}
         self._identities = itertools.count(FIRST_IDENTITY)
 
     def __repr__(self) -> str:
@@ -64,12 +67,37 @@ class MemoryUpstreams:
     def is_alive(self, identity: int) -> bool:
         return identity in self.live
 
+    def kill(self, identity: int) -> None:
+        """End the instance at once, from outside, as SIGKILL ends a process (call it on the loop it runs on)."""
+        self._scopes[identity].cancel()
+
     def __call__(
         self, upstream: str, config: UpstreamConfig, events: TransportEvents
     ) -> AbstractAsyncContextManager[TransportStreams]:
-        if config.command == sys.executable and config.args and Path(config.args[0]) == STATEFUL_SERVER:
+        script = Path(config.args[0]) if config.command == sys.executable and config.args else None
+        if script == STATEFUL_SERVER:
             return self._serve(parse(config.args[1:]), events)
+        if script is not None and script in self._scripts:
+            return self._serve_script(self._scripts[script]())
         return open_transport(upstream, config, events)
+
+    @asynccontextmanager
+    async def _serve_script(self, server: Server[Any]) -> AsyncGenerator[TransportStreams]:
+        identity = next(self._identities)
+        self.started.append(identity)
+        self.live.add(identity)
+        try:
+            async with (
+                create_client_server_memory_streams() as (client, (server_read, server_write)),
+                anyio.create_task_group() as tg,
+            ):
+                tg.start_soon(server.run, server_read, server_write, server.create_initialization_options())
+                try:
+                    yield client
+                finally:
+                    tg.cancel_scope.cancel()
+        finally:
+            self.live.discard(identity)
 
     @asynccontextmanager
     async def _serve(self, arguments: argparse.Namespace, events: TransportEvents) -> AsyncGenerator[TransportStreams]:
@@ -105,6 +133,7 @@ class MemoryUpstreams:
         server_read, server_write = streams
         try:
             with anyio.CancelScope() as scope:
+                self._scopes[identity] = scope
                 gate: Path | None = arguments.start_gate
                 if gate is not None and (gate / "slow").exists():
                     (gate / f"hanging-{identity}").touch()
@@ -123,4 +152,5 @@ class MemoryUpstreams:
             await server_write.aclose()
             await server_read.aclose()
             self.live.discard(identity)
+            self._scopes.pop(identity, None)
             done.set()

@@ -1,27 +1,36 @@
-"""The command line: one clear line for a bad config, a status table from `check`, and `stdio` for Claude Desktop."""
+"""The command line: one clear line for a bad config, a status table from `check`, and `stdio` for Claude Desktop.
+
+Most cases call `cli.main` in this process, with the upstreams in memory; a few run the installed command
+as a real process, so that the console entry point, `python -m mcpstore_proxy` and logging to stderr stay
+covered end to end. The stdio tests are real processes: the pipe is the feature.
+"""
 
 from __future__ import annotations
 
+import functools
 import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from mcp import Client, StdioServerParameters
 from mcp.types.version import MODERN_PROTOCOL_VERSIONS
 
+from mcpstore_proxy import cli
+from mcpstore_proxy.engine import ProxyEngine
+from tests.memory import MemoryUpstreams
 from tests.support import PROJECT_ROOT, fixture_server, is_alive, structured, wait_until, write_config
+
+COMMAND = Path(sys.executable).parent / "mcpstore-proxy"
+"""The console script that installing the package puts beside the interpreter."""
 
 
 def run_cli(*arguments: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """`mcpstore-proxy ARGUMENTS` as a process of its own (the console script)."""
     return subprocess.run(
-        [sys.executable, "-m", "mcpstore_proxy", *arguments],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        cwd=PROJECT_ROOT,
-        check=False,
+        [str(COMMAND), *arguments], capture_output=True, text=True, timeout=timeout, cwd=PROJECT_ROOT, check=False
     )
 
 
@@ -29,6 +38,46 @@ def write_raw(tmp_path: Path, text: str, name: str = "proxy.yaml") -> Path:
     path = tmp_path / name
     path.write_text(text)
     return path
+
+
+def leave_logging_alone(level: str) -> None:
+    """In place of `configure_logging`, which would take the root logger over from pytest."""
+
+
+@pytest.fixture
+def upstreams(monkeypatch: pytest.MonkeyPatch) -> MemoryUpstreams:
+    """`cli.main` in this process: `check` starts the fixture upstreams in memory, and the command does not
+    take over the process's logging (a real run logs to stderr; see the process tests below)."""
+    memory = MemoryUpstreams()
+    monkeypatch.setattr(cli, "ProxyEngine", functools.partial(ProxyEngine, transports=memory))
+    monkeypatch.setattr(cli, "configure_logging", leave_logging_alone)
+    return memory
+
+
+@pytest.fixture
+def nothing_starts(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`cli.main` in this process for a config that must be refused: should it be accepted, the command fails
+    at once instead of serving (or reading the test's stdin)."""
+
+    async def accepted(*arguments: Any) -> int:
+        raise AssertionError("the config was accepted")
+
+    def engine(*arguments: Any, **options: Any) -> Any:
+        raise AssertionError("the config was accepted")
+
+    monkeypatch.setattr(cli, "serve_http", accepted)
+    monkeypatch.setattr(cli, "serve_stdio", accepted)
+    monkeypatch.setattr(cli, "ProxyEngine", engine)
+    monkeypatch.setattr(cli, "configure_logging", leave_logging_alone)
+
+
+def assert_one_config_error_line(stderr: str, stdout: str, config: Path, expected: str) -> None:
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1, stderr
+    assert lines[0].startswith(f"mcpstore-proxy: config error: {config}: ")
+    assert expected in lines[0]
+    assert "Traceback" not in stderr
+    assert stdout == ""
 
 
 @pytest.mark.parametrize(
@@ -48,54 +97,69 @@ def write_raw(tmp_path: Path, text: str, name: str = "proxy.yaml") -> Path:
         ("mcpServers:\n  'bad name!':\n    command: x\n", "server name 'bad name!' may use only letters"),
     ],
 )
+@pytest.mark.usefixtures("nothing_starts")
 def test_a_bad_config_prints_one_line_naming_the_field_and_exits_2(
-    tmp_path: Path, config_text: str, expected: str
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], config_text: str, expected: str
 ) -> None:
     config = write_raw(tmp_path, config_text)
     for command in ("serve", "check", "stdio"):
-        completed = run_cli(command, "--config", str(config))
-        assert completed.returncode == 2, completed.stderr
-        lines = completed.stderr.strip().splitlines()
-        assert len(lines) == 1, completed.stderr
-        assert lines[0].startswith(f"mcpstore-proxy: config error: {config}: ")
-        assert expected in lines[0]
-        assert "Traceback" not in completed.stderr
-        assert completed.stdout == ""
+        assert cli.main([command, "--config", str(config)]) == cli.EXIT_BAD_CONFIG
+        captured = capsys.readouterr()
+        assert_one_config_error_line(captured.err, captured.out, config, expected)
 
 
-def test_a_missing_config_file_names_the_path_and_how_to_give_one(tmp_path: Path) -> None:
-    completed = run_cli("check", "--config", str(tmp_path / "nope.yaml"))
-    assert completed.returncode == 2
-    assert f"config file '{tmp_path / 'nope.yaml'}' not found (pass --config PATH" in completed.stderr
+def test_the_installed_command_prints_one_line_for_a_bad_config_and_exits_2(tmp_path: Path) -> None:
+    config = write_raw(tmp_path, "mcpServers:\n  web:\n    comand: npx\n")
+    completed = run_cli("serve", "--config", str(config))
+    assert completed.returncode == 2, completed.stderr
+    assert_one_config_error_line(
+        completed.stderr, completed.stdout, config, "mcpServers.web: has unknown option(s) 'comand'"
+    )
 
 
-def test_a_tool_name_collision_at_start_up_is_an_error_naming_both_sources(tmp_path: Path) -> None:
+@pytest.mark.usefixtures("nothing_starts")
+def test_a_missing_config_file_names_the_path_and_how_to_give_one(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli.main(["check", "--config", str(tmp_path / "nope.yaml")]) == cli.EXIT_BAD_CONFIG
+    assert f"config file '{tmp_path / 'nope.yaml'}' not found (pass --config PATH" in capsys.readouterr().err
+
+
+def test_a_tool_name_collision_at_start_up_is_an_error_naming_both_sources(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], upstreams: MemoryUpstreams
+) -> None:
     config = write_config(
         tmp_path,
         {"first": fixture_server("first", prefix=""), "second": fixture_server("second", prefix="")},
     )
-    completed = run_cli("check", "--config", str(config))
-    assert completed.returncode == 2
-    last = completed.stderr.strip().splitlines()[-1]
+    assert cli.main(["check", "--config", str(config)]) == cli.EXIT_BAD_CONFIG
+    stderr = capsys.readouterr().err
+    last = stderr.strip().splitlines()[-1]
     assert re.search(r"tool name '(\w+)' is exposed by both upstream 'first' \(tool '\1'\) and upstream 'second'", last)
     assert "(and 12 more colliding names)" in last
     assert "'prefix'" in last
-    assert "Traceback" not in completed.stderr
+    assert "Traceback" not in stderr
+    assert len(upstreams.started) >= 2  # both upstreams came up and listed their tools
+    assert not upstreams.live
 
 
-def test_check_prints_each_upstream_with_state_and_tool_count(tmp_path: Path) -> None:
+def test_check_prints_each_upstream_with_state_and_tool_count(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], upstreams: MemoryUpstreams
+) -> None:
     config = write_config(
         tmp_path, {"state": fixture_server("state"), "shared": fixture_server("shared", session="shared")}
     )
-    completed = run_cli("check", "--config", str(config))
-    assert completed.returncode == 0, completed.stderr
-    rows = [line.split() for line in completed.stdout.splitlines()]
+    assert cli.main(["check", "--config", str(config)]) == 0
+    rows = [line.split() for line in capsys.readouterr().out.splitlines()]
     assert rows[0] == ["UPSTREAM", "TRANSPORT", "SESSION", "STATE", "TOOLS", "DETAIL"]
     assert rows[1] == ["state", "stdio", "isolated", "ready", "13"]
     assert rows[2] == ["shared", "stdio", "shared", "ready", "13"]
+    assert not upstreams.live
 
 
-def test_check_exits_nonzero_and_shows_why_an_upstream_failed(tmp_path: Path) -> None:
+def test_check_exits_nonzero_and_shows_why_an_upstream_failed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], upstreams: MemoryUpstreams
+) -> None:
     config = write_config(
         tmp_path,
         {
@@ -104,21 +168,22 @@ def test_check_exits_nonzero_and_shows_why_an_upstream_failed(tmp_path: Path) ->
             "absent": {"command": "/nonexistent/mcp-server"},
         },
     )
-    completed = run_cli("check", "--config", str(config))
-    assert completed.returncode == 1
-    rows = {line.split()[0]: line for line in completed.stdout.splitlines()[1:]}
+    assert cli.main(["check", "--config", str(config)]) == cli.EXIT_FAILED
+    rows = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()[1:]}
     assert rows["state"].split()[3] == "ready"
     assert rows["broken"].split()[3] == "failed"
     assert "no token configured" in rows["broken"]
     assert rows["absent"].split()[3] == "failed"
     assert "command '/nonexistent/mcp-server' not found (check mcpServers.absent.command)" in rows["absent"]
+    assert not upstreams.live
 
 
 def test_the_bundled_config_checks_clean_offline() -> None:
     completed = run_cli("check", "--config", str(PROJECT_ROOT / "config" / "proxy.yaml"))
     assert completed.returncode == 0, completed.stderr
-    assert "notes" in completed.stdout
-    assert "counter" in completed.stdout
+    rows = {line.split()[0]: line.split() for line in completed.stdout.splitlines()[1:]}
+    assert rows["notes"][3] == "ready"
+    assert rows["counter"][3] == "ready"
 
 
 def stdio_parameters(config: Path) -> StdioServerParameters:

@@ -1,15 +1,23 @@
 """`@modelcontextprotocol/server-everything` from npm as an upstream: its tools, resources, prompts and
-completions are usable through the proxy."""
+completions are usable through the proxy.
+
+The proxy runs in this process (`running_app`); server-everything stays what it is, a Node process over stdio,
+started through the proxy's real stdio transport.
+"""
 
 from __future__ import annotations
 
+import os
+from collections.abc import AsyncGenerator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 from mcp import types
 
-from tests.support import PROJECT_ROOT, connect, node_environment, running_proxy, text_of, write_config
+from tests.inprocess import InProcessProxy, running_app
+from tests.support import NODE_BIN, PROJECT_ROOT, connect, descendants, is_alive, text_of, wait_until, write_config
 
 pytestmark = pytest.mark.anyio
 
@@ -17,14 +25,28 @@ EVERYTHING = PROJECT_ROOT / "node_modules" / "@modelcontextprotocol" / "server-e
 
 
 def everything() -> dict[str, Any]:
-    if not EVERYTHING.exists():
-        pytest.fail("server-everything is missing: run scripts/test.sh, which installs the npm peers")
-    return {"command": "node", "args": [str(EVERYTHING), "stdio"]}
+    node = NODE_BIN / "node"
+    if not EVERYTHING.exists() or not node.exists():
+        pytest.fail("server-everything or Node 22 is missing: run scripts/test.sh, which installs the npm peers")
+    # Node 22 by its path: the proxy runs in this process, whose PATH may find the system's Node first.
+    return {"command": str(node), "args": [str(EVERYTHING), "stdio"]}
+
+
+@asynccontextmanager
+async def proxy_with_everything(directory: Path) -> AsyncGenerator[InProcessProxy]:
+    """The proxy in this process with server-everything as its upstream; leaving checks that the upstream's
+    processes (started by the proxy, so children of this process) ended with it."""
+    before = descendants(os.getpid())
+    config = write_config(directory, {"everything": everything()})
+    async with running_app(config) as proxy:
+        yield proxy
+        started = descendants(os.getpid()) - before
+        assert started, "server-everything runs as a process of its own"
+    await wait_until(lambda: not any(is_alive(pid) for pid in started), what=f"server-everything's processes {started}")
 
 
 async def test_server_everything_tools_work_through_the_proxy(tmp_path: Path) -> None:
-    config = write_config(tmp_path, {"everything": everything()})
-    async with running_proxy(config, env=node_environment()) as proxy, connect(proxy.url) as client:
+    async with proxy_with_everything(tmp_path) as proxy, connect(proxy.url) as client:
         names = {tool.name for tool in (await client.list_tools()).tools}
         assert {"everything_echo", "everything_get-sum", "everything_get-tiny-image"} <= names
         assert text_of(await client.call_tool("everything_echo", {"message": "hi"})) == "Echo: hi"
@@ -36,8 +58,7 @@ async def test_server_everything_tools_work_through_the_proxy(tmp_path: Path) ->
 
 
 async def test_server_everything_resources_and_templates_work_through_the_proxy(tmp_path: Path) -> None:
-    config = write_config(tmp_path, {"everything": everything()})
-    async with running_proxy(config, env=node_environment()) as proxy, connect(proxy.url) as client:
+    async with proxy_with_everything(tmp_path) as proxy, connect(proxy.url) as client:
         resources = (await client.list_resources()).resources
         assert resources
         first = await client.read_resource(resources[0].uri)
@@ -49,8 +70,7 @@ async def test_server_everything_resources_and_templates_work_through_the_proxy(
 
 
 async def test_server_everything_prompts_and_completion_work_through_the_proxy(tmp_path: Path) -> None:
-    config = write_config(tmp_path, {"everything": everything()})
-    async with running_proxy(config, env=node_environment()) as proxy, connect(proxy.url) as client:
+    async with proxy_with_everything(tmp_path) as proxy, connect(proxy.url) as client:
         names = {prompt.name for prompt in (await client.list_prompts()).prompts}
         assert {"everything_simple-prompt", "everything_args-prompt"} <= names
         simple = await client.get_prompt("everything_simple-prompt", {})

@@ -1,5 +1,9 @@
 """What upstreams start reaches the right client: sampling, elicitation, roots, logs, progress, cancellation,
-list changes; and results arrive exactly as the upstream sent them."""
+list changes; and results arrive exactly as the upstream sent them.
+
+The proxy runs in this process (`running_app`) with its upstreams in memory: the stateful fixture through
+`MemoryUpstreams`, and the conformance fixture in memory too (`MemoryUpstreams(scripts=...)`).
+"""
 
 from __future__ import annotations
 
@@ -9,15 +13,17 @@ from typing import Any
 
 import anyio
 import pytest
-from mcp import Client, MCPError, StdioServerParameters, types
+from mcp import Client, MCPError, types
 from mcp.client.session import ClientRequestContext
 
+from tests.fixtures.conformance_server import ConformanceFixtures
+from tests.fixtures.stateful_server import ProcessHost, build, parse
+from tests.inprocess import running_app
+from tests.memory import MemoryUpstreams
 from tests.support import (
     CONFORMANCE_SERVER,
-    STATEFUL_SERVER,
     connect,
     fixture_server,
-    running_proxy,
     set_log_level,
     structured,
     text_of,
@@ -26,6 +32,11 @@ from tests.support import (
 )
 
 pytestmark = pytest.mark.anyio
+
+
+def conformance_in_memory() -> MemoryUpstreams:
+    """Upstreams in memory, tests/fixtures/conformance_server.py among them."""
+    return MemoryUpstreams(scripts={CONFORMANCE_SERVER: lambda: ConformanceFixtures().build_server()})
 
 
 def conformance_upstream(**options: Any) -> dict[str, Any]:
@@ -46,7 +57,7 @@ def answering(text: str) -> Any:
 async def test_each_clients_sampling_request_is_answered_by_that_client(tmp_path: Path) -> None:
     config = write_config(tmp_path, {"state": fixture_server("state")})
     async with (
-        running_proxy(config) as proxy,
+        running_app(config) as proxy,
         connect(proxy.url, sampling_callback=answering("from alice")) as alice,
         connect(proxy.url, sampling_callback=answering("from bob")) as bob,
     ):
@@ -62,7 +73,10 @@ async def test_elicitation_is_answered_through_the_proxy(tmp_path: Path) -> None
         return types.ElicitResult(action="accept", content={"username": "ada", "email": "ada@example.com"})
 
     config = write_config(tmp_path, {"conformance": conformance_upstream()})
-    async with running_proxy(config) as proxy, connect(proxy.url, elicitation_callback=elicit) as client:
+    async with (
+        running_app(config, upstreams=conformance_in_memory()) as proxy,
+        connect(proxy.url, elicitation_callback=elicit) as client,
+    ):
         result = await client.call_tool("test_elicitation", {"message": "Who are you?"})
         assert asked == ["Who are you?"]
         assert "ada@example.com" in text_of(result)
@@ -77,7 +91,7 @@ async def test_roots_are_asked_of_the_client_that_owns_the_session(tmp_path: Pat
 
     config = write_config(tmp_path, {"state": fixture_server("state")})
     async with (
-        running_proxy(config) as proxy,
+        running_app(config) as proxy,
         connect(proxy.url, list_roots_callback=roots_of("file:///alice")) as alice,
         connect(proxy.url, list_roots_callback=roots_of("file:///bob")) as bob,
     ):
@@ -88,7 +102,7 @@ async def test_roots_are_asked_of_the_client_that_owns_the_session(tmp_path: Pat
 async def test_a_session_declares_upstream_only_the_capabilities_its_client_declared(tmp_path: Path) -> None:
     config = write_config(tmp_path, {"conformance": conformance_upstream()})
     async with (
-        running_proxy(config) as proxy,
+        running_app(config, upstreams=conformance_in_memory()) as proxy,
         connect(proxy.url) as plain,
         connect(proxy.url, sampling_callback=answering("sampled")) as sampler,
     ):
@@ -113,7 +127,7 @@ async def test_progress_and_logs_reach_the_caller_before_the_result_and_never_th
         return on_log
 
     async with (
-        running_proxy(config) as proxy,
+        running_app(config) as proxy,
         connect(proxy.url, logging_callback=logger_for("alice")) as alice,
         connect(proxy.url, logging_callback=logger_for("bob")) as bob,
     ):
@@ -150,7 +164,7 @@ async def test_set_level_reaches_only_that_clients_upstream_session(tmp_path: Pa
         chatty_logs.append(str(params.data))
 
     async with (
-        running_proxy(config) as proxy,
+        running_app(config, upstreams=conformance_in_memory()) as proxy,
         connect(proxy.url, logging_callback=quiet_log) as quiet,
         connect(proxy.url, logging_callback=chatty_log) as chatty,
     ):
@@ -168,7 +182,7 @@ async def test_set_level_reaches_only_that_clients_upstream_session(tmp_path: Pa
 async def test_a_clients_cancel_reaches_the_upstream_call(tmp_path: Path) -> None:
     config = write_config(tmp_path, {"state": fixture_server("state")})
     started, cancelled = tmp_path / "started", tmp_path / "cancelled"
-    async with running_proxy(config) as proxy, connect(proxy.url) as client:
+    async with running_app(config) as proxy, connect(proxy.url) as client:
         async with anyio.create_task_group() as tg:
             arguments = {"seconds": 60, "started_marker": str(started), "cancelled_marker": str(cancelled)}
             tg.start_soon(client.call_tool, "state_sleep", arguments)
@@ -182,7 +196,7 @@ async def test_a_client_that_disconnects_mid_call_cancels_the_upstream_call(tmp_
     config = write_config(tmp_path, {"state": fixture_server("state")})
     started, cancelled = tmp_path / "started", tmp_path / "cancelled"
     headers = {"X-MCPStore-Session": "survives-the-disconnect"}
-    async with running_proxy(config) as proxy:
+    async with running_app(config) as proxy:
         async with anyio.create_task_group() as tg:
 
             async def call_then_vanish() -> None:
@@ -210,10 +224,10 @@ async def test_an_upstream_that_cancels_its_sampling_request_cancels_it_at_the_c
             gave_up.set()
         raise AssertionError("unreachable")
 
-    async with running_proxy(config) as proxy, connect(proxy.url, sampling_callback=never_answers) as client:
+    async with running_app(config) as proxy, connect(proxy.url, sampling_callback=never_answers) as client:
         with anyio.fail_after(20):
             with pytest.raises(MCPError, match="timed out"):  # the upstream's own timeout error, passed through
-                await client.call_tool("state_ask", {"prompt": "slow?", "timeout_seconds": 1})
+                await client.call_tool("state_ask", {"prompt": "slow?", "timeout_seconds": 0.5})
             await gave_up.wait()
         assert asked.is_set()
 
@@ -230,7 +244,7 @@ async def test_a_session_tool_list_change_reaches_its_owner_only(tmp_path: Path)
         return on_message
 
     async with (
-        running_proxy(config) as proxy,
+        running_app(config) as proxy,
         connect(proxy.url, message_handler=counter("alice")) as alice,
         connect(proxy.url, message_handler=counter("bob")) as bob,
     ):
@@ -257,7 +271,7 @@ async def test_a_shared_upstreams_tool_list_change_reaches_everyone(tmp_path: Pa
         return on_message
 
     async with (
-        running_proxy(config) as proxy,
+        running_app(config) as proxy,
         connect(proxy.url, message_handler=counter("alice")) as alice,
         connect(proxy.url, message_handler=counter("bob")) as bob,
     ):
@@ -270,10 +284,9 @@ async def test_a_shared_upstreams_tool_list_change_reaches_everyone(tmp_path: Pa
 @pytest.mark.parametrize("fail", [False, True])
 async def test_results_arrive_exactly_as_the_upstream_sent_them(tmp_path: Path, fail: bool) -> None:
     config = write_config(tmp_path, {"state": fixture_server("state")})
-    upstream = StdioServerParameters(command=sys.executable, args=[str(STATEFUL_SERVER)])
-    async with Client(upstream, mode="legacy") as direct:
+    async with Client(build(parse(["--name", "state"]), ProcessHost()), mode="legacy") as direct:
         expected = (await direct.call_tool("rich", {"fail": fail})).model_dump(by_alias=True, exclude_none=True)
-    async with running_proxy(config) as proxy, connect(proxy.url) as client:
+    async with running_app(config) as proxy, connect(proxy.url) as client:
         proxied = (await client.call_tool("state_rich", {"fail": fail})).model_dump(by_alias=True, exclude_none=True)
     assert proxied == expected
     assert proxied["_meta"] == {"example.com/trace": "abc", "example.com/cost": 3}
@@ -307,7 +320,7 @@ async def test_a_session_prompt_or_resource_list_change_reaches_its_owner_only(
 
     expected = "state_extra" if kind == "prompt" else "grown://extra"
     async with (
-        running_proxy(config) as proxy,
+        running_app(config) as proxy,
         connect(proxy.url, message_handler=counter("alice")) as alice,
         connect(proxy.url, message_handler=counter("bob")) as bob,
     ):
@@ -322,7 +335,7 @@ async def test_a_session_prompt_or_resource_list_change_reaches_its_owner_only(
 async def test_a_shared_upstream_asks_the_client_whose_call_is_in_flight(tmp_path: Path) -> None:
     config = write_config(tmp_path, {"state": fixture_server("state", session="shared")})
     async with (
-        running_proxy(config) as proxy,
+        running_app(config) as proxy,
         connect(proxy.url, sampling_callback=answering("alice's model")) as alice,
         connect(proxy.url, sampling_callback=answering("bob's model")) as bob,
     ):

@@ -1,4 +1,7 @@
-"""The legacy HTTP+SSE transport (GET /sse plus POSTs to /messages/) for older clients, with the same sessions."""
+"""The legacy HTTP+SSE transport (GET /sse plus POSTs to /messages/) for older clients, with the same sessions.
+
+The proxy runs in this process (`running_app`) with the fixture upstream in memory.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +13,8 @@ import pytest
 from mcp import Client
 from mcp.client.sse import sse_client
 
-from tests.support import fixture_server, is_alive, running_proxy, structured, wait_until, write_config
+from tests.inprocess import running_app
+from tests.support import fixture_server, structured, wait_until, write_config
 
 pytestmark = pytest.mark.anyio
 
@@ -25,7 +29,7 @@ async def connect_sse(proxy_port: int, headers: Mapping[str, str] | None = None)
 
 async def test_each_sse_client_keeps_its_own_state_and_it_ends_with_the_stream(tmp_path: Path) -> None:
     config = write_config(tmp_path, {"state": fixture_server("state")})
-    async with running_proxy(config) as proxy:
+    async with running_app(config) as proxy:
         async with connect_sse(proxy.port) as alice, connect_sse(proxy.port) as bob:
             assert "state_remember" in {t.name for t in (await alice.list_tools()).tools}
             await alice.call_tool("state_remember", {"value": "alice"})
@@ -33,15 +37,26 @@ async def test_each_sse_client_keeps_its_own_state_and_it_ends_with_the_stream(t
             await alice.call_tool("state_remember", {"value": "alice again"})
             assert structured(await alice.call_tool("state_recall", {})) == ["alice", "alice again"]
             assert structured(await bob.call_tool("state_recall", {})) == ["bob"]
-            alice_pid = structured(await alice.call_tool("state_whoami", {}))
-        await wait_until(lambda: not is_alive(alice_pid), what="the SSE session's upstream to stop with the stream")
+            alice_upstream = structured(await alice.call_tool("state_whoami", {}))
+            bob_upstream = structured(await bob.call_tool("state_whoami", {}))
+            assert alice_upstream != bob_upstream
+            assert proxy.upstreams.is_alive(alice_upstream)
+        await wait_until(
+            lambda: not proxy.upstreams.is_alive(alice_upstream),
+            what="the SSE session's upstream to stop with the stream",
+        )
+        await wait_until(
+            lambda: not proxy.upstreams.is_alive(bob_upstream), what="bob's upstream to stop with his stream"
+        )
 
 
 async def test_an_explicit_session_header_works_over_sse_across_connections(tmp_path: Path) -> None:
     config = write_config(tmp_path, {"state": fixture_server("state")})
     headers = {"X-MCPStore-Session": "legacy-task"}
-    async with running_proxy(config) as proxy:
+    async with running_app(config) as proxy:
         async with connect_sse(proxy.port, headers) as first:
             await first.call_tool("state_remember", {"value": "kept"})
+            first_upstream = structured(await first.call_tool("state_whoami", {}))
         async with connect_sse(proxy.port, headers) as second:
             assert structured(await second.call_tool("state_recall", {})) == ["kept"]
+            assert structured(await second.call_tool("state_whoami", {})) == first_upstream

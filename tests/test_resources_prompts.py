@@ -1,20 +1,28 @@
-"""Resources, templates, subscriptions, prompts and completion through the proxy."""
+"""Resources, templates, subscriptions, prompts and completion through the proxy.
+
+The proxy runs in this process (`running_app`) with its upstreams in memory: the stateful fixture, and the
+conformance fixture and the tools-only echo server as scripts served in memory (`MemoryUpstreams(scripts=...)`).
+"""
 
 from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import pytest
 from mcp import MCPError, types
 from mcp.types import INVALID_PARAMS
 
+from bench import echo_server
+from tests.fixtures.conformance_server import ConformanceFixtures
+from tests.inprocess import running_app
+from tests.memory import MemoryUpstreams
 from tests.support import (
     CONFORMANCE_SERVER,
+    PROJECT_ROOT,
     connect,
     fixture_server,
-    running_proxy,
     subscribe,
     unsubscribe,
     wait_until,
@@ -22,6 +30,17 @@ from tests.support import (
 )
 
 pytestmark = pytest.mark.anyio
+
+
+ECHO_SERVER: Final = PROJECT_ROOT / "bench" / "echo_server.py"
+
+
+def fixtures_in_memory() -> MemoryUpstreams:
+    """Upstreams in memory, tests/fixtures/conformance_server.py and the tools-only bench/echo_server.py among
+    them."""
+    return MemoryUpstreams(
+        scripts={CONFORMANCE_SERVER: lambda: ConformanceFixtures().build_server(), ECHO_SERVER: echo_server.build}
+    )
 
 
 def conformance(**options: Any) -> dict[str, Any]:
@@ -34,7 +53,7 @@ def text_contents(result: types.ReadResourceResult) -> list[str]:
 
 async def test_resources_pass_through_with_their_uris_unchanged(tmp_path: Path) -> None:
     config = write_config(tmp_path, {"conf": conformance()})
-    async with running_proxy(config) as proxy, connect(proxy.url) as client:
+    async with running_app(config, upstreams=fixtures_in_memory()) as proxy, connect(proxy.url) as client:
         uris = {r.uri for r in (await client.list_resources()).resources}
         assert {"test://static-text", "test://static-binary", "test://watched-resource"} <= uris
         templates = [t.uri_template for t in (await client.list_resource_templates()).resource_templates]
@@ -56,7 +75,7 @@ async def test_a_uri_offered_by_two_upstreams_is_namespaced_and_each_form_reache
     tmp_path: Path,
 ) -> None:
     config = write_config(tmp_path, {"left": conformance(), "right": conformance()})
-    async with running_proxy(config) as proxy, connect(proxy.url) as client:
+    async with running_app(config, upstreams=fixtures_in_memory()) as proxy, connect(proxy.url) as client:
         uris = {r.uri for r in (await client.list_resources()).resources}
         assert "mcpstore:left:test://static-text" in uris
         assert "mcpstore:right:test://static-text" in uris
@@ -79,7 +98,7 @@ async def test_a_uri_offered_by_two_upstreams_is_namespaced_and_each_form_reache
 
 async def test_an_unknown_resource_is_invalid_params(tmp_path: Path) -> None:
     config = write_config(tmp_path, {"left": conformance(), "right": conformance()})
-    async with running_proxy(config) as proxy, connect(proxy.url) as client:
+    async with running_app(config, upstreams=fixtures_in_memory()) as proxy, connect(proxy.url) as client:
         with pytest.raises(MCPError) as unknown:
             await client.read_resource("nothing://here")
         assert unknown.value.code == INVALID_PARAMS
@@ -87,7 +106,7 @@ async def test_an_unknown_resource_is_invalid_params(tmp_path: Path) -> None:
 
 async def test_prompts_are_prefixed_and_get_reaches_the_upstream_prompt(tmp_path: Path) -> None:
     config = write_config(tmp_path, {"conf": conformance()})
-    async with running_proxy(config) as proxy, connect(proxy.url) as client:
+    async with running_app(config, upstreams=fixtures_in_memory()) as proxy, connect(proxy.url) as client:
         names = {p.name for p in (await client.list_prompts()).prompts}
         assert {"conf_test_simple_prompt", "conf_test_prompt_with_arguments", "conf_test_prompt_with_image"} <= names
 
@@ -106,17 +125,17 @@ async def test_prompts_are_prefixed_and_get_reaches_the_upstream_prompt(tmp_path
 
 async def test_completion_routes_by_exposed_prompt_name_and_template_uri(tmp_path: Path) -> None:
     config = write_config(tmp_path, {"conf": conformance()})
-    async with running_proxy(config) as proxy, connect(proxy.url) as client:
+    async with running_app(config, upstreams=fixtures_in_memory()) as proxy, connect(proxy.url) as client:
         by_prompt = await client.complete(
             types.PromptReference(type="ref/prompt", name="conf_test_prompt_with_arguments"),
-            {"name": "arg1", "value": ""},
+            {"name": "arg1", "value": "par"},
         )
-        assert isinstance(by_prompt.completion.values, list)
+        assert by_prompt.completion.values == ["paris", "park", "party"]
         by_template = await client.complete(
             types.ResourceTemplateReference(type="ref/resource", uri="test://template/{id}/data"),
-            {"name": "id", "value": ""},
+            {"name": "id", "value": "12"},
         )
-        assert isinstance(by_template.completion.values, list)
+        assert by_template.completion.values == ["123"]
 
 
 async def test_a_resource_update_reaches_the_subscriber_of_an_isolated_session(tmp_path: Path) -> None:
@@ -131,7 +150,7 @@ async def test_a_resource_update_reaches_the_subscriber_of_an_isolated_session(t
         return on_message
 
     async with (
-        running_proxy(config) as proxy,
+        running_app(config) as proxy,
         connect(proxy.url, message_handler=collector("alice")) as alice,
         connect(proxy.url, message_handler=collector("bob")) as bob,
     ):
@@ -156,7 +175,7 @@ async def test_a_shared_upstreams_resource_update_reaches_every_subscriber_until
         return on_message
 
     async with (
-        running_proxy(config) as proxy,
+        running_app(config) as proxy,
         connect(proxy.url, message_handler=collector("alice")) as alice,
         connect(proxy.url, message_handler=collector("bob")) as bob,
     ):
@@ -172,7 +191,7 @@ async def test_a_shared_upstreams_resource_update_reaches_every_subscriber_until
 
 async def test_capabilities_advertise_what_the_upstreams_offer(tmp_path: Path) -> None:
     rich = write_config(tmp_path, {"conf": conformance()}, name="rich.yaml")
-    async with running_proxy(rich) as proxy, connect(proxy.url) as client:
+    async with running_app(rich, upstreams=fixtures_in_memory()) as proxy, connect(proxy.url) as client:
         capabilities = client.server_capabilities
         assert capabilities.tools is not None
         assert capabilities.tools.list_changed
@@ -186,10 +205,10 @@ async def test_capabilities_advertise_what_the_upstreams_offer(tmp_path: Path) -
 
     echo_only = write_config(
         tmp_path,
-        {"echo": {"command": sys.executable, "args": [str(Path(__file__).parent.parent / "bench" / "echo_server.py")]}},
+        {"echo": {"command": sys.executable, "args": [str(ECHO_SERVER)]}},
         name="tools-only.yaml",
     )
-    async with running_proxy(echo_only) as proxy, connect(proxy.url) as client:
+    async with running_app(echo_only, upstreams=fixtures_in_memory()) as proxy, connect(proxy.url) as client:
         capabilities = client.server_capabilities
         assert capabilities.tools is not None
         assert capabilities.prompts is None

@@ -1,13 +1,13 @@
 """The SDK (MCPStore's session API), run in both modes: embedded in this process, and against a running proxy.
 
-The tests are async only so that they can start a proxy process; the SDK calls in them are the sync API,
-which (as in Jupyter) must work inside a running event loop.
+Both modes run in this process with the upstreams in memory (`tests.inprocess.sdk_store`): whoami answers an
+instance's identity, and named-session expiry follows a clock the test moves. The tests are async only so
+that they can host the proxy; the SDK calls in them are the sync API, which (as in Jupyter) must work inside a
+running event loop.
 """
 
 from __future__ import annotations
 
-import os
-import signal
 import threading
 from collections.abc import AsyncGenerator
 from pathlib import Path
@@ -25,16 +25,8 @@ from mcpstore_proxy import (
     UpstreamError,
     UpstreamStartError,
 )
-from tests.support import (
-    fixture_server,
-    free_port,
-    is_alive,
-    running_proxy,
-    sdk_store,
-    structured,
-    wait_until,
-    write_config,
-)
+from tests.inprocess import SdkHarness, running_app, sdk_store
+from tests.support import fixture_server, free_port, structured, wait_until, write_config
 
 pytestmark = pytest.mark.anyio
 
@@ -45,7 +37,7 @@ def mode(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-async def store(tmp_path: Path, mode: str) -> AsyncGenerator[MCPStore]:
+async def harness(tmp_path: Path, mode: str) -> AsyncGenerator[SdkHarness]:
     config = write_config(
         tmp_path,
         {"state": fixture_server("state"), "shared": fixture_server("shared", session="shared")},
@@ -55,12 +47,18 @@ async def store(tmp_path: Path, mode: str) -> AsyncGenerator[MCPStore]:
         yield opened
 
 
-def pid_of(session: Any) -> int:
+@pytest.fixture
+def store(harness: SdkHarness) -> MCPStore:
+    return harness.store
+
+
+def identity_of(session: Any) -> int:
+    """The identity of the upstream instance that serves `session` (whoami)."""
     return int(structured(session.use_tool("whoami")))
 
 
-async def test_a_created_session_keeps_state_until_close_session_stops_its_process(store: MCPStore) -> None:
-    session = store.for_store().create_session("notes")
+async def test_a_created_session_keeps_state_until_close_session_stops_its_process(harness: SdkHarness) -> None:
+    session = harness.store.for_store().create_session("notes")
     session.bind_service("state")
     session.use_tool("remember", {"value": "one"})
     session.use_tool("state_remember", {"value": "two"})  # the prefixed name works too
@@ -68,22 +66,24 @@ async def test_a_created_session_keeps_state_until_close_session_stops_its_proce
     assert session.is_active
     assert session.service_count == 1
     assert session.list_services() == ["state"]
-    pid = pid_of(session)
+    identity = identity_of(session)
+    assert harness.is_alive(identity)
     session.close_session()
     assert not session.is_active
-    await wait_until(lambda: not is_alive(pid), what="the closed session's upstream process to stop")
+    await wait_until(lambda: not harness.is_alive(identity), what="the closed session's upstream to stop")
 
 
-async def test_with_session_holds_state_for_the_block_and_closes_after_it(store: MCPStore) -> None:
-    context = store.for_store()
+async def test_with_session_holds_state_for_the_block_and_closes_after_it(harness: SdkHarness) -> None:
+    context = harness.store.for_store()
     with context.with_session("browser_task") as session:
         session.bind_service("state")
         session.use_tool("remember", {"value": "kept"})
         # Scope-level calls run in the block's session.
         assert structured(context.use_tool("recall")) == ["kept"]
-        pid = pid_of(session)
+        identity = identity_of(session)
+        assert harness.is_alive(identity)
     assert context.find_session("browser_task") is None
-    await wait_until(lambda: not is_alive(pid), what="the block's session to stop its upstream")
+    await wait_until(lambda: not harness.is_alive(identity), what="the block's session to stop its upstream")
     assert structured(context.use_tool("state_recall")) == []  # outside any session: a one-off session
 
 
@@ -115,7 +115,7 @@ async def test_session_auto_reuses_one_session_until_session_manual(store: MCPSt
     context.session_manual()
 
 
-async def test_agents_have_their_own_sessions_and_their_own_services(store: MCPStore, tmp_path: Path) -> None:
+async def test_agents_have_their_own_sessions_and_their_own_services(store: MCPStore) -> None:
     team_1, team_2 = store.for_agent("team_1"), store.for_agent("team_2")
     with team_1.with_session("task") as first, team_2.with_session("task") as second:
         first.use_tool("state_remember", {"value": "team 1"})
@@ -190,9 +190,10 @@ async def test_two_tasks_in_two_sessions_interleave_without_crossing(store: MCPS
             await steps[3].wait()
             seen[name] = structured(await context.use_tool_async("recall"))
 
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(work, "north")
-        tg.start_soon(work, "south")
+    with anyio.fail_after(60):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(work, "north")
+            tg.start_soon(work, "south")
     assert seen == {"north": ["north 0", "north 1", "north 2"], "south": ["south 0", "south 1", "south 2"]}
 
 
@@ -209,30 +210,33 @@ async def test_extend_session_moves_the_expiry_by_exactly_the_given_seconds(stor
 
 async def test_an_expired_session_closes_its_upstream_and_an_extended_one_lives_on(tmp_path: Path, mode: str) -> None:
     config = write_config(tmp_path, {"state": fixture_server("state")}, session_idle_timeout_seconds=2)
-    async with sdk_store(config, mode) as store:
-        context = store.for_store()
+    async with sdk_store(config, mode) as harness:
+        context = harness.store.for_store()
         short, extended = context.create_session("short"), context.create_session("extended")
         extended.extend_session(60)
-        short_pid, extended_pid = pid_of(short), pid_of(extended)
+        short_identity, extended_identity = identity_of(short), identity_of(extended)
+        assert harness.is_alive(short_identity)
 
-        await wait_until(lambda: not is_alive(short_pid), timeout=20, what="the idle session's upstream to stop")
+        await harness.advance_clock(3)  # past the idle timeout: no real time passes
+        await wait_until(lambda: not harness.is_alive(short_identity), what="the idle session's upstream to stop")
         assert context.find_session("short") is None
         with pytest.raises(SessionClosedError, match="'short'"):
-            pid_of(short)  # remote: the name is remembered, so the proxy itself refuses the closed session
+            identity_of(short)  # remote: the name is remembered, so the proxy itself refuses the closed session
         assert extended.is_active
-        assert is_alive(extended_pid)
-        assert pid_of(extended) == extended_pid
+        assert harness.is_alive(extended_identity)
+        assert identity_of(extended) == extended_identity
         extended.close_session()
 
 
-async def test_restart_session_gives_fresh_upstream_sessions(store: MCPStore) -> None:
-    session = store.for_store().create_session("restartable").bind_service("state")
+async def test_restart_session_gives_fresh_upstream_sessions(harness: SdkHarness) -> None:
+    session = harness.store.for_store().create_session("restartable").bind_service("state")
     session.use_tool("remember", {"value": "old"})
-    pid = pid_of(session)
+    identity = identity_of(session)
     session.restart_session()
     assert session.connection_status() == {"state": "connected"}
     assert structured(session.use_tool("recall")) == []
-    assert pid_of(session) != pid
+    assert identity_of(session) != identity
+    await wait_until(lambda: not harness.is_alive(identity), what="the restarted session's old upstream to stop")
     session.close_session()
 
 
@@ -248,13 +252,14 @@ async def test_clear_cache_fetches_the_tool_list_again(store: MCPStore) -> None:
     session.close_session()
 
 
-async def test_connection_status_is_real_and_a_dead_upstream_recovers_on_the_next_call(store: MCPStore) -> None:
-    session = store.for_store().create_session("fragile").bind_service("state")
+async def test_connection_status_is_real_and_a_dead_upstream_recovers_on_the_next_call(harness: SdkHarness) -> None:
+    session = harness.store.for_store().create_session("fragile").bind_service("state")
     assert session.connection_status() == {"state": "connected"}
-    pid = pid_of(session)
-    os.kill(pid, signal.SIGKILL)
+    identity = identity_of(session)
+    await harness.kill(identity)  # from outside, with no call in flight, as SIGKILL of its process would
+    await wait_until(lambda: not harness.is_alive(identity), what="the killed instance to be gone")
     await wait_until(lambda: session.connection_status() == {"state": "disconnected"}, what="the loss to show")
-    assert pid_of(session) != pid
+    assert identity_of(session) != identity
     assert session.connection_status() == {"state": "connected"}
     session.close_session()
 
@@ -278,6 +283,7 @@ async def test_services_are_added_waited_for_restarted_and_removed(store: MCPSto
     info = context.wait_service("extra", timeout=60)
     assert (info.state, info.session_mode, info.tool_count) == ("ready", "shared", 13)
     context.use_tool("extra_remember", {"value": "before restart"})
+    assert structured(context.use_tool("extra_recall")) == ["before restart"]
     assert context.service_status("extra").state == "ready"
     context.restart_service("extra")
     context.wait_service("extra", timeout=60)
@@ -334,7 +340,7 @@ async def test_langchain_tools_are_bound_to_the_session_they_were_listed_in(stor
 
 async def test_a_remote_store_follows_a_tool_that_another_client_moved_to_another_service(tmp_path: Path) -> None:
     config = write_config(tmp_path, {}, allow_stdio_services_via_api=True)
-    async with running_proxy(config) as proxy:
+    async with running_app(config) as proxy:
         with MCPStore.setup_store(url=proxy.url) as mine, MCPStore.setup_store(url=proxy.url) as theirs:
             mine.for_store().add_service(fixture_server("first"), name="first")
             mine.for_store().wait_service("first", timeout=60)

@@ -1,6 +1,7 @@
 """The SDK's snippet, for real: Playwright MCP started with `--port` and added as an SSE upstream at run time.
 
-Runs in both modes (embedded engine, running proxy). Tool names are Playwright's own (`browser_navigate`),
+Runs in both modes (embedded engine, running proxy), both in this process (`tests.inprocess.sdk_store`); the
+browser is a real Playwright MCP process. Tool names are Playwright's own (`browser_navigate`),
 resolved through the session's bound services.
 """
 
@@ -13,7 +14,8 @@ import pytest
 
 from mcpstore_proxy import MCPStore, Session, UpstreamStartError
 from tests.browser import button_ref, running_playwright_sse
-from tests.support import sdk_store, text_of, write_config
+from tests.inprocess import sdk_store
+from tests.support import text_of, write_config
 
 pytestmark = [pytest.mark.anyio, pytest.mark.playwright]
 
@@ -31,10 +33,10 @@ async def browser_url(tmp_path: Path) -> AsyncGenerator[str]:
 
 @pytest.fixture
 async def store(tmp_path: Path, mode: str, browser_url: str) -> AsyncGenerator[MCPStore]:
-    async with sdk_store(write_config(tmp_path, {}), mode) as opened:
-        opened.for_store().add_service({"name": "browser", "url": browser_url})
-        opened.for_store().wait_service("browser", timeout=60)
-        yield opened
+    async with sdk_store(write_config(tmp_path, {}), mode) as harness:
+        harness.store.for_store().add_service({"name": "browser", "url": browser_url})
+        harness.store.for_store().wait_service("browser", timeout=60)
+        yield harness.store
 
 
 def snapshot(session: Session) -> str:

@@ -126,7 +126,7 @@ class UpstreamService(ABC):
                     self.error = None
                     delay = _FIRST_RETRY_SECONDS
                     logger.info("restarting upstream '%s' as asked", self.name)
-                    self._set_state(ServiceState.STARTING)
+                self._retry_now = anyio.Event()  # a restart asked before this start is honoured by it
                 started = anyio.current_time()
                 session = self._new_catalog_session()
                 self._catalog = session
@@ -216,16 +216,19 @@ class UpstreamService(ABC):
             logger.warning("%s", error.message)
 
     async def _refresh(self, session: UpstreamSession, kinds: tuple[ListKind, ...]) -> None:
-        """Re-read `kinds` from the catalog session (bounded by the start timeout)."""
+        """Re-read `kinds` from the catalog session, once it is up (its start has its own deadline); the listing
+        is bounded by the start timeout too."""
+        await session.client()
         listings: dict[ListKind, Listing] = {}
+        pending: ListKind | None = None
         with anyio.move_on_after(self._start_timeout_seconds):
-            await session.client()
-            for kind in kinds:
-                listings[kind] = await session.list_all(kind)
+            for pending in kinds:
+                listings[pending] = await session.list_all(pending)
         if len(listings) < len(kinds):
             raise UpstreamStartError(
                 self.name,
-                f"upstream '{self.name}' did not list its {kinds[-1]} within {self._start_timeout_seconds:g} s",
+                f"upstream '{self.name}' did not list its {pending} within {self._start_timeout_seconds:g} s "
+                f"(raise upstream_start_timeout_seconds, or check mcpServers.{self.name})",
             )
         if any(self.listings.get(kind) != listing for kind, listing in listings.items()):
             self.listings.update(listings)
@@ -258,13 +261,21 @@ class UpstreamService(ABC):
             await self._refresh(session, LISTING_KINDS)
 
     async def restart(self) -> None:
-        """Close every session with this upstream and start it afresh, at once (a start in progress is cut short)."""
+        """Close every session with this upstream and start it afresh, at once (a start in progress is cut short).
+
+        On return the state already says so (`restarting` while its tools stay listed, else `starting`), so a
+        `wait_service` that follows waits for the fresh start.
+        """
         if self._is_closing:
             return
         self._restart_now = True
+        self._set_state(ServiceState.RESTARTING if self.is_up else ServiceState.STARTING)
+        # The session to close is the one current now: once the retry loop wakes, the current one is the fresh one.
+        catalog = self._catalog
+        if catalog is not None:
+            catalog.close_soon(_RESTARTED)
         self._retry_now.set()
         await self._reset_sessions(_RESTARTED)
-        catalog = self._catalog
         if catalog is not None:
             await catalog.aclose(_RESTARTED)
 
@@ -274,7 +285,7 @@ class UpstreamService(ABC):
         self._is_closing = True
         self._retry_now.set()
         self._wake.set()
-        await self._close_sessions(f"upstream '{self.name}' {reason}")
+        await self._close_sessions(reason)
         catalog = self._catalog
         if catalog is not None:
             await catalog.aclose(reason)
