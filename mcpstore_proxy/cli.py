@@ -15,10 +15,11 @@ import anyio
 
 from mcpstore_proxy.__about__ import __version__
 from mcpstore_proxy.config import ProxySettings, load_settings
-from mcpstore_proxy.engine import ProxyEngine, ServiceInfo
+from mcpstore_proxy.engine import ProxyEngine
 from mcpstore_proxy.errors import ConfigError, ProxyError
 from mcpstore_proxy.logs import configure_logging
 from mcpstore_proxy.serving import serve_http, serve_stdio
+from mcpstore_proxy.status import ServiceInfo
 
 __all__ = ["main"]
 

@@ -21,7 +21,7 @@ from pydantic import BaseModel, ValidationError
 
 from mcpstore_proxy.catalog import ToolRoute
 from mcpstore_proxy.config import UpstreamConfig, describe_validation_error
-from mcpstore_proxy.engine import ProxyEngine, ServiceInfo
+from mcpstore_proxy.engine import ProxyEngine
 from mcpstore_proxy.errors import (
     AmbiguousToolError,
     ConfigError,
@@ -29,6 +29,7 @@ from mcpstore_proxy.errors import (
 )
 from mcpstore_proxy.keys import SessionKey, checked_agent, checked_session_name
 from mcpstore_proxy.records import SessionRecord
+from mcpstore_proxy.status import ServiceInfo
 
 __all__ = ["Control", "ServiceInfo", "SessionInfo", "ToolInfo", "resolve_tool_name", "service_entries"]
 

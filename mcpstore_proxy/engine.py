@@ -29,7 +29,6 @@ from typing import Any, Final, Self, TypeVar, cast
 import anyio
 import anyio.abc
 from mcp import types
-from pydantic import BaseModel
 
 from mcpstore_proxy.catalog import Catalog, ToolRoute
 from mcpstore_proxy.clock import SYSTEM_CLOCK, Clock
@@ -42,11 +41,12 @@ from mcpstore_proxy.records import SessionRecords
 from mcpstore_proxy.registry import ServiceRegistry
 from mcpstore_proxy.relay import ClientCall
 from mcpstore_proxy.services import ServiceContext, ServiceState, UpstreamService, create_service
+from mcpstore_proxy.status import ServiceInfo, service_info
 from mcpstore_proxy.transports import TransportFactory, open_transport
 from mcpstore_proxy.upstream import UpstreamSession
 from mcpstore_proxy.views import CatalogViews
 
-__all__ = ["ProxyEngine", "ServiceInfo"]
+__all__ = ["ProxyEngine"]
 
 logger = logging.getLogger(__name__)
 
@@ -54,21 +54,6 @@ _SHUTDOWN_SECONDS: Final = 15.0
 _T = TypeVar("_T")
 
 CatalogListener = Callable[[], Coroutine[Any, Any, None]]
-
-
-class ServiceInfo(BaseModel):
-    """One service as `check`, `/healthz`, the admin API and the SDK see it."""
-
-    name: str
-    agent_id: str | None
-    """The agent whose own service it is; None for the store's (everyone's)."""
-    transport: str
-    session_mode: str
-    state: str
-    tool_count: int
-    client_sessions: int
-    error: str | None
-    from_config: bool
 
 
 class ProxyEngine:
@@ -237,27 +222,8 @@ class ProxyEngine:
         )
 
     def capabilities(self) -> types.ServerCapabilities:
-        """What the proxy can forward: the union of what its upstreams offer (tools always). While upstreams are
-        still starting, everything they might offer, so a client that connects early misses nothing later."""
-        if self.is_starting:
-            return types.ServerCapabilities(
-                tools=types.ToolsCapability(list_changed=True),
-                prompts=types.PromptsCapability(list_changed=True),
-                resources=types.ResourcesCapability(subscribe=True, list_changed=True),
-                logging=types.LoggingCapability(),
-                completions=types.CompletionsCapability(),
-            )
-        offered = [s.capabilities for s in self.registry if s.capabilities is not None]
-        resources = [c.resources for c in offered if c.resources is not None]
-        return types.ServerCapabilities(
-            tools=types.ToolsCapability(list_changed=True),
-            prompts=types.PromptsCapability(list_changed=True) if any(c.prompts for c in offered) else None,
-            resources=types.ResourcesCapability(subscribe=any(r.subscribe for r in resources), list_changed=True)
-            if resources
-            else None,
-            logging=types.LoggingCapability() if any(c.logging is not None for c in offered) else None,
-            completions=types.CompletionsCapability() if any(c.completions is not None for c in offered) else None,
-        )
+        """What the proxy can forward (see `CatalogViews.capabilities`)."""
+        return self.views.capabilities(is_starting=self.is_starting)
 
     # What a key sees.
 
@@ -368,19 +334,9 @@ class ProxyEngine:
     def statuses(self) -> list[ServiceInfo]:
         return [self.status_of(scope, service) for scope, service in self.registry.by_scope()]
 
-    def status_of(self, agent: str, service: UpstreamService) -> ServiceInfo:
-        """The status of `service`, which belongs to the scope `agent`."""
-        return ServiceInfo(
-            name=service.name,
-            agent_id=agent or None,
-            transport=service.config.resolved_transport,
-            session_mode=service.config.session,
-            state=service.state.value,
-            tool_count=len(service.visible("tools")),
-            client_sessions=service.client_sessions,
-            error=service.error.message if service.error and service.state is ServiceState.FAILED else None,
-            from_config=self.registry.is_from_config(agent, service.name),
-        )
+    def status_of(self, scope: str, service: UpstreamService) -> ServiceInfo:
+        """The status of `service`, which belongs to `scope`."""
+        return service_info(scope, service, from_config=self.registry.is_from_config(scope, service.name))
 
     # Bookkeeping.
 

@@ -55,6 +55,29 @@ class CatalogViews:
             catalog = self._scopes[agent] = self.build(agent, None)
         return catalog
 
+    def capabilities(self, *, is_starting: bool) -> types.ServerCapabilities:
+        """What the proxy can forward: the union of what its upstreams offer (tools always). While upstreams are
+        still starting, everything they might offer, so that a client that connects early misses nothing later."""
+        if is_starting:
+            return types.ServerCapabilities(
+                tools=types.ToolsCapability(list_changed=True),
+                prompts=types.PromptsCapability(list_changed=True),
+                resources=types.ResourcesCapability(subscribe=True, list_changed=True),
+                logging=types.LoggingCapability(),
+                completions=types.CompletionsCapability(),
+            )
+        offered = [s.capabilities for s in self._registry if s.capabilities is not None]
+        resources = [c.resources for c in offered if c.resources is not None]
+        return types.ServerCapabilities(
+            tools=types.ToolsCapability(list_changed=True),
+            prompts=types.PromptsCapability(list_changed=True) if any(c.prompts for c in offered) else None,
+            resources=types.ResourcesCapability(subscribe=any(r.subscribe for r in resources), list_changed=True)
+            if resources
+            else None,
+            logging=types.LoggingCapability() if any(c.logging is not None for c in offered) else None,
+            completions=types.CompletionsCapability() if any(c.completions is not None for c in offered) else None,
+        )
+
     def exposed_uri(self, key: SessionKey, upstream: str, uri: str) -> str:
         return self.catalog_for(key).exposed_uri(upstream, uri)
 

@@ -1,0 +1,39 @@
+"""What operators see of a service: `check`'s table, `/healthz`, the admin API and the SDK share one shape."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel
+
+from mcpstore_proxy.services import ServiceState, UpstreamService
+
+__all__ = ["ServiceInfo", "service_info"]
+
+
+class ServiceInfo(BaseModel):
+    """One service as `check`, `/healthz`, the admin API and the SDK see it."""
+
+    name: str
+    agent_id: str | None
+    """The agent whose own service it is; None for the store's (everyone's)."""
+    transport: str
+    session_mode: str
+    state: str
+    tool_count: int
+    client_sessions: int
+    error: str | None
+    from_config: bool
+
+
+def service_info(scope: str, service: UpstreamService, *, from_config: bool) -> ServiceInfo:
+    """The status of `service`, which belongs to `scope` (`""` for the store)."""
+    return ServiceInfo(
+        name=service.name,
+        agent_id=scope or None,
+        transport=service.config.resolved_transport,
+        session_mode=service.config.session,
+        state=service.state.value,
+        tool_count=len(service.visible("tools")),
+        client_sessions=service.client_sessions,
+        error=service.error.message if service.error and service.state is ServiceState.FAILED else None,
+        from_config=from_config,
+    )
