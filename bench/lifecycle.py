@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import sys
 import tempfile
@@ -39,7 +40,10 @@ from lifecycle_support import (
     Proxy,
     RawSession,
     connect,
+    cpu_seconds,
+    descendants,
     describe,
+    find_process,
     fixture,
     is_alive,
     json_rpc_answer,
@@ -62,8 +66,9 @@ from lifecycle_support import (
 
 from mcpstore_proxy.errors import SESSION_REFUSED, SHUTTING_DOWN, UPSTREAM_FAILED
 
-PROMPT_SECONDS = 2.0
-"""What counts as "at once" for a refusal or a failure on this loaded 2-core machine (the bugs took 20-60 s)."""
+PROMPT_SECONDS = 5.0
+"""What counts as "at once" for a refusal or a failure: the bugs this guards against took 20 to 65 s, and on a
+shared 2-core machine running the test suite beside us even an instant answer can take a second."""
 
 
 @dataclass(frozen=True)
@@ -131,11 +136,12 @@ async def isolation(run: Run, figures: Figures) -> None:
             tally.error(error)
 
     async with running_proxy(config, workdir, upstreams_ready=["state"]) as proxy:
-        started = time.perf_counter()
+        started, cpu_before = time.perf_counter(), cpu_seconds(proxy.pid)
         async with anyio.create_task_group() as tg:
             for index in range(clients):
                 tg.start_soon(client, index)
         wall_seconds = time.perf_counter() - started
+        proxy_cpu_seconds = cpu_seconds(proxy.pid) - cpu_before
         closing = await stop_proxy(proxy)
     figures.add("clients x calls (all at once)", f"{clients} x {calls}")
     figures.check("calls answered", tally.calls, clients * calls)
@@ -147,6 +153,9 @@ async def isolation(run: Run, figures: Figures) -> None:
     figures.add("later calls (p50 / p99)", f"{ms(p50(later_calls))} / {ms(percentile(later_calls, 0.99))}")
     figures.add("wall time, upstream starts included", f"{wall_seconds:.1f} s")
     figures.add("calls per second, upstream starts included", f"{tally.calls / wall_seconds:.0f}")
+    figures.add(
+        "proxy CPU per call, upstream starts included", f"{1000 * proxy_cpu_seconds / max(1, tally.calls):.1f} ms"
+    )
     closing.report(figures)
 
 
@@ -154,7 +163,7 @@ async def isolation(run: Run, figures: Figures) -> None:
 
 
 async def kill(run: Run, figures: Figures) -> None:
-    kills, bystanders = (5, 10) if run.quick else (30, 10)
+    kills, bystanders = (5, 5) if run.quick else (30, 10)
     workdir = run.directory("kill")
     config = write_config(workdir, {"state": fixture("state")}, max_sessions_per_upstream=32)
     bystanders_done = anyio.Event()
@@ -173,6 +182,7 @@ async def kill(run: Run, figures: Figures) -> None:
                         others.calls += 1
                     except (MCPError, RuntimeError) as error:
                         others.error(error)
+                    await anyio.sleep(0.02)  # pacing, so that ten clients do not starve the victim of CPU
         except Exception as error:  # noqa: BLE001  # a bystander that could not connect counts as an error
             others.error(error)
 
@@ -233,12 +243,12 @@ async def kill(run: Run, figures: Figures) -> None:
     figures.add("in-flight call outcomes", "; ".join(f"{n} x {kind}" for kind, n in failures.items()))
     figures.check(
         f"in-flight calls failed with {UPSTREAM_FAILED}",
-        sum(n for k, n in failures.items() if k.startswith("-32010")),
+        sum(n for kind, n in failures.items() if kind.startswith(f"{UPSTREAM_FAILED}:")),
         kills,
     )
     figures.check("next call on the killed session works (fresh upstream)", fresh_sessions, kills)
     figures.check("state-reset warnings received by the victim", len(resets), kills)
-    figures.add("bystander calls (10 clients, meanwhile)", others.calls)
+    figures.add(f"bystander calls ({bystanders} clients, meanwhile)", others.calls)
     figures.check("errors seen by other clients", others.errors, 0)
     add_error_samples(figures, others)
     figures.check("zombie children of the proxy after the kills", zombies, 0)
@@ -389,9 +399,9 @@ async def downstream_flood(run: Run, figures: Figures) -> None:
     def refusal(answer: httpx2.Response) -> str:
         try:
             error = json_rpc_answer(answer)["error"]
-            return f"HTTP {answer.status_code}, {error['code']}: {short(error['message'], 150)}"
+            return f"HTTP {answer.status_code}, {error['code']}: {short(error['message'])}"
         except (ValueError, KeyError):
-            return f"HTTP {answer.status_code}: {short(answer.text, 150)}"
+            return f"HTTP {answer.status_code}: {short(answer.text)}"
 
     async with (
         running_proxy(config, workdir, upstreams_ready=["state"]) as proxy,
@@ -429,7 +439,7 @@ async def downstream_flood(run: Run, figures: Figures) -> None:
                 structured(await legitimate.call_tool("state_echo", {"text": "let in"}))
             legitimate_outcome = "admitted"
         except Exception as error:  # noqa: BLE001  # the refusal is the figure, in whatever form the SDK raises it
-            legitimate_outcome = f"refused: {short(describe(error), 150)}"
+            legitimate_outcome = f"refused: {short(describe(error))}"
         flood_session_works = "error" not in await opened[0].call_tool(1, "state_echo", {"text": "still here"})
         deleted = await opened[-1].delete()
         newcomer = RawSession(http, proxy.url)
@@ -477,6 +487,8 @@ async def calls_in_parallel(session: Client, names: list[str], *, remember: bool
             outcomes.append(Outcome(name, time.perf_counter() - asked, None))
         except MCPError as error:
             outcomes.append(Outcome(name, time.perf_counter() - asked, error.code, error.message))
+        except RuntimeError as error:  # the tool itself answered an error
+            outcomes.append(Outcome(name, time.perf_counter() - asked, 0, str(error)))
 
     async with anyio.create_task_group() as tg:
         for name in names:
@@ -492,9 +504,9 @@ def report_flood(figures: Figures, label: str, outcomes: list[Outcome], cap_name
     figures.check(f"{label}: refused ({SESSION_REFUSED} naming {cap_name})", len(refused), len(outcomes) - admitted)
     figures.check(f"{label}: other errors", len(other), 0)
     if refused:
-        figures.add(f"{label}: refusal message", short(refused[0].message, 160))
+        figures.add(f"{label}: refusal message", short(refused[0].message))
     if other:
-        figures.add(f"{label}: first other error", f"{other[0].code}: {short(other[0].message, 140)}")
+        figures.add(f"{label}: first other error", f"{other[0].code}: {short(other[0].message)}")
     add_prompt(figures, f"{label}: refusal latency (p50 / max)", [o.seconds for o in refused])
     figures.add(
         f"{label}: success latency, incl. upstream start (p50 / max)", spread_ms([o.seconds for o in succeeded])
@@ -521,9 +533,8 @@ async def upstream_cap_flood(run: Run, figures: Figures) -> None:
                 still_working += recalled == [name]
             # Refusals with no upstream starting beside them, and the same load of calls that are served.
             second_wave = await calls_in_parallel(session, [f"late-{index}" for index in range(len(names))])
-            served = await calls_in_parallel(
-                session, [survivors[i % len(survivors)] for i in range(len(names))], remember=False
-            )
+            reused = [survivors[i % len(survivors)] for i in range(len(names))] if survivors else []
+            served = await calls_in_parallel(session, reused, remember=False)
         closing = await stop_proxy(proxy)
     figures.add("b: 40 session_id values at once, cap", f"max_sessions_per_upstream: {cap}")
     report_flood(figures, "b", outcomes, "max_sessions_per_upstream", cap)
@@ -534,9 +545,17 @@ async def upstream_cap_flood(run: Run, figures: Figures) -> None:
         [o.seconds for o in second_wave if o.code == SESSION_REFUSED],
     )
     figures.check("b: ... of which refused", sum(o.code == SESSION_REFUSED for o in second_wave), len(names))
+    refused_p50 = p50([o.seconds for o in second_wave if o.code == SESSION_REFUSED])
+    served_p50 = p50([o.seconds for o in served if o.code is None])
     figures.add(
         f"b: for scale, {len(names)} calls at once on admitted sessions (p50 / max)",
         spread_ms([o.seconds for o in served if o.code is None]),
+    )
+    figures.add(
+        "b: refusal at the full cap / served call, p50 ratio",
+        f"{refused_p50 / served_p50:.1f}x",
+        "<= 2x",
+        refused_p50 <= 2 * served_p50,
     )
     closing.report(figures, "b: ")
 
@@ -591,23 +610,36 @@ async def startup(run: Run, figures: Figures) -> None:
             workdir, {**normal, "slow": fixture("slow", "--start-gate", str(stdio_gate))}, name="s.yaml"
         ),
     }
-    timings: dict[str, dict[str, float]] = {}
+    timings: dict[str, dict[str, float]] = {"baseline": {}, "hanging": {}}
     later = Figures(figures.scenario)
+    stdio_left: list[int] = []
+
+    async def over_http(label: str, config: Path) -> None:
+        async with running_proxy(config, workdir, wait=False) as proxy:
+            timings[label]["healthz"] = await proxy.wait_healthy()
+            async with connect(proxy.url) as session:
+                structured(await session.call_tool("state_echo", {"text": "first"}))
+            timings[label]["first call"] = time.perf_counter() - proxy.launched
+            if label == "hanging":
+                await sigterm_during_start_up(proxy, http_gate, later)
+            else:
+                (await stop_proxy(proxy)).report(later, "baseline: ")
+
+    async def over_stdio(label: str, config: Path) -> None:
+        seconds, left = await stdio_start_up(config, workdir / f"stdio-{label}.log")
+        timings[label] |= seconds
+        stdio_left.extend(left)
+
     try:
-        for label, config in (("baseline", baseline), ("hanging", hanging["http"])):
-            async with running_proxy(config, workdir, wait=False) as proxy:
-                healthy = await proxy.wait_healthy()
-                async with connect(proxy.url) as session:
-                    structured(await session.call_tool("state_echo", {"text": "first"}))
-                first_call = time.perf_counter() - proxy.launched
-                timings[label] = {"healthz": healthy, "first call": first_call}
-                if label == "hanging":
-                    await sigterm_during_start_up(proxy, http_gate, later)
-                else:
-                    (await stop_proxy(proxy)).report(later, "baseline: ")
-        for label, config in (("baseline", baseline), ("hanging", hanging["stdio"])):
-            timings[label] |= await stdio_start_up(config, workdir / f"stdio-{label}.log")
-        stdio_left = await leftover_hanging(stdio_gate)
+        # HTTP and stdio side by side: both rows of each comparison start under the same contention.
+        for label, http_config, stdio_config in (
+            ("baseline", baseline, baseline),
+            ("hanging", hanging["http"], hanging["stdio"]),
+        ):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(over_http, label, http_config)
+                tg.start_soon(over_stdio, label, stdio_config)
+        stdio_hanging_left = await leftover_hanging(stdio_gate)
     finally:
         for gate in (http_gate, stdio_gate):
             for pid, started in hanging_pids(gate).items():
@@ -633,7 +665,8 @@ async def startup(run: Run, figures: Figures) -> None:
             figures.add(
                 f"{unit}: added by the hanging upstream", f"{hung - base:+.1f} s", "~ startup_wait_seconds (5 s)"
             )
-    figures.check("stdio: hanging upstreams alive after EOF", stdio_left, 0)
+    figures.check("stdio: hanging upstreams alive after EOF", stdio_hanging_left, 0)
+    figures.check("stdio: processes left after EOF", len(stdio_left), 0)
     figures.rows.extend(later.rows)
 
 
@@ -641,15 +674,10 @@ async def sigterm_during_start_up(proxy: Proxy, gate: Path, figures: Figures) ->
     if not await wait_until(lambda: bool(hanging_pids(gate)), timeout=30):
         raise RuntimeError("the slow upstream never started hanging")
     status = await proxy.health()
-    figures.add("slow upstream state while hanging", status["upstreams"]["slow"]["state"] if status else "no /healthz")
-    proxy.track()
-    asked = time.perf_counter()
-    code = await proxy.stop()
-    figures.add("SIGTERM during a hanging start: time to exit", ms(time.perf_counter() - asked))
-    figures.check("SIGTERM during a hanging start: exit code", code, 0)
+    figures.add("slow upstream state at SIGTERM", status["upstreams"]["slow"]["state"] if status else "no /healthz")
+    closing = await stop_proxy(proxy)
     figures.check("SIGTERM during a hanging start: hanging upstreams alive after", await leftover_hanging(gate), 0)
-    figures.check("SIGTERM during a hanging start: processes left", len(await proxy.leftovers()), 0)
-    figures.check("SIGTERM during a hanging start: tracebacks in log", proxy.log.count("Traceback"), 0)
+    closing.report(figures, "SIGTERM during a hanging start: ")
 
 
 async def leftover_hanging(gate: Path) -> int:
@@ -660,20 +688,35 @@ async def leftover_hanging(gate: Path) -> int:
     return len(alive())
 
 
-async def stdio_start_up(config: Path, log_path: Path) -> dict[str, float]:
-    """Seconds from launching `mcpstore-proxy stdio` until `initialize`, then a first tools/list, are answered."""
+async def stdio_start_up(config: Path, log_path: Path) -> tuple[dict[str, float], list[int]]:
+    """Seconds from launching `mcpstore-proxy stdio` until `initialize`, then a first tools/list, are answered;
+    and the processes it started (the proxy included) still alive a while after its stdin closed."""
     parameters = StdioServerParameters(
         command=sys.executable, args=["-m", "mcpstore_proxy", "stdio", "--config", str(config)], cwd=str(ROOT)
     )
-    with log_path.open("w") as log:
-        launched = time.perf_counter()
-        async with Client(stdio_client(parameters, errlog=log), mode="legacy", cache=None) as session:
-            initialized = time.perf_counter() - launched
-            tools = {tool.name for tool in (await session.list_tools()).tools}
-            listed = time.perf_counter() - launched
-    if "state_echo" not in tools:
-        raise RuntimeError(f"the stdio proxy listed no state_echo: {sorted(tools)}")
-    return {"initialize": initialized, "tools/list": listed}
+    started: dict[int, int | None] = {}
+    try:
+        with log_path.open("w") as log:
+            launched = time.perf_counter()
+            async with Client(stdio_client(parameters, errlog=log), mode="legacy", cache=None) as session:
+                initialized = time.perf_counter() - launched
+                tools = {tool.name for tool in (await session.list_tools()).tools}
+                listed = time.perf_counter() - launched
+                proxy = find_process(os.getpid(), f"stdio --config {config}")
+                if proxy is None:
+                    raise RuntimeError("the stdio proxy's process is not among this process's descendants")
+                started = {pid: start_time(pid) for pid in {proxy, *descendants(proxy)}}
+        if "state_echo" not in tools:
+            raise RuntimeError(f"the stdio proxy listed no state_echo: {sorted(tools)}")
+
+        def alive() -> list[int]:
+            return [pid for pid, began in started.items() if is_alive(pid) and start_time(pid) == began]
+
+        await wait_until(lambda: not alive(), timeout=10)
+        return {"initialize": initialized, "tools/list": listed}, alive()
+    finally:
+        for pid, began in started.items():
+            kill_if_same(pid, began)
 
 
 # 6. Shutdown: SIGTERM drains the calls in flight, refuses new work with -32012, and exits 0.
@@ -691,7 +734,7 @@ class AfterSigterm:
 
 
 async def shutdown(run: Run, figures: Figures) -> None:
-    callers, sleep_seconds = 8, 8.0
+    callers, sleep_seconds = 8, 4.0 if run.quick else 8.0
     workdir = run.directory("shutdown")
     config = write_config(workdir, {"state": fixture("state")}, shutdown_grace_seconds=30)
     markers = [workdir / f"started-{index}" for index in range(callers)]
@@ -702,9 +745,14 @@ async def shutdown(run: Run, figures: Figures) -> None:
         httpx2.AsyncClient(timeout=120) as http,
     ):
         sessions = [RawSession(http, proxy.url) for _ in range(callers)]
-        for session in sessions:
+
+        async def warm(session: RawSession) -> None:
             await session.open()
             check_answered(await session.call_tool(1, "state_echo", {"text": "warm"}))  # starts its upstream
+
+        async with anyio.create_task_group() as tg:
+            for session in sessions:
+                tg.start_soon(warm, session)
 
         async def long_call(index: int) -> None:
             arguments = {"seconds": sleep_seconds, "started_marker": str(markers[index])}
@@ -727,10 +775,10 @@ async def shutdown(run: Run, figures: Figures) -> None:
             newcomer = await RawSession(http, proxy.url).initialize()
             try:
                 refusal = json_rpc_answer(newcomer)["error"]
-                seen.new_session = f"HTTP {newcomer.status_code}, {refusal['code']}: {short(refusal['message'], 110)}"
+                seen.new_session = f"HTTP {newcomer.status_code}, {refusal['code']}: {short(refusal['message'])}"
                 seen.new_session_ok = newcomer.status_code == 503 and refusal["code"] == SHUTTING_DOWN
             except (ValueError, KeyError):
-                seen.new_session = f"HTTP {newcomer.status_code}: {short(newcomer.text, 110)}"
+                seen.new_session = f"HTTP {newcomer.status_code}: {short(newcomer.text)}"
         with anyio.move_on_after(60):
             await proxy.process.wait()
         exited = time.perf_counter()
@@ -746,14 +794,14 @@ async def shutdown(run: Run, figures: Figures) -> None:
     figures.check("calls completed successfully", len(slept), callers)
     failed = [answer["error"] for _, answer in answers if "error" in answer]
     if failed:
-        figures.add("first failed call", short(json.dumps(failed[0]), 150))
+        figures.add("first failed call", short(json.dumps(failed[0])))
     figures.add("SIGTERM to last answer", ms(last_answer - seen.asked))
     figures.add("SIGTERM to exit", ms(exited - seen.asked))
     figures.add(
         "last answer to exit",
         ms(exited - last_answer),
-        f"< {PROMPT_SECONDS * 3:g} s",
-        exited - last_answer < PROMPT_SECONDS * 3,
+        f"< {PROMPT_SECONDS * 2:g} s",
+        exited - last_answer < PROMPT_SECONDS * 2,
     )
     figures.check("exit code", code if code is not None else "still running", 0)
     figures.check("tracebacks in log", log.count("Traceback"), 0)
@@ -761,7 +809,7 @@ async def shutdown(run: Run, figures: Figures) -> None:
     error = seen.existing_session
     figures.add(
         "call on an existing session after SIGTERM",
-        f"{error.get('code')}: {short(str(error.get('message')), 120)}",
+        f"{error.get('code')}: {short(str(error.get('message')))}",
         f"{SHUTTING_DOWN} shutting down",
         error.get("code") == SHUTTING_DOWN and "shutting down" in str(error.get("message")),
     )
@@ -813,7 +861,7 @@ def add_prompt(figures: Figures, name: str, seconds: list[float]) -> None:
 
 def add_error_samples(figures: Figures, tally: Tally) -> None:
     for sample in tally.samples:
-        figures.add("error sample", short(sample, 150))
+        figures.add("error sample", short(sample))
 
 
 SCENARIOS: dict[str, Callable[[Run, Figures], Awaitable[None]]] = {
@@ -824,6 +872,39 @@ SCENARIOS: dict[str, Callable[[Run, Figures], Awaitable[None]]] = {
     "startup": startup,
     "shutdown": shutdown,
 }
+
+
+async def run_scenarios(names: list[str], run: Run) -> tuple[list[Figures], str | None]:
+    """Run the scenarios in turn; a SIGINT or SIGTERM stops the one running (which cleans up what it started).
+    Returns their figures, and the signal that stopped them, if one did."""
+    everything: list[Figures] = []
+    stopped_by: str | None = None
+    async with anyio.create_task_group() as tg:
+
+        async def stop_on_signal() -> None:
+            nonlocal stopped_by
+            with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                async for signum in signals:
+                    stopped_by = signal.Signals(signum).name
+                    print(f"{stopped_by}: stopping, cleaning up", file=sys.stderr, flush=True)
+                    tg.cancel_scope.cancel()
+
+        tg.start_soon(stop_on_signal)
+        for name in names:
+            figures = Figures(name)
+            everything.append(figures)
+            started = time.perf_counter()
+            print(f"== {name}", file=sys.stderr, flush=True)
+            try:
+                await SCENARIOS[name](run, figures)
+            except Exception as error:  # noqa: BLE001  # one failed scenario is reported; the others still run
+                traceback.print_exc()
+                figures.add("scenario failed", short(describe(error), 160), "no failure", False)
+            finally:
+                figures.add("scenario wall time", f"{time.perf_counter() - started:.1f} s")
+                print(table(figures.rows), end="\n\n", file=sys.stderr, flush=True)
+        tg.cancel_scope.cancel()
+    return everything, stopped_by
 
 
 async def main() -> None:
@@ -837,40 +918,34 @@ async def main() -> None:
 
     names = list(SCENARIOS) if arguments.scenario == "all" else [arguments.scenario]
     workdir = Path(tempfile.mkdtemp(prefix="mcpstore-lifecycle-"))
-    run = Run(workdir, arguments.quick, arguments.churn_seconds)
-    everything: list[Figures] = []
     began = time.perf_counter()
     try:
-        for name in names:
-            figures = Figures(name)
-            everything.append(figures)
-            started = time.perf_counter()
-            print(f"== {name}", file=sys.stderr, flush=True)
-            try:
-                await SCENARIOS[name](run, figures)
-            except Exception as error:  # noqa: BLE001  # one failed scenario is reported; the others still run
-                traceback.print_exc()
-                figures.add("scenario failed", short(describe(error), 160), "no failure", False)
-            figures.add("scenario wall time", f"{time.perf_counter() - started:.1f} s")
-            print(table(figures.rows), flush=True)
-            print(flush=True)
+        everything, stopped_by = await run_scenarios(names, Run(workdir, arguments.quick, arguments.churn_seconds))
     finally:
         if arguments.keep_logs:
             print(f"logs and configs kept in {workdir}", file=sys.stderr)
         else:
-            import shutil
-
             shutil.rmtree(workdir, ignore_errors=True)
 
     rows = [row for figures in everything for row in figures.rows]
     failed = [row for row in rows if row.ok is False]
     mode = "quick" if arguments.quick else "default"
-    print(f"## mcpstore-proxy lifecycle ({mode} run, {time.perf_counter() - began:.0f} s, {len(failed)} FAIL)\n")
+    seconds = time.perf_counter() - began
+    ending = f", stopped by {stopped_by}" if stopped_by else ""
+    print(f"## mcpstore-proxy lifecycle ({mode} run, {seconds:.0f} s, {len(failed)} FAIL{ending})\n")
     print(table(rows))
     if arguments.json is not None:
         arguments.json.parent.mkdir(parents=True, exist_ok=True)
-        arguments.json.write_text(json.dumps([asdict(row) for row in rows], indent=2))
-    if failed:
+        summary = {
+            "mode": mode,
+            "seconds": round(seconds, 1),
+            "failed": len(failed),
+            "stopped_by": stopped_by,
+            "figures": [asdict(r) for r in rows],
+        }
+        arguments.json.write_text(json.dumps(summary, indent=2))
+        print(f"\nfigures written to {arguments.json}", file=sys.stderr)
+    if failed or stopped_by:
         sys.exit(1)
 
 

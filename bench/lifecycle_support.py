@@ -100,6 +100,18 @@ def descendants(pid: int) -> set[int]:
     return found
 
 
+def find_process(ancestor: int, fragment: str) -> int | None:
+    """The first live process below `ancestor` whose command line contains `fragment`."""
+    for pid in sorted(descendants(ancestor)):
+        try:
+            command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        if fragment in command:
+            return pid
+    return None
+
+
 def zombie_children(pid: int) -> list[int]:
     """Children of `pid` that have exited and not been reaped by it."""
     return [child for child, fields in _process_table().items() if fields[0] == "Z" and int(fields[1]) == pid]
@@ -110,6 +122,14 @@ def rss_kib(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1])
     raise RuntimeError(f"no VmRSS for process {pid}")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time a process has used (unlike wall time, a loaded machine barely moves it)."""
+    fields = _stat_fields(pid)
+    if fields is None:
+        raise RuntimeError(f"no process {pid}")
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def open_fds(pid: int) -> int:
@@ -178,6 +198,12 @@ class Proxy:
         for pid in found:
             self.seen.setdefault(pid, start_time(pid))
         return found
+
+    async def watch(self, interval: float = 0.5) -> None:
+        """Track the proxy's descendants while it runs, so that one it loses hold of is still known."""
+        while self.is_running:
+            self.track()
+            await anyio.sleep(interval)
 
     async def health(self) -> dict[str, Any] | None:
         """/healthz, or None while it does not answer 200."""
@@ -250,9 +276,12 @@ async def running_proxy(
         )
     proxy = Proxy(process, port, log_path, launched)
     try:
-        if wait:
-            await proxy.wait_healthy(upstreams_ready=upstreams_ready)
-        yield proxy
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(proxy.watch)
+            if wait:
+                await proxy.wait_healthy(upstreams_ready=upstreams_ready)
+            yield proxy
+            tg.cancel_scope.cancel()
     finally:
         with anyio.CancelScope(shield=True):
             if proxy.is_running:
@@ -363,7 +392,7 @@ def describe(error: BaseException) -> str:
     return f"{type(error).__name__}: {error}"
 
 
-def short(text: str, width: int = 110) -> str:
+def short(text: str, width: int = 100) -> str:
     line = " ".join(text.split())
     return line if len(line) <= width else line[: width - 1] + "…"
 

@@ -10,7 +10,9 @@ others (needed when binding to a non-loopback address).
 The front door (`_FrontDoor`) admits new client sessions: while the proxy
 drains for shutdown, and once `max_downstream_sessions` are open, a request
 that would open one gets 503 with a JSON-RPC error naming the reason and the
-fix, at once. Requests within open sessions pass.
+fix, at once. Requests within open sessions pass. A request that is opening a
+session counts against the limit from the moment it is let in, so a burst of
+newcomers cannot slip past it together.
 """
 
 from __future__ import annotations
@@ -111,6 +113,7 @@ def create_app(engine: ProxyEngine) -> HttpFace:
         return JSONResponse(
             {
                 "status": "draining" if server.drain.is_draining else "ok",
+                "requests_in_flight": server.drain.in_flight,
                 "upstreams": {
                     f"{s.agent_id}/{s.name}" if s.agent_id else s.name: {
                         "state": s.state,
@@ -146,6 +149,7 @@ class _FrontDoor:
         self._limit = settings.max_downstream_sessions
         self._refusals = ThrottledWarning(logger)
         self._requests = 0
+        self._opening = 0
         self._answered = anyio.Event()
         self._answered.set()
 
@@ -157,30 +161,36 @@ class _FrontDoor:
         await self._answered.wait()
 
     async def admit(self, app: ASGIApp, scope: Scope, receive: Receive, send: Send) -> None:
-        refusal = self._refusal() if _opens_a_session(scope) else None
-        if refusal is None and scope["method"] == "GET":
+        opens = _opens_a_session(scope)
+        refusal = self._refusal() if opens else None
+        if refusal is not None:
+            self._refusals.warn("refused a new client session: %s", refusal.message)
+            await _json_rpc_error(refusal)(scope, receive, send)
+            return
+        if scope["method"] == "GET":
+            # An event stream: a legacy SSE one counts itself from its first step, before any await.
             await app(scope, receive, send)
             return
-        if refusal is None:
-            self._requests += 1
-            if self._requests == 1:
-                self._answered = anyio.Event()
-            try:
-                await app(scope, receive, send)
-            finally:
-                self._requests -= 1
-                if self._requests == 0:
-                    self._answered.set()
-            return
-        self._refusals.warn("refused a new client session: %s", refusal.message)
-        await _json_rpc_error(refusal)(scope, receive, send)
+        # Until its answer is sent, an opening request holds its place under the limit (it may briefly count
+        # twice, once the session exists: that errs on the side of the limit, never past it).
+        self._opening += opens
+        self._requests += 1
+        if self._requests == 1:
+            self._answered = anyio.Event()
+        try:
+            await app(scope, receive, send)
+        finally:
+            self._opening -= opens
+            self._requests -= 1
+            if self._requests == 0:
+                self._answered.set()
 
     def _refusal(self) -> ProxyError | None:
         if self._drain.is_draining:
             return ShuttingDownError(
                 "mcpstore-proxy is shutting down and takes no new sessions; reconnect once it is back"
             )
-        if self._open_sessions() >= self._limit:
+        if self._open_sessions() + self._opening >= self._limit:
             return ConnectionLimitError(
                 f"mcpstore-proxy already holds {self._limit} client sessions (max_downstream_sessions); "
                 "close idle clients (their sessions also end after session_idle_timeout_seconds), "
@@ -227,21 +237,30 @@ class _LegacySseStream:
         self.transport = transport
         self._server = server
         self._streams: set[_Closable] = set()
+        self._connecting = 0
 
     @property
     def open(self) -> int:
-        return len(self._streams)
+        """Legacy clients connected or connecting."""
+        return len(self._streams) + self._connecting
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        self._connecting += 1  # counted from the first step, so that the front door's limit holds
+        is_connected = False
         try:
             async with self.transport.connect_sse(scope, receive, send) as (read_stream, write_stream):
                 self._streams.add(write_stream)
+                self._connecting -= 1
+                is_connected = True
                 try:
                     await self._server.run(read_stream, write_stream, self._server.create_initialization_options())
                 finally:
                     self._streams.discard(write_stream)
         except ValueError:
             return  # refused by the Host/Origin checks, which already answered 421 or 403
+        finally:
+            if not is_connected:
+                self._connecting -= 1
 
     async def close_all(self) -> None:
         """End every legacy stream: closing our write side completes its response, which ends its session."""

@@ -151,6 +151,11 @@ class ProxyEngine:
         self._has_settled = not self.is_starting or anyio.current_time() >= self._settle_by
 
     @property
+    def is_settling(self) -> bool:
+        """Whether `settled()` would still wait (for some upstream, within the start-up window)."""
+        return not self._has_settled and self.is_starting and anyio.current_time() < self._settle_by
+
+    @property
     def is_starting(self) -> bool:
         """Whether some configured upstream has not yet made its first start attempt."""
         return any(not service.first_attempt_done.is_set() for service in self.registry.configured())

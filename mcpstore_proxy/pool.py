@@ -158,7 +158,7 @@ class SessionPool:
             # Replaced before its owner task has finished; its state is gone all the same.
             del self._sessions[key]
             if session.end_reason is not EndReason.CLOSED:
-                self._lost_keys.add(key)
+                self._note_lost(key, session)
         if len(self._sessions) >= self._cap:
             self._refusals.warn(
                 "refused a new session with upstream '%s' for %s: its cap of %d sessions is reached",
@@ -219,15 +219,19 @@ class SessionPool:
         if self._sessions.get(key) is session:
             del self._sessions[key]
             if session.end_reason is EndReason.LOST and not key.is_ephemeral:
-                logger.warning(
-                    "upstream '%s' went away during %s (%s); its next call starts afresh",
-                    self.upstream,
-                    key,
-                    session.failure.message if session.failure else "the connection ended",
-                )
-                self._lost_keys.add(key)
+                self._note_lost(key, session)
             if session.listings:
                 self._hooks.listings_changed(key)
+
+    def _note_lost(self, key: SessionKey, session: UpstreamSession) -> None:
+        """The key's session ended by itself (crash, exit): say so once, and warn its client on its next call."""
+        logger.warning(
+            "upstream '%s' went away during %s (%s); its next call starts afresh",
+            self.upstream,
+            key,
+            session.failure.message if session.failure else "the connection ended",
+        )
+        self._lost_keys.add(key)
 
     def end_soon(self, key: SessionKey) -> None:
         """Close the key's session without waiting for its upstream to exit."""

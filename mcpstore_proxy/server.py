@@ -42,7 +42,13 @@ from mcpstore_proxy.catalog import Catalog
 from mcpstore_proxy.compat import downstream_connection
 from mcpstore_proxy.drain import Drain
 from mcpstore_proxy.engine import ProxyEngine
-from mcpstore_proxy.errors import ProxyError, UnknownToolError, to_mcp_error
+from mcpstore_proxy.errors import (
+    ProxyError,
+    UnknownPromptError,
+    UnknownResourceError,
+    UnknownToolError,
+    to_mcp_error,
+)
 from mcpstore_proxy.keys import STORE_SCOPE, SessionKey, checked_agent, resolve_session_key
 from mcpstore_proxy.relay import ClientCall
 
@@ -372,11 +378,21 @@ class ProxyServer(Server[Any]):
         resumption.) Only that transport answers a request on its own POST; a legacy SSE POST is over
         at once (202), and 2026-07-28 requests are cancelled by the SDK itself.
         """
+        receive = _hang_up_source(ctx)
+
+        async def run() -> dict[str, Any]:
+            return await (forward() if receive is None else _unless_client_hangs_up(receive, forward))
+
         try:
             with self.drain.request():
-                await self._engine.settled()
-                receive = _hang_up_source(ctx)
-                result = await (forward() if receive is None else _unless_client_hangs_up(receive, forward))
+                try:
+                    result = await run()
+                except (UnknownToolError, UnknownPromptError, UnknownResourceError):
+                    # Routing fails before anything is sent: a name from an upstream still starting may yet come.
+                    if not self._engine.is_settling:
+                        raise
+                    await self._engine.settled()
+                    result = await run()
         except ProxyError as error:
             raise to_mcp_error(error) from None
         if ctx.protocol_version in MODERN_PROTOCOL_VERSIONS:

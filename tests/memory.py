@@ -4,7 +4,7 @@
 tests/fixtures/stateful_server.py (what `support.fixture_server` writes) is
 served in memory instead: each connection gets a fresh server instance, as
 each session would get a fresh process, with the same flags (--fail-start,
---fail-until, --start-gate, ...). whoami answers the instance's identity (a
+--fail-until, --start-gate, --start-after, ...). whoami answers the instance's identity (a
 number no pid reaches) and crash ends the instance mid-call. Other fixture
 scripts can be served in memory too (`scripts`: script path → server builder).
 Any other entry goes through the real transports.
@@ -134,6 +134,11 @@ class MemoryUpstreams:
         try:
             with anyio.CancelScope() as scope:
                 self._scopes[identity] = scope
+                start_after: Path | None = arguments.start_after
+                if start_after is not None:
+                    start_after.with_name(f"waiting-{identity}").touch()
+                    while not await anyio.Path(start_after).exists():  # noqa: ASYNC110  # a file offers no event
+                        await anyio.sleep(0.02)
                 gate: Path | None = arguments.start_gate
                 if gate is not None and (gate / "slow").exists():
                     (gate / f"hanging-{identity}").touch()

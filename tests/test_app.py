@@ -9,11 +9,13 @@ import os
 from pathlib import Path
 from typing import Any
 
+import anyio
 import httpx2
 import pytest
 from mcp import MCPError
 from mcp.types import INVALID_PARAMS
 
+from mcpstore_proxy.errors import SESSION_REFUSED
 from tests.inprocess import running_app
 from tests.support import (
     PROJECT_ROOT,
@@ -109,3 +111,26 @@ async def test_bundled_demo_config_gives_each_client_its_own_notes_and_one_share
         started = descendants(os.getpid()) - before
         assert len(started) == 4  # the notes catalog, the shared counter, and each client's own notes
     await wait_until(lambda: not any(is_alive(pid) for pid in started), what=f"the demo processes {started} to exit")
+
+
+async def test_a_burst_of_newcomers_at_the_session_limit_is_refused_by_the_proxy_naming_the_limit(
+    tmp_path: Path,
+) -> None:
+    config = write_config(tmp_path, {"state": fixture_server("state")}, max_downstream_sessions=5)
+    async with running_app(config) as proxy, httpx2.AsyncClient(timeout=30) as http:
+        answers: list[httpx2.Response] = []
+
+        async def newcomer() -> None:
+            answers.append(await http.post(proxy.url, json=INITIALIZE, headers=ACCEPT))
+
+        async with anyio.create_task_group() as tg:
+            for _ in range(30):
+                tg.start_soon(newcomer)
+        admitted = [answer for answer in answers if answer.status_code == 200]
+        refused = [answer.json()["error"] for answer in answers if answer.status_code != 200]
+        assert len(admitted) == 5
+        assert {answer.status_code for answer in answers} == {200, 503}
+        # Every refusal is the proxy's own, however the burst interleaved: none is the SDK's bare "too many".
+        assert {error["code"] for error in refused} == {SESSION_REFUSED}
+        assert all("max_downstream_sessions" in error["message"] for error in refused)
+        assert {error["data"]["type"] for error in refused} == {"ConnectionLimitError"}
