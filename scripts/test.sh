@@ -13,4 +13,5 @@ log "ruff"
 log "pyright (strict)"
 .venv/bin/pyright
 log "pytest"
-.venv/bin/python -m pytest "$@"
+# Two workers: most tests wait on I/O (in-memory upstreams, or processes), so two share this 2-core machine well.
+.venv/bin/python -m pytest -n "${PYTEST_WORKERS:-2}" "$@"

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -18,6 +19,22 @@ def site(tmp_path: Path) -> Iterator[str]:
 
     with serving_pages(tmp_path / "site") as url:
         yield url
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """In an xdist worker, hand the lines for the summary to the controller, which prints them."""
+    from tests.support import REPORT
+
+    workeroutput: dict[str, Any] | None = getattr(session.config, "workeroutput", None)
+    if workeroutput is not None:
+        workeroutput["report"] = list(REPORT)
+
+
+def pytest_testnodedown(node: Any, error: object) -> None:
+    """xdist's controller: collect what a finished worker reported."""
+    from tests.support import REPORT
+
+    REPORT.extend(getattr(node, "workeroutput", {}).get("report", []))
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

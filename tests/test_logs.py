@@ -61,7 +61,11 @@ def quiet_logger() -> Iterator[tuple[logging.Logger, ListHandler]]:
 # Session ids.
 
 
-@pytest.mark.parametrize("session_id", [uuid.uuid4().hex, str(uuid.uuid4()), uuid.uuid4().hex.upper()])
+@pytest.mark.parametrize(
+    "session_id",
+    ["e82488a213ac425f80a3a955914d5f08", "9d25219b-3238-4817-ae5f-1a171fce3a05", "57C96016178C4F7B9D5C54D860A475C4"],
+    ids=["hex", "dashed", "upper-case"],
+)
 def test_a_session_id_in_an_sdk_line_becomes_the_fingerprint_our_own_lines_show(
     redacted: ListHandler, session_id: str
 ) -> None:
