@@ -10,9 +10,10 @@ others (needed when binding to a non-loopback address).
 The front door (`_FrontDoor`) admits new client sessions: while the proxy
 drains for shutdown, and once `max_downstream_sessions` are open, a request
 that would open one gets 503 with a JSON-RPC error naming the reason and the
-fix, at once. Requests within open sessions pass. A request that is opening a
-session counts against the limit from the moment it is let in, so a burst of
-newcomers cannot slip past it together.
+fix, at once. Requests within open sessions pass. The SDK's session manager
+makes the final, atomic decision for Streamable HTTP (its own limit is kept
+at what the legacy SSE clients leave of ours), and when a burst of newcomers
+meets that limit, its bare refusal is answered with ours.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import logging
 from collections.abc import AsyncGenerator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any, Final, Protocol
+from typing import Final, Protocol
 
 import anyio
 from mcp.server.sse import SseServerTransport
@@ -34,10 +35,10 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Mount, Route
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mcpstore_proxy.admin import admin_routes
-from mcpstore_proxy.compat import open_http_sessions, terminate_http_sessions
+from mcpstore_proxy.compat import open_http_sessions, set_session_limit, terminate_http_sessions
 from mcpstore_proxy.config import ProxySettings
 from mcpstore_proxy.control import Control
 from mcpstore_proxy.drain import Drain
@@ -101,7 +102,7 @@ def create_app(engine: ProxyEngine) -> HttpFace:
         max_sessions=settings.max_downstream_sessions,
     )
     legacy = _LegacySseStream(server, SseServerTransport("/messages/", security_settings=security))
-    door = _FrontDoor(server.drain, lambda: open_http_sessions(manager) + legacy.open, settings)
+    door = _FrontDoor(server.drain, manager, legacy, settings)
 
     @asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncGenerator[None]:
@@ -143,13 +144,15 @@ def create_app(engine: ProxyEngine) -> HttpFace:
 class _FrontDoor:
     """Admits new client sessions, or refuses them at once with a JSON-RPC error and 503."""
 
-    def __init__(self, drain: Drain, open_sessions: Any, settings: ProxySettings) -> None:
+    def __init__(
+        self, drain: Drain, manager: StreamableHTTPSessionManager, legacy: _LegacySseStream, settings: ProxySettings
+    ) -> None:
         self._drain = drain
-        self._open_sessions = open_sessions
+        self._manager = manager
+        self._legacy = legacy
         self._limit = settings.max_downstream_sessions
         self._refusals = ThrottledWarning(logger)
         self._requests = 0
-        self._opening = 0
         self._answered = anyio.Event()
         self._answered.set()
 
@@ -164,39 +167,60 @@ class _FrontDoor:
         opens = _opens_a_session(scope)
         refusal = self._refusal() if opens else None
         if refusal is not None:
-            self._refusals.warn("refused a new client session: %s", refusal.message)
-            await _json_rpc_error(refusal)(scope, receive, send)
+            await self._refuse(refusal, scope, receive, send)
             return
         if scope["method"] == "GET":
             # An event stream: a legacy SSE one counts itself from its first step, before any await.
             await app(scope, receive, send)
             return
-        # Until its answer is sent, an opening request holds its place under the limit (it may briefly count
-        # twice, once the session exists: that errs on the side of the limit, never past it).
-        self._opening += opens
+        if opens:
+            set_session_limit(self._manager, max(1, self._limit - self._legacy.open))
+            send = self._answering_the_managers_refusal(scope, receive, send)
         self._requests += 1
         if self._requests == 1:
             self._answered = anyio.Event()
         try:
             await app(scope, receive, send)
         finally:
-            self._opening -= opens
             self._requests -= 1
             if self._requests == 0:
                 self._answered.set()
+
+    def _answering_the_managers_refusal(self, scope: Scope, receive: Receive, send: Send) -> Send:
+        """`send`, but for the session manager's own refusal at its limit (HTTP 503), which becomes ours."""
+        is_replaced = False
+
+        async def send_ours_instead(message: Message) -> None:
+            nonlocal is_replaced
+            if is_replaced:
+                return  # the rest of the manager's refusal
+            if message["type"] == "http.response.start" and message["status"] == 503:
+                is_replaced = True
+                await self._refuse(self._limit_reached(), scope, receive, send)
+                return
+            await send(message)
+
+        return send_ours_instead
+
+    async def _refuse(self, refusal: ProxyError, scope: Scope, receive: Receive, send: Send) -> None:
+        self._refusals.warn("refused a new client session: %s", refusal.message)
+        await _json_rpc_error(refusal)(scope, receive, send)
 
     def _refusal(self) -> ProxyError | None:
         if self._drain.is_draining:
             return ShuttingDownError(
                 "mcpstore-proxy is shutting down and takes no new sessions; reconnect once it is back"
             )
-        if self._open_sessions() + self._opening >= self._limit:
-            return ConnectionLimitError(
-                f"mcpstore-proxy already holds {self._limit} client sessions (max_downstream_sessions); "
-                "close idle clients (their sessions also end after session_idle_timeout_seconds), "
-                "or raise max_downstream_sessions"
-            )
+        if open_http_sessions(self._manager) + self._legacy.open >= self._limit:
+            return self._limit_reached()
         return None
+
+    def _limit_reached(self) -> ConnectionLimitError:
+        return ConnectionLimitError(
+            f"mcpstore-proxy already holds {self._limit} client sessions (max_downstream_sessions); "
+            "close idle clients (their sessions also end after session_idle_timeout_seconds), "
+            "or raise max_downstream_sessions"
+        )
 
 
 class _Guarded:

@@ -23,6 +23,7 @@ __all__ = [
     "TransportStreams",
     "downstream_connection",
     "open_http_sessions",
+    "set_session_limit",
     "terminate_http_sessions",
 ]
 
@@ -40,6 +41,12 @@ def open_http_sessions(manager: StreamableHTTPSessionManager) -> int:
     """How many Streamable HTTP sessions the manager holds open (`_server_instances`)."""
     instances: dict[str, Any] = getattr(manager, "_server_instances")  # noqa: B009  # private; pinned by a test
     return len(instances)
+
+
+def set_session_limit(manager: StreamableHTTPSessionManager, max_sessions: int) -> None:
+    """Change the manager's session limit after construction; it reads `max_sessions` at each admission, under its
+    lock, and answers HTTP 503 past it."""
+    manager.max_sessions = max_sessions
 
 
 async def terminate_http_sessions(manager: StreamableHTTPSessionManager) -> None:

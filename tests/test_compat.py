@@ -133,3 +133,17 @@ def test_uvicorn_takes_its_signal_handlers_in_capture_signals_and_the_override_t
         assert signal.getsignal(signal.SIGTERM) != before  # the assumption: this is where uvicorn takes SIGTERM
     with compat.SignalFreeServer(config).capture_signals():
         assert signal.getsignal(signal.SIGTERM) == before
+
+
+async def test_the_managers_session_limit_can_be_changed_and_past_it_a_new_session_gets_503() -> None:
+    manager = StreamableHTTPSessionManager(app=_server([]), max_sessions=10)
+    compat.set_session_limit(manager, 1)
+    hello = {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}
+    initialize = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": hello}
+    headers = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
+    async with _serving(manager) as url, httpx2.AsyncClient() as http:
+        assert (await http.post(url, json=initialize, headers=headers)).status_code == 200
+        refused = await http.post(url, json=initialize, headers=headers)
+        assert refused.status_code == 503
+        compat.set_session_limit(manager, 2)
+        assert (await http.post(url, json=initialize, headers=headers)).status_code == 200
