@@ -4,9 +4,6 @@ run time, routing each call to its key's session, ending keys, and a shutdown th
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator
-from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -26,9 +23,9 @@ from mcpstore_proxy.errors import (
     UpstreamStoppedError,
 )
 from mcpstore_proxy.keys import SessionKey
-from mcpstore_proxy.relay import ClientCall
 from mcpstore_proxy.services import ServiceState
 from tests.clock import ManualClock
+from tests.engines import EngineHarness, RecordingClient, running_engine
 from tests.memory import MemoryUpstreams
 from tests.support import fixture_server, wait_until, write_config
 
@@ -37,54 +34,6 @@ pytestmark = pytest.mark.anyio
 _ResultT = TypeVar("_ResultT", bound=BaseModel)
 _ALICE = SessionKey.connection("alice")
 _BOB = SessionKey.connection("bob")
-
-
-@dataclass(eq=False)
-class RecordingClient:
-    """A downstream client as the engine sees it (a `ClientChannel`): it keeps what it is sent."""
-
-    notices: list[types.ServerNotification] = field(default_factory=list[types.ServerNotification])
-    capabilities: types.ClientCapabilities | None = None
-    accepts_requests: bool = False
-
-    async def notify(self, notification: types.ServerNotification) -> None:
-        self.notices.append(notification)
-
-    async def request(self, request: types.ServerRequest, result_type: type[_ResultT]) -> _ResultT:
-        raise AssertionError(f"no upstream here should ask the client anything, got {request}")
-
-    def call(self) -> ClientCall:
-        return ClientCall(stream=self, connection=self)
-
-
-@dataclass(eq=False)
-class Harness:
-    engine: ProxyEngine
-    upstreams: MemoryUpstreams
-
-    async def call(self, key: SessionKey, tool: str, call: ClientCall | None = None, **arguments: Any) -> Any:
-        result = await self.engine.call_tool(key, self.engine.tool_route(key, tool), arguments, call)
-        assert not result.get("isError"), result
-        return result["structuredContent"]["result"]
-
-    def tool_names(self, key: SessionKey | None = None) -> set[str]:
-        catalog = self.engine.catalog if key is None else self.engine.catalog_for(key)
-        return {tool.name for tool in catalog.tools}
-
-
-@asynccontextmanager
-async def running_engine(
-    tmp_path: Path, servers: dict[str, Any], *, wait: bool = True, **settings: Any
-) -> AsyncGenerator[Harness]:
-    """The engine over `servers` with upstreams in memory (once every first start is done, unless `wait` is
-    False); leaving it checks that no upstream instance outlived it."""
-    upstreams = MemoryUpstreams()
-    config = write_config(tmp_path, servers, **settings)
-    async with ProxyEngine(load_settings(config), transports=upstreams, clock=ManualClock()) as engine:
-        if wait:
-            await engine.started()
-        yield Harness(engine, upstreams)
-    assert not upstreams.live, f"upstream instances {sorted(upstreams.live)} outlived the engine"
 
 
 def hanging(gate: Path) -> set[int]:
@@ -374,7 +323,7 @@ async def test_ending_a_key_closes_its_sessions_with_every_upstream(tmp_path: Pa
 async def test_a_tool_grown_in_a_keys_own_session_is_listed_for_that_key_only(tmp_path: Path) -> None:
     async with running_engine(tmp_path, {"state": fixture_server("state")}) as harness:
         alice = RecordingClient()
-        assert await harness.call(_ALICE, "state_grow", alice.call(), name="sprout") == "grew sprout"
+        assert await harness.call(_ALICE, "state_grow", alice, name="sprout") == "grew sprout"
 
         assert "state_sprout" in harness.tool_names(_ALICE)
         assert any(isinstance(notice, types.ToolListChangedNotification) for notice in alice.notices)
@@ -443,7 +392,7 @@ async def test_shutdown_stops_every_instance_whatever_state_its_upstream_is_in(t
     marker = tmp_path / "sleeping"
     failures: dict[str, UpstreamStoppedError] = {}
 
-    async def call(harness: Harness, name: str, key: SessionKey, tool: str, arguments: dict[str, Any]) -> None:
+    async def call(harness: EngineHarness, name: str, key: SessionKey, tool: str, arguments: dict[str, Any]) -> None:
         try:
             await harness.call(key, tool, **arguments)
         except UpstreamStoppedError as error:

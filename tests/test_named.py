@@ -7,15 +7,13 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncGenerator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import anyio
 import pytest
 
-from mcpstore_proxy.config import UpstreamConfig, load_settings
-from mcpstore_proxy.engine import ProxyEngine
+from mcpstore_proxy.config import UpstreamConfig
 from mcpstore_proxy.errors import (
     SESSION_REFUSED,
     SessionLimitError,
@@ -25,40 +23,25 @@ from mcpstore_proxy.errors import (
     UpstreamStoppedError,
 )
 from mcpstore_proxy.keys import SessionKey
-from tests.clock import ManualClock
-from tests.memory import MemoryUpstreams
-from tests.support import fixture_server, wait_until, write_config
+from tests.engines import EngineHarness
+from tests.engines import running_engine as running_engine_with
+from tests.support import fixture_server, wait_until
 
 pytestmark = pytest.mark.anyio
 
 _IDLE_SECONDS = 60.0
 
 
-@dataclass(eq=False)
-class Harness:
-    engine: ProxyEngine
-    upstreams: MemoryUpstreams
-    clock: ManualClock
-
-    async def call(self, key: SessionKey, tool: str, **arguments: Any) -> Any:
-        result = await self.engine.call_tool(key, self.engine.tool_route(key, tool), arguments)
-        assert not result.get("isError"), result
-        return result["structuredContent"]["result"]
-
-    def is_reaped(self, key: SessionKey, identity: int) -> bool:
-        return key not in self.engine.records and not self.upstreams.is_alive(identity)
+def is_reaped(harness: EngineHarness, key: SessionKey, identity: int) -> bool:
+    return key not in harness.engine.records and not harness.upstreams.is_alive(identity)
 
 
 @asynccontextmanager
-async def running_engine(tmp_path: Path, servers: dict[str, Any], **settings: Any) -> AsyncGenerator[Harness]:
-    """The engine over `servers`, upstreams in memory, expiry on a hand-moved clock; checks nothing outlives it."""
+async def running_engine(tmp_path: Path, servers: dict[str, Any], **settings: Any) -> AsyncGenerator[EngineHarness]:
+    """The engine over `servers`, with named sessions idling out after `_IDLE_SECONDS` of the hand-moved clock."""
     settings.setdefault("session_idle_timeout_seconds", _IDLE_SECONDS)
-    upstreams, clock = MemoryUpstreams(), ManualClock()
-    config = write_config(tmp_path, servers, **settings)
-    async with ProxyEngine(load_settings(config), transports=upstreams, clock=clock) as engine:
-        await engine.started()
-        yield Harness(engine, upstreams, clock)
-    assert not upstreams.live, f"upstream instances {sorted(upstreams.live)} outlived the engine"
+    async with running_engine_with(tmp_path, servers, **settings) as harness:
+        yield harness
 
 
 async def test_the_reaper_closes_a_session_once_idle_past_the_timeout_and_not_before(tmp_path: Path) -> None:
@@ -70,13 +53,13 @@ async def test_the_reaper_closes_a_session_once_idle_past_the_timeout_and_not_be
         late_identity = await harness.call(late, "state_whoami")
 
         harness.clock.advance(31)  # early has idled 61 s, late 31 s
-        await wait_until(lambda: harness.is_reaped(early, early_identity), timeout=5, what="early to be reaped")
+        await wait_until(lambda: is_reaped(harness, early, early_identity), timeout=5, what="early to be reaped")
         assert late in harness.engine.records
         assert harness.upstreams.is_alive(late_identity)
         assert await harness.call(late, "state_recall") == ["kept"]
 
         harness.clock.advance(_IDLE_SECONDS)
-        await wait_until(lambda: harness.is_reaped(late, late_identity), timeout=5, what="late to be reaped")
+        await wait_until(lambda: is_reaped(harness, late, late_identity), timeout=5, what="late to be reaped")
         assert harness.engine.service("", "state").client_sessions == 0
 
 
@@ -91,7 +74,7 @@ async def test_the_reaper_spares_a_session_with_a_call_in_flight_until_the_call_
             await wait_until(marker.exists, timeout=5, what="the busy session's call to start")
             harness.clock.advance(_IDLE_SECONDS + 1)
             # The idle session being reaped shows that the reaper has looked at both.
-            await wait_until(lambda: harness.is_reaped(idle, idle_identity), timeout=5, what="idle to be reaped")
+            await wait_until(lambda: is_reaped(harness, idle, idle_identity), timeout=5, what="idle to be reaped")
             assert busy in harness.engine.records
             assert harness.upstreams.is_alive(busy_identity)
             tg.cancel_scope.cancel()
@@ -100,7 +83,7 @@ async def test_the_reaper_spares_a_session_with_a_call_in_flight_until_the_call_
         assert record.calls_in_flight == 0
         assert record.expires_at == harness.clock.now() + _IDLE_SECONDS  # the call's end counts as a use
         harness.clock.advance(_IDLE_SECONDS)
-        await wait_until(lambda: harness.is_reaped(busy, busy_identity), timeout=5, what="busy to be reaped")
+        await wait_until(lambda: is_reaped(harness, busy, busy_identity), timeout=5, what="busy to be reaped")
 
 
 async def test_an_extended_session_outlives_the_idle_timeout_by_exactly_the_extension(tmp_path: Path) -> None:
@@ -113,7 +96,7 @@ async def test_an_extended_session_outlives_the_idle_timeout_by_exactly_the_exte
         await wait_until(lambda: witness not in harness.engine.records, timeout=5, what="the witness to be reaped")
         assert harness.upstreams.is_alive(identity)
         harness.clock.advance(99)  # 160 s after the last use: idle timeout + 100
-        await wait_until(lambda: harness.is_reaped(task, identity), timeout=5, what="the extended session to end")
+        await wait_until(lambda: is_reaped(harness, task, identity), timeout=5, what="the extended session to end")
 
 
 async def test_a_client_past_its_named_session_limit_is_refused_naming_the_setting(tmp_path: Path) -> None:
@@ -152,7 +135,7 @@ async def test_closing_or_expiring_a_named_session_frees_a_slot_for_its_client(t
             named.admit(third, "connection alice")
 
         harness.clock.advance(_IDLE_SECONDS)
-        await wait_until(lambda: harness.is_reaped(second, identity), timeout=5, what="the session to expire")
+        await wait_until(lambda: is_reaped(harness, second, identity), timeout=5, what="the session to expire")
         named.admit(third, "connection alice")
 
 

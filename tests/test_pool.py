@@ -4,18 +4,13 @@ ephemeral keys that end with their call."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator
-from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import pytest
-from mcp import types
 from pydantic import BaseModel
 
-from mcpstore_proxy.config import UpstreamConfig, load_settings
-from mcpstore_proxy.engine import ProxyEngine
+from mcpstore_proxy.config import UpstreamConfig
 from mcpstore_proxy.errors import (
     SESSION_REFUSED,
     UPSTREAM_FAILED,
@@ -24,72 +19,15 @@ from mcpstore_proxy.errors import (
     UpstreamStoppedError,
 )
 from mcpstore_proxy.keys import SessionKey
-from mcpstore_proxy.relay import ClientCall
 from mcpstore_proxy.services import IsolatedService
-from tests.clock import ManualClock
-from tests.memory import MemoryUpstreams
-from tests.support import fixture_server, wait_until, write_config
+from tests.engines import EngineHarness, RecordingClient, running_engine
+from tests.support import fixture_server, wait_until
 
 pytestmark = pytest.mark.anyio
 
 _ResultT = TypeVar("_ResultT", bound=BaseModel)
 _ALICE = SessionKey.connection("alice")
 _BOB = SessionKey.connection("bob")
-
-
-@dataclass(eq=False)
-class RecordingClient:
-    """A downstream client as the engine sees it (a `ClientChannel`): it keeps what it is sent."""
-
-    notices: list[types.ServerNotification] = field(default_factory=list[types.ServerNotification])
-    capabilities: types.ClientCapabilities | None = None
-    accepts_requests: bool = False
-
-    async def notify(self, notification: types.ServerNotification) -> None:
-        self.notices.append(notification)
-
-    async def request(self, request: types.ServerRequest, result_type: type[_ResultT]) -> _ResultT:
-        raise AssertionError(f"no upstream here should ask the client anything, got {request}")
-
-    def call(self) -> ClientCall:
-        return ClientCall(stream=self, connection=self)
-
-    @property
-    def warnings(self) -> list[str]:
-        return [
-            str(notice.params.data)
-            for notice in self.notices
-            if isinstance(notice, types.LoggingMessageNotification) and notice.params.level == "warning"
-        ]
-
-
-@dataclass(eq=False)
-class Harness:
-    engine: ProxyEngine
-    upstreams: MemoryUpstreams
-
-    async def call(self, key: SessionKey, tool: str, client: RecordingClient | None = None, **arguments: Any) -> Any:
-        route = self.engine.tool_route(key, tool)
-        result = await self.engine.call_tool(key, route, arguments, client.call() if client else None)
-        assert not result.get("isError"), result
-        return result["structuredContent"]["result"]
-
-    @property
-    def state_service(self) -> IsolatedService:
-        service = self.engine.service("", "state")
-        assert isinstance(service, IsolatedService)
-        return service
-
-
-@asynccontextmanager
-async def running_engine(tmp_path: Path, servers: dict[str, Any], **settings: Any) -> AsyncGenerator[Harness]:
-    """The engine over `servers`, upstreams in memory, once every first start is done; checks nothing outlives it."""
-    upstreams = MemoryUpstreams()
-    config = write_config(tmp_path, servers, **settings)
-    async with ProxyEngine(load_settings(config), transports=upstreams, clock=ManualClock()) as engine:
-        await engine.started()
-        yield Harness(engine, upstreams)
-    assert not upstreams.live, f"upstream instances {sorted(upstreams.live)} outlived the engine"
 
 
 async def test_each_key_gets_a_session_of_its_own_reused_for_every_later_call(tmp_path: Path) -> None:
@@ -103,7 +41,7 @@ async def test_each_key_gets_a_session_of_its_own_reused_for_every_later_call(tm
         alice = await harness.call(_ALICE, "state_whoami")
         assert alice != await harness.call(_BOB, "state_whoami")
         assert await harness.call(_ALICE, "state_whoami") == alice
-        assert harness.state_service.client_sessions == 2
+        assert state_service(harness).client_sessions == 2
         assert len(harness.upstreams.started) == 3  # the catalog session, and one session per key
 
 
@@ -149,10 +87,10 @@ async def test_sessions_still_starting_count_against_the_cap_and_show_in_the_poo
     ) as harness:
         await harness.call(_ALICE, "state_whoami")
         (gate / "slow").touch()
-        harness.state_service.pool.open(_BOB)  # its start hangs
+        state_service(harness).pool.open(_BOB)  # its start hangs
         await wait_until(lambda: any(gate.glob("hanging-*")), timeout=5, what="bob's session to hang in its start")
 
-        assert repr(harness.state_service.pool) == "<SessionPool state: 2 sessions (1 starting), cap 2>"
+        assert repr(state_service(harness).pool) == "<SessionPool state: 2 sessions (1 starting), cap 2>"
         with pytest.raises(SessionLimitError):
             await harness.call(SessionKey.explicit("carol"), "state_whoami")
 
@@ -193,7 +131,7 @@ async def test_a_key_that_ended_its_own_session_starts_afresh_without_a_warning(
         await harness.engine.end_session(_ALICE)
 
         assert not harness.upstreams.is_alive(before)  # ending waits until the upstream is gone
-        assert harness.state_service.client_sessions == 0
+        assert state_service(harness).client_sessions == 0
         assert await harness.call(_ALICE, "state_recall", client) == []
         assert client.warnings == []
 
@@ -202,7 +140,7 @@ async def test_an_ephemeral_key_ends_its_session_right_after_its_call(tmp_path: 
     async with running_engine(tmp_path, {"state": fixture_server("state")}) as harness:
         first = await harness.call(SessionKey.ephemeral(), "state_whoami")
         await wait_until(lambda: not harness.upstreams.is_alive(first), timeout=5, what="the ephemeral session to end")
-        assert harness.state_service.client_sessions == 0
+        assert state_service(harness).client_sessions == 0
 
         second = await harness.call(SessionKey.ephemeral(), "state_whoami")
         assert second != first
@@ -225,3 +163,9 @@ async def test_a_closed_pool_takes_no_new_sessions_and_says_why(tmp_path: Path) 
         assert "upstream 'extra' takes no new sessions" in refused.value.message
         assert "removed" in refused.value.message
         assert len(service.pool) == 0
+
+
+def state_service(harness: EngineHarness) -> IsolatedService:
+    service = harness.engine.service("", "state")
+    assert isinstance(service, IsolatedService)
+    return service

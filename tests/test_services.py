@@ -8,15 +8,13 @@ from collections.abc import AsyncGenerator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Literal, TypeVar
 
 import anyio
 import pytest
-from mcp import types
 from pydantic import BaseModel
 
-from mcpstore_proxy.config import UpstreamConfig, load_settings
-from mcpstore_proxy.engine import ProxyEngine
+from mcpstore_proxy.config import UpstreamConfig
 from mcpstore_proxy.errors import (
     UPSTREAM_FAILED,
     UpstreamClosedError,
@@ -25,11 +23,9 @@ from mcpstore_proxy.errors import (
     to_mcp_error,
 )
 from mcpstore_proxy.keys import SessionKey
-from mcpstore_proxy.relay import ClientCall
 from mcpstore_proxy.services import ServiceState, UpstreamService
-from tests.clock import ManualClock
-from tests.memory import MemoryUpstreams
-from tests.support import fixture_server, wait_until, write_config
+from tests.engines import EngineHarness, RecordingClient, running_engine
+from tests.support import fixture_server, wait_until
 
 pytestmark = pytest.mark.anyio
 
@@ -43,48 +39,14 @@ Mode = Literal["isolated", "shared"]
 
 
 @dataclass(eq=False)
-class RecordingClient:
-    """A downstream client as the engine sees it (a `ClientChannel`): it keeps what it is sent."""
-
-    notices: list[types.ServerNotification] = field(default_factory=list[types.ServerNotification])
-    capabilities: types.ClientCapabilities | None = None
-    accepts_requests: bool = False
-
-    async def notify(self, notification: types.ServerNotification) -> None:
-        self.notices.append(notification)
-
-    async def request(self, request: types.ServerRequest, result_type: type[_ResultT]) -> _ResultT:
-        raise AssertionError(f"no upstream here should ask the client anything, got {request}")
-
-    def call(self) -> ClientCall:
-        return ClientCall(stream=self, connection=self)
-
-    @property
-    def warnings(self) -> list[str]:
-        return [
-            str(notice.params.data)
-            for notice in self.notices
-            if isinstance(notice, types.LoggingMessageNotification) and notice.params.level == "warning"
-        ]
-
-
-@dataclass(eq=False)
-class Scene:
+class Scene(EngineHarness):
     """An engine with a witness upstream ('other', from the config) and a target added at run time whose start
     the test controls: it hangs while `gate/slow` exists, and fails while `ready_flag` does not."""
 
-    engine: ProxyEngine
-    upstreams: MemoryUpstreams
-    gate: Path
-    ready_flag: Path
+    gate: Path = Path()
+    ready_flag: Path = Path()
     witness: set[int] = field(default_factory=set[int])
     """The instances the witness runs before the target comes."""
-
-    async def call(self, key: SessionKey, tool: str, client: RecordingClient | None = None, **arguments: Any) -> Any:
-        route = self.engine.tool_route(key, tool)
-        result = await self.engine.call_tool(key, route, arguments, client.call() if client else None)
-        assert not result.get("isError"), result
-        return result["structuredContent"]["result"]
 
     async def add_target(self, mode: Mode = "isolated") -> UpstreamService:
         entry = fixture_server(
@@ -117,13 +79,10 @@ async def scene(tmp_path: Path) -> AsyncGenerator[Scene]:
     """The engine with the witness ready; leaving it shuts the engine down and checks that nothing outlives it."""
     gate = tmp_path / "gate"
     gate.mkdir()
-    upstreams = MemoryUpstreams()
-    config = write_config(tmp_path, {"other": fixture_server("other")})
     with anyio.fail_after(_BOUND_SECONDS):
-        async with ProxyEngine(load_settings(config), transports=upstreams, clock=ManualClock()) as engine:
-            await engine.started()
-            yield Scene(engine, upstreams, gate, tmp_path / "ready", set(upstreams.live))
-    assert not upstreams.live, f"upstream instances {sorted(upstreams.live)} outlived the engine"
+        async with running_engine(tmp_path, {"other": fixture_server("other")}) as harness:
+            witness = set(harness.upstreams.live)
+            yield Scene(harness.engine, harness.upstreams, harness.clock, gate, tmp_path / "ready", witness)
 
 
 async def bring_target_to(scene: Scene, state: str) -> UpstreamService:
