@@ -19,11 +19,10 @@ from collections.abc import AsyncGenerator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import anyio
 import anyio.to_thread
-import httpx2
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
 from mcpstore_proxy import MCPStore
@@ -34,7 +33,7 @@ from mcpstore_proxy.logs import RedactSessionIds
 from mcpstore_proxy.serving import StopRequests, serve_http
 from tests.clock import ManualClock
 from tests.memory import MemoryUpstreams
-from tests.support import free_port, wait_until
+from tests.support import free_port, health_answers, upstreams_started, wait_until
 
 __all__ = ["InProcessProxy", "SdkHarness", "running_app", "sdk_store"]
 
@@ -128,7 +127,7 @@ async def running_app(
         try:
             await wait_until(lambda: _answers(proxy, served.done()), timeout=30, what="the in-process proxy to serve")
             if wait_for_upstreams:
-                await wait_until(lambda: _has_started(proxy), timeout=30, what="every upstream's first attempt")
+                await wait_until(lambda: upstreams_started(port), timeout=30, what="every upstream's first attempt")
             yield proxy
         finally:
             with anyio.CancelScope(shield=True):
@@ -151,18 +150,7 @@ async def _loop_objects() -> tuple[ManualClock, StopRequests]:
 async def _answers(proxy: InProcessProxy, has_ended: bool) -> bool:
     if has_ended:
         raise AssertionError(f"the in-process proxy stopped before serving; log:\n{proxy.log}")
-    try:
-        async with httpx2.AsyncClient() as http:
-            response = await http.get(f"http://127.0.0.1:{proxy.port}/healthz")
-    except httpx2.TransportError:
-        return False
-    return response.status_code == 200
-
-
-async def _has_started(proxy: InProcessProxy) -> bool:
-    async with httpx2.AsyncClient() as http:
-        upstreams: dict[str, Any] = (await http.get(f"http://127.0.0.1:{proxy.port}/healthz")).json()["upstreams"]
-    return all(upstream["state"] != "starting" for upstream in upstreams.values())
+    return await health_answers(proxy.port)
 
 
 @dataclass(eq=False)

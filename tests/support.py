@@ -17,7 +17,7 @@ from typing import Any
 import anyio
 import httpx2
 import yaml
-from mcp import Client, types
+from mcp import Client, StdioServerParameters, types
 from mcp.client.streamable_http import streamable_http_client
 
 from mcpstore_proxy import MCPStore
@@ -232,18 +232,44 @@ async def running_proxy(
 async def _is_healthy(proxy: ProxyProcess) -> bool:
     if proxy.process.returncode is not None:
         raise AssertionError(f"the proxy exited with {proxy.process.returncode}; log:\n{proxy.log}")
+    return await health_answers(proxy.port)
+
+
+async def _has_started(proxy: ProxyProcess) -> bool:
+    return await upstreams_started(proxy.port)
+
+
+async def health_answers(port: int) -> bool:
+    """Whether the proxy on `port` answers /healthz with 200 (False while nothing listens there)."""
     try:
         async with httpx2.AsyncClient() as http:
-            response = await http.get(f"http://127.0.0.1:{proxy.port}/healthz")
+            response = await http.get(f"http://127.0.0.1:{port}/healthz")
     except httpx2.TransportError:
         return False
     return response.status_code == 200
 
 
-async def _has_started(proxy: ProxyProcess) -> bool:
+async def upstreams_started(port: int) -> bool:
+    """Whether every upstream of the proxy on `port` has made its first start attempt."""
     async with httpx2.AsyncClient() as http:
-        upstreams = (await http.get(f"http://127.0.0.1:{proxy.port}/healthz")).json()["upstreams"]
+        upstreams: dict[str, Any] = (await http.get(f"http://127.0.0.1:{port}/healthz")).json()["upstreams"]
     return all(upstream["state"] != "starting" for upstream in upstreams.values())
+
+
+def stdio_parameters(config: Path) -> StdioServerParameters:
+    """How an MCP client starts `mcpstore-proxy stdio` over `config`."""
+    return StdioServerParameters(
+        command=sys.executable, args=["-m", "mcpstore_proxy", "stdio", "--config", str(config)], cwd=str(PROJECT_ROOT)
+    )
+
+
+def closed_gate(directory: Path) -> Path:
+    """A start gate (stateful_server.py --start-gate) that is closed: upstreams started behind it hang in their
+    start, each leaving a `hanging-<pid or identity>` file in it."""
+    gate = directory / "gate"
+    gate.mkdir()
+    (gate / "slow").touch()
+    return gate
 
 
 @asynccontextmanager

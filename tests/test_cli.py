@@ -15,13 +15,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from mcp import Client, StdioServerParameters
+from mcp import Client
 from mcp.types.version import MODERN_PROTOCOL_VERSIONS
 
 from mcpstore_proxy import cli
 from mcpstore_proxy.engine import ProxyEngine
 from tests.memory import MemoryUpstreams
-from tests.support import PROJECT_ROOT, fixture_server, is_alive, structured, wait_until, write_config
+from tests.support import PROJECT_ROOT, fixture_server, is_alive, stdio_parameters, structured, wait_until, write_config
 
 COMMAND = Path(sys.executable).parent / "mcpstore-proxy"
 """The console script that installing the package puts beside the interpreter."""
@@ -184,12 +184,6 @@ def test_the_bundled_config_checks_clean_offline() -> None:
     rows = {line.split()[0]: line.split() for line in completed.stdout.splitlines()[1:]}
     assert rows["notes"][3] == "ready"
     assert rows["counter"][3] == "ready"
-
-
-def stdio_parameters(config: Path) -> StdioServerParameters:
-    return StdioServerParameters(
-        command=sys.executable, args=["-m", "mcpstore_proxy", "stdio", "--config", str(config)], cwd=str(PROJECT_ROOT)
-    )
 
 
 @pytest.mark.anyio

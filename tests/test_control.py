@@ -32,7 +32,7 @@ from mcpstore_proxy.errors import (
 )
 from tests.clock import ManualClock
 from tests.memory import MemoryUpstreams
-from tests.support import fixture_server, structured, text_of, wait_until, write_config
+from tests.support import closed_gate, fixture_server, structured, text_of, wait_until, write_config
 
 pytestmark = pytest.mark.anyio
 
@@ -198,9 +198,7 @@ async def test_wait_service_raises_the_start_error_of_a_service_that_fails(tmp_p
 
 
 async def test_wait_service_gives_up_after_its_timeout_naming_the_state(harness: Harness, tmp_path: Path) -> None:
-    gate = tmp_path / "gate"
-    gate.mkdir()
-    (gate / "slow").touch()
+    gate = closed_gate(tmp_path)
     await harness.control.add_services(STORE, {"name": "slow", **fixture_server("slow", "--start-gate", str(gate))})
     with pytest.raises(UpstreamStartError, match=r"service 'slow' is not ready after 0.1 s \(state: starting\)"):
         await harness.control.wait_service(STORE, "slow", 0.1)

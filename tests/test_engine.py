@@ -27,7 +27,7 @@ from mcpstore_proxy.services import ServiceState
 from tests.clock import ManualClock
 from tests.engines import EngineHarness, RecordingClient, running_engine
 from tests.memory import MemoryUpstreams
-from tests.support import fixture_server, wait_until, write_config
+from tests.support import closed_gate, fixture_server, wait_until, write_config
 
 pytestmark = pytest.mark.anyio
 
@@ -41,19 +41,11 @@ def hanging(gate: Path) -> set[int]:
     return {int(path.name.removeprefix("hanging-")) for path in gate.glob("hanging-*")}
 
 
-def slow_gate(tmp_path: Path) -> Path:
-    """A start gate that is closed: upstreams started behind it hang until it opens and they are restarted."""
-    gate = tmp_path / "gate"
-    gate.mkdir()
-    (gate / "slow").touch()
-    return gate
-
-
 # Start-up.
 
 
 async def test_entering_the_engine_returns_at_once_while_an_upstream_hangs_in_its_start(tmp_path: Path) -> None:
-    gate = slow_gate(tmp_path)
+    gate = closed_gate(tmp_path)
     servers = {"state": fixture_server("state"), "slow": fixture_server("slow", "--start-gate", str(gate))}
     async with running_engine(tmp_path, servers, wait=False) as harness:
         assert harness.engine.is_starting
@@ -67,7 +59,7 @@ async def test_entering_the_engine_returns_at_once_while_an_upstream_hangs_in_it
 
 
 async def test_started_waits_for_every_first_attempt_bounded_by_the_start_timeout(tmp_path: Path) -> None:
-    gate = slow_gate(tmp_path)
+    gate = closed_gate(tmp_path)
     servers = {
         "good": fixture_server("good"),
         "broken": fixture_server("broken", "--fail-start", "missing API key XYZ"),
@@ -100,7 +92,7 @@ async def test_settled_returns_as_soon_as_every_upstream_has_made_its_first_atte
 
 
 async def test_settled_waits_for_a_hanging_upstream_only_until_the_startup_window_ends(tmp_path: Path) -> None:
-    gate = slow_gate(tmp_path)
+    gate = closed_gate(tmp_path)
     servers = {"good": fixture_server("good"), "slow": fixture_server("slow", "--start-gate", str(gate))}
     entered = anyio.current_time()
     async with running_engine(tmp_path, servers, wait=False, startup_wait_seconds=0.5) as harness:
@@ -159,7 +151,7 @@ async def test_a_collision_when_an_upstream_comes_up_later_only_warns_and_the_fi
 async def test_capabilities_advertise_everything_while_starting_then_only_what_upstreams_offer(
     tmp_path: Path,
 ) -> None:
-    gate = slow_gate(tmp_path)
+    gate = closed_gate(tmp_path)
     servers = {"state": fixture_server("state"), "slow": fixture_server("slow", "--start-gate", str(gate))}
     async with running_engine(tmp_path, servers, wait=False) as harness:
         early = harness.engine.capabilities()
@@ -257,7 +249,7 @@ async def test_wait_service_raises_the_start_error_of_a_failed_service(tmp_path:
 
 
 async def test_wait_service_gives_up_after_its_timeout_naming_the_state(tmp_path: Path) -> None:
-    gate = slow_gate(tmp_path)
+    gate = closed_gate(tmp_path)
     servers = {"slow": fixture_server("slow", "--start-gate", str(gate))}
     async with running_engine(tmp_path, servers, wait=False) as harness:
         with anyio.fail_after(5), pytest.raises(UpstreamStartError) as late:
@@ -380,7 +372,7 @@ async def test_a_failing_listener_is_logged_and_the_others_still_hear_of_changes
 
 
 async def test_shutdown_stops_every_instance_whatever_state_its_upstream_is_in(tmp_path: Path) -> None:
-    start_gate, session_gate = slow_gate(tmp_path), tmp_path / "session-gate"
+    start_gate, session_gate = closed_gate(tmp_path), tmp_path / "session-gate"
     session_gate.mkdir()
     servers = {
         "state": fixture_server("state"),

@@ -19,16 +19,18 @@ from typing import Any
 import anyio
 import httpx2
 import pytest
-from mcp import Client, MCPError, StdioServerParameters, types
+from mcp import Client, MCPError, types
 
 from mcpstore_proxy.errors import SESSION_REFUSED, SHUTTING_DOWN
 from tests.support import (
     PROJECT_ROOT,
     admin,
+    closed_gate,
     connect,
     fixture_server,
     is_alive,
     running_proxy,
+    stdio_parameters,
     structured,
     wait_until,
     write_config,
@@ -95,27 +97,37 @@ async def test_restarting_a_slow_starting_upstream_twice_leaves_the_proxy_servin
         assert structured(await client.call_tool("slow_echo", {"text": "back"})) == "back"
 
 
-async def test_health_answers_while_an_upstream_hangs_in_start_up_and_its_tools_arrive_later(tmp_path: Path) -> None:
-    gate = tmp_path / "gate"
-    gate.mkdir()
-    (gate / "slow").touch()
-    config = write_config(
+def config_with_a_hanging_upstream(tmp_path: Path, gate: Path) -> Path:
+    """'state', and 'slow', which hangs in its start behind `gate` (giving up after 3 s, then retrying)."""
+    return write_config(
         tmp_path,
         {"state": fixture_server("state"), "slow": fixture_server("slow", "--start-gate", str(gate))},
         upstream_start_timeout_seconds=3,
     )
-    notices: list[types.ToolListChangedNotification] = []
 
-    async def on_message(message: object) -> None:
+
+class ToolListChanges:
+    """Keeps the tools/list_changed notices a client receives (its `message_handler`)."""
+
+    def __init__(self) -> None:
+        self.seen: list[types.ToolListChangedNotification] = []
+
+    async def on_message(self, message: object) -> None:
         if isinstance(message, types.ToolListChangedNotification):
-            notices.append(message)
+            self.seen.append(message)
+
+
+async def test_health_answers_while_an_upstream_hangs_in_start_up_and_its_tools_arrive_later(tmp_path: Path) -> None:
+    gate = closed_gate(tmp_path)
+    config = config_with_a_hanging_upstream(tmp_path, gate)
+    notices = ToolListChanges()
 
     launched = time.monotonic()
     async with running_proxy(config, wait_for_upstreams=False) as proxy:
         answered_after = time.monotonic() - launched
         assert answered_after < _PROMPT_SECONDS
         await wait_until(lambda: bool(hanging_pids(gate)), what="the slow upstream to hang")
-        async with connect(proxy.url, message_handler=on_message) as client:
+        async with connect(proxy.url, message_handler=notices.on_message) as client:
             assert all(is_alive(pid) for pid in hanging_pids(gate))
             assert not any(tool.name.startswith("slow_") for tool in (await client.list_tools()).tools)
             (gate / "slow").unlink()
@@ -124,33 +136,17 @@ async def test_health_answers_while_an_upstream_hangs_in_start_up_and_its_tools_
                 return "slow_echo" in {tool.name for tool in (await client.list_tools()).tools}
 
             await wait_until(slow_tools_listed, timeout=30, what="the slow upstream's tools")
-            await wait_until(lambda: bool(notices), timeout=5, what="a tools/list_changed notice")
+            await wait_until(lambda: bool(notices.seen), timeout=5, what="a tools/list_changed notice")
             assert structured(await client.call_tool("slow_echo", {"text": "late"})) == "late"
 
 
-def stdio_parameters(config: Path) -> StdioServerParameters:
-    return StdioServerParameters(
-        command=sys.executable, args=["-m", "mcpstore_proxy", "stdio", "--config", str(config)], cwd=str(PROJECT_ROOT)
-    )
-
-
 async def test_stdio_answers_initialize_while_an_upstream_hangs_and_lists_it_once_it_is_up(tmp_path: Path) -> None:
-    gate = tmp_path / "gate"
-    gate.mkdir()
-    (gate / "slow").touch()
-    config = write_config(
-        tmp_path,
-        {"state": fixture_server("state"), "slow": fixture_server("slow", "--start-gate", str(gate))},
-        upstream_start_timeout_seconds=3,
-    )
-    notices: list[types.ToolListChangedNotification] = []
-
-    async def on_message(message: object) -> None:
-        if isinstance(message, types.ToolListChangedNotification):
-            notices.append(message)
+    gate = closed_gate(tmp_path)
+    config = config_with_a_hanging_upstream(tmp_path, gate)
+    notices = ToolListChanges()
 
     launched = time.monotonic()
-    async with Client(stdio_parameters(config), mode="legacy", message_handler=on_message) as client:
+    async with Client(stdio_parameters(config), mode="legacy", message_handler=notices.on_message) as client:
         assert time.monotonic() - launched < _PROMPT_SECONDS
         await wait_until(lambda: bool(hanging_pids(gate)), what="the slow upstream to hang")
         (gate / "slow").unlink()
@@ -160,13 +156,11 @@ async def test_stdio_answers_initialize_while_an_upstream_hangs_and_lists_it_onc
             return {"slow_echo", "state_echo"} <= names
 
         await wait_until(every_tool_listed, timeout=30, what="both upstreams' tools")
-        await wait_until(lambda: bool(notices), timeout=5, what="a tools/list_changed notice")
+        await wait_until(lambda: bool(notices.seen), timeout=5, what="a tools/list_changed notice")
 
 
 async def test_sigterm_during_start_up_leaves_no_process_behind(tmp_path: Path) -> None:
-    gate = tmp_path / "gate"
-    gate.mkdir()
-    (gate / "slow").touch()
+    gate = closed_gate(tmp_path)
     config = write_config(tmp_path, {"slow": fixture_server("slow", "--start-gate", str(gate))})
     async with running_proxy(config, wait_for_upstreams=False) as proxy:
         await wait_until(lambda: bool(hanging_pids(gate)), what="the upstream to hang in its start")
@@ -177,9 +171,7 @@ async def test_sigterm_during_start_up_leaves_no_process_behind(tmp_path: Path) 
 
 
 async def test_stdio_eof_during_start_up_ends_the_proxy_promptly_and_leaves_no_process(tmp_path: Path) -> None:
-    gate = tmp_path / "gate"
-    gate.mkdir()
-    (gate / "slow").touch()
+    gate = closed_gate(tmp_path)
     config = write_config(tmp_path, {"slow": fixture_server("slow", "--start-gate", str(gate))})
     stderr = tmp_path / "stderr.txt"
     with stderr.open("w") as log:

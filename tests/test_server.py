@@ -15,7 +15,7 @@ import pytest
 from mcp import types
 
 from tests.inprocess import running_app
-from tests.support import connect, fixture_server, structured, wait_until, write_config
+from tests.support import closed_gate, connect, fixture_server, structured, wait_until, write_config
 
 pytestmark = pytest.mark.anyio
 
@@ -24,9 +24,7 @@ _WINDOW_SECONDS = 120.0
 
 
 async def test_a_call_to_an_upstream_that_is_up_does_not_wait_for_one_still_starting(tmp_path: Path) -> None:
-    gate = tmp_path / "gate"
-    gate.mkdir()
-    (gate / "slow").touch()
+    gate = closed_gate(tmp_path)
     config = write_config(
         tmp_path,
         {"state": fixture_server("state"), "slow": fixture_server("slow", "--start-gate", str(gate))},
