@@ -10,188 +10,269 @@
     POST   /admin/sessions/{id}/bind        {"service": NAME}
     POST   /admin/sessions/{id}/extend      {"seconds": 3600}
     POST   /admin/sessions/{id}/restart     POST /admin/sessions/{id}/clear-cache
+    GET    /admin/status                    the proxy's state in detail (operators only)
 
 Every path takes `?agent=ID` for an agent's scope (absent: the store's). Errors come back as
-`{"error": {"type": ..., "message": ..., "code": ...}}` with a fitting HTTP status.
+`{"error": {"type": ..., "message": ..., "code": ...}}` with the error's HTTP status.
 
-Access: without a token only while the proxy is bound to loopback; otherwise `Authorization: Bearer
-<admin_token>` is required (and with no `admin_token` configured the API is off). Host and Origin are
-checked as on `/mcp`, so a web page cannot drive the API through the user's browser.
+Access. With `auth`, every request proves a principal (a bearer token), on loopback too. Session and tool
+operations act on the principal's own sessions, in the agent scopes it is granted. Changing services needs an
+admin (the store's) or a principal granted the agent (the agent's); `/admin/status` needs an admin. The config's
+`admin_token` proves an admin wherever it is set. Without `auth`, the API is the operator's: open on a loopback
+bind with no `admin_token`, else only with it. Host and Origin are checked as on `/mcp`, so a web page cannot
+drive the API through the user's browser; a POST or PUT must be JSON, at most 1 MiB, and its fields are checked.
 """
 
 from __future__ import annotations
 
-import hmac
-import ipaddress
 import json
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any, Final, cast
+from typing import Any, Final, TypeVar, cast
 
 from mcp.server.transport_security import TransportSecurityMiddleware, TransportSecuritySettings
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 
-from mcpstore_proxy.config import ProxySettings
+from mcpstore_proxy.config import ProxySettings, describe_validation_error
 from mcpstore_proxy.control import Control
-from mcpstore_proxy.errors import ProxyError, error_data
+from mcpstore_proxy.errors import (
+    AuthenticationError,
+    ConfigError,
+    PermissionDeniedError,
+    ProxyError,
+    RequestTooLargeError,
+    error_data,
+)
+from mcpstore_proxy.gate import AuthGate
+from mcpstore_proxy.keys import checked_agent
+from mcpstore_proxy.principals import Principal
 
-__all__ = ["admin_routes", "is_loopback"]
+__all__ = ["MAX_BODY_BYTES", "admin_routes"]
 
 logger = logging.getLogger(__name__)
 
-_DEFAULT_WAIT_SECONDS: Final = 30.0
+MAX_BODY_BYTES: Final = 1024 * 1024
+_MAX_WAIT_SECONDS: Final = 600.0
+_MAX_EXTEND_SECONDS: Final = 10 * 365 * 86400.0
+_BodyT = TypeVar("_BodyT", bound=BaseModel)
 
-Handler = Callable[[Request], Awaitable[Any]]
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
+Handler = Callable[[Request, Control], Awaitable[Any]]
+StatusReport = Callable[[], dict[str, Any]]
 
 
-def admin_routes(control: Control, settings: ProxySettings, security: TransportSecuritySettings) -> list[BaseRoute]:
-    api = _AdminApi(control)
-    guard = _Guard(settings, security)
-    endpoints: list[tuple[str, Handler, list[str]]] = [
-        ("/services", api.list_services, ["GET"]),
-        ("/services", api.add_services, ["POST"]),
-        ("/services/{name}", api.service_status, ["GET"]),
-        ("/services/{name}", api.remove_service, ["DELETE"]),
-        ("/services/{name}/restart", api.restart_service, ["POST"]),
-        ("/services/{name}/wait", api.wait_service, ["POST"]),
-        ("/tools", api.list_tools, ["GET"]),
-        ("/tools/resolve", api.resolve_tool, ["GET"]),
-        ("/sessions", api.list_sessions, ["GET"]),
-        ("/sessions/{session}", api.open_session, ["PUT"]),
-        ("/sessions/{session}", api.session_info, ["GET"]),
-        ("/sessions/{session}", api.close_session, ["DELETE"]),
-        ("/sessions/{session}/bind", api.bind_service, ["POST"]),
-        ("/sessions/{session}/extend", api.extend_session, ["POST"]),
-        ("/sessions/{session}/restart", api.restart_session, ["POST"]),
-        ("/sessions/{session}/clear-cache", api.clear_cache, ["POST"]),
+class _BindBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    service: str = Field(min_length=1, max_length=64)
+
+
+class _ExtendBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    seconds: float = Field(default=3600.0, gt=0, le=_MAX_EXTEND_SECONDS, allow_inf_nan=False)
+
+
+class _WaitQuery(BaseModel):
+    timeout: float = Field(default=30.0, gt=0, le=_MAX_WAIT_SECONDS, allow_inf_nan=False)
+
+
+def admin_routes(
+    control: Control,
+    settings: ProxySettings,
+    security: TransportSecuritySettings,
+    gate: AuthGate,
+    status: StatusReport,
+) -> list[BaseRoute]:
+    api = _AdminApi(status)
+    guard = _Guard(control, settings, security, gate)
+    principal, operator = guard.for_principals, guard.for_operators
+    routes: list[tuple[str, Callable[[Request], Awaitable[Response]], list[str]]] = [
+        ("/services", principal(api.list_services), ["GET"]),
+        ("/services", principal(api.add_services), ["POST"]),
+        ("/services/{name}", principal(api.service_status), ["GET"]),
+        ("/services/{name}", principal(api.remove_service), ["DELETE"]),
+        ("/services/{name}/restart", principal(api.restart_service), ["POST"]),
+        ("/services/{name}/wait", principal(api.wait_service), ["POST"]),
+        ("/tools", principal(api.list_tools), ["GET"]),
+        ("/tools/resolve", principal(api.resolve_tool), ["GET"]),
+        ("/sessions", principal(api.list_sessions), ["GET"]),
+        ("/sessions/{session}", principal(api.open_session), ["PUT"]),
+        ("/sessions/{session}", principal(api.session_info), ["GET"]),
+        ("/sessions/{session}", principal(api.close_session), ["DELETE"]),
+        ("/sessions/{session}/bind", principal(api.bind_service), ["POST"]),
+        ("/sessions/{session}/extend", principal(api.extend_session), ["POST"]),
+        ("/sessions/{session}/restart", principal(api.restart_session), ["POST"]),
+        ("/sessions/{session}/clear-cache", principal(api.clear_cache), ["POST"]),
+        ("/status", operator(api.status), ["GET"]),
     ]
-    return [
-        Mount(
-            "/admin", routes=[Route(path, guard.wrap(handler), methods=methods) for path, handler, methods in endpoints]
-        )
-    ]
+    return [Mount("/admin", routes=[Route(path, endpoint, methods=methods) for path, endpoint, methods in routes])]
 
 
 class _Guard:
-    def __init__(self, settings: ProxySettings, security: TransportSecuritySettings) -> None:
-        self._is_open = is_loopback(settings.host)
-        self._token = settings.admin_token
-        self._security = TransportSecurityMiddleware(security)
+    """Who may use the API, and its one translation of errors into answers."""
 
-    def wrap(self, handler: Handler) -> Callable[[Request], Awaitable[Response]]:
+    def __init__(
+        self, control: Control, settings: ProxySettings, security: TransportSecuritySettings, gate: AuthGate
+    ) -> None:
+        self._control = control
+        self._gate = gate
+        self._security = TransportSecurityMiddleware(security)
+        self._is_auth_on = gate.authenticator.is_on
+        self._is_operator_open = settings.binds_loopback and settings.admin_token is None
+        self._has_admin_token = settings.admin_token is not None
+
+    def for_principals(self, handler: Handler) -> Callable[[Request], Awaitable[Response]]:
+        """Session, tool and service operations: any principal, within its rights (with `auth`)."""
+        return self._wrap(handler, operators_only=False)
+
+    def for_operators(self, handler: Handler) -> Callable[[Request], Awaitable[Response]]:
+        return self._wrap(handler, operators_only=True)
+
+    def _wrap(self, handler: Handler, *, operators_only: bool) -> Callable[[Request], Awaitable[Response]]:
         async def endpoint(request: Request) -> Response:
             refused = await self._security.validate_request(request, is_post=request.method in ("POST", "PUT"))
             if refused is not None:
                 return refused
-            if not self._is_open:
-                if self._token is None:
-                    return _error(
-                        403,
-                        "AdminApiOff",
-                        "the admin API is off: the proxy is not bound to loopback and has no admin_token",
-                    )
-                offered = request.headers.get("authorization", "")
-                if not hmac.compare_digest(offered.encode(), f"Bearer {self._token}".encode()):
-                    return _error(
-                        401, "Unauthorized", "send 'Authorization: Bearer <admin_token>' to use the admin API"
-                    )
+            is_operator = False
             try:
-                return _json(await handler(request))
+                principal = await self._gate.admit(request.scope)
+                principal = self._operator_or_refuse(principal, operators_only=operators_only)
+                is_operator = principal.is_admin
+                control = self._control.acting_for(principal)
+                return _json(await handler(request, control.with_details(is_operator)))
+            except AuthenticationError as error:
+                return self._gate.refusal(error)
             except ProxyError as error:
-                return JSONResponse(
-                    {"error": {**error_data(error), "message": error.message, "code": error.code}},
-                    status_code=error.http_status,
-                )
-            except (ValueError, KeyError) as error:
-                return _error(400, "BadRequest", f"malformed request: {error}")
+                return _error_response(error, for_operator=is_operator)
+            except (ValueError, KeyError, TypeError) as error:
+                return _error_response(ConfigError(f"malformed request: {error}"))
 
         return endpoint
 
+    def _operator_or_refuse(self, principal: Principal, *, operators_only: bool) -> Principal:
+        """The principal the operation runs as: without `auth`, only an operator may use the API at all.
+
+        Raises:
+            PermissionDeniedError: the caller may not use this part of the API.
+        """
+        if principal.is_admin:
+            return principal
+        if not self._is_auth_on:
+            if self._is_operator_open:
+                return Principal(principal.name, None, is_admin=True)  # loopback, no admin_token: the operator
+            if self._has_admin_token:
+                raise AuthenticationError(
+                    "send 'Authorization: Bearer <admin_token>' to use the admin API", reason="invalid_token"
+                )
+            raise PermissionDeniedError(
+                "the admin API is off: the proxy is not bound to loopback and has no admin_token"
+            )
+        if operators_only:
+            raise PermissionDeniedError(f"{principal} is not an admin; this part of the admin API is for admins")
+        return principal
+
 
 class _AdminApi:
-    def __init__(self, control: Control) -> None:
-        self._control = control
+    def __init__(self, status: StatusReport) -> None:
+        self._status = status
 
-    async def list_services(self, request: Request) -> Any:
-        return await self._control.list_services(_agent(request))
+    async def list_services(self, request: Request, control: Control) -> Any:
+        return await control.list_services(_agent(request))
 
-    async def add_services(self, request: Request) -> Any:
-        return await self._control.add_services(_agent(request), await _body(request))
+    async def add_services(self, request: Request, control: Control) -> Any:
+        return await control.add_services(_agent(request), await _json_object(request))
 
-    async def service_status(self, request: Request) -> Any:
-        return await self._control.service_status(_agent(request), request.path_params["name"])
+    async def service_status(self, request: Request, control: Control) -> Any:
+        return await control.service_status(_agent(request), request.path_params["name"])
 
-    async def remove_service(self, request: Request) -> Any:
-        await self._control.remove_service(_agent(request), request.path_params["name"])
+    async def remove_service(self, request: Request, control: Control) -> Any:
+        await control.remove_service(_agent(request), request.path_params["name"])
         return {"removed": request.path_params["name"]}
 
-    async def restart_service(self, request: Request) -> Any:
-        return await self._control.restart_service(_agent(request), request.path_params["name"])
+    async def restart_service(self, request: Request, control: Control) -> Any:
+        return await control.restart_service(_agent(request), request.path_params["name"])
 
-    async def wait_service(self, request: Request) -> Any:
-        timeout = float(request.query_params.get("timeout", _DEFAULT_WAIT_SECONDS))
-        return await self._control.wait_service(_agent(request), request.path_params["name"], timeout)
+    async def wait_service(self, request: Request, control: Control) -> Any:
+        query = _validated(_WaitQuery, dict(request.query_params), "the query")
+        return await control.wait_service(_agent(request), request.path_params["name"], query.timeout)
 
-    async def list_tools(self, request: Request) -> Any:
-        return await self._control.list_tools(_agent(request), request.query_params.get("session"))
+    async def list_tools(self, request: Request, control: Control) -> Any:
+        return await control.list_tools(_agent(request), request.query_params.get("session"))
 
-    async def resolve_tool(self, request: Request) -> Any:
-        name, session = request.query_params["name"], request.query_params.get("session")
-        opens = request.query_params.get("open", "") in ("1", "true")
-        return await self._control.resolve_tool(_agent(request), session, name, opens=opens)
+    async def resolve_tool(self, request: Request, control: Control) -> Any:
+        name = request.query_params.get("name")
+        if not name:
+            raise ConfigError("the query needs 'name', the tool to resolve")
+        return await control.resolve_tool(_agent(request), request.query_params.get("session"), name)
 
-    async def list_sessions(self, request: Request) -> Any:
-        return await self._control.list_sessions(_agent(request))
+    async def list_sessions(self, request: Request, control: Control) -> Any:
+        return await control.list_sessions(_agent(request))
 
-    async def open_session(self, request: Request) -> Any:
-        return await self._control.open_session(_agent(request), request.path_params["session"])
+    async def open_session(self, request: Request, control: Control) -> Any:
+        return await control.open_session(_agent(request), request.path_params["session"])
 
-    async def session_info(self, request: Request) -> Any:
-        return await self._control.session_info(_agent(request), request.path_params["session"])
+    async def session_info(self, request: Request, control: Control) -> Any:
+        return await control.session_info(_agent(request), request.path_params["session"])
 
-    async def close_session(self, request: Request) -> Any:
-        await self._control.close_session(_agent(request), request.path_params["session"])
+    async def close_session(self, request: Request, control: Control) -> Any:
+        await control.close_session(_agent(request), request.path_params["session"])
         return {"closed": request.path_params["session"]}
 
-    async def bind_service(self, request: Request) -> Any:
-        service = (await _body(request))["service"]
-        return await self._control.bind_service(_agent(request), request.path_params["session"], str(service))
+    async def bind_service(self, request: Request, control: Control) -> Any:
+        body = _validated(_BindBody, await _json_object(request), "the body")
+        return await control.bind_service(_agent(request), request.path_params["session"], body.service)
 
-    async def extend_session(self, request: Request) -> Any:
-        seconds = float((await _body(request)).get("seconds", 3600))
-        return await self._control.extend_session(_agent(request), request.path_params["session"], seconds)
+    async def extend_session(self, request: Request, control: Control) -> Any:
+        body = _validated(_ExtendBody, await _json_object(request), "the body")
+        return await control.extend_session(_agent(request), request.path_params["session"], body.seconds)
 
-    async def restart_session(self, request: Request) -> Any:
-        return await self._control.restart_session(_agent(request), request.path_params["session"])
+    async def restart_session(self, request: Request, control: Control) -> Any:
+        return await control.restart_session(_agent(request), request.path_params["session"])
 
-    async def clear_cache(self, request: Request) -> Any:
-        return await self._control.clear_cache(_agent(request), request.path_params["session"])
+    async def clear_cache(self, request: Request, control: Control) -> Any:
+        return await control.clear_cache(_agent(request), request.path_params["session"])
+
+    async def status(self, request: Request, control: Control) -> Any:
+        return self._status()
 
 
 def _agent(request: Request) -> str:
-    return request.query_params.get("agent", "")
+    return checked_agent(request.query_params.get("agent", ""))
 
 
-async def _body(request: Request) -> dict[str, Any]:
+async def _json_object(request: Request) -> dict[str, Any]:
+    """The request's JSON object body, read only while it stays within `MAX_BODY_BYTES`.
+
+    Raises:
+        RequestTooLargeError: it is larger (HTTP 413).
+        ConfigError: it is not a JSON object.
+    """
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        raise RequestTooLargeError(f"the body is {declared} bytes; the admin API takes at most {MAX_BODY_BYTES}")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise RequestTooLargeError(f"the body is over {MAX_BODY_BYTES} bytes, the most the admin API takes")
+        chunks.append(chunk)
+    raw = b"".join(chunks)
     try:
-        body = json.loads(await request.body() or b"{}")
+        body = json.loads(raw or b"{}")
     except ValueError as error:
-        raise ValueError(f"the body is not JSON ({error})") from None
+        raise ConfigError(f"the body is not JSON ({error})") from None
     if not isinstance(body, dict):
-        raise ValueError("the body must be a JSON object")
+        raise ConfigError("the body must be a JSON object")
     return cast(dict[str, Any], body)
+
+
+def _validated(model: type[_BodyT], data: dict[str, Any], what: str) -> _BodyT:
+    try:
+        return model.model_validate(data)
+    except ValidationError as error:
+        raise ConfigError(f"{what}: {describe_validation_error(error)}") from None
 
 
 def _json(payload: Any) -> JSONResponse:
@@ -202,5 +283,8 @@ def _json(payload: Any) -> JSONResponse:
     return JSONResponse(payload)
 
 
-def _error(status: int, kind: str, message: str, code: int | None = None) -> JSONResponse:
-    return JSONResponse({"error": {"type": kind, "message": message, "code": code}}, status_code=status)
+def _error_response(error: ProxyError, *, for_operator: bool = False) -> JSONResponse:
+    details = error_data(error, for_operator=for_operator)
+    return JSONResponse(
+        {"error": {**details, "message": error.message, "code": error.code}}, status_code=error.http_status
+    )

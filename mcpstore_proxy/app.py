@@ -1,6 +1,8 @@
 """The HTTP face of the proxy, as a Starlette app: Streamable HTTP at `/mcp` (and `/agents/{id}/mcp` for an
 agent's view), the legacy HTTP+SSE transport at `/sse` (events) and `/messages/` (posts) for older clients,
-the admin API under `/admin` (see `admin`), and `/healthz`.
+the admin API under `/admin` (see `admin`), `/healthz` (liveness), and the RFC 9728 protected-resource
+metadata under `/.well-known/oauth-protected-resource`. Every MCP endpoint and the admin API pass the gate
+(`gate`), which learns the principal a request proves.
 
 The SDK's session manager serves `/mcp` with DNS-rebinding protection on: a
 request whose Host is not allowed gets 421, a foreign Origin gets 403. Loopback
@@ -22,7 +24,7 @@ import logging
 from collections.abc import AsyncGenerator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Final, Protocol
+from typing import Any, Final, Protocol
 
 import anyio
 from mcp.server.sse import SseServerTransport
@@ -38,13 +40,16 @@ from starlette.routing import Mount, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mcpstore_proxy.admin import admin_routes
+from mcpstore_proxy.auth import Authenticator
 from mcpstore_proxy.compat import open_http_sessions, set_session_limit, terminate_http_sessions
 from mcpstore_proxy.config import ProxySettings
 from mcpstore_proxy.control import Control
 from mcpstore_proxy.drain import Drain
 from mcpstore_proxy.engine import ProxyEngine
 from mcpstore_proxy.errors import ConnectionLimitError, ProxyError, ShuttingDownError
+from mcpstore_proxy.gate import METADATA_PATH, AuthGate
 from mcpstore_proxy.logs import ThrottledWarning
+from mcpstore_proxy.registry import ServicePolicy
 from mcpstore_proxy.server import ProxyServer
 
 __all__ = ["HttpFace", "create_app", "security_settings"]
@@ -109,32 +114,44 @@ def create_app(engine: ProxyEngine) -> HttpFace:
         async with manager.run():
             yield
 
-    async def health(_: Request) -> JSONResponse:
-        statuses = engine.statuses()
-        return JSONResponse(
-            {
-                "status": "draining" if server.drain.is_draining else "ok",
-                "requests_in_flight": server.drain.in_flight,
-                "upstreams": {
-                    f"{s.agent_id}/{s.name}" if s.agent_id else s.name: {
-                        "state": s.state,
-                        "tools": s.tool_count,
-                        "sessions": s.client_sessions,
-                    }
-                    for s in statuses
-                },
-            }
-        )
+    def status() -> dict[str, Any]:
+        """The proxy's state in detail, for operators (`/admin/status`)."""
+        return {
+            "status": "draining" if server.drain.is_draining else "ok",
+            "requests_in_flight": server.drain.in_flight,
+            "upstreams": {
+                f"{s.agent_id}/{s.name}" if s.agent_id else s.name: {
+                    "state": s.state,
+                    "tools": s.tool_count,
+                    "sessions": s.client_sessions,
+                    "error": s.error,
+                    "detail": s.detail,
+                }
+                for s in engine.statuses()
+            },
+        }
 
-    mcp = door.guard(StreamableHTTPASGIApp(manager))
+    async def health(_: Request) -> JSONResponse:
+        """Liveness: the event loop answers. Nothing about what the proxy serves (that is `/admin/status`)."""
+        return JSONResponse({"status": "draining" if server.drain.is_draining else "ok"})
+
+    gate = AuthGate(
+        Authenticator(settings.auth, admin_token=settings.admin_token),
+        resource_url=_resource_url(settings),
+        authorization_servers=_authorization_servers(settings),
+    )
+    mcp = gate.guard(door.guard(StreamableHTTPASGIApp(manager)))
+    control = Control(engine, policy=ServicePolicy.for_api(settings))
     app = Starlette(
         routes=[
             Route("/mcp", endpoint=mcp),
             Route("/agents/{agent}/mcp", endpoint=mcp),
-            Route("/sse", endpoint=door.guard(legacy), methods=["GET"]),
-            Mount("/messages/", app=legacy.transport.handle_post_message),
+            Route("/sse", endpoint=gate.guard(door.guard(legacy)), methods=["GET"]),
+            Mount("/messages/", app=gate.guard(legacy.transport.handle_post_message)),
+            Route(METADATA_PATH, endpoint=gate.metadata, methods=["GET"]),
+            Route(f"{METADATA_PATH}/mcp", endpoint=gate.metadata, methods=["GET"]),
             Route("/healthz", endpoint=health),
-            *admin_routes(Control(engine, allows_stdio=settings.allow_stdio_services_via_api), settings, security),
+            *admin_routes(control, settings, security, gate, status),
         ],
         lifespan=lifespan,
     )
@@ -291,3 +308,20 @@ class _LegacySseStream:
         for stream in list(self._streams):
             with anyio.move_on_after(1, shield=True):
                 await stream.aclose()
+
+
+def _resource_url(settings: ProxySettings) -> str:
+    """This proxy's canonical MCP URL: `auth.resource`, else the address `serve` binds."""
+    if settings.auth is not None and settings.auth.resource is not None:
+        return settings.auth.resource
+    host = f"[{settings.host}]" if ":" in settings.host else settings.host
+    return f"http://{host}:{settings.port}/mcp"
+
+
+def _authorization_servers(settings: ProxySettings) -> list[str]:
+    auth = settings.auth
+    if auth is None:
+        return []
+    if auth.authorization_servers:
+        return list(auth.authorization_servers)
+    return [auth.jwt.issuer] if auth.jwt is not None else []

@@ -88,7 +88,10 @@ async def _check(settings: ProxySettings) -> int:
 
 def _format_table(statuses: Sequence[ServiceInfo]) -> str:
     rows = [("UPSTREAM", "TRANSPORT", "SESSION", "STATE", "TOOLS", "DETAIL")]
-    rows += [(s.name, s.transport, s.session_mode, s.state, str(s.tool_count), s.error or "") for s in statuses]
+    rows += [
+        (s.name, s.transport, s.session_mode, s.state, str(s.tool_count), "; ".join(filter(None, (s.error, s.detail))))
+        for s in statuses
+    ]
     widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]) - 1)]
     return "\n".join(
         "  ".join(cell.ljust(width) for cell, width in zip(row[:-1], widths, strict=True)) + "  " + row[-1]

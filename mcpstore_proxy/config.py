@@ -32,6 +32,7 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
+from mcpstore_proxy.auth.settings import AuthSettings
 from mcpstore_proxy.errors import ConfigError
 
 __all__ = ["DEFAULT_CONFIG_PATH", "ProxySettings", "UpstreamConfig", "load_settings"]
@@ -39,6 +40,7 @@ __all__ = ["DEFAULT_CONFIG_PATH", "ProxySettings", "UpstreamConfig", "load_setti
 logger = logging.getLogger(__name__)
 
 DEFAULT_CONFIG_PATH = Path("config/proxy.yaml")
+LOOPBACK_ADDRESSES = frozenset({"127.0.0.1", "::1", "localhost"})
 CONFIG_PATH_ENV = "MCPSTORE_PROXY_CONFIG"
 
 _NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
@@ -55,6 +57,7 @@ _TRANSPORT_ALIASES: dict[str, str] = {
 _FOREIGN_KEYS = frozenset({"autoApprove", "alwaysAllow", "disabledTools", "description", "transportType"})
 
 Transport = Literal["stdio", "streamable-http", "sse"]
+SessionScope = Literal["connection", "principal"]
 
 
 class UpstreamConfig(BaseModel):
@@ -77,6 +80,8 @@ class UpstreamConfig(BaseModel):
     include_tools: list[str] | None = None
     exclude_tools: list[str] = Field(default_factory=list[str])
     max_sessions: int | None = Field(default=None, gt=0)
+    session_scope: SessionScope | None = None
+    """This upstream's own `session_scope`; default: the global one."""
 
     @model_validator(mode="before")
     @classmethod
@@ -158,6 +163,9 @@ class ProxySettings(BaseSettings):
     upstream_start_timeout_seconds: float = Field(default=60.0, gt=0, allow_inf_nan=False)
     startup_wait_seconds: float = Field(default=5.0, ge=0, allow_inf_nan=False)
     admin_token: str | None = None
+    auth: AuthSettings | None = None
+    session_scope: SessionScope = "connection"
+    api_service_urls: list[str] = Field(default_factory=list[str])
     allow_stdio_services_via_api: bool = False
     runtime_services_file: Path | None = None
     allowed_hosts: list[str] = Field(default_factory=list[str])
@@ -211,6 +219,16 @@ class ProxySettings(BaseSettings):
         if self._config_path is None:
             return None
         return self._config_path.with_name(f"{self._config_path.stem}.runtime-services.json")
+
+    @property
+    def binds_loopback(self) -> bool:
+        """Whether `serve` binds only this machine: 127.0.0.1, ::1 or localhost (not the rest of 127.0.0.0/8)."""
+        return self.host in LOOPBACK_ADDRESSES
+
+    @property
+    def is_open_locally(self) -> bool:
+        """Loopback without `auth`: the one setting where being on this machine is the only gate."""
+        return self.binds_loopback and self.auth is None
 
     @property
     def enabled_servers(self) -> dict[str, UpstreamConfig]:

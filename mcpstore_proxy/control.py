@@ -25,13 +25,24 @@ from mcpstore_proxy.engine import ProxyEngine
 from mcpstore_proxy.errors import (
     AmbiguousToolError,
     ConfigError,
+    PermissionDeniedError,
     UnknownToolError,
 )
-from mcpstore_proxy.keys import SessionKey, checked_agent, checked_session_name
+from mcpstore_proxy.keys import STORE_SCOPE, SessionKey, checked_agent, checked_session_name
+from mcpstore_proxy.principals import LOCAL, Principal
 from mcpstore_proxy.records import SessionRecord
+from mcpstore_proxy.registry import ServicePolicy
 from mcpstore_proxy.status import ServiceInfo
 
-__all__ = ["Control", "ServiceInfo", "SessionInfo", "ToolInfo", "resolve_tool_name", "service_entries"]
+__all__ = [
+    "Control",
+    "ServiceInfo",
+    "ServicePolicy",
+    "SessionInfo",
+    "ToolInfo",
+    "resolve_tool_name",
+    "service_entries",
+]
 
 
 class ToolInfo(BaseModel):
@@ -82,55 +93,91 @@ def service_entries(payload: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 class Control:
-    """Service, session and tool operations over a running engine, for one kind of caller.
+    """Service, session and tool operations over a running engine, for one principal.
 
-    `allows_stdio` is whether this caller may add command (stdio) services: the operator's own process may;
-    the admin API may only when the config says so, because a spawn must come from the operator.
+    Sessions are the principal's own: the same session id from another principal is another session. Adding,
+    removing and restarting the store's own services needs an admin principal; an agent's, a principal granted
+    that agent. `policy` says which services may be added at all.
     """
 
-    def __init__(self, engine: ProxyEngine, *, allows_stdio: bool) -> None:
+    def __init__(
+        self, engine: ProxyEngine, *, policy: ServicePolicy, principal: Principal = LOCAL, shows_details: bool = True
+    ) -> None:
         self.engine = engine
-        self._allows_stdio = allows_stdio
+        self.principal = principal
+        self._policy = policy
+        self._shows_details = shows_details
+
+    def acting_for(self, principal: Principal) -> Control:
+        """The same operations, for another principal."""
+        return Control(self.engine, policy=self._policy, principal=principal, shows_details=self._shows_details)
+
+    def with_details(self, shows_details: bool) -> Control:
+        """The same operations, with the failure details that only operators see (an upstream's stderr) or not."""
+        return Control(self.engine, policy=self._policy, principal=self.principal, shows_details=shows_details)
+
+    def _check_manages(self, agent: str) -> str:
+        """The agent scope, once the principal is known to manage its services.
+
+        Raises:
+            PermissionDeniedError: the store's services need an admin; an agent's, a principal granted the agent.
+        """
+        agent = self._check_uses(agent)
+        if agent == STORE_SCOPE and not self.principal.is_admin:
+            raise PermissionDeniedError(
+                f"{self.principal} may not change the store's services, which every client sees; an admin may, "
+                "or add the service for an agent scope you are granted (?agent=ID)"
+            )
+        return agent
+
+    def _check_uses(self, agent: str) -> str:
+        agent = checked_agent(agent)
+        if not self.principal.may_use_agent(agent):
+            raise PermissionDeniedError(f"{self.principal} may not use agent '{agent}'; ask for it to be granted")
+        return agent
 
     # Services.
 
     async def add_services(self, agent: str, payload: Mapping[str, Any]) -> list[ServiceInfo]:
-        agent = checked_agent(agent)
+        agent = self._check_manages(agent)
         configs: dict[str, UpstreamConfig] = {}
         for name, entry in service_entries(payload).items():
             try:
                 config = UpstreamConfig.model_validate(entry)
             except ValidationError as error:
                 raise ConfigError(f"service {name!r}: {describe_validation_error(error)}") from None
-            if config.command is not None and not self._allows_stdio:
-                raise ConfigError(
-                    f"service {name!r} runs a command; adding command (stdio) services through the admin API is off "
-                    "(set allow_stdio_services_via_api: true in the proxy's config, or add it to mcpServers there)"
-                )
+            self._policy.check(name, config)
             configs[name] = config
-        added = [await self.engine.add_service(agent, name, config) for name, config in configs.items()]
+        origin = "sdk" if self.principal is LOCAL else "api"
+        added = [await self.engine.add_service(agent, name, config, origin=origin) for name, config in configs.items()]
         return [self._service_info(agent, service.name) for service in added]
 
     async def remove_service(self, agent: str, name: str) -> None:
-        await self.engine.remove_service(checked_agent(agent), name)
+        agent = self._check_uses(agent)
+        self._check_manages(self.engine.scope_of(agent, name))
+        await self.engine.remove_service(agent, name)
 
     async def restart_service(self, agent: str, name: str) -> ServiceInfo:
-        await self.engine.restart_service(checked_agent(agent), name)
+        agent = self._check_uses(agent)
+        self._check_manages(self.engine.scope_of(agent, name))
+        await self.engine.restart_service(agent, name)
         return self._service_info(agent, name)
 
     async def wait_service(self, agent: str, name: str, timeout_seconds: float) -> ServiceInfo:
-        await self.engine.wait_service(checked_agent(agent), name, timeout_seconds)
+        agent = self._check_uses(agent)
+        await self.engine.wait_service(agent, name, timeout_seconds)
         return self._service_info(agent, name)
 
     async def list_services(self, agent: str) -> list[ServiceInfo]:
-        agent = checked_agent(agent)
+        agent = self._check_uses(agent)
         return [self._service_info(agent, service.name) for service in self.engine.services(agent)]
 
     async def service_status(self, agent: str, name: str) -> ServiceInfo:
-        return self._service_info(checked_agent(agent), name)
+        return self._service_info(self._check_uses(agent), name)
 
     def _service_info(self, agent: str, name: str) -> ServiceInfo:
-        return self.engine.status_of(self.engine.scope_of(agent, name), self.engine.service(agent, name))
+        scope, service = self.engine.scope_of(agent, name), self.engine.service(agent, name)
+        return self.engine.status_of(scope, service, for_operator=self._shows_details)
 
     # Tools.
 
@@ -185,7 +232,12 @@ class Control:
         return self._session_info(record) if record is not None else None
 
     async def list_sessions(self, agent: str) -> list[SessionInfo]:
-        return [self._session_info(record) for record in self.engine.named.of_agent(checked_agent(agent))]
+        agent = self._check_uses(agent)
+        return [
+            self._session_info(record)
+            for record in self.engine.named.of_agent(agent)
+            if record.key.principal == self.principal.name and record.key.is_explicit
+        ]
 
     async def session_info(self, agent: str, session: str) -> SessionInfo:
         return self._session_info(self._record(agent, session))
@@ -235,10 +287,10 @@ class Control:
         )
 
     def _key(self, agent: str, session: str | None) -> SessionKey:
-        agent = checked_agent(agent)
+        agent = self._check_uses(agent)
         if session is None:
-            return SessionKey.ephemeral(agent)
-        return SessionKey.explicit(checked_session_name(session, "a session id"), agent)
+            return SessionKey.ephemeral(agent, self.principal.name)
+        return SessionKey.explicit(checked_session_name(session, "a session id"), agent, self.principal.name)
 
     def _bound(self, key: SessionKey) -> set[str]:
         record = self.engine.records.get(key)

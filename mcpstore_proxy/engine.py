@@ -38,7 +38,7 @@ from mcpstore_proxy.keys import STORE_SCOPE, SessionKey
 from mcpstore_proxy.named import NamedSessions
 from mcpstore_proxy.pool import PoolHooks
 from mcpstore_proxy.records import SessionRecords
-from mcpstore_proxy.registry import ServiceRegistry
+from mcpstore_proxy.registry import Origin, ServicePolicy, ServiceRegistry
 from mcpstore_proxy.relay import ClientCall
 from mcpstore_proxy.services import ServiceContext, ServiceState, UpstreamService, create_service
 from mcpstore_proxy.status import ServiceInfo, service_info
@@ -76,7 +76,7 @@ class ProxyEngine:
             on_catalog_changed=self._catalog_changed,
         )
         self.registry = ServiceRegistry(settings, self._new_service)
-        self.views = CatalogViews(self.registry, session_argument=settings.session_argument)
+        self.views = CatalogViews(self.registry, self.session_key, session_argument=settings.session_argument)
         self.named = NamedSessions(
             SessionRecords(settings.session_idle_timeout_seconds, clock),
             self.registry,
@@ -113,7 +113,7 @@ class ProxyEngine:
             self._task_group.start_soon(
                 self.named.reap, self.settings.session_idle_timeout_seconds, name="session reaper"
             )
-            for service in self.registry.restore():
+            for service in self.registry.restore(ServicePolicy.for_api(self.settings)):
                 self._start(service)
             self._stack = stack.pop_all()
         return self
@@ -187,13 +187,15 @@ class ProxyEngine:
     def scope_of(self, agent: str, name: str) -> str:
         return self.registry.scope_of(agent, name)
 
-    async def add_service(self, agent: str, name: str, config: UpstreamConfig) -> UpstreamService:
+    async def add_service(
+        self, agent: str, name: str, config: UpstreamConfig, *, origin: Origin = "sdk"
+    ) -> UpstreamService:
         """Start a service at run time, seen by `agent` only (or by everyone, for the store); it is saved.
 
         Raises:
             ConfigError: the name is malformed, or already taken where this scope would see it.
         """
-        service = self.registry.add(agent, name, config)
+        service = self.registry.add(agent, name, config, origin=origin)
         self._start(service)
         return service
 
@@ -274,7 +276,8 @@ class ProxyEngine:
 
     async def subscribe(self, key: SessionKey, uri: str, call: ClientCall | None, *, subscribe: bool) -> None:
         route = self.catalog_for(key).resource(uri)
-        await self.registry.service(key.agent, route.upstream).subscribe(key, call, route.uri, subscribe=subscribe)
+        service = self.registry.service(key.agent, route.upstream)
+        await service.subscribe(self.session_key(service, key), call, route.uri, subscribe=subscribe)
 
     async def complete(
         self, key: SessionKey, params: types.CompleteRequestParams, call: ClientCall | None = None
@@ -294,12 +297,14 @@ class ProxyEngine:
         self._log_levels[key] = level
         async with anyio.create_task_group() as tg:
             for service in self.registry.services(key.agent):
-                tg.start_soon(service.set_logging_level, key, level)
+                keyed = self.session_key(service, key)
+                self._log_levels[keyed] = level
+                tg.start_soon(service.set_logging_level, keyed, level)
 
     async def roots_changed(self, key: SessionKey) -> None:
         """Tell every upstream session of `key` that its client's roots changed."""
         for service in self.registry.services(key.agent):
-            session = service.own_session(key)
+            session = service.own_session(self.session_key(service, key))
             if session is not None and session.is_ready and "roots" in session.declared:
                 await session.notify(types.RootsListChangedNotification())
 
@@ -317,10 +322,19 @@ class ProxyEngine:
         call: ClientCall | None,
         operation: Callable[[UpstreamSession], Awaitable[_T]],
     ) -> _T:
-        if not key.is_explicit:
+        key = self.session_key(service, key)
+        if not key.is_named:
             return await service.run(key, call, operation)
         async with self.named.in_use(key):
             return await service.run(key, call, operation)
+
+    def session_key(self, service: UpstreamService, key: SessionKey) -> SessionKey:
+        """The key whose session `key`'s requests use with `service`: its own, or, where the session scope is
+        the principal (`session_scope: principal`), the principal's own session in that agent scope."""
+        scope = service.config.session_scope or self.settings.session_scope
+        if scope == "principal" and key.kind in ("connection", "ephemeral"):
+            return key.for_principal()
+        return key
 
     async def end_session(self, key: SessionKey) -> None:
         """End `key`: forget it (a named session reads as closed from the start), then close its upstream
@@ -339,14 +353,21 @@ class ProxyEngine:
     def statuses(self) -> list[ServiceInfo]:
         return [self.status_of(scope, service) for scope, service in self.registry.by_scope()]
 
-    def status_of(self, scope: str, service: UpstreamService) -> ServiceInfo:
-        """The status of `service`, which belongs to `scope`."""
-        return service_info(scope, service, from_config=self.registry.is_from_config(scope, service.name))
+    def status_of(self, scope: str, service: UpstreamService, *, for_operator: bool = True) -> ServiceInfo:
+        """The status of `service`, which belongs to `scope` (with the failure's detail `for_operator`)."""
+        from_config = self.registry.is_from_config(scope, service.name)
+        return service_info(scope, service, from_config=from_config, for_operator=for_operator)
 
     # Bookkeeping.
 
-    def _new_service(self, name: str, config: UpstreamConfig) -> UpstreamService:
-        return create_service(name, config, context=self._context, cap=self.settings.max_sessions_per_upstream)
+    def _new_service(self, name: str, config: UpstreamConfig, origin: Origin) -> UpstreamService:
+        return create_service(
+            name,
+            config,
+            context=self._context,
+            cap=self.settings.max_sessions_per_upstream,
+            hides_start_detail=origin == "api" and config.url is not None,
+        )
 
     def _start(self, service: UpstreamService) -> None:
         assert self._task_group is not None

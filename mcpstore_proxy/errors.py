@@ -19,6 +19,10 @@
      │    ├── SessionLimitError      a cap on sessions is reached (names the cap and the fix)
      │    │    └── ConnectionLimitError  the proxy already holds max_downstream_sessions client sessions
      │    └── SessionClosedError     the named session was closed, expired, or never opened
+     ├── AccessError                the request may not do this
+     │    ├── AuthenticationError   it proves no principal (HTTP 401, with the resource metadata URL)
+     │    └── PermissionDeniedError its principal may not do it (HTTP 403)
+     ├── RequestTooLargeError       a request body is over the size the API takes (HTTP 413)
      └── ShuttingDownError          the proxy is draining for shutdown and takes no new work
 
 Each class carries its wire facts: the JSON-RPC `code` an MCP client sees and
@@ -33,7 +37,7 @@ from __future__ import annotations
 from typing import Final, cast
 
 from mcp import MCPError
-from mcp.types import INTERNAL_ERROR, INVALID_PARAMS
+from mcp.types import INTERNAL_ERROR, INVALID_PARAMS, INVALID_REQUEST
 
 UPSTREAM_FAILED: Final = -32010
 """JSON-RPC code for a failed, crashed, stopped or timed-out upstream (implementation-defined server error range)."""
@@ -57,8 +61,9 @@ class ProxyError(Exception):
 
 
 class ConfigError(ProxyError):
-    """The config file, or one value in it, is invalid."""
+    """The config file, or one value in it (or in a request), is invalid."""
 
+    code = INVALID_PARAMS
     http_status = 400
 
 
@@ -96,9 +101,20 @@ class UpstreamError(ProxyError):
     code = UPSTREAM_FAILED
     http_status = 502
 
-    def __init__(self, upstream: str, message: str) -> None:
+    def __init__(self, upstream: str, message: str, *, detail: str | None = None) -> None:
         super().__init__(message)
         self.upstream = upstream
+        self.detail = detail
+        """What only operators may see (an upstream's stderr can hold secrets): logs and `/admin/status`."""
+
+    @property
+    def described(self) -> str:
+        """The message with its detail: for the log, and for whoever holds the exception in the operator's own
+        process (`str(error)`); the wire carries `message` alone, the detail only to admins."""
+        return f"{self.message}; {self.detail}" if self.detail else self.message
+
+    def __str__(self) -> str:
+        return self.described
 
 
 class UpstreamStartError(UpstreamError):
@@ -106,15 +122,15 @@ class UpstreamStartError(UpstreamError):
 
 
 class UpstreamClosedError(UpstreamError):
-    def __init__(self, upstream: str, message: str, *, is_retryable: bool = False) -> None:
-        super().__init__(upstream, message)
+    def __init__(self, upstream: str, message: str, *, is_retryable: bool = False, detail: str | None = None) -> None:
+        super().__init__(upstream, message, detail=detail)
         self.is_retryable = is_retryable
         """True when the upstream provably never ran the request (its HTTP session had expired)."""
 
 
 class UpstreamStoppedError(UpstreamError):
-    def __init__(self, upstream: str, message: str, *, was_sent: bool = True) -> None:
-        super().__init__(upstream, message)
+    def __init__(self, upstream: str, message: str, *, was_sent: bool = True, detail: str | None = None) -> None:
+        super().__init__(upstream, message, detail=detail)
         self.was_sent = was_sent
         """Whether the request had reached the upstream; one that had not may run again on a fresh session."""
 
@@ -145,17 +161,42 @@ class SessionClosedError(SessionError):
     http_status = 404
 
 
+class AccessError(ProxyError):
+    code = INVALID_REQUEST
+    http_status = 403
+
+
+class AuthenticationError(AccessError):
+    http_status = 401
+
+    def __init__(self, message: str, *, reason: str | None) -> None:
+        super().__init__(message)
+        self.reason = reason
+        """The OAuth error code for `WWW-Authenticate` (`invalid_token`), or None when no token was presented."""
+
+
+class PermissionDeniedError(AccessError):
+    pass
+
+
+class RequestTooLargeError(ProxyError):
+    code = INVALID_REQUEST
+    http_status = 413
+
+
 class ShuttingDownError(ProxyError):
     code = SHUTTING_DOWN
     http_status = 503
 
 
-def error_data(error: ProxyError) -> dict[str, str]:
-    """What travels with one of our errors besides its message: its type, and the upstream it names (so that the
-    remote SDK raises the same exception the embedded one would)."""
+def error_data(error: ProxyError, *, for_operator: bool = False) -> dict[str, str]:
+    """What travels with one of our errors besides its message: its type, the upstream it names (so that the
+    remote SDK raises the same exception the embedded one would), and, `for_operator` only, its detail."""
     data: dict[str, str] = {"type": type(error).__name__}
     if isinstance(error, UpstreamError):
         data["upstream"] = error.upstream
+        if for_operator and error.detail:
+            data["detail"] = error.detail
     return data
 
 

@@ -11,8 +11,11 @@ Explicit keys and connection keys live in separate namespaces, so naming an
 explicit key after someone's `Mcp-Session-Id` does not reach their session.
 A key's name is a bearer secret: `str(key)` (what logs and messages show) gives
 a short hash of it, never the name itself.
-Every key belongs to an agent scope (`""` is the store's own scope): agent A's
-session "task" and agent B's session "task" are different sessions.
+Every key belongs to an agent scope (`""` is the store's own scope) and to a
+principal: agent A's session "task" and agent B's are different sessions, and
+so are principal alice's "task" and principal bob's. With `session_scope:
+principal`, a principal's connections and sessionless requests share one
+session of its own (`SessionKey.for_principal`).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from typing import Any, Final, Literal
 
 from mcpstore_proxy.errors import InvalidSessionKeyError
 from mcpstore_proxy.logs import fingerprint
+from mcpstore_proxy.principals import LOCAL
 
 __all__ = ["MAX_KEY_LENGTH", "STORE_SCOPE", "SessionKey", "checked_agent", "resolve_session_key"]
 
@@ -33,30 +37,42 @@ STORE_SCOPE: Final = ""
 
 _AGENT_ID = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
-KeyKind = Literal["explicit", "connection", "ephemeral"]
+KeyKind = Literal["explicit", "connection", "principal", "ephemeral"]
 
 
 @dataclass(frozen=True, slots=True)
 class SessionKey:
+    """Which sessions a request belongs to: its kind and name, within an agent scope, for a principal."""
+
     kind: KeyKind
     name: str
     agent: str = STORE_SCOPE
+    principal: str = LOCAL.name
 
     @classmethod
-    def explicit(cls, name: str, agent: str = STORE_SCOPE) -> SessionKey:
-        return cls("explicit", name, agent)
+    def explicit(cls, name: str, agent: str = STORE_SCOPE, principal: str = LOCAL.name) -> SessionKey:
+        return cls("explicit", name, agent, principal)
 
     @classmethod
-    def connection(cls, connection_id: str, agent: str = STORE_SCOPE) -> SessionKey:
-        return cls("connection", connection_id, agent)
+    def connection(cls, connection_id: str, agent: str = STORE_SCOPE, principal: str = LOCAL.name) -> SessionKey:
+        return cls("connection", connection_id, agent, principal)
 
     @classmethod
-    def ephemeral(cls, agent: str = STORE_SCOPE) -> SessionKey:
-        return cls("ephemeral", secrets.token_hex(8), agent)
+    def ephemeral(cls, agent: str = STORE_SCOPE, principal: str = LOCAL.name) -> SessionKey:
+        return cls("ephemeral", secrets.token_hex(8), agent, principal)
+
+    def for_principal(self) -> SessionKey:
+        """The principal's own default session in this agent scope (`session_scope: principal`)."""
+        return SessionKey("principal", self.principal, self.agent, self.principal)
 
     @property
     def is_explicit(self) -> bool:
         return self.kind == "explicit"
+
+    @property
+    def is_named(self) -> bool:
+        """Whether the session outlives connections, and so is recorded and expires when idle."""
+        return self.kind in ("explicit", "principal")
 
     @property
     def is_ephemeral(self) -> bool:
@@ -69,7 +85,8 @@ class SessionKey:
 
     def __str__(self) -> str:
         scope = f" of agent '{self.agent}'" if self.agent else ""
-        return f"{self.kind} session #{self.fingerprint}{scope}"
+        owner = f" for principal '{self.principal}'" if self.principal != LOCAL.name else ""
+        return f"{self.kind} session #{self.fingerprint}{scope}{owner}"
 
 
 def checked_agent(agent: str) -> str:
@@ -93,6 +110,7 @@ def resolve_session_key(
     argument_name: str,
     header_name: str,
     agent: str = STORE_SCOPE,
+    principal: str = LOCAL.name,
 ) -> SessionKey:
     """Pick the key for one request: argument, then header, then connection, else ephemeral.
 
@@ -100,12 +118,13 @@ def resolve_session_key(
         InvalidSessionKeyError: an explicit key is not a non-empty string of at most 256 characters.
     """
     if argument is not None:
-        return SessionKey.explicit(checked_session_name(argument, f"the '{argument_name}' argument"), agent)
+        name = checked_session_name(argument, f"the '{argument_name}' argument")
+        return SessionKey.explicit(name, agent, principal)
     if header is not None:
-        return SessionKey.explicit(checked_session_name(header, f"the {header_name} header"), agent)
+        return SessionKey.explicit(checked_session_name(header, f"the {header_name} header"), agent, principal)
     if connection is not None:
         return connection
-    return SessionKey.ephemeral(agent)
+    return SessionKey.ephemeral(agent, principal)
 
 
 def checked_session_name(value: Any, source: str) -> str:

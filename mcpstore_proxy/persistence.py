@@ -1,9 +1,12 @@
 """Services added at run time, kept in a JSON file beside the config so they survive a restart.
 
-The file maps each scope to its services' `mcpServers` entries:
+The file maps each scope to its services' `mcpServers` entries, each marked
+with how it was added (`added_through`: `api`, the admin API, whose entries
+are checked against the config's current rules again on every restore; or
+`sdk`, the operator's own process):
 
-    {"store": {"browser": {"url": "http://127.0.0.1:8931/sse"}},
-     "agents": {"team_1": {"search": {"url": "http://127.0.0.1:9000/mcp"}}}}
+    {"store": {"browser": {"url": "http://127.0.0.1:8931/sse", "added_through": "api"}},
+     "agents": {"team_1": {"search": {"url": "http://127.0.0.1:9000/mcp", "added_through": "api"}}}}
 
 Writes are atomic: the new content goes to a temporary file in the same folder,
 is flushed to disk, and then replaces the old file in one rename. A crash at any
@@ -22,12 +25,15 @@ from typing import Any, cast
 
 from mcpstore_proxy.errors import ConfigError
 
-__all__ = ["RuntimeServices", "write_atomically"]
+__all__ = ["ORIGIN_KEY", "RuntimeServices", "write_atomically"]
 
 logger = logging.getLogger(__name__)
 
 Entries = dict[str, dict[str, Any]]
-"""Service name → its `mcpServers` entry."""
+"""Service name → its `mcpServers` entry, with `ORIGIN_KEY`."""
+
+ORIGIN_KEY = "added_through"
+"""How a saved service was added: "api" or "sdk"; an entry without it (an older file) counts as "api"."""
 
 
 def write_atomically(path: Path, text: str) -> None:
@@ -80,8 +86,8 @@ class RuntimeServices:
         self._scopes = {scope: entries for scope, entries in scopes.items() if entries}
         return {scope: dict(entries) for scope, entries in self._scopes.items()}
 
-    def put(self, scope: str, name: str, entry: Mapping[str, Any]) -> None:
-        self._scopes.setdefault(scope, {})[name] = dict(entry)
+    def put(self, scope: str, name: str, entry: Mapping[str, Any], *, origin: str) -> None:
+        self._scopes.setdefault(scope, {})[name] = {**entry, ORIGIN_KEY: origin}
         self._save()
 
     def remove(self, scope: str, name: str) -> None:

@@ -91,8 +91,10 @@ class SessionPool:
         spawn: Spawner,
         hooks: PoolHooks,
         transports: TransportFactory,
+        hides_start_detail: bool = False,
     ) -> None:
         self.upstream = upstream
+        self._hides_start_detail = hides_start_detail
         self._config = config
         self._cap = cap
         self._start_timeout_seconds = start_timeout_seconds
@@ -180,6 +182,7 @@ class SessionPool:
             label=str(key),
             on_end=partial(self._forget, key),
             transports=self._transports,
+            hides_start_detail=self._hides_start_detail,
         )
         relay.on_list_changed = partial(self._refresh_listing, key, session)
         self._sessions[key] = session
@@ -229,7 +232,7 @@ class SessionPool:
             "upstream '%s' went away during %s (%s); its next call starts afresh",
             self.upstream,
             key,
-            session.failure.message if session.failure else "the connection ended",
+            session.failure.described if session.failure else "the connection ended",
         )
         self._lost_keys.add(key)
 

@@ -8,21 +8,56 @@ service's name is taken in every scope.
 
 from __future__ import annotations
 
+import fnmatch
 import logging
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
 from mcpstore_proxy.config import ProxySettings, UpstreamConfig, is_valid_name
 from mcpstore_proxy.errors import ConfigError, ProxyError, UnknownServiceError
 from mcpstore_proxy.keys import STORE_SCOPE
-from mcpstore_proxy.persistence import RuntimeServices
+from mcpstore_proxy.persistence import ORIGIN_KEY, RuntimeServices
 from mcpstore_proxy.services import UpstreamService
 
-__all__ = ["ServiceRegistry"]
+__all__ = ["Origin", "ServicePolicy", "ServiceRegistry"]
 
 logger = logging.getLogger(__name__)
 
-ServiceFactory = Callable[[str, UpstreamConfig], UpstreamService]
+Origin = Literal["config", "api", "sdk"]
+"""Where a service comes from: the config file, or added at run time by the admin API (checked again on every
+restore, and telling clients no more than "could not connect" when it fails) or by the operator's own SDK."""
+ServiceFactory = Callable[[str, UpstreamConfig, Origin], UpstreamService]
+
+
+@dataclass(frozen=True, slots=True)
+class ServicePolicy:
+    """Which services a caller may add: the operator's own process (the embedded SDK) anything; the admin API
+    command (stdio) services only when the config allows it, and URL services only where the config lists them."""
+
+    allows_stdio: bool = True
+    url_patterns: tuple[str, ...] | None = None
+    """Shell-style patterns a URL service must match; None allows any URL."""
+
+    def check(self, name: str, config: UpstreamConfig) -> None:
+        """Raises ConfigError naming the setting when the caller may not add this service."""
+        if config.command is not None and not self.allows_stdio:
+            raise ConfigError(
+                f"service {name!r} runs a command; adding command (stdio) services through the admin API is off "
+                "(set allow_stdio_services_via_api: true in the proxy's config, or add it to mcpServers there)"
+            )
+        listed = self.url_patterns is None or any(fnmatch.fnmatchcase(config.url or "", p) for p in self.url_patterns)
+        if config.url is not None and not listed:
+            raise ConfigError(
+                f"service {name!r}: url {config.url!r} is not among the URLs the admin API may add "
+                "(list a pattern for it in api_service_urls in the proxy's config)"
+            )
+
+    @classmethod
+    def for_api(cls, settings: ProxySettings) -> ServicePolicy:
+        """What the admin API may add under `settings`: any URL only where being local is the only gate."""
+        url_patterns = None if settings.is_open_locally else tuple(settings.api_service_urls)
+        return cls(allows_stdio=settings.allow_stdio_services_via_api, url_patterns=url_patterns)
 
 
 class ServiceRegistry:
@@ -34,7 +69,7 @@ class ServiceRegistry:
         self._scopes: dict[str, dict[str, UpstreamService]] = {STORE_SCOPE: {}}
         self._runtime = RuntimeServices(settings.runtime_services_path)
         for name, config in settings.enabled_servers.items():
-            self._scopes[STORE_SCOPE][name] = create(name, config)
+            self._scopes[STORE_SCOPE][name] = create(name, config, "config")
 
     def __repr__(self) -> str:
         return f"<ServiceRegistry {sum(1 for _ in self)} services in {len(self._scopes)} scopes>"
@@ -78,7 +113,9 @@ class ServiceRegistry:
     def is_from_config(self, scope: str, name: str) -> bool:
         return scope == STORE_SCOPE and name in self._settings.enabled_servers
 
-    def add(self, agent: str, name: str, config: UpstreamConfig, *, save: bool = True) -> UpstreamService:
+    def add(
+        self, agent: str, name: str, config: UpstreamConfig, *, origin: Origin = "sdk", save: bool = True
+    ) -> UpstreamService:
         """Build a service seen by `agent` only (or by everyone, for the store), and save it unless told not to.
 
         Raises:
@@ -91,10 +128,10 @@ class ServiceRegistry:
             taken = taken or any(name in services for services in self._scopes.values())
         if taken:
             raise ConfigError(f"a service named {name!r} already exists; remove it first, or pick another name")
-        service = self._create(name, config)
+        service = self._create(name, config, origin)
         self._scopes.setdefault(agent, {})[name] = service
         if save:
-            self._runtime.put(agent, name, config.model_dump(exclude_defaults=True))
+            self._runtime.put(agent, name, config.model_dump(exclude_defaults=True), origin=origin)
         logger.info("added service '%s'%s", name, f" for agent '{agent}'" if agent else "")
         return service
 
@@ -113,19 +150,27 @@ class ServiceRegistry:
         self._runtime.remove(scope, name)
         return service
 
-    def restore(self) -> list[UpstreamService]:
-        """Build the services saved by earlier runs; an entry that no longer loads is skipped with a warning."""
+    def restore(self, api_policy: ServicePolicy) -> list[UpstreamService]:
+        """Build the services saved by earlier runs. One added through the admin API must pass today's rules
+        (`api_policy`) again; one that does not, or no longer loads, is skipped with a warning (and kept saved)."""
         restored: list[UpstreamService] = []
         for scope, entries in self._runtime.load().items():
             for name, entry in entries.items():
-                service = self._restore(scope, name, entry)
+                service = self._restore(scope, name, entry, api_policy)
                 if service is not None:
                     restored.append(service)
         return restored
 
-    def _restore(self, scope: str, name: str, entry: Mapping[str, Any]) -> UpstreamService | None:
+    def _restore(
+        self, scope: str, name: str, saved: Mapping[str, Any], api_policy: ServicePolicy
+    ) -> UpstreamService | None:
+        entry = dict(saved)
+        origin = entry.pop(ORIGIN_KEY, "api")
         try:
-            return self.add(scope, name, UpstreamConfig.model_validate(entry), save=False)
+            config = UpstreamConfig.model_validate(entry)
+            if origin != "sdk":
+                api_policy.check(name, config)
+            return self.add(scope, name, config, origin="sdk" if origin == "sdk" else "api", save=False)
         except (ProxyError, ValueError) as error:
             logger.warning("skipped the saved service '%s' (scope %r): %s", name, scope or "store", error)
             return None

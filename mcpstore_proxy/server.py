@@ -49,7 +49,9 @@ from mcpstore_proxy.errors import (
     UnknownToolError,
     to_mcp_error,
 )
-from mcpstore_proxy.keys import STORE_SCOPE, SessionKey, checked_agent, resolve_session_key
+from mcpstore_proxy.gate import AGENT_HEADER, agent_of, principal_of
+from mcpstore_proxy.keys import STORE_SCOPE, SessionKey, resolve_session_key
+from mcpstore_proxy.principals import ANONYMOUS, LOCAL, Principal
 from mcpstore_proxy.relay import ClientCall
 
 __all__ = ["AGENT_HEADER", "EXISTING_SESSION_HEADER", "ProxyServer"]
@@ -59,7 +61,6 @@ logger = logging.getLogger(__name__)
 Context = ServerRequestContext[Any, Any]
 _ResultT = TypeVar("_ResultT", bound=BaseModel)
 
-AGENT_HEADER: Final = "x-mcpstore-agent"
 EXISTING_SESSION_HEADER: Final = "x-mcpstore-existing-session"
 """Sent as `1` (by the remote SDK): a tool call must run in an open named session, not open one."""
 _KEY_STATE: Final = "mcpstore_proxy.session_key"
@@ -226,6 +227,7 @@ class ProxyServer(Server[Any]):
                 argument_name=self._argument,
                 header_name=self._engine.settings.session_header,
                 agent=base_key.agent,
+                principal=base_key.principal,
             )
             if key != base_key:
                 # The tool exists in the connection's view; the named session may just never have listed its own.
@@ -310,17 +312,21 @@ class ProxyServer(Server[Any]):
             argument_name=self._argument,
             header_name=self._engine.settings.session_header,
             agent=agent,
+            principal=self._principal(ctx).name,
         )
         self._admit(ctx, key)
         return key
 
     def _admit(self, ctx: Context, key: SessionKey) -> None:
-        """Count a named session against the client that uses it: its connection, or without one (a 2026-07-28
-        request over HTTP) its address."""
+        """Count a named session against the client that uses it: its principal, where one is proved; else its
+        connection, or without one (a 2026-07-28 request over HTTP) its address."""
         if not key.is_explicit:
             return
+        principal = self._principal(ctx)
         connection = self._adopt(ctx)
-        if connection is not None:
+        if principal not in (ANONYMOUS, LOCAL):
+            client = str(principal)
+        elif connection is not None:
             client = f"connection {connection.name}"
         else:
             peer = ctx.request.client if ctx.request is not None else None
@@ -329,9 +335,11 @@ class ProxyServer(Server[Any]):
 
     def _agent(self, ctx: Context) -> str:
         """The agent scope of a request: the `/agents/{id}/mcp` path, else the `X-MCPStore-Agent` header."""
-        if ctx.request is None:
-            return STORE_SCOPE
-        return checked_agent(ctx.request.path_params.get("agent") or ctx.request.headers.get(AGENT_HEADER, STORE_SCOPE))
+        return agent_of(ctx.request.scope) if ctx.request is not None else STORE_SCOPE
+
+    def _principal(self, ctx: Context) -> Principal:
+        """Who the request proved to be, at the gate (the local principal over stdio)."""
+        return principal_of(ctx.request.scope if ctx.request is not None else None)
 
     def _adopt(self, ctx: Context) -> SessionKey | None:
         """The connection's own session key, registering the connection on first sight.
@@ -345,7 +353,8 @@ class ProxyServer(Server[Any]):
         key: SessionKey | None = connection.state.get(_KEY_STATE)
         if key is not None:
             return key
-        key = SessionKey.connection(connection.session_id or secrets.token_hex(16), self._agent(ctx))
+        principal = self._principal(ctx).name
+        key = SessionKey.connection(connection.session_id or secrets.token_hex(16), self._agent(ctx), principal)
         connection.state[_KEY_STATE] = key
         connection.state[_CHANNEL_STATE] = ConnectionStream(connection)
         self._connections[id(connection)] = connection

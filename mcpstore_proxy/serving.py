@@ -29,7 +29,7 @@ from mcpstore_proxy.clock import SYSTEM_CLOCK, Clock
 from mcpstore_proxy.compat import SignalFreeServer
 from mcpstore_proxy.config import ProxySettings
 from mcpstore_proxy.engine import ProxyEngine
-from mcpstore_proxy.errors import ProxyError
+from mcpstore_proxy.errors import ConfigError, ProxyError
 from mcpstore_proxy.server import ProxyServer
 from mcpstore_proxy.stdio import stdio_streams
 from mcpstore_proxy.transports import TransportFactory, open_transport
@@ -80,6 +80,7 @@ async def serve_http(
     Raises:
         ProxyError: the address could not be bound.
     """
+    check_exposure(settings)
     listened = False
     async with anyio.create_task_group() as signals:
         if stop is None:
@@ -99,7 +100,7 @@ async def serve_http(
 async def _serve_http(engine: ProxyEngine, stop: StopRequests) -> bool:
     """Serve until asked to stop; False if the address could not be bound."""
     settings = engine.settings
-    if settings.host not in ("127.0.0.1", "localhost", "::1") and not settings.allowed_hosts:
+    if not settings.binds_loopback and not settings.allowed_hosts:
         logger.warning(
             "bound to %s but allowed_hosts is empty: requests must use a loopback Host header or get 421; "
             "list the names clients use in allowed_hosts",
@@ -145,6 +146,27 @@ async def _serve_http(engine: ProxyEngine, stop: StopRequests) -> bool:
             await served.wait()
         tg.cancel_scope.cancel()
     return not could_not_listen
+
+
+def check_exposure(settings: ProxySettings) -> None:
+    """Secure by default: bound beyond this machine, the proxy needs `auth`, or says plainly that it goes without.
+
+    Raises:
+        ConfigError: `serve` would bind a non-loopback address without `auth`.
+    """
+    if settings.binds_loopback:
+        return
+    if settings.auth is None:
+        raise ConfigError(
+            f"serving on {settings.host} reaches beyond this machine and needs 'auth' (bearer tokens or JWT; see "
+            "the README's security model); to serve without authentication anyway, set 'auth: {mode: none}'"
+        )
+    if not settings.auth.is_on:
+        logger.warning(
+            "serving on %s WITHOUT authentication (auth: {mode: none}): anyone who can reach this address can use "
+            "every upstream and every named session",
+            settings.host,
+        )
 
 
 async def serve_stdio(settings: ProxySettings, *, transports: TransportFactory = open_transport) -> None:

@@ -21,11 +21,14 @@ class ServiceInfo(BaseModel):
     tool_count: int
     client_sessions: int
     error: str | None
+    detail: str | None = None
+    """What only operators see: the failure's detail, such as the upstream's last words on stderr."""
     from_config: bool
 
 
-def service_info(scope: str, service: UpstreamService, *, from_config: bool) -> ServiceInfo:
-    """The status of `service`, which belongs to `scope` (`""` for the store)."""
+def service_info(scope: str, service: UpstreamService, *, from_config: bool, for_operator: bool) -> ServiceInfo:
+    """The status of `service`, which belongs to `scope` (`""` for the store); `detail` only `for_operator`."""
+    failed = service.error is not None and service.state is ServiceState.FAILED
     return ServiceInfo(
         name=service.name,
         agent_id=scope or None,
@@ -34,6 +37,7 @@ def service_info(scope: str, service: UpstreamService, *, from_config: bool) -> 
         state=service.state.value,
         tool_count=len(service.visible("tools")),
         client_sessions=service.client_sessions,
-        error=service.error.message if service.error and service.state is ServiceState.FAILED else None,
+        error=service.error.message if failed and service.error is not None else None,
+        detail=service.error.detail if failed and for_operator and service.error is not None else None,
         from_config=from_config,
     )

@@ -109,6 +109,7 @@ class UpstreamSession:
         label: str = "",
         on_end: Callable[[UpstreamSession], None] | None = None,
         transports: TransportFactory = open_transport,
+        hides_start_detail: bool = False,
     ) -> None:
         self.upstream = upstream
         self.config = config
@@ -128,6 +129,8 @@ class UpstreamSession:
         self._start_timeout_seconds = start_timeout_seconds
         self._on_end = on_end
         self._transports = transports
+        self.hides_start_detail = hides_start_detail
+        """Whether a failed start tells clients only that it could not connect (the rest goes to `detail`)."""
         self._close_reason = "it was closed"
         self._client: ClientSession | None = None
         self._ready = anyio.Event()
@@ -208,10 +211,9 @@ class UpstreamSession:
                     if self.end_reason is None and observed.has_ended:
                         self.end_reason = EndReason.LOST
         if start_scope.cancelled_caught and self.end_reason is not EndReason.CLOSED:
-            raise UpstreamStartError(
-                self.upstream,
-                f"upstream '{self.upstream}' did not finish starting within {self._start_timeout_seconds:g} s"
-                f"{self._stderr_hint()} (raise upstream_start_timeout_seconds, or check mcpServers.{self.upstream})",
+            raise self._started_badly(
+                f"did not finish starting within {self._start_timeout_seconds:g} s "
+                f"(raise upstream_start_timeout_seconds, or check mcpServers.{self.upstream})"
             )
 
     async def client(self) -> ClientSession:
@@ -357,8 +359,8 @@ class UpstreamSession:
     def _lost_error(self) -> UpstreamClosedError:
         return UpstreamClosedError(
             self.upstream,
-            f"upstream '{self.upstream}' closed the connection{self._stderr_hint()}; "
-            "the next call starts a fresh session",
+            f"upstream '{self.upstream}' closed the connection; the next call starts a fresh session",
+            detail=self._stderr_detail(),
         )
 
     def _describe_failure(self, error: BaseException | None) -> UpstreamStartError:
@@ -380,13 +382,23 @@ class UpstreamSession:
             )
         else:
             reason = first_line(error)
-        return UpstreamStartError(
-            self.upstream, f"upstream '{self.upstream}' failed to start: {reason}{self._stderr_hint()} (check {where})"
-        )
+        return self._started_badly(f"failed to start: {reason} (check {where})")
 
-    def _stderr_hint(self) -> str:
+    def _started_badly(self, what: str) -> UpstreamStartError:
+        """An error for a start that did not come up. When the config hides why (a URL service added through the
+        admin API, which must not tell open ports from closed ones), the reason goes to `detail` only."""
+        if self.hides_start_detail:
+            return UpstreamStartError(
+                self.upstream,
+                f"upstream '{self.upstream}' could not connect (check its url)",
+                detail=f"{what}; {self._stderr_detail()}" if self._stderr_detail() else what,
+            )
+        return UpstreamStartError(self.upstream, f"upstream '{self.upstream}' {what}", detail=self._stderr_detail())
+
+    def _stderr_detail(self) -> str | None:
+        """What the upstream said on stderr, which may hold secrets: shown to operators only."""
         tail = self.stderr.summary()
-        return f"; its stderr said: {tail}" if tail else ""
+        return f"its stderr said: {tail}" if tail else None
 
 
 class _EndObservingReadStream:

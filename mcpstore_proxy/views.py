@@ -10,26 +10,30 @@ change, a scope's until any service's listings or state change.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from mcp import types
 
 from mcpstore_proxy.catalog import Catalog, CatalogSource, build_catalog
 from mcpstore_proxy.keys import STORE_SCOPE, SessionKey
 from mcpstore_proxy.registry import ServiceRegistry
-from mcpstore_proxy.services import LISTING_KINDS
+from mcpstore_proxy.services import LISTING_KINDS, UpstreamService
 from mcpstore_proxy.upstream import Listing
 
-__all__ = ["CatalogViews"]
+__all__ = ["CatalogViews", "KeyFor"]
+
+KeyFor = Callable[[UpstreamService, SessionKey], SessionKey]
+"""The key whose session a key uses with a service (see `ProxyEngine.session_key`)."""
 
 
 class CatalogViews:
     """The catalogs that scopes and keys see."""
 
-    def __init__(self, registry: ServiceRegistry, *, session_argument: str) -> None:
+    def __init__(self, registry: ServiceRegistry, keyed: KeyFor, *, session_argument: str) -> None:
         self.store = Catalog()
         """What the store's scope sees (and every client without an agent)."""
         self._registry = registry
+        self._keyed = keyed
         self._session_argument = session_argument
         self._scopes: dict[str, Catalog] = {}
         self._keys: dict[SessionKey, Catalog] = {}
@@ -40,7 +44,7 @@ class CatalogViews:
 
     def catalog_for(self, key: SessionKey) -> Catalog:
         """The catalog `key` sees: its scope's, unless its own sessions list something of their own."""
-        if key not in self._keys_with_listings:
+        if key not in self._keys_with_listings and key.for_principal() not in self._keys_with_listings:
             return self.of_scope(key.agent)
         catalog = self._keys.get(key)
         if catalog is None:
@@ -84,6 +88,9 @@ class CatalogViews:
     def key_listings_changed(self, key: SessionKey) -> None:
         """One of `key`'s own sessions listed something anew (or ended): its view is rebuilt on next use."""
         self._keys.pop(key, None)
+        if key.kind == "principal":  # every key of the principal may see this session's listings
+            for cached in [k for k in self._keys if (k.principal, k.agent) == (key.principal, key.agent)]:
+                del self._keys[cached]
         has_listings = any(
             (session := service.own_session(key)) is not None and bool(session.listings)
             for service in self._registry.services(key.agent)
@@ -110,7 +117,7 @@ class CatalogViews:
         """
         sources: list[CatalogSource] = []
         for service in self._registry.services(agent):
-            session = service.own_session(key) if key is not None else None
+            session = service.own_session(self._keyed(service, key)) if key is not None else None
             own: Mapping[str, Listing] = session.listings if session is not None else {}
             listings = {kind: own.get(kind, service.visible(kind)) for kind in LISTING_KINDS}
             sources.append(

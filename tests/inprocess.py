@@ -33,7 +33,7 @@ from mcpstore_proxy.logs import RedactSessionIds
 from mcpstore_proxy.serving import StopRequests, serve_http
 from tests.clock import ManualClock
 from tests.memory import MemoryUpstreams
-from tests.support import free_port, health_answers, upstreams_started, wait_until
+from tests.support import admin_token_of, free_port, health_answers, upstreams_started, wait_until
 
 __all__ = ["InProcessProxy", "SdkHarness", "running_app", "sdk_store"]
 
@@ -127,7 +127,10 @@ async def running_app(
         try:
             await wait_until(lambda: _answers(proxy, served.done()), timeout=30, what="the in-process proxy to serve")
             if wait_for_upstreams:
-                await wait_until(lambda: upstreams_started(port), timeout=30, what="every upstream's first attempt")
+                admin_token = admin_token_of(config)
+                await wait_until(
+                    lambda: upstreams_started(port, admin_token), timeout=30, what="every upstream's first attempt"
+                )
             yield proxy
         finally:
             with anyio.CancelScope(shield=True):

@@ -217,7 +217,10 @@ async def running_proxy(
     try:
         await wait_until(lambda: _is_healthy(proxy), timeout=60, what=f"the proxy on port {port} to serve")
         if wait_for_upstreams:
-            await wait_until(lambda: _has_started(proxy), timeout=60, what="every upstream's first start attempt")
+            admin_token = admin_token_of(config)
+            await wait_until(
+                lambda: _has_started(proxy, admin_token), timeout=60, what="every upstream's first start attempt"
+            )
         yield proxy
     finally:
         with anyio.CancelScope(shield=True):
@@ -235,8 +238,8 @@ async def _is_healthy(proxy: ProxyProcess) -> bool:
     return await health_answers(proxy.port)
 
 
-async def _has_started(proxy: ProxyProcess) -> bool:
-    return await upstreams_started(proxy.port)
+async def _has_started(proxy: ProxyProcess, admin_token: str | None) -> bool:
+    return await upstreams_started(proxy.port, admin_token)
 
 
 async def health_answers(port: int) -> bool:
@@ -249,11 +252,25 @@ async def health_answers(port: int) -> bool:
     return response.status_code == 200
 
 
-async def upstreams_started(port: int) -> bool:
-    """Whether every upstream of the proxy on `port` has made its first start attempt."""
+async def upstreams_started(port: int, admin_token: str | None = None) -> bool:
+    """Whether every upstream of the proxy on `port` has made its first start attempt (asked of `/admin/status`,
+    with `admin_token` where the proxy wants one)."""
+    headers = {"Authorization": f"Bearer {admin_token}"} if admin_token else {}
     async with httpx2.AsyncClient() as http:
-        upstreams: dict[str, Any] = (await http.get(f"http://127.0.0.1:{port}/healthz")).json()["upstreams"]
+        answer = await http.get(f"http://127.0.0.1:{port}/admin/status", headers=headers)
+    assert answer.status_code == 200, f"/admin/status answered {answer.status_code}: {answer.text}"
+    upstreams: dict[str, Any] = answer.json()["upstreams"]
     return all(upstream["state"] != "starting" for upstream in upstreams.values())
+
+
+def admin_token_of(config: Path) -> str | None:
+    """A token that proves an admin to the proxy serving `config`: its `admin_token`, else an admin's `auth` token."""
+    document: dict[str, Any] = yaml.safe_load(config.read_text()) or {}
+    if document.get("admin_token"):
+        return str(document["admin_token"])
+    auth: dict[str, Any] = document.get("auth") or {}
+    tokens: list[dict[str, Any]] = auth.get("tokens") or []
+    return next((str(entry["token"]) for entry in tokens if entry.get("admin")), None)
 
 
 def stdio_parameters(config: Path) -> StdioServerParameters:

@@ -62,20 +62,26 @@ async def serving_fixture_over_http(name: str) -> AsyncGenerator[str]:
 
 
 async def test_off_loopback_the_admin_api_needs_the_token(tmp_path: Path) -> None:
-    config = write_config(tmp_path, {"state": fixture_server("state")}, host="0.0.0.0", admin_token="s3cret-token")
+    config = write_config(
+        tmp_path,
+        {"state": fixture_server("state")},
+        host="0.0.0.0",
+        auth={"mode": "none"},
+        admin_token="s3cret-token-of-at-least-16",
+    )
     async with running_app(config) as proxy:  # bound to every address, reached via 127.0.0.1
         assert (await admin(proxy.port, "GET", "/services")).status_code == 401
         wrong = await admin(proxy.port, "GET", "/services", Authorization="Bearer guess")
         assert wrong.status_code == 401
         assert "admin_token" in wrong.json()["error"]["message"]
-        right = await admin(proxy.port, "GET", "/services", Authorization="Bearer s3cret-token")
+        right = await admin(proxy.port, "GET", "/services", Authorization="Bearer s3cret-token-of-at-least-16")
         assert right.status_code == 200
         assert [service["name"] for service in right.json()] == ["state"]
 
 
 async def test_off_loopback_without_a_token_the_admin_api_is_off(tmp_path: Path) -> None:
-    config = write_config(tmp_path, {"state": fixture_server("state")}, host="0.0.0.0")
-    async with running_app(config) as proxy:  # bound to every address, reached via 127.0.0.1
+    config = write_config(tmp_path, {"state": fixture_server("state")}, host="0.0.0.0", auth={"mode": "none"})
+    async with running_app(config, wait_for_upstreams=False) as proxy:  # bound to every address, reached via 127.0.0.1
         refused = await admin(proxy.port, "GET", "/services")
         assert refused.status_code == 403
         assert "admin_token" in refused.json()["error"]["message"]
@@ -116,7 +122,7 @@ async def test_a_service_added_at_run_time_survives_a_restart(tmp_path: Path) ->
             added = await admin(proxy.port, "POST", "/services", {"name": "remote", "url": upstream_url})
             assert added.status_code == 200, added.text
         saved = json.loads((tmp_path / "proxy.runtime-services.json").read_text())
-        assert saved["store"] == {"remote": {"url": upstream_url}}
+        assert saved["store"] == {"remote": {"url": upstream_url, "added_through": "api"}}
 
         async with running_app(config) as proxy:
             services = (await admin(proxy.port, "GET", "/services")).json()

@@ -6,11 +6,14 @@ a session id names a different session in each agent.
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncGenerator
 from pathlib import Path
 
+import httpx2
 import pytest
 from mcp.shared.exceptions import MCPError
+from mcp.types import INVALID_PARAMS
 
 from tests.inprocess import InProcessProxy, running_app
 from tests.support import admin, connect, fixture_server, structured, write_config
@@ -90,6 +93,11 @@ async def test_the_same_session_id_is_a_separate_session_in_each_agent(proxy: In
 
 
 async def test_a_malformed_agent_id_is_refused_with_the_rule(proxy: InProcessProxy) -> None:
-    async with connect(proxy.url, headers={"X-MCPStore-Agent": "no spaces allowed"}) as client:
-        with pytest.raises(MCPError, match=r"agent id 'no spaces allowed' must be 1 to 64 letters.*team_1"):
-            await client.call_tool("state_whoami", {})
+    initialize: dict[str, object] = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {}}
+    headers = {"Accept": "application/json, text/event-stream", "X-MCPStore-Agent": "no spaces allowed"}
+    async with httpx2.AsyncClient() as http:
+        refused = await http.post(proxy.url, json=initialize, headers=headers)
+    assert refused.status_code == 400
+    error = refused.json()["error"]
+    assert error["code"] == INVALID_PARAMS
+    assert re.search(r"agent id 'no spaces allowed' must be 1 to 64 letters.*team_1", error["message"])

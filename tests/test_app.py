@@ -63,14 +63,23 @@ async def test_configured_allowed_hosts_are_accepted(tmp_path: Path) -> None:
         assert (await post_initialize(proxy.url, Host=f"other.internal:{proxy.port}")).status_code == 421
 
 
-async def test_health_page_reports_each_upstream(tmp_path: Path) -> None:
+async def test_the_status_page_reports_each_upstream_to_the_operator_and_health_only_says_ok(tmp_path: Path) -> None:
     config = write_config(
         tmp_path, {"state": fixture_server("state"), "broken": fixture_server("broken", "--fail-start", "nope")}
     )
     async with running_app(config) as proxy, httpx2.AsyncClient() as http:
-        health = (await http.get(f"http://127.0.0.1:{proxy.port}/healthz")).json()
-        assert health["upstreams"]["state"] == {"state": "ready", "tools": FIXTURE_TOOLS, "sessions": 0}
-        assert health["upstreams"]["broken"]["state"] == "failed"
+        status = (await http.get(f"http://127.0.0.1:{proxy.port}/admin/status")).json()
+        assert status["upstreams"]["state"] == {
+            "state": "ready",
+            "tools": FIXTURE_TOOLS,
+            "sessions": 0,
+            "error": None,
+            "detail": None,
+        }
+        assert status["upstreams"]["broken"]["state"] == "failed"
+        assert status["upstreams"]["broken"]["detail"] == "its stderr said: nope"
+        health = await http.get(f"http://127.0.0.1:{proxy.port}/healthz", headers={"Host": "attacker.example"})
+        assert health.json() == {"status": "ok"}  # liveness names nothing that it serves
 
 
 async def test_listing_tools_never_starts_a_client_session(tmp_path: Path) -> None:

@@ -30,6 +30,7 @@ from mcpstore_proxy.errors import (
     UnknownToolError,
     UpstreamStartError,
 )
+from mcpstore_proxy.registry import ServicePolicy
 from tests.clock import ManualClock
 from tests.memory import MemoryUpstreams
 from tests.support import closed_gate, fixture_server, structured, text_of, wait_until, write_config
@@ -64,7 +65,7 @@ async def control_over(
     config = write_config(tmp_path, servers, **settings)
     async with ProxyEngine(load_settings(config), transports=upstreams, clock=clock) as engine:
         await engine.started()
-        yield Harness(Control(engine, allows_stdio=allows_stdio), upstreams, clock)
+        yield Harness(Control(engine, policy=ServicePolicy(allows_stdio=allows_stdio)), upstreams, clock)
     assert not upstreams.live, f"upstream instances {sorted(upstreams.live)} outlived the engine"
 
 
@@ -190,11 +191,11 @@ async def test_wait_service_raises_the_start_error_of_a_service_that_fails(tmp_p
         with pytest.raises(UpstreamStartError) as failed:
             await harness.control.wait_service(STORE, "broken", 10)
         assert failed.value.upstream == "broken"
-        assert "no luck" in failed.value.message
+        assert "no luck" in str(failed.value)  # the stderr is detail: the operator's own process sees it
         status = await harness.control.service_status(STORE, "broken")
         assert status.state == "failed"
         assert status.error is not None
-        assert "no luck" in status.error
+        assert status.detail == "its stderr said: no luck"  # the embedded SDK is the operator: it sees the detail
 
 
 async def test_wait_service_gives_up_after_its_timeout_naming_the_state(harness: Harness, tmp_path: Path) -> None:

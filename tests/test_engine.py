@@ -71,11 +71,12 @@ async def test_started_waits_for_every_first_attempt_bounded_by_the_start_timeou
             await harness.engine.started()
 
         assert not harness.engine.is_starting
-        states = {info.name: (info.state, info.error) for info in harness.engine.statuses()}
-        assert states["good"] == ("ready", None)
+        states = {info.name: (info.state, info.error, info.detail) for info in harness.engine.statuses()}
+        assert states["good"] == ("ready", None, None)
         assert states["broken"][0] == "failed"
         assert "upstream 'broken' failed to start" in str(states["broken"][1])
-        assert "missing API key XYZ" in str(states["broken"][1])
+        assert "missing API key XYZ" not in str(states["broken"][1])  # stderr is for operators: the detail
+        assert states["broken"][2] == "its stderr said: missing API key XYZ"
         assert states["slow"][0] == "failed"
         assert "upstream 'slow'" in str(states["slow"][1])
         assert "within 0.5 s" in str(states["slow"][1])
@@ -245,7 +246,8 @@ async def test_wait_service_raises_the_start_error_of_a_failed_service(tmp_path:
         with pytest.raises(UpstreamStartError) as failed:
             await harness.engine.wait_service("", "broken", 5)
         assert failed.value.upstream == "broken"
-        assert "missing API key XYZ" in failed.value.message
+        assert "missing API key XYZ" not in failed.value.message  # what goes on the wire
+        assert failed.value.detail == "its stderr said: missing API key XYZ"
 
 
 async def test_wait_service_gives_up_after_its_timeout_naming_the_state(tmp_path: Path) -> None:

@@ -11,19 +11,23 @@ from typing import Any, Final
 import httpx2
 import pytest
 from mcp import MCPError
-from mcp.types import INTERNAL_ERROR, INVALID_PARAMS
+from mcp.types import INTERNAL_ERROR, INVALID_PARAMS, INVALID_REQUEST
 
 from mcpstore_proxy import errors
 from mcpstore_proxy.errors import (
     SESSION_REFUSED,
     SHUTTING_DOWN,
     UPSTREAM_FAILED,
+    AccessError,
     AmbiguousToolError,
+    AuthenticationError,
     ConfigError,
     ConnectionLimitError,
     InvalidSessionKeyError,
     NameCollisionError,
+    PermissionDeniedError,
     ProxyError,
+    RequestTooLargeError,
     SessionClosedError,
     SessionError,
     SessionLimitError,
@@ -49,8 +53,8 @@ pytestmark = pytest.mark.anyio
 WIRE_FACTS: Final[dict[type[ProxyError], tuple[type[Exception], int, int]]] = {
     # class: (parent, JSON-RPC code, HTTP status)
     ProxyError: (Exception, INTERNAL_ERROR, 500),
-    ConfigError: (ProxyError, INTERNAL_ERROR, 400),
-    NameCollisionError: (ConfigError, INTERNAL_ERROR, 400),
+    ConfigError: (ProxyError, INVALID_PARAMS, 400),
+    NameCollisionError: (ConfigError, INVALID_PARAMS, 400),
     UnknownToolError: (ProxyError, INVALID_PARAMS, 404),
     UnknownPromptError: (ProxyError, INVALID_PARAMS, 404),
     UnknownResourceError: (ProxyError, INVALID_PARAMS, 404),
@@ -66,6 +70,10 @@ WIRE_FACTS: Final[dict[type[ProxyError], tuple[type[Exception], int, int]]] = {
     SessionLimitError: (SessionError, SESSION_REFUSED, 429),
     ConnectionLimitError: (SessionLimitError, SESSION_REFUSED, 503),
     SessionClosedError: (SessionError, SESSION_REFUSED, 404),
+    AccessError: (ProxyError, INVALID_REQUEST, 403),
+    AuthenticationError: (AccessError, INVALID_REQUEST, 401),
+    PermissionDeniedError: (AccessError, INVALID_REQUEST, 403),
+    RequestTooLargeError: (ProxyError, INVALID_REQUEST, 413),
     ShuttingDownError: (ProxyError, SHUTTING_DOWN, 503),
 }
 
@@ -172,9 +180,9 @@ async def test_the_admin_api_answers_each_error_with_its_class_status(tmp_path: 
         malformed = await admin(proxy.port, "POST", "/sessions/x/bind", ["not", "an", "object"])
         assert malformed.status_code == 400
         assert _error_of(malformed) == {
-            "type": "BadRequest",
-            "message": "malformed request: the body must be a JSON object",
-            "code": None,
+            "type": "ConfigError",
+            "message": "the body must be a JSON object",
+            "code": INVALID_PARAMS,
         }
 
 

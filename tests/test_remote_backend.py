@@ -101,7 +101,7 @@ async def test_every_error_comes_back_as_the_same_exception_class_in_both_modes(
                 await operation(backend)
             except ProxyError as error:
                 raised[case] = type(error)
-                messages[case] = error.message
+                messages[case] = str(error)  # with the detail an operator sees (the upstream's stderr)
                 if isinstance(error, UpstreamError):
                     messages[case] += f" [upstream {error.upstream!r}]"
             else:

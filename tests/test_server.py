@@ -68,4 +68,4 @@ async def test_a_call_to_a_tool_of_an_upstream_still_starting_waits_for_it_withi
 
 async def requests_in_flight(port: int, count: int) -> bool:
     async with httpx2.AsyncClient() as http:
-        return (await http.get(f"http://127.0.0.1:{port}/healthz")).json()["requests_in_flight"] == count
+        return (await http.get(f"http://127.0.0.1:{port}/admin/status")).json()["requests_in_flight"] == count

@@ -9,6 +9,7 @@ from mcpstore_proxy.clock import SYSTEM_CLOCK, Clock
 from mcpstore_proxy.config import ProxySettings
 from mcpstore_proxy.control import Control
 from mcpstore_proxy.engine import ProxyEngine
+from mcpstore_proxy.registry import ServicePolicy
 from mcpstore_proxy.transports import TransportFactory, open_transport
 
 __all__ = ["embedded_backend"]
@@ -25,4 +26,4 @@ async def embedded_backend(
     """
     async with ProxyEngine(settings, transports=transports, clock=clock) as engine:
         await engine.started()
-        yield Control(engine, allows_stdio=True)
+        yield Control(engine, policy=ServicePolicy())

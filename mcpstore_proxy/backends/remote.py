@@ -130,11 +130,9 @@ class RemoteBackend:
         return await self._call(agent, session, exposed, arguments, existing=not opens)
 
     async def _resolve(self, agent: str, session: str | None, name: str, opens: bool) -> str:
-        params = {
-            "name": name,
-            **({"session": session} if session is not None else {}),
-            **({"open": "1"} if opens else {}),
-        }
+        if opens and session is not None:
+            await self._admin("PUT", f"/sessions/{_part(session)}", agent)  # a GET never changes state: open first
+        params = {"name": name, **({"session": session} if session is not None else {})}
         tool = ToolInfo.model_validate(await self._admin("GET", "/tools/resolve", agent, params=params))
         self._resolved[(agent, session, name)] = tool.name
         return tool.name
@@ -255,16 +253,19 @@ def _error_from(status: int, body: Any) -> ProxyError:
     document = cast(dict[str, Any], body) if isinstance(body, dict) else {}
     detail = cast(dict[str, Any], document.get("error") or {})
     message = str(detail.get("message") or f"the proxy answered HTTP {status}")
-    return _named_error(detail.get("type"), message, str(detail.get("upstream", ""))) or ProxyError(message)
+    named = _named_error(detail.get("type"), message, str(detail.get("upstream", "")), detail.get("detail"))
+    return named or ProxyError(message)
 
 
-def _named_error(kind_name: Any, message: str, upstream: str = "") -> ProxyError | None:
+def _named_error(kind_name: Any, message: str, upstream: str = "", detail: Any = None) -> ProxyError | None:
     """Our exception of the type the proxy named, if it named one of ours."""
     kind = getattr(errors, str(kind_name), None)
     if not (isinstance(kind, type) and issubclass(kind, ProxyError)):
         return None
     if issubclass(kind, UpstreamError):
-        return kind(upstream, message)
+        return kind(upstream, message, detail=str(detail) if detail else None)
+    if issubclass(kind, errors.AuthenticationError):
+        return kind(message, reason=None)
     return kind(message)
 
 

@@ -25,8 +25,18 @@ __all__ = [
 ]
 
 
-def create_service(name: str, config: UpstreamConfig, *, context: ServiceContext, cap: int) -> UpstreamService:
+def create_service(
+    name: str, config: UpstreamConfig, *, context: ServiceContext, cap: int, hides_start_detail: bool = False
+) -> UpstreamService:
+    """The service for `config`; `hides_start_detail` keeps why a start failed from clients (see `upstream`)."""
     prefix = config.prefix if config.prefix is not None else name
     if config.session == "shared":
-        return SharedService(name, config, prefix=prefix, context=context)
-    return IsolatedService(name, config, prefix=prefix, context=context, cap=config.max_sessions or cap)
+        return SharedService(name, config, prefix=prefix, context=context, hides_start_detail=hides_start_detail)
+    return IsolatedService(
+        name,
+        config,
+        prefix=prefix,
+        context=context,
+        cap=config.max_sessions or cap,
+        hides_start_detail=hides_start_detail,
+    )

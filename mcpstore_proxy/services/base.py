@@ -75,8 +75,11 @@ class ServiceContext:
 class UpstreamService(ABC):
     """A configured upstream: its state, what it offers, and the sessions clients hold with it."""
 
-    def __init__(self, name: str, config: UpstreamConfig, *, prefix: str, context: ServiceContext) -> None:
+    def __init__(
+        self, name: str, config: UpstreamConfig, *, prefix: str, context: ServiceContext, hides_start_detail: bool
+    ) -> None:
         self.name = name
+        self.hides_start_detail = hides_start_detail
         self.config = config
         self.prefix = prefix
         self.state = ServiceState.STARTING
@@ -147,7 +150,7 @@ class UpstreamService(ABC):
                     self._set_state(ServiceState.RESTARTING)
                 else:
                     self.error = self.error or session.failure or UpstreamStartError(self.name, self._reason(session))
-                    logger.warning("%s; retrying in %g s", self.error.message, delay)
+                    logger.warning("%s; retrying in %g s", self.error.described, delay)
                     self._set_state(ServiceState.FAILED)
                 self.first_attempt_done.set()
                 await self._pause(delay)
@@ -186,6 +189,7 @@ class UpstreamService(ABC):
             label="the catalog",
             on_end=lambda _: self._wake.set(),
             transports=self._context.transports,
+            hides_start_detail=self.hides_start_detail,
         )
 
     async def _serve_catalog(self, session: UpstreamSession) -> None:
@@ -213,7 +217,7 @@ class UpstreamService(ABC):
         try:
             await self._refresh(session, ("resources", "templates") if kind == "resources" else (kind,))
         except UpstreamError as error:
-            logger.warning("%s", error.message)
+            logger.warning("%s", error.described)
 
     async def _refresh(self, session: UpstreamSession, kinds: tuple[ListKind, ...]) -> None:
         """Re-read `kinds` from the catalog session, once it is up (its start has its own deadline); the listing
@@ -246,7 +250,7 @@ class UpstreamService(ABC):
         self._state_changed = anyio.Event()
 
     def _reason(self, session: UpstreamSession) -> str:
-        return session.failure.message if session.failure else f"upstream '{self.name}' closed the connection"
+        return session.failure.described if session.failure else f"upstream '{self.name}' closed the connection"
 
     # Operations.
 

@@ -30,8 +30,17 @@ _T = TypeVar("_T")
 class IsolatedService(UpstreamService):
     """An upstream with one session per session key, opened on the key's first request."""
 
-    def __init__(self, name: str, config: UpstreamConfig, *, prefix: str, context: ServiceContext, cap: int) -> None:
-        super().__init__(name, config, prefix=prefix, context=context)
+    def __init__(
+        self,
+        name: str,
+        config: UpstreamConfig,
+        *,
+        prefix: str,
+        context: ServiceContext,
+        cap: int,
+        hides_start_detail: bool,
+    ) -> None:
+        super().__init__(name, config, prefix=prefix, context=context, hides_start_detail=hides_start_detail)
         self.pool = SessionPool(
             name,
             config,
@@ -40,6 +49,7 @@ class IsolatedService(UpstreamService):
             spawn=context.spawn,
             hooks=context.hooks,
             transports=context.transports,
+            hides_start_detail=hides_start_detail,
         )
 
     def __repr__(self) -> str:

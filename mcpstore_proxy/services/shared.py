@@ -32,8 +32,10 @@ _T = TypeVar("_T")
 class SharedService(UpstreamService):
     """An upstream whose single session every client shares."""
 
-    def __init__(self, name: str, config: UpstreamConfig, *, prefix: str, context: ServiceContext) -> None:
-        super().__init__(name, config, prefix=prefix, context=context)
+    def __init__(
+        self, name: str, config: UpstreamConfig, *, prefix: str, context: ServiceContext, hides_start_detail: bool
+    ) -> None:
+        super().__init__(name, config, prefix=prefix, context=context, hides_start_detail=hides_start_detail)
         self._generation = 0
         self._generation_seen: dict[SessionKey, int] = {}
         self._subscribers: dict[str, dict[SessionKey, ClientChannel]] = {}
