@@ -6,7 +6,7 @@ the key's type matches (so `alg: none`, and an HMAC "signed" with a public
 key, are refused), and it names the configured issuer and audience (the RFC
 8707 resource), and `exp`/`nbf` hold (with a small leeway). Keys are cached
 and fetched again when they go stale or a token names a key id not seen yet
-(key rotation), at most every `_MIN_REFETCH_SECONDS` for unknown ids.
+(key rotation), at most every `jwks_refetch_seconds` for unknown ids.
 """
 
 from __future__ import annotations
@@ -31,7 +31,6 @@ __all__ = ["JwtTokens"]
 
 logger = logging.getLogger(__name__)
 
-_MIN_REFETCH_SECONDS: Final = 10.0
 _FETCH_TIMEOUT_SECONDS: Final = 10.0
 _KEY_TYPES: Final[Mapping[str, str]] = {"RS": "RSA", "PS": "RSA", "ES": "EC", "Ed": "OKP"}
 
@@ -128,7 +127,7 @@ class _Jwks:
         if time.monotonic() - self._fetched_at > self._settings.jwks_cache_seconds:
             await self._refresh()
         key = self._find(kid)
-        if key is None and time.monotonic() - self._fetched_at >= _MIN_REFETCH_SECONDS:
+        if key is None and time.monotonic() - self._fetched_at >= self._settings.jwks_refetch_seconds:
             await self._refresh()  # a key id not seen yet: the issuer may have rotated its keys
             key = self._find(kid)
         if key is None:

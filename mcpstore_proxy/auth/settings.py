@@ -68,6 +68,10 @@ class JwtSettings(BaseModel):
     algorithms: list[str] = Field(default_factory=lambda: list(ASYMMETRIC_ALGORITHMS))
     leeway_seconds: float = Field(default=30.0, ge=0, le=300, allow_inf_nan=False)
     jwks_cache_seconds: float = Field(default=300.0, gt=0, allow_inf_nan=False)
+    """How long the issuer's keys are used before they are fetched again."""
+    jwks_refetch_seconds: float = Field(default=10.0, ge=0, allow_inf_nan=False)
+    """The least time between two fetches for a key id not seen yet (a rotated key), so that tokens naming made-up
+    key ids cannot make the proxy hammer the issuer."""
 
     @model_validator(mode="after")
     def _check(self) -> JwtSettings:
