@@ -105,9 +105,14 @@ class InProcessProxy:
 
 @asynccontextmanager
 async def running_app(
-    config: Path, *, wait_for_upstreams: bool = True, upstreams: MemoryUpstreams | None = None
+    config: Path,
+    *,
+    wait_for_upstreams: bool = True,
+    upstreams: MemoryUpstreams | None = None,
+    admin_token: str | None = None,
 ) -> AsyncGenerator[InProcessProxy]:
-    """Serve `config` from this process on a free loopback port, until the block ends."""
+    """Serve `config` from this process on a free loopback port, until the block ends (`admin_token` proves an
+    admin, to watch the upstreams start, where the config's own tokens do not say)."""
     port = free_port()
     settings = load_settings(config, port=port)
     upstreams = upstreams or MemoryUpstreams()
@@ -127,9 +132,9 @@ async def running_app(
         try:
             await wait_until(lambda: _answers(proxy, served.done()), timeout=30, what="the in-process proxy to serve")
             if wait_for_upstreams:
-                admin_token = admin_token_of(config)
+                token = admin_token or admin_token_of(config)
                 await wait_until(
-                    lambda: upstreams_started(port, admin_token), timeout=30, what="every upstream's first attempt"
+                    lambda: upstreams_started(port, token), timeout=30, what="every upstream's first attempt"
                 )
             yield proxy
         finally:
