@@ -37,7 +37,7 @@ from mcpstore_proxy.errors import UpstreamStartError
 from mcpstore_proxy.keys import STORE_SCOPE, SessionKey
 from mcpstore_proxy.named import NamedSessions
 from mcpstore_proxy.pool import PoolHooks
-from mcpstore_proxy.records import SessionRecords
+from mcpstore_proxy.records import SessionRecords, SessionStore
 from mcpstore_proxy.registry import Origin, ServicePolicy, ServiceRegistry
 from mcpstore_proxy.relay import ClientCall
 from mcpstore_proxy.services import ServiceContext, ServiceState, UpstreamService, create_service
@@ -100,7 +100,7 @@ class ProxyEngine:
         return self.views.store
 
     @property
-    def records(self) -> SessionRecords:
+    def records(self) -> SessionStore:
         return self.named.records
 
     async def __aenter__(self) -> Self:

@@ -18,7 +18,7 @@ from typing import Final
 from mcpstore_proxy.errors import SessionLimitError
 from mcpstore_proxy.keys import SessionKey
 from mcpstore_proxy.logs import ThrottledWarning
-from mcpstore_proxy.records import SessionRecord, SessionRecords
+from mcpstore_proxy.records import SessionRecord, SessionStore
 from mcpstore_proxy.registry import ServiceRegistry
 from mcpstore_proxy.services import LISTING_KINDS, ServiceState
 from mcpstore_proxy.views import CatalogViews
@@ -38,7 +38,7 @@ class NamedSessions:
 
     def __init__(
         self,
-        records: SessionRecords,
+        records: SessionStore,
         registry: ServiceRegistry,
         views: CatalogViews,
         *,

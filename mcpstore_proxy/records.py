@@ -12,12 +12,13 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from mcpstore_proxy.clock import SYSTEM_CLOCK, Clock
 from mcpstore_proxy.errors import ConfigError, SessionClosedError
 from mcpstore_proxy.keys import SessionKey
 
-__all__ = ["SessionRecord", "SessionRecords"]
+__all__ = ["SessionRecord", "SessionRecords", "SessionStore"]
 
 
 @dataclass(eq=False)
@@ -30,8 +31,27 @@ class SessionRecord:
     calls_in_flight: int = 0
 
 
+class SessionStore(Protocol):
+    """Where named-session records live. `SessionRecords` keeps them in this process; a store shared by several
+    proxies (Redis, a database) would implement the same operations."""
+
+    clock: Clock
+
+    def __contains__(self, key: SessionKey) -> bool: ...
+    def __iter__(self) -> Iterator[SessionRecord]: ...
+    def keys(self) -> set[SessionKey]: ...
+    def get(self, key: SessionKey) -> SessionRecord | None: ...
+    def open(self, key: SessionKey) -> SessionRecord: ...
+    def require(self, key: SessionKey) -> SessionRecord: ...
+    def touch(self, key: SessionKey) -> SessionRecord: ...
+    def extend(self, key: SessionKey, seconds: float) -> SessionRecord: ...
+    def expires_in_seconds(self, record: SessionRecord) -> float: ...
+    def remove(self, key: SessionKey) -> SessionRecord | None: ...
+    def expired(self) -> list[SessionKey]: ...
+
+
 class SessionRecords:
-    """The named sessions, by key."""
+    """The named sessions, by key, in this process (a `SessionStore`)."""
 
     def __init__(self, idle_timeout_seconds: float, clock: Clock = SYSTEM_CLOCK) -> None:
         self.clock = clock

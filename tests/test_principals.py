@@ -15,9 +15,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import anyio
+import anyio.to_thread
 import httpx2
 import pytest
 
+from mcpstore_proxy import MCPStore
 from tests.inprocess import InProcessProxy, running_app
 from tests.issuer import AUDIENCE, ISSUER, TestIssuer, serving_issuer
 from tests.support import connect, fixture_server, structured, write_config
@@ -187,3 +190,27 @@ async def test_without_a_token_everything_but_liveness_and_the_metadata_answers_
         assert bogus.status_code == 401
         assert (await http.get("/healthz")).json() == {"status": "ok"}
         assert (await http.get("/.well-known/oauth-protected-resource")).status_code == 200
+
+
+async def test_the_remote_sdk_with_a_token_holds_the_sessions_of_its_own_principal(tmp_path: Path) -> None:
+    auth = {
+        "tokens": [
+            {"token": "alice-token-0123456789", "principal": "alice"},
+            {"token": "bob-token-0123456789", "principal": "bob"},
+            {"token": "ops-token-0123456789", "principal": "ops", "admin": True},
+        ]
+    }
+    config = write_config(tmp_path, {"state": fixture_server("state")}, auth=auth)
+    async with running_app(config) as proxy:
+        alice = MCPStore.setup_store(url=proxy.url, token="alice-token-0123456789")
+        bob = MCPStore.setup_store(url=proxy.url, token="bob-token-0123456789")
+        try:
+            plan = alice.for_store().create_session("plan")
+            plan.use_tool("remember", {"value": "alice's"})
+            assert bob.for_store().find_session("plan") is None
+            with bob.for_store().with_session("plan") as bobs:
+                assert structured(bobs.use_tool("recall")) == []
+            assert structured(plan.use_tool("recall")) == ["alice's"]
+        finally:
+            await anyio.to_thread.run_sync(alice.close)
+            await anyio.to_thread.run_sync(bob.close)
