@@ -11,6 +11,9 @@
     POST   /admin/sessions/{id}/extend      {"seconds": 3600}
     POST   /admin/sessions/{id}/restart     POST /admin/sessions/{id}/clear-cache
     GET    /admin/status                    the proxy's state in detail (operators only)
+    GET    /admin/pins                      tool pins, and changed definitions awaiting approval (operators only)
+    POST   /admin/pins/{name}/approve       approve a tool's changed definition; `name` is the exposed name or
+                                            `upstream/tool` (operators only)
 
 Every path takes `?agent=ID` for an agent's scope (absent: the store's). Errors come back as
 `{"error": {"type": ..., "message": ..., "code": ...}}` with the error's HTTP status.
@@ -105,6 +108,8 @@ def admin_routes(
         ("/sessions/{session}/restart", principal(api.restart_session), ["POST"]),
         ("/sessions/{session}/clear-cache", principal(api.clear_cache), ["POST"]),
         ("/status", operator(api.status), ["GET"]),
+        ("/pins", operator(api.list_pins), ["GET"]),
+        ("/pins/{name:path}/approve", operator(api.approve_pin), ["POST"]),
     ]
     return [Mount("/admin", routes=[Route(path, endpoint, methods=methods) for path, endpoint, methods in routes])]
 
@@ -235,6 +240,12 @@ class _AdminApi:
 
     async def status(self, request: Request, control: Control) -> Any:
         return self._status()
+
+    async def list_pins(self, request: Request, control: Control) -> Any:
+        return control.engine.pins.infos()
+
+    async def approve_pin(self, request: Request, control: Control) -> Any:
+        return control.engine.approve_tool(request.path_params["name"])
 
 
 def _agent(request: Request) -> str:

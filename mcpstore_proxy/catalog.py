@@ -7,7 +7,8 @@ Every exposed tool gains an optional string property, the session argument
 then the tool is left untouched and the argument is forwarded to it as is.
 Two upstreams exposing the same name is a collision: at start-up an error naming
 both; later, the upstream that had the name first keeps it and the other's
-stays hidden, with a warning.
+stays hidden, with a warning. A tool that tool pinning withholds (see `pins`)
+is not exposed either, but its name leads to the `ToolChangedError` saying why.
 
 URIs. Resource URIs and template URIs pass through unchanged while only one
 upstream offers them. When several do, each one's is exposed in the namespaced
@@ -31,7 +32,13 @@ from mcp import types
 from mcp.shared.uri_template import UriTemplate
 
 from mcpstore_proxy.config import UpstreamConfig
-from mcpstore_proxy.errors import NameCollisionError, UnknownPromptError, UnknownResourceError, UnknownToolError
+from mcpstore_proxy.errors import (
+    NameCollisionError,
+    ToolChangedError,
+    UnknownPromptError,
+    UnknownResourceError,
+    UnknownToolError,
+)
 
 __all__ = [
     "NAMESPACE_SCHEME",
@@ -88,6 +95,8 @@ class CatalogSource:
     resources: Sequence[types.Resource] = ()
     templates: Sequence[types.ResourceTemplate] = ()
     offers_resources: bool = False
+    withheld: Mapping[str, str] = field(default_factory=dict[str, str])
+    """Tools withheld by tool pinning: the upstream's tool name → why (see `pins`)."""
 
 
 def exposed_name(prefix: str, name: str) -> str:
@@ -124,6 +133,8 @@ class Catalog:
         default_factory=list[tuple[UriTemplate, ResourceRoute]]
     )
     """Unambiguous templates, parsed, in config order: how a concrete URI finds its upstream."""
+    withheld_tools: dict[str, str] = field(default_factory=dict[str, str])
+    """Exposed names of the tools that tool pinning withholds → why (the `ToolChangedError` message)."""
 
     def __repr__(self) -> str:
         return (
@@ -141,9 +152,12 @@ class Catalog:
         )
 
     def tool(self, name: str) -> ToolRoute:
-        """Raises UnknownToolError when no exposed tool is called `name`."""
+        """Raises ToolChangedError when tool pinning withholds `name`; UnknownToolError when no exposed tool is
+        called `name`."""
         route = self.tool_routes.get(name)
         if route is None:
+            if name in self.withheld_tools:
+                raise ToolChangedError(self.withheld_tools[name])
             raise UnknownToolError(f"Unknown tool: {name!r}; call tools/list for the tools this proxy exposes")
         return route
 
@@ -243,6 +257,9 @@ def build_catalog(
         upstream, original, tool = tools[name]
         catalog.tool_routes[name], exposed = _expose_tool(upstream, name, original, tool, session_argument)
         catalog.tools.append(exposed)
+    for source in sources:
+        for tool, reason in source.withheld.items():
+            catalog.withheld_tools.setdefault(exposed_name(source.prefix, tool), reason)
     for name in sorted(prompts):
         upstream, original, prompt = prompts[name]
         catalog.prompt_routes[name] = PromptRoute(upstream, original)

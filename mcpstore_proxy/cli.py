@@ -1,7 +1,9 @@
-"""The `mcpstore-proxy` command: `serve` (Streamable HTTP), `stdio` (one client on a pipe), `check`.
+"""The `mcpstore-proxy` command: `serve` (Streamable HTTP), `stdio` (one client on a pipe), `check`, and
+`pins list` / `pins approve NAME` (the config's tool pins; see `pins`).
 
 A bad config prints one line naming the field and the fix, and exits with 2;
-no traceback. `check` exits with 1 when any upstream fails to start.
+no traceback. `check` exits with 1 when any upstream fails to start, `pins
+approve` when no pinned tool has that name.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from mcpstore_proxy.config import ProxySettings, load_settings
 from mcpstore_proxy.engine import ProxyEngine
 from mcpstore_proxy.errors import ConfigError, ProxyError
 from mcpstore_proxy.logs import configure_logging
+from mcpstore_proxy.pins import PinInfo, ToolPins
 from mcpstore_proxy.serving import serve_http, serve_stdio
 from mcpstore_proxy.status import ServiceInfo
 
@@ -38,6 +41,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             anyio.run(serve_http, settings)
         elif arguments.command == "stdio":
             anyio.run(serve_stdio, settings)
+        elif arguments.command == "pins":
+            _pins(settings, arguments.action, arguments.name)
         else:
             return anyio.run(_check, settings)
     except ConfigError as error:
@@ -61,7 +66,13 @@ def _parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="serve Streamable HTTP at http://HOST:PORT/mcp")
     stdio = commands.add_parser("stdio", help="serve one client over stdin/stdout (how Claude Desktop runs servers)")
     check = commands.add_parser("check", help="validate the config, start each upstream once, and report")
-    for command in (serve, stdio, check):
+    pins = commands.add_parser("pins", help="list the tool pins, or approve a tool's changed definition")
+    actions = pins.add_subparsers(dest="action", required=True, metavar="ACTION")
+    pins_list = actions.add_parser("list", help="every pinned tool, and the changes awaiting approval")
+    pins_approve = actions.add_parser("approve", help="approve the changed definition of the tool NAME")
+    pins_approve.add_argument("name", metavar="NAME", help="the exposed tool name (state_echo) or upstream/tool")
+    pins_list.set_defaults(name=None)
+    for command in (serve, stdio, check, pins_list, pins_approve):
         command.add_argument(
             "--config",
             type=Path,
@@ -86,12 +97,39 @@ async def _check(settings: ProxySettings) -> int:
     return EXIT_FAILED if any(status.state != "ready" for status in statuses) else 0
 
 
+def _pins(settings: ProxySettings, action: str, name: str | None) -> None:
+    pins = ToolPins(settings.tool_pins_path, mode=settings.tool_pinning)
+    if name is not None:
+        approval = pins.approve(name)
+        if approval.changes is None:
+            print(f"{approval.tool} ({approval.exposed_name}): no change awaits approval")
+        else:
+            print(f"approved {approval.tool} ({approval.exposed_name}): {approval.changes}")
+        return
+    infos = pins.infos()
+    if not infos:
+        print(f"no tool pins in {pins.path} yet: the proxy pins each tool the first time it exposes it")
+        return
+    print(_format_pins(infos))
+
+
+def _format_pins(infos: Sequence[PinInfo]) -> str:
+    rows = [("TOOL", "EXPOSED AS", "STATE", "CHANGES")]
+    rows += [(i.tool, i.exposed_name, i.state, i.changes or "") for i in infos]
+    return _aligned(rows)
+
+
 def _format_table(statuses: Sequence[ServiceInfo]) -> str:
     rows = [("UPSTREAM", "TRANSPORT", "SESSION", "STATE", "TOOLS", "DETAIL")]
     rows += [
         (s.name, s.transport, s.session_mode, s.state, str(s.tool_count), "; ".join(filter(None, (s.error, s.detail))))
         for s in statuses
     ]
+    return _aligned(rows)
+
+
+def _aligned(rows: Sequence[Sequence[str]]) -> str:
+    """Columns padded to their widest cell; the last one runs free."""
     widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]) - 1)]
     return "\n".join(
         "  ".join(cell.ljust(width) for cell, width in zip(row[:-1], widths, strict=True)) + "  " + row[-1]

@@ -35,7 +35,7 @@ from pydantic_settings import (
 from mcpstore_proxy.auth.settings import AuthSettings
 from mcpstore_proxy.errors import ConfigError
 
-__all__ = ["DEFAULT_CONFIG_PATH", "ProxySettings", "UpstreamConfig", "load_settings"]
+__all__ = ["DEFAULT_CONFIG_PATH", "ProxySettings", "ToolPinning", "UpstreamConfig", "load_settings"]
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +58,8 @@ _FOREIGN_KEYS = frozenset({"autoApprove", "alwaysAllow", "disabledTools", "descr
 
 Transport = Literal["stdio", "streamable-http", "sse"]
 SessionScope = Literal["connection", "principal"]
+ToolPinning = Literal["off", "warn", "enforce"]
+"""What a changed tool definition does (see `pins`): nothing; a warning; or it is withheld until approved."""
 
 
 class UpstreamConfig(BaseModel):
@@ -82,6 +84,8 @@ class UpstreamConfig(BaseModel):
     max_sessions: int | None = Field(default=None, gt=0)
     session_scope: SessionScope | None = None
     """This upstream's own `session_scope`; default: the global one."""
+    tool_pinning: ToolPinning | None = None
+    """This upstream's own `tool_pinning`; default: the global one."""
 
     @model_validator(mode="before")
     @classmethod
@@ -168,6 +172,8 @@ class ProxySettings(BaseSettings):
     api_service_urls: list[str] = Field(default_factory=list[str])
     allow_stdio_services_via_api: bool = False
     runtime_services_file: Path | None = None
+    tool_pinning: ToolPinning = "warn"
+    tool_pins_file: Path | None = None
     allowed_hosts: list[str] = Field(default_factory=list[str])
     allowed_origins: list[str] = Field(default_factory=list[str])
     mcp_servers: dict[str, UpstreamConfig] = Field(default_factory=dict[str, UpstreamConfig], alias="mcpServers")
@@ -219,6 +225,15 @@ class ProxySettings(BaseSettings):
         if self._config_path is None:
             return None
         return self._config_path.with_name(f"{self._config_path.stem}.runtime-services.json")
+
+    @property
+    def tool_pins_path(self) -> Path | None:
+        """Where tool pins are kept: `tool_pins_file`, else beside the config file (None: in memory only)."""
+        if self.tool_pins_file is not None:
+            return self.tool_pins_file
+        if self._config_path is None:
+            return None
+        return self._config_path.with_name(f"{self._config_path.stem}.tool-pins.json")
 
     @property
     def binds_loopback(self) -> bool:

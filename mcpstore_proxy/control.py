@@ -217,9 +217,18 @@ class Control:
             if not opens:
                 self.engine.records.require(key)
             self.engine.named.open(key)
-        routes = self.engine.catalog_for(key).tool_routes
-        exposed = resolve_tool_name(name, routes, self._bound(key) or None)
-        return exposed, routes[exposed]
+        catalog = self.engine.catalog_for(key)
+        try:
+            exposed = resolve_tool_name(name, catalog.tool_routes, self._bound(key) or None)
+        except UnknownToolError:
+            # A tool withheld by pinning says so, by its exposed name or (where unambiguous) its own.
+            withheld = [
+                exposed for exposed in catalog.withheld_tools if exposed == name or exposed.endswith(f"_{name}")
+            ]
+            if len(withheld) == 1:
+                catalog.tool(withheld[0])
+            raise
+        return exposed, catalog.tool_routes[exposed]
 
     # Sessions.
 

@@ -15,6 +15,12 @@ upstreams that start quickly without any request waiting on a slow one.
 Leaving the block closes every session and leaves no upstream process
 behind. Every task the engine runs is an owner task that never raises into
 it: one upstream's failure is that upstream's state.
+
+Tool pinning (`pins`) screens every catalog built; an upstream that rejects a
+call with INVALID_PARAMS has its tools listed again, so that a definition
+changed without a notice is caught. An approval shows at once: made here
+(`approve_tool`), or in the pins file by another process, which is looked for
+while some change awaits approval.
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ from typing import Any, Final, Self, TypeVar, cast
 
 import anyio
 import anyio.abc
-from mcp import types
+from mcp import MCPError, types
 
 from mcpstore_proxy.catalog import Catalog, ToolRoute
 from mcpstore_proxy.clock import SYSTEM_CLOCK, Clock
@@ -36,6 +42,7 @@ from mcpstore_proxy.config import ProxySettings, UpstreamConfig
 from mcpstore_proxy.errors import UpstreamStartError
 from mcpstore_proxy.keys import STORE_SCOPE, SessionKey
 from mcpstore_proxy.named import NamedSessions
+from mcpstore_proxy.pins import Approval, ToolPins
 from mcpstore_proxy.pool import PoolHooks
 from mcpstore_proxy.records import SessionRecords, SessionStore
 from mcpstore_proxy.registry import Origin, ServicePolicy, ServiceRegistry
@@ -76,7 +83,10 @@ class ProxyEngine:
             on_catalog_changed=self._catalog_changed,
         )
         self.registry = ServiceRegistry(settings, self._new_service)
-        self.views = CatalogViews(self.registry, self.session_key, session_argument=settings.session_argument)
+        self.pins = ToolPins(settings.tool_pins_path, mode=settings.tool_pinning)
+        self.views = CatalogViews(
+            self.registry, self.session_key, session_argument=settings.session_argument, pins=self.pins
+        )
         self.named = NamedSessions(
             SessionRecords(settings.session_idle_timeout_seconds, clock),
             self.registry,
@@ -235,11 +245,34 @@ class ProxyEngine:
     # What a key sees.
 
     def catalog_for(self, key: SessionKey) -> Catalog:
+        self._pick_up_approvals()
         return self.views.catalog_for(key)
 
     def tool_route(self, key: SessionKey, name: str) -> ToolRoute:
-        """Raises UnknownToolError when `key` sees no tool called `name`."""
+        """Raises UnknownToolError when `key` sees no tool called `name` (ToolChangedError when pinning withholds
+        it)."""
+        self._pick_up_approvals()
         return self.views.catalog_for(key).tool(name)
+
+    # Tool pinning.
+
+    def approve_tool(self, name: str) -> Approval:
+        """Approve the changed definition of the tool `name` (its exposed name, or `upstream/tool`); clients see
+        it at once.
+
+        Raises:
+            UnknownToolError: no pinned tool is called `name`.
+            AmbiguousToolError: several upstreams' tools are exposed as `name`.
+        """
+        approval = self.pins.approve(name)
+        self._catalog_changed()  # also when the approval came from the file just now, with nothing left to do
+        return approval
+
+    def _pick_up_approvals(self) -> None:
+        """While a change awaits approval, an approval written to the pins file by another process (the CLI)
+        takes effect at once: checked by the file's stamp, only then."""
+        if self.pins.awaits_approval and self.pins.reload_if_changed():
+            self._catalog_changed()
 
     # Requests.
 
@@ -247,12 +280,13 @@ class ProxyEngine:
         self, key: SessionKey, route: ToolRoute, arguments: Mapping[str, Any] | None, call: ClientCall | None = None
     ) -> dict[str, Any]:
         """Call the routed tool in the session `key` holds with its upstream; the raw result, intact."""
-        return await self._run(
-            self.registry.service(key.agent, route.upstream),
-            key,
-            call,
-            lambda session: session.call_tool(route.tool, arguments, call),
-        )
+        service = self.registry.service(key.agent, route.upstream)
+        try:
+            return await self._run(service, key, call, lambda session: session.call_tool(route.tool, arguments, call))
+        except MCPError as error:
+            if error.code == types.INVALID_PARAMS:
+                service.tools_may_have_changed()  # it may have changed the tool's schema without a notice
+            raise
 
     async def get_prompt(
         self, key: SessionKey, params: types.GetPromptRequestParams, call: ClientCall | None = None

@@ -22,6 +22,8 @@
      ├── AccessError                the request may not do this
      │    ├── AuthenticationError   it proves no principal (HTTP 401, with the resource metadata URL)
      │    └── PermissionDeniedError its principal may not do it (HTTP 403)
+     ├── ToolChangedError           the tool's definition changed since it was approved, and
+     │                              `tool_pinning: enforce` withholds it until it is approved
      ├── RequestTooLargeError       a request body is over the size the API takes (HTTP 413)
      └── ShuttingDownError          the proxy is draining for shutdown and takes no new work
 
@@ -47,6 +49,9 @@ SESSION_REFUSED: Final = -32011
 
 SHUTTING_DOWN: Final = -32012
 """JSON-RPC code for work refused or cut short because the proxy is shutting down."""
+
+TOOL_CHANGED: Final = -32013
+"""JSON-RPC code for a tool withheld because its definition changed since it was approved (see `pins`)."""
 
 
 class ProxyError(Exception):
@@ -177,6 +182,13 @@ class AuthenticationError(AccessError):
 
 class PermissionDeniedError(AccessError):
     pass
+
+
+class ToolChangedError(ProxyError):
+    """Names the tool, says what changed, and how to approve it."""
+
+    code = TOOL_CHANGED
+    http_status = 409
 
 
 class RequestTooLargeError(ProxyError):

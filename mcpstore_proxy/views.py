@@ -5,7 +5,9 @@ of its own, the store's plus the agent's), until one of its own upstream
 sessions announces a change of its tools, prompts or resources: from then on
 that key sees a catalog of its own, in which that session's listings replace
 the upstream's. Catalogs are cached: a key's until its sessions' listings
-change, a scope's until any service's listings or state change.
+change, a scope's until any service's listings or state change. Every build
+passes each service's tools through the tool pins (see `pins`), which may
+withhold some.
 """
 
 from __future__ import annotations
@@ -14,8 +16,9 @@ from collections.abc import Callable, Mapping
 
 from mcp import types
 
-from mcpstore_proxy.catalog import Catalog, CatalogSource, build_catalog
+from mcpstore_proxy.catalog import Catalog, CatalogSource, build_catalog, is_tool_selected
 from mcpstore_proxy.keys import STORE_SCOPE, SessionKey
+from mcpstore_proxy.pins import ToolPins
 from mcpstore_proxy.registry import ServiceRegistry
 from mcpstore_proxy.services import LISTING_KINDS, UpstreamService
 from mcpstore_proxy.upstream import Listing
@@ -29,12 +32,13 @@ KeyFor = Callable[[UpstreamService, SessionKey], SessionKey]
 class CatalogViews:
     """The catalogs that scopes and keys see."""
 
-    def __init__(self, registry: ServiceRegistry, keyed: KeyFor, *, session_argument: str) -> None:
+    def __init__(self, registry: ServiceRegistry, keyed: KeyFor, *, session_argument: str, pins: ToolPins) -> None:
         self.store = Catalog()
         """What the store's scope sees (and every client without an agent)."""
         self._registry = registry
         self._keyed = keyed
         self._session_argument = session_argument
+        self._pins = pins
         self._scopes: dict[str, Catalog] = {}
         self._keys: dict[SessionKey, Catalog] = {}
         self._keys_with_listings: set[SessionKey] = set()
@@ -120,12 +124,17 @@ class CatalogViews:
             session = service.own_session(self._keyed(service, key)) if key is not None else None
             own: Mapping[str, Listing] = session.listings if session is not None else {}
             listings = {kind: own.get(kind, service.visible(kind)) for kind in LISTING_KINDS}
+            tools = [
+                t for t in listings["tools"] if isinstance(t, types.Tool) and is_tool_selected(service.config, t.name)
+            ]
+            screened = self._pins.screen(service.name, service.prefix, service.config.tool_pinning, tools)
             sources.append(
                 CatalogSource(
                     upstream=service.name,
                     prefix=service.prefix,
                     config=service.config,
-                    tools=[t for t in listings["tools"] if isinstance(t, types.Tool)],
+                    tools=screened.exposed,
+                    withheld=screened.withheld,
                     prompts=[p for p in listings["prompts"] if isinstance(p, types.Prompt)],
                     resources=[r for r in listings["resources"] if isinstance(r, types.Resource)],
                     templates=[t for t in listings["templates"] if isinstance(t, types.ResourceTemplate)],

@@ -17,6 +17,7 @@ from mcpstore_proxy import errors
 from mcpstore_proxy.errors import (
     SESSION_REFUSED,
     SHUTTING_DOWN,
+    TOOL_CHANGED,
     UPSTREAM_FAILED,
     AccessError,
     AmbiguousToolError,
@@ -32,6 +33,7 @@ from mcpstore_proxy.errors import (
     SessionError,
     SessionLimitError,
     ShuttingDownError,
+    ToolChangedError,
     UnknownPromptError,
     UnknownResourceError,
     UnknownServiceError,
@@ -73,6 +75,7 @@ WIRE_FACTS: Final[dict[type[ProxyError], tuple[type[Exception], int, int]]] = {
     AccessError: (ProxyError, INVALID_REQUEST, 403),
     AuthenticationError: (AccessError, INVALID_REQUEST, 401),
     PermissionDeniedError: (AccessError, INVALID_REQUEST, 403),
+    ToolChangedError: (ProxyError, TOOL_CHANGED, 409),
     RequestTooLargeError: (ProxyError, INVALID_REQUEST, 413),
     ShuttingDownError: (ProxyError, SHUTTING_DOWN, 503),
 }
@@ -91,9 +94,9 @@ def test_the_table_covers_every_error_class_of_the_module() -> None:
 
 
 def test_our_codes_sit_in_the_implementation_defined_server_error_range() -> None:
-    for code in (UPSTREAM_FAILED, SESSION_REFUSED, SHUTTING_DOWN):
+    for code in (UPSTREAM_FAILED, SESSION_REFUSED, SHUTTING_DOWN, TOOL_CHANGED):
         assert -32099 <= code <= -32000
-    assert len({UPSTREAM_FAILED, SESSION_REFUSED, SHUTTING_DOWN}) == 3
+    assert len({UPSTREAM_FAILED, SESSION_REFUSED, SHUTTING_DOWN, TOOL_CHANGED}) == 4
 
 
 def test_an_upstream_error_names_its_upstream_and_says_whether_a_retry_is_safe() -> None:

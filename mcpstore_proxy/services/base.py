@@ -4,7 +4,9 @@
 proxy (or when the service is added), it holds the upstream's *catalog
 session*, which answers the listings (tools, prompts, resources, templates)
 for the catalog, so that listing never spawns a client's session; its
-list-changed notices refresh the catalog for every client. It never raises
+list-changed notices refresh the catalog for every client, and so does a
+call that the upstream rejected for its arguments (`tools_may_have_changed`:
+a tool may have changed without a notice). It never raises
 into its parent: any failure becomes the state `failed`, with the reason in
 `error`, one log line, and a retry after a backoff (1 s, doubling to 60 s).
 
@@ -27,7 +29,7 @@ from dataclasses import dataclass
 from typing import Final, TypeVar
 
 import anyio
-from mcp import types
+from mcp import MCPError, types
 
 from mcpstore_proxy.config import UpstreamConfig
 from mcpstore_proxy.errors import UpstreamError, UpstreamStartError, UpstreamStoppedError, first_line
@@ -98,6 +100,7 @@ class UpstreamService(ABC):
         self._state_changed = anyio.Event()
         self._is_closing = False
         self._restart_now = False
+        self._should_relist_tools = False
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name} {self.state.value}>"
@@ -209,6 +212,12 @@ class UpstreamService(ABC):
             self._wake = anyio.Event()
             if session.has_ended or session.is_closing or self._is_closing:
                 return
+            if self._should_relist_tools:
+                self._should_relist_tools = False
+                try:
+                    await self._refresh(session, ("tools",))
+                except (UpstreamError, MCPError) as error:
+                    logger.warning("upstream '%s': could not list its tools again: %s", self.name, first_line(error))
 
     async def _list_changed(self, kind: ListKind) -> None:
         session = self._catalog
@@ -257,6 +266,12 @@ class UpstreamService(ABC):
     async def state_changed(self) -> None:
         """Wait for the next change of `state` (or of the catalog session)."""
         await self._state_changed.wait()
+
+    def tools_may_have_changed(self) -> None:
+        """The upstream rejected a call's arguments (INVALID_PARAMS): have the catalog session list its tools
+        again soon, in its owner task, once however many calls were rejected meanwhile."""
+        self._should_relist_tools = True
+        self._wake.set()
 
     async def refresh_catalog(self) -> None:
         """Read every listing again from the catalog session."""
