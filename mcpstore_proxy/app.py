@@ -111,7 +111,7 @@ def create_app(engine: ProxyEngine) -> HttpFace:
 
     @asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncGenerator[None]:
-        async with manager.run():
+        async with server.rounds.running(), manager.run():
             yield
 
     def status() -> dict[str, Any]:

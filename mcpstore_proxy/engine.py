@@ -56,6 +56,8 @@ from mcpstore_proxy.views import CatalogViews
 __all__ = ["ProxyEngine"]
 
 logger = logging.getLogger(__name__)
+_NOT_FORWARDED: Final[dict[str, Any]] = {"meta": None, "input_responses": None, "request_state": None}
+"""What a client's request carries for the proxy itself (its `_meta`, and the rounds of a 2026-07-28 exchange)."""
 
 _SHUTDOWN_SECONDS: Final = 15.0
 _T = TypeVar("_T")
@@ -216,27 +218,46 @@ class ProxyEngine:
         await service.close()
         self._catalog_changed()
 
+    async def replace_service(
+        self, agent: str, name: str, config: UpstreamConfig, *, origin: Origin = "sdk"
+    ) -> UpstreamService:
+        """Swap a service added at run time for one built from `config`, same name, same scope (it is saved).
+        Its sessions close; sessions bound to it stay bound and start afresh with the new one.
+
+        Raises:
+            UnknownServiceError: the scope sees no such service.
+            ConfigError: it comes from the config file.
+        """
+        scope = self.registry.scope_of(agent, name)
+        old = self.registry.remove(agent, name)
+        service = self.registry.add(scope, name, config, origin=origin)
+        self._start(service)
+        await old.close("it was replaced (update_service)")
+        self._catalog_changed()
+        return service
+
     async def restart_service(self, agent: str, name: str) -> None:
         await self.registry.service(agent, name).restart()
 
     async def wait_service(self, agent: str, name: str, timeout_seconds: float) -> UpstreamService:
-        """Wait until the service is ready.
+        """Wait until the service is ready, through failed starts and the retries that follow them (an upstream
+        started alongside the caller may not listen yet).
 
         Raises:
-            UpstreamStartError: it failed, stopped, or is still not ready after `timeout_seconds`.
+            UpstreamStartError: it stopped, or is still not ready after `timeout_seconds` (naming its last failure).
         """
         service = self.registry.service(agent, name)
         with anyio.move_on_after(timeout_seconds):
             while service.state is not ServiceState.READY:
-                if service.state is ServiceState.FAILED and service.error is not None:
-                    raise service.error
                 if service.state is ServiceState.STOPPED:
                     raise UpstreamStartError(name, f"service '{name}' was stopped")
                 await service.state_changed()
             return service
-        raise UpstreamStartError(
-            name, f"service '{name}' is not ready after {timeout_seconds:g} s (state: {service.state.value})"
-        )
+        waited = f"service '{name}' is not ready after {timeout_seconds:g} s (state: {service.state.value})"
+        failure = service.error
+        if failure is None:
+            raise UpstreamStartError(name, waited)
+        raise UpstreamStartError(name, f"{waited}; its last failure: {failure.message}", detail=failure.detail)
 
     def capabilities(self) -> types.ServerCapabilities:
         """What the proxy can forward (see `CatalogViews.capabilities`)."""
@@ -292,14 +313,14 @@ class ProxyEngine:
         self, key: SessionKey, params: types.GetPromptRequestParams, call: ClientCall | None = None
     ) -> dict[str, Any]:
         route = self.catalog_for(key).prompt(params.name)
-        request = types.GetPromptRequest(params=params.model_copy(update={"name": route.prompt, "meta": None}))
+        request = types.GetPromptRequest(params=params.model_copy(update={"name": route.prompt, **_NOT_FORWARDED}))
         return await self._request(route.upstream, key, call, request)
 
     async def read_resource(
         self, key: SessionKey, params: types.ReadResourceRequestParams, call: ClientCall | None = None
     ) -> dict[str, Any]:
         route = self.catalog_for(key).resource(params.uri)
-        request = types.ReadResourceRequest(params=params.model_copy(update={"uri": route.uri, "meta": None}))
+        request = types.ReadResourceRequest(params=params.model_copy(update={"uri": route.uri, **_NOT_FORWARDED}))
         result = await self._request(route.upstream, key, call, request)
         if route.uri != params.uri:
             # Contents name the resource as the client asked for it.

@@ -57,6 +57,9 @@ class PoolHooks:
 
 def declared_capabilities(call: ClientCall | None) -> frozenset[ClientCapability]:
     """The client capabilities to mirror upstream: what the calling client declared."""
+    if call is not None and getattr(call.stream, "is_modern", False):
+        # A 2026-07-28 client declares per request: declare all, and the relay checks each question's request.
+        return frozenset(ALL_CLIENT_CAPABILITIES)
     declared = call.stream.capabilities if call is not None else None
     if declared is None:
         return frozenset()

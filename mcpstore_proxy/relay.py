@@ -184,9 +184,16 @@ class SessionRelay:
                 "to answer sampling, elicitation and roots)"
             )
         if not _declares(channel.capabilities, capability):
-            return _refusal(
-                f"upstream '{self.upstream}' asked for {capability}, which this session's client did not declare"
-            )
+            message = f"upstream '{self.upstream}' asked for {capability}, which this session's client did not declare"
+            if getattr(channel, "is_modern", False):
+                # 2026-07-28 names the missing capability, so the client can declare it and ask again.
+                logger.info("%s", message)
+                return types.ErrorData(
+                    code=types.MISSING_REQUIRED_CLIENT_CAPABILITY,
+                    message=message,
+                    data={"requiredCapabilities": {capability: {}}},
+                )
+            return _refusal(message)
         with self._forwarding():
             try:
                 return await channel.request(request, result_type)

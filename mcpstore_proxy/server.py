@@ -25,6 +25,7 @@ import contextlib
 import logging
 import secrets
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import replace
 from typing import Any, Final, TypeVar
 
 import anyio
@@ -35,6 +36,7 @@ from mcp.server.lowlevel.server import NotificationOptions, Server
 from mcp.server.models import InitializationOptions
 from mcp.shared.message import ServerMessageMetadata
 from mcp.types.version import HANDSHAKE_PROTOCOL_VERSIONS, MODERN_PROTOCOL_VERSIONS
+from mcp_types.methods import CACHEABLE_METHODS
 from pydantic import BaseModel
 
 from mcpstore_proxy.__about__ import __version__
@@ -53,6 +55,7 @@ from mcpstore_proxy.gate import AGENT_HEADER, agent_of, principal_of
 from mcpstore_proxy.keys import STORE_SCOPE, SessionKey, resolve_session_key
 from mcpstore_proxy.principals import ANONYMOUS, LOCAL, Principal
 from mcpstore_proxy.relay import ClientCall
+from mcpstore_proxy.rounds import InputRounds
 
 __all__ = ["AGENT_HEADER", "EXISTING_SESSION_HEADER", "ProxyServer"]
 
@@ -84,6 +87,10 @@ class RequestStream:
     @property
     def accepts_requests(self) -> bool:
         return self._session.can_send_request and not self._is_modern
+
+    @property
+    def is_modern(self) -> bool:
+        return self._is_modern
 
     async def notify(self, notification: types.ServerNotification) -> None:
         if (
@@ -161,6 +168,8 @@ class ProxyServer(Server[Any]):
         self._header = engine.settings.session_header.lower()
         self._stdio_key = SessionKey.connection("stdio") if stdio else None
         self._connections: dict[int, Connection] = {}
+        self.rounds = InputRounds()
+        """The 2026-07-28 multi-round exchanges in progress; whoever serves this server enters `rounds.running()`."""
         engine.add_listener(self._announce_catalog_changed)
 
     # Capabilities: what the upstreams offer, not what handlers happen to be registered.
@@ -215,7 +224,7 @@ class ProxyServer(Server[Any]):
     # Requests that run in the key's upstream session.
 
     async def _call_tool(self, ctx: Context, params: types.CallToolRequestParams) -> dict[str, Any]:
-        async def forward() -> dict[str, Any]:
+        async def forward(call: ClientCall) -> dict[str, Any]:
             base_key = self._key(ctx)
             route = self._engine.tool_route(base_key, params.name)
             arguments = dict(params.arguments or {})
@@ -236,39 +245,41 @@ class ProxyServer(Server[Any]):
             if key.is_explicit and ctx.request is not None and ctx.request.headers.get(EXISTING_SESSION_HEADER) == "1":
                 self._engine.records.require(key)
             self._admit(ctx, key)
-            return await self._engine.call_tool(key, route, arguments, self._client_call(ctx))
+            return await self._engine.call_tool(key, route, arguments, call)
 
-        return await self._answer(ctx, forward)
+        return await self._answer(ctx, forward, rounds=params)
 
     async def _get_prompt(self, ctx: Context, params: types.GetPromptRequestParams) -> dict[str, Any]:
-        return await self._answer(ctx, lambda: self._engine.get_prompt(self._key(ctx), params, self._client_call(ctx)))
+        return await self._answer(
+            ctx, lambda call: self._engine.get_prompt(self._key(ctx), params, call), rounds=params
+        )
 
     async def _read_resource(self, ctx: Context, params: types.ReadResourceRequestParams) -> dict[str, Any]:
         return await self._answer(
-            ctx, lambda: self._engine.read_resource(self._key(ctx), params, self._client_call(ctx))
+            ctx, lambda call: self._engine.read_resource(self._key(ctx), params, call), rounds=params
         )
 
     async def _complete(self, ctx: Context, params: types.CompleteRequestParams) -> dict[str, Any]:
-        return await self._answer(ctx, lambda: self._engine.complete(self._key(ctx), params, self._client_call(ctx)))
+        return await self._answer(ctx, lambda call: self._engine.complete(self._key(ctx), params, call))
 
     async def _subscribe(self, ctx: Context, params: types.SubscribeRequestParams) -> types.EmptyResult:
-        async def forward() -> dict[str, Any]:
-            await self._engine.subscribe(self._key(ctx), params.uri, self._client_call(ctx), subscribe=True)
+        async def forward(call: ClientCall) -> dict[str, Any]:
+            await self._engine.subscribe(self._key(ctx), params.uri, call, subscribe=True)
             return {}
 
         await self._answer(ctx, forward)
         return types.EmptyResult()
 
     async def _unsubscribe(self, ctx: Context, params: types.UnsubscribeRequestParams) -> types.EmptyResult:
-        async def forward() -> dict[str, Any]:
-            await self._engine.subscribe(self._key(ctx), params.uri, self._client_call(ctx), subscribe=False)
+        async def forward(call: ClientCall) -> dict[str, Any]:
+            await self._engine.subscribe(self._key(ctx), params.uri, call, subscribe=False)
             return {}
 
         await self._answer(ctx, forward)
         return types.EmptyResult()
 
     async def _set_logging_level(self, ctx: Context, params: types.SetLevelRequestParams) -> types.EmptyResult:
-        async def forward() -> dict[str, Any]:
+        async def forward(call: ClientCall) -> dict[str, Any]:
             key = self._key(ctx)
             if not key.is_ephemeral:
                 await self._engine.set_logging_level(key, params.level)
@@ -278,9 +289,9 @@ class ProxyServer(Server[Any]):
         return types.EmptyResult()
 
     async def _discover(self, ctx: Context, params: types.RequestParams) -> types.DiscoverResult:
-        keyed = ctx.request is None or self._header in ctx.request.headers
+        # Every era is served, and each keeps state (see the module docstring); -32022 lists the modern ones.
         return types.DiscoverResult(
-            supported_versions=list(MODERN_PROTOCOL_VERSIONS if keyed else HANDSHAKE_PROTOCOL_VERSIONS),
+            supported_versions=[*HANDSHAKE_PROTOCOL_VERSIONS, *MODERN_PROTOCOL_VERSIONS],
             capabilities=self.get_capabilities(protocol_version=ctx.protocol_version),
             instructions=self.instructions,
         )
@@ -326,7 +337,7 @@ class ProxyServer(Server[Any]):
         connection = self._adopt(ctx)
         if principal not in (ANONYMOUS, LOCAL):
             client = str(principal)
-        elif connection is not None:
+        elif connection is not None and connection.kind == "connection":
             client = f"connection {connection.name}"
         else:
             peer = ctx.request.client if ctx.request is not None else None
@@ -348,7 +359,10 @@ class ProxyServer(Server[Any]):
         shutdown) to close every upstream session keyed by it.
         """
         if ctx.protocol_version in MODERN_PROTOCOL_VERSIONS:
-            return self._stdio_key  # over HTTP a 2026-07-28 request has no connection
+            # Over HTTP a 2026-07-28 request has no connection: without a key, it is its principal's.
+            if self._stdio_key is not None:
+                return self._stdio_key
+            return SessionKey.connection("", self._agent(ctx), self._principal(ctx).name).for_principal()
         connection = downstream_connection(ctx)
         key: SessionKey | None = connection.state.get(_KEY_STATE)
         if key is not None:
@@ -378,7 +392,13 @@ class ProxyServer(Server[Any]):
         self._engine.named.forget_client(f"connection {key.name}")
         await self._engine.end_session(key)
 
-    async def _answer(self, ctx: Context, forward: Callable[[], Awaitable[dict[str, Any]]]) -> dict[str, Any]:
+    async def _answer(
+        self,
+        ctx: Context,
+        forward: Callable[[ClientCall], Awaitable[dict[str, Any]]],
+        *,
+        rounds: types.InputResponseRequestParams | None = None,
+    ) -> dict[str, Any]:
         """Run a forwarded request as work in flight (see `drain`), translating our errors once, and shape the
         result for the client's era.
 
@@ -388,9 +408,21 @@ class ProxyServer(Server[Any]):
         at once (202), and 2026-07-28 requests are cancelled by the SDK itself.
         """
         receive = _hang_up_source(ctx)
+        is_modern = ctx.protocol_version in MODERN_PROTOCOL_VERSIONS
 
         async def run() -> dict[str, Any]:
-            return await (forward() if receive is None else _unless_client_hangs_up(receive, forward))
+            if rounds is not None and is_modern:
+                # A 2026-07-28 client is asked by `input_required` rounds of its own request (see `rounds`).
+                call = self._client_call(ctx)
+                return await self.rounds.run(
+                    principal=self._principal(ctx).name,
+                    stream=call.stream,
+                    input_responses=rounds.input_responses,
+                    request_state=rounds.request_state,
+                    start=lambda channel: forward(replace(call, stream=channel)),
+                )
+            call = self._client_call(ctx)
+            return await (forward(call) if receive is None else _unless_client_hangs_up(receive, lambda: forward(call)))
 
         try:
             with self.drain.request():
@@ -404,9 +436,13 @@ class ProxyServer(Server[Any]):
                     result = await run()
         except ProxyError as error:
             raise to_mcp_error(error) from None
-        if ctx.protocol_version in MODERN_PROTOCOL_VERSIONS:
-            # Upstreams speak the handshake era; a 2026-07-28 result must say it is complete.
+        if is_modern:
+            # Upstreams speak the handshake era; a 2026-07-28 result must say it is complete, and a cacheable
+            # one carries freshness hints: the upstream's own where it gave them, else "stale at once, yours".
             result.setdefault("resultType", "complete")
+            if ctx.method in CACHEABLE_METHODS and result["resultType"] == "complete":
+                result.setdefault("ttlMs", 0)
+                result.setdefault("cacheScope", "private")
         return result
 
     async def _announce_catalog_changed(self) -> None:

@@ -188,7 +188,7 @@ async def serve_stdio(settings: ProxySettings, *, transports: TransportFactory =
 
             tg.start_soon(drain_then_stop)
             tg.start_soon(hurry_when_asked)
-            async with stdio_streams() as (read_stream, write_stream):
+            async with server.rounds.running(), stdio_streams() as (read_stream, write_stream):
                 await server.run(read_stream, write_stream, server.create_initialization_options())
             tg.cancel_scope.cancel()
         signals.cancel_scope.cancel()

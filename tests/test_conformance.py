@@ -15,6 +15,7 @@ import re
 import sys
 from collections.abc import AsyncGenerator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -48,9 +49,31 @@ async def conformance_upstream(transport: str) -> AsyncGenerator[dict[str, Any]]
         yield {"url": url, "prefix": ""}
 
 
-async def run_suite(proxy_url: str, results: Path) -> str:
+@dataclass(frozen=True)
+class Release:
+    """One conformance release, and the scenarios it runs: its active suite, or a frozen requirement set."""
+
+    package: str
+    selection: tuple[str, ...]
+    minimum_scenarios: int
+
+    @property
+    def label(self) -> str:
+        version = json.loads((PROJECT_ROOT / "node_modules" / self.package / "package.json").read_text())["version"]
+        return f"{version} {' '.join(self.selection)}"
+
+
+RELEASES = {
+    "0.1.16-active": Release("@modelcontextprotocol/conformance", ("--suite", "active"), 30),
+    "next-2025-11-25": Release("conformance-next", ("--requirements", "2025-11-25"), 30),
+    "next-2026-07-28": Release("conformance-next", ("--requirements", "2026-07-28"), 37),
+}
+
+
+async def run_suite(release: Release, proxy_url: str, results: Path) -> str:
+    entry = PROJECT_ROOT / "node_modules" / release.package / "dist" / "index.js"
     completed = await anyio.run_process(
-        [str(NODE_BIN / "conformance"), "server", "--url", proxy_url, "--suite", "active", "-o", str(results)],
+        [str(NODE_BIN / "node"), str(entry), "server", "--url", proxy_url, *release.selection, "-o", str(results)],
         env=node_environment(),
         cwd=PROJECT_ROOT,
         check=False,
@@ -59,23 +82,25 @@ async def run_suite(proxy_url: str, results: Path) -> str:
 
 
 @pytest.mark.parametrize("transport", ["stdio", "http"])
-async def test_every_active_conformance_scenario_passes_through_the_proxy(tmp_path: Path, transport: str) -> None:
+@pytest.mark.parametrize("release", list(RELEASES))
+async def test_every_conformance_scenario_passes_through_the_proxy(tmp_path: Path, release: str, transport: str) -> None:
+    suite = RELEASES[release]
     async with conformance_upstream(transport) as upstream:
         # The suite's client never sends DELETE: leave room for one session per scenario.
         config = write_config(tmp_path, {"conformance": upstream}, max_sessions_per_upstream=128)
         async with running_proxy(config) as proxy:
             with anyio.fail_after(600):
-                output = await run_suite(proxy.url, tmp_path / "results")
+                output = await run_suite(suite, proxy.url, tmp_path / "results")
 
     scenarios = SCENARIO_LINE.findall(output)
     total = TOTAL_LINE.search(output)
-    REPORT.append(f"conformance suite, {transport} upstream:")
+    REPORT.append(f"conformance {suite.label}, {transport} upstream:")
     REPORT.extend(f"  {line}" for line in output[output.find("=== SUMMARY") :].strip().splitlines()[1:])
     assert total is not None, f"the suite printed no summary:\n{output[-3000:]}"
     failed = [name for mark, name, _, failures in scenarios if mark != "✓" or failures != "0"]
     assert not failed, f"failing scenarios: {failed}\n{output[-3000:]}"
     assert total.group(2) == "0"
-    assert len(scenarios) >= 30, f"expected the suite's 30 active scenarios, saw {len(scenarios)}"
+    assert len(scenarios) >= suite.minimum_scenarios, f"expected {suite.minimum_scenarios} scenarios, saw {len(scenarios)}"
     checks = [json.loads(path.read_text()) for path in (tmp_path / "results").glob("*/checks.json")]
     assert len(checks) == len(scenarios)
     statuses = {check["status"] for scenario in checks for check in scenario}
