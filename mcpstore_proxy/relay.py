@@ -194,11 +194,12 @@ class SessionRelay:
                     data={"requiredCapabilities": {capability: {}}},
                 )
             return _refusal(message)
-        with self._forwarding():
-            try:
-                return await channel.request(request, result_type)
-            except MCPError as error:
-                return error.error
+        # Not counted as a forward: the upstream waits for the answer anyway, and a question the client never
+        # answers (a 2026-07-28 client that does not come back) must not hold up other calls' results.
+        try:
+            return await channel.request(request, result_type)
+        except MCPError as error:
+            return error.error
 
     def _target(self) -> ClientChannel | None:
         return self._calls[-1].stream if self._calls else self.owner

@@ -53,8 +53,9 @@ from mcpstore_proxy.errors import (
 )
 from mcpstore_proxy.gate import AGENT_HEADER, agent_of, principal_of
 from mcpstore_proxy.keys import STORE_SCOPE, SessionKey, resolve_session_key
+from mcpstore_proxy.listen import ListenChannel, catalog_events
 from mcpstore_proxy.principals import ANONYMOUS, LOCAL, Principal
-from mcpstore_proxy.relay import ClientCall
+from mcpstore_proxy.relay import ClientCall, ClientChannel
 from mcpstore_proxy.rounds import InputRounds
 
 __all__ = ["AGENT_HEADER", "EXISTING_SESSION_HEADER", "ProxyServer"]
@@ -160,6 +161,7 @@ class ProxyServer(Server[Any]):
         self.add_request_handler("completion/complete", types.CompleteRequestParams, self._complete)
         self.add_request_handler("logging/setLevel", types.SetLevelRequestParams, self._set_logging_level)
         self.add_request_handler("server/discover", types.RequestParams, self._discover)
+        self.add_request_handler("subscriptions/listen", types.SubscriptionsListenRequestParams, self._listen)
         self.add_notification_handler("notifications/initialized", types.NotificationParams, self._initialized)
         self.add_notification_handler("notifications/roots/list_changed", types.NotificationParams, self._roots_changed)
         self._engine = engine
@@ -168,6 +170,7 @@ class ProxyServer(Server[Any]):
         self._header = engine.settings.session_header.lower()
         self._stdio_key = SessionKey.connection("stdio") if stdio else None
         self._connections: dict[int, Connection] = {}
+        self._listeners: dict[SessionKey, ListenChannel] = {}
         self.rounds = InputRounds()
         """The 2026-07-28 multi-round exchanges in progress; whoever serves this server enters `rounds.running()`."""
         engine.add_listener(self._announce_catalog_changed)
@@ -191,9 +194,6 @@ class ProxyServer(Server[Any]):
         protocol_version: str | None = None,
     ) -> types.ServerCapabilities:
         capabilities = self._engine.capabilities()
-        if protocol_version in MODERN_PROTOCOL_VERSIONS:
-            # 2026-07-28 delivers changes only on subscriptions/listen, which the proxy does not serve.
-            capabilities = _without_change_notices(capabilities)
         return capabilities.model_copy(update={"experimental": experimental_capabilities})
 
     # Listings: answered from the catalog the key sees, never by opening a session.
@@ -296,6 +296,28 @@ class ProxyServer(Server[Any]):
             instructions=self.instructions,
         )
 
+    async def _listen(
+        self, ctx: Context, params: types.SubscriptionsListenRequestParams
+    ) -> types.SubscriptionsListenResult:
+        """A 2026-07-28 listen stream: the key's list changes and resource updates, until the client leaves."""
+        try:
+            key = self._key(ctx)
+        except ProxyError as error:
+            raise to_mcp_error(error) from None
+        channel = self._listeners.setdefault(key, ListenChannel())
+        call = ClientCall(stream=channel, connection=channel)
+        uris = list(params.notifications.resource_subscriptions or ())
+        for uri in uris:
+            with contextlib.suppress(ProxyError, MCPError):  # like any subscription, one that never fires
+                await self._engine.subscribe(key, uri, call, subscribe=True)
+        try:
+            return await channel.handler(ctx, params)
+        finally:
+            with anyio.CancelScope(shield=True), anyio.move_on_after(_NOTIFY_SECONDS):
+                for uri in uris:
+                    with contextlib.suppress(ProxyError, MCPError):
+                        await self._engine.subscribe(key, uri, call, subscribe=False)
+
     async def _initialized(self, ctx: Context, params: types.NotificationParams) -> None:
         self._adopt(ctx)
 
@@ -377,9 +399,12 @@ class ProxyServer(Server[Any]):
 
     def _client_call(self, ctx: Context) -> ClientCall:
         connection = downstream_connection(ctx)
-        channel: ConnectionStream | None = connection.state.get(_CHANNEL_STATE)
+        channel: ClientChannel | None = connection.state.get(_CHANNEL_STATE)
         if channel is None and connection.has_standalone_channel:
             channel = ConnectionStream(connection)  # a 2026-07-28 stdio request: notifications only
+        elif channel is None:
+            # A 2026-07-28 request over HTTP: what its sessions say outside a call goes to the key's listen streams.
+            channel = self._listeners.setdefault(self._key(ctx), ListenChannel())
         wants_progress = ctx.meta is not None and "progress_token" in ctx.meta
         return ClientCall(
             stream=RequestStream(ctx),
@@ -447,6 +472,8 @@ class ProxyServer(Server[Any]):
 
     async def _announce_catalog_changed(self) -> None:
         capabilities = self._engine.capabilities()
+        for listener in list(self._listeners.values()):
+            await listener.publish(catalog_events(capabilities))
         notices: list[types.ServerNotification] = [types.ToolListChangedNotification()]
         if capabilities.prompts is not None:
             notices.append(types.PromptListChangedNotification())
@@ -489,12 +516,3 @@ async def _unless_client_hangs_up(
     if not outcome:
         raise MCPError(code=types.INVALID_REQUEST, message="the client hung up; the request was cancelled upstream")
     return outcome[0]
-
-
-def _without_change_notices(capabilities: types.ServerCapabilities) -> types.ServerCapabilities:
-    update: dict[str, Any] = {"tools": types.ToolsCapability(list_changed=False)}
-    if capabilities.prompts is not None:
-        update["prompts"] = types.PromptsCapability(list_changed=False)
-    if capabilities.resources is not None:
-        update["resources"] = types.ResourcesCapability(list_changed=False, subscribe=False)
-    return capabilities.model_copy(update=update)
