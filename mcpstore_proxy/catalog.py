@@ -67,6 +67,9 @@ class ToolRoute:
     tool: str
     declares_session_argument: bool
     """The upstream tool has its own property named like our session argument; it is forwarded, not read."""
+    session_argument: str | None = None
+    """Where this tool's callers name a proxy session: our session argument, else (when the tool declares its own)
+    the configured alias; None when the tool declares both."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,7 +220,12 @@ class Catalog:
 
 
 def build_catalog(
-    sources: Sequence[CatalogSource], *, session_argument: str, previous: Catalog | None, strict: bool
+    sources: Sequence[CatalogSource],
+    *,
+    session_argument: str,
+    session_argument_alias: str = "mcpstore_session_id",
+    previous: Catalog | None,
+    strict: bool,
 ) -> Catalog:
     """The catalog of `sources`, sorted and routed; `previous` keeps names with the upstream that had them.
 
@@ -255,7 +263,9 @@ def build_catalog(
     catalog = Catalog(resource_upstreams=tuple(s.upstream for s in sources if s.offers_resources))
     for name in sorted(tools):
         upstream, original, tool = tools[name]
-        catalog.tool_routes[name], exposed = _expose_tool(upstream, name, original, tool, session_argument)
+        catalog.tool_routes[name], exposed = _expose_tool(
+            upstream, name, original, tool, (session_argument, session_argument_alias)
+        )
         catalog.tools.append(exposed)
     for source in sources:
         for tool, reason in source.withheld.items():
@@ -297,14 +307,20 @@ def _claim(
 
 
 def _expose_tool(
-    upstream: str, name: str, original: str, tool: types.Tool, session_argument: str
+    upstream: str, name: str, original: str, tool: types.Tool, session_arguments: tuple[str, str]
 ) -> tuple[ToolRoute, types.Tool]:
+    """The tool as clients see it: renamed, with our session argument added, or, where the upstream tool has a
+    property of that name (FastMCP's own sessions, say), the configured alias, described as ours."""
+    session_argument, alias = session_arguments
     schema = dict(tool.input_schema)
     properties = cast(dict[str, Any], schema.get("properties") or {})
     declares = session_argument in properties
-    if not declares:
-        schema["properties"] = {**properties, session_argument: _session_property()}
-    route = ToolRoute(upstream=upstream, tool=original, declares_session_argument=declares)
+    ours = alias if declares else session_argument
+    if ours in properties:
+        ours = None  # the tool declares both names: everything it is given is its own
+    else:
+        schema["properties"] = {**properties, ours: _session_property(session_argument if declares else None)}
+    route = ToolRoute(upstream=upstream, tool=original, declares_session_argument=declares, session_argument=ours)
     return route, tool.model_copy(update={"name": name, "input_schema": schema})
 
 
@@ -350,11 +366,11 @@ def _parse_template(uri_template: str) -> UriTemplate | None:
         return None
 
 
-def _session_property() -> Mapping[str, Any]:
-    return {
-        "type": "string",
-        "description": (
-            "Optional. Names a persistent session: calls with the same name share the upstream's state, "
-            "across connections. Omit it to use this connection's own session."
-        ),
-    }
+def _session_property(shadowed: str | None = None) -> Mapping[str, Any]:
+    description = (
+        "Optional. Names a persistent session of the proxy: calls with the same name share the upstream's state, "
+        "across connections. Omit it to use this connection's own session."
+    )
+    if shadowed is not None:
+        description += f" (Not the tool's own '{shadowed}', which belongs to the tool and is passed to it unchanged.)"
+    return {"type": "string", "description": description}

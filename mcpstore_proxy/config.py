@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Literal, cast
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_core import ErrorDetails
 from pydantic_settings import (
     BaseSettings,
@@ -164,6 +164,8 @@ class ProxySettings(BaseSettings):
     shutdown_grace_seconds: float = Field(default=30.0, ge=0, allow_inf_nan=False)
     session_header: str = "X-MCPStore-Session"
     session_argument: str = "session_id"
+    session_argument_alias: str = "mcpstore_session_id"
+    """Where a tool that declares its own `session_argument` takes the proxy's session name instead."""
     upstream_start_timeout_seconds: float = Field(default=60.0, gt=0, allow_inf_nan=False)
     startup_wait_seconds: float = Field(default=5.0, ge=0, allow_inf_nan=False)
     admin_token: str | None = None
@@ -203,11 +205,11 @@ class ProxySettings(BaseSettings):
                 raise ValueError(f"server name {name!r} may use only letters, digits, '_', '.' and '-' (at most 64)")
         return servers
 
-    @field_validator("session_argument")
+    @field_validator("session_argument", "session_argument_alias")
     @classmethod
-    def _check_argument(cls, value: str) -> str:
+    def _check_argument(cls, value: str, info: ValidationInfo) -> str:
         if not value.isidentifier():
-            raise ValueError(f"session_argument {value!r} must be a plain identifier such as 'session_id'")
+            raise ValueError(f"{info.field_name} {value!r} must be a plain identifier such as 'session_id'")
         return value
 
     @field_validator("session_header")

@@ -87,7 +87,11 @@ class ProxyEngine:
         self.registry = ServiceRegistry(settings, self._new_service)
         self.pins = ToolPins(settings.tool_pins_path, mode=settings.tool_pinning)
         self.views = CatalogViews(
-            self.registry, self.session_key, session_argument=settings.session_argument, pins=self.pins
+            self.registry,
+            self.session_key,
+            session_argument=settings.session_argument,
+            session_argument_alias=settings.session_argument_alias,
+            pins=self.pins,
         )
         self.named = NamedSessions(
             SessionRecords(settings.session_idle_timeout_seconds, clock),

@@ -228,12 +228,13 @@ class ProxyServer(Server[Any]):
             base_key = self._key(ctx)
             route = self._engine.tool_route(base_key, params.name)
             arguments = dict(params.arguments or {})
-            named = None if route.declares_session_argument else arguments.pop(self._argument, None)
+            argument = route.session_argument
+            named = arguments.pop(argument, None) if argument is not None else None
             key = resolve_session_key(
                 named,
                 base_key.name if base_key.is_explicit else None,
                 self._adopt(ctx),
-                argument_name=self._argument,
+                argument_name=argument or self._argument,
                 header_name=self._engine.settings.session_header,
                 agent=base_key.agent,
                 principal=base_key.principal,

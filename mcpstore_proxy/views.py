@@ -32,12 +32,21 @@ KeyFor = Callable[[UpstreamService, SessionKey], SessionKey]
 class CatalogViews:
     """The catalogs that scopes and keys see."""
 
-    def __init__(self, registry: ServiceRegistry, keyed: KeyFor, *, session_argument: str, pins: ToolPins) -> None:
+    def __init__(
+        self,
+        registry: ServiceRegistry,
+        keyed: KeyFor,
+        *,
+        session_argument: str,
+        session_argument_alias: str,
+        pins: ToolPins,
+    ) -> None:
         self.store = Catalog()
         """What the store's scope sees (and every client without an agent)."""
         self._registry = registry
         self._keyed = keyed
         self._session_argument = session_argument
+        self._session_argument_alias = session_argument_alias
         self._pins = pins
         self._scopes: dict[str, Catalog] = {}
         self._keys: dict[SessionKey, Catalog] = {}
@@ -144,4 +153,10 @@ class CatalogViews:
                 )
             )
         previous = None if strict else self.store
-        return build_catalog(sources, session_argument=self._session_argument, previous=previous, strict=strict)
+        return build_catalog(
+            sources,
+            session_argument=self._session_argument,
+            session_argument_alias=self._session_argument_alias,
+            previous=previous,
+            strict=strict,
+        )

@@ -76,7 +76,7 @@ def test_include_and_exclude_patterns_select_upstream_tools() -> None:
     assert [t.name for t in catalog.tools] == ["b_click", "b_navigate"]
 
 
-def test_session_argument_is_added_as_optional_unless_the_tool_declares_it() -> None:
+def test_session_argument_is_added_as_optional_and_under_the_alias_where_the_tool_declares_its_own() -> None:
     own = types.Tool(
         name="own",
         input_schema={"type": "object", "properties": {"session_id": {"type": "integer"}}, "required": ["session_id"]},
@@ -86,9 +86,24 @@ def test_session_argument_is_added_as_optional_unless_the_tool_declares_it() -> 
     assert tools["u_plain"].input_schema["properties"]["session_id"]["type"] == "string"
     assert tools["u_plain"].input_schema["properties"]["x"] == {"type": "string"}
     assert "required" not in tools["u_plain"].input_schema
-    assert tools["u_own"].input_schema == own.input_schema
+    own_properties = tools["u_own"].input_schema["properties"]
+    assert own_properties["session_id"] == {"type": "integer"}
+    assert own_properties["mcpstore_session_id"]["type"] == "string"
+    assert tools["u_own"].input_schema["required"] == ["session_id"]
     assert catalog.tool("u_own").declares_session_argument
+    assert catalog.tool("u_own").session_argument == "mcpstore_session_id"
     assert not catalog.tool("u_plain").declares_session_argument
+    assert catalog.tool("u_plain").session_argument == "session_id"
+
+
+def test_a_tool_declaring_both_the_argument_and_the_alias_keeps_both_as_its_own() -> None:
+    both = types.Tool(
+        name="both",
+        input_schema={"type": "object", "properties": {"session_id": {}, "mcpstore_session_id": {}}},
+    )
+    catalog = catalog_of(source("u", both))
+    assert catalog.tools[0].input_schema == both.input_schema
+    assert catalog.tool("u_both").session_argument is None
 
 
 def test_a_collision_is_an_error_when_strict_and_the_first_owner_wins_later() -> None:
