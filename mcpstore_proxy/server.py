@@ -7,16 +7,16 @@ when a downstream connection ends (its `Connection.exit_stack`, unwound by the
 SDK on DELETE, idle expiry, EOF or shutdown), and how our errors become MCP
 errors (`errors.to_mcp_error`).
 
-Protocol eras. Handshake-era clients (2024-11-05 … 2025-11-25) are keyed by
-their connection. A 2026-07-28 request has no connection to key on, so over
-HTTP it is served with its explicit key (header or argument), or else with an
-ephemeral session for that one call; it cannot be asked anything (sampling,
-elicitation, roots), and an upstream that asks gets a clear error. So that
-auto-negotiating clients (such as the SDK's `Client(url)`) do not land in that
-era by accident and lose their state, `server/discover` over HTTP without an
-explicit session header advertises only the handshake versions; such clients
-then use the handshake and keep their session. Over stdio the pipe itself is
-the session, so both eras keep state.
+Protocol eras. Both are served, and `server/discover` offers both (the -32022
+error lists the 2026-07-28 versions, all of which discover offers too).
+Handshake-era clients (2024-11-05 … 2025-11-25) are keyed by their connection.
+A 2026-07-28 request has no connection: it is served with its explicit key
+(header or argument), else in its principal's own session (one per principal
+and agent scope), so a keyless client keeps its state across calls. Over stdio
+the pipe itself is the session. An upstream's questions (sampling, elicitation,
+roots) reach a 2026-07-28 client as `input_required` rounds (see `rounds`), and
+what its sessions say outside a call reaches its `subscriptions/listen` streams
+(see `listen`).
 """
 
 from __future__ import annotations
