@@ -118,12 +118,13 @@ async def test_shutdown_leaves_no_upstream_process(tmp_path: Path) -> None:
     assert not any(is_alive(pid) for pid in every_upstream)
 
 
-async def test_ephemeral_sessions_serve_one_call_and_leave_nothing_behind(tmp_path: Path) -> None:
-    config = write_config(tmp_path, {"state": fixture_server("state")})
+async def test_the_session_of_keyless_2026_requests_is_kept_then_closed_when_idle(tmp_path: Path) -> None:
+    config = write_config(tmp_path, {"state": fixture_server("state")}, session_idle_timeout_seconds=60)
     async with running_app(config) as proxy:
         catalog = proxy.live_upstreams()
         async with connect(proxy.url, mode="2026-07-28") as modern:
-            await modern.call_tool("state_remember", {"value": "gone"})
-            assert structured(await modern.call_tool("state_recall", {})) == []
-        await wait_until(lambda: proxy.live_upstreams() == catalog, what="ephemeral sessions to close")
-        assert len(proxy.upstreams.started) == len(catalog) + 2  # one upstream session for each call
+            await modern.call_tool("state_remember", {"value": "kept"})
+            assert structured(await modern.call_tool("state_recall", {})) == ["kept"]
+        assert len(proxy.live_upstreams()) == len(catalog) + 1  # one session for both calls, still open
+        await proxy.advance_clock(61)
+        await wait_until(lambda: proxy.live_upstreams() == catalog, what="the idle session to close")
