@@ -34,7 +34,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     arguments = _parser().parse_args(argv)
     try:
         settings = load_settings(
-            arguments.config, host=arguments.host, port=arguments.port, log_level=arguments.log_level
+            arguments.config,
+            serving=arguments.command == "serve",
+            host=arguments.host,
+            port=arguments.port,
+            log_level=arguments.log_level,
         )
         configure_logging(settings.log_level)
         if arguments.command == "serve":

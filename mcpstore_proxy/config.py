@@ -1,36 +1,53 @@
-"""The proxy's configuration: one YAML (or JSON) file, overridable from the environment.
+"""The proxy's configuration: one file, overridable from the environment, read as people already have it.
 
-Server entries live under `mcpServers` and follow the convention people paste
-between MCP clients (`command`/`args`/`env`/`cwd`, or `url`/`headers`), plus the
-proxy's own per-upstream options. Precedence, highest first: explicit overrides
-(command-line flags), `MCPSTORE_PROXY_*` environment variables, the file.
+The file is the proxy's own YAML, or an MCP client's JSON as it is: Claude Desktop's
+`claude_desktop_config.json`, Claude Code's `.mcp.json`, Cursor's `mcp.json`, VS Code's
+`.vscode/mcp.json` (servers under `servers`, `inputs`, comments and trailing commas). Server
+entries follow the convention people paste between MCP clients (`command`/`args`/`env`/`cwd`,
+or `url`/`headers`, `type`), plus the proxy's own per-upstream options. Precedence, highest
+first: explicit overrides (command-line flags), `MCPSTORE_PROXY_*` environment variables, the file.
 
-`${VAR}` in any string value is replaced by the environment variable `VAR`
-(`${VAR:-default}` gives a fallback). Two variables always exist: `${PYTHON}`,
-the interpreter running the proxy, and `${CONFIG_DIR}`, the config file's folder.
+Variables in any string: `${VAR}` and `${VAR:-default}` (Claude Code), `${env:VAR}` (Cursor,
+VS Code), `${input:ID}` (VS Code; from `MCPSTORE_INPUT_<ID>`, else the variable `ID`, else the
+input's `default`), `${workspaceFolder}`, `${workspaceFolderBasename}`, `${userHome}`,
+`${pathSeparator}`, `${/}`, and the proxy's own `${PYTHON}` (its interpreter) and
+`${CONFIG_DIR}` (the file's folder).
+
+What the file says but the proxy cannot use is named once in a warning: a top-level key of a
+JSON file that is not a proxy option, a client-only server key, a disabled server. What is
+wrong is one `ConfigError` that lists every problem, each with its location and the fix: a
+bad entry, an unset variable or input, and a server that would run this proxy on itself.
 """
 
 from __future__ import annotations
 
+import difflib
+import json
 import logging
 import os
 import re
+import shlex
 import sys
-from collections.abc import Mapping
-from importlib.resources.abc import Traversable
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import Any, Final, Literal, cast
+from urllib.parse import urlsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, ValidationInfo, field_validator, model_validator
-from pydantic_core import ErrorDetails
-from pydantic_settings import (
-    BaseSettings,
-    JsonConfigSettingsSource,
-    PydanticBaseSettingsSource,
-    SettingsConfigDict,
-    YamlConfigSettingsSource,
+from dotenv import dotenv_values
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
 )
+from pydantic_core import ErrorDetails
+from pydantic_settings import BaseSettings, InitSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
 
 from mcpstore_proxy.auth.settings import AuthSettings
 from mcpstore_proxy.errors import ConfigError
@@ -43,8 +60,11 @@ DEFAULT_CONFIG_PATH = Path("config/proxy.yaml")
 LOOPBACK_ADDRESSES = frozenset({"127.0.0.1", "::1", "localhost"})
 CONFIG_PATH_ENV = "MCPSTORE_PROXY_CONFIG"
 
+INPUT_VARIABLE_PREFIX = "MCPSTORE_INPUT_"
+
 _NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
-_VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+_REFERENCE = re.compile(r"\$\{([^{}]*)\}")
+_VARIABLE = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)(?::-(.*))?", re.DOTALL)
 _TRANSPORT_ALIASES: dict[str, str] = {
     "stdio": "stdio",
     "sse": "sse",
@@ -53,8 +73,25 @@ _TRANSPORT_ALIASES: dict[str, str] = {
     "streamable_http": "streamable-http",
     "streamablehttp": "streamable-http",
 }
-# Keys other MCP clients put in their mcpServers entries; accepted so pasted entries load unchanged.
-_FOREIGN_KEYS = frozenset({"autoApprove", "alwaysAllow", "disabledTools", "description", "transportType"})
+# Keys other MCP clients write into server entries, beyond those `_accept_pasted_conventions` maps onto ours
+# (`type`, `transportType`, `disabled`, `timeout`, `disabledTools`) and `envFile`, which a file's loader reads.
+# A description is dropped quietly; a client-only behaviour is ignored, and a config file's loader says why.
+_DESCRIPTIVE_KEYS = frozenset({"description", "gallery", "version"})
+_NO_APPROVALS = (
+    "the proxy does not approve tool calls; the client connected to the proxy asks before it calls the proxy's tools"
+)
+_NO_SIGN_IN = "the proxy does not sign in to upstreams; put a token in 'headers'"
+_CLIENT_ONLY_KEYS: Final[Mapping[str, str]] = {
+    "autoApprove": _NO_APPROVALS,
+    "alwaysAllow": _NO_APPROVALS,
+    "dev": "VS Code's dev mode (watch and debug) has no meaning to the proxy",
+    "sandboxEnabled": "the proxy does not sandbox upstreams",
+    "sandbox": "the proxy does not sandbox upstreams",
+    "oauth": _NO_SIGN_IN,
+    "auth": _NO_SIGN_IN,
+    "headersHelper": "the proxy runs no header helper; put the headers in 'headers'",
+}
+_FOREIGN_KEYS = _DESCRIPTIVE_KEYS | _CLIENT_ONLY_KEYS.keys()
 
 Transport = Literal["stdio", "streamable-http", "sse"]
 SessionScope = Literal["connection", "principal"]
@@ -95,8 +132,9 @@ class UpstreamConfig(BaseModel):
             return data
         entry = dict(cast(dict[str, Any], data))
         kind = entry.pop("type", None)
-        if kind is not None and "transport" not in entry:
-            entry["transport"] = kind
+        legacy_kind = entry.pop("transportType", None)  # Cline's spelling
+        if "transport" not in entry and (kind or legacy_kind) is not None:
+            entry["transport"] = kind if kind is not None else legacy_kind
         if isinstance(entry.get("transport"), str):
             raw = entry["transport"]
             entry["transport"] = _TRANSPORT_ALIASES.get(raw.lower().replace(" ", ""), raw)
@@ -104,15 +142,28 @@ class UpstreamConfig(BaseModel):
             entry.setdefault("enabled", not entry.pop("disabled"))
         if "timeout" in entry:
             entry.setdefault("call_timeout_seconds", entry.pop("timeout"))
+        if "disabledTools" in entry:
+            tools: Any = entry.pop("disabledTools")
+            if not isinstance(tools, list) or not all(isinstance(tool, str) for tool in cast(list[Any], tools)):
+                raise ValueError("disabledTools must be a list of tool names")
+            excluded: Any = entry.get("exclude_tools", [])
+            if isinstance(excluded, list):
+                names = cast(list[str], tools)
+                entry["exclude_tools"] = [*cast(list[Any], excluded), *map(_literal_pattern, names)]
+        if isinstance(entry.get("env"), dict):
+            # VS Code writes numbers, and null for "unset"; people write numbers and booleans in env and args.
+            env = cast(dict[Any, Any], entry["env"])
+            entry["env"] = {key: _as_text(value) for key, value in env.items() if value is not None}
+        if isinstance(entry.get("args"), list):
+            entry["args"] = [_as_text(value) for value in cast(list[Any], entry["args"])]
         return entry
 
     @model_validator(mode="after")
     def _check_reachable(self) -> UpstreamConfig:
         unknown = sorted(set(self.model_extra or {}) - _FOREIGN_KEYS)
         if unknown:
-            raise ValueError(
-                f"has unknown option(s) {', '.join(map(repr, unknown))}; see the README's config reference"
-            )
+            named = ", ".join(f"{key!r}{_suggestion(key, _UPSTREAM_OPTIONS)}" for key in unknown)
+            raise ValueError(f"has unknown option(s) {named}; see the README's config reference")
         if self.command is None and self.url is None:
             raise ValueError("needs either 'command' (a stdio server) or 'url' (an HTTP server)")
         if self.command is not None and self.url is not None:
@@ -252,6 +303,17 @@ class ProxySettings(BaseSettings):
         return {name: server for name, server in self.mcp_servers.items() if server.enabled}
 
 
+_UPSTREAM_OPTIONS: Final = (*UpstreamConfig.model_fields, "type", "disabled", "timeout", "envFile")
+_PROXY_OPTIONS: Final = (*(name for name in ProxySettings.model_fields if name != "mcp_servers"), "inputs")
+_PROXY_OPTION_KEYS: Final = frozenset(name.lower() for name in _PROXY_OPTIONS)  # keys match in any case
+_SERVER_KEYS: Final = ("mcpServers", "servers", "mcp_servers")
+_CLIENT_SUFFIXES: Final = (".json", ".jsonc")
+_THIS_MACHINE: Final = frozenset({"localhost", "127.0.0.1", "::1", "0.0.0.0", "::"})
+_PROXY_PATH: Final = re.compile(r"/(mcp|sse|messages|agents/[^/]+/mcp)")
+_RUNS_UPSTREAMS: Final = frozenset({"serve", "stdio", "check"})
+"""The subcommands that start upstreams: one that runs this proxy on its own config starts itself again."""
+
+
 def _deep_merge(base: Any, override: Any) -> Any:
     if isinstance(base, dict) and isinstance(override, dict):
         merged: dict[str, Any] = dict(cast(dict[str, Any], base))
@@ -266,55 +328,352 @@ def is_valid_name(name: str) -> bool:
     return bool(_NAME.fullmatch(name))
 
 
-def interpolate(value: Any, variables: Mapping[str, str]) -> Any:
-    """Replace `${VAR}` and `${VAR:-default}` in every string inside `value`."""
-    if isinstance(value, str):
-        return _VARIABLE.sub(lambda match: _lookup(match, variables), value)
-    if isinstance(value, list):
-        return [interpolate(item, variables) for item in cast(list[Any], value)]
-    if isinstance(value, dict):
-        return {key: interpolate(item, variables) for key, item in cast(dict[str, Any], value).items()}
-    return value
+def input_variable(input_id: str) -> str:
+    """The environment variable that gives VS Code's `${input:ID}` its value: `MCPSTORE_INPUT_` and the id in
+    capitals, every character other than a letter or digit made `_` (`github-token` → MCPSTORE_INPUT_GITHUB_TOKEN)."""
+    return INPUT_VARIABLE_PREFIX + re.sub(r"[^A-Za-z0-9]", "_", input_id).upper()
 
 
-def _lookup(match: re.Match[str], variables: Mapping[str, str]) -> str:
-    name, default = match.group(1), match.group(2)
-    if name in variables:
-        return variables[name]
-    if default is not None:
-        return default
-    raise ConfigError(f"${{{name}}} is not set; export {name} or write ${{{name}:-default}} in the config")
+def _suggestion(key: str, known: Iterable[str]) -> str:
+    close = difflib.get_close_matches(key, list(known), n=1, cutoff=0.7)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
-def _interpolation_variables(config_path: Path) -> dict[str, str]:
-    return {"PYTHON": sys.executable, "CONFIG_DIR": str(config_path.resolve().parent), **os.environ}
+def _literal_pattern(name: str) -> str:
+    """A tool name as a pattern for `exclude_tools` that matches that name only."""
+    return re.sub(r"([*?\[])", r"[\1]", name)
 
 
-class _InterpolatingYamlSource(YamlConfigSettingsSource):
-    def _read_file(self, file_path: Path | Traversable) -> dict[str, Any]:
-        return _interpolated(Path(str(file_path)), super()._read_file(file_path))
+def _as_text(value: Any) -> Any:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value) if isinstance(value, int | float) else value
 
 
-class _InterpolatingJsonSource(JsonConfigSettingsSource):
-    def _read_file(self, file_path: Path | Traversable) -> dict[str, Any]:
-        return _interpolated(Path(str(file_path)), super()._read_file(file_path))
+@dataclass(frozen=True)
+class _Problem:
+    """One thing wrong with a config file, where it is (`("servers", "git", "command")`), and how to fix it."""
+
+    location: tuple[str, ...]
+    message: str
+
+    def __str__(self) -> str:
+        return f"{'.'.join(self.location)}: {self.message}" if self.location else self.message
 
 
-def _interpolated(path: Path, data: Any) -> dict[str, Any]:
-    if not isinstance(data, dict):
-        raise ConfigError("the top level must be a mapping with an 'mcpServers' key")
-    return cast(dict[str, Any], interpolate(data, _interpolation_variables(path)))
+@dataclass(frozen=True)
+class _Input:
+    """An entry of VS Code's `inputs`: what the user is asked for, which the proxy takes from the environment."""
+
+    description: str | None
+    default: str | None
 
 
-def load_settings(path: Path | None = None, **overrides: Any) -> ProxySettings:
-    """Load the config file at `path` (default: $MCPSTORE_PROXY_CONFIG, then config/proxy.yaml).
+class _ConfigFile:
+    """One config file turned into the data of `ProxySettings`: the servers found under `servers` or `mcpServers`,
+    every variable resolved, client-only keys set aside. It collects, instead of raising, every problem (to report
+    them all at once) and every warning (to log once the file has loaded)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.is_client_file = path.suffix.lower() in _CLIENT_SUFFIXES
+        """An MCP client's JSON, whose other top-level keys are that client's own; in the proxy's own YAML, a key
+        it does not know is a typo."""
+        self.servers_key = "mcpServers"
+        self.problems: list[_Problem] = []
+        self.warnings: list[str] = []
+        self.renamed: dict[str, str] = {}
+        """Served name → the name in the file, for a name other clients allow and the proxy does not."""
+        self.unexpanded: set[tuple[str, ...]] = set()
+        """The servers whose entries still hold an unset variable's `${…}` as written."""
+        folder = path.resolve().parent
+        # VS Code's and Cursor's project files live in .vscode/ or .cursor/ under the workspace folder.
+        self._workspace = folder.parent if folder.name in (".vscode", ".cursor") else folder
+        self._variables = {
+            "PYTHON": sys.executable,
+            "CONFIG_DIR": str(folder),
+            "workspaceFolder": str(self._workspace),
+            "workspaceFolderBasename": self._workspace.name,
+            "userHome": str(Path.home()),
+            "pathSeparator": os.sep,
+            **os.environ,
+        }
+        self._inputs: dict[str, _Input] = {}
+        self._keys: list[str] = []
+        self._server_names: list[str] = []
+
+    def read(self) -> dict[str, Any]:
+        """The data for `ProxySettings`.
+
+        Raises:
+            ConfigError: the file cannot be read or parsed, or its top level is not a mapping.
+        """
+        document = self._parse()
+        if document is None:
+            return {}
+        if not isinstance(document, dict):
+            raise ConfigError(f"{self.path}: the top level must be a mapping with an 'mcpServers' key")
+        top = {str(key): value for key, value in cast(dict[Any, Any], document).items()}
+        self._keys = list(top)
+        if "inputs" in top:
+            self._read_inputs(top["inputs"])
+        data: dict[str, Any] = {}
+        for key, value in top.items():
+            if key in _SERVER_KEYS or key == "inputs":
+                continue
+            if key.lower() in _PROXY_OPTION_KEYS:
+                data[key] = self._resolve(value, (key,))
+            elif self.is_client_file:
+                self.warnings.append(
+                    f"{self.path}: ignored the top-level key {key!r}: it is not a proxy option"
+                    f"{_suggestion(key, _PROXY_OPTIONS)}"
+                )
+            else:
+                hint = _suggestion(key, _PROXY_OPTIONS)
+                self._problem((key,), f"is not a known option{hint}; see the README's config reference")
+        present = [key for key in top if key in _SERVER_KEYS]
+        if len(present) > 1:
+            kinds = " and ".join(f"'{key}'{' (VS Code)' if key == 'servers' else ''}" for key in present)
+            self._problem((), f"has both {kinds}; keep one of them, holding every server")
+        elif present:
+            self.servers_key = present[0]
+            data["mcpServers"] = self._read_servers(top[present[0]])
+        return data
+
+    def _parse(self) -> Any:
+        try:
+            text = self.path.read_text(encoding="utf-8-sig")  # Windows editors may start a file with a BOM
+        except (OSError, UnicodeDecodeError) as error:
+            raise ConfigError(f"{self.path}: cannot be read: {error}") from None
+        if self.is_client_file:
+            try:
+                return json.loads(_without_comments(text))
+            except json.JSONDecodeError as error:
+                where = f"line {error.lineno}, column {error.colno}"
+                raise ConfigError(f"{self.path}: is not valid JSON: {error.msg} at {where}") from None
+        try:
+            return yaml.safe_load(text)
+        except yaml.YAMLError as error:
+            raise ConfigError(f"{self.path}: is not valid YAML: {_yaml_problem(error)}") from None
+
+    def _read_inputs(self, inputs: Any) -> None:
+        if not isinstance(inputs, list):
+            self._problem(("inputs",), "must be a list of inputs, each with an 'id'")
+            return
+        for index, item in enumerate(cast(list[Any], inputs)):
+            entry = cast(dict[str, Any], item) if isinstance(item, dict) else {}
+            input_id, description, default = entry.get("id"), entry.get("description"), entry.get("default")
+            if not isinstance(input_id, str) or not input_id:
+                self._problem(("inputs", str(index)), "needs an 'id', the name that ${input:ID} refers to")
+                continue
+            self._inputs[input_id] = _Input(
+                description if isinstance(description, str) else None, default if isinstance(default, str) else None
+            )
+
+    def _read_servers(self, servers: Any) -> Any:
+        if not isinstance(servers, dict):
+            return servers  # validation says what it should be
+        entries: dict[str, Any] = {}
+        for key, entry in cast(dict[Any, Any], servers).items():
+            name = str(key)
+            self._server_names.append(name)
+            served = self._served_name(name)
+            if served is None:
+                continue
+            if served in entries or (served != name and served in map(str, cast(dict[Any, Any], servers))):
+                self._problem(
+                    (self.servers_key, name), f"would be served as {served!r}, another server's name; rename one"
+                )
+                continue
+            server = self._read_server(name, cast(dict[str, Any], entry)) if isinstance(entry, dict) else entry
+            if server is not None or entry is None:  # a null entry stays, for validation to name
+                entries[served] = server
+        return entries
+
+    def _served_name(self, name: str) -> str | None:
+        if is_valid_name(name):
+            return name
+        rule = "may use only letters, digits, '_', '.' and '-'"
+        if not self.is_client_file:
+            self._problem((self.servers_key, name), f"server name {name!r} {rule} (at most 64)")
+            return None
+        served = re.sub(r"[^A-Za-z0-9_.-]", "_", name)[:64] or "_"
+        self.renamed[served] = name
+        self.warnings.append(f"{self.path}: the server {name!r} is served as {served!r} (a server name {rule})")
+        return served
+
+    def _read_server(self, name: str, entry: dict[str, Any]) -> dict[str, Any] | None:
+        """The entry to validate, or None to leave out (a disabled entry that is not valid as it stands)."""
+        location = (self.servers_key, name)
+        where = ".".join(location)
+        server = dict(entry)
+        disabled = "disabled: true" if server.get("disabled") is True else None
+        disabled = disabled or ("enabled: false" if server.get("enabled") is False else None)
+        for key in [key for key in server if key in _FOREIGN_KEYS]:
+            value = server.pop(key)
+            if key in _CLIENT_ONLY_KEYS and value and not disabled:
+                self.warnings.append(f"{self.path}: ignored {where}.{key}: {_CLIENT_ONLY_KEYS[key]}")
+        if disabled:
+            self.warnings.append(f"{self.path}: skipped {where}: it is disabled ({disabled})")
+            server.pop("envFile", None)
+            # It never runs, so its variables need not be set, nor its entry be right: kept only as it stands.
+            try:
+                UpstreamConfig.model_validate(server)
+            except ValidationError:
+                return None
+            return server
+        server = cast(dict[str, Any], self._resolve(server, location))
+        if "envFile" in server:
+            server["env"] = self._with_env_file(server.pop("envFile"), server.get("env"), (*location, "envFile"))
+        return server
+
+    def _with_env_file(self, env_file: Any, env: Any, location: tuple[str, ...]) -> Any:
+        """`env` over the NAME=value lines of `env_file` (relative to the workspace folder)."""
+        if not isinstance(env_file, str):
+            self._problem(location, "must be the path of a file of NAME=value lines")
+            return env
+        path = Path(env_file).expanduser()
+        path = path if path.is_absolute() else self._workspace / path
+        if not path.is_file():
+            self._problem(location, f"file '{path}' not found; create it, or remove 'envFile'")
+            return env
+        values = {key: value for key, value in dotenv_values(path).items() if value is not None}
+        if env is None:
+            return values
+        return {**values, **cast(dict[str, Any], env)} if isinstance(env, dict) else env
+
+    def _resolve(self, value: Any, location: tuple[str, ...]) -> Any:
+        """`value` with every variable in its strings replaced; an unresolved one stays as written, and is a
+        problem."""
+        if isinstance(value, str):
+            return _REFERENCE.sub(lambda match: self._lookup(match, location), value)
+        if isinstance(value, list):
+            return [self._resolve(item, (*location, str(i))) for i, item in enumerate(cast(list[Any], value))]
+        if isinstance(value, dict):
+            return {
+                key: self._resolve(item, (*location, str(key))) for key, item in cast(dict[Any, Any], value).items()
+            }
+        return value
+
+    def _lookup(self, match: re.Match[str], location: tuple[str, ...]) -> str:
+        written, inner = match.group(0), match.group(1)
+        if inner.startswith("env:"):
+            name = inner.removeprefix("env:")
+            if name in os.environ:
+                return os.environ[name]
+            return self._unresolved(written, location, f"{written} is not set; export {name}")
+        if inner.startswith("input:"):
+            return self._input(inner.removeprefix("input:"), written, location)
+        variable = _VARIABLE.fullmatch(inner)
+        if variable is not None:
+            name, default = variable.group(1), variable.group(2)
+            if name in self._variables:
+                return self._variables[name]
+            if default is not None:
+                return default
+            fix = f"export {name} or write ${{{name}:-default}} in the config"
+            return self._unresolved(written, location, f"{written} is not set; {fix}")
+        if inner == "/":
+            return os.sep
+        if inner.partition(":")[0].isidentifier():  # ${command:…}, ${config:…}, ${workspaceFolder:name}
+            fix = "write its value, or use ${env:NAME}"
+            return self._unresolved(
+                written, location, f"{written} is a VS Code variable the proxy cannot resolve; {fix}"
+            )
+        return written  # no client's variable: text that only looks like one
+
+    def _input(self, input_id: str, written: str, location: tuple[str, ...]) -> str:
+        variable = input_variable(input_id)
+        for name in (variable, input_id):
+            if name in os.environ:
+                return os.environ[name]
+        declared = self._inputs.get(input_id)
+        if declared is not None and declared.default is not None:
+            return declared.default
+        if declared is None:
+            what = f"{written} has no value, and no entry under 'inputs' declares it"
+        else:
+            described = f' ("{declared.description}")' if declared.description else ""
+            what = f"{written}{described} has no value, and the proxy cannot prompt for it"
+        return self._unresolved(written, location, f"{what}; set {variable} (or {input_id}) in the environment")
+
+    def _unresolved(self, written: str, location: tuple[str, ...], message: str) -> str:
+        self._problem(location, message)
+        self.unexpanded.add(location[:2])
+        return written
+
+    def _problem(self, location: tuple[str, ...], message: str) -> None:
+        self.problems.append(_Problem(location, message))
+
+    def validation_problems(self, error: ValidationError) -> list[_Problem]:
+        """Pydantic's errors, located as the file names things (`servers.Zuplo MCP`, not `mcpServers.Zuplo_MCP`)."""
+        problems: list[_Problem] = []
+        for detail in error.errors():
+            location = [str(part) for part in detail["loc"] if not str(part).startswith("function-")]
+            if location and location[0] in _SERVER_KEYS:
+                location[0] = self.servers_key
+                if len(location) > 1:
+                    location[1] = self.renamed.get(location[1], location[1])
+            problems.append(_Problem(tuple(location), _detail_message(detail)))
+        return problems
+
+    def describe(self, problems: Iterable[_Problem]) -> str:
+        """One message: the file, then each problem (on a line of its own when there are several), in file order."""
+        ordered = sorted(problems, key=self._position)
+        if len(ordered) == 1:
+            return f"{self.path}: {ordered[0]}"
+        return f"{self.path}: {len(ordered)} problems:" + "".join(f"\n  {problem}" for problem in ordered)
+
+    def _position(self, problem: _Problem) -> tuple[int, int]:
+        """Where `problem` is in the file: its top-level key's place, and its server's."""
+        first, second = (*problem.location, "", "")[:2]
+        if not first:
+            return (-1, -1)
+        top = self._keys.index(first) if first in self._keys else len(self._keys)
+        is_server = first == self.servers_key and second in self._server_names
+        return (top, self._server_names.index(second) if is_server else -1)
+
+
+def _without_comments(text: str) -> str:
+    """JSON with comments and trailing commas, which VS Code's and Cursor's files may have, as plain JSON. What goes
+    becomes spaces (line breaks stay), so an error still names the right line and column."""
+    out = list(text)
+    index, in_string, comma = 0, False, None
+    while index < len(text):
+        char = text[index]
+        if in_string:
+            in_string = char != '"'
+            index += 2 if char == "\\" else 1
+            continue
+        if text.startswith(("//", "/*"), index):
+            closing = "\n" if text[index + 1] == "/" else "*/"
+            end = text.find(closing, index + 2)
+            end = len(text) if end < 0 else end + (0 if closing == "\n" else 2)
+            out[index:end] = [c if c == "\n" else " " for c in text[index:end]]
+            index = end
+            continue
+        if char in "}]" and comma is not None:
+            out[comma] = " "
+        if char == ",":
+            comma = index
+        elif not char.isspace():
+            comma = None
+        in_string = char == '"'
+        index += 1
+    return "".join(out)
+
+
+def load_settings(path: Path | None = None, *, serving: bool = False, **overrides: Any) -> ProxySettings:
+    """Load the config file at `path` (default: $MCPSTORE_PROXY_CONFIG, then config/proxy.yaml); `serving` says the
+    settings are for `serve`, which listens on `host:port`, so that an upstream URL at that address is refused.
 
     Raises:
-        ConfigError: the file is missing, unreadable, or fails validation; the
-            message names the file, the field and the fix.
+        ConfigError: the file is missing, unreadable, or wrong; the message names the file and, for each
+            problem, its location and the fix.
     """
     config_path = _resolve_path(path)
-    file_source = _InterpolatingJsonSource if config_path.suffix == ".json" else _InterpolatingYamlSource
+    file = _ConfigFile(config_path)
+    data = file.read()
 
     class _LoadedSettings(ProxySettings):
         def model_post_init(self, context: Any, /) -> None:
@@ -330,21 +689,105 @@ def load_settings(path: Path | None = None, **overrides: Any) -> ProxySettings:
             dotenv_settings: PydanticBaseSettingsSource,
             file_secret_settings: PydanticBaseSettingsSource,
         ) -> tuple[PydanticBaseSettingsSource, ...]:
-            if file_source is _InterpolatingJsonSource:
-                return (init_settings, env_settings, _InterpolatingJsonSource(settings_cls, json_file=config_path))
-            return (init_settings, env_settings, _InterpolatingYamlSource(settings_cls, yaml_file=config_path))
+            return (init_settings, env_settings, InitSettingsSource(settings_cls, init_kwargs=data))
 
+    problems = list(file.problems)
     try:
         settings = _LoadedSettings(**{key: value for key, value in overrides.items() if value is not None})
     except ValidationError as error:
-        raise ConfigError(f"{config_path}: {describe_validation_error(error)}") from None
-    except ConfigError as error:
-        raise ConfigError(f"{config_path}: {error.message}") from None
-    except yaml.YAMLError as error:
-        raise ConfigError(f"{config_path}: is not valid YAML: {_yaml_problem(error)}") from None
-    except (OSError, ValueError) as error:
-        raise ConfigError(f"{config_path}: cannot be read: {error}") from None
+        # What an unresolved variable's `${…}` text breaks is no news.
+        problems += [
+            problem
+            for problem in file.validation_problems(error)
+            if not (problem.location[:2] in file.unexpanded and "${" in problem.message)
+        ]
+        raise ConfigError(file.describe(problems)) from None
+    except ValueError as error:  # a malformed MCPSTORE_PROXY_* variable
+        raise ConfigError(f"{config_path}: {error}") from None
+    problems += _self_references(settings, file, serving=serving)
+    if problems:
+        raise ConfigError(file.describe(problems))
+    for warning in file.warnings:
+        logger.warning("%s", warning)
     return settings
+
+
+def _self_references(settings: ProxySettings, file: _ConfigFile, *, serving: bool) -> list[_Problem]:
+    """The upstreams that are this proxy itself: run on this same config, or (for `serve`) at its own address."""
+    problems: list[_Problem] = []
+    for name, server in settings.enabled_servers.items():
+        location = (file.servers_key, file.renamed.get(name, name))
+        if server.command is not None and _is_same_file(_config_run_by(server), file.path):
+            shown = shlex.join([server.command, *server.args])
+            problems.append(
+                _Problem(
+                    location,
+                    f"runs this proxy ({shown}) on this same config, {file.path}, so every start would start "
+                    "another copy, without end; remove the entry, or give that proxy a config of its own",
+                )
+            )
+        if serving and server.url is not None and _is_own_address(server.url, settings.host, settings.port):
+            address = f"[{settings.host}]" if ":" in settings.host else settings.host
+            problems.append(
+                _Problem(
+                    location,
+                    f"url {server.url!r} is this proxy's own address (serve listens on {address}:{settings.port}), "
+                    "so every call would come back to it, without end; remove the entry, or change its url or the "
+                    "proxy's port",
+                )
+            )
+    return problems
+
+
+def _config_run_by(server: UpstreamConfig) -> Path | None:
+    """The config file that `server`'s command runs this proxy on, when it runs `mcpstore-proxy` (or
+    `python -m mcpstore_proxy`, possibly behind a launcher such as `uvx`) with a subcommand that starts upstreams."""
+    assert server.command is not None
+    words = [server.command, *server.args]
+    for index, word in enumerate(words):
+        program = re.split(r"[@=<>]", Path(word).name.lower().removesuffix(".exe"))[0]
+        if program == "mcpstore-proxy":
+            rest = words[index + 1 :]
+        elif word == "-m" and words[index + 1 : index + 2] == ["mcpstore_proxy"]:
+            rest = words[index + 2 :]
+        else:
+            continue
+        if rest and rest[0] in _RUNS_UPSTREAMS:
+            named = _option_value(rest[1:], "--config")
+            named = named or server.env.get(CONFIG_PATH_ENV) or str(DEFAULT_CONFIG_PATH)
+            config = Path(named).expanduser()
+            return config if config.is_absolute() else Path(server.cwd or os.getcwd()) / config
+    return None
+
+
+def _option_value(words: list[str], option: str) -> str | None:
+    """The value of `option` among command-line `words` (`--config X`, `--config=X`, or a prefix argparse accepts,
+    `--conf X`); the last one wins, as in argparse."""
+    value = None
+    for index, word in enumerate(words):
+        name, has_value, given = word.partition("=")
+        if len(name) > 2 and option.startswith(name):
+            value = given if has_value else (words[index + 1] if index + 1 < len(words) else None)
+    return value
+
+
+def _is_same_file(path: Path | None, other: Path) -> bool:
+    try:
+        return path is not None and os.path.samefile(path, other)
+    except OSError:
+        return False
+
+
+def _is_own_address(url: str, host: str, port: int) -> bool:
+    """Whether `url` reaches the MCP endpoint `serve` listens on at `host:port` (loopback names are one machine)."""
+    parts = urlsplit(url)
+    try:
+        url_port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:
+        return False
+    url_host, own_host = (parts.hostname or "").lower(), host.lower().strip("[]")
+    is_same_host = url_host == own_host or (url_host in _THIS_MACHINE and own_host in _THIS_MACHINE)
+    return url_port == port and is_same_host and bool(_PROXY_PATH.fullmatch(parts.path.rstrip("/")))
 
 
 def _yaml_problem(error: yaml.YAMLError) -> str:
@@ -374,13 +817,18 @@ def describe_validation_error(error: ValidationError) -> str:
 
 
 def _describe_detail(detail: ErrorDetails) -> str:
-    location = ".".join(str(part) for part in detail["loc"] if not str(part).startswith("function-after"))
+    location = ".".join(str(part) for part in detail["loc"] if not str(part).startswith("function-"))
     location = location.replace("mcp_servers", "mcpServers")
+    message = _detail_message(detail)
+    return f"{location}: {message}" if location else message
+
+
+def _detail_message(detail: ErrorDetails) -> str:
     message = detail["msg"].removeprefix("Value error, ")
     if detail["type"] == "extra_forbidden":
-        message = "is not a known option; see the README's config reference"
-    elif detail["type"] == "missing":
-        message = "is required"
-    elif "input" in detail and detail["type"] not in ("value_error", "assertion_error"):
-        message = f"{message} (got {detail['input']!r})"
-    return f"{location}: {message}" if location else message
+        return "is not a known option; see the README's config reference"
+    if detail["type"] == "missing":
+        return "is required"
+    if "input" in detail and detail["type"] not in ("value_error", "assertion_error"):
+        return f"{message} (got {detail['input']!r})"
+    return message
