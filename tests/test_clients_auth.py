@@ -170,11 +170,10 @@ async def test_python_sdk_client_with_a_bearer_token_keeps_its_upstream_state_ac
         alice_upstream = structured(await alice.call_tool("state_whoami", {}))
         assert structured(await alice.call_tool("state_whoami", {})) == alice_upstream
         assert structured(await bob.call_tool("state_whoami", {})) != alice_upstream
-        assert alice.protocol_version == "2025-11-25"  # auto-negotiation landed in the handshake era, with sessions
+        # Auto-negotiation lands in 2026-07-28, sessionless: each principal's requests share its own session.
+        assert alice.protocol_version == "2026-07-28"
 
-    assert len(alice_traffic.session_ids_sent) == 1, "alice's client kept one Mcp-Session-Id throughout"
-    assert len(bob_traffic.session_ids_sent) == 1
-    assert alice_traffic.session_ids_sent != bob_traffic.session_ids_sent
+    assert alice_traffic.session_ids_sent == bob_traffic.session_ids_sent == set()
     assert alice_traffic.refusals == bob_traffic.refusals == []
 
 
