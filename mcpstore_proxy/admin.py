@@ -2,6 +2,7 @@
 
     GET    /admin/services                  list          POST /admin/services             add
     GET    /admin/services/{name}           status        DELETE /admin/services/{name}    remove
+    PUT    /admin/services/{name}           replace its entry (the body: an mcpServers entry)
     POST   /admin/services/{name}/restart                 POST /admin/services/{name}/wait?timeout=30
     GET    /admin/tools?session=ID          list (a session's bound services' tools, or every tool)
     GET    /admin/tools/resolve?name=N&session=ID   the tool a short or prefixed name means there
@@ -95,6 +96,7 @@ def admin_routes(
         ("/services", principal(api.add_services), ["POST"]),
         ("/services/{name}", principal(api.service_status), ["GET"]),
         ("/services/{name}", principal(api.remove_service), ["DELETE"]),
+        ("/services/{name}", principal(api.update_service), ["PUT"]),
         ("/services/{name}/restart", principal(api.restart_service), ["POST"]),
         ("/services/{name}/wait", principal(api.wait_service), ["POST"]),
         ("/tools", principal(api.list_tools), ["GET"]),
@@ -190,6 +192,14 @@ class _AdminApi:
 
     async def service_status(self, request: Request, control: Control) -> Any:
         return await control.service_status(_agent(request), request.path_params["name"])
+
+    async def update_service(self, request: Request, control: Control) -> Any:
+        name = request.path_params["name"]
+        entry = await _json_object(request)
+        if "mcpServers" in entry or entry.get("name", name) != name:
+            raise ConfigError(f"the body must be the entry of service {name!r} itself (command or url, ...)")
+        [updated] = await control.update_services(_agent(request), {**entry, "name": name})
+        return updated
 
     async def remove_service(self, request: Request, control: Control) -> Any:
         await control.remove_service(_agent(request), request.path_params["name"])

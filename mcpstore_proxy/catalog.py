@@ -38,6 +38,7 @@ from mcpstore_proxy.errors import (
     UnknownPromptError,
     UnknownResourceError,
     UnknownToolError,
+    did_you_mean,
 )
 
 __all__ = [
@@ -161,14 +162,18 @@ class Catalog:
         if route is None:
             if name in self.withheld_tools:
                 raise ToolChangedError(self.withheld_tools[name])
-            raise UnknownToolError(f"Unknown tool: {name!r}; call tools/list for the tools this proxy exposes")
+            hint = did_you_mean(name, self.tool_routes)
+            raise UnknownToolError(f"Unknown tool: {name!r}{hint}; call tools/list for the tools this proxy exposes")
         return route
 
     def prompt(self, name: str) -> PromptRoute:
         """Raises UnknownPromptError when no exposed prompt is called `name`."""
         route = self.prompt_routes.get(name)
         if route is None:
-            raise UnknownPromptError(f"Unknown prompt: {name!r}; call prompts/list for the prompts this proxy exposes")
+            hint = did_you_mean(name, self.prompt_routes)
+            raise UnknownPromptError(
+                f"Unknown prompt: {name!r}{hint}; call prompts/list for the prompts this proxy exposes"
+            )
         return route
 
     def resource(self, uri: str) -> ResourceRoute:

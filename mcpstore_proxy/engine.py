@@ -248,7 +248,8 @@ class ProxyEngine:
         started alongside the caller may not listen yet).
 
         Raises:
-            UpstreamStartError: it stopped, or is still not ready after `timeout_seconds` (naming its last failure).
+            UpstreamStartError: it stopped, or is still not ready after `timeout_seconds`: its last failure, else
+                one naming its state.
         """
         service = self.registry.service(agent, name)
         with anyio.move_on_after(timeout_seconds):
@@ -257,11 +258,12 @@ class ProxyEngine:
                     raise UpstreamStartError(name, f"service '{name}' was stopped")
                 await service.state_changed()
             return service
-        waited = f"service '{name}' is not ready after {timeout_seconds:g} s (state: {service.state.value})"
         failure = service.error
-        if failure is None:
-            raise UpstreamStartError(name, waited)
-        raise UpstreamStartError(name, f"{waited}; its last failure: {failure.message}", detail=failure.detail)
+        if failure is not None:
+            raise UpstreamStartError(name, failure.message, detail=failure.detail)
+        raise UpstreamStartError(
+            name, f"service '{name}' is not ready after {timeout_seconds:g} s (state: {service.state.value})"
+        )
 
     def capabilities(self) -> types.ServerCapabilities:
         """What the proxy can forward (see `CatalogViews.capabilities`)."""

@@ -24,6 +24,8 @@
      │    └── PermissionDeniedError its principal may not do it (HTTP 403)
      ├── ToolChangedError           the tool's definition changed since it was approved, and
      │                              `tool_pinning: enforce` withholds it until it is approved
+     ├── ToolError                  the tool answered `isError: true` (raised by the SDK only when
+     │                              asked: `use_tool(..., raise_on_error=True)`; never on the wire)
      ├── RequestTooLargeError       a request body is over the size the API takes (HTTP 413)
      └── ShuttingDownError          the proxy is draining for shutdown and takes no new work
 
@@ -31,15 +33,21 @@ Each class carries its wire facts: the JSON-RPC `code` an MCP client sees and
 the `http_status` the admin API and the HTTP front door answer with. Errors
 that the upstream itself answered (an `MCPError` from its JSON-RPC reply) are
 not wrapped: the client sees the upstream's own code and message.
-`to_mcp_error` is the one place our errors become MCP errors.
+`to_mcp_error` is the one place our errors become MCP errors. `did_you_mean`
+words the suggestion an unknown name's message carries.
 """
 
 from __future__ import annotations
 
-from typing import Final, cast
+import difflib
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Final, cast
 
 from mcp import MCPError
 from mcp.types import INTERNAL_ERROR, INVALID_PARAMS, INVALID_REQUEST
+
+if TYPE_CHECKING:
+    from mcp.types import CallToolResult
 
 UPSTREAM_FAILED: Final = -32010
 """JSON-RPC code for a failed, crashed, stopped or timed-out upstream (implementation-defined server error range)."""
@@ -52,6 +60,9 @@ SHUTTING_DOWN: Final = -32012
 
 TOOL_CHANGED: Final = -32013
 """JSON-RPC code for a tool withheld because its definition changed since it was approved (see `pins`)."""
+
+_CLOSE_RATIO: Final = 0.6
+_CLOSE_MARGIN: Final = 0.1
 
 
 class ProxyError(Exception):
@@ -191,6 +202,18 @@ class ToolChangedError(ProxyError):
     http_status = 409
 
 
+class ToolError(ProxyError):
+    """The tool ran and answered `isError: true`; carries the tool's name, its error text and the whole result."""
+
+    http_status = 502
+
+    def __init__(self, tool: str, text: str, result: CallToolResult) -> None:
+        super().__init__(f"tool {tool!r} answered with an error: {text or '(no text)'}")
+        self.tool = tool
+        self.text = text
+        self.result = result
+
+
 class RequestTooLargeError(ProxyError):
     code = INVALID_REQUEST
     http_status = 413
@@ -215,6 +238,22 @@ def error_data(error: ProxyError, *, for_operator: bool = False) -> dict[str, st
 def to_mcp_error(error: ProxyError) -> MCPError:
     """The MCP form of one of our errors: its code, its message, and `error_data` in `data`."""
     return MCPError(code=error.code, message=error.message, data=error_data(error))
+
+
+def did_you_mean(name: str, candidates: Iterable[str]) -> str:
+    """`; did you mean 'x'?` naming the real names closest to the unknown `name`, or `""` when none is close.
+
+    Close is a `difflib` ratio of at least 0.6 and within 0.1 of the best one's (names sharing a long prefix,
+    such as a service's tools, all score well against each other), at most three, closest first.
+    """
+    matcher = difflib.SequenceMatcher(b=name)
+    scores: dict[str, float] = {}
+    for candidate in set(candidates):
+        matcher.set_seq1(candidate)
+        scores[candidate] = matcher.ratio()
+    floor = max(_CLOSE_RATIO, max(scores.values(), default=1.0) - _CLOSE_MARGIN)
+    close = sorted((c for c, score in scores.items() if score >= floor), key=lambda c: (-scores[c], c))[:3]
+    return f"; did you mean {' or '.join(map(repr, close))}?" if close else ""
 
 
 def innermost(error: BaseException | None) -> BaseException | None:

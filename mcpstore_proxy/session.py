@@ -6,10 +6,16 @@ of handles, threads or tasks can use the same session without sharing an
 attribute that could cross them. Used as a context manager (sync or async), a
 session is the *current* session for the block (kept in a context variable,
 so each thread and task has its own) and is closed when the block ends.
+
+A tool that answers `isError: true` is returned as it answered, and logged at
+WARNING with its name and error text (`checked_result`, shared by every way
+the SDK calls a tool); `raise_on_error=True` raises `ToolError` instead.
 """
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Generator
 from contextvars import ContextVar, Token
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
@@ -17,11 +23,14 @@ from typing import TYPE_CHECKING, Any, Self
 from mcp import types
 
 from mcpstore_proxy.control import SessionInfo, ToolInfo
+from mcpstore_proxy.errors import ToolError
 
 if TYPE_CHECKING:
     from mcpstore_proxy.store import MCPStore
 
-__all__ = ["CURRENT_SESSION", "Session"]
+__all__ = ["CURRENT_SESSION", "Session", "SessionBlock", "checked_result", "error_text"]
+
+logger = logging.getLogger(__name__)
 
 CURRENT_SESSION: ContextVar[Session | None] = ContextVar("mcpstore_proxy.current_session", default=None)
 """The session of the innermost `with_session` block in this thread or task."""
@@ -106,12 +115,23 @@ class Session:
         await self._bridge.call_async(self._backend.bind_service, self._agent, self._session_id, name)
         return self
 
-    def use_tool(self, name: str, arguments: dict[str, Any] | None = None) -> types.CallToolResult:
-        """Call a tool in this session: by the upstream's own name when unambiguous, else by its prefixed name."""
-        return self._bridge.call(self._backend.call_tool, self._agent, self._session_id, name, arguments)
+    def use_tool(
+        self, name: str, arguments: dict[str, Any] | None = None, *, raise_on_error: bool = False
+    ) -> types.CallToolResult:
+        """Call a tool in this session: by the upstream's own name when unambiguous, else by its prefixed name.
 
-    async def use_tool_async(self, name: str, arguments: dict[str, Any] | None = None) -> types.CallToolResult:
-        return await self._bridge.call_async(self._backend.call_tool, self._agent, self._session_id, name, arguments)
+        Raises:
+            ToolError: the tool answered `isError: true`, and `raise_on_error` asks for an exception.
+        """
+        result = self._bridge.call(self._backend.call_tool, self._agent, self._session_id, name, arguments)
+        return checked_result(name, result, raise_on_error=raise_on_error)
+
+    async def use_tool_async(
+        self, name: str, arguments: dict[str, Any] | None = None, *, raise_on_error: bool = False
+    ) -> types.CallToolResult:
+        call_tool = self._backend.call_tool
+        result = await self._bridge.call_async(call_tool, self._agent, self._session_id, name, arguments)
+        return checked_result(name, result, raise_on_error=raise_on_error)
 
     call_tool = use_tool
     call_tool_async = use_tool_async
@@ -181,3 +201,56 @@ class Session:
     ) -> None:
         CURRENT_SESSION.reset(self._tokens.pop())
         await self.close_session_async()
+
+
+class SessionBlock:
+    """What `with_session_async` returns: `async with` it, or await it first and `async with` what it gives, as
+    MCPStore 1.x code does (its `with_session_async` is a coroutine that returns the context manager):
+
+        async with context.with_session_async("task") as s: ...
+        async with await context.with_session_async("task") as s: ...
+
+    Either way the block runs in the session, which closes when the block ends.
+    """
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    def __repr__(self) -> str:
+        return f"<SessionBlock {self.session.session_id!r}>"
+
+    def __await__(self) -> Generator[Any, None, Session]:
+        return self._session().__await__()
+
+    async def _session(self) -> Session:
+        return self.session
+
+    async def __aenter__(self) -> Session:
+        return await self.session.__aenter__()
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.session.__aexit__(exc_type, exc, tb)
+
+
+def checked_result(name: str, result: types.CallToolResult, *, raise_on_error: bool) -> types.CallToolResult:
+    """`result` as the tool `name` answered it; an error answer is logged, and raised when `raise_on_error`.
+
+    Raises:
+        ToolError: the tool answered `isError: true` and `raise_on_error` is set.
+    """
+    if result.is_error:
+        text = error_text(result)
+        logger.warning("tool '%s' answered with an error: %s", name, text or "(no text)")
+        if raise_on_error:
+            raise ToolError(name, text, result)
+    return result
+
+
+def error_text(result: types.CallToolResult) -> str:
+    """The text an error answer carries: its text content, else its structured content."""
+    text = "\n".join(block.text for block in result.content if isinstance(block, types.TextContent))
+    if text or result.structured_content is None:
+        return text
+    return str(result.structured_content)

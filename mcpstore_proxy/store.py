@@ -31,7 +31,7 @@ from mcpstore_proxy.bridge import LoopThread
 from mcpstore_proxy.config import CONFIG_PATH_ENV, DEFAULT_CONFIG_PATH, ProxySettings, load_settings
 from mcpstore_proxy.control import ServiceInfo, ToolInfo
 from mcpstore_proxy.keys import STORE_SCOPE, checked_agent, checked_session_name
-from mcpstore_proxy.session import CURRENT_SESSION, Session
+from mcpstore_proxy.session import CURRENT_SESSION, Session, SessionBlock, checked_result
 
 if TYPE_CHECKING:
     from mcpstore_proxy.langchain import LangChainAdapter
@@ -133,12 +133,39 @@ class StoreContext:
     # Services.
 
     def add_service(self, config: Mapping[str, Any] | None = None, /, **entry: Any) -> Self:
-        """Add a service: `{"name": ..., <mcpServers entry>}`, or `{"mcpServers": {...}}` for several."""
+        """Add a service: `{"name": ..., <mcpServers entry>}`, or `{"mcpServers": {...}}` for several.
+
+        The same entry again under a name this scope already holds is a no-op, so a script can run twice where
+        services persist.
+
+        Raises:
+            ConfigError: a bad entry, or the name is taken by a different entry (see `update_service`).
+        """
         self._bridge.call(self._backend.add_services, self._agent, {**(config or {}), **entry})
         return self
 
     async def add_service_async(self, config: Mapping[str, Any] | None = None, /, **entry: Any) -> Self:
         await self._bridge.call_async(self._backend.add_services, self._agent, {**(config or {}), **entry})
+        return self
+
+    def update_service(
+        self, name_or_config: str | Mapping[str, Any], config: Mapping[str, Any] | None = None, /, **entry: Any
+    ) -> Self:
+        """Replace a service's entry: `update_service("browser", {"url": ...})` (MCPStore's form), or the
+        shapes `add_service` takes. Its sessions start afresh with the new entry; an unchanged entry is a no-op.
+
+        Raises:
+            UnknownServiceError: no such service in this scope.
+            ConfigError: a bad entry, or a service from the config file (change it there).
+        """
+        self._bridge.call(self._backend.update_services, self._agent, _payload(name_or_config, config, entry))
+        return self
+
+    async def update_service_async(
+        self, name_or_config: str | Mapping[str, Any], config: Mapping[str, Any] | None = None, /, **entry: Any
+    ) -> Self:
+        payload = _payload(name_or_config, config, entry)
+        await self._bridge.call_async(self._backend.update_services, self._agent, payload)
         return self
 
     def remove_service(self, name: str) -> Self:
@@ -156,7 +183,12 @@ class StoreContext:
         return await self._bridge.call_async(self._backend.restart_service, self._agent, name)
 
     def wait_service(self, name: str, timeout: float = _DEFAULT_WAIT_SECONDS) -> ServiceInfo:
-        """Wait until the service is ready; raises UpstreamStartError if it failed or is not ready in time."""
+        """Wait until the service is ready, through failed starts and their retries (it may be starting alongside).
+
+        Raises:
+            UpstreamStartError: it is not ready within `timeout` seconds (its last failure, if it failed), or it
+                stopped.
+        """
         return self._bridge.call(self._backend.wait_service, self._agent, name, timeout)
 
     async def wait_service_async(self, name: str, timeout: float = _DEFAULT_WAIT_SECONDS) -> ServiceInfo:
@@ -182,13 +214,25 @@ class StoreContext:
     async def list_tools_async(self) -> list[ToolInfo]:
         return await self._bridge.call_async(self._backend.list_tools, self._agent, self.current_session_id())
 
-    def use_tool(self, name: str, arguments: dict[str, Any] | None = None) -> types.CallToolResult:
-        session, opens = self.session_target()
-        return self._bridge.call(self._backend.call_tool, self._agent, session, name, arguments, opens)
+    def use_tool(
+        self, name: str, arguments: dict[str, Any] | None = None, *, raise_on_error: bool = False
+    ) -> types.CallToolResult:
+        """Call a tool in the current session. A tool's error answer (`isError: true`) is returned and logged.
 
-    async def use_tool_async(self, name: str, arguments: dict[str, Any] | None = None) -> types.CallToolResult:
+        Raises:
+            ToolError: the tool answered `isError: true`, and `raise_on_error` asks for an exception.
+        """
         session, opens = self.session_target()
-        return await self._bridge.call_async(self._backend.call_tool, self._agent, session, name, arguments, opens)
+        result = self._bridge.call(self._backend.call_tool, self._agent, session, name, arguments, opens)
+        return checked_result(name, result, raise_on_error=raise_on_error)
+
+    async def use_tool_async(
+        self, name: str, arguments: dict[str, Any] | None = None, *, raise_on_error: bool = False
+    ) -> types.CallToolResult:
+        session, opens = self.session_target()
+        call_tool = self._backend.call_tool
+        result = await self._bridge.call_async(call_tool, self._agent, session, name, arguments, opens)
+        return checked_result(name, result, raise_on_error=raise_on_error)
 
     call_tool = use_tool
     call_tool_async = use_tool_async
@@ -213,9 +257,9 @@ class StoreContext:
         """`with ... as s:`: the session (opened if new) is the current one for the block, and closed after it."""
         return Session(self._store, self._agent, checked_session_name(session_id, "a session id"))
 
-    def with_session_async(self, session_id: str) -> Session:
-        """`async with ... as s:`, like `with_session`."""
-        return self.with_session(session_id)
+    def with_session_async(self, session_id: str) -> SessionBlock:
+        """`async with ... as s:`, like `with_session`; `async with await ... as s:` (MCPStore 1.x's form) too."""
+        return SessionBlock(self.with_session(session_id))
 
     def create_session(self, session_id: str) -> Session:
         """Open a session that lives until `close_session()` (or until it expires)."""
@@ -266,6 +310,15 @@ class StoreContext:
         from mcpstore_proxy.langchain import LangChainAdapter
 
         return LangChainAdapter(self)
+
+
+def _payload(
+    name_or_config: str | Mapping[str, Any], config: Mapping[str, Any] | None, entry: Mapping[str, Any]
+) -> dict[str, Any]:
+    """`update_service`'s arguments as the payload `add_service` takes."""
+    if isinstance(name_or_config, str):
+        return {**(config or {}), **entry, "name": name_or_config}
+    return {**name_or_config, **(config or {}), **entry}
 
 
 def _embedded_settings(config: str | Path | None) -> ProxySettings:

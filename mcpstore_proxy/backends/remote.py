@@ -29,7 +29,7 @@ from pydantic import BaseModel
 
 from mcpstore_proxy import errors
 from mcpstore_proxy.config import UpstreamConfig
-from mcpstore_proxy.control import ServiceInfo, SessionInfo, ToolInfo
+from mcpstore_proxy.control import ServiceInfo, SessionInfo, ToolInfo, service_entries
 from mcpstore_proxy.errors import ProxyError, UpstreamError
 from mcpstore_proxy.relay import SessionRelay
 from mcpstore_proxy.server import AGENT_HEADER, EXISTING_SESSION_HEADER
@@ -37,7 +37,8 @@ from mcpstore_proxy.upstream import UpstreamSession
 
 __all__ = ["RemoteBackend", "remote_backend"]
 
-_HTTP_TIMEOUT: Final = httpx2.Timeout(30.0, read=330.0)
+_HTTP_SECONDS: Final = 30.0
+_HTTP_TIMEOUT: Final = httpx2.Timeout(_HTTP_SECONDS, read=330.0)
 _CONNECT_SECONDS: Final = 60.0
 
 
@@ -90,6 +91,13 @@ class RemoteBackend:
         self._resolved.clear()
         return _models(ServiceInfo, await self._admin("POST", "/services", agent, json=dict(payload)))
 
+    async def update_services(self, agent: str, payload: Mapping[str, Any]) -> list[ServiceInfo]:
+        self._resolved.clear()
+        return [
+            ServiceInfo.model_validate(await self._admin("PUT", f"/services/{_part(name)}", agent, json=entry))
+            for name, entry in service_entries(payload).items()
+        ]
+
     async def remove_service(self, agent: str, name: str) -> None:
         self._resolved.clear()
         await self._admin("DELETE", f"/services/{_part(name)}", agent)
@@ -100,7 +108,10 @@ class RemoteBackend:
 
     async def wait_service(self, agent: str, name: str, timeout_seconds: float) -> ServiceInfo:
         path = f"/services/{_part(name)}/wait"
-        return ServiceInfo.model_validate(await self._admin("POST", path, agent, params={"timeout": timeout_seconds}))
+        # The proxy answers when the wait ends, which may be later than a usual read timeout.
+        timeout = httpx2.Timeout(_HTTP_SECONDS, read=timeout_seconds + _HTTP_SECONDS)
+        answer = await self._admin("POST", path, agent, params={"timeout": timeout_seconds}, timeout=timeout)
+        return ServiceInfo.model_validate(answer)
 
     async def list_services(self, agent: str) -> list[ServiceInfo]:
         return _models(ServiceInfo, await self._admin("GET", "/services", agent))
@@ -230,12 +241,15 @@ class RemoteBackend:
         *,
         json: Mapping[str, Any] | None = None,
         params: Mapping[str, Any] | None = None,
+        timeout: httpx2.Timeout | None = None,
     ) -> Any:
         query = {**(params or {}), **({"agent": agent} if agent else {})}
         # The admin API wants a JSON body on every POST and PUT (so that no web page can forge one).
         body = dict(json or {}) if method in ("POST", "PUT") else None
         try:
-            response = await self._http.request(method, f"/admin{path}", json=body, params=query)
+            response = await self._http.request(
+                method, f"/admin{path}", json=body, params=query, timeout=timeout or _HTTP_TIMEOUT
+            )
         except httpx2.TransportError as error:
             raise ProxyError(
                 f"cannot reach the proxy at {self._base_url}: {error} (is `mcpstore-proxy serve` running?)"
