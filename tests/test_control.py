@@ -136,9 +136,9 @@ async def test_a_command_service_is_refused_unless_the_caller_may_spawn_one(tmp_
         assert len(harness.upstreams.started) == started  # nothing was spawned
 
 
-async def test_a_name_already_taken_is_refused(harness: Harness) -> None:
-    with pytest.raises(ConfigError, match="a service named 'state' already exists"):
-        await harness.control.add_services(STORE, {"name": "state", **fixture_server("state")})
+async def test_a_name_already_taken_by_a_different_entry_is_refused(harness: Harness) -> None:
+    with pytest.raises(ConfigError, match="a service named 'state' already exists in the config file with a different"):
+        await harness.control.add_services(STORE, {"name": "state", **fixture_server("other")})
 
 
 async def test_remove_service_stops_its_sessions_and_forgets_it(harness: Harness) -> None:
@@ -189,7 +189,7 @@ async def test_wait_service_raises_the_start_error_of_a_service_that_fails(tmp_p
     servers = {"state": fixture_server("state"), "broken": fixture_server("broken", "--fail-start", "no luck")}
     async with control_over(tmp_path, servers) as harness:
         with pytest.raises(UpstreamStartError) as failed:
-            await harness.control.wait_service(STORE, "broken", 10)
+            await harness.control.wait_service(STORE, "broken", 3)
         assert failed.value.upstream == "broken"
         assert "no luck" in str(failed.value)  # the stderr is detail: the operator's own process sees it
         status = await harness.control.service_status(STORE, "broken")

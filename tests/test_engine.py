@@ -244,7 +244,7 @@ async def test_wait_service_raises_the_start_error_of_a_failed_service(tmp_path:
     servers = {"broken": fixture_server("broken", "--fail-start", "missing API key XYZ")}
     async with running_engine(tmp_path, servers) as harness:
         with pytest.raises(UpstreamStartError) as failed:
-            await harness.engine.wait_service("", "broken", 5)
+            await harness.engine.wait_service("", "broken", 2)
         assert failed.value.upstream == "broken"
         assert "missing API key XYZ" not in failed.value.message  # what goes on the wire
         assert failed.value.detail == "its stderr said: missing API key XYZ"

@@ -34,6 +34,7 @@ from mcpstore_proxy.errors import (
     SessionLimitError,
     ShuttingDownError,
     ToolChangedError,
+    ToolError,
     UnknownPromptError,
     UnknownResourceError,
     UnknownServiceError,
@@ -56,6 +57,7 @@ WIRE_FACTS: Final[dict[type[ProxyError], tuple[type[Exception], int, int]]] = {
     # class: (parent, JSON-RPC code, HTTP status)
     ProxyError: (Exception, INTERNAL_ERROR, 500),
     ConfigError: (ProxyError, INVALID_PARAMS, 400),
+    ToolError: (ProxyError, INTERNAL_ERROR, 502),
     NameCollisionError: (ConfigError, INVALID_PARAMS, 400),
     UnknownToolError: (ProxyError, INVALID_PARAMS, 404),
     UnknownPromptError: (ProxyError, INVALID_PARAMS, 404),

@@ -73,7 +73,7 @@ FAILING_OPERATIONS: Final[dict[str, tuple[Operation, type[ProxyError]]]] = {
     ),
     "a short name two services offer": (lambda b: b.call_tool(STORE, None, "echo", {"text": "x"}), AmbiguousToolError),
     "an unknown tool": (lambda b: b.call_tool(STORE, None, "nothing", {}), UnknownToolError),
-    "waiting for a service that fails": (lambda b: b.wait_service(STORE, "broken", 10), UpstreamStartError),
+    "waiting for a service that fails": (lambda b: b.wait_service(STORE, "broken", 3), UpstreamStartError),
     "adding a malformed entry": (
         lambda b: b.add_services(STORE, {"name": "bad", "command": "x", "colour": "red"}),
         ConfigError,
@@ -196,7 +196,7 @@ async def test_an_upstream_error_from_a_control_operation_names_its_upstream_in_
     config = write_config(tmp_path, {"broken": fixture_server("broken", "--fail-start", "no luck")})
     async with backend_over(config, mode) as backend:
         with pytest.raises(UpstreamStartError) as failed:
-            await backend.wait_service(STORE, "broken", 10)
+            await backend.wait_service(STORE, "broken", 3)
         with pytest.raises(UpstreamStartError) as bind_failed:
             await backend.bind_service(STORE, "task", "broken")
     assert failed.value.upstream == "broken"

@@ -310,7 +310,7 @@ async def test_errors_name_the_thing_and_come_from_our_hierarchy(store: MCPStore
         session.use_tool("state_echo", {"text": "too late"})
     context.add_service(name="unreachable", url=f"http://127.0.0.1:{free_port()}/mcp")
     with pytest.raises(UpstreamStartError, match="unreachable"):
-        context.wait_service("unreachable", timeout=30)
+        context.wait_service("unreachable", timeout=2)
     with pytest.raises(UpstreamError):
         context.use_tool("state_crash")
     context.remove_service("unreachable")

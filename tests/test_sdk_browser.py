@@ -99,6 +99,6 @@ async def test_a_url_the_upstream_refuses_fails_the_wait_with_the_likely_fix(sto
     store.for_store().add_service({"name": "by_address", "url": by_address})
     try:
         with pytest.raises(UpstreamStartError, match=r"(?s)'by_address'.*403.*accepts only the host"):
-            store.for_store().wait_service("by_address", timeout=30)
+            store.for_store().wait_service("by_address", timeout=3)
     finally:
         store.for_store().remove_service("by_address")
