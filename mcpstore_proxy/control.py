@@ -423,9 +423,10 @@ class Control:
 
     def _tool_info(self, tool: types.Tool, route: ToolRoute) -> ToolInfo:
         schema = dict(tool.input_schema)
-        if not route.declares_session_argument:
+        if route.session_argument is not None:
+            # The SDK names sessions itself: the proxy's argument (or its alias) is not the tool's.
             properties = dict(cast(dict[str, Any], schema.get("properties") or {}))
-            properties.pop(self.engine.settings.session_argument, None)
+            properties.pop(route.session_argument, None)
             schema["properties"] = properties
         return ToolInfo(
             name=tool.name, service=route.upstream, tool=route.tool, description=tool.description, input_schema=schema
