@@ -187,7 +187,8 @@ class Catalog:
         if uri in self.ambiguous_uris:
             raise UnknownResourceError(
                 f"resource {uri!r} is offered by several upstreams; use one of "
-                + ", ".join(repr(exposed) for exposed, r in self.resource_routes.items() if r.uri == uri)
+                + ", ".join(repr(exposed) for exposed, r in self.resource_routes.items() if r.uri == uri),
+                uri=uri,
             )
         for template, template_route in self.template_matchers:
             if template.match(uri) is not None:
@@ -195,7 +196,8 @@ class Catalog:
         if len(self.resource_upstreams) == 1:
             return ResourceRoute(self.resource_upstreams[0], uri)
         raise UnknownResourceError(
-            f"no upstream offers resource {uri!r}; call resources/list or resources/templates/list for what exists"
+            f"no upstream offers resource {uri!r}; call resources/list or resources/templates/list for what exists",
+            uri=uri,
         )
 
     def template(self, uri_template: str) -> ResourceRoute:

@@ -98,9 +98,13 @@ class UnknownPromptError(ProxyError):
 
 
 class UnknownResourceError(ProxyError):
-    # -32002 was retired by the spec; like the SDK, an unknown URI is invalid params.
+    # -32002 was retired by the spec; like the SDK, an unknown URI is invalid params, with the URI in `data.uri`.
     code = INVALID_PARAMS
     http_status = 404
+
+    def __init__(self, message: str, *, uri: str | None = None) -> None:
+        super().__init__(message)
+        self.uri = uri
 
 
 class UnknownServiceError(ProxyError):
@@ -228,6 +232,8 @@ def error_data(error: ProxyError, *, for_operator: bool = False) -> dict[str, st
     """What travels with one of our errors besides its message: its type, the upstream it names (so that the
     remote SDK raises the same exception the embedded one would), and, `for_operator` only, its detail."""
     data: dict[str, str] = {"type": type(error).__name__}
+    if isinstance(error, UnknownResourceError) and error.uri is not None:
+        data["uri"] = error.uri
     if isinstance(error, UpstreamError):
         data["upstream"] = error.upstream
         if for_operator and error.detail:

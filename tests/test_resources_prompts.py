@@ -215,3 +215,13 @@ async def test_capabilities_advertise_what_the_upstreams_offer(tmp_path: Path) -
         assert capabilities.resources is None
         assert capabilities.logging is None
         assert capabilities.completions is None
+
+
+async def test_a_resource_no_upstream_offers_is_invalid_params_naming_the_uri_in_data(tmp_path: Path) -> None:
+    config = write_config(tmp_path, {"one": fixture_server("one"), "two": fixture_server("two")})
+    async with running_app(config) as proxy, connect(proxy.url) as client:
+        with pytest.raises(MCPError) as refused:
+            await client.read_resource("nothing://here")
+        assert (await client.read_resource("mcpstore:one:memo://kept")).contents  # both offer memo://: namespaced
+    assert refused.value.error.code == types.INVALID_PARAMS
+    assert refused.value.error.data == {"type": "UnknownResourceError", "uri": "nothing://here"}
