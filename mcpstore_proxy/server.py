@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import secrets
+import weakref
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import replace
 from typing import Any, Final, TypeVar
@@ -170,7 +171,8 @@ class ProxyServer(Server[Any]):
         self._header = engine.settings.session_header.lower()
         self._stdio_key = SessionKey.connection("stdio") if stdio else None
         self._connections: dict[int, Connection] = {}
-        self._listeners: dict[SessionKey, ListenChannel] = {}
+        # Weak: a key's channel lives while its listen streams or its upstream sessions (whose relay owner it is) do.
+        self._listeners: weakref.WeakValueDictionary[SessionKey, ListenChannel] = weakref.WeakValueDictionary()
         self.rounds = InputRounds()
         """The 2026-07-28 multi-round exchanges in progress; whoever serves this server enters `rounds.running()`."""
         engine.add_listener(self._announce_catalog_changed)
@@ -305,7 +307,7 @@ class ProxyServer(Server[Any]):
             key = self._key(ctx)
         except ProxyError as error:
             raise to_mcp_error(error) from None
-        channel = self._listeners.setdefault(key, ListenChannel())
+        channel = self._listen_channel(key)
         call = ClientCall(stream=channel, connection=channel)
         uris = list(params.notifications.resource_subscriptions or ())
         for uri in uris:
@@ -405,13 +407,19 @@ class ProxyServer(Server[Any]):
             channel = ConnectionStream(connection)  # a 2026-07-28 stdio request: notifications only
         elif channel is None:
             # A 2026-07-28 request over HTTP: what its sessions say outside a call goes to the key's listen streams.
-            channel = self._listeners.setdefault(self._key(ctx), ListenChannel())
+            channel = self._listen_channel(self._key(ctx))
         wants_progress = ctx.meta is not None and "progress_token" in ctx.meta
         return ClientCall(
             stream=RequestStream(ctx),
             connection=channel,
             progress=ctx.session.report_progress if wants_progress else None,
         )
+
+    def _listen_channel(self, key: SessionKey) -> ListenChannel:
+        channel = self._listeners.get(key)
+        if channel is None:
+            channel = self._listeners[key] = ListenChannel()
+        return channel
 
     async def _connection_ended(self, connection: Connection, key: SessionKey) -> None:
         self._connections.pop(id(connection), None)
