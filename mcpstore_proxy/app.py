@@ -126,6 +126,7 @@ def create_app(engine: ProxyEngine) -> HttpFace:
                     "sessions": s.client_sessions,
                     "error": s.error,
                     "detail": s.detail,
+                    **({"warm_pool": s.warm_pool.model_dump()} if s.warm_pool else {}),
                 }
                 for s in engine.statuses()
             },

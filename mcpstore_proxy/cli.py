@@ -21,6 +21,7 @@ from mcpstore_proxy.engine import ProxyEngine
 from mcpstore_proxy.errors import ConfigError, ProxyError
 from mcpstore_proxy.logs import configure_logging
 from mcpstore_proxy.pins import PinInfo, ToolPins
+from mcpstore_proxy.services import IsolatedService
 from mcpstore_proxy.serving import serve_http, serve_stdio
 from mcpstore_proxy.status import ServiceInfo
 
@@ -93,6 +94,9 @@ def _parser() -> argparse.ArgumentParser:
 async def _check(settings: ProxySettings) -> int:
     async with ProxyEngine(settings) as engine:
         await engine.started()
+        for service in engine.registry:
+            if isinstance(service, IsolatedService):
+                await service.pool.spares_started()  # so that the table shows whether the warm pool comes up
         statuses = engine.statuses()
     print(_format_table(statuses))
     if not statuses:
@@ -126,10 +130,16 @@ def _format_pins(infos: Sequence[PinInfo]) -> str:
 def _format_table(statuses: Sequence[ServiceInfo]) -> str:
     rows = [("UPSTREAM", "TRANSPORT", "SESSION", "STATE", "TOOLS", "DETAIL")]
     rows += [
-        (s.name, s.transport, s.session_mode, s.state, str(s.tool_count), "; ".join(filter(None, (s.error, s.detail))))
+        (s.name, s.transport, s.session_mode, s.state, str(s.tool_count), "; ".join(filter(None, _details(s))))
         for s in statuses
     ]
     return _aligned(rows)
+
+
+def _details(status: ServiceInfo) -> tuple[str | None, ...]:
+    pool = status.warm_pool
+    warm = f"warm pool: {pool.ready}/{pool.target} spares ready" if pool is not None else None
+    return (status.error, status.detail, warm)
 
 
 def _aligned(rows: Sequence[Sequence[str]]) -> str:

@@ -9,6 +9,20 @@ when it expires), or when the upstream goes away; in the last case the key's nex
 request gets a fresh session, and the client is warned that its state was reset.
 A request that found its session closed before it was sent (a restart) runs on
 a fresh one; once the pool itself is closed, requests fail with the reason.
+
+The warm pool: with `warm_sessions: N`, the pool keeps up to N *spares*,
+sessions started before any key asks, so that a new key's first call pays no
+start. A new key adopts one (a ready one first), which binds to it what a
+fresh session would have been started with (whose resource URIs, its label,
+where its listings and end are reported; its log level follows on the call,
+as for any session), and a replacement starts at once. A spare declares every
+client capability, as a shared session does, since its client is not known
+yet; the relay checks on each question whether the client asked declared it.
+Spares count against the cap but only fill what keys leave free: a key takes a
+spare rather than be refused, and no spare starts while keys hold the cap. A
+spare that dies is replaced; one that fails to start is not retried until the
+pool is next refilled (a key takes a spare or ends its session, or the
+upstream comes up again), so a broken upstream does not spin.
 """
 
 from __future__ import annotations
@@ -41,6 +55,13 @@ logger = logging.getLogger(__name__)
 
 Spawner = Callable[[UpstreamSession], None]
 _T = TypeVar("_T")
+
+
+@dataclass(eq=False, slots=True)
+class _Claim:
+    """Whose a session is: its key, or None while it waits in the warm pool as a spare."""
+
+    key: SessionKey | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,13 +127,19 @@ class SessionPool:
         self._transports = transports
         self._closed_because: str | None = None
         self._refusals = ThrottledWarning(logger)
+        self._spare_failures = ThrottledWarning(logger)
         self._sessions: dict[SessionKey, UpstreamSession] = {}
+        self._spares: dict[UpstreamSession, _Claim] = {}
         self._lost_keys: set[SessionKey] = set()
         self._levelled: dict[UpstreamSession, types.LoggingLevel] = {}
 
     def __repr__(self) -> str:
         starting = sum(1 for session in self._sessions.values() if not session.is_ready)
-        return f"<SessionPool {self.upstream}: {len(self._sessions)} sessions ({starting} starting), cap {self._cap}>"
+        warm = f", {self.spares_ready}/{self.warm_target} spares ready" if self.warm_target else ""
+        return (
+            f"<SessionPool {self.upstream}: {len(self._sessions)} sessions ({starting} starting){warm}, "
+            f"cap {self._cap}>"
+        )
 
     def __len__(self) -> int:
         return len(self._sessions)
@@ -120,6 +147,20 @@ class SessionPool:
     @property
     def sessions(self) -> Mapping[SessionKey, UpstreamSession]:
         return self._sessions
+
+    @property
+    def warm_target(self) -> int:
+        """How many spares the pool keeps (`warm_sessions`), room under the cap permitting."""
+        return self._config.warm_sessions
+
+    @property
+    def spares(self) -> list[UpstreamSession]:
+        """The spares, in the order they were started (some may still be starting)."""
+        return list(self._spares)
+
+    @property
+    def spares_ready(self) -> int:
+        return sum(1 for spare in self._spares if spare.is_ready and not spare.is_closing)
 
     async def run(
         self, key: SessionKey, call: ClientCall | None, operation: Callable[[UpstreamSession], Awaitable[_T]]
@@ -164,35 +205,93 @@ class SessionPool:
             del self._sessions[key]
             if session.end_reason is not EndReason.CLOSED:
                 self._note_lost(key, session)
-        if len(self._sessions) >= self._cap:
-            self._refusals.warn(
-                "refused a new session with upstream '%s' for %s: its cap of %d sessions is reached",
-                self.upstream,
-                key,
-                self._cap,
-            )
-            raise SessionLimitError(
-                f"upstream '{self.upstream}' already has {len(self._sessions)} sessions, its cap; "
-                f"end idle sessions, or raise max_sessions_per_upstream (or mcpServers.{self.upstream}.max_sessions)"
-            )
-        relay = SessionRelay(self.upstream, exposed_uri=partial(self._hooks.exposed_uri, key, self.upstream))
+        session = self._adopt_spare(key)
+        if session is None:
+            if len(self._sessions) >= self._cap:
+                self._refusals.warn(
+                    "refused a new session with upstream '%s' for %s: its cap of %d sessions is reached",
+                    self.upstream,
+                    key,
+                    self._cap,
+                )
+                raise SessionLimitError(
+                    f"upstream '{self.upstream}' already has {len(self._sessions)} sessions, its cap; end idle "
+                    f"sessions, or raise max_sessions_per_upstream (or mcpServers.{self.upstream}.max_sessions)"
+                )
+            session = self._start(_Claim(key), declared_capabilities(call))
+        self._sessions[key] = session
+        self.fill()
+        was_reset = key in self._lost_keys
+        self._lost_keys.discard(key)
+        return session, was_reset
+
+    def _start(self, claim: _Claim, declared: frozenset[ClientCapability]) -> UpstreamSession:
+        relay = SessionRelay(self.upstream, exposed_uri=partial(self._exposed_uri, claim))
         session = UpstreamSession(
             self.upstream,
             self._config,
             start_timeout_seconds=self._start_timeout_seconds,
             relay=relay,
-            declared=declared_capabilities(call),
-            label=str(key),
-            on_end=partial(self._forget, key),
+            declared=declared,
+            label=str(claim.key) if claim.key is not None else "a spare",
+            on_end=partial(self._ended, claim),
             transports=self._transports,
             hides_start_detail=self._hides_start_detail,
         )
-        relay.on_list_changed = partial(self._refresh_listing, key, session)
-        self._sessions[key] = session
+        relay.on_list_changed = partial(self._refresh_listing, claim, session)
         self._spawn(session)
-        was_reset = key in self._lost_keys
-        self._lost_keys.discard(key)
-        return session, was_reset
+        return session
+
+    def _exposed_uri(self, claim: _Claim, uri: str) -> str:
+        return uri if claim.key is None else self._hooks.exposed_uri(claim.key, self.upstream, uri)
+
+    # The warm pool.
+
+    def fill(self) -> None:
+        """Start spares until there are `warm_sessions` of them, in what room the keys leave under the cap."""
+        while (
+            self._closed_because is None
+            and len(self._spares) < self.warm_target
+            and len(self._sessions) + len(self._spares) < self._cap
+        ):
+            claim = _Claim()
+            self._spares[self._start(claim, ALL_CLIENT_CAPABILITIES)] = claim
+
+    def _adopt_spare(self, key: SessionKey) -> UpstreamSession | None:
+        """Give `key` a spare (a ready one first), bound to it as if it had been started for it."""
+        live = [spare for spare in self._spares if not spare.is_closing]
+        if not live:
+            return None
+        spare = next((each for each in live if each.is_ready), live[0])
+        claim = self._spares.pop(spare)
+        claim.key = key
+        spare.label = str(key)
+        if spare.listings:  # it announced listings of its own while it waited
+            self._hooks.listings_changed(key)
+        return spare
+
+    def _spare_ended(self, spare: UpstreamSession) -> None:
+        if self._spares.pop(spare, None) is None or spare.end_reason is EndReason.CLOSED:
+            return
+        reason = spare.failure.described if spare.failure else "the connection ended"
+        if spare.end_reason is EndReason.LOST:
+            logger.warning("a spare session with upstream '%s' went away (%s); replacing it", self.upstream, reason)
+            self.fill()
+        else:
+            self._spare_failures.warn(
+                "a spare session with upstream '%s' failed to start (%s); the warm pool refills when a key next "
+                "takes or ends a session, or the upstream comes up again",
+                self.upstream,
+                reason,
+            )
+
+    async def spares_started(self) -> None:
+        """Wait until every spare there is now has come up or failed (each start is bounded by its timeout)."""
+        for spare in list(self._spares):
+            try:
+                await spare.client()
+            except UpstreamError:
+                continue
 
     async def _apply_log_level(self, key: SessionKey, session: UpstreamSession) -> None:
         level = self._hooks.log_level(key)
@@ -210,15 +309,24 @@ class SessionPool:
             except UpstreamError as error:
                 logger.info("could not set the log level of %s: %s", key, error.message)
 
-    async def _refresh_listing(self, key: SessionKey, session: UpstreamSession, kind: ListKind) -> None:
+    async def _refresh_listing(self, claim: _Claim, session: UpstreamSession, kind: ListKind) -> None:
         kinds: tuple[ListKind, ...] = ("resources", "templates") if kind == "resources" else (kind,)
         try:
             for each in kinds:
                 session.listings[each] = await session.list_all(each)
         except UpstreamError as error:
-            logger.warning("could not refresh the %s of %s with '%s': %s", kind, key, self.upstream, error.message)
+            logger.warning(
+                "could not refresh the %s of %s with '%s': %s", kind, session.label, self.upstream, error.message
+            )
             return
-        self._hooks.listings_changed(key)
+        if claim.key is not None:
+            self._hooks.listings_changed(claim.key)
+
+    def _ended(self, claim: _Claim, session: UpstreamSession) -> None:
+        if claim.key is None:
+            self._spare_ended(session)
+        else:
+            self._forget(claim.key, session)
 
     def _forget(self, key: SessionKey, session: UpstreamSession) -> None:
         self._levelled.pop(session, None)
@@ -228,6 +336,7 @@ class SessionPool:
                 self._note_lost(key, session)
             if session.listings:
                 self._hooks.listings_changed(key)
+            self.fill()
 
     def _note_lost(self, key: SessionKey, session: UpstreamSession) -> None:
         """The key's session ended by itself (crash, exit): say so once, and warn its client on its next call."""
@@ -245,6 +354,7 @@ class SessionPool:
         session = self._sessions.pop(key, None)
         if session is not None:
             session.close_soon("its session ended")
+            self.fill()
 
     async def end(self, key: SessionKey) -> None:
         """Close the key's session and wait (bounded) until its upstream is gone."""
@@ -252,11 +362,14 @@ class SessionPool:
         session = self._sessions.pop(key, None)
         if session is not None:
             await session.aclose("its session ended")
+            self.fill()
 
     async def reset(self, reason: str) -> None:
-        """Close every session (bounded, together); later requests open fresh ones."""
-        sessions = list(self._sessions.values())
+        """Close every session and spare (bounded, together); later requests open fresh ones, and `fill()` starts
+        fresh spares."""
+        sessions = [*self._sessions.values(), *self._spares]
         self._sessions.clear()
+        self._spares.clear()
         self._lost_keys.clear()
         async with anyio.create_task_group() as tg:
             for session in sessions:

@@ -101,6 +101,8 @@ class UpstreamConfig(BaseModel):
     include_tools: list[str] | None = None
     exclude_tools: list[str] = Field(default_factory=list[str])
     max_sessions: int | None = Field(default=None, gt=0)
+    warm_sessions: int = Field(default=0, ge=0)
+    """Started sessions an isolated upstream keeps ready for new keys (the warm pool)."""
     session_scope: SessionScope | None = None
     """This upstream's own `session_scope`; default: the global one."""
     tool_pinning: ToolPinning | None = None
@@ -156,6 +158,11 @@ class UpstreamConfig(BaseModel):
             raise ValueError(f"says transport {self.transport!r} but has no 'url'")
         if self.url is not None and not self.url.startswith(("http://", "https://")):
             raise ValueError(f"url {self.url!r} must start with http:// or https://")
+        if self.warm_sessions and self.session == "shared":
+            raise ValueError(
+                f"has warm_sessions: {self.warm_sessions}, but a shared upstream's one session is always warm; "
+                "remove warm_sessions, or set session: isolated"
+            )
         return self
 
     @field_validator("prefix")

@@ -6,7 +6,14 @@ from pydantic import BaseModel
 
 from mcpstore_proxy.services import ServiceState, UpstreamService
 
-__all__ = ["ServiceInfo", "service_info"]
+__all__ = ["ServiceInfo", "WarmPoolInfo", "service_info"]
+
+
+class WarmPoolInfo(BaseModel):
+    """An isolated upstream's warm pool: its spares ready, and how many it keeps (`warm_sessions`)."""
+
+    ready: int
+    target: int
 
 
 class ServiceInfo(BaseModel):
@@ -24,11 +31,14 @@ class ServiceInfo(BaseModel):
     detail: str | None = None
     """What only operators see: the failure's detail, such as the upstream's last words on stderr."""
     from_config: bool
+    warm_pool: WarmPoolInfo | None = None
+    """The warm pool, for operators, of an upstream that keeps one."""
 
 
 def service_info(scope: str, service: UpstreamService, *, from_config: bool, for_operator: bool) -> ServiceInfo:
     """The status of `service`, which belongs to `scope` (`""` for the store); `detail` only `for_operator`."""
     failed = service.error is not None and service.state is ServiceState.FAILED
+    pool = service.warm_pool if for_operator else None
     return ServiceInfo(
         name=service.name,
         agent_id=scope or None,
@@ -40,4 +50,5 @@ def service_info(scope: str, service: UpstreamService, *, from_config: bool, for
         error=service.error.message if failed and service.error is not None else None,
         detail=service.error.detail if failed and for_operator and service.error is not None else None,
         from_config=from_config,
+        warm_pool=WarmPoolInfo(ready=pool[0], target=pool[1]) if pool is not None else None,
     )

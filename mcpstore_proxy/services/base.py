@@ -332,6 +332,11 @@ class UpstreamService(ABC):
     def client_sessions(self) -> int:
         """How many client sessions this upstream holds."""
 
+    @property
+    def warm_pool(self) -> tuple[int, int] | None:
+        """Its warm pool's spares ready and their target (`warm_sessions`), when it keeps one."""
+        return None
+
     @abstractmethod
     async def run(
         self, key: SessionKey, call: ClientCall | None, operation: Callable[[UpstreamSession], Awaitable[_T]]

@@ -2,7 +2,8 @@
 
 The catalog session only lists; each key's requests run in the key's own
 session from a `SessionPool`, which relays what that session starts to the
-client that owns it.
+client that owns it. With `warm_sessions`, the pool is filled with spares
+whenever the catalog session comes up (at start, and after a restart).
 """
 
 from __future__ import annotations
@@ -59,9 +60,16 @@ class IsolatedService(UpstreamService):
     def _catalog_declares(self) -> frozenset[ClientCapability]:
         return frozenset()  # the catalog session only lists; no client is behind it to ask
 
+    def _became_ready(self) -> None:
+        self.pool.fill()
+
     @property
     def client_sessions(self) -> int:
         return len(self.pool)
+
+    @property
+    def warm_pool(self) -> tuple[int, int] | None:
+        return (self.pool.spares_ready, self.pool.warm_target) if self.pool.warm_target else None
 
     async def run(
         self, key: SessionKey, call: ClientCall | None, operation: Callable[[UpstreamSession], Awaitable[_T]]
