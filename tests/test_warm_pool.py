@@ -5,18 +5,24 @@ instance serves it; `upstreams.started` lists every instance in the order they s
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import anyio
 import httpx2
 import pytest
+from mcp import MCPError, types
+from mcp.client.session import ClientRequestContext
 
+from mcpstore_proxy import cli
 from mcpstore_proxy.config import UpstreamConfig, load_settings
+from mcpstore_proxy.engine import ProxyEngine
 from mcpstore_proxy.errors import ConfigError, SessionLimitError
 from mcpstore_proxy.keys import SessionKey
 from mcpstore_proxy.services import IsolatedService
 from tests.engines import EngineHarness, running_engine
 from tests.inprocess import running_app
+from tests.memory import MemoryUpstreams
 from tests.support import connect, fixture_server, structured, wait_until, write_config
 
 pytestmark = pytest.mark.anyio
@@ -165,6 +171,49 @@ async def test_the_operator_status_shows_the_pool_and_no_spare_outlives_the_prox
         assert (await http.get(f"http://127.0.0.1:{proxy.port}/healthz")).json() == {"status": "ok"}
         assert len(proxy.live_upstreams()) >= 4  # two catalogs and two spares at least
     # running_app has checked that no upstream instance, spare or not, outlived the proxy
+
+
+async def test_a_spare_asks_only_the_client_that_took_it_and_only_what_that_client_declared(tmp_path: Path) -> None:
+    async def sampling(
+        context: ClientRequestContext, params: types.CreateMessageRequestParams
+    ) -> types.CreateMessageResult:
+        return types.CreateMessageResult(
+            role="assistant", content=types.TextContent(type="text", text="from alice"), model="test-model"
+        )
+
+    config = write_config(tmp_path, {"state": fixture_server("state", warm_sessions=2)})
+    async with running_app(config) as proxy:
+        await wait_until(lambda: len(proxy.upstreams.started) == 3, timeout=10, what="two spares to start")
+        spares = set(proxy.upstreams.started[1:])
+        async with connect(proxy.url, sampling_callback=sampling) as alice, connect(proxy.url) as bob:
+            assert structured(await alice.call_tool("state_ask", {"prompt": "who?"})) == "from alice"
+            with pytest.raises(MCPError) as refused:
+                await bob.call_tool("state_ask", {"prompt": "who?"})
+            assert "sampling, which this session's client did not declare" in refused.value.error.message
+            identities = {structured(await client.call_tool("state_whoami", {})) for client in (alice, bob)}
+        assert identities == spares
+
+
+def leave_logging_alone(level: str) -> None:
+    """In place of `configure_logging`, which would take the root logger over from pytest."""
+
+
+def test_check_shows_the_warm_pool_once_its_spares_are_up(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    memory = MemoryUpstreams()
+    monkeypatch.setattr(cli, "ProxyEngine", functools.partial(ProxyEngine, transports=memory))
+    monkeypatch.setattr(cli, "configure_logging", leave_logging_alone)
+    config = write_config(
+        tmp_path, {"state": fixture_server("state", warm_sessions=2), "plain": fixture_server("plain")}
+    )
+
+    assert cli.main(["check", "--config", str(config)]) == 0
+
+    rows = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()[1:]}
+    assert rows["state"].endswith("warm pool: 2/2 spares ready")
+    assert "warm pool" not in rows["plain"]
+    assert not memory.live
 
 
 @pytest.mark.parametrize(
