@@ -372,6 +372,11 @@ def table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def load_average() -> str:
+    """The machine's load (1, 5, 15 min): anything above what this run adds means other work shared the cores."""
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
 def machine() -> dict[str, Any]:
     model = ""
     for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -415,6 +420,7 @@ async def run(arguments: argparse.Namespace) -> None:
     pin = (os.cpu_count() or 1) >= 2 and shutil.which("taskset") is not None
     if pin:
         os.sched_setaffinity(0, {LOADGEN_CORE})
+    load_before = load_average()
     started = time.perf_counter()
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="bench-forwarding-") as scratch:
@@ -424,7 +430,9 @@ async def run(arguments: argparse.Namespace) -> None:
     wall = time.perf_counter() - started
     report = table(rows)
     print(report)
+    load_after = load_average()
     print(f"\n{calls} calls at c=1, {c8_calls} over {SESSIONS} sessions at c=8; wall time {wall:.0f} s")
+    print(f"load average (1, 5, 15 min) before: {load_before}, after: {load_after}")
     output: dict[str, Any] = {
         "command": " ".join([".venv/bin/python", "bench/forwarding.py", *sys.argv[1:]]),
         "machine": machine(),
@@ -433,6 +441,8 @@ async def run(arguments: argparse.Namespace) -> None:
         "calls_c8": c8_calls,
         "sessions_c8": SESSIONS,
         "wall_seconds": round(wall, 1),
+        "load_average_before": load_before,
+        "load_average_after": load_after,
         "rows": rows,
         "table": report,
     }
