@@ -25,23 +25,23 @@ import contextlib
 import logging
 import secrets
 import weakref
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import Any, Final, TypeVar
 
 import anyio
 from mcp import MCPError, types
-from mcp.server.connection import Connection, allowed_log_levels
+from mcp.server.connection import Connection
 from mcp.server.context import ServerRequestContext
 from mcp.server.lowlevel.server import NotificationOptions, Server
 from mcp.server.models import InitializationOptions
-from mcp.shared.message import ServerMessageMetadata
 from mcp.types.version import HANDSHAKE_PROTOCOL_VERSIONS, MODERN_PROTOCOL_VERSIONS
 from mcp_types.methods import CACHEABLE_METHODS
 from pydantic import BaseModel
 
 from mcpstore_proxy.__about__ import __version__
 from mcpstore_proxy.catalog import Catalog
+from mcpstore_proxy.channels import ConnectionStream, RequestStream
 from mcpstore_proxy.compat import downstream_connection
 from mcpstore_proxy.drain import Drain
 from mcpstore_proxy.engine import ProxyEngine
@@ -53,6 +53,7 @@ from mcpstore_proxy.errors import (
     to_mcp_error,
 )
 from mcpstore_proxy.gate import AGENT_HEADER, agent_of, principal_of
+from mcpstore_proxy.hangup import hang_up_source, unless_client_hangs_up
 from mcpstore_proxy.keys import STORE_SCOPE, SessionKey, resolve_session_key
 from mcpstore_proxy.listen import ListenChannel, catalog_events
 from mcpstore_proxy.principals import ANONYMOUS, LOCAL, Principal
@@ -71,71 +72,6 @@ EXISTING_SESSION_HEADER: Final = "x-mcpstore-existing-session"
 _KEY_STATE: Final = "mcpstore_proxy.session_key"
 _CHANNEL_STATE: Final = "mcpstore_proxy.channel"
 _NOTIFY_SECONDS: Final = 1.0
-
-
-class RequestStream:
-    """The client behind one request, reached on that request's own stream."""
-
-    def __init__(self, ctx: Context) -> None:
-        self._session = ctx.session
-        self._request_id = ctx.request_id
-        self._is_modern = ctx.protocol_version in MODERN_PROTOCOL_VERSIONS
-        self._log_levels = allowed_log_levels(ctx.protocol_version, ctx.meta)
-
-    @property
-    def capabilities(self) -> types.ClientCapabilities | None:
-        return self._session.client_capabilities
-
-    @property
-    def accepts_requests(self) -> bool:
-        return self._session.can_send_request and not self._is_modern
-
-    @property
-    def is_modern(self) -> bool:
-        return self._is_modern
-
-    async def notify(self, notification: types.ServerNotification) -> None:
-        if (
-            isinstance(notification, types.LoggingMessageNotification)
-            and notification.params.level not in self._log_levels
-        ):
-            return  # a 2026-07-28 client gets log entries only at the level its request opted in to
-        await self._session.send_notification(notification, related_request_id=self._request_id)
-
-    async def request(self, request: types.ServerRequest, result_type: type[_ResultT]) -> _ResultT:
-        return await self._session.send_request(
-            request, result_type, metadata=ServerMessageMetadata(related_request_id=self._request_id)
-        )
-
-
-class ConnectionStream:
-    """A client reached on its connection's standalone stream (the GET stream, or the stdio pipe)."""
-
-    def __init__(self, connection: Connection) -> None:
-        self._connection = connection
-
-    @property
-    def capabilities(self) -> types.ClientCapabilities | None:
-        return self._connection.client_capabilities
-
-    @property
-    def accepts_requests(self) -> bool:
-        return (
-            self._connection.has_standalone_channel
-            and self._connection.protocol_version not in MODERN_PROTOCOL_VERSIONS
-        )
-
-    async def notify(self, notification: types.ServerNotification) -> None:
-        if (
-            isinstance(notification, types.LoggingMessageNotification)
-            and self._connection.protocol_version in MODERN_PROTOCOL_VERSIONS
-        ):
-            return  # 2026-07-28 has no connection-wide log delivery
-        wire = notification.model_dump(by_alias=True, mode="json", exclude_none=True)
-        await self._connection.notify(wire["method"], wire.get("params"))
-
-    async def request(self, request: types.ServerRequest, result_type: type[_ResultT]) -> _ResultT:
-        return await self._connection.send_request(request, result_type=result_type)
 
 
 class ProxyServer(Server[Any]):
@@ -433,15 +369,10 @@ class ProxyServer(Server[Any]):
         *,
         rounds: types.InputResponseRequestParams | None = None,
     ) -> dict[str, Any]:
-        """Run a forwarded request as work in flight (see `drain`), translating our errors once, and shape the
-        result for the client's era.
-
-        A Streamable HTTP client that hangs up its request's stream has abandoned the request: the
-        forward is cancelled, which cancels it upstream. (The SDK keeps such a request running, for
-        resumption.) Only that transport answers a request on its own POST; a legacy SSE POST is over
-        at once (202), and 2026-07-28 requests are cancelled by the SDK itself.
-        """
-        receive = _hang_up_source(ctx)
+        """Run a forwarded request as work in flight (see `drain`), cancelled if its client hangs up (see
+        `hangup`), as `input_required` rounds for a 2026-07-28 client where the method allows (see `rounds`);
+        translate our errors once, and shape the result for the client's era."""
+        receive = hang_up_source(ctx)
         is_modern = ctx.protocol_version in MODERN_PROTOCOL_VERSIONS
 
         async def run() -> dict[str, Any]:
@@ -456,7 +387,7 @@ class ProxyServer(Server[Any]):
                     start=lambda channel: forward(replace(call, stream=channel)),
                 )
             call = self._client_call(ctx)
-            return await (forward(call) if receive is None else _unless_client_hangs_up(receive, lambda: forward(call)))
+            return await (forward(call) if receive is None else unless_client_hangs_up(receive, lambda: forward(call)))
 
         try:
             with self.drain.request():
@@ -493,35 +424,3 @@ class ProxyServer(Server[Any]):
             with anyio.move_on_after(_NOTIFY_SECONDS):
                 for notice in notices:
                     await channel.notify(notice)
-
-
-def _hang_up_source(ctx: Context) -> Callable[[], Awaitable[Mapping[str, Any]]] | None:
-    """The ASGI `receive` of a Streamable HTTP request whose POST stays open for its answer, else None."""
-    if ctx.request is None or ctx.protocol_version in MODERN_PROTOCOL_VERSIONS:
-        return None
-    return ctx.request.receive if downstream_connection(ctx).session_id is not None else None
-
-
-async def _unless_client_hangs_up(
-    receive: Callable[[], Awaitable[Mapping[str, Any]]], forward: Callable[[], Awaitable[dict[str, Any]]]
-) -> dict[str, Any]:
-    outcome: list[dict[str, Any]] = []
-    failure: list[Exception] = []
-    async with anyio.create_task_group() as tg:
-
-        async def watch() -> None:
-            while (await receive()).get("type") != "http.disconnect":
-                pass
-            tg.cancel_scope.cancel()
-
-        tg.start_soon(watch)
-        try:
-            outcome.append(await forward())
-        except Exception as error:  # noqa: BLE001  # re-raised below, outside the task group, unwrapped
-            failure.append(error)
-        tg.cancel_scope.cancel()
-    if failure:
-        raise failure[0]
-    if not outcome:
-        raise MCPError(code=types.INVALID_REQUEST, message="the client hung up; the request was cancelled upstream")
-    return outcome[0]
