@@ -50,7 +50,7 @@ from mcpstore_proxy.errors import ConnectionLimitError, ProxyError, ShuttingDown
 from mcpstore_proxy.gate import METADATA_PATH, AuthGate
 from mcpstore_proxy.logs import ThrottledWarning
 from mcpstore_proxy.registry import ServicePolicy
-from mcpstore_proxy.server import ProxyServer
+from mcpstore_proxy.server import REQUEST_SCOPE, ProxyServer
 
 __all__ = ["HttpFace", "create_app", "security_settings"]
 
@@ -249,6 +249,7 @@ class _Guarded:
         self._app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        REQUEST_SCOPE.set(scope)  # this request's own task: the SDK's schema lookup reads it (`ProxyServer`)
         await self._door.admit(self._app, scope, receive, send)
 
 

@@ -25,7 +25,8 @@ import contextlib
 import logging
 import secrets
 import weakref
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
+from contextvars import ContextVar
 from dataclasses import replace
 from typing import Any, Final, TypeVar
 
@@ -38,6 +39,8 @@ from mcp.server.models import InitializationOptions
 from mcp.types.version import HANDSHAKE_PROTOCOL_VERSIONS, MODERN_PROTOCOL_VERSIONS
 from mcp_types.methods import CACHEABLE_METHODS
 from pydantic import BaseModel
+from starlette.datastructures import Headers
+from starlette.types import Scope
 
 from mcpstore_proxy.__about__ import __version__
 from mcpstore_proxy.catalog import Catalog
@@ -60,7 +63,7 @@ from mcpstore_proxy.principals import ANONYMOUS, LOCAL, Principal
 from mcpstore_proxy.relay import ClientCall, ClientChannel
 from mcpstore_proxy.rounds import InputRounds
 
-__all__ = ["AGENT_HEADER", "EXISTING_SESSION_HEADER", "ProxyServer"]
+__all__ = ["AGENT_HEADER", "EXISTING_SESSION_HEADER", "REQUEST_SCOPE", "ProxyServer"]
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +72,8 @@ _ResultT = TypeVar("_ResultT", bound=BaseModel)
 
 EXISTING_SESSION_HEADER: Final = "x-mcpstore-existing-session"
 """Sent as `1` (by the remote SDK): a tool call must run in an open named session, not open one."""
+REQUEST_SCOPE: Final[ContextVar[Scope | None]] = ContextVar("mcpstore_proxy.request_scope", default=None)
+"""The ASGI scope of the HTTP request being served (set by the app as it hands the request to the MCP transport)."""
 _KEY_STATE: Final = "mcpstore_proxy.session_key"
 _CHANNEL_STATE: Final = "mcpstore_proxy.channel"
 _NOTIFY_SECONDS: Final = 1.0
@@ -108,6 +113,9 @@ class ProxyServer(Server[Any]):
         self._stdio_key = SessionKey.connection("stdio") if stdio else None
         self._connections: dict[int, Connection] = {}
         # Weak: a key's channel lives while its listen streams or its upstream sessions (whose relay owner it is) do.
+        # The SDK checks a 2026-07-28 call's `Mcp-Param-*` headers against the tool's schema; without this it runs
+        # the whole tools/list handler for every such call to find that schema.
+        self.get_tool_input_schema = self._input_schema
         self._listeners: weakref.WeakValueDictionary[SessionKey, ListenChannel] = weakref.WeakValueDictionary()
         self.rounds = InputRounds()
         """The 2026-07-28 multi-round exchanges in progress; whoever serves this server enters `rounds.running()`."""
@@ -265,6 +273,29 @@ class ProxyServer(Server[Any]):
             key = self._key(ctx)
             if not key.is_ephemeral:
                 await self._engine.roots_changed(key)
+
+    def _input_schema(self, name: str) -> Mapping[str, Any] | None:
+        """Tool `name`'s input schema as the HTTP request being served sees it (None: nothing to check)."""
+        scope = REQUEST_SCOPE.get()
+        if scope is None:
+            return None
+        try:
+            agent, principal = agent_of(scope), principal_of(scope).name
+            header = Headers(scope=scope).get(self._header)
+            keyless = SessionKey.connection("", agent, principal).for_principal()
+            key = resolve_session_key(
+                None,
+                header,
+                keyless,
+                argument_name=self._argument,
+                header_name=self._engine.settings.session_header,
+                agent=agent,
+                principal=principal,
+            )
+            tools = self._engine.catalog_for(key).tools
+        except ProxyError:
+            return None  # the request itself fails in a moment, with the same error
+        return next((tool.input_schema for tool in tools if tool.name == name), None)
 
     # Keys and channels.
 

@@ -6,6 +6,7 @@ The proxy runs in this process (`running_app`) with the stateful fixture upstrea
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -15,8 +16,10 @@ import httpx2
 import pytest
 from mcp.types.version import HANDSHAKE_PROTOCOL_VERSIONS, MODERN_PROTOCOL_VERSIONS
 
+from tests.fixtures.conformance_server import ConformanceFixtures
 from tests.inprocess import running_app
-from tests.support import connect, fixture_server, write_config
+from tests.memory import MemoryUpstreams
+from tests.support import CONFORMANCE_SERVER, connect, fixture_server, write_config
 
 pytestmark = pytest.mark.anyio
 
@@ -128,3 +131,16 @@ async def test_a_listen_stream_hears_that_its_sessions_tool_list_changed(tmp_pat
                 event = await anext(aiter(subscription))
         assert type(event).__name__ == "ToolsListChanged"
         assert "state_sprout" in {tool.name for tool in (await client.list_tools()).tools}
+
+
+async def test_a_2026_call_whose_mcp_param_header_disagrees_with_its_argument_is_refused(tmp_path: Path) -> None:
+    upstreams = MemoryUpstreams(scripts={CONFORMANCE_SERVER: lambda: ConformanceFixtures().build_server()})
+    server = {"command": sys.executable, "args": [str(CONFORMANCE_SERVER)], "prefix": ""}
+    config = write_config(tmp_path, {"conformance": server})
+    call = {"name": "test_custom_header", "arguments": {"region": "eu"}, "_meta": envelope()}
+    async with running_app(config, upstreams=upstreams) as proxy:
+        agreeing = await post(proxy.url, "tools/call", call, **{"mcp-param-region": "eu"})
+        disagreeing = await post(proxy.url, "tools/call", call, **{"mcp-param-region": "us"})
+        missing = await post(proxy.url, "tools/call", call)
+    assert agreeing.json()["result"]["content"][0]["text"] == "region=eu"
+    assert disagreeing.status_code == missing.status_code == 400
