@@ -370,10 +370,9 @@ class ProxyServer(Server[Any]):
     def _client_call(self, ctx: Context) -> ClientCall:
         connection = downstream_connection(ctx)
         channel: ClientChannel | None = connection.state.get(_CHANNEL_STATE)
-        if channel is None and connection.has_standalone_channel:
-            channel = ConnectionStream(connection)  # a 2026-07-28 stdio request: notifications only
-        elif channel is None:
-            # A 2026-07-28 request over HTTP: what its sessions say outside a call goes to the key's listen streams.
+        if channel is None:
+            # A 2026-07-28 request (over HTTP or stdio): what its sessions say outside a call goes to the key's
+            # listen streams, never unasked down the pipe.
             channel = self._listen_channel(self._key(ctx))
         wants_progress = ctx.meta is not None and "progress_token" in ctx.meta
         return ClientCall(

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 from mcp import Client
 from mcp.types.version import MODERN_PROTOCOL_VERSIONS
@@ -201,9 +202,16 @@ async def test_stdio_command_keeps_one_session_for_the_pipe_and_cleans_up_on_eof
 
 
 @pytest.mark.anyio
-async def test_stdio_command_keeps_state_for_a_2026_client_too(tmp_path: Path) -> None:
+async def test_stdio_command_keeps_state_for_a_2026_client_too_and_tells_it_changes_on_its_listen_stream(
+    tmp_path: Path,
+) -> None:
     config = write_config(tmp_path, {"state": fixture_server("state")})
     async with Client(stdio_parameters(config), mode="auto") as client:
         assert client.protocol_version in MODERN_PROTOCOL_VERSIONS
         await client.call_tool("state_remember", {"value": "kept"})
         assert structured(await client.call_tool("state_recall", {})) == ["kept"]
+        async with client.listen(tools_list_changed=True) as subscription:
+            await client.call_tool("state_grow", {"name": "sprout"})
+            with anyio.fail_after(10):
+                event = await anext(aiter(subscription))
+        assert type(event).__name__ == "ToolsListChanged"
