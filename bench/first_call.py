@@ -30,6 +30,7 @@ from mcp.client.streamable_http import streamable_http_client
 
 ROOT = Path(__file__).resolve().parent.parent
 ECHO_SERVER = ROOT / "bench" / "echo_server.py"
+LAUNCH_PREFIX: list[str] = []  # e.g. ["taskset", "-c", "1"]: bench/scale.py pins the proxy as forwarding.py does
 
 
 def free_port() -> int:
@@ -49,7 +50,7 @@ async def proxy(workdir: Path, warm_sessions: int) -> AsyncGenerator[int]:
     config = workdir / f"first-call-{warm_sessions}.yaml"
     config.write_text(yaml.safe_dump({"log_level": "WARNING", "mcpServers": {"bench": entry}}))
     process = await anyio.open_process(
-        [sys.executable, "-m", "mcpstore_proxy", "serve", "--config", str(config), "--port", str(port)],
+        [*LAUNCH_PREFIX, sys.executable, "-m", "mcpstore_proxy", "serve", "--config", str(config), "--port", str(port)],
         cwd=ROOT,
         stdout=None,
         stderr=None,

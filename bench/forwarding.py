@@ -76,6 +76,8 @@ class Launch:
     ready_path: str = "/mcp"
     notes: list[str] = field(default_factory=list[str])
     version: str = ""
+    upstream_argv: list[str] | None = None  # an HTTP upstream that this target needs running first (pinned with it)
+    upstream_url: str = ""
 
 
 @dataclass
@@ -84,6 +86,7 @@ class Target:
     label: str
     direct: bool
     prepare: Callable[[Path, int, bool], Launch]
+    upstream: str = "stdio"
 
 
 # ---------------------------------------------------------------------------------------------------- venvs
@@ -164,6 +167,34 @@ def prepare_mcpstore(workdir: Path, port: int, install: bool) -> Launch:
     return Launch(argv, f"http://127.0.0.1:{port}/mcp", ready_path="/healthz", version=version)
 
 
+def prepare_mcpstore_http(workdir: Path, port: int, install: bool) -> Launch:
+    """mcpstore-proxy with the echo server as an isolated Streamable HTTP upstream (its own process, SSE responses)."""
+    upstream_port = free_port()
+    upstream_url = f"http://127.0.0.1:{upstream_port}/mcp"
+    config = workdir / "mcpstore-http.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "log_level": "WARNING",
+                "max_sessions_per_upstream": 256,
+                "mcpServers": {"bench": {"url": upstream_url, "prefix": ""}},
+            }
+        )
+    )
+    executable = Path(sys.executable).parent / "mcpstore-proxy"
+    argv = [str(executable), "serve", "--config", str(config), "--port", str(port)]
+    version = f"mcpstore-proxy {venv_version(Path(sys.executable), 'mcpstore-proxy')}"
+    upstream_argv = [sys.executable, str(ECHO_SERVER), "http", str(upstream_port)]
+    return Launch(
+        argv,
+        f"http://127.0.0.1:{port}/mcp",
+        ready_path="/healthz",
+        version=version,
+        upstream_argv=upstream_argv,
+        upstream_url=upstream_url,
+    )
+
+
 def prepare_mcp_proxy(workdir: Path, port: int, install: bool) -> Launch:
     python = ensure_venv("mcp-proxy", MCP_PROXY_REQUIREMENTS, install)
     executable = python.parent / "mcp-proxy"
@@ -190,6 +221,13 @@ TARGETS = {
         Target("mcp-proxy", "mcp-proxy 0.13 (sparfenyuk)", False, prepare_mcp_proxy),
         Target("fastmcp", "FastMCP 4.1.6 `StatefulProxyClient`", False, prepare_fastmcp),
         Target("mcpstore", "**mcpstore-proxy**", False, prepare_mcpstore),
+        Target(
+            "mcpstore-http",
+            "**mcpstore-proxy**, Streamable HTTP upstream (`echo_server.py http`, SSE responses)",
+            False,
+            prepare_mcpstore_http,
+            upstream="http",
+        ),
     ]
 }
 
@@ -266,22 +304,41 @@ async def running(
     launch = target.prepare(workdir, port, install)
     log = workdir / f"{target.name}.log"
     seen_upstreams: list[int] = []
-    with log.open("wb") as sink:
-        process = await anyio.open_process(pinned(launch.argv, pin), cwd=ROOT, stdout=sink, stderr=sink)
-    try:
+    async with AsyncExitStack() as stack:
+        if launch.upstream_argv is not None:  # an HTTP upstream, on the same core as the system under test
+            upstream_log = workdir / f"{target.name}-upstream.log"
+            upstream = await stack.enter_async_context(started_process(launch.upstream_argv, upstream_log, pin))
+            await wait_ready(upstream, launch.upstream_url, upstream_log)
+        process = await stack.enter_async_context(started_process(launch.argv, log, pin))
         await wait_ready(process, launch.url.rsplit("/", 1)[0] + launch.ready_path, log)
-        yield launch, process.pid, seen_upstreams
-    finally:
-        if process.returncode is None:
-            process.terminate()
         try:
-            with anyio.fail_after(30):
-                await process.wait()
-        except TimeoutError:
-            process.kill()
+            yield launch, process.pid, seen_upstreams
+        finally:
+            await stop(process)
+            for pid in seen_upstreams:
+                stop_leftover(pid)
+
+
+@asynccontextmanager
+async def started_process(argv: list[str], log: Path, pin: bool) -> AsyncGenerator[anyio.abc.Process]:
+    """A process this run starts (pinned when asked), its output to `log`; stopped by its pid on the way out."""
+    with log.open("wb") as sink:
+        process = await anyio.open_process(pinned(argv, pin), cwd=ROOT, stdout=sink, stderr=sink)
+    try:
+        yield process
+    finally:
+        await stop(process)
+
+
+async def stop(process: anyio.abc.Process) -> None:
+    if process.returncode is None:
+        process.terminate()
+    try:
+        with anyio.fail_after(30):
             await process.wait()
-        for pid in seen_upstreams:
-            stop_leftover(pid)
+    except TimeoutError:
+        process.kill()
+        await process.wait()
 
 
 # ---------------------------------------------------------------------------------------------------- load
@@ -344,7 +401,10 @@ async def run_target(
         return row
     if target.name == "floor":  # the relay's first line says which loop, HTTP parser and JSON library it runs
         row["notes"] = [*row["notes"], *(workdir / "floor.log").read_text(errors="replace").splitlines()[:1]]
-    row["isolates_sessions"] = None if target.direct else row["upstream_processes_for_8_sessions"] >= SESSIONS
+    if target.upstream == "http":  # no upstream processes to count: one HTTP server, one MCP session per key in it
+        row["isolates_sessions"] = "per key (HTTP upstream; not observed)"
+    else:
+        row["isolates_sessions"] = None if target.direct else row["upstream_processes_for_8_sessions"] >= SESSIONS
     return row
 
 
@@ -361,7 +421,14 @@ def table(rows: list[dict[str, Any]]) -> str:
         if "skipped" in row:
             lines.append(f"| {row['label']} | skipped: {row['skipped'].replace('|', '/')} | | | |")
             continue
-        isolates = "—" if row["isolates_sessions"] is None else ("yes" if row["isolates_sessions"] else "no")
+        isolates: str
+        match row["isolates_sessions"]:
+            case None:
+                isolates = "—"
+            case str(text):
+                isolates = text
+            case observed:
+                isolates = "yes" if observed else "no"
         throughput = f"{row['c8_calls_per_s']:.0f}"
         if floor is not None:
             throughput += f" ({row['c8_calls_per_s'] / floor['c8_calls_per_s']:.2f}×)"  # noqa: RUF001
@@ -391,6 +458,16 @@ def machine() -> dict[str, Any]:
     }
 
 
+def source_state() -> dict[str, Any]:
+    """The commit measured, and the package files that differ from it (a run measures the working tree)."""
+
+    def git(*arguments: str) -> str:
+        done = subprocess.run(["git", *arguments], cwd=ROOT, capture_output=True, text=True, check=False)
+        return done.stdout.strip()
+
+    return {"commit": git("rev-parse", "HEAD"), "modified": git("status", "--short", "mcpstore_proxy").splitlines()}
+
+
 def serve_direct(framing: str, port: int) -> None:
     """The echo server's own SDK server over Streamable HTTP, SSE or JSON responses (a child of this script)."""
     import uvicorn
@@ -410,42 +487,80 @@ def serve_direct(framing: str, port: int) -> None:
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
 
 
+SECTIONS = ["forwarding", "memory", "tools-list", "first-call"]
+
+
 async def run(arguments: argparse.Namespace) -> None:
     names = [name.strip() for name in arguments.targets.split(",") if name.strip()]
     unknown = [name for name in names if name not in TARGETS]
     if unknown:
         raise SystemExit(f"unknown targets {unknown}; known: {', '.join(TARGETS)}")
+    sections = [name.strip() for name in arguments.sections.split(",") if name.strip()]
+    if unknown := [name for name in sections if name not in SECTIONS]:
+        raise SystemExit(f"unknown sections {unknown}; known: {', '.join(SECTIONS)}")
     calls = arguments.calls or (100 if arguments.quick else 2000)
     c8_calls = arguments.c8_calls or (200 if arguments.quick else 4000)
+    idle_sessions = arguments.idle_sessions or (5 if arguments.quick else 50)
+    list_calls = arguments.list_calls or (20 if arguments.quick else 200)
+    upstreams = arguments.upstreams or (5 if arguments.quick else 50)
+    first_call_sessions = arguments.first_call_sessions or (3 if arguments.quick else 20)
     pin = (os.cpu_count() or 1) >= 2 and shutil.which("taskset") is not None
     if pin:
         os.sched_setaffinity(0, {LOADGEN_CORE})
     load_before = load_average()
     started = time.perf_counter()
     rows: list[dict[str, Any]] = []
-    with tempfile.TemporaryDirectory(prefix="bench-forwarding-") as scratch:
-        for name in names:
-            print(f"{name} ...", file=sys.stderr, flush=True)
-            rows.append(await run_target(TARGETS[name], Path(scratch), pin, not arguments.no_install, calls, c8_calls))
-    wall = time.perf_counter() - started
-    report = table(rows)
-    print(report)
-    load_after = load_average()
-    print(f"\n{calls} calls at c=1, {c8_calls} over {SESSIONS} sessions at c=8; wall time {wall:.0f} s")
-    print(f"load average (1, 5, 15 min) before: {load_before}, after: {load_after}")
     output: dict[str, Any] = {
         "command": " ".join([".venv/bin/python", "bench/forwarding.py", *sys.argv[1:]]),
         "machine": machine(),
+        "source": source_state(),
         "pinned": {"system_under_test": SUT_CORE, "load_generator": LOADGEN_CORE} if pin else None,
-        "calls_c1": calls,
-        "calls_c8": c8_calls,
-        "sessions_c8": SESSIONS,
-        "wall_seconds": round(wall, 1),
-        "load_average_before": load_before,
-        "load_average_after": load_after,
-        "rows": rows,
-        "table": report,
+        "sections": sections,
     }
+    reports: list[str] = []
+    with tempfile.TemporaryDirectory(prefix="bench-forwarding-") as scratch:
+        workdir = Path(scratch)
+        if "forwarding" in sections:
+            for name in names:
+                print(f"{name} ...", file=sys.stderr, flush=True)
+                rows.append(await run_target(TARGETS[name], workdir, pin, not arguments.no_install, calls, c8_calls))
+            report = table(rows)
+            print(report)
+            print(f"\n{calls} calls at c=1, {c8_calls} over {SESSIONS} sessions at c=8")
+            reports.append(report)
+            output.update({"calls_c1": calls, "calls_c8": c8_calls, "sessions_c8": SESSIONS, "rows": rows})
+            output["table"] = report
+        import scale  # the other sections (bench/scale.py imports this module)
+
+        if "memory" in sections:
+            memory: list[dict[str, Any]] = []
+            for name in [name for name in ("floor", "mcpstore") if name in names]:
+                print(f"memory: {name} ...", file=sys.stderr, flush=True)
+                install = not arguments.no_install
+                memory.append(await scale.idle_memory(TARGETS[name], workdir, pin, install, idle_sessions))
+            output["memory"] = memory
+            output["memory_table"] = scale.memory_table(memory)
+            print("\nMemory per idle session (RSS of the proxy's own process, upstream children excluded):\n")
+            print(output["memory_table"])
+        if "tools-list" in sections:
+            print("tools/list at scale ...", file=sys.stderr, flush=True)
+            listing = await scale.tools_list(workdir, pin, upstreams, arguments.tools_each, list_calls)
+            output["tools_list"] = listing
+            output["tools_list_table"] = scale.tools_list_table(listing)
+            print(f"\n`tools/list` through mcpstore-proxy, {list_calls} calls from one session:\n")
+            print(output["tools_list_table"])
+        if "first-call" in sections:
+            print("first call ...", file=sys.stderr, flush=True)
+            first = await scale.first_calls(workdir, pin, first_call_sessions, arguments.warm)
+            output["first_call"] = first
+            output["first_call_table"] = scale.first_call_table(first)
+            print("\nFirst call of a new session, sessions opened one after another:\n")
+            print(output["first_call_table"])
+    wall = time.perf_counter() - started
+    load_after = load_average()
+    print(f"\nwall time {wall:.0f} s; load average (1, 5, 15 min) before: {load_before}, after: {load_after}")
+    output.update({"wall_seconds": round(wall, 1), "load_average_before": load_before})
+    output["load_average_after"] = load_after
     arguments.json.parent.mkdir(parents=True, exist_ok=True)
     arguments.json.write_text(json.dumps(output, indent=2) + "\n")
 
@@ -456,6 +571,13 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="a smoke run: 100 calls at c=1, 200 at c=8")
     parser.add_argument("--calls", type=int, default=0, help="calls at c=1 (default 2000)")
     parser.add_argument("--c8-calls", type=int, default=0, help="calls over 8 sessions at c=8 (default 4000)")
+    parser.add_argument("--sections", default=",".join(SECTIONS), help="comma-separated, from: " + ", ".join(SECTIONS))
+    parser.add_argument("--idle-sessions", type=int, default=0, help="memory: idle sessions opened (default 50)")
+    parser.add_argument("--upstreams", type=int, default=0, help="tools-list: upstreams (default 50)")
+    parser.add_argument("--tools-each", type=int, default=20, help="tools-list: tools per upstream (default 20)")
+    parser.add_argument("--list-calls", type=int, default=0, help="tools-list: timed calls (default 200)")
+    parser.add_argument("--first-call-sessions", type=int, default=0, help="first-call: sessions per mode (20)")
+    parser.add_argument("--warm", type=int, default=1, help="first-call: warm_sessions of the warm mode (default 1)")
     parser.add_argument("--no-install", action="store_true", help="never install a venv: skip peers not in place")
     parser.add_argument("--json", type=Path, default=DEFAULT_JSON, help="where to write the figures")
     parser.add_argument("--serve-direct", nargs=2, metavar=("FRAMING", "PORT"), help=argparse.SUPPRESS)

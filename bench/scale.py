@@ -1,0 +1,287 @@
+"""The sections of bench/forwarding.py beyond forwarding: memory per idle session, `tools/list` at scale, first call.
+
+    .venv/bin/python bench/forwarding.py --sections memory,tools-list,first-call
+
+Run by bench/forwarding.py (its `--sections`), in the same run and with the same pinning as the forwarding table:
+
+- memory: RSS of the system under test's own process (VmRSS of its pid, upstream children excluded), before and
+  after opening N idle sessions (each initialized and with one `echo` call made, so its upstream is running), the
+  delta divided by N; for mcpstore-proxy and the floor relay;
+- tools-list: mcpstore-proxy with 50 stdio upstreams (bench/many_tools_server.py, 20 tools each: 1,000 tools), once
+  `/admin/status` shows every upstream ready; p50 and p90 of `tools/list` from one client session, timed both with
+  a bare HTTP client (what the proxy costs) and with the SDK client (what an agent sees, with its validation);
+- first-call: bench/first_call.py's two modes (no warm pool; `warm_sessions: 1`), sessions opened one at a time.
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+from contextlib import AsyncExitStack, suppress
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx2
+import orjson
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import first_call
+import forwarding
+from proxy_overhead import ROOT, client, cpu_seconds, free_port, percentile, rss_kib
+
+MANY_TOOLS_SERVER = ROOT / "bench" / "many_tools_server.py"
+SETTLE_SECONDS = 2.0  # after the last idle session opens, before reading RSS: measurement only
+PROTOCOL_VERSION = "2025-06-18"
+
+
+# ---------------------------------------------------------------------------------------------------- memory
+
+
+def rss_children_kib(pid: int) -> tuple[int, int]:
+    """How many echo-server upstreams run under `pid`, and their RSS in total (KiB)."""
+    upstreams = forwarding.upstream_processes(pid)
+    total = 0
+    for upstream in upstreams:
+        with suppress(FileNotFoundError, ProcessLookupError, RuntimeError):
+            total += rss_kib(upstream)
+    return len(upstreams), total
+
+
+async def idle_memory(
+    target: forwarding.Target, workdir: Path, pin: bool, install: bool, sessions: int
+) -> dict[str, Any]:
+    row: dict[str, Any] = {"target": target.name, "label": target.label, "idle_sessions": sessions}
+    try:
+        async with forwarding.running(target, workdir, pin, install) as (launch, pid, seen_upstreams):
+            async with client(launch.url) as warm:  # the proxy's own code paths, warmed before the baseline
+                await warm.call_tool("echo", {"text": "warm-up"})
+            await anyio.sleep(SETTLE_SECONDS)
+            before = rss_kib(pid)
+            started = time.perf_counter()
+            async with AsyncExitStack() as stack:
+                for index in range(sessions):
+                    session = await stack.enter_async_context(client(launch.url))
+                    await session.call_tool("echo", {"text": f"idle {index}"})
+                opened = time.perf_counter() - started
+                await anyio.sleep(SETTLE_SECONDS)
+                after = rss_kib(pid)
+                upstreams, upstream_kib = rss_children_kib(pid)
+                seen_upstreams.extend(forwarding.upstream_processes(pid))
+    except Exception as error:  # noqa: BLE001 - a target that cannot run is reported, not fatal
+        row["skipped"] = f"{type(error).__name__}: {error}"[:300]
+        return row
+    row.update(
+        {
+            "rss_before_kib": before,
+            "rss_after_kib": after,
+            "kib_per_idle_session": (after - before) / sessions,
+            "upstream_processes": upstreams,
+            "upstream_rss_mib_each": upstream_kib / 1024 / upstreams if upstreams else 0.0,
+            "seconds_to_open": opened,
+        }
+    )
+    return row
+
+
+def memory_table(rows: list[dict[str, Any]]) -> str:
+    lines = [
+        "| target | idle sessions | proxy RSS before → after (MiB) | proxy KiB per idle session | "
+        "upstream processes (MiB RSS each) |",
+        "|---|---|---|---|---|",
+    ]
+    for row in rows:
+        if "skipped" in row:
+            lines.append(f"| {row['label']} | skipped: {row['skipped'].replace('|', '/')} | | | |")
+            continue
+        lines.append(
+            f"| {row['label']} | {row['idle_sessions']} | {row['rss_before_kib'] / 1024:.1f} → "
+            f"{row['rss_after_kib'] / 1024:.1f} | {row['kib_per_idle_session']:.0f} | "
+            f"{row['upstream_processes']} ({row['upstream_rss_mib_each']:.0f}) |"
+        )
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------------- tools/list
+
+
+def many_tools_config(workdir: Path, upstreams: int, tools_each: int) -> Path:
+    servers = {
+        f"u{index:02d}": {
+            "command": sys.executable,
+            "args": [str(MANY_TOOLS_SERVER), "--count", str(tools_each), "--name", f"u{index:02d}"],
+        }
+        for index in range(upstreams)
+    }
+    config = workdir / "many-tools.yaml"
+    config.write_text(yaml.safe_dump({"log_level": "WARNING", "mcpServers": servers}))
+    return config
+
+
+async def all_ready(port: int, upstreams: int) -> float:
+    """Seconds until /admin/status shows every upstream ready."""
+    started = time.perf_counter()
+    with anyio.fail_after(600):
+        async with httpx2.AsyncClient(timeout=30) as http:
+            while True:
+                states: dict[str, Any] = {}
+                with suppress(httpx2.TransportError, KeyError, ValueError):
+                    states = (await http.get(f"http://127.0.0.1:{port}/admin/status")).json()["upstreams"]
+                if len(states) == upstreams and all(state.get("state") == "ready" for state in states.values()):
+                    return time.perf_counter() - started
+                await anyio.sleep(0.2)
+
+
+def rpc_result(response: httpx2.Response) -> dict[str, Any]:
+    """The JSON-RPC result of a Streamable HTTP response, whether a JSON body or an SSE stream."""
+    if response.headers.get("content-type", "").startswith("text/event-stream"):
+        for line in response.text.splitlines():
+            if line.startswith("data:"):
+                message: dict[str, Any] = orjson.loads(line[5:])
+                if "result" in message or "error" in message:
+                    return message
+        raise RuntimeError("no JSON-RPC response in the SSE stream")
+    return orjson.loads(response.content)
+
+
+async def raw_tools_list(url: str, calls: int, pid: int) -> tuple[list[float], int, float]:
+    """`tools/list` over a bare HTTP client: one session, `calls` timed requests; latencies, tool count, CPU ms each."""
+    headers = {"accept": "application/json, text/event-stream", "content-type": "application/json"}
+    async with httpx2.AsyncClient(timeout=httpx2.Timeout(30.0, read=300.0), headers=headers) as http:
+        initialize = {
+            "jsonrpc": "2.0",
+            "id": 0,
+            "method": "initialize",
+            "params": {
+                "protocolVersion": PROTOCOL_VERSION,
+                "capabilities": {},
+                "clientInfo": {"name": "bench", "version": "0"},
+            },
+        }
+        response = await http.post(url, content=orjson.dumps(initialize))
+        response.raise_for_status()
+        rpc_result(response)
+        session = {"mcp-session-id": response.headers["mcp-session-id"], "mcp-protocol-version": PROTOCOL_VERSION}
+        initialized = orjson.dumps({"jsonrpc": "2.0", "method": "notifications/initialized"})
+        (await http.post(url, content=initialized, headers=session)).raise_for_status()
+
+        async def listing(request_id: int) -> int:
+            body = orjson.dumps({"jsonrpc": "2.0", "id": request_id, "method": "tools/list", "params": {}})
+            response = await http.post(url, content=body, headers=session)
+            response.raise_for_status()
+            message = rpc_result(response)
+            if "nextCursor" in message["result"]:
+                raise RuntimeError("the proxy paginated tools/list; this bench does not follow cursors")
+            return len(message["result"]["tools"])
+
+        count = await listing(1)  # warm-up
+        latencies: list[float] = []
+        cpu_before = cpu_seconds(pid)
+        for index in range(calls):
+            started = time.perf_counter()
+            await listing(index + 2)
+            latencies.append(time.perf_counter() - started)
+        cpu_ms = (cpu_seconds(pid) - cpu_before) / calls * 1000
+    return latencies, count, cpu_ms
+
+
+async def sdk_tools_list(url: str, calls: int) -> tuple[list[float], int]:
+    async with client(url) as session:
+        count = len((await session.list_tools()).tools)
+        latencies: list[float] = []
+        for _ in range(calls):
+            started = time.perf_counter()
+            await session.list_tools()
+            latencies.append(time.perf_counter() - started)
+    return latencies, count
+
+
+async def tools_list(workdir: Path, pin: bool, upstreams: int, tools_each: int, calls: int) -> dict[str, Any]:
+    row: dict[str, Any] = {"upstreams": upstreams, "tools_each": tools_each, "calls": calls}
+    port = free_port()
+    config = many_tools_config(workdir, upstreams, tools_each)
+    executable = Path(sys.executable).parent / "mcpstore-proxy"
+    argv = [str(executable), "serve", "--config", str(config), "--port", str(port)]
+    url = f"http://127.0.0.1:{port}/mcp"
+    try:
+        async with forwarding.started_process(argv, workdir / "many-tools.log", pin) as process:
+            row["seconds_until_all_ready"] = await all_ready(port, upstreams)
+            raw, raw_count, cpu_ms = await raw_tools_list(url, calls, process.pid)
+            sdk, sdk_count = await sdk_tools_list(url, calls)
+            row["upstream_processes"] = len(
+                [pid for pid, (_, command) in forwarding.process_table().items() if str(MANY_TOOLS_SERVER) in command]
+            )
+    except Exception as error:  # noqa: BLE001 - reported, not fatal
+        row["skipped"] = f"{type(error).__name__}: {error}"[:300]
+        return row
+    row.update(
+        {
+            "tools_listed": raw_count,
+            "tools_listed_sdk": sdk_count,
+            "raw_p50_ms": statistics.median(raw) * 1000,
+            "raw_p90_ms": percentile(raw, 0.9) * 1000,
+            "raw_mean_ms": statistics.mean(raw) * 1000,
+            "sdk_p50_ms": statistics.median(sdk) * 1000,
+            "sdk_p90_ms": percentile(sdk, 0.9) * 1000,
+            "sdk_mean_ms": statistics.mean(sdk) * 1000,
+            "proxy_cpu_ms_per_list": cpu_ms,
+        }
+    )
+    return row
+
+
+def tools_list_table(row: dict[str, Any]) -> str:
+    lines = [
+        "| client | upstreams x tools | tools listed | p50 ms | p90 ms | mean ms | proxy CPU ms per list |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    shape = f"{row['upstreams']} x {row['tools_each']}"
+    if "skipped" in row:
+        return "\n".join([*lines, f"| — | {shape} | skipped: {row['skipped'].replace('|', '/')} | | | | |"])
+    lines.append(
+        f"| bare HTTP (httpx2 + orjson) | {shape} | {row['tools_listed']} | {row['raw_p50_ms']:.2f} | "
+        f"{row['raw_p90_ms']:.2f} | {row['raw_mean_ms']:.2f} | {row['proxy_cpu_ms_per_list']:.2f} |"
+    )
+    lines.append(
+        f"| MCP SDK client (`list_tools`, validates) | {shape} | {row['tools_listed_sdk']} | "
+        f"{row['sdk_p50_ms']:.2f} | {row['sdk_p90_ms']:.2f} | {row['sdk_mean_ms']:.2f} | |"
+    )
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------------- first call
+
+
+async def first_calls(workdir: Path, pin: bool, sessions: int, warm: int) -> dict[str, Any]:
+    """bench/first_call.py's two modes, its proxy pinned like every system under test here."""
+    result: dict[str, Any] = {"sessions": sessions, "warm_sessions": warm}
+    first_call.LAUNCH_PREFIX[:] = forwarding.pinned([], pin)
+    try:
+        for mode, warm_sessions in (("cold", 0), ("warm", warm)):
+            latencies = await first_call.run_mode(workdir, warm_sessions, sessions)
+            result[mode] = {
+                "p50_ms": statistics.median(latencies) * 1000,
+                "p90_ms": percentile(latencies, 0.9) * 1000,
+                "max_ms": max(latencies) * 1000,
+            }
+    except Exception as error:  # noqa: BLE001 - reported, not fatal
+        result["skipped"] = f"{type(error).__name__}: {error}"[:300]
+    return result
+
+
+def first_call_table(result: dict[str, Any]) -> str:
+    lines = [
+        "| mcpstore-proxy, echo upstream over stdio | sessions | p50 ms | p90 ms | max ms |",
+        "|---|---|---|---|---|",
+    ]
+    if "skipped" in result:
+        return "\n".join([*lines, f"| skipped: {result['skipped'].replace('|', '/')} | | | | |"])
+    for mode, label in (("cold", "no warm pool"), ("warm", f"`warm_sessions: {result['warm_sessions']}`")):
+        figures = result[mode]
+        lines.append(
+            f"| {label} | {result['sessions']} | {figures['p50_ms']:.1f} | {figures['p90_ms']:.1f} | "
+            f"{figures['max_ms']:.1f} |"
+        )
+    return "\n".join(lines)
