@@ -33,7 +33,7 @@ from typing import Any, Final, TypeVar
 import anyio
 from mcp import MCPError, types
 from mcp.server.connection import Connection
-from mcp.server.context import ServerRequestContext
+from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
 from mcp.server.lowlevel.server import NotificationOptions, Server
 from mcp.server.models import InitializationOptions
 from mcp.types.version import HANDSHAKE_PROTOCOL_VERSIONS, MODERN_PROTOCOL_VERSIONS
@@ -74,6 +74,7 @@ EXISTING_SESSION_HEADER: Final = "x-mcpstore-existing-session"
 """Sent as `1` (by the remote SDK): a tool call must run in an open named session, not open one."""
 REQUEST_SCOPE: Final[ContextVar[Scope | None]] = ContextVar("mcpstore_proxy.request_scope", default=None)
 """The ASGI scope of the HTTP request being served (set by the app as it hands the request to the MCP transport)."""
+_LISTINGS: Final = frozenset({"tools/list", "prompts/list", "resources/list", "resources/templates/list"})
 _KEY_STATE: Final = "mcpstore_proxy.session_key"
 _CHANNEL_STATE: Final = "mcpstore_proxy.channel"
 _NOTIFY_SECONDS: Final = 1.0
@@ -95,6 +96,7 @@ class ProxyServer(Server[Any]):
         )
         # One OpenTelemetry span per message is measurable per-call cost, and there is no exporter by default.
         self.middleware.clear()
+        self.middleware.append(self._cached_listing)
         self.add_request_handler("tools/call", types.CallToolRequestParams, self._call_tool)
         self.add_request_handler("prompts/get", types.GetPromptRequestParams, self._get_prompt)
         self.add_request_handler("resources/read", types.ReadResourceRequestParams, self._read_resource)
@@ -116,6 +118,10 @@ class ProxyServer(Server[Any]):
         # The SDK checks a 2026-07-28 call's `Mcp-Param-*` headers against the tool's schema; without this it runs
         # the whole tools/list handler for every such call to find that schema.
         self.get_tool_input_schema = self._input_schema
+        # Each catalog's listings, validated and shaped for the wire once per method and protocol version.
+        self._listings: weakref.WeakKeyDictionary[Catalog, dict[tuple[str, str], HandlerResult]] = (
+            weakref.WeakKeyDictionary()
+        )
         self._listeners: weakref.WeakValueDictionary[SessionKey, ListenChannel] = weakref.WeakValueDictionary()
         self.rounds = InputRounds()
         """The 2026-07-28 multi-round exchanges in progress; whoever serves this server enters `rounds.running()`."""
@@ -159,6 +165,18 @@ class ProxyServer(Server[Any]):
         self, ctx: Context, params: types.PaginatedRequestParams | None
     ) -> types.ListResourceTemplatesResult:
         return types.ListResourceTemplatesResult(resource_templates=(await self._catalog(ctx)).templates)
+
+    async def _cached_listing(self, ctx: Context, call_next: CallNext) -> HandlerResult:
+        """Answer a listing from its catalog's wire form, shaped (validated, serialised) the first time only: the
+        SDK's shaping of a thousand tools costs tens of milliseconds, and a catalog is replaced, never changed."""
+        if ctx.method not in _LISTINGS:
+            return await call_next(ctx)
+        catalog = await self._catalog(ctx)
+        shaped = self._listings.setdefault(catalog, {})
+        key = (ctx.method, ctx.protocol_version)
+        if key not in shaped:
+            shaped[key] = await call_next(ctx)
+        return shaped[key]
 
     async def _catalog(self, ctx: Context) -> Catalog:
         await self._engine.settled()
