@@ -12,6 +12,12 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
+@pytest.fixture(params=["embedded", "remote"])
+def mode(request: pytest.FixtureRequest) -> str:
+    """The SDK's two modes, for tests that run in both: the engine in this process, or a running proxy."""
+    return str(request.param)
+
+
 @pytest.fixture
 def site(tmp_path: Path) -> Iterator[str]:
     """Local test pages (tests/browser.py's PAGES) served on 127.0.0.1; the site's base URL."""

@@ -47,11 +47,6 @@ from tests.support import admin, connect, fixture_server, structured, text_of, w
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture(params=["embedded", "remote"])
-def mode(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
-
-
 @pytest.fixture
 def config(tmp_path: Path) -> Path:
     return write_config(tmp_path, {"state": fixture_server("state")}, allow_stdio_services_via_api=True)

@@ -31,11 +31,6 @@ from tests.support import fixture_server, free_port, structured, wait_until, wri
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture(params=["embedded", "remote"])
-def mode(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
-
-
 @pytest.fixture
 async def harness(tmp_path: Path, mode: str) -> AsyncGenerator[SdkHarness]:
     config = write_config(

@@ -20,11 +20,6 @@ from tests.support import text_of, write_config
 pytestmark = [pytest.mark.anyio, pytest.mark.playwright]
 
 
-@pytest.fixture(params=["embedded", "remote"])
-def mode(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
-
-
 @pytest.fixture
 async def browser_url(tmp_path: Path) -> AsyncGenerator[str]:
     async with running_playwright_sse(tmp_path) as url:
