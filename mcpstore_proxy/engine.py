@@ -1,9 +1,9 @@
 """The proxy's core, independent of how clients reach it.
 
 `ProxyEngine` runs every upstream service (`services`), keeps the catalogs
-each key sees (`views`), routes each request to the session its key holds,
-and ends sessions when their keys end; named sessions live in `named`. The
-MCP server, the admin API and the SDK are thin adapters over it.
+each key sees (`views`), routes each request to the session its key holds
+(`routing`), and ends sessions when their keys end; named sessions live in
+`named`. The MCP server, the admin API and the SDK are thin adapters over it.
 
 Lifetime: `async with ProxyEngine(settings) as engine:` starts every upstream
 and returns at once: upstreams join the catalog as they come up, and a
@@ -27,14 +27,14 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from collections.abc import Callable, Coroutine
 from contextlib import AsyncExitStack
 from types import TracebackType
-from typing import Any, Final, Self, TypeVar, cast
+from typing import Any, Final, Self
 
 import anyio
 import anyio.abc
-from mcp import MCPError, types
+from mcp import types
 
 from mcpstore_proxy.catalog import Catalog, ToolRoute
 from mcpstore_proxy.clock import SYSTEM_CLOCK, Clock
@@ -46,7 +46,7 @@ from mcpstore_proxy.pins import Approval, ToolPins
 from mcpstore_proxy.pool import PoolHooks
 from mcpstore_proxy.records import SessionRecords, SessionStore
 from mcpstore_proxy.registry import Origin, ServicePolicy, ServiceRegistry
-from mcpstore_proxy.relay import ClientCall
+from mcpstore_proxy.routing import RequestRouting
 from mcpstore_proxy.services import ServiceContext, ServiceState, UpstreamService, create_service
 from mcpstore_proxy.status import ServiceInfo, service_info
 from mcpstore_proxy.transports import TransportFactory, open_transport
@@ -56,17 +56,14 @@ from mcpstore_proxy.views import CatalogViews
 __all__ = ["ProxyEngine"]
 
 logger = logging.getLogger(__name__)
-_NOT_FORWARDED: Final[dict[str, Any]] = {"meta": None, "input_responses": None, "request_state": None}
-"""What a client's request carries for the proxy itself (its `_meta`, and the rounds of a 2026-07-28 exchange)."""
-
 _SHUTDOWN_SECONDS: Final = 15.0
-_T = TypeVar("_T")
 
 CatalogListener = Callable[[], Coroutine[Any, Any, None]]
 
 
-class ProxyEngine:
-    """Upstreams, what they offer, and every client's persistent sessions with them."""
+class ProxyEngine(RequestRouting):
+    """Upstreams, what they offer, and every client's persistent sessions with them (requests are forwarded by
+    `RequestRouting`)."""
 
     def __init__(
         self, settings: ProxySettings, *, transports: TransportFactory = open_transport, clock: Clock = SYSTEM_CLOCK
@@ -301,101 +298,7 @@ class ProxyEngine:
         if self.pins.awaits_approval and self.pins.reload_if_changed():
             self._catalog_changed()
 
-    # Requests.
-
-    async def call_tool(
-        self, key: SessionKey, route: ToolRoute, arguments: Mapping[str, Any] | None, call: ClientCall | None = None
-    ) -> dict[str, Any]:
-        """Call the routed tool in the session `key` holds with its upstream; the raw result, intact."""
-        service = self.registry.service(key.agent, route.upstream)
-        try:
-            return await self._run(service, key, call, lambda session: session.call_tool(route.tool, arguments, call))
-        except MCPError as error:
-            if error.code == types.INVALID_PARAMS:
-                service.tools_may_have_changed()  # it may have changed the tool's schema without a notice
-            raise
-
-    async def get_prompt(
-        self, key: SessionKey, params: types.GetPromptRequestParams, call: ClientCall | None = None
-    ) -> dict[str, Any]:
-        route = self.catalog_for(key).prompt(params.name)
-        request = types.GetPromptRequest(params=params.model_copy(update={"name": route.prompt, **_NOT_FORWARDED}))
-        return await self._request(route.upstream, key, call, request)
-
-    async def read_resource(
-        self, key: SessionKey, params: types.ReadResourceRequestParams, call: ClientCall | None = None
-    ) -> dict[str, Any]:
-        route = self.catalog_for(key).resource(params.uri)
-        request = types.ReadResourceRequest(params=params.model_copy(update={"uri": route.uri, **_NOT_FORWARDED}))
-        result = await self._request(route.upstream, key, call, request)
-        if route.uri != params.uri:
-            # Contents name the resource as the client asked for it.
-            for content in cast(list[Any], result.get("contents", [])):
-                if isinstance(content, dict) and cast(dict[str, Any], content).get("uri") == route.uri:
-                    content["uri"] = params.uri
-        return result
-
-    async def subscribe(self, key: SessionKey, uri: str, call: ClientCall | None, *, subscribe: bool) -> None:
-        route = self.catalog_for(key).resource(uri)
-        service = self.registry.service(key.agent, route.upstream)
-        await service.subscribe(self.session_key(service, key), call, route.uri, subscribe=subscribe)
-
-    async def complete(
-        self, key: SessionKey, params: types.CompleteRequestParams, call: ClientCall | None = None
-    ) -> dict[str, Any]:
-        catalog = self.catalog_for(key)
-        if isinstance(params.ref, types.PromptReference):
-            prompt = catalog.prompt(params.ref.name)
-            upstream, ref = prompt.upstream, params.ref.model_copy(update={"name": prompt.prompt})
-        else:
-            template = catalog.template(params.ref.uri)
-            upstream, ref = template.upstream, params.ref.model_copy(update={"uri": template.uri})
-        request = types.CompleteRequest(params=params.model_copy(update={"ref": ref, "meta": None}))
-        return await self._request(upstream, key, call, request)
-
-    async def set_logging_level(self, key: SessionKey, level: types.LoggingLevel) -> None:
-        """Remember the key's level and pass it to every session the key holds (and later opens)."""
-        self._log_levels[key] = level
-        async with anyio.create_task_group() as tg:
-            for service in self.registry.services(key.agent):
-                keyed = self.session_key(service, key)
-                self._log_levels[keyed] = level
-                tg.start_soon(service.set_logging_level, keyed, level)
-
-    async def roots_changed(self, key: SessionKey) -> None:
-        """Tell every upstream session of `key` that its client's roots changed."""
-        for service in self.registry.services(key.agent):
-            session = service.own_session(self.session_key(service, key))
-            if session is not None and session.is_ready and "roots" in session.declared:
-                await session.notify(types.RootsListChangedNotification())
-
-    async def _request(
-        self, upstream: str, key: SessionKey, call: ClientCall | None, request: types.ClientRequest
-    ) -> dict[str, Any]:
-        return await self._run(
-            self.registry.service(key.agent, upstream), key, call, lambda session: session.request(request, call)
-        )
-
-    async def _run(
-        self,
-        service: UpstreamService,
-        key: SessionKey,
-        call: ClientCall | None,
-        operation: Callable[[UpstreamSession], Awaitable[_T]],
-    ) -> _T:
-        key = self.session_key(service, key)
-        if not key.is_named:
-            return await service.run(key, call, operation)
-        async with self.named.in_use(key):
-            return await service.run(key, call, operation)
-
-    def session_key(self, service: UpstreamService, key: SessionKey) -> SessionKey:
-        """The key whose session `key`'s requests use with `service`: its own, or, where the session scope is
-        the principal (`session_scope: principal`), the principal's own session in that agent scope."""
-        scope = service.config.session_scope or self.settings.session_scope
-        if scope == "principal" and key.kind in ("connection", "ephemeral"):
-            return key.for_principal()
-        return key
+    # Sessions.
 
     async def end_session(self, key: SessionKey) -> None:
         """End `key`: forget it (a named session reads as closed from the start), then close its upstream
