@@ -1,0 +1,222 @@
+"""The clients behind the MCP face: which session key a request belongs to, and how to reach whoever sent it.
+
+Handshake-era clients (2024-11-05 … 2025-11-25) are keyed by their connection,
+adopted on first sight; its end (its `Connection.exit_stack`, unwound by the
+SDK on DELETE, idle expiry, EOF or shutdown) closes every upstream session
+keyed by it. A 2026-07-28 request has no connection: it is served with its
+explicit key (header or argument), else in its principal's own session (one
+per principal and agent scope), so a keyless client keeps its state across
+calls. Over stdio the pipe itself is the session.
+
+A request reaches its client through `ClientChannel`s for the relay: its
+request's stream, and its connection's stream or, for a 2026-07-28 client, the
+key's `subscriptions/listen` streams.
+"""
+
+from __future__ import annotations
+
+import secrets
+import weakref
+from collections.abc import Mapping
+from contextvars import ContextVar
+from typing import Any, Final
+
+import anyio
+from mcp import types
+from mcp.server.connection import Connection
+from mcp.server.context import ServerRequestContext
+from mcp.types.version import MODERN_PROTOCOL_VERSIONS
+from starlette.datastructures import Headers
+from starlette.types import Scope
+
+from mcpstore_proxy.channels import ConnectionStream, RequestStream
+from mcpstore_proxy.compat import downstream_connection
+from mcpstore_proxy.engine import ProxyEngine
+from mcpstore_proxy.errors import ProxyError
+from mcpstore_proxy.gate import agent_of, principal_of
+from mcpstore_proxy.keys import STORE_SCOPE, SessionKey, resolve_session_key
+from mcpstore_proxy.listen import ListenChannel, catalog_events
+from mcpstore_proxy.principals import ANONYMOUS, LOCAL, Principal
+from mcpstore_proxy.relay import ClientCall, ClientChannel
+
+__all__ = ["NOTIFY_SECONDS", "REQUEST_SCOPE", "Downstream"]
+
+Context = ServerRequestContext[Any, Any]
+
+REQUEST_SCOPE: Final[ContextVar[Scope | None]] = ContextVar("mcpstore_proxy.request_scope", default=None)
+"""The ASGI scope of the HTTP request being served (set by the app as it hands the request to the MCP transport)."""
+NOTIFY_SECONDS: Final = 1.0
+"""How long a notice to a client, or its shielded clean-up, may take before it is given up."""
+_KEY_STATE: Final = "mcpstore_proxy.session_key"
+_CHANNEL_STATE: Final = "mcpstore_proxy.channel"
+
+
+class Downstream:
+    """The session keys and client channels of one `ProxyServer`'s requests."""
+
+    def __init__(self, engine: ProxyEngine, *, stdio: bool = False) -> None:
+        self._engine = engine
+        self._argument = engine.settings.session_argument
+        self._header = engine.settings.session_header.lower()
+        self._stdio_key = SessionKey.connection("stdio") if stdio else None
+        self._connections: dict[int, Connection] = {}
+        # Weak: a key's channel lives while its listen streams or its upstream sessions (whose relay owner it is) do.
+        self._listeners: weakref.WeakValueDictionary[SessionKey, ListenChannel] = weakref.WeakValueDictionary()
+
+    def __repr__(self) -> str:
+        return f"<Downstream {len(self._connections)} connections, {len(self._listeners)} listen channels>"
+
+    # Keys.
+
+    def key(self, ctx: Context) -> SessionKey:
+        """The key of a request without a session argument: header, then connection, else ephemeral.
+
+        Raises:
+            InvalidSessionKeyError: the agent id or the session header is malformed.
+            SessionLimitError: it names a session that would take the client past its limit.
+        """
+        agent = self.agent(ctx)
+        header = ctx.request.headers.get(self._header) if ctx.request is not None else None
+        key = resolve_session_key(
+            None,
+            header,
+            self.adopt(ctx),
+            argument_name=self._argument,
+            header_name=self._engine.settings.session_header,
+            agent=agent,
+            principal=self.principal(ctx).name,
+        )
+        self.admit(ctx, key)
+        return key
+
+    def named_key(self, ctx: Context, base: SessionKey, named: Any, *, argument_name: str | None) -> SessionKey:
+        """The key of a tool call that may name its session by argument `argument_name` (None: the store's own),
+        else by the header `base` was resolved from; not yet admitted (see `admit`).
+
+        Raises:
+            InvalidSessionKeyError: the session argument is malformed.
+        """
+        return resolve_session_key(
+            named,
+            base.name if base.is_explicit else None,
+            self.adopt(ctx),
+            argument_name=argument_name or self._argument,
+            header_name=self._engine.settings.session_header,
+            agent=base.agent,
+            principal=base.principal,
+        )
+
+    def admit(self, ctx: Context, key: SessionKey) -> None:
+        """Count a named session against the client that uses it: its principal, where one is proved; else its
+        connection, or without one (a 2026-07-28 request over HTTP) its address."""
+        if not key.is_explicit:
+            return
+        principal = self.principal(ctx)
+        connection = self.adopt(ctx)
+        if principal not in (ANONYMOUS, LOCAL):
+            client = str(principal)
+        elif connection is not None and connection.kind == "connection":
+            client = f"connection {connection.name}"
+        else:
+            peer = ctx.request.client if ctx.request is not None else None
+            client = f"address {peer.host if peer is not None else 'unknown'}"
+        self._engine.named.admit(key, client)
+
+    def agent(self, ctx: Context) -> str:
+        """The agent scope of a request: the `/agents/{id}/mcp` path, else the `X-MCPStore-Agent` header."""
+        return agent_of(ctx.request.scope) if ctx.request is not None else STORE_SCOPE
+
+    def principal(self, ctx: Context) -> Principal:
+        """Who the request proved to be, at the gate (the local principal over stdio)."""
+        return principal_of(ctx.request.scope if ctx.request is not None else None)
+
+    def adopt(self, ctx: Context) -> SessionKey | None:
+        """The connection's own session key, registering the connection on first sight.
+
+        Registration hooks the connection's end (DELETE, idle expiry, EOF,
+        shutdown) to close every upstream session keyed by it.
+        """
+        if ctx.protocol_version in MODERN_PROTOCOL_VERSIONS:
+            # Over HTTP a 2026-07-28 request has no connection: without a key, it is its principal's.
+            if self._stdio_key is not None:
+                return self._stdio_key
+            return SessionKey.connection("", self.agent(ctx), self.principal(ctx).name).for_principal()
+        connection = downstream_connection(ctx)
+        key: SessionKey | None = connection.state.get(_KEY_STATE)
+        if key is not None:
+            return key
+        principal = self.principal(ctx).name
+        key = SessionKey.connection(connection.session_id or secrets.token_hex(16), self.agent(ctx), principal)
+        connection.state[_KEY_STATE] = key
+        connection.state[_CHANNEL_STATE] = ConnectionStream(connection)
+        self._connections[id(connection)] = connection
+        connection.exit_stack.push_async_callback(self._connection_ended, connection, key)
+        return key
+
+    def input_schema(self, name: str) -> Mapping[str, Any] | None:
+        """Tool `name`'s input schema as the HTTP request being served sees it (None: nothing to check)."""
+        scope = REQUEST_SCOPE.get()
+        if scope is None:
+            return None
+        try:
+            agent, principal = agent_of(scope), principal_of(scope).name
+            header = Headers(scope=scope).get(self._header)
+            keyless = SessionKey.connection("", agent, principal).for_principal()
+            key = resolve_session_key(
+                None,
+                header,
+                keyless,
+                argument_name=self._argument,
+                header_name=self._engine.settings.session_header,
+                agent=agent,
+                principal=principal,
+            )
+            tools = self._engine.catalog_for(key).tools
+        except ProxyError:
+            return None  # the request itself fails in a moment, with the same error
+        return next((tool.input_schema for tool in tools if tool.name == name), None)
+
+    # Channels.
+
+    def client_call(self, ctx: Context) -> ClientCall:
+        """How a forwarded request reaches its client: its request's stream, and its connection's (or key's)."""
+        connection = downstream_connection(ctx)
+        channel: ClientChannel | None = connection.state.get(_CHANNEL_STATE)
+        if channel is None:
+            # A 2026-07-28 request (over HTTP or stdio): what its sessions say outside a call goes to the key's
+            # listen streams, never unasked down the pipe.
+            channel = self.listen_channel(self.key(ctx))
+        wants_progress = ctx.meta is not None and "progress_token" in ctx.meta
+        return ClientCall(
+            stream=RequestStream(ctx),
+            connection=channel,
+            progress=ctx.session.report_progress if wants_progress else None,
+        )
+
+    def listen_channel(self, key: SessionKey) -> ListenChannel:
+        """The key's `subscriptions/listen` streams, as one channel."""
+        channel = self._listeners.get(key)
+        if channel is None:
+            channel = self._listeners[key] = ListenChannel()
+        return channel
+
+    async def announce_catalog_changed(self) -> None:
+        """Tell every client that the lists changed: its listen streams, else its connection."""
+        capabilities = self._engine.capabilities()
+        for listener in list(self._listeners.values()):
+            await listener.publish(catalog_events(capabilities))
+        notices: list[types.ServerNotification] = [types.ToolListChangedNotification()]
+        if capabilities.prompts is not None:
+            notices.append(types.PromptListChangedNotification())
+        if capabilities.resources is not None:
+            notices.append(types.ResourceListChangedNotification())
+        for connection in list(self._connections.values()):
+            channel = ConnectionStream(connection)
+            with anyio.move_on_after(NOTIFY_SECONDS):
+                for notice in notices:
+                    await channel.notify(notice)
+
+    async def _connection_ended(self, connection: Connection, key: SessionKey) -> None:
+        self._connections.pop(id(connection), None)
+        self._engine.named.forget_client(f"connection {key.name}")
+        await self._engine.end_session(key)
