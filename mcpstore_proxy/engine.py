@@ -69,6 +69,8 @@ class ProxyEngine(RequestRouting):
         self, settings: ProxySettings, *, transports: TransportFactory = open_transport, clock: Clock = SYSTEM_CLOCK
     ) -> None:
         self.settings = settings
+        self.clock = clock
+        """The wall clock for expiry (session records, and the rounds of 2026-07-28 requests); tests move it."""
         self._log_levels: dict[SessionKey, types.LoggingLevel] = {}
         self._context = ServiceContext(
             start_timeout_seconds=settings.upstream_start_timeout_seconds,

@@ -24,6 +24,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import logging
 import secrets
 from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager, suppress
@@ -35,9 +36,12 @@ import anyio.abc
 from mcp import MCPError, types
 from pydantic import BaseModel, ValidationError
 
+from mcpstore_proxy.clock import SYSTEM_CLOCK, Clock
 from mcpstore_proxy.relay import ClientChannel
 
-__all__ = ["INPUT_KEY_META", "Exchange", "InputRounds", "RoundChannel"]
+__all__ = ["ANSWER_SECONDS", "INPUT_KEY_META", "Exchange", "InputRounds", "RoundChannel"]
+
+logger = logging.getLogger(__name__)
 
 _ResultT = TypeVar("_ResultT", bound=BaseModel)
 
@@ -107,7 +111,7 @@ class RoundChannel:
 class Exchange:
     """One client request of the 2026-07-28 era whose upstream call asks questions, across its rounds."""
 
-    def __init__(self, rounds: InputRounds, principal: str, presupplied: Mapping[str, Any]) -> None:
+    def __init__(self, rounds: InputRounds, principal: str, presupplied: Mapping[str, Any], clock: Clock) -> None:
         self.id = secrets.token_urlsafe(16)
         self.principal = principal
         self.round = 0
@@ -121,16 +125,30 @@ class Exchange:
         self._outcome: Outcome | None = None
         self._error: BaseException | None = None
         self._done = False
-        self._scope = anyio.CancelScope()
+        self._clock = clock
+        self._deadline = clock.now() + ANSWER_SECONDS
 
     async def run(self, start: Start) -> None:
-        """Run the upstream call to its end (owned by `InputRounds`); never raises."""
-        with self._scope:
+        """Run the upstream call to its end, or until its client has not come back for `ANSWER_SECONDS` (owned
+        by `InputRounds`); never raises."""
+        async with anyio.create_task_group() as tg:
+
+            async def expire() -> None:
+                while (left := self._deadline - self._clock.now()) > 0:
+                    await self._clock.sleep(left)
+                tg.cancel_scope.cancel()
+
+            tg.start_soon(expire)
             try:
                 self._outcome = await start(self.channel)
             except Exception as error:  # noqa: BLE001  # handed to whichever round waits for the outcome
                 self._error = error
+            tg.cancel_scope.cancel()
         if self._outcome is None and self._error is None:
+            logger.info(
+                "a 2026-07-28 client did not come back with its answers within %g s; cancelled its request upstream",
+                ANSWER_SECONDS,
+            )
             self._error = MCPError(
                 types.INVALID_REQUEST,
                 f"the client did not send the answers to this request's questions within {ANSWER_SECONDS:g} s; "
@@ -147,7 +165,7 @@ class Exchange:
             MCPError: an answer to a question asked is not a valid result for it (-32602).
         """
         self.stream = stream
-        self._scope.deadline = anyio.current_time() + ANSWER_SECONDS
+        self._deadline = self._clock.now() + ANSWER_SECONDS
         for key, question in self._questions.items():
             if question.answered.is_set() or key not in responses:
                 continue
@@ -222,7 +240,8 @@ class Exchange:
 class InputRounds:
     """The exchanges in progress, each owned by this object's task group for as long as it runs."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Clock = SYSTEM_CLOCK) -> None:
+        self._clock = clock
         self._secret = secrets.token_bytes(32)
         self._exchanges: dict[str, Exchange] = {}
         self._tg: anyio.abc.TaskGroup | None = None
@@ -252,7 +271,7 @@ class InputRounds:
         else:
             if self._tg is None:
                 raise MCPError(types.INTERNAL_ERROR, "the proxy is not serving multi-round requests (shutting down)")
-            exchange = Exchange(self, principal, input_responses or {})
+            exchange = Exchange(self, principal, input_responses or {}, self._clock)
             self._exchanges[exchange.id] = exchange
             self._tg.start_soon(exchange.run, start)
         exchange.attach(stream, input_responses or {})

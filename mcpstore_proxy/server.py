@@ -99,7 +99,7 @@ class ProxyServer(Server[Any]):
         self._listings: weakref.WeakKeyDictionary[Catalog, dict[tuple[str, str], HandlerResult]] = (
             weakref.WeakKeyDictionary()
         )
-        self.rounds = InputRounds()
+        self.rounds = InputRounds(engine.clock)
         """The 2026-07-28 multi-round exchanges in progress; whoever serves this server enters `rounds.running()`."""
         engine.add_listener(self._downstream.announce_catalog_changed)
 

@@ -16,10 +16,11 @@ import httpx2
 import pytest
 from mcp.types.version import HANDSHAKE_PROTOCOL_VERSIONS, MODERN_PROTOCOL_VERSIONS
 
+from mcpstore_proxy.rounds import ANSWER_SECONDS
 from tests.fixtures.conformance_server import ConformanceFixtures
 from tests.inprocess import running_app
 from tests.memory import MemoryUpstreams
-from tests.support import CONFORMANCE_SERVER, connect, fixture_server, write_config
+from tests.support import CONFORMANCE_SERVER, connect, fixture_server, wait_until, write_config
 
 pytestmark = pytest.mark.anyio
 
@@ -144,3 +145,23 @@ async def test_a_2026_call_whose_mcp_param_header_disagrees_with_its_argument_is
         missing = await post(proxy.url, "tools/call", call)
     assert agreeing.json()["result"]["content"][0]["text"] == "region=eu"
     assert disagreeing.status_code == missing.status_code == 400
+
+
+async def test_a_request_whose_client_never_comes_back_is_cancelled_upstream_and_its_state_refused(
+    tmp_path: Path,
+) -> None:
+    config = write_config(tmp_path, {"state": fixture_server("state")})
+    call = {"name": "state_ask", "arguments": {"prompt": "still there?"}, "_meta": envelope({"sampling": {}})}
+    answer = {"role": "assistant", "content": {"type": "text", "text": "late"}, "model": "m"}
+    async with running_app(config) as proxy:
+        first = (await post(proxy.url, "tools/call", call)).json()["result"]
+        (key,) = first["inputRequests"]
+        await proxy.advance_clock(ANSWER_SECONDS - 1)
+        assert "did not come back" not in proxy.log
+        await proxy.advance_clock(2)
+        await wait_until(lambda: "did not come back" in proxy.log, what="the exchange to expire")
+        late = {**call, "inputResponses": {key: answer}, "requestState": first["requestState"]}
+        refused = await post(proxy.url, "tools/call", late)
+        assert "over" in refused.json()["error"]["message"]
+        again = (await post(proxy.url, "tools/call", call)).json()["result"]  # asking afresh still works
+        assert again["resultType"] == "input_required"
