@@ -360,3 +360,19 @@ async def unsubscribe(client: Client, uri: str) -> None:
 
 def text_of(result: types.CallToolResult) -> str:
     return "".join(block.text for block in result.content if isinstance(block, types.TextContent))
+
+
+def alice_and_bob_config(directory: Path, *, alice_token: str, bob_token: str, operator_token: str) -> Path:
+    """A config serving the stateful fixture as `state` to two principals, alice and bob, each allowed every agent
+    scope, with `operator_token` as the admin token."""
+    return write_config(
+        directory,
+        {"state": fixture_server("state")},
+        admin_token=operator_token,
+        auth={
+            "tokens": [
+                {"token": alice_token, "principal": "alice", "agents": ["*"]},
+                {"token": bob_token, "principal": "bob", "agents": ["*"]},
+            ]
+        },
+    )

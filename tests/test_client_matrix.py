@@ -1,33 +1,20 @@
-"""Every client's default mode, and the modes each one offers, against a real proxy process: the upstream's state
-lives across calls within one client process, and comes back on a new connection (or in a new process) that
-presents the same key, the `X-MCPStore-Session` header or the `session_id` argument.
+"""The client matrix, SDK clients: every SDK client's default mode, and the modes each one offers, against a real
+proxy process. The upstream's state lives across calls within one client, and comes back on a new connection (or in
+a new process) that presents the same key, the `X-MCPStore-Session` header or the `session_id` argument.
 
 The clients: the MCP Python SDK's `Client(url)` (auto, and legacy), the TypeScript SDK (Streamable HTTP and its
-SSE transport, through tests/fixtures/ts_client.mjs), mcp-remote in every `--protocol` and `--transport`, driven over
-stdio by the Python SDK, FastMCP's `Client`, and the MCP Inspector CLI (one process per call) with its `mcpdo`
-daemon (one connection across invocations).
-
-Who keeps what. A handshake-era client (2024-11-05 … 2025-11-25) keeps its connection's session. A 2026-07-28
-request over HTTP without a key runs in its principal's own default session, one per principal and agent scope.
-Any client gets a named session back wherever it presents the name.
-
-One proxy serves the module, without auth, so every client here is the same anonymous principal and the keyless
-2026-07-28 clients of every test share one default session. Each test therefore remembers values that carry its
-own tag and looks only at those (`Probe`), and names its sessions uniquely, closing them when it ends.
+SSE transport, through tests/fixtures/ts_client.mjs) and FastMCP's `Client`. tests/matrix.py holds the shared proxy
+and explains who keeps what; mcp-remote and the Inspector CLI with mcpdo have their own modules
+(tests/test_client_matrix_mcp_remote.py, tests/test_client_matrix_inspector.py).
 """
 
 from __future__ import annotations
 
 import json
-import os
-import re
-import secrets
-import signal
 from collections.abc import AsyncGenerator, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final, Literal, cast
+from typing import Any, Final
 
 import anyio
 import fastmcp
@@ -35,109 +22,33 @@ import httpx2
 import pytest
 from fastmcp.client.client import CallToolResult as FastMCPResult
 from fastmcp.client.transports import StreamableHttpTransport
-from mcp import Client, StdioServerParameters
-from mcp.client.stdio import stdio_client
+from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.types.version import HANDSHAKE_PROTOCOL_VERSIONS
 
+from tests.matrix import HEADER, KEYS, MODERN, Key, Probe, keyed, recall, remember, sse_url, whoami
+
+# The module's fixtures, which pytest finds by name.
+from tests.matrix import anyio_backend as anyio_backend
+from tests.matrix import probe as probe
+from tests.matrix import proxy as proxy
+from tests.matrix import session_name as session_name
 from tests.support import (
     FIXTURES,
     NODE_BIN,
     ProxyProcess,
-    admin,
-    descendants,
-    fixture_server,
-    is_alive,
+    alice_and_bob_config,
     node_environment,
     running_proxy,
-    structured,
-    wait_until,
-    write_config,
 )
-from tests.test_inspector import inspector, mcpdo
 
 pytestmark = pytest.mark.anyio
 
-MODERN: Final = "2026-07-28"
-HEADER: Final = "X-MCPStore-Session"
 TS_CLIENT: Final = FIXTURES / "ts_client.mjs"
 NODE_SECONDS: Final = 60
 ALICE_TOKEN: Final = "alice-token-matrix-5e1f0a"
 BOB_TOKEN: Final = "bob-token-matrix-93c7d2"
 OPERATOR_TOKEN: Final = "operator-token-matrix-7a4b"
-
-Key = Literal["header", "argument"]
-KEYS: Final[Sequence[Key]] = ("header", "argument")
-
-
-@pytest.fixture(scope="module")
-def anyio_backend() -> str:
-    """Module-wide, so that one proxy (an async fixture) serves every test of the module."""
-    return "asyncio"
-
-
-@pytest.fixture(scope="module")
-async def proxy(tmp_path_factory: pytest.TempPathFactory) -> AsyncGenerator[ProxyProcess]:
-    config = write_config(
-        tmp_path_factory.mktemp("client-matrix"),
-        {"state": fixture_server("state")},
-        # Connections that never say goodbye (each Inspector CLI call, for one) hold an upstream process until
-        # they idle out; a minute is far longer than any test's pause between two calls, and the caps leave room
-        # for a whole module's worth of them.
-        session_idle_timeout_seconds=60,
-        max_sessions_per_upstream=256,
-        max_named_sessions_per_client=256,
-    )
-    async with running_proxy(config) as running:
-        yield running
-
-
-@dataclass(frozen=True)
-class Probe:
-    """Values unique to one test: tests that share a session (the anonymous principal's default one) read only
-    their own."""
-
-    tag: str
-
-    def value(self, name: str) -> str:
-        return f"{self.tag}-{name}"
-
-    def mine(self, remembered: Any) -> list[str]:
-        assert isinstance(remembered, list), remembered
-        values = cast("list[Any]", remembered)
-        return [value for value in values if isinstance(value, str) and value.startswith(f"{self.tag}-")]
-
-
-@pytest.fixture
-def probe() -> Probe:
-    return Probe(f"t{secrets.token_hex(4)}")
-
-
-@pytest.fixture
-async def session_name(proxy: ProxyProcess) -> AsyncGenerator[str]:
-    """A session name no other test uses; the session is closed when the test ends."""
-    name = f"matrix-{secrets.token_hex(6)}"
-    yield name
-    closed = await admin(proxy.port, "DELETE", f"/sessions/{name}")
-    assert closed.status_code == 200, closed.text
-
-
-def sse_url(proxy: ProxyProcess) -> str:
-    return f"http://127.0.0.1:{proxy.port}/sse"
-
-
-def keyed(arguments: dict[str, Any], key: Key | None, name: str) -> dict[str, Any]:
-    """A tool call's arguments, naming the session when the key travels as the `session_id` argument."""
-    return {**arguments, "session_id": name} if key == "argument" else arguments
-
-
-@asynccontextmanager
-async def nothing_left_behind(proxy: ProxyProcess) -> AsyncGenerator[None]:
-    """Fail unless every process this block starts (other than the proxy's own upstreams) is gone at its end."""
-    before = descendants(os.getpid())
-    yield
-    started = descendants(os.getpid()) - before - {proxy.pid} - proxy.upstream_pids()
-    await wait_until(lambda: not any(is_alive(pid) for pid in started), what=f"the clients' processes {started}")
 
 
 # The MCP Python SDK.
@@ -155,18 +66,6 @@ async def python_client(url: str, mode: str = "auto", headers: dict[str, str] | 
         Client(streamable_http_client(url, http_client=http), mode=mode) as client,
     ):
         yield client
-
-
-async def remember(client: Client, value: str, **arguments: Any) -> list[str]:
-    return structured(await client.call_tool("state_remember", {"value": value, **arguments}))
-
-
-async def recall(client: Client, **arguments: Any) -> list[str]:
-    return structured(await client.call_tool("state_recall", arguments))
-
-
-async def whoami(client: Client, **arguments: Any) -> int:
-    return structured(await client.call_tool("state_whoami", arguments))
 
 
 async def test_python_sdk_client_by_default_speaks_2026_and_keeps_its_state_across_calls(
@@ -231,17 +130,7 @@ async def test_two_keyless_handshake_clients_never_see_each_others_state(proxy: 
 async def test_two_2026_clients_with_different_bearer_tokens_never_see_each_others_state(
     tmp_path: Path, probe: Probe
 ) -> None:
-    config = write_config(
-        tmp_path,
-        {"state": fixture_server("state")},
-        admin_token=OPERATOR_TOKEN,
-        auth={
-            "tokens": [
-                {"token": ALICE_TOKEN, "principal": "alice", "agents": ["*"]},
-                {"token": BOB_TOKEN, "principal": "bob", "agents": ["*"]},
-            ]
-        },
-    )
+    config = alice_and_bob_config(tmp_path, alice_token=ALICE_TOKEN, bob_token=BOB_TOKEN, operator_token=OPERATOR_TOKEN)
     alice_headers = {"Authorization": f"Bearer {ALICE_TOKEN}"}
     bob_headers = {"Authorization": f"Bearer {BOB_TOKEN}"}
     async with running_proxy(config) as secured:
@@ -345,77 +234,6 @@ async def test_typescript_sdk_client_gets_its_state_back_in_a_new_process_that_p
     assert second["session_id"] != first["session_id"], "a new connection"
 
 
-# mcp-remote, driven over stdio by the Python SDK.
-
-PROTOCOLS: Final = ("legacy", "auto")
-TRANSPORTS: Final = ("http-only", "sse-only", "http-first", "sse-first")
-
-
-@dataclass
-class McpRemoteRun:
-    """One mcp-remote process: the client that drives it, and the file its stderr goes to."""
-
-    client: Client
-    log: Path
-
-    def bridged_to_2026(self) -> bool:
-        """Whether mcp-remote speaks 2026-07-28 to the proxy (it answers the local handshake itself then)."""
-        return f"Remote server speaks MCP {MODERN}" in self.log.read_text()
-
-
-@asynccontextmanager
-async def mcp_remote(
-    proxy: ProxyProcess, home: Path, protocol: str, transport: str, header: str | None = None
-) -> AsyncGenerator[McpRemoteRun]:
-    """mcp-remote bridging stdio to the proxy (its SSE endpoint for the sse-* strategies), with the Python SDK's
-    stdio client on the other end; stops the process on exit (the SDK does) and checks that it is gone."""
-    url = sse_url(proxy) if transport.startswith("sse") else proxy.url
-    arguments = [str(NODE_BIN / "mcp-remote"), url, "--protocol", protocol, "--transport", transport]
-    parameters = StdioServerParameters(
-        command=str(NODE_BIN / "node"),
-        args=[*arguments, *(["--header", header] if header else [])],
-        env=node_environment(HOME=str(home), MCP_REMOTE_CONFIG_DIR=str(home / "mcp-remote")),
-    )
-    log = home / f"mcp-remote-{secrets.token_hex(3)}.log"
-    async with nothing_left_behind(proxy):
-        with log.open("w") as stderr:
-            try:
-                async with Client(stdio_client(parameters, errlog=stderr), mode="legacy") as client:
-                    yield McpRemoteRun(client, log)
-            except Exception as error:
-                error.add_note(f"mcp-remote {' '.join(arguments[1:])} wrote on stderr:\n{log.read_text()}")
-                raise
-
-
-@pytest.mark.parametrize("transport", TRANSPORTS)
-@pytest.mark.parametrize("protocol", PROTOCOLS)
-async def test_mcp_remote_keeps_its_state_across_calls(
-    proxy: ProxyProcess, probe: Probe, tmp_path: Path, protocol: str, transport: str
-) -> None:
-    one, two = probe.value("one"), probe.value("two")
-    async with mcp_remote(proxy, tmp_path, protocol, transport) as remote:
-        assert probe.mine(await remember(remote.client, one)) == [one]
-        assert probe.mine(await remember(remote.client, two)) == [one, two]
-        assert probe.mine(await recall(remote.client)) == [one, two]
-        assert await whoami(remote.client) == await whoami(remote.client)
-        assert remote.bridged_to_2026() == (protocol == "auto")
-
-
-@pytest.mark.parametrize("transport", TRANSPORTS)
-@pytest.mark.parametrize("protocol", PROTOCOLS)
-async def test_mcp_remote_gets_its_state_back_in_a_new_process_that_sends_the_session_header(
-    proxy: ProxyProcess, probe: Probe, session_name: str, tmp_path: Path, protocol: str, transport: str
-) -> None:
-    header, value = f"{HEADER}:{session_name}", probe.value("kept")
-    async with mcp_remote(proxy, tmp_path, protocol, transport, header) as first:
-        assert await remember(first.client, value) == [value]
-        upstream = await whoami(first.client)
-    async with mcp_remote(proxy, tmp_path, protocol, transport, header) as second:
-        assert await recall(second.client) == [value]
-        assert await whoami(second.client) == upstream
-        assert second.bridged_to_2026() == (protocol == "auto")
-
-
 # FastMCP's Client.
 
 
@@ -461,75 +279,3 @@ async def test_fastmcp_client_gets_its_state_back_on_a_new_connection_that_prese
         assert fastmcp_result(await second.call_tool("state_whoami", keyed({}, key, session_name))) == upstream
     async with fastmcp.Client(proxy.url) as stranger:
         assert probe.mine(fastmcp_result(await stranger.call_tool("state_recall", {}))) == []
-
-
-# The MCP Inspector CLI: one process per call, and mcpdo's daemon holding one connection.
-
-
-@pytest.mark.parametrize("key", KEYS)
-async def test_inspector_cli_calls_in_separate_processes_share_state_only_through_a_session_key(
-    proxy: ProxyProcess, probe: Probe, session_name: str, tmp_path: Path, key: Key
-) -> None:
-    value = probe.value("kept")
-
-    async def tool(name: str, arguments: dict[str, Any], key: Key | None) -> Any:
-        header = ["--header", f"{HEADER}: {session_name}"] if key == "header" else []
-        called = await inspector(
-            tmp_path,
-            proxy.url,
-            "--method",
-            "tools/call",
-            "--tool-name",
-            name,
-            "--tool-args-json",
-            json.dumps(keyed(arguments, key, session_name)),
-            *header,
-        )
-        assert not called.get("isError"), called
-        return called["structuredContent"]["result"]
-
-    assert await tool("state_remember", {"value": value}, key) == [value]
-    assert await tool("state_recall", {}, key) == [value]
-    assert await tool("state_recall", {}, None) == [], "a keyless call is a fresh connection, with a fresh session"
-
-
-async def test_mcpdo_keeps_one_connections_state_across_invocations_and_a_named_one_across_reconnects(
-    proxy: ProxyProcess, probe: Probe, session_name: str, tmp_path: Path
-) -> None:
-    one, two, kept = probe.value("one"), probe.value("two"), probe.value("kept")
-
-    async def tool(connection: str, name: str, **arguments: Any) -> Any:
-        output = await mcpdo(
-            tmp_path,
-            "--connection",
-            connection,
-            "--format",
-            "json",
-            "tools/call",
-            name,
-            "--tool-args-json",
-            json.dumps(arguments),
-        )
-        called = json.loads(output)
-        assert not called.get("isError"), called
-        return called["structuredContent"]["result"]
-
-    await mcpdo(tmp_path, "connect", "--connection", "plain", proxy.url)
-    daemon = re.search(r"Daemon pid (\d+)", await mcpdo(tmp_path, "daemon", "status"))
-    assert daemon is not None
-    daemon_pid = int(daemon.group(1))
-    try:
-        await tool("plain", "state_remember", value=one)
-        assert await tool("plain", "state_remember", value=two) == [one, two]
-        assert await tool("plain", "state_recall") == [one, two]
-
-        header = f"{HEADER}: {session_name}"
-        await mcpdo(tmp_path, "connect", "--connection", "named", proxy.url, "--header", header)
-        assert await tool("named", "state_remember", value=kept) == [kept]
-        await mcpdo(tmp_path, "disconnect", "named")
-        await mcpdo(tmp_path, "connect", "--connection", "named-again", proxy.url, "--header", header)
-        assert await tool("named-again", "state_recall") == [kept]
-        assert await tool("plain", "state_recall") == [one, two]
-    finally:
-        os.kill(daemon_pid, signal.SIGTERM)
-        await wait_until(lambda: not is_alive(daemon_pid), what="the mcpdo daemon to stop")
