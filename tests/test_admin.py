@@ -115,6 +115,21 @@ async def test_adding_a_command_service_through_the_api_is_refused_unless_the_co
         assert ready.json()["state"] == "ready"
 
 
+async def test_replacing_a_url_service_with_a_command_through_the_api_is_refused_like_adding_one(
+    tmp_path: Path,
+) -> None:
+    closed = write_config(tmp_path, {})
+    async with running_app(closed) as proxy:
+        added = await admin(proxy.port, "POST", "/services", {"name": "remote", "url": "http://127.0.0.1:9/mcp"})
+        assert added.status_code == 200, added.text
+        refused = await admin(proxy.port, "PUT", "/services/remote", fixture_server("spawned"))
+        assert refused.status_code == 400
+        assert "allow_stdio_services_via_api" in refused.json()["error"]["message"]
+        assert proxy.upstreams.started == []  # nothing was spawned
+        moved = await admin(proxy.port, "PUT", "/services/remote", {"url": "http://127.0.0.1:10/mcp"})
+        assert moved.status_code == 200, moved.text  # another URL is the legitimate use
+
+
 async def test_a_service_added_at_run_time_survives_a_restart(tmp_path: Path) -> None:
     config = write_config(tmp_path, {})
     async with serving_fixture_over_http("remote") as upstream_url:
