@@ -51,8 +51,8 @@ async def serve_stdio() -> None:
         await server.run(read_stream, write_stream, server.create_initialization_options())
 
 
-def serve_http(port: int) -> None:
-    manager = StreamableHTTPSessionManager(app=build())
+def serve_http(port: int, *, json_response: bool = False) -> None:
+    manager = StreamableHTTPSessionManager(app=build(), json_response=json_response)
 
     @asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncGenerator[None]:

@@ -29,7 +29,8 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import first_call
-import forwarding
+from forwarding_processes import pinned, process_table, running, started_process, upstream_processes
+from forwarding_targets import Target
 from proxy_overhead import ROOT, client, cpu_seconds, free_port, percentile, rss_kib
 
 MANY_TOOLS_SERVER = ROOT / "bench" / "many_tools_server.py"
@@ -42,7 +43,7 @@ PROTOCOL_VERSION = "2025-06-18"
 
 def rss_children_kib(pid: int) -> tuple[int, int]:
     """How many echo-server upstreams run under `pid`, and their RSS in total (KiB)."""
-    upstreams = forwarding.upstream_processes(pid)
+    upstreams = upstream_processes(pid)
     total = 0
     for upstream in upstreams:
         with suppress(FileNotFoundError, ProcessLookupError, RuntimeError):
@@ -50,12 +51,10 @@ def rss_children_kib(pid: int) -> tuple[int, int]:
     return len(upstreams), total
 
 
-async def idle_memory(
-    target: forwarding.Target, workdir: Path, pin: bool, install: bool, sessions: int
-) -> dict[str, Any]:
+async def idle_memory(target: Target, workdir: Path, pin: bool, install: bool, sessions: int) -> dict[str, Any]:
     row: dict[str, Any] = {"target": target.name, "label": target.label, "idle_sessions": sessions}
     try:
-        async with forwarding.running(target, workdir, pin, install) as (launch, pid, seen_upstreams):
+        async with running(target, workdir, pin, install) as (launch, pid, seen_upstreams):
             async with client(launch.url) as warm:  # the proxy's own code paths, warmed before the baseline
                 await warm.call_tool("echo", {"text": "warm-up"})
             await anyio.sleep(SETTLE_SECONDS)
@@ -69,7 +68,7 @@ async def idle_memory(
                 await anyio.sleep(SETTLE_SECONDS)
                 after = rss_kib(pid)
                 upstreams, upstream_kib = rss_children_kib(pid)
-                seen_upstreams.extend(forwarding.upstream_processes(pid))
+                seen_upstreams.extend(upstream_processes(pid))
     except Exception as error:  # noqa: BLE001 - a target that cannot run is reported, not fatal
         row["skipped"] = f"{type(error).__name__}: {error}"[:300]
         return row
@@ -206,12 +205,12 @@ async def tools_list(workdir: Path, pin: bool, upstreams: int, tools_each: int, 
     argv = [str(executable), "serve", "--config", str(config), "--port", str(port)]
     url = f"http://127.0.0.1:{port}/mcp"
     try:
-        async with forwarding.started_process(argv, workdir / "many-tools.log", pin) as process:
+        async with started_process(argv, workdir / "many-tools.log", pin) as process:
             row["seconds_until_all_ready"] = await all_ready(port, upstreams)
             raw, raw_count, cpu_ms = await raw_tools_list(url, calls, process.pid)
             sdk, sdk_count = await sdk_tools_list(url, calls)
             row["upstream_processes"] = len(
-                [pid for pid, (_, command) in forwarding.process_table().items() if str(MANY_TOOLS_SERVER) in command]
+                [pid for pid, (_, command) in process_table().items() if str(MANY_TOOLS_SERVER) in command]
             )
     except Exception as error:  # noqa: BLE001 - reported, not fatal
         row["skipped"] = f"{type(error).__name__}: {error}"[:300]
@@ -257,7 +256,7 @@ def tools_list_table(row: dict[str, Any]) -> str:
 async def first_calls(workdir: Path, pin: bool, sessions: int, warm: int) -> dict[str, Any]:
     """bench/first_call.py's two modes, its proxy pinned like every system under test here."""
     result: dict[str, Any] = {"sessions": sessions, "warm_sessions": warm}
-    first_call.LAUNCH_PREFIX[:] = forwarding.pinned([], pin)
+    first_call.LAUNCH_PREFIX[:] = pinned([], pin)
     try:
         for mode, warm_sessions in (("cold", 0), ("warm", warm)):
             latencies = await first_call.run_mode(workdir, warm_sessions, sessions)
