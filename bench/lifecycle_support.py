@@ -206,16 +206,16 @@ class Proxy:
             await anyio.sleep(interval)
 
     async def health(self) -> dict[str, Any] | None:
-        """/healthz, or None while it does not answer 200."""
+        """/admin/status (the upstreams' states; /healthz is liveness only), or None while it does not answer 200."""
         try:
             async with httpx2.AsyncClient(timeout=5) as http:
-                answer = await http.get(f"http://127.0.0.1:{self.port}/healthz")
+                answer = await http.get(f"http://127.0.0.1:{self.port}/admin/status")
         except httpx2.TransportError:
             return None
         return answer.json() if answer.status_code == 200 else None
 
     async def wait_healthy(self, *, timeout: float = 60, upstreams_ready: Sequence[str] = ()) -> float:
-        """Seconds from launch until /healthz answers 200 (and names each of `upstreams_ready` ready)."""
+        """Seconds from launch until /admin/status answers 200 (and names each of `upstreams_ready` ready)."""
 
         async def is_healthy() -> bool:
             if not self.is_running:
