@@ -27,7 +27,7 @@ from mcp.client.streamable_http import streamable_http_client
 
 from mcpstore_proxy.errors import AuthenticationError
 from tests.inprocess import InProcessProxy, running_app
-from tests.support import FIXTURES, NODE_BIN, fixture_server, node_environment, structured, write_config
+from tests.support import FIXTURES, NODE_BIN, alice_and_bob_config, node_environment, structured
 
 pytestmark = pytest.mark.anyio
 
@@ -42,17 +42,7 @@ MCP_HEADERS: Final = {"Accept": "application/json, text/event-stream", "Content-
 
 @pytest.fixture
 async def proxy(tmp_path: Path) -> AsyncGenerator[InProcessProxy]:
-    config = write_config(
-        tmp_path,
-        {"state": fixture_server("state")},
-        admin_token=OPERATOR_TOKEN,
-        auth={
-            "tokens": [
-                {"token": ALICE_TOKEN, "principal": "alice", "agents": ["*"], "admin": False},
-                {"token": BOB_TOKEN, "principal": "bob", "agents": ["*"], "admin": False},
-            ]
-        },
-    )
+    config = alice_and_bob_config(tmp_path, alice_token=ALICE_TOKEN, bob_token=BOB_TOKEN, operator_token=OPERATOR_TOKEN)
     async with running_app(config) as running:
         yield running
 
