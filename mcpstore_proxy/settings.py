@@ -197,6 +197,16 @@ class ProxySettings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(default=8765, ge=0, le=65535)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["text", "json"] = "text"
+    """`json`: one JSON object per line (time, level, event, upstream, principal, session, duration_ms)."""
+    metrics_token: str | None = Field(default=None, min_length=16)
+    """A bearer token that may read `/metrics` (besides the admin token and admin principals)."""
+    metrics_per_principal: bool = False
+    """Label call metrics with the principal (unbounded with many users; off by default)."""
+    tracing: bool = False
+    """OpenTelemetry spans for each forwarded operation (needs `pip install "mcpstore-proxy[otel]"`)."""
+    watch_config: bool = False
+    """Reload the config file when it changes (as on SIGHUP and `POST /admin/reload`)."""
     session_idle_timeout_seconds: float = Field(default=1800.0, gt=0, allow_inf_nan=False)
     max_sessions_per_upstream: int = Field(default=32, gt=0)
     max_downstream_sessions: int = Field(default=1000, gt=0)
