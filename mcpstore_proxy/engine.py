@@ -40,6 +40,7 @@ from mcpstore_proxy.catalog import Catalog, ToolRoute
 from mcpstore_proxy.clock import SYSTEM_CLOCK, Clock
 from mcpstore_proxy.config import ProxySettings, UpstreamConfig
 from mcpstore_proxy.errors import UpstreamStartError
+from mcpstore_proxy.events import EventLog
 from mcpstore_proxy.keys import STORE_SCOPE, SessionKey
 from mcpstore_proxy.named import NamedSessions
 from mcpstore_proxy.pins import Approval, ToolPins
@@ -71,6 +72,8 @@ class ProxyEngine(RequestRouting):
         self.settings = settings
         self.clock = clock
         """The wall clock for expiry (session records, and the rounds of 2026-07-28 requests); tests move it."""
+        self.events = EventLog(clock)
+        """Resets, refusals, timeouts, spawns and pinning events: the status page's recent list, and the metrics."""
         self._log_levels: dict[SessionKey, types.LoggingLevel] = {}
         self._context = ServiceContext(
             start_timeout_seconds=settings.upstream_start_timeout_seconds,
