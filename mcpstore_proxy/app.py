@@ -1,8 +1,8 @@
 """The HTTP face of the proxy, as a Starlette app: Streamable HTTP at `/mcp` (and `/agents/{id}/mcp` for an
 agent's view), the legacy HTTP+SSE transport at `/sse` (events) and `/messages/` (posts) for older clients,
-the admin API under `/admin` (see `admin`), `/healthz` (liveness), and the RFC 9728 protected-resource
-metadata under `/.well-known/oauth-protected-resource`. Every MCP endpoint and the admin API pass the gate
-(`gate`), which learns the principal a request proves.
+the admin API under `/admin` (see `admin`), the probes `/health`, `/ready` and `/healthz` (`_Probes`), and
+the RFC 9728 protected-resource metadata under `/.well-known/oauth-protected-resource`. Every MCP endpoint and
+the admin API pass the gate (`gate`), which learns the principal a request proves.
 
 The SDK's session manager serves `/mcp` with DNS-rebinding protection on: a
 request whose Host is not allowed gets 421, a foreign Origin gets 403. Loopback
@@ -109,9 +109,11 @@ def create_app(engine: ProxyEngine) -> HttpFace:
     legacy = _LegacySseStream(server, SseServerTransport("/messages/", security_settings=security))
     door = _FrontDoor(server.drain, manager, legacy, settings)
 
+    probes = _Probes(server.drain)
+
     @asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncGenerator[None]:
-        async with server.rounds.running(), manager.run():
+        async with server.rounds.running(), manager.run(), probes.serving():
             yield
 
     def status() -> dict[str, Any]:
@@ -132,10 +134,6 @@ def create_app(engine: ProxyEngine) -> HttpFace:
             },
         }
 
-    async def health(_: Request) -> JSONResponse:
-        """Liveness: the event loop answers. Nothing about what the proxy serves (that is `/admin/status`)."""
-        return JSONResponse({"status": "draining" if server.drain.is_draining else "ok"})
-
     gate = AuthGate(
         Authenticator(settings.auth, admin_token=settings.admin_token),
         resource_url=_resource_url(settings),
@@ -151,12 +149,47 @@ def create_app(engine: ProxyEngine) -> HttpFace:
             Mount("/messages/", app=gate.guard(legacy.transport.handle_post_message)),
             Route(METADATA_PATH, endpoint=gate.metadata, methods=["GET"]),
             Route(f"{METADATA_PATH}/mcp", endpoint=gate.metadata, methods=["GET"]),
-            Route("/healthz", endpoint=health),
+            Route("/health", endpoint=probes.health, methods=["GET"]),
+            Route("/healthz", endpoint=probes.healthz, methods=["GET"]),
+            Route("/ready", endpoint=probes.ready, methods=["GET"]),
             *admin_routes(control, settings, security, gate, status),
         ],
         lifespan=lifespan,
     )
     return HttpFace(app, server.drain, manager, legacy, door)
+
+
+class _Probes:
+    """What Kubernetes asks, unauthenticated, and answered with nothing about the upstreams (that is
+    `/admin/status`): `/health` (liveness) says the event loop answers, draining or not, since a liveness probe
+    that failed during a drain would have the pod killed mid-drain; `/ready` (readiness) says whether to send new
+    clients here: not before the app's lifespan has started (the listener opens after it), nor while draining.
+    `/healthz` is `/health` under its older name, whose body still says `draining` during a drain."""
+
+    def __init__(self, drain: Drain) -> None:
+        self._drain = drain
+        self._is_serving = False
+
+    @asynccontextmanager
+    async def serving(self) -> AsyncGenerator[None]:
+        self._is_serving = True
+        try:
+            yield
+        finally:
+            self._is_serving = False
+
+    async def health(self, _: Request) -> JSONResponse:
+        return JSONResponse({"status": "ok"})
+
+    async def healthz(self, _: Request) -> JSONResponse:
+        return JSONResponse({"status": "draining" if self._drain.is_draining else "ok"})
+
+    async def ready(self, _: Request) -> JSONResponse:
+        if self._drain.is_draining:
+            return JSONResponse({"status": "draining"}, status_code=503)
+        if not self._is_serving:
+            return JSONResponse({"status": "starting"}, status_code=503)
+        return JSONResponse({"status": "ok"})
 
 
 class _FrontDoor:
