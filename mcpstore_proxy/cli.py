@@ -41,7 +41,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             port=arguments.port,
             log_level=arguments.log_level,
         )
-        configure_logging(settings.log_level)
+        configure_logging(settings.log_level, settings.log_format)
         if arguments.command == "serve":
             anyio.run(serve_http, settings)
         elif arguments.command == "stdio":

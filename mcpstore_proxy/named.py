@@ -17,7 +17,7 @@ from typing import Final
 
 from mcpstore_proxy.errors import SessionLimitError
 from mcpstore_proxy.keys import SessionKey
-from mcpstore_proxy.logs import ThrottledWarning
+from mcpstore_proxy.logs import ThrottledWarning, log_fields
 from mcpstore_proxy.records import SessionRecord, SessionStore
 from mcpstore_proxy.registry import ServiceRegistry
 from mcpstore_proxy.services import LISTING_KINDS, ServiceState
@@ -71,6 +71,7 @@ class NamedSessions:
                 "refused %s: its client already holds %d named sessions (max_named_sessions_per_client)",
                 key,
                 len(held),
+                extra=log_fields(key=key),
             )
             raise SessionLimitError(
                 f"this client already holds {len(held)} named sessions, its limit; reuse or close one "

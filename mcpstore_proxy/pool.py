@@ -44,7 +44,7 @@ from mcpstore_proxy.errors import (
     UpstreamStoppedError,
 )
 from mcpstore_proxy.keys import SessionKey
-from mcpstore_proxy.logs import ThrottledWarning
+from mcpstore_proxy.logs import ThrottledWarning, log_fields
 from mcpstore_proxy.relay import ClientCall, ListKind, SessionRelay
 from mcpstore_proxy.transports import TransportFactory
 from mcpstore_proxy.upstream import ALL_CLIENT_CAPABILITIES, ClientCapability, EndReason, UpstreamSession
@@ -213,6 +213,7 @@ class SessionPool:
                     self.upstream,
                     key,
                     self._cap,
+                    extra=log_fields(upstream=self.upstream, key=key),
                 )
                 raise SessionLimitError(
                     f"upstream '{self.upstream}' already has {len(self._sessions)} sessions, its cap; end idle "
@@ -275,7 +276,12 @@ class SessionPool:
             return
         reason = spare.failure.described if spare.failure else "the connection ended"
         if spare.end_reason is EndReason.LOST:
-            logger.warning("a spare session with upstream '%s' went away (%s); replacing it", self.upstream, reason)
+            logger.warning(
+                "a spare session with upstream '%s' went away (%s); replacing it",
+                self.upstream,
+                reason,
+                extra=log_fields(upstream=self.upstream, error=reason),
+            )
             self.fill()
         else:
             self._spare_failures.warn(
@@ -283,6 +289,7 @@ class SessionPool:
                 "takes or ends a session, or the upstream comes up again",
                 self.upstream,
                 reason,
+                extra=log_fields(upstream=self.upstream, error=reason),
             )
 
     async def spares_started(self) -> None:
@@ -340,11 +347,13 @@ class SessionPool:
 
     def _note_lost(self, key: SessionKey, session: UpstreamSession) -> None:
         """The key's session ended by itself (crash, exit): say so once, and warn its client on its next call."""
+        reason = session.failure.described if session.failure else "the connection ended"
         logger.warning(
             "upstream '%s' went away during %s (%s); its next call starts afresh",
             self.upstream,
             key,
-            session.failure.described if session.failure else "the connection ended",
+            reason,
+            extra=log_fields(upstream=self.upstream, key=key, error=reason),
         )
         self._lost_keys.add(key)
 

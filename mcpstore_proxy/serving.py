@@ -113,6 +113,7 @@ async def _serve_http(engine: ProxyEngine, stop: StopRequests) -> bool:
             host=settings.host,
             port=settings.port,
             log_level=settings.log_level.lower(),
+            log_config=None,  # uvicorn's lines go through ours (`logs`): redacted, and JSON with `log_format: json`
             access_log=False,
             timeout_graceful_shutdown=_CLOSE_CONNECTIONS_SECONDS,
             lifespan="on",

@@ -41,7 +41,7 @@ def write_raw(tmp_path: Path, text: str, name: str = "proxy.yaml") -> Path:
     return path
 
 
-def leave_logging_alone(level: str) -> None:
+def leave_logging_alone(level: str, log_format: str = "text") -> None:
     """In place of `configure_logging`, which would take the root logger over from pytest."""
 
 
