@@ -47,8 +47,8 @@ from mcpstore_proxy.control import Control
 from mcpstore_proxy.drain import Drain
 from mcpstore_proxy.engine import ProxyEngine
 from mcpstore_proxy.errors import ConnectionLimitError, ProxyError, ShuttingDownError
-from mcpstore_proxy.gate import METADATA_PATH, AuthGate
-from mcpstore_proxy.logs import ThrottledWarning
+from mcpstore_proxy.gate import METADATA_PATH, AuthGate, principal_of
+from mcpstore_proxy.logs import ThrottledWarning, log_fields
 from mcpstore_proxy.registry import ServicePolicy
 from mcpstore_proxy.server import REQUEST_SCOPE, ProxyServer
 
@@ -254,7 +254,8 @@ class _FrontDoor:
         return send_ours_instead
 
     async def _refuse(self, refusal: ProxyError, scope: Scope, receive: Receive, send: Send) -> None:
-        self._refusals.warn("refused a new client session: %s", refusal.message)
+        principal = principal_of(scope).name
+        self._refusals.warn("refused a new client session: %s", refusal.message, extra=log_fields(principal=principal))
         await _json_rpc_error(refusal)(scope, receive, send)
 
     def _refusal(self) -> ProxyError | None:

@@ -41,6 +41,7 @@ from mcpstore_proxy.errors import (
     first_line,
     innermost,
 )
+from mcpstore_proxy.logs import log_fields
 from mcpstore_proxy.relay import ClientCall, ListKind, SessionRelay
 from mcpstore_proxy.transports import StderrTail, TransportEvents, TransportFactory, open_transport
 
@@ -123,7 +124,9 @@ class UpstreamSession:
         """This session's own listings, once it announced a change; the catalog's stand in until then."""
         self.end_reason: EndReason | None = None
         self.failure: UpstreamError | None = None
-        self.last_used = anyio.current_time()
+        self.started_at = anyio.current_time()
+        """When it was made (`anyio.current_time()`), for its age on the status page."""
+        self.last_used = self.started_at
         self.calls_in_flight = 0
         self.stderr = StderrTail(upstream)
         self._start_timeout_seconds = start_timeout_seconds
@@ -253,6 +256,7 @@ class UpstreamSession:
                 _describe(request),
                 self.label or "the catalog",
                 self.config.call_timeout_seconds,
+                extra=log_fields(upstream=self.upstream, duration_seconds=self.config.call_timeout_seconds),
             )
             raise UpstreamTimeoutError(
                 self.upstream,

@@ -34,6 +34,7 @@ from mcp import MCPError, types
 from mcpstore_proxy.config import UpstreamConfig
 from mcpstore_proxy.errors import UpstreamError, UpstreamStartError, UpstreamStoppedError, first_line
 from mcpstore_proxy.keys import SessionKey
+from mcpstore_proxy.logs import log_fields
 from mcpstore_proxy.pool import PoolHooks, Spawner
 from mcpstore_proxy.relay import ClientCall, ListKind, SessionRelay
 from mcpstore_proxy.transports import TransportFactory
@@ -149,11 +150,22 @@ class UpstreamService(ABC):
                 if self._restart_now:
                     continue
                 if session.end_reason is EndReason.LOST and self.state is ServiceState.READY:
-                    logger.warning("upstream '%s' went away (%s); restarting it", self.name, self._reason(session))
+                    reason = self._reason(session)
+                    logger.warning(
+                        "upstream '%s' went away (%s); restarting it",
+                        self.name,
+                        reason,
+                        extra=log_fields(upstream=self.name, error=reason),
+                    )
                     self._set_state(ServiceState.RESTARTING)
                 else:
                     self.error = self.error or session.failure or UpstreamStartError(self.name, self._reason(session))
-                    logger.warning("%s; retrying in %g s", self.error.described, delay)
+                    logger.warning(
+                        "%s; retrying in %g s",
+                        self.error.described,
+                        delay,
+                        extra=log_fields(upstream=self.name, error=self.error.message),
+                    )
                     self._set_state(ServiceState.FAILED)
                 self.first_attempt_done.set()
                 await self._pause(delay)
