@@ -15,6 +15,8 @@
     GET    /admin/pins                      tool pins, and changed definitions awaiting approval (operators only)
     POST   /admin/pins/{name}/approve       approve a tool's changed definition; `name` is the exposed name or
                                             `upstream/tool` (operators only)
+    POST   /admin/reload                    reload the config file and apply what changed (operators only; see
+                                            `reload`): {added, removed, restarted, unchanged, needs_restart}
 
 Every path takes `?agent=ID` for an agent's scope (absent: the store's). Errors come back as
 `{"error": {"type": ..., "message": ..., "code": ...}}` with the error's HTTP status.
@@ -112,6 +114,7 @@ def admin_routes(
         ("/status", operator(api.status), ["GET"]),
         ("/pins", operator(api.list_pins), ["GET"]),
         ("/pins/{name:path}/approve", operator(api.approve_pin), ["POST"]),
+        ("/reload", operator(api.reload), ["POST"]),
     ]
     return [Mount("/admin", routes=[Route(path, endpoint, methods=methods) for path, endpoint, methods in routes])]
 
@@ -256,6 +259,9 @@ class _AdminApi:
 
     async def approve_pin(self, request: Request, control: Control) -> Any:
         return control.engine.approve_tool(request.path_params["name"])
+
+    async def reload(self, request: Request, control: Control) -> Any:
+        return await control.engine.reloader.reload("admin")
 
 
 def _agent(request: Request) -> str:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from pydantic import ValidationError
 from pydantic_settings import BaseSettings, InitSettingsSource, PydanticBaseSettingsSource
@@ -34,6 +34,7 @@ __all__ = [
     "describe_validation_error",
     "is_valid_name",
     "load_settings",
+    "reload_settings",
 ]
 
 logger = logging.getLogger(__name__)
@@ -52,6 +53,8 @@ def load_settings(path: Path | None = None, *, serving: bool = False, **override
     data = file.read()
 
     class _LoadedSettings(ProxySettings):
+        load_arguments: ClassVar[tuple[Path, bool, dict[str, Any]]] = (config_path, serving, overrides)
+
         def model_post_init(self, context: Any, /) -> None:
             super().model_post_init(context)
             self._config_path = config_path
@@ -86,6 +89,19 @@ def load_settings(path: Path | None = None, *, serving: bool = False, **override
     for warning in file.warnings:
         logger.warning("%s", warning)
     return settings
+
+
+def reload_settings(settings: ProxySettings) -> ProxySettings:
+    """Load the file `settings` came from again, as it was loaded then (the same overrides, for `serve` or not).
+
+    Raises:
+        ConfigError: as `load_settings`; or `settings` did not come from a file.
+    """
+    arguments: tuple[Path, bool, dict[str, Any]] | None = getattr(type(settings), "load_arguments", None)
+    if arguments is None:
+        raise ConfigError("these settings were not loaded from a config file, so there is no file to reload")
+    path, serving, overrides = arguments
+    return load_settings(path, serving=serving, **overrides)
 
 
 def _resolve_path(path: Path | None) -> Path:

@@ -47,6 +47,7 @@ from mcpstore_proxy.pins import Approval, ToolPins
 from mcpstore_proxy.pool import PoolHooks
 from mcpstore_proxy.records import SessionRecords, SessionStore
 from mcpstore_proxy.registry import Origin, ServicePolicy, ServiceRegistry
+from mcpstore_proxy.reload import Reloader
 from mcpstore_proxy.routing import RequestRouting
 from mcpstore_proxy.services import ServiceContext, ServiceState, UpstreamService, create_service
 from mcpstore_proxy.status import ServiceInfo, service_info
@@ -103,6 +104,9 @@ class ProxyEngine(RequestRouting):
             max_per_client=settings.max_named_sessions_per_client,
         )
         self._listeners: list[CatalogListener] = []
+        self.reloader = Reloader(self)
+        """Applies a changed config file (SIGHUP, `POST /admin/reload`, `watch_config`)."""
+        self._retiring: set[UpstreamService] = set()
         self._task_group: anyio.abc.TaskGroup | None = None
         self._stack: AsyncExitStack | None = None
         self._is_closing = False
@@ -184,7 +188,7 @@ class ProxyEngine(RequestRouting):
         self._is_closing = True
         with anyio.move_on_after(_SHUTDOWN_SECONDS, shield=True):
             async with anyio.create_task_group() as tg:
-                for service in self.registry:
+                for service in [*self.registry, *self._retiring]:
                     tg.start_soon(service.close, "the proxy is shutting down")
         logger.debug("every upstream session is closed")
         assert self._task_group is not None
@@ -244,6 +248,48 @@ class ProxyEngine(RequestRouting):
 
     async def restart_service(self, agent: str, name: str) -> None:
         await self.registry.service(agent, name).restart()
+
+    # The config file's services, as a reload changes them (see `reload`).
+
+    def add_configured_service(self, name: str, config: UpstreamConfig) -> None:
+        """Start a service the config file now has.
+
+        Raises:
+            ConfigError: a service added at run time has the name.
+        """
+        self._start(self.registry.add_configured(name, config))
+
+    def retire_configured_service(self, name: str, reason: str) -> None:
+        """Withdraw a service the config file no longer has: at once from the catalog and from new sessions, while
+        the calls in flight get `shutdown_grace_seconds` to finish before it closes."""
+        service = self.registry.remove_configured(name)
+        self.named.unbind_everywhere(name)
+        self._retire(service, reason)
+        self._catalog_changed()
+
+    def replace_configured_service(self, name: str, config: UpstreamConfig, reason: str) -> None:
+        """Start a service afresh from its changed entry; the old one retires (see `retire_configured_service`), and
+        every key that held a session with it is warned on its next call that its state was reset."""
+        old = self.registry.remove_configured(name)
+        service = self.registry.add_configured(name, config)
+        service.succeed(old)
+        self._start(service)
+        self._retire(old, reason)
+        self._catalog_changed()
+
+    def _retire(self, service: UpstreamService, reason: str) -> None:
+        assert self._task_group is not None
+        self._retiring.add(service)
+        self._task_group.start_soon(self._retire_then_forget, service, reason, name=f"retiring {service.name}")
+
+    async def _retire_then_forget(self, service: UpstreamService, reason: str) -> None:
+        """An owner task: a fault is logged, never raised into the engine."""
+        try:
+            await service.retire(self.settings.shutdown_grace_seconds, reason)
+        except Exception:
+            logger.exception("upstream '%s': could not close it after it was withdrawn", service.name)
+        finally:
+            self._retiring.discard(service)
 
     async def wait_service(self, agent: str, name: str, timeout_seconds: float) -> UpstreamService:
         """Wait until the service is ready, through failed starts and the retries that follow them (an upstream

@@ -186,6 +186,11 @@ class SessionPool:
             if key.is_ephemeral:
                 self.end_soon(key)
 
+    def warn_on_next_session(self, keys: set[SessionKey]) -> None:
+        """Have each of `keys` warned, when it next opens a session here, that its state was reset (its
+        session was with the upstream this pool replaces)."""
+        self._lost_keys |= keys
+
     def open(self, key: SessionKey) -> UpstreamSession:
         """The key's session, started now if it has none (without a client to relay to yet)."""
         return self._session_for(key, None)[0]

@@ -4,6 +4,9 @@ Scopes. Services from the config, and services added to the store at run time,
 are seen by everyone (the store's scope, `""`); a service added for an agent is
 seen by that agent only. A name is unique where it could be seen: a store
 service's name is taken in every scope.
+
+The config file's own services change only when the file is reloaded
+(`add_configured`, `remove_configured`); the API and the SDK may not remove them.
 """
 
 from __future__ import annotations
@@ -64,12 +67,12 @@ class ServiceRegistry:
     """The services of every scope; adding one builds it with `create`, and the caller starts it."""
 
     def __init__(self, settings: ProxySettings, create: ServiceFactory) -> None:
-        self._settings = settings
         self._create = create
         self._scopes: dict[str, dict[str, UpstreamService]] = {STORE_SCOPE: {}}
         self._runtime = RuntimeServices(settings.runtime_services_path)
+        self._from_config: set[str] = set()
         for name, config in settings.enabled_servers.items():
-            self._scopes[STORE_SCOPE][name] = create(name, config, "config")
+            self.add_configured(name, config)
 
     def __repr__(self) -> str:
         return f"<ServiceRegistry {sum(1 for _ in self)} services in {len(self._scopes)} scopes>"
@@ -89,6 +92,17 @@ class ServiceRegistry:
 
     def configured(self) -> list[UpstreamService]:
         return list(self._scopes[STORE_SCOPE].values())
+
+    def check_config_name(self, name: str) -> None:
+        """Raises ConfigError when a service added at run time (the API's or the SDK's) is called `name`, which the
+        config file's service of that name would then take from it."""
+        for scope, service in self.by_scope():
+            if service.name == name and not self.is_from_config(scope, name):
+                where = "the store" if scope == STORE_SCOPE else f"agent {scope!r}"
+                raise ConfigError(
+                    f"mcpServers.{name}: a service named {name!r} was added at run time (for {where}); remove it "
+                    "there first, or name this one differently"
+                )
 
     def services(self, agent: str = STORE_SCOPE) -> list[UpstreamService]:
         """Every service the scope sees: the store's (config first), then the agent's own."""
@@ -111,7 +125,24 @@ class ServiceRegistry:
         return agent if agent != STORE_SCOPE and name in self._scopes.get(agent, {}) else STORE_SCOPE
 
     def is_from_config(self, scope: str, name: str) -> bool:
-        return scope == STORE_SCOPE and name in self._settings.enabled_servers
+        return scope == STORE_SCOPE and name in self._from_config
+
+    def add_configured(self, name: str, config: UpstreamConfig) -> UpstreamService:
+        """Build a service of the config file (never saved: the file is where it lives); the caller starts it.
+
+        Raises:
+            ConfigError: the name is taken by a service added at run time.
+        """
+        self.check_config_name(name)
+        service = self._create(name, config, "config")
+        self._scopes[STORE_SCOPE][name] = service
+        self._from_config.add(name)
+        return service
+
+    def remove_configured(self, name: str) -> UpstreamService:
+        """Forget a service of the config file; the caller closes it."""
+        self._from_config.discard(name)
+        return self._scopes[STORE_SCOPE].pop(name)
 
     def add(
         self, agent: str, name: str, config: UpstreamConfig, *, origin: Origin = "sdk", save: bool = True
@@ -145,7 +176,10 @@ class ServiceRegistry:
         service = self.service(agent, name)
         scope = self.scope_of(agent, name)
         if self.is_from_config(scope, name):
-            raise ConfigError(f"service {name!r} comes from the config file; remove it there and restart the proxy")
+            raise ConfigError(
+                f"service {name!r} comes from the config file; remove it there and reload the config "
+                "(SIGHUP or POST /admin/reload)"
+            )
         del self._scopes[scope][name]
         self._runtime.remove(scope, name)
         return service

@@ -117,7 +117,10 @@ class ServiceControl:
             if service.config == config:
                 continue
             if self.engine.registry.is_from_config(scope, name):
-                raise ConfigError(f"service {name!r} comes from the config file; change it there and restart the proxy")
+                raise ConfigError(
+                    f"service {name!r} comes from the config file; change it there and reload the config "
+                    "(SIGHUP or POST /admin/reload)"
+                )
             changed[name] = config
         origin = "sdk" if self.principal is LOCAL else "api"
         for name, config in changed.items():

@@ -13,15 +13,21 @@ requests in flight get `shutdown_grace_seconds` to finish, the rest are
 cancelled with an error to their clients; then every client session is ended,
 every upstream closed, and the process exits 0. A second signal skips the
 grace period. Over stdio, EOF on stdin ends the proxy at once.
+
+SIGHUP reloads the config file (see `reload`), as `POST /admin/reload` does, and
+so does a change to the file with `watch_config: true`. Once draining has begun,
+reloads are refused.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 from typing import Final
 
 import anyio
+import anyio.abc
 import uvicorn
 
 from mcpstore_proxy.app import create_app
@@ -30,6 +36,7 @@ from mcpstore_proxy.compat import SignalFreeServer
 from mcpstore_proxy.config import ProxySettings
 from mcpstore_proxy.engine import ProxyEngine
 from mcpstore_proxy.errors import ConfigError, ProxyError
+from mcpstore_proxy.reload import Reloader, watch_config_file
 from mcpstore_proxy.server import ProxyServer
 from mcpstore_proxy.stdio import stdio_streams
 from mcpstore_proxy.transports import TransportFactory, open_transport
@@ -43,11 +50,14 @@ _CLOSE_CONNECTIONS_SECONDS: Final = 5
 
 
 class StopRequests:
-    """Requests to stop, from signals or from whoever embeds the proxy: the first drains, a later one hurries."""
+    """Requests to stop, from signals or from whoever embeds the proxy: the first drains, a later one hurries.
+    SIGHUP, the other signal an operator sends a server, asks `reloader` for a reload instead."""
 
     def __init__(self) -> None:
         self.asked = anyio.Event()
         self.hurried = anyio.Event()
+        self.reloader: Reloader | None = None
+        """What SIGHUP reloads, once the engine runs (a SIGHUP before that is ignored, saying so)."""
 
     def __repr__(self) -> str:
         return f"<StopRequests {'hurried' if self.hurried.is_set() else 'asked' if self.asked.is_set() else 'none'}>"
@@ -61,10 +71,20 @@ class StopRequests:
             self.hurried.set()
 
     async def watch_signals(self) -> None:
-        """Turn SIGINT and SIGTERM into requests, until cancelled."""
-        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        """Turn SIGINT and SIGTERM into requests, and SIGHUP into reloads, until cancelled."""
+        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
             async for signum in signals:
-                self.request(f"{signal.Signals(signum).name} received")
+                if signum == signal.SIGHUP:
+                    await self._reload()
+                else:
+                    self.request(f"{signal.Signals(signum).name} received")
+
+    async def _reload(self) -> None:
+        if self.reloader is None:
+            logger.warning("SIGHUP received before the proxy serves: no reload (send it again once it serves)")
+            return
+        with contextlib.suppress(ProxyError):  # the reload has logged why; the running config stays
+            await self.reloader.reload("signal")
 
 
 async def serve_http(
@@ -87,6 +107,7 @@ async def serve_http(
             stop = StopRequests()
             signals.start_soon(stop.watch_signals)  # before anything starts: no signal may find us unprepared
         async with ProxyEngine(settings, transports=transports, clock=clock) as engine:
+            stop.reloader = engine.reloader
             listened = await _serve_http(engine, stop)
         signals.cancel_scope.cancel()
     if not listened:
@@ -138,10 +159,12 @@ async def _serve_http(engine: ProxyEngine, stop: StopRequests) -> bool:
     async with anyio.create_task_group() as tg:
         tg.start_soon(run_server)
         tg.start_soon(hurry_when_asked)
+        _watch_config(tg, engine)
         logger.info("serving MCP at http://%s:%d/mcp", settings.host, settings.port)
         await _first_of(stop.asked, served)
         if not served.is_set():
-            await face.drain.drain(settings.shutdown_grace_seconds)
+            engine.reloader.refuse_from_now("is shutting down")
+            await face.drain.drain(engine.settings.shutdown_grace_seconds)  # a reload may have changed it
             await face.close_client_sessions()
             server.should_exit = True
             await served.wait()
@@ -177,10 +200,12 @@ async def serve_stdio(settings: ProxySettings, *, transports: TransportFactory =
         signals.start_soon(stop.watch_signals)  # before anything starts: no signal may find us unprepared
         async with ProxyEngine(settings, transports=transports) as engine, anyio.create_task_group() as tg:
             server = ProxyServer(engine, stdio=True)
+            stop.reloader = engine.reloader
 
             async def drain_then_stop() -> None:
                 await stop.asked.wait()
-                await server.drain.drain(settings.shutdown_grace_seconds)
+                engine.reloader.refuse_from_now("is shutting down")
+                await server.drain.drain(engine.settings.shutdown_grace_seconds)
                 tg.cancel_scope.cancel()
 
             async def hurry_when_asked() -> None:
@@ -189,10 +214,19 @@ async def serve_stdio(settings: ProxySettings, *, transports: TransportFactory =
 
             tg.start_soon(drain_then_stop)
             tg.start_soon(hurry_when_asked)
+            _watch_config(tg, engine)
             async with server.rounds.running(), stdio_streams() as (read_stream, write_stream):
                 await server.run(read_stream, write_stream, server.create_initialization_options())
             tg.cancel_scope.cancel()
         signals.cancel_scope.cancel()
+
+
+def _watch_config(tg: anyio.abc.TaskGroup, engine: ProxyEngine) -> None:
+    """With `watch_config: true`, reload whenever the config file changes (in `tg`, until it ends)."""
+    path = engine.settings.config_path
+    if engine.settings.watch_config and path is not None:
+        logger.info("watching %s for changes (watch_config)", path)
+        tg.start_soon(watch_config_file, path, engine.reloader, name="config watcher")
 
 
 async def _first_of(*events: anyio.Event) -> None:

@@ -13,7 +13,11 @@ into its parent: any failure becomes the state `failed`, with the reason in
 States: `starting` → `ready`; `ready` → `restarting` when the upstream goes
 away; `failed` while waiting to retry; `stopped` once removed or shut down.
 `restart()` and `close()` are safe in every state, and neither waits for a
-start to finish: a start in progress is cancelled.
+start to finish: a start in progress is cancelled. `retire()` is the gentle
+close (a reload's): it takes no new calls, lets those in flight finish within
+a grace period, then closes. A service that replaces another (`succeed`) keeps
+its predecessor's listings until it lists its own, and warns the keys that held
+sessions with it that their state was reset.
 
 How clients' requests reach the upstream is what tells the two kinds apart
 (see `shared` and `isolated`).
@@ -102,6 +106,10 @@ class UpstreamService(ABC):
         self._is_closing = False
         self._restart_now = False
         self._should_relist_tools = False
+        self._retiring_because: str | None = None
+        self._calls_in_flight = 0
+        self._no_calls = anyio.Event()
+        self._no_calls.set()
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name} {self.state.value}>"
@@ -321,6 +329,31 @@ class UpstreamService(ABC):
         if catalog is not None:
             await catalog.aclose(reason)
 
+    async def retire(self, grace_seconds: float, reason: str) -> None:
+        """Take no new calls, give those in flight up to `grace_seconds` to finish, then close (the rest fail
+        with `reason`)."""
+        self._retiring_because = reason
+        if self._calls_in_flight:
+            logger.info(
+                "upstream '%s': waiting up to %g s for %d calls in flight before closing it (%s)",
+                self.name,
+                grace_seconds,
+                self._calls_in_flight,
+                reason,
+            )
+        with anyio.move_on_after(grace_seconds):
+            await self._no_calls.wait()
+        await self.close(reason)
+
+    def succeed(self, predecessor: UpstreamService) -> None:
+        """Take over from `predecessor`, which this service (not started yet) replaces: its listings stand while
+        this one starts, and each key that held a session with it hears on its next call that its state was
+        reset."""
+        if predecessor.is_up:
+            self.listings = dict(predecessor.listings)
+            self.state = ServiceState.RESTARTING
+        self.warn_on_next_call(predecessor.held_keys())
+
     def _stopped_error(self) -> UpstreamStoppedError:
         return UpstreamStoppedError(self.name, f"upstream '{self.name}' is stopped", was_sent=False)
 
@@ -349,11 +382,45 @@ class UpstreamService(ABC):
         """Its warm pool's spares ready and their target (`warm_sessions`), when it keeps one."""
         return None
 
-    @abstractmethod
+    @property
+    def calls_in_flight(self) -> int:
+        return self._calls_in_flight
+
     async def run(
         self, key: SessionKey, call: ClientCall | None, operation: Callable[[UpstreamSession], Awaitable[_T]]
     ) -> _T:
-        """Run `operation` in the session that `key` holds with this upstream."""
+        """Run `operation` in the session that `key` holds with this upstream.
+
+        Raises:
+            UpstreamStoppedError: the service is retiring (`retire`) and takes no new calls.
+        """
+        if self._retiring_because is not None:
+            raise UpstreamStoppedError(
+                self.name, f"upstream '{self.name}' takes no new calls: {self._retiring_because}", was_sent=False
+            )
+        self._calls_in_flight += 1
+        if self._calls_in_flight == 1:
+            self._no_calls = anyio.Event()
+        try:
+            return await self._run(key, call, operation)
+        finally:
+            self._calls_in_flight -= 1
+            if not self._calls_in_flight:
+                self._no_calls.set()
+
+    @abstractmethod
+    async def _run(
+        self, key: SessionKey, call: ClientCall | None, operation: Callable[[UpstreamSession], Awaitable[_T]]
+    ) -> _T:
+        """Run `operation` in the session that `key` holds with this upstream (what `run` counts)."""
+
+    @abstractmethod
+    def held_keys(self) -> set[SessionKey]:
+        """The named and connection keys that hold state with this upstream now."""
+
+    @abstractmethod
+    def warn_on_next_call(self, keys: set[SessionKey]) -> None:
+        """Have each of `keys` warned on its next call that its state with this upstream was reset."""
 
     @abstractmethod
     async def open(self, key: SessionKey) -> UpstreamSession:

@@ -71,10 +71,16 @@ class IsolatedService(UpstreamService):
     def warm_pool(self) -> tuple[int, int] | None:
         return (self.pool.spares_ready, self.pool.warm_target) if self.pool.warm_target else None
 
-    async def run(
+    async def _run(
         self, key: SessionKey, call: ClientCall | None, operation: Callable[[UpstreamSession], Awaitable[_T]]
     ) -> _T:
         return await self.pool.run(key, call, operation)
+
+    def held_keys(self) -> set[SessionKey]:
+        return {key for key in self.pool.sessions if not key.is_ephemeral}
+
+    def warn_on_next_call(self, keys: set[SessionKey]) -> None:
+        self.pool.warn_on_next_session(keys)
 
     async def open(self, key: SessionKey) -> UpstreamSession:
         session = self.pool.open(key)

@@ -55,7 +55,14 @@ class SharedService(UpstreamService):
     def client_sessions(self) -> int:
         return 0
 
-    async def run(
+    def held_keys(self) -> set[SessionKey]:
+        return set(self._generation_seen)
+
+    def warn_on_next_call(self, keys: set[SessionKey]) -> None:
+        for key in keys:
+            self._generation_seen[key] = 0  # before this service's first session (generation 1)
+
+    async def _run(
         self, key: SessionKey, call: ClientCall | None, operation: Callable[[UpstreamSession], Awaitable[_T]]
     ) -> _T:
         for attempt in (1, 2):
