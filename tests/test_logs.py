@@ -1,18 +1,27 @@
 """Logging: session ids never appear in clear (the SDK's and uvicorn's lines show the same short hash our own
-lines show), the handler `configure_logging` installs, and warnings that a flood cannot turn into a flood."""
+lines show), the handler `configure_logging` installs (text, or one JSON object per line), and warnings that a
+flood cannot turn into a flood."""
 
 from __future__ import annotations
 
+import datetime as dt
+import json
 import logging
+import re
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
+import httpx2
 import pytest
+from mcp import Client, MCPError
 
+from mcpstore_proxy.errors import SESSION_REFUSED
 from mcpstore_proxy.keys import SessionKey
-from mcpstore_proxy.logs import RedactSessionIds, ThrottledWarning, configure_logging, fingerprint
-from tests.support import wait_until
+from mcpstore_proxy.logs import RedactSessionIds, ThrottledWarning, configure_logging, fingerprint, log_fields
+from tests.support import fixture_server, running_proxy, streamable_http_client, wait_until, write_config
 
 pytestmark = pytest.mark.anyio
 
@@ -150,6 +159,92 @@ def test_configure_logging_at_debug_keeps_the_http_client_lines(capsys: pytest.C
     assert logging.getLogger("httpx2").level == logging.NOTSET
     logging.getLogger("httpx2").debug("HTTP Request: GET /mcp")
     assert capsys.readouterr().err.splitlines()[-1].endswith(" DEBUG httpx2: HTTP Request: GET /mcp")
+
+
+@pytest.mark.usefixtures("root_restored")
+def test_json_lines_carry_time_level_logger_event_and_the_fields_the_call_site_knows(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    configure_logging("INFO", "json")
+    key = SessionKey.connection(uuid.uuid4().hex, principal="alice")
+    logging.getLogger("mcpstore_proxy.x").warning(
+        "refused %s", key, extra=log_fields(upstream="state", key=key, duration_seconds=0.25)
+    )
+    [line] = capsys.readouterr().err.splitlines()
+    entry = json.loads(line)
+    assert entry.pop("time").endswith("+00:00")  # ISO 8601, UTC
+    assert entry == {
+        "level": "WARNING",
+        "logger": "mcpstore_proxy.x",
+        "event": f"refused connection session #{key.fingerprint} for principal 'alice'",
+        "upstream": "state",
+        "principal": "alice",
+        "session": f"#{key.fingerprint}",
+        "duration_ms": 250.0,
+    }
+    assert key.name not in line
+
+
+@pytest.mark.usefixtures("root_restored")
+def test_a_json_line_redacts_sdk_session_ids_in_its_event_and_in_the_error_it_carries(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    configure_logging("INFO", "json")
+    session_id = uuid.uuid4().hex
+    try:
+        raise KeyError(session_id)
+    except KeyError:
+        logging.getLogger("mcp.server.streamable_http").exception("no session %s", session_id)
+    [line] = capsys.readouterr().err.splitlines()
+    entry = json.loads(line)
+    assert entry["event"] == f"no session #{fingerprint(session_id)}"
+    assert entry["error"] == f"KeyError: '#{fingerprint(session_id)}'"
+    assert session_id not in line
+
+
+# The real process, logging JSON.
+
+_JSON_KEYS = {"time", "level", "logger", "event"}
+
+
+async def test_with_log_format_json_every_line_of_a_real_proxy_is_json_and_a_refusal_names_upstream_and_session(
+    tmp_path: Path,
+) -> None:
+    config = write_config(tmp_path, {"state": fixture_server("state")}, log_format="json", max_sessions_per_upstream=1)
+    session_ids: list[str] = []
+
+    async def note_session_id(response: httpx2.Response) -> None:
+        if "mcp-session-id" in response.headers:
+            session_ids.append(response.headers["mcp-session-id"])
+
+    async with running_proxy(config) as proxy:
+        async with (
+            httpx2.AsyncClient(event_hooks={"response": [note_session_id]}) as http,
+            Client(streamable_http_client(proxy.url, http_client=http), mode="legacy", cache=None) as first,
+            Client(streamable_http_client(proxy.url, http_client=http), mode="legacy", cache=None) as second,
+        ):
+            await first.call_tool("state_remember", {"value": "one"})
+            with pytest.raises(MCPError) as refused:
+                await second.call_tool("state_remember", {"value": "two"})
+            assert refused.value.code == SESSION_REFUSED
+        await wait_until(lambda: "its cap of 1 sessions is reached" in proxy.log, what="the refusal's log line")
+        log = proxy.log
+    entries: list[dict[str, Any]] = []
+    for line in log.splitlines():
+        entry = json.loads(line)  # every line, uvicorn's and the SDK's too
+        assert entry.keys() >= _JSON_KEYS, line
+        assert dt.datetime.fromisoformat(entry["time"]).utcoffset() == dt.timedelta(0)
+        entries.append(entry)
+    [refusal] = [entry for entry in entries if "its cap of 1 sessions is reached" in entry["event"]]
+    assert refusal["level"] == "WARNING"
+    assert refusal["upstream"] == "state"
+    assert refusal["principal"] == "anonymous"
+    assert re.fullmatch(r"#[0-9a-f]{10}", refusal["session"])
+    assert refusal["session"] in {f"#{fingerprint(session_id)}" for session_id in session_ids}
+    assert any(entry["logger"].startswith("uvicorn") for entry in entries)
+    assert len(set(session_ids)) == 2
+    for session_id in set(session_ids):
+        assert session_id not in log
 
 
 # Throttled warnings.
