@@ -111,7 +111,7 @@ async def test_an_approval_from_the_command_line_reaches_the_running_proxy_witho
         assert capsys.readouterr().out == "state/echo (state_echo): no change awaits approval\n"
 
 
-def leave_logging_alone(level: str) -> None:
+def leave_logging_alone(level: str, log_format: str = "text") -> None:
     """In place of `configure_logging`, which would take the root logger over from pytest."""
 
 

@@ -194,7 +194,7 @@ async def test_a_spare_asks_only_the_client_that_took_it_and_only_what_that_clie
         assert identities == spares
 
 
-def leave_logging_alone(level: str) -> None:
+def leave_logging_alone(level: str, log_format: str = "text") -> None:
     """In place of `configure_logging`, which would take the root logger over from pytest."""
 
 
