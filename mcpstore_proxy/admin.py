@@ -39,7 +39,7 @@ from typing import Any, Final, TypeVar, cast
 from mcp.server.transport_security import TransportSecurityMiddleware, TransportSecuritySettings
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 
 from mcpstore_proxy.config import ProxySettings, describe_validation_error
@@ -56,7 +56,7 @@ from mcpstore_proxy.gate import AuthGate
 from mcpstore_proxy.keys import checked_agent
 from mcpstore_proxy.principals import Principal
 
-__all__ = ["MAX_BODY_BYTES", "admin_routes"]
+__all__ = ["MAX_BODY_BYTES", "admin_routes", "operator_page"]
 
 logger = logging.getLogger(__name__)
 
@@ -117,6 +117,23 @@ def admin_routes(
         ("/reload", operator(api.reload), ["POST"]),
     ]
     return [Mount("/admin", routes=[Route(path, endpoint, methods=methods) for path, endpoint, methods in routes])]
+
+
+def operator_page(
+    path: str,
+    render: Callable[[], str],
+    control: Control,
+    settings: ProxySettings,
+    security: TransportSecuritySettings,
+    gate: AuthGate,
+) -> Route:
+    """`GET path`: an HTML page (`render()`) for operators only, guarded exactly as `/admin/status` is."""
+
+    async def page(request: Request, control: Control) -> Response:
+        # What an operator sees is not for a shared cache.
+        return HTMLResponse(render(), headers={"Cache-Control": "no-store"})
+
+    return Route(path, _Guard(control, settings, security, gate).for_operators(page), methods=["GET"])
 
 
 class _Guard:
@@ -302,7 +319,9 @@ def _validated(model: type[_BodyT], data: dict[str, Any], what: str) -> _BodyT:
         raise ConfigError(f"{what}: {describe_validation_error(error)}") from None
 
 
-def _json(payload: Any) -> JSONResponse:
+def _json(payload: Any) -> Response:
+    if isinstance(payload, Response):
+        return payload  # a page (`operator_page`), already rendered
     if isinstance(payload, BaseModel):
         return JSONResponse(payload.model_dump(mode="json"))
     if isinstance(payload, list) and all(isinstance(item, BaseModel) for item in cast(list[Any], payload)):

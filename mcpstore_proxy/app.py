@@ -1,8 +1,9 @@
 """The HTTP face of the proxy, as a Starlette app: Streamable HTTP at `/mcp` (and `/agents/{id}/mcp` for an
 agent's view), the legacy HTTP+SSE transport at `/sse` (events) and `/messages/` (posts) for older clients,
-the admin API under `/admin` (see `admin`), the probes `/health`, `/ready` and `/healthz` (`_Probes`), and
-the RFC 9728 protected-resource metadata under `/.well-known/oauth-protected-resource`. Every MCP endpoint and
-the admin API pass the gate (`gate`), which learns the principal a request proves.
+the admin API under `/admin` (see `admin`), the status page at `/status` (see `status_page`), the probes
+`/health`, `/ready` and `/healthz` (`_Probes`), and the RFC 9728 protected-resource metadata under
+`/.well-known/oauth-protected-resource`. Every MCP endpoint and the admin API pass the gate (`gate`), which learns
+the principal a request proves.
 
 The SDK's session manager serves `/mcp` with DNS-rebinding protection on: a
 request whose Host is not allowed gets 421, a foreign Origin gets 403. Loopback
@@ -39,7 +40,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Mount, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from mcpstore_proxy.admin import admin_routes
+from mcpstore_proxy.admin import admin_routes, operator_page
 from mcpstore_proxy.auth import Authenticator
 from mcpstore_proxy.compat import open_http_sessions, set_session_limit, terminate_http_sessions
 from mcpstore_proxy.config import ProxySettings
@@ -51,6 +52,8 @@ from mcpstore_proxy.gate import METADATA_PATH, AuthGate, principal_of
 from mcpstore_proxy.logs import ThrottledWarning, log_fields
 from mcpstore_proxy.registry import ServicePolicy
 from mcpstore_proxy.server import REQUEST_SCOPE, ProxyServer
+from mcpstore_proxy.status import status_report
+from mcpstore_proxy.status_page import render_html
 
 __all__ = ["HttpFace", "create_app", "security_settings"]
 
@@ -117,22 +120,8 @@ def create_app(engine: ProxyEngine) -> HttpFace:
             yield
 
     def status() -> dict[str, Any]:
-        """The proxy's state in detail, for operators (`/admin/status`)."""
-        return {
-            "status": "draining" if server.drain.is_draining else "ok",
-            "requests_in_flight": server.drain.in_flight,
-            "upstreams": {
-                f"{s.agent_id}/{s.name}" if s.agent_id else s.name: {
-                    "state": s.state,
-                    "tools": s.tool_count,
-                    "sessions": s.client_sessions,
-                    "error": s.error,
-                    "detail": s.detail,
-                    **({"warm_pool": s.warm_pool.model_dump()} if s.warm_pool else {}),
-                }
-                for s in engine.statuses()
-            },
-        }
+        """The proxy's state in detail, for operators (`/admin/status`, and rendered at `/status`)."""
+        return status_report(engine, is_draining=server.drain.is_draining, requests_in_flight=server.drain.in_flight)
 
     gate = AuthGate(
         Authenticator(settings.auth, admin_token=settings.admin_token),
@@ -153,6 +142,7 @@ def create_app(engine: ProxyEngine) -> HttpFace:
             Route("/healthz", endpoint=probes.healthz, methods=["GET"]),
             Route("/ready", endpoint=probes.ready, methods=["GET"]),
             *admin_routes(control, settings, security, gate, status),
+            operator_page("/status", lambda: render_html(status()), control, settings, security, gate),
         ],
         lifespan=lifespan,
     )

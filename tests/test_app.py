@@ -75,6 +75,9 @@ async def test_the_status_page_reports_each_upstream_to_the_operator_and_health_
             "sessions": 0,
             "error": None,
             "detail": None,
+            "transport": "stdio",
+            "session_mode": "isolated",
+            "clients": [],
         }
         assert status["upstreams"]["broken"]["state"] == "failed"
         assert status["upstreams"]["broken"]["detail"] == "its stderr said: nope"
