@@ -120,6 +120,23 @@ async def _lists(client: Client, tool: str) -> bool:
     return tool in await _tool_names(client)
 
 
+async def test_the_clients_of_a_changed_shared_upstream_are_warned_once_that_their_state_was_reset(
+    tmp_path: Path,
+) -> None:
+    config = write_config(tmp_path, {"team": fixture_server("team", session="shared")})
+    warnings = _Warnings()
+    async with running_app(config) as proxy, connect(proxy.url, logging_callback=warnings) as client:
+        await client.call_tool("team_remember", {"value": "before"})
+
+        write_config(tmp_path, {"team": fixture_server("team", session="shared", call_timeout_seconds=60)})
+        assert (await _reload(proxy.port))["restarted"] == ["team"]
+
+        assert structured(await client.call_tool("team_recall", {})) == []
+        assert structured(await client.call_tool("team_recall", {})) == []
+        assert len(warnings.messages) == 1
+        assert "upstream 'team' was restarted" in warnings.messages[0]
+
+
 async def test_an_invalid_edit_is_refused_with_the_start_up_error_and_the_running_config_keeps_serving(
     tmp_path: Path,
 ) -> None:
