@@ -48,8 +48,10 @@ from mcpstore_proxy.control import Control
 from mcpstore_proxy.drain import Drain
 from mcpstore_proxy.engine import ProxyEngine
 from mcpstore_proxy.errors import ConnectionLimitError, ProxyError, ShuttingDownError
+from mcpstore_proxy.events import EventLog
 from mcpstore_proxy.gate import METADATA_PATH, AuthGate, principal_of
 from mcpstore_proxy.logs import ThrottledWarning, log_fields
+from mcpstore_proxy.metrics import ProxyMetrics, metrics_route
 from mcpstore_proxy.registry import ServicePolicy
 from mcpstore_proxy.server import REQUEST_SCOPE, ProxyServer
 from mcpstore_proxy.status import status_report
@@ -101,7 +103,12 @@ class HttpFace:
 def create_app(engine: ProxyEngine) -> HttpFace:
     """The ASGI app over an already-started engine; its lifespan runs the MCP session manager."""
     settings = engine.settings
-    server = ProxyServer(engine)
+    metrics = ProxyMetrics(
+        engine,
+        downstream_sessions=lambda: open_http_sessions(manager) + legacy.open,
+        requests_in_flight=lambda: server.drain.in_flight,
+    )
+    server = ProxyServer(engine, observer=metrics)
     security = security_settings(settings)
     manager = StreamableHTTPSessionManager(
         app=server,
@@ -110,7 +117,7 @@ def create_app(engine: ProxyEngine) -> HttpFace:
         max_sessions=settings.max_downstream_sessions,
     )
     legacy = _LegacySseStream(server, SseServerTransport("/messages/", security_settings=security))
-    door = _FrontDoor(server.drain, manager, legacy, settings)
+    door = _FrontDoor(server.drain, manager, legacy, settings, engine.events)
 
     probes = _Probes(server.drain)
 
@@ -142,6 +149,7 @@ def create_app(engine: ProxyEngine) -> HttpFace:
             Route("/healthz", endpoint=probes.healthz, methods=["GET"]),
             Route("/ready", endpoint=probes.ready, methods=["GET"]),
             *admin_routes(control, settings, security, gate, status),
+            metrics_route(metrics, settings, security, gate),
             operator_page("/status", lambda: render_html(status()), control, settings, security, gate),
         ],
         lifespan=lifespan,
@@ -186,9 +194,15 @@ class _FrontDoor:
     """Admits new client sessions, or refuses them at once with a JSON-RPC error and 503."""
 
     def __init__(
-        self, drain: Drain, manager: StreamableHTTPSessionManager, legacy: _LegacySseStream, settings: ProxySettings
+        self,
+        drain: Drain,
+        manager: StreamableHTTPSessionManager,
+        legacy: _LegacySseStream,
+        settings: ProxySettings,
+        events: EventLog,
     ) -> None:
         self._drain = drain
+        self._events = events
         self._manager = manager
         self._legacy = legacy
         self._limit = settings.max_downstream_sessions
@@ -246,6 +260,8 @@ class _FrontDoor:
     async def _refuse(self, refusal: ProxyError, scope: Scope, receive: Receive, send: Send) -> None:
         principal = principal_of(scope).name
         self._refusals.warn("refused a new client session: %s", refusal.message, extra=log_fields(principal=principal))
+        limit = "shutting_down" if isinstance(refusal, ShuttingDownError) else "max_downstream_sessions"
+        self._events.record("refusal", principal=principal, reason=refusal.message, limit=limit)
         await _json_rpc_error(refusal)(scope, receive, send)
 
     def _refusal(self) -> ProxyError | None:

@@ -18,6 +18,7 @@ from typing import Final
 import anyio
 
 from mcpstore_proxy.errors import ShuttingDownError
+from mcpstore_proxy.events import EventLog
 from mcpstore_proxy.logs import ThrottledWarning
 
 __all__ = ["Drain"]
@@ -31,7 +32,8 @@ _ANSWER_SECONDS: Final = 5.0
 class Drain:
     """The requests in flight, and whether new ones are still welcome."""
 
-    def __init__(self) -> None:
+    def __init__(self, events: EventLog | None = None) -> None:
+        self._events = events if events is not None else EventLog()
         self._is_draining = False
         self._in_flight: set[anyio.CancelScope] = set()
         self._idle = anyio.Event()
@@ -54,6 +56,7 @@ class Drain:
         """Raises ShuttingDownError once draining has begun."""
         if self._is_draining:
             self._refusals.warn("refused a request: the proxy is shutting down")
+            self._events.record("refusal", reason="the proxy is shutting down", limit="shutting_down")
             raise ShuttingDownError("mcpstore-proxy is shutting down and takes no new requests; retry once it is back")
 
     @contextmanager

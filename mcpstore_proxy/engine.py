@@ -86,9 +86,10 @@ class ProxyEngine(RequestRouting):
             transports=transports,
             spawn=self._spawn,
             on_catalog_changed=self._catalog_changed,
+            events=self.events,
         )
         self.registry = ServiceRegistry(settings, self._new_service)
-        self.pins = ToolPins(settings.tool_pins_path, mode=settings.tool_pinning)
+        self.pins = ToolPins(settings.tool_pins_path, mode=settings.tool_pinning, events=self.events)
         self.views = CatalogViews(
             self.registry,
             self.session_key,
@@ -102,6 +103,7 @@ class ProxyEngine(RequestRouting):
             self.views,
             end_key=self._end_upstream_sessions,
             max_per_client=settings.max_named_sessions_per_client,
+            events=self.events,
         )
         self._listeners: list[CatalogListener] = []
         self.reloader = Reloader(self)

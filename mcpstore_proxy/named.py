@@ -16,6 +16,7 @@ from contextlib import asynccontextmanager
 from typing import Final
 
 from mcpstore_proxy.errors import SessionLimitError
+from mcpstore_proxy.events import EventLog
 from mcpstore_proxy.keys import SessionKey
 from mcpstore_proxy.logs import ThrottledWarning, log_fields
 from mcpstore_proxy.records import SessionRecord, SessionStore
@@ -44,8 +45,10 @@ class NamedSessions:
         *,
         end_key: EndKey,
         max_per_client: int,
+        events: EventLog | None = None,
     ) -> None:
         self.records = records
+        self._events = events if events is not None else EventLog()
         self._registry = registry
         self._views = views
         self._end_key = end_key
@@ -72,6 +75,13 @@ class NamedSessions:
                 key,
                 len(held),
                 extra=log_fields(key=key),
+            )
+            self._events.record(
+                "refusal",
+                session=str(key),
+                principal=key.principal,
+                reason=f"its client already holds {len(held)} named sessions",
+                limit="max_named_sessions_per_client",
             )
             raise SessionLimitError(
                 f"this client already holds {len(held)} named sessions, its limit; reuse or close one "

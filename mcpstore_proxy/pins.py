@@ -43,6 +43,7 @@ from pydantic import BaseModel, Field, ValidationError
 from mcpstore_proxy.catalog import exposed_name
 from mcpstore_proxy.config import ToolPinning, describe_validation_error
 from mcpstore_proxy.errors import AmbiguousToolError, ConfigError, UnknownToolError
+from mcpstore_proxy.events import EventLog
 from mcpstore_proxy.persistence import write_atomically
 
 __all__ = ["Approval", "PinInfo", "Screened", "ToolPins", "definition_of", "describe_changes", "fingerprint_of"]
@@ -238,9 +239,10 @@ class Screened:
 class ToolPins:
     """The pin of every tool definition exposed, the file that keeps them, and the policy that applies them."""
 
-    def __init__(self, path: Path | None, *, mode: ToolPinning) -> None:
+    def __init__(self, path: Path | None, *, mode: ToolPinning, events: EventLog | None = None) -> None:
         """Raises ConfigError: the file at `path` exists but cannot be read as pins."""
         self.path = path
+        self._events = events if events is not None else EventLog()
         self.mode: ToolPinning = mode
         self.awaits_approval = False
         """Whether some changed definition awaits approval (then an approval on disk is looked for per call)."""
@@ -281,6 +283,8 @@ class ToolPins:
                 changes = describe_changes(pin.definition, definition)
                 pin.pending, is_modified = _Pending(sha256=digest, definition=definition, changes=changes), True
                 _report(key, name, changes, effective)
+                action = "withheld" if effective == "enforce" else "changed"
+                self._events.record("pinning", upstream=upstream, reason=f"tool '{name}': {changes}", action=action)
             if effective == "enforce":
                 withheld[tool.name] = _withheld_message(key, name, pin.pending.changes)
             else:
@@ -304,6 +308,10 @@ class ToolPins:
             pin.sha256, pin.definition, pin.pending, changes = pending.sha256, pending.definition, None, pending.changes
             self._save()
             logger.info("tool '%s' (%s): its changed definition is approved (%s)", pin.exposed_name, key, changes)
+            upstream = key.partition("/")[0]
+            self._events.record(
+                "pinning", upstream=upstream, reason=f"tool '{pin.exposed_name}' approved", action="approved"
+            )
         return Approval(tool=key, exposed_name=pin.exposed_name, sha256=pin.sha256, changes=changes)
 
     def infos(self) -> list[PinInfo]:

@@ -43,6 +43,7 @@ from mcpstore_proxy.errors import (
     UpstreamError,
     UpstreamStoppedError,
 )
+from mcpstore_proxy.events import EventLog
 from mcpstore_proxy.keys import SessionKey
 from mcpstore_proxy.logs import ThrottledWarning, log_fields
 from mcpstore_proxy.relay import ClientCall, ListKind, SessionRelay
@@ -87,8 +88,9 @@ def declared_capabilities(call: ClientCall | None) -> frozenset[ClientCapability
     return frozenset(c for c in ALL_CLIENT_CAPABILITIES if getattr(declared, c, None) is not None)
 
 
-async def warn_reset(call: ClientCall | None, upstream: str, key: SessionKey) -> None:
-    """Tell the client, on its request's stream, that its state with `upstream` is gone."""
+async def warn_reset(call: ClientCall | None, upstream: str, key: SessionKey, events: EventLog) -> None:
+    """Tell the client, on its request's stream, that its state with `upstream` is gone (and record the reset)."""
+    events.record("reset", upstream=upstream, session=str(key), reason="its session was gone; a fresh one serves it")
     if call is None:
         return
     message = (
@@ -116,9 +118,11 @@ class SessionPool:
         hooks: PoolHooks,
         transports: TransportFactory,
         hides_start_detail: bool = False,
+        events: EventLog | None = None,
     ) -> None:
         self.upstream = upstream
         self._hides_start_detail = hides_start_detail
+        self._events = events if events is not None else EventLog()
         self._config = config
         self._cap = cap
         self._start_timeout_seconds = start_timeout_seconds
@@ -171,7 +175,7 @@ class SessionPool:
             for attempt in (1, 2):
                 session, was_reset = self._session_for(key, call)
                 if was_reset:
-                    await warn_reset(call, self.upstream, key)
+                    await warn_reset(call, self.upstream, key, self._events)
                 try:
                     await self._apply_log_level(key, session)
                     return await operation(session)
@@ -220,6 +224,13 @@ class SessionPool:
                     self._cap,
                     extra=log_fields(upstream=self.upstream, key=key),
                 )
+                self._events.record(
+                    "refusal",
+                    upstream=self.upstream,
+                    session=str(key),
+                    reason=f"its cap of {self._cap} sessions is reached",
+                    limit="max_sessions_per_upstream",
+                )
                 raise SessionLimitError(
                     f"upstream '{self.upstream}' already has {len(self._sessions)} sessions, its cap; end idle "
                     f"sessions, or raise max_sessions_per_upstream (or mcpServers.{self.upstream}.max_sessions)"
@@ -243,6 +254,7 @@ class SessionPool:
             on_end=partial(self._ended, claim),
             transports=self._transports,
             hides_start_detail=self._hides_start_detail,
+            events=self._events,
         )
         relay.on_list_changed = partial(self._refresh_listing, claim, session)
         self._spawn(session)

@@ -19,6 +19,7 @@ from mcpstore_proxy.catalog import Catalog, ToolRoute
 from mcpstore_proxy.config import ProxySettings
 from mcpstore_proxy.keys import SessionKey
 from mcpstore_proxy.named import NamedSessions
+from mcpstore_proxy.operations import note_upstream
 from mcpstore_proxy.registry import ServiceRegistry
 from mcpstore_proxy.relay import ClientCall
 from mcpstore_proxy.services import UpstreamService
@@ -79,6 +80,7 @@ class RequestRouting:
     async def subscribe(self, key: SessionKey, uri: str, call: ClientCall | None, *, subscribe: bool) -> None:
         route = self.catalog_for(key).resource(uri)
         service = self.registry.service(key.agent, route.upstream)
+        note_upstream(service.name)
         await service.subscribe(self.session_key(service, key), call, route.uri, subscribe=subscribe)
 
     async def complete(
@@ -125,6 +127,7 @@ class RequestRouting:
         operation: Callable[[UpstreamSession], Awaitable[_T]],
     ) -> _T:
         key = self.session_key(service, key)
+        note_upstream(service.name)
         if not key.is_named:
             return await service.run(key, call, operation)
         async with self.named.in_use(key):

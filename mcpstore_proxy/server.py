@@ -45,6 +45,7 @@ from mcpstore_proxy.errors import (
 )
 from mcpstore_proxy.gate import AGENT_HEADER
 from mcpstore_proxy.hangup import hang_up_source, unless_client_hangs_up
+from mcpstore_proxy.operations import ObservedOperations, OperationObserver, OperationTracer, note_tool
 from mcpstore_proxy.relay import ClientCall
 from mcpstore_proxy.rounds import InputRounds
 
@@ -63,7 +64,19 @@ _LISTINGS: Final = frozenset({"tools/list", "prompts/list", "resources/list", "r
 class ProxyServer(Server[Any]):
     """Serves the engine's merged offer to one kind of downstream transport (HTTP, SSE or stdio)."""
 
-    def __init__(self, engine: ProxyEngine, *, stdio: bool = False, drain: Drain | None = None) -> None:
+    def __init__(
+        self,
+        engine: ProxyEngine,
+        *,
+        stdio: bool = False,
+        drain: Drain | None = None,
+        observer: OperationObserver | None = None,
+    ) -> None:
+        """`observer` (the app's metrics) hears of every request answered (see `operations`).
+
+        Raises:
+            ConfigError: `tracing: true`, but OpenTelemetry's SDK is not installed.
+        """
         super().__init__(
             "mcpstore-proxy",
             version=__version__,
@@ -74,8 +87,12 @@ class ProxyServer(Server[Any]):
             on_list_resources=self._list_resources,
             on_list_resource_templates=self._list_resource_templates,
         )
-        # One OpenTelemetry span per message is measurable per-call cost, and there is no exporter by default.
+        # The SDK's OpenTelemetry span per message is measurable per-call cost: spans come only with `tracing: true`.
         self.middleware.clear()
+        tracer = _start_tracing() if engine.settings.tracing else None
+        if observer is not None or tracer is not None:
+            principal_of = self._principal_name if engine.settings.metrics_per_principal else None
+            self.middleware.append(ObservedOperations(observer, tracer, principal_of))
         self.middleware.append(self._cached_listing)
         self.add_request_handler("tools/call", types.CallToolRequestParams, self._call_tool)
         self.add_request_handler("prompts/get", types.GetPromptRequestParams, self._get_prompt)
@@ -89,7 +106,7 @@ class ProxyServer(Server[Any]):
         self.add_notification_handler("notifications/initialized", types.NotificationParams, self._initialized)
         self.add_notification_handler("notifications/roots/list_changed", types.NotificationParams, self._roots_changed)
         self._engine = engine
-        self.drain = drain or Drain()
+        self.drain = drain or Drain(engine.events)
         self._downstream = Downstream(engine, stdio=stdio)
         """Which session key each request belongs to, and how to reach the client that sent it."""
         # The SDK checks a 2026-07-28 call's `Mcp-Param-*` headers against the tool's schema; without this it runs
@@ -102,6 +119,9 @@ class ProxyServer(Server[Any]):
         self.rounds = InputRounds(engine.clock)
         """The 2026-07-28 multi-round exchanges in progress; whoever serves this server enters `rounds.running()`."""
         engine.add_listener(self._downstream.announce_catalog_changed)
+
+    def _principal_name(self, ctx: Context) -> str:
+        return self._downstream.principal(ctx).name
 
     # Capabilities: what the upstreams offer, not what handlers happen to be registered.
 
@@ -167,6 +187,7 @@ class ProxyServer(Server[Any]):
         async def forward(call: ClientCall) -> dict[str, Any]:
             base_key = self._downstream.key(ctx)
             route = self._engine.tool_route(base_key, params.name)
+            note_tool(params.name)
             arguments = dict(params.arguments or {})
             argument = route.session_argument
             named = arguments.pop(argument, None) if argument is not None else None
@@ -307,3 +328,10 @@ class ProxyServer(Server[Any]):
                 result.setdefault("ttlMs", 0)
                 result.setdefault("cacheScope", "private")
         return result
+
+
+def _start_tracing() -> OperationTracer:
+    """Imported only when asked for: without `tracing: true`, OpenTelemetry's SDK is never loaded."""
+    from mcpstore_proxy.tracing import start_tracing
+
+    return start_tracing()

@@ -41,7 +41,9 @@ from mcpstore_proxy.errors import (
     first_line,
     innermost,
 )
+from mcpstore_proxy.events import EventLog
 from mcpstore_proxy.logs import log_fields
+from mcpstore_proxy.operations import upstream_leg
 from mcpstore_proxy.relay import ClientCall, ListKind, SessionRelay
 from mcpstore_proxy.transports import StderrTail, TransportEvents, TransportFactory, open_transport
 
@@ -111,6 +113,7 @@ class UpstreamSession:
         on_end: Callable[[UpstreamSession], None] | None = None,
         transports: TransportFactory = open_transport,
         hides_start_detail: bool = False,
+        events: EventLog | None = None,
     ) -> None:
         self.upstream = upstream
         self.config = config
@@ -132,6 +135,8 @@ class UpstreamSession:
         self._start_timeout_seconds = start_timeout_seconds
         self._on_end = on_end
         self._transports = transports
+        self._events = events
+        """Where its start, failed start and timeouts are recorded (the engine's, for operators)."""
         self.hides_start_detail = hides_start_detail
         """Whether a failed start tells clients only that it could not connect (the rest goes to `detail`)."""
         self._close_reason = "it was closed"
@@ -183,6 +188,9 @@ class UpstreamSession:
                 self.failure = self._lost_error() if self._ready.is_set() else self._describe_failure(None)
             self._ready.set()
             self._ended.set()
+            if self.end_reason is EndReason.FAILED and self._events is not None:
+                reason = self.failure.message if self.failure is not None else ""
+                self._events.record("spawn_failed", upstream=self.upstream, session=self.label or None, reason=reason)
             if self._on_end is not None:
                 self._on_end(self)
 
@@ -206,6 +214,11 @@ class UpstreamSession:
                     client_info=_CLIENT_INFO,
                 ) as client:
                     await client.initialize()
+                    if self._events is not None:
+                        seconds = anyio.current_time() - self.started_at
+                        self._events.record(
+                            "spawn", upstream=self.upstream, session=self.label or None, seconds=seconds
+                        )
                     self.server_capabilities = client.server_capabilities
                     start_scope.deadline = math.inf
                     self._client = client
@@ -243,11 +256,16 @@ class UpstreamSession:
         try:
             # Our own deadline, not the SDK's read timeout: an upstream may answer with its own timeout error,
             # and that must reach the client unchanged. Abandoning the request cancels it upstream.
-            with anyio.fail_after(self.config.call_timeout_seconds):
+            with (
+                upstream_leg(request.method, self.upstream) as outcome,
+                anyio.fail_after(self.config.call_timeout_seconds),
+            ):
                 async with self.relay.serving(call):
                     result = await client.send_request(
                         request, _RawResult, progress_callback=self.relay.progress_for(call)
                     )
+                if result.root.get("isError") is True:
+                    outcome[0] = "error"
             return result.root
         except TimeoutError:
             logger.warning(
@@ -258,6 +276,13 @@ class UpstreamSession:
                 self.config.call_timeout_seconds,
                 extra=log_fields(upstream=self.upstream, duration_seconds=self.config.call_timeout_seconds),
             )
+            if self._events is not None:
+                self._events.record(
+                    "timeout",
+                    upstream=self.upstream,
+                    session=self.label or None,
+                    reason=f"{_describe(request)} took over {self.config.call_timeout_seconds:g} s",
+                )
             raise UpstreamTimeoutError(
                 self.upstream,
                 f"upstream '{self.upstream}' did not answer {_describe(request)} within "

@@ -29,7 +29,7 @@ import enum
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final, TypeVar
 
 import anyio
@@ -37,6 +37,7 @@ from mcp import MCPError, types
 
 from mcpstore_proxy.config import UpstreamConfig
 from mcpstore_proxy.errors import UpstreamError, UpstreamStartError, UpstreamStoppedError, first_line
+from mcpstore_proxy.events import EventLog
 from mcpstore_proxy.keys import SessionKey
 from mcpstore_proxy.logs import log_fields
 from mcpstore_proxy.pool import PoolHooks, Spawner
@@ -77,6 +78,8 @@ class ServiceContext:
     spawn: Spawner
     """Starts an upstream session's owner task in the engine's task group."""
     on_catalog_changed: Callable[[], None]
+    events: EventLog = field(default_factory=EventLog)
+    """Where spawns, resets, refusals and timeouts are recorded (the engine's)."""
 
 
 class UpstreamService(ABC):
@@ -213,6 +216,7 @@ class UpstreamService(ABC):
             on_end=lambda _: self._wake.set(),
             transports=self._context.transports,
             hides_start_detail=self.hides_start_detail,
+            events=self._context.events,
         )
 
     async def _serve_catalog(self, session: UpstreamSession) -> None:

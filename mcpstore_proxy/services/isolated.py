@@ -51,6 +51,7 @@ class IsolatedService(UpstreamService):
             hooks=context.hooks,
             transports=context.transports,
             hides_start_detail=hides_start_detail,
+            events=context.events,
         )
 
     def __repr__(self) -> str:

@@ -71,7 +71,7 @@ class SharedService(UpstreamService):
                 seen = self._generation_seen.get(key)
                 self._generation_seen[key] = self._generation
                 if seen is not None and seen != self._generation:
-                    await warn_reset(call, self.name, key)
+                    await warn_reset(call, self.name, key, self._context.events)
             try:
                 return await operation(session)
             except UpstreamClosedError as error:

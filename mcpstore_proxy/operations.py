@@ -1,0 +1,189 @@
+"""The operation being answered, as the metrics and the tracing see it.
+
+`ObservedOperations` is a server middleware (the outermost): for each request
+a client sends, it opens an `Operation` in a context variable, which every
+task the request starts inherits. Routing notes what the request reached
+(`note_tool`, `note_upstream`), and each upstream session times its own leg
+(`upstream_leg`). When the request is answered, its observer (the app's
+metrics, `metrics`) hears of it once, and its span (`tracing`), if any, ends.
+Without an observer and without tracing, the middleware is not installed, and
+the notes find no operation: the proxy pays one context-variable read each.
+
+Label values stay bounded: a method the proxy does not serve counts as
+`other`, and a tool is named only once routing found it in the catalog.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Generator
+from contextlib import AbstractContextManager, contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import Any, Final, Literal, Protocol
+
+import anyio
+from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
+
+__all__ = [
+    "SERVED_METHODS",
+    "ObservedOperations",
+    "Operation",
+    "OperationObserver",
+    "OperationTracer",
+    "Outcome",
+    "note_tool",
+    "note_upstream",
+    "upstream_leg",
+]
+
+Context = ServerRequestContext[Any, Any]
+Outcome = Literal["ok", "error", "cancelled"]
+
+SERVED_METHODS: Final = frozenset(
+    {
+        "initialize",
+        "ping",
+        "server/discover",
+        "tools/list",
+        "tools/call",
+        "prompts/list",
+        "prompts/get",
+        "resources/list",
+        "resources/templates/list",
+        "resources/read",
+        "resources/subscribe",
+        "resources/unsubscribe",
+        "completion/complete",
+        "logging/setLevel",
+        "subscriptions/listen",
+    }
+)
+"""The methods a metric names; any other counts as `other` (a client may send any string)."""
+
+
+class OperationObserver(Protocol):
+    def operation_answered(self, operation: Operation, outcome: Outcome, seconds: float) -> None:
+        """One request was answered (or failed, or was cancelled) after `seconds`."""
+        ...
+
+    def upstream_answered(self, method: str, upstream: str, outcome: Outcome, seconds: float) -> None:
+        """One request to an upstream, on behalf of some operation, was answered after `seconds`."""
+        ...
+
+
+class OperationTracer(Protocol):
+    def span(self, ctx: Context, operation: Operation) -> AbstractContextManager[None]:
+        """A span around the answer to the request of `ctx`, current while it runs."""
+        ...
+
+
+@dataclass(slots=True, eq=False)
+class Operation:
+    """One request from a client, while it is answered."""
+
+    method: str
+    principal: str
+    """The principal's name where metrics name principals, else ""."""
+    observer: OperationObserver | None
+    tool: str = ""
+    """The exposed tool a tools/call reached ("" until routing found it)."""
+    upstream: str = ""
+    """The upstream the request was forwarded to ("" if none)."""
+    was_cancelled: bool = False
+    """Its upstream leg was cancelled (the client hung up, or the proxy shut down)."""
+    outcome: Outcome = "error"
+    """How it ended, once it has: an exception leaves it an error."""
+
+
+_CURRENT: ContextVar[Operation | None] = ContextVar("mcpstore_proxy.operation", default=None)
+
+
+def note_tool(name: str) -> None:
+    """The operation's tools/call reached the exposed tool `name`."""
+    operation = _CURRENT.get()
+    if operation is not None:
+        operation.tool = name
+
+
+def note_upstream(name: str) -> None:
+    """The operation is forwarded to the upstream `name`."""
+    operation = _CURRENT.get()
+    if operation is not None:
+        operation.upstream = name
+
+
+@contextmanager
+def upstream_leg(method: str, upstream: str) -> Generator[list[Outcome]]:
+    """Time one request to an upstream for the operation in progress. The block may replace the outcome it is
+    given (`outcome[0] = "error"` for a tool's error result); an exception makes it an error, a cancellation
+    cancelled."""
+    operation = _CURRENT.get()
+    outcome: list[Outcome] = ["ok"]
+    if operation is None or operation.observer is None:
+        yield outcome
+        return
+    started = time.perf_counter()
+    try:
+        yield outcome
+    except anyio.get_cancelled_exc_class():
+        outcome[0] = "cancelled"
+        operation.was_cancelled = True
+        raise
+    except BaseException:
+        outcome[0] = "error"
+        raise
+    finally:
+        operation.observer.upstream_answered(method, upstream, outcome[0], time.perf_counter() - started)
+
+
+class ObservedOperations:
+    """The server middleware that opens an `Operation` for each request (see the module docstring)."""
+
+    def __init__(
+        self,
+        observer: OperationObserver | None,
+        tracer: OperationTracer | None,
+        principal_of: Callable[[Context], str] | None = None,
+    ) -> None:
+        self._observer = observer
+        self._tracer = tracer
+        self._principal_of = principal_of
+
+    async def __call__(self, ctx: Context, call_next: CallNext) -> HandlerResult:
+        if ctx.request_id is None:
+            return await call_next(ctx)  # a notification: no answer to time
+        method = ctx.method if ctx.method in SERVED_METHODS else "other"
+        principal = self._principal_of(ctx) if self._principal_of is not None else ""
+        operation = Operation(method, principal, self._observer)
+        token = _CURRENT.set(operation)
+        started = time.perf_counter()
+        try:
+            if self._tracer is None:
+                return await _answer(ctx, call_next, operation)
+            with self._tracer.span(ctx, operation):
+                return await _answer(ctx, call_next, operation)
+        finally:
+            _CURRENT.reset(token)
+            if self._observer is not None:
+                self._observer.operation_answered(operation, operation.outcome, time.perf_counter() - started)
+
+
+async def _answer(ctx: Context, call_next: CallNext, operation: Operation) -> HandlerResult:
+    try:
+        result = await call_next(ctx)
+        operation.outcome = "error" if is_tool_error(result) else "ok"
+        return result
+    except anyio.get_cancelled_exc_class():
+        operation.outcome = "cancelled"
+        raise
+    finally:
+        if operation.was_cancelled:
+            operation.outcome = "cancelled"
+
+
+def is_tool_error(result: HandlerResult) -> bool:
+    """Whether a result is a tool's error result (`isError: true`), which OpenTelemetry counts as an error."""
+    if isinstance(result, dict):
+        return result.get("isError") is True
+    return getattr(result, "is_error", None) is True
