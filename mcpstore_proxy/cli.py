@@ -1,19 +1,23 @@
-"""The `mcpstore-proxy` command: `serve` (Streamable HTTP), `stdio` (one client on a pipe), `check`, and
-`pins list` / `pins approve NAME` (the config's tool pins; see `pins`).
+"""The `mcpstore-proxy` command: `serve` (Streamable HTTP), `stdio` (one client on a pipe), `check`,
+`pins list` / `pins approve NAME` (the config's tool pins; see `pins`), and `status` (a running proxy's
+`/admin/status`, as the status page shows it; see `status_page`).
 
 A bad config prints one line naming the field and the fix, and exits with 2;
 no traceback. `check` exits with 1 when any upstream fails to start, `pins
-approve` when no pinned tool has that name.
+approve` when no pinned tool has that name, `status` when the proxy cannot be
+reached or refuses the token.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 import anyio
+import httpx2
 
 from mcpstore_proxy.__about__ import __version__
 from mcpstore_proxy.config import ProxySettings, load_settings
@@ -24,16 +28,21 @@ from mcpstore_proxy.pins import PinInfo, ToolPins
 from mcpstore_proxy.services import IsolatedService
 from mcpstore_proxy.serving import serve_http, serve_stdio
 from mcpstore_proxy.status import ServiceInfo
+from mcpstore_proxy.status_page import aligned, render_text
 
 __all__ = ["main"]
 
 EXIT_FAILED = 1
 EXIT_BAD_CONFIG = 2
+_STATUS_TIMEOUT_SECONDS = 10.0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     arguments = _parser().parse_args(argv)
     try:
+        if arguments.command == "status":
+            _status(arguments.url, arguments.token, arguments.config)
+            return 0
         settings = load_settings(
             arguments.config,
             serving=arguments.command == "serve",
@@ -86,6 +95,14 @@ def _parser() -> argparse.ArgumentParser:
         )
         command.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"], default=None)
         command.set_defaults(host=None, port=None)
+    status = commands.add_parser("status", help="print a running proxy's upstreams, sessions and recent refusals")
+    status.add_argument(
+        "--url", default=None, help="the proxy's address, such as http://127.0.0.1:8765 (default: from the config)"
+    )
+    status.add_argument(
+        "--token", default=None, help="an admin token (default: $MCPSTORE_PROXY_ADMIN_TOKEN, then the config's)"
+    )
+    status.add_argument("--config", type=Path, default=None, help="the config the proxy serves (for --url, --token)")
     serve.add_argument("--host", default=None, help="address to bind (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=None, help="port to bind (default 8765)")
     return parser
@@ -103,6 +120,42 @@ async def _check(settings: ProxySettings) -> int:
         print("no enabled upstreams under mcpServers", file=sys.stderr)
         return EXIT_FAILED
     return EXIT_FAILED if any(status.state != "ready" for status in statuses) else 0
+
+
+def _status(url: str | None, token: str | None, config: Path | None) -> None:
+    """Print the status report of the proxy at `url` (else the address the config serves).
+
+    Raises:
+        ConfigError: no `url`, and the config cannot be read.
+        ProxyError: the proxy cannot be reached, or refuses.
+    """
+    token = token or os.environ.get("MCPSTORE_PROXY_ADMIN_TOKEN")
+    if url is None:
+        settings = load_settings(config)
+        host = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host
+        url = f"http://{f'[{host}]' if ':' in host else host}:{settings.port}"
+        token = token or settings.admin_token
+    base = url.rstrip("/").removesuffix("/mcp")
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    try:
+        answer = httpx2.get(f"{base}/admin/status", headers=headers, timeout=_STATUS_TIMEOUT_SECONDS)
+    except httpx2.HTTPError as error:
+        raise ProxyError(
+            f"cannot reach the proxy at {base} ({error}); is it running? (give its address with --url)"
+        ) from None
+    if answer.status_code != 200:
+        raise ProxyError(f"{base}/admin/status answered {answer.status_code}: {_error_message(answer)}")
+    print(render_text(answer.json(), base))
+
+
+def _error_message(answer: httpx2.Response) -> str:
+    try:
+        message = str(answer.json()["error"]["message"])
+    except (ValueError, KeyError, TypeError):
+        return answer.text[:200]
+    if answer.status_code in (401, 403):
+        message += " (give an admin token with --token or $MCPSTORE_PROXY_ADMIN_TOKEN)"
+    return message
 
 
 def _pins(settings: ProxySettings, action: str, name: str | None) -> None:
@@ -124,7 +177,7 @@ def _pins(settings: ProxySettings, action: str, name: str | None) -> None:
 def _format_pins(infos: Sequence[PinInfo]) -> str:
     rows = [("TOOL", "EXPOSED AS", "STATE", "CHANGES")]
     rows += [(i.tool, i.exposed_name, i.state, i.changes or "") for i in infos]
-    return _aligned(rows)
+    return aligned(rows)
 
 
 def _format_table(statuses: Sequence[ServiceInfo]) -> str:
@@ -133,19 +186,10 @@ def _format_table(statuses: Sequence[ServiceInfo]) -> str:
         (s.name, s.transport, s.session_mode, s.state, str(s.tool_count), "; ".join(filter(None, _details(s))))
         for s in statuses
     ]
-    return _aligned(rows)
+    return aligned(rows)
 
 
 def _details(status: ServiceInfo) -> tuple[str | None, ...]:
     pool = status.warm_pool
     warm = f"warm pool: {pool.ready}/{pool.target} spares ready" if pool is not None else None
     return (status.error, status.detail, warm)
-
-
-def _aligned(rows: Sequence[Sequence[str]]) -> str:
-    """Columns padded to their widest cell; the last one runs free."""
-    widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]) - 1)]
-    return "\n".join(
-        "  ".join(cell.ljust(width) for cell, width in zip(row[:-1], widths, strict=True)) + "  " + row[-1]
-        for row in rows
-    ).rstrip()

@@ -32,7 +32,7 @@ h3 { font-size: 1em; margin: 14px 0 4px; }
 table { border-collapse: collapse; width: 100%; font-size: .93em; }
 th, td { text-align: left; padding: 6px 10px; border-bottom: 1px solid var(--line); white-space: nowrap;
          vertical-align: top; }
-td.wrap { white-space: normal; min-width: 16em; overflow-wrap: anywhere; }
+td.wrap { white-space: normal; min-width: 12em; overflow-wrap: anywhere; }
 tr:last-child td { border-bottom: none; }
 th { font-weight: 600; background: #8881; }
 .state { font-weight: 600; }
@@ -50,7 +50,7 @@ def render_html(report: dict[str, Any]) -> str:
     summary = (
         f'<span class="state {_e(report["status"])}">{_e(report["status"])}</span> · '
         f"{len(upstreams)} upstreams · {sessions} client sessions · "
-        f"{_e(report['requests_in_flight'])} requests in flight · as of {_e(report['time'])} UTC, "
+        f"{_e(report['requests_in_flight'])} requests in flight · as of {_e(_time(report['time']))}, "
         f"refreshed every {REFRESH_SECONDS} s"
     )
     parts = [
@@ -82,7 +82,7 @@ def render_text(report: dict[str, Any], source: str) -> str:
     upstreams: dict[str, Any] = report["upstreams"]
     blocks = [
         f"mcpstore-proxy at {source}: {report['status']}, {report['requests_in_flight']} requests in flight "
-        f"(as of {report['time']} UTC)",
+        f"(as of {_time(report['time'])})",
         aligned(
             [tuple(column.upper() for column in _UPSTREAM_COLUMNS)]
             + [_upstream_cells(name, upstream) for name, upstream in upstreams.items()]
@@ -153,13 +153,18 @@ def _event_cells(event: dict[str, Any]) -> tuple[str, ...]:
     labels = ", ".join(f"{name}={value}" for name, value in sorted(event["labels"].items()))
     reason = f"{event['reason']} ({labels})" if labels and event["reason"] else event["reason"] or labels
     return (
-        str(event["at"]).replace("+00:00", "Z"),
+        _time(event["at"]),
         str(event["kind"]),
         str(event["upstream"] or ""),
         str(event["session"] or ""),
         str(event["principal"] or ""),
         str(reason),
     )
+
+
+def _time(iso: str) -> str:
+    """`2027-01-15T08:00:00+00:00` as `2027-01-15 08:00:00 UTC`."""
+    return iso.replace("T", " ").replace("+00:00", " UTC")
 
 
 def _duration(seconds: float) -> str:
@@ -195,7 +200,7 @@ def _html_cell(column: str, cell: str) -> str:
     if column in ("Last error", "Reason"):
         return f'<td class="wrap">{_e(cell)}</td>'
     if column == "Session":
-        return f"<td><code>{_e(cell)}</code></td>"
+        return f'<td class="wrap"><code>{_e(cell)}</code></td>'
     return f"<td>{_e(cell)}</td>"
 
 

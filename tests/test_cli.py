@@ -1,4 +1,5 @@
-"""The command line: one clear line for a bad config, a status table from `check`, and `stdio` for Claude Desktop.
+"""The command line: one clear line for a bad config, a status table from `check`, `stdio` for Claude Desktop, and
+`status`, a running proxy's upstreams, sessions and refusals in the terminal.
 
 Most cases call `cli.main` in this process, with the upstreams in memory; a few run the installed command
 as a real process, so that the console entry point, `python -m mcpstore_proxy` and logging to stderr stay
@@ -16,13 +17,24 @@ from typing import Any
 
 import anyio
 import pytest
-from mcp import Client
+from mcp import Client, MCPError
 from mcp.types.version import MODERN_PROTOCOL_VERSIONS
 
 from mcpstore_proxy import cli
 from mcpstore_proxy.engine import ProxyEngine
+from mcpstore_proxy.errors import SESSION_REFUSED
 from tests.memory import MemoryUpstreams
-from tests.support import PROJECT_ROOT, fixture_server, is_alive, stdio_parameters, structured, wait_until, write_config
+from tests.support import (
+    PROJECT_ROOT,
+    connect,
+    fixture_server,
+    is_alive,
+    running_proxy,
+    stdio_parameters,
+    structured,
+    wait_until,
+    write_config,
+)
 
 COMMAND = Path(sys.executable).parent / "mcpstore-proxy"
 """The console script that installing the package puts beside the interpreter."""
@@ -215,3 +227,58 @@ async def test_stdio_command_keeps_state_for_a_2026_client_too_and_tells_it_chan
             with anyio.fail_after(10):
                 event = await anext(aiter(subscription))
         assert type(event).__name__ == "ToolsListChanged"
+
+
+@pytest.mark.anyio
+async def test_status_prints_a_running_proxys_upstreams_sessions_and_refusals_and_wants_the_admin_token(
+    tmp_path: Path,
+) -> None:
+    operator, alice = "operator-token-" + "o" * 16, "alice-token-" + "a" * 16
+    config = write_config(
+        tmp_path,
+        {"state": fixture_server("state"), "notes": fixture_server("notes", session="shared")},
+        admin_token=operator,
+        max_sessions_per_upstream=1,
+        auth={"tokens": [{"token": alice, "principal": "alice"}]},
+    )
+    as_alice = {"Authorization": f"Bearer {alice}"}
+    async with (
+        running_proxy(config) as proxy,
+        connect(proxy.url, headers=as_alice) as first,
+        connect(proxy.url, headers=as_alice) as second,
+    ):
+        await first.call_tool("state_remember", {"value": "kept"})
+        with pytest.raises(MCPError) as refused:
+            await second.call_tool("state_remember", {"value": "one too many"})
+        assert refused.value.code == SESSION_REFUSED
+        base = f"http://127.0.0.1:{proxy.port}"
+        without_token = await anyio.to_thread.run_sync(functools.partial(run_cli, "status", "--url", base))
+        as_alice_only = await anyio.to_thread.run_sync(
+            functools.partial(run_cli, "status", "--url", proxy.url, "--token", alice)
+        )
+        completed = await anyio.to_thread.run_sync(
+            functools.partial(run_cli, "status", "--url", proxy.url, "--token", operator)
+        )
+    assert without_token.returncode == cli.EXIT_FAILED
+    assert without_token.stderr.startswith(f"mcpstore-proxy: {base}/admin/status answered 401: ")
+    assert "--token" in without_token.stderr
+    assert as_alice_only.returncode == cli.EXIT_FAILED
+    assert "answered 403" in as_alice_only.stderr
+    assert completed.returncode == 0, completed.stderr
+    blocks = completed.stdout.split("\n\n")
+    assert blocks[0].startswith(f"mcpstore-proxy at {base}: ok, 0 requests in flight")
+    upstreams = {line.split()[0]: line.split() for line in blocks[1].splitlines()}
+    assert upstreams["UPSTREAM"][:3] == ["UPSTREAM", "STATE", "TRANSPORT"]
+    assert upstreams["state"][:4] == ["state", "ready", "stdio", "isolated"]
+    assert upstreams["state"][5] == "1"  # sessions
+    assert upstreams["notes"][:4] == ["notes", "ready", "stdio", "shared"]
+    assert upstreams["notes"][5:7] == ["one,", "shared"]
+    assert upstreams["state"][4] == upstreams["notes"][4] != "0"  # tools
+    [title, header, session] = blocks[2].splitlines()
+    assert title == "SESSIONS"
+    assert header.split()[:4] == ["UPSTREAM", "SESSION", "KIND", "PRINCIPAL"]
+    assert session.split()[:4] == ["state", session.split()[1], "connection", "alice"]
+    assert re.fullmatch(r"#[0-9a-f]{10}", session.split()[1])
+    assert blocks[3].startswith("RECENT RESETS AND REFUSALS\n")
+    # TIME is "2026-12-01 18:00:00 UTC": the kind and upstream follow it.
+    assert any(line.split()[3:5] == ["refusal", "state"] for line in blocks[3].splitlines()[2:])
