@@ -25,9 +25,11 @@ from tests.support import (
     admin,
     alice_and_bob_config,
     connect,
+    descendants,
     fixture_server,
     is_alive,
     running_proxy,
+    stdio_parameters,
     structured,
     wait_until,
     write_config,
@@ -329,6 +331,30 @@ async def test_sighup_reloads_the_config_and_the_sessions_and_processes_of_other
         assert structured(await client.call_tool("new_echo", {"text": "hi"})) == "hi"
         await _still_holds(client, pid)
         assert proxy.process.returncode is None
+
+
+async def test_over_stdio_sighup_reloads_the_config_too(tmp_path: Path) -> None:
+    config = write_config(tmp_path, {"keep": fixture_server("keep")})
+    before = descendants(os.getpid())
+    async with Client(stdio_parameters(config), mode="legacy") as client:
+        await client.call_tool("keep_remember", {"value": "still here"})
+        pid = structured(await client.call_tool("keep_whoami", {}))
+        [proxy] = [child for child in descendants(os.getpid()) - before if _is_stdio_proxy(child)]
+        write_config(tmp_path, {"keep": fixture_server("keep"), "new": fixture_server("new")})
+
+        os.kill(proxy, signal.SIGHUP)
+
+        await wait_until(lambda: _lists(client, "new_echo"), timeout=30, what="the reload to add 'new'")
+        await _still_holds(client, pid)
+    await wait_until(lambda: not descendants(os.getpid()) - before, what="the stdio proxy's processes to exit")
+
+
+def _is_stdio_proxy(pid: int) -> bool:
+    try:
+        arguments = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return b"mcpstore_proxy" in arguments and b"stdio" in arguments
 
 
 async def test_with_watch_config_an_edit_of_the_file_is_applied(tmp_path: Path) -> None:
