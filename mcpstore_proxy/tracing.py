@@ -18,6 +18,7 @@ This module is imported only with `tracing: true`: off, the proxy pays nothing.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Generator
 from contextlib import contextmanager
 from typing import Any, Final, cast
@@ -62,7 +63,8 @@ def start_tracing() -> RequestTracing:
             )
         except ImportError:
             raise ConfigError(INSTALL_HINT) from None
-        provider = TracerProvider(resource=Resource.create({"service.name": _SERVICE_NAME}))
+        service_name = os.environ.get("OTEL_SERVICE_NAME") or _SERVICE_NAME
+        provider = TracerProvider(resource=Resource.create({"service.name": service_name}))
         provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))  # pyright: ignore[reportUnknownArgumentType]
         trace.set_tracer_provider(provider)  # flushed at exit: the SDK's provider shuts down then
     return RequestTracing(provider.get_tracer("mcpstore_proxy", __version__))
