@@ -1,9 +1,9 @@
 """The HTTP face of the proxy, as a Starlette app: Streamable HTTP at `/mcp` (and `/agents/{id}/mcp` for an
 agent's view), the legacy HTTP+SSE transport at `/sse` (events) and `/messages/` (posts) for older clients,
 the admin API under `/admin` (see `admin`), the status page at `/status` (see `status_page`), the probes
-`/health`, `/ready` and `/healthz` (`_Probes`), and the RFC 9728 protected-resource metadata under
-`/.well-known/oauth-protected-resource`. Every MCP endpoint and the admin API pass the gate (`gate`), which learns
-the principal a request proves.
+`/health`, `/ready` and `/healthz` (`_Probes`), the Prometheus metrics at `/metrics` (see `metrics`), and the
+RFC 9728 protected-resource metadata under `/.well-known/oauth-protected-resource`. Every MCP endpoint and the
+admin API pass the gate (`gate`), which learns the principal a request proves.
 
 The SDK's session manager serves `/mcp` with DNS-rebinding protection on: a
 request whose Host is not allowed gets 421, a foreign Origin gets 403. Loopback
