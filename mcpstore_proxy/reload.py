@@ -46,8 +46,8 @@ __all__ = ["LIVE_OPTIONS", "ReloadResult", "Reloader", "Trigger", "watch_config_
 
 logger = logging.getLogger(__name__)
 
-Trigger = Literal["signal", "admin", "watch", "sdk"]
-"""What asked for a reload: SIGHUP, `POST /admin/reload`, the file watcher, or the embedding code."""
+Trigger = Literal["signal", "admin", "watch"]
+"""What asked for a reload: SIGHUP, `POST /admin/reload`, or the file watcher (`watch_config`)."""
 
 LIVE_OPTIONS: Final = frozenset({"log_level", "shutdown_grace_seconds"})
 """The global options a reload applies at once; every other one needs a restart."""
