@@ -18,7 +18,15 @@ from mcp import Client, MCPError
 
 from mcpstore_proxy.errors import SESSION_REFUSED
 from tests.inprocess import InProcessProxy, running_app
-from tests.support import PROJECT_ROOT, REPORT, fixture_server, streamable_http_client, write_config
+from tests.support import (
+    PROJECT_ROOT,
+    REPORT,
+    fixture_server,
+    streamable_http_client,
+    structured,
+    wait_until,
+    write_config,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -64,8 +72,9 @@ def operated_config(directory: Path, **settings: Any) -> Path:
 
 @asynccontextmanager
 async def traffic(proxy: InProcessProxy) -> AsyncGenerator[list[str]]:
-    """Alice and bob each hold a session with `state`; alice's second connection is refused (the cap is 2).
-    Yields the Mcp-Session-Id values the proxy gave out, which must appear nowhere."""
+    """Alice and bob each hold a session with `state`; alice's second connection is refused (the cap is 2); bob's
+    upstream dies, so his next call starts afresh, with a reset. Yields the Mcp-Session-Id values the proxy gave out,
+    which must appear nowhere."""
     session_ids: list[str] = []
 
     async def note(response: httpx2.Response) -> None:
@@ -86,6 +95,14 @@ async def traffic(proxy: InProcessProxy) -> AsyncGenerator[list[str]]:
         with pytest.raises(MCPError) as refused:
             await alice_again.call_tool("state_remember", {"value": "one too many"})
         assert refused.value.code == SESSION_REFUSED
+        bobs_upstream = structured(await bob.call_tool("state_whoami", {}))
+        await proxy.kill_upstream(bobs_upstream)
+
+        async def bobs_session_is_gone() -> bool:
+            return (await get(proxy, "/admin/status", OPERATOR)).json()["upstreams"]["state"]["sessions"] == 1
+
+        await wait_until(bobs_session_is_gone, what="the proxy to see bob's upstream session end")
+        assert structured(await bob.call_tool("state_whoami", {})) != bobs_upstream
         yield session_ids
 
 
@@ -131,6 +148,9 @@ async def test_admin_status_lists_each_client_session_by_hash_with_its_principal
     [refusal] = [event for event in status["events"] if event["kind"] == "refusal"]
     assert refusal["upstream"] == "state"
     assert "cap" in refusal["reason"]
+    [reset] = [event for event in status["events"] if event["kind"] == "reset"]
+    assert reset["upstream"] == "state"
+    assert "principal 'bob'" in reset["session"]  # the key's text: its short hash and principal, never its id
     assert session_ids
     for session_id in session_ids:
         assert session_id not in answer.text
@@ -180,6 +200,8 @@ async def test_chromium_shows_upstreams_sessions_and_the_refusal_on_a_desktop_an
             assert "Recent resets and refusals" in body
             refusal = desktop.locator("tr", has_text="refusal")
             assert "cap" in await refusal.first.inner_text()
+            reset = desktop.locator("tr", has_text="reset")
+            assert "principal 'bob'" in await reset.first.inner_text()
             for session_id in session_ids:
                 assert session_id not in await desktop.content()
             await desktop.screenshot(path=str(desktop_shot), full_page=True)
