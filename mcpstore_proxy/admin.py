@@ -11,7 +11,8 @@
     POST   /admin/sessions/{id}/bind        {"service": NAME}
     POST   /admin/sessions/{id}/extend      {"seconds": 3600}
     POST   /admin/sessions/{id}/restart     POST /admin/sessions/{id}/clear-cache
-    GET    /admin/status                    the proxy's state in detail (operators only)
+    GET    /admin/status                    the proxy's state in detail (operators only; `status.status_report`);
+                                            `operator_page` serves it as HTML at `/status`, guarded the same
     GET    /admin/pins                      tool pins, and changed definitions awaiting approval (operators only)
     POST   /admin/pins/{name}/approve       approve a tool's changed definition; `name` is the exposed name or
                                             `upstream/tool` (operators only)

@@ -28,6 +28,7 @@ from tests.support import (
     PROJECT_ROOT,
     connect,
     fixture_server,
+    free_port,
     is_alive,
     running_proxy,
     stdio_parameters,
@@ -282,3 +283,16 @@ async def test_status_prints_a_running_proxys_upstreams_sessions_and_refusals_an
     assert blocks[3].startswith("RECENT RESETS AND REFUSALS\n")
     # TIME is "2026-12-01 18:00:00 UTC": the kind and upstream follow it.
     assert any(line.split()[3:5] == ["refusal", "state"] for line in blocks[3].splitlines()[2:])
+
+
+def test_status_without_a_url_asks_the_address_the_config_serves_and_says_when_nothing_answers(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    port = free_port()
+    config = write_config(tmp_path, {}, host="0.0.0.0", port=port, auth={"mode": "none"})
+    assert cli.main(["status", "--config", str(config)]) == cli.EXIT_FAILED
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    [line] = captured.err.splitlines()
+    assert line.startswith(f"mcpstore-proxy: cannot reach the proxy at http://127.0.0.1:{port} (")
+    assert line.endswith("is it running? (give its address with --url)")
