@@ -3,7 +3,8 @@
 The container serves tests/fixtures/stateful_server.py as the upstream `fixture`, behind a static bearer token
 taken from the environment variable named by --token-env. Checks, each printed as one line:
 
-- `/ready` answers 200 (within a deadline: the upstream starts in the background);
+- `/ready` answers 200 (within a deadline: the upstream starts in the background), and `/health` and `/ready`
+  answer a request whose Host is a pod address, as a kubelet's probe is;
 - a request without the token is refused with 401 and a `WWW-Authenticate: Bearer` challenge;
 - with the token, the SDK client lists the fixture's tools, `fixture_echo` answers, and the session keeps its
   state from one call to the next (`fixture_remember`, then `fixture_recall`).
@@ -26,6 +27,8 @@ from mcp import Client, types
 from mcp.client.streamable_http import streamable_http_client
 
 _READY_DEADLINE_SECONDS = 60.0
+_POD_ADDRESS = "10.1.2.3"
+"""Only ever a header value: nothing is sent there."""
 
 
 class CheckFailedError(Exception):
@@ -48,6 +51,18 @@ async def wait_ready(base_url: str) -> float:
                 last = f"HTTP {answer.status_code}"
             await anyio.sleep(0.2)
     raise CheckFailedError(f"{base_url}/ready did not answer 200 within {_READY_DEADLINE_SECONDS:g} s (last: {last})")
+
+
+async def check_probes_answer_a_kubelet(base_url: str) -> str:
+    """Kubernetes probes name the pod's address in `Host`, which no config lists: the probes must answer anyway."""
+    statuses: list[str] = []
+    async with httpx2.AsyncClient(timeout=10) as http:
+        for path in ("/health", "/ready"):
+            answer = await http.get(f"{base_url}{path}", headers={"Host": f"{_POD_ADDRESS}:8765"})
+            if answer.status_code != 200:
+                raise CheckFailedError(f"{path} with a pod address as Host answered HTTP {answer.status_code}")
+            statuses.append(f"{path} 200")
+    return f"probes with a pod address as Host (as a kubelet asks): {', '.join(statuses)}"
 
 
 async def check_refused_without_token(base_url: str) -> str:
@@ -105,6 +120,7 @@ def _structured(result: types.CallToolResult) -> Any:
 async def drive(base_url: str, token: str) -> None:
     ready_seconds = await wait_ready(base_url)
     print(f"/ready answered 200 after {ready_seconds:.1f} s")
+    print(await check_probes_answer_a_kubelet(base_url))
     print(await check_refused_without_token(base_url))
     for line in await check_tool_calls(base_url, token):
         print(line)

@@ -59,6 +59,7 @@ def test_the_image_builds_here_refuses_to_run_open_and_serves_an_mcp_client_as_n
     checks = {
         "without auth: refused to start, exit 2": "the image must not serve 0.0.0.0 without auth",
         "/ready answered 200": "readiness",
+        "probes with a pod address as Host (as a kubelet asks): /health 200, /ready 200": "Kubernetes' probes",
         "a request without the token: HTTP 401": "the bearer token is required",
         "tools/call fixture_echo answered 'hello from the host'": "a tool call through the container",
         "session state kept between calls": "the client's upstream session",
