@@ -13,7 +13,8 @@
 # The run checks: the image refuses to start without `auth` (it binds 0.0.0.0); with a mounted config, a token from
 # the environment, a read-only root filesystem and tests/fixtures/stateful_server.py as its upstream, it gets ready,
 # refuses a request without the token, and serves tool calls to the MCP SDK client (scripts/drive_image.py); every
-# process in it runs as uid 10001; its HEALTHCHECK passes; on SIGTERM it drains and exits 0.
+# process in it runs as uid 10001; its HEALTHCHECK passes; on SIGTERM it drains and exits 0. Then the same with the
+# config of deploy/kubernetes/configmap.yaml, whose demo upstreams ship in the image.
 #
 # Exit status: 0 when all of it held; 77 when this machine cannot build or run images (the "skip:" line says why);
 # 1 otherwise. Lines starting "build_image:" are the summary. Every container it starts, it removes.
@@ -30,6 +31,7 @@ STARTED_AT=$SECONDS
 
 BASE_IMAGE=""   # the local base's tag, once made
 CONTAINER=""    # the container create_container made last
+ADDRESS=""      # where start_serving's container is published (host:port)
 CONTAINERS=()   # every container not yet removed, for the cleanup
 WORK_DIR=""
 
@@ -176,9 +178,9 @@ check_refuses_without_auth() {
   summary "without auth: refused to start, exit 2 ($(grep -o "serving on [^ ]* reaches beyond this machine" <<<"$output"))"
 }
 
-write_config() {
+write_fixture_config() {
   # What a deployment writes: the token comes from the environment, state goes to the writable /data.
-  cat >"$WORK_DIR/proxy.yaml" <<'YAML'
+  cat >"$WORK_DIR/fixture.yaml" <<'YAML'
 tool_pins_file: /data/tool-pins.json
 runtime_services_file: /data/runtime-services.json
 auth:
@@ -189,32 +191,51 @@ mcpServers:
     command: ${PYTHON}
     args: ["/fixtures/stateful_server.py", "--name", "fixture"]
 YAML
-  chmod a+r "$WORK_DIR/proxy.yaml"
+  chmod a+r "$WORK_DIR/fixture.yaml"
 }
 
-run_and_drive() {
-  local token id address uids health status started
-  token="$(head -c 24 /dev/urandom | base64 | tr '+/' '-_')"
-  write_config
-  started=$SECONDS
-  # The root filesystem read-only, as under Kubernetes' readOnlyRootFilesystem; /data a tmpfs the user owns.
-  ALICE_TOKEN="$token" create_container --read-only \
+# Runs the image on the config file $1 as deploy/kubernetes does: the root filesystem read-only, /data and $HOME
+# writable (podman adds /tmp), the tokens from the environment. Sets CONTAINER and ADDRESS (host:port).
+start_serving() {
+  create_container --read-only \
     --mount type=tmpfs,destination=/data,tmpfs-size=64m,U=true \
-    --volume "$WORK_DIR/proxy.yaml:/config/proxy.yaml:ro" \
-    --volume "$MCPSTORE_ROOT/tests/fixtures:/fixtures:ro" \
-    --env ALICE_TOKEN --publish 127.0.0.1::8765 "$IMAGE"
-  id="$CONTAINER"
+    --mount type=tmpfs,destination=/home/mcpstore,tmpfs-size=64m,U=true \
+    --volume "$1:/config/proxy.yaml:ro" --volume "$MCPSTORE_ROOT/tests/fixtures:/fixtures:ro" \
+    --env ALICE_TOKEN --env OPS_TOKEN --publish 127.0.0.1::8765 "$IMAGE"
   # Quiet: podman 4.3 complains on stderr that there is no systemd to time health checks, which is no failure.
-  pod start "$id" >/dev/null 2>"$WORK_DIR/start.log" || fail "podman start failed: $(cat "$WORK_DIR/start.log")"
-  address="$(pod port "$id" 8765 | head -n 1)"
-  [ -n "$address" ] || fail "podman published no port for 8765"
-  summary "container ${id:0:12} started, published at http://$address/mcp"
+  pod start "$CONTAINER" >/dev/null 2>"$WORK_DIR/start.log" ||
+    fail "podman start failed: $(cat "$WORK_DIR/start.log")"
+  ADDRESS="$(pod port "$CONTAINER" 8765 | head -n 1)"
+  [ -n "$ADDRESS" ] || fail "podman published no port for 8765"
+}
 
-  ALICE_TOKEN="$token" "$MCPSTORE_ROOT/.venv/bin/python" "$MCPSTORE_ROOT/scripts/drive_image.py" \
-    --url "http://$address" --token-env ALICE_TOKEN | sed 's/^/build_image: /' || {
+# The MCP client's checks (scripts/drive_image.py) against the container $1 at $2; more arguments go to it.
+drive() {
+  local id="$1" address="$2"
+  shift 2
+  "$MCPSTORE_ROOT/.venv/bin/python" "$MCPSTORE_ROOT/scripts/drive_image.py" --url "http://$address" \
+    --token-env ALICE_TOKEN "$@" | sed 's/^/build_image: /' || {
     pod logs "$id" 2>&1 | tail -n 30 >&2
     fail "the MCP client's checks failed (the container's last log lines are above)"
   }
+}
+
+# SIGTERM, as `podman stop` and Kubernetes send it: the proxy drains and exits 0.
+stop_serving() {
+  local id="$1" status
+  pod stop --time 40 "$id" >/dev/null 2>&1 || fail "podman stop failed"
+  status="$(pod inspect --format '{{.State.ExitCode}}' "$id")"
+  [ "$status" = 0 ] || fail "on SIGTERM the proxy exited $status, not 0: $(pod logs "$id" 2>&1 | tail -n 10)"
+  remove_container "$id"
+}
+
+run_with_a_fixture_upstream() {
+  local id uids health started=$SECONDS
+  write_fixture_config
+  start_serving "$WORK_DIR/fixture.yaml"
+  id="$CONTAINER"
+  summary "container ${id:0:12} started, published at http://$ADDRESS/mcp"
+  drive "$id" "$ADDRESS"
 
   uids="$(pod top "$id" huser args | tail -n +2)"
   if awk -v uid="$IMAGE_UID" '$1 != uid {bad = 1} END {exit !bad}' <<<"$uids"; then
@@ -228,12 +249,23 @@ run_and_drive() {
   summary "HEALTHCHECK: $health ($(pod image inspect --format '{{json .Config.Healthcheck.Test}}' "$IMAGE" |
     grep -o "http://[^']*"))"
 
-  pod stop --time 40 "$id" >/dev/null 2>&1 || fail "podman stop failed"
-  status="$(pod inspect --format '{{.State.ExitCode}}' "$id")"
-  [ "$status" = 0 ] || fail "on SIGTERM the proxy exited $status, not 0: $(pod logs "$id" 2>&1 | tail -n 10)"
+  stop_serving "$id"
   summary "SIGTERM: drained and exited 0 ($((SECONDS - started)) s from start to stop)"
-  remove_container "$id"
 }
+
+run_with_the_kubernetes_config() {
+  local config="$WORK_DIR/kubernetes.yaml"
+  "$MCPSTORE_ROOT/.venv/bin/python" -c 'import sys, yaml; print(yaml.safe_load(open(sys.argv[1]))["data"]["proxy.yaml"])' \
+    "$MCPSTORE_ROOT/deploy/kubernetes/configmap.yaml" >"$config"
+  chmod a+r "$config"
+  start_serving "$config"
+  summary "deploy/kubernetes/configmap.yaml's config: container ${CONTAINER:0:12} started"
+  drive "$CONTAINER" "$ADDRESS" --demo
+  stop_serving "$CONTAINER"
+  summary "deploy/kubernetes/configmap.yaml's config: served the demo upstreams, drained and exited 0"
+}
+
+random_token() { head -c 24 /dev/urandom | base64 | tr '+/' '-_'; }
 
 main() {
   local run=1
@@ -250,11 +282,14 @@ main() {
   make_base_image
   build_image
   if [ "$run" = 1 ]; then
-    if ! "$MCPSTORE_ROOT/.venv/bin/python" -c 'import mcp, httpx2' >/dev/null 2>&1; then
+    if ! "$MCPSTORE_ROOT/.venv/bin/python" -c 'import mcp, httpx2, yaml' >/dev/null 2>&1; then
       ensure_python_env # the MCP client that drives the container
     fi
+    ALICE_TOKEN="$(random_token)" OPS_TOKEN="$(random_token)"
+    export ALICE_TOKEN OPS_TOKEN # what the containers' configs name, passed with --env
     check_refuses_without_auth
-    run_and_drive
+    run_with_a_fixture_upstream
+    run_with_the_kubernetes_config
   fi
   summary "done in $((SECONDS - STARTED_AT)) s"
 }

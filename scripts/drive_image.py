@@ -7,7 +7,8 @@ taken from the environment variable named by --token-env. Checks, each printed a
   answer a request whose Host is a pod address, as a kubelet's probe is;
 - a request without the token is refused with 401 and a `WWW-Authenticate: Bearer` challenge;
 - with the token, the SDK client lists the fixture's tools, `fixture_echo` answers, and the session keeps its
-  state from one call to the next (`fixture_remember`, then `fixture_recall`).
+  state from one call to the next (`fixture_remember`, then `fixture_recall`); with --demo, the same of the demo
+  upstreams that ship in the image (deploy/kubernetes/configmap.yaml serves them).
 
 Exits non-zero with the failed check's message.
 """
@@ -15,10 +16,12 @@ Exits non-zero with the failed check's message.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncGenerator, Sequence
+from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio
@@ -79,16 +82,29 @@ async def check_refused_without_token(base_url: str) -> str:
     return f"a request without the token: HTTP 401, WWW-Authenticate: {challenge.split(' ')[0]}"
 
 
-async def check_tool_calls(base_url: str, token: str) -> list[str]:
+@asynccontextmanager
+async def mcp_client(base_url: str, token: str) -> AsyncGenerator[Client]:
     headers = {"Authorization": f"Bearer {token}"}
     async with (
         httpx2.AsyncClient(headers=headers, timeout=httpx2.Timeout(30.0, read=120.0)) as http,
         # legacy: the handshake era, whose session keeps the upstream state between calls
         Client(streamable_http_client(f"{base_url}/mcp", http_client=http), mode="legacy", cache=None) as client,
     ):
-        names = sorted(tool.name for tool in (await client.list_tools()).tools)
-        if "fixture_echo" not in names:
-            raise CheckFailedError(f"tools/list has no fixture_echo: {names}")
+        yield client
+
+
+async def tool_names(client: Client, *expected: str) -> list[str]:
+    names = sorted(tool.name for tool in (await client.list_tools()).tools)
+    missing = [name for name in expected if name not in names]
+    if missing:
+        raise CheckFailedError(f"tools/list has no {', '.join(missing)}: {names}")
+    return names
+
+
+async def check_fixture_calls(base_url: str, token: str) -> list[str]:
+    """tests/fixtures/stateful_server.py served as `fixture`."""
+    async with mcp_client(base_url, token) as client:
+        names = await tool_names(client, "fixture_echo", "fixture_remember", "fixture_recall")
         greeting = "hello from the host"
         echoed = _text(await client.call_tool("fixture_echo", {"text": greeting}))
         if echoed != greeting:
@@ -105,6 +121,19 @@ async def check_tool_calls(base_url: str, token: str) -> list[str]:
     ]
 
 
+async def check_demo_calls(base_url: str, token: str) -> list[str]:
+    """The demo upstreams that ship in the image (`notes` isolated, `counter` shared), as the bundled configs serve
+    them."""
+    async with mcp_client(base_url, token) as client:
+        names = await tool_names(client, "notes_add_note", "notes_list_notes", "counter_increment")
+        await client.call_tool("notes_add_note", {"text": "kept"})
+        notes = _structured(await client.call_tool("notes_list_notes", {}))
+        if notes != ["kept"]:
+            raise CheckFailedError(f"notes_list_notes answered {notes!r} in the same session, not ['kept']")
+        counted = _structured(await client.call_tool("counter_increment", {}))
+    return [f"demo upstreams: {len(names)} tools listed, notes kept {notes} in the session, counter at {counted}"]
+
+
 def _text(result: types.CallToolResult) -> str:
     if result.is_error:
         raise CheckFailedError(f"the tool call failed: {result.content}")
@@ -117,12 +146,12 @@ def _structured(result: types.CallToolResult) -> Any:
     return result.structured_content.get("result", result.structured_content)
 
 
-async def drive(base_url: str, token: str) -> None:
+async def drive(base_url: str, token: str, *, demo: bool) -> None:
     ready_seconds = await wait_ready(base_url)
     print(f"/ready answered 200 after {ready_seconds:.1f} s")
     print(await check_probes_answer_a_kubelet(base_url))
     print(await check_refused_without_token(base_url))
-    for line in await check_tool_calls(base_url, token):
+    for line in await (check_demo_calls if demo else check_fixture_calls)(base_url, token):
         print(line)
 
 
@@ -130,13 +159,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Drive a running mcpstore-proxy container with a real MCP client.")
     parser.add_argument("--url", required=True, help="the published address, e.g. http://127.0.0.1:41234")
     parser.add_argument("--token-env", required=True, help="the environment variable that holds the bearer token")
+    parser.add_argument("--demo", action="store_true", help="the demo upstreams (notes, counter), not the fixture")
     arguments = parser.parse_args(argv)
     token = os.environ.get(arguments.token_env)
     if not token:
         print(f"drive_image: {arguments.token_env} is not set", file=sys.stderr)
         return 2
     try:
-        anyio.run(drive, arguments.url.rstrip("/"), token)
+        anyio.run(functools.partial(drive, arguments.url.rstrip("/"), token, demo=arguments.demo))
     except CheckFailedError as failure:
         print(f"drive_image: FAILED: {failure}", file=sys.stderr)
         return 1

@@ -66,6 +66,8 @@ def test_the_image_builds_here_refuses_to_run_open_and_serves_an_mcp_client_as_n
         "non-root: all": "every process runs as uid 10001",
         "HEALTHCHECK: healthy": "the image's HEALTHCHECK",
         "SIGTERM: drained and exited 0": "an orderly stop as PID 1",
+        "demo upstreams: 6 tools listed, notes kept ['kept'] in the session": "the Kubernetes config in the image",
+        "deploy/kubernetes/configmap.yaml's config: served the demo upstreams, drained and exited 0": "its stop",
     }
     missing = [f"{what} ({line!r})" for line, what in checks.items() if not any(s.startswith(line) for s in summary)]
     assert not missing, f"checks missing from the summary: {missing}; the summary:\n" + "\n".join(summary)
