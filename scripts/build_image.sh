@@ -22,7 +22,7 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/setup.sh"
 
 IMAGE="${MCPSTORE_IMAGE:-localhost/mcpstore-proxy:latest}"
-CACHE_DIR="${MCPSTORE_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/mcpstore-proxy}"
+CACHE_DIR="${MCPSTORE_CACHE_DIR:-${XDG_CACHE_HOME:-${HOME:-/root}/.cache}/mcpstore-proxy}"
 BASE_PACKAGES="python3,python3-venv,ca-certificates"
 BASE_MAX_AGE_DAYS=7
 IMAGE_UID=10001
