@@ -6,20 +6,30 @@ prometheus-client's own parser.
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 from pathlib import Path
 from typing import Any
 
+import anyio
 import httpx2
 import pytest
 from mcp import MCPError
 from prometheus_client.parser import text_string_to_metric_families
 
-from mcpstore_proxy.errors import SESSION_REFUSED, UPSTREAM_FAILED
+from mcpstore_proxy.errors import SESSION_REFUSED, SHUTTING_DOWN, UPSTREAM_FAILED
 from tests.inprocess import InProcessProxy, running_app
 from tests.support import connect, fixture_server, structured, wait_until, write_config
 
 pytestmark = pytest.mark.anyio
+
+INITIALIZE: dict[str, Any] = {
+    "jsonrpc": "2.0",
+    "id": 1,
+    "method": "initialize",
+    "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}},
+}
+ACCEPT = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -221,3 +231,51 @@ async def test_metrics_per_principal_label_each_call_with_its_principal(tmp_path
         samples = await scrape(proxy, tokens["metrics"])
     labels = {"mcp_method_name": "tools/call", "gen_ai_tool_name": "state_echo", "upstream": "state", "outcome": "ok"}
     assert value(samples, "mcp_server_operation_duration_seconds_count", **labels, principal="alice") == 1
+
+
+async def test_a_call_its_client_abandons_counts_as_cancelled_on_both_legs(tmp_path: Path) -> None:
+    config = write_config(tmp_path, {"state": fixture_server("state")})
+    marker = tmp_path / "sleeping"
+    async with running_app(config) as proxy, connect(proxy.url) as client:
+        with anyio.move_on_after(30):  # the bound of the whole wait, not a synchronisation
+            async with anyio.create_task_group() as tg:
+
+                async def abandoned_call() -> None:
+                    await client.call_tool("state_sleep", {"seconds": 60, "started_marker": str(marker)})
+
+                tg.start_soon(abandoned_call)
+                await wait_until(marker.exists, what="the upstream to start the call")
+                tg.cancel_scope.cancel()  # the client gives up: the SDK sends notifications/cancelled
+
+        async def counted_as_cancelled() -> bool:
+            return calls(await scrape(proxy), "state_sleep", "cancelled") == 1
+
+        await wait_until(counted_as_cancelled, what="the abandoned call to be counted")
+        samples = await scrape(proxy)
+    client_leg = "mcp_client_operation_duration_seconds_count"
+    assert value(samples, client_leg, mcp_method_name="tools/call", upstream="state", outcome="cancelled") == 1
+
+
+async def test_requests_and_sessions_refused_while_draining_count_as_shutting_down_refusals(tmp_path: Path) -> None:
+    config = write_config(tmp_path, {"state": fixture_server("state")}, shutdown_grace_seconds=60)
+    marker = tmp_path / "sleeping"
+    async with running_app(config) as proxy, connect(proxy.url) as client, anyio.create_task_group() as tg:
+
+        async def call_in_flight() -> None:
+            with contextlib.suppress(MCPError):  # cut short when the test hurries the shutdown
+                await client.call_tool("state_sleep", {"seconds": 60, "started_marker": str(marker)})
+
+        tg.start_soon(call_in_flight)
+        await wait_until(marker.exists, what="the upstream to start the call in flight")
+        await proxy.request_stop()
+        await wait_until(lambda: "draining" in proxy.log, what="the proxy to start draining")
+        async with httpx2.AsyncClient() as http:
+            newcomer = await http.post(proxy.url, json=INITIALIZE, headers=ACCEPT)
+        assert newcomer.status_code == 503
+        with pytest.raises(MCPError) as too_late:
+            await client.call_tool("state_echo", {"text": "too late"})
+        assert too_late.value.code == SHUTTING_DOWN
+        samples = await scrape(proxy)
+        assert value(samples, "mcpstore_refusals_total", limit="shutting_down") == 2
+        assert value(samples, "mcpstore_requests_in_flight") == 1
+        await proxy.request_stop()  # a second request hurries: the call in flight is cancelled
