@@ -15,10 +15,12 @@ import anyio
 import httpx2
 import pytest
 from mcp import MCPError
+from mcp.types import INVALID_PARAMS
 from prometheus_client.parser import text_string_to_metric_families
 
 from mcpstore_proxy.errors import SESSION_REFUSED, SHUTTING_DOWN, UPSTREAM_FAILED
 from tests.inprocess import InProcessProxy, running_app
+from tests.pinning import mutable
 from tests.support import connect, fixture_server, structured, wait_until, write_config
 
 pytestmark = pytest.mark.anyio
@@ -90,7 +92,7 @@ async def test_metrics_after_real_traffic_count_calls_errors_sessions_spawns_ref
         assert structured(await alice.call_tool("state_whoami", {})) != first
         samples = await scrape(proxy)
 
-    assert unknown.value.code != UPSTREAM_FAILED
+    assert unknown.value.code == INVALID_PARAMS
     assert calls(samples, "state_whoami", "ok") == 2
     assert calls(samples, "state_echo", "ok") == 2
     assert calls(samples, "state_echo", "error") == 1
@@ -164,6 +166,18 @@ async def test_a_warm_pool_shows_its_spares_and_their_target(tmp_path: Path) -> 
         await wait_until(spares_ready, what="two spares to be ready")
         samples = await scrape(proxy)
     assert value(samples, "mcpstore_warm_pool_target", upstream="state", agent="") == 2
+
+
+async def test_a_tool_definition_that_changes_counts_a_pinning_event_withheld_under_enforce(tmp_path: Path) -> None:
+    config = write_config(tmp_path, {"state": mutable()}, tool_pinning="enforce")
+    async with running_app(config) as proxy, connect(proxy.url) as client:
+        await client.call_tool("state_mutate", {"kind": "description"})
+
+        async def withheld() -> bool:
+            samples = await scrape(proxy)
+            return value(samples, "mcpstore_tool_pinning_events_total", upstream="state", action="withheld") == 1
+
+        await wait_until(withheld, what="the changed echo to be withheld")
 
 
 # Who may read them.
