@@ -11,6 +11,7 @@
 ARG BASE_IMAGE=python:3.11-slim
 
 FROM ${BASE_IMAGE} AS build
+LABEL org.opencontainers.image.title="mcpstore-proxy"
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY mcpstore_proxy ./mcpstore_proxy
@@ -21,6 +22,7 @@ RUN --mount=type=cache,target=/root/.cache/pip \
     && /opt/mcpstore-proxy/bin/mcpstore-proxy --version
 
 FROM ${BASE_IMAGE}
+LABEL org.opencontainers.image.title="mcpstore-proxy"
 # A fixed uid and gid, so that Kubernetes' runAsUser and fsGroup, and the owner of a mounted volume, can name them.
 RUN groupadd --system --gid 10001 mcpstore \
     && useradd --system --uid 10001 --gid mcpstore --home-dir /home/mcpstore --create-home \

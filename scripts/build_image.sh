@@ -114,24 +114,23 @@ make_base_image() {
 }
 
 build_image() {
-  local previous current size started ca ca_mount=()
-  previous="$(pod image inspect --format '{{.Id}}' "$IMAGE" 2>/dev/null || true)"
+  local size started ca ca_mount=() arguments
   # pip in the build stage reaches PyPI through this machine's TLS set-up: lend the build this machine's CA bundle
   # (the one pip here uses). A build volume is not kept in the image.
   ca="${PIP_CERT:-/etc/ssl/certs/ca-certificates.crt}"
   if [ -f "$ca" ]; then ca_mount=(--volume "$ca:/etc/ssl/certs/ca-certificates.crt:ro"); fi
+  # --format docker: the OCI image format has no HEALTHCHECK.
+  arguments=(--format docker --network host "${ca_mount[@]}" --build-arg "BASE_IMAGE=$BASE_IMAGE")
   log "building $IMAGE"
   started=$SECONDS
-  # --format docker: the OCI image format has no HEALTHCHECK.
-  pod build --format docker --network host "${ca_mount[@]}" --build-arg "BASE_IMAGE=$BASE_IMAGE" --tag "$IMAGE" \
-    "$MCPSTORE_ROOT" >"$WORK_DIR/build.log" 2>&1 || {
+  # The build stage gets a tag of its own, so that the prune below keeps it as the cache for the next build.
+  { pod build "${arguments[@]}" --target build --tag "$IMAGE-build-stage" "$MCPSTORE_ROOT" &&
+    pod build "${arguments[@]}" --tag "$IMAGE" "$MCPSTORE_ROOT"; } >"$WORK_DIR/build.log" 2>&1 || {
     tail -n 40 "$WORK_DIR/build.log" >&2
     fail "podman build failed (the last lines of its output are above)"
   }
-  current="$(pod image inspect --format '{{.Id}}' "$IMAGE")"
-  if [ -n "$previous" ] && [ "$previous" != "$current" ]; then
-    pod rmi "$previous" >/dev/null 2>&1 || true # the image this build replaced
-  fi
+  # The layers of earlier builds that no tag reaches any more (only this image's: they carry its label).
+  pod image prune --force --filter "label=org.opencontainers.image.title=mcpstore-proxy" >/dev/null 2>&1 || true
   size="$(pod image inspect --format '{{.Size}}' "$IMAGE")"
   summary "image: $IMAGE built in $((SECONDS - started)) s from $BASE_IMAGE ($((size / 1000000)) MB)"
 }
