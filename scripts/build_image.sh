@@ -162,6 +162,16 @@ remove_container() {
   CONTAINERS=("${kept[@]}")
 }
 
+# A sandbox may not let podman run containers at all (no namespaces, no cgroups): that is a reason to skip, not a
+# failure. Asked with the base image, before anything is built.
+check_containers_run() {
+  local output
+  create_container "$BASE_IMAGE" /bin/true
+  output="$(pod start --attach "$CONTAINER" 2>&1)" ||
+    skip "podman cannot run a container on this machine: $(grep -v 'level=' <<<"$output" | tail -n 1)"
+  remove_container "$CONTAINER"
+}
+
 check_refuses_without_auth() {
   local id output status
   printf 'mcpServers: {}\n' >"$WORK_DIR/open.yaml"
@@ -279,6 +289,7 @@ main() {
   ensure_container_tools
   WORK_DIR="$(mktemp -d)"
   make_base_image
+  check_containers_run
   build_image
   if [ "$run" = 1 ]; then
     if ! "$MCPSTORE_ROOT/.venv/bin/python" -c 'import mcp, httpx2, yaml' >/dev/null 2>&1; then
