@@ -15,7 +15,7 @@ LABEL org.opencontainers.image.title="mcpstore-proxy"
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY mcpstore_proxy ./mcpstore_proxy
-# The pip cache is a build cache mount, not a layer: a rebuild after a code change downloads nothing again.
+# The pip cache is a build cache mount, not a layer: kept out of the image, and reused by the next build.
 RUN --mount=type=cache,target=/root/.cache/pip \
     python3 -m venv /opt/mcpstore-proxy \
     && /opt/mcpstore-proxy/bin/python -m pip install --disable-pip-version-check --quiet /src \

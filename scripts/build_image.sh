@@ -100,8 +100,10 @@ make_base_image() {
     mmdebstrap --quiet --variant=minbase --include="$BASE_PACKAGES" --format=tar \
       --dpkgopt='path-exclude=/usr/share/doc/*' --dpkgopt='path-include=/usr/share/doc/*/copyright' \
       --dpkgopt='path-exclude=/usr/share/man/*' --dpkgopt='path-exclude=/usr/share/locale/*' \
-      "$suite" "$tarball.partial" ${sources:+"$sources"} ||
+      "$suite" "$tarball.partial" ${sources:+"$sources"} || {
+      rm -f "$tarball.partial"
       fail "mmdebstrap could not make the base from ${sources:-the default Debian mirror}"
+    }
     mv "$tarball.partial" "$tarball"
     pod rmi "$BASE_IMAGE" >/dev/null 2>&1 || true # made from the tarball this one replaces
     summary "base: made with mmdebstrap in $((SECONDS - started)) s ($suite: $BASE_PACKAGES), cached in $tarball"
