@@ -92,8 +92,8 @@ class ProxyMetrics:
 
     # The hot path (`operations.OperationObserver`).
 
-    def operation_answered(self, operation: Operation, outcome: Outcome, seconds: float) -> None:
-        labels = (operation.method, operation.tool, operation.upstream, outcome)
+    def operation_answered(self, operation: Operation, seconds: float) -> None:
+        labels = (operation.method, operation.tool, operation.upstream, operation.outcome)
         if self._per_principal:
             labels = (*labels, operation.principal)
         child = self._server_children.get(labels)

@@ -63,8 +63,8 @@ SERVED_METHODS: Final = frozenset(
 
 
 class OperationObserver(Protocol):
-    def operation_answered(self, operation: Operation, outcome: Outcome, seconds: float) -> None:
-        """One request was answered (or failed, or was cancelled) after `seconds`."""
+    def operation_answered(self, operation: Operation, seconds: float) -> None:
+        """One request was answered (or failed, or was cancelled: `operation.outcome`) after `seconds`."""
         ...
 
     def upstream_answered(self, method: str, upstream: str, outcome: Outcome, seconds: float) -> None:
@@ -166,7 +166,7 @@ class ObservedOperations:
         finally:
             _CURRENT.reset(token)
             if self._observer is not None:
-                self._observer.operation_answered(operation, operation.outcome, time.perf_counter() - started)
+                self._observer.operation_answered(operation, time.perf_counter() - started)
 
 
 async def _answer(ctx: Context, call_next: CallNext, operation: Operation) -> HandlerResult:
