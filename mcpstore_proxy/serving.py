@@ -22,6 +22,7 @@ reloads are refused.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import logging
 import signal
 from typing import Final
@@ -101,6 +102,7 @@ async def serve_http(
         ProxyError: the address could not be bound.
     """
     check_exposure(settings)
+    check_tracing(settings)
     listened = False
     async with anyio.create_task_group() as signals:
         if stop is None:
@@ -193,8 +195,31 @@ def check_exposure(settings: ProxySettings) -> None:
         )
 
 
+_TRACING_MODULES: Final = ("opentelemetry.sdk.trace", "opentelemetry.exporter.otlp.proto.http.trace_exporter")
+
+
+def check_tracing(settings: ProxySettings) -> None:
+    """`tracing: true` needs the `otel` extra: said in one line before anything starts, not as a traceback later.
+
+    Raises:
+        ConfigError: a module of the `otel` extra is missing.
+    """
+    if not settings.tracing:
+        return
+    for module in _TRACING_MODULES:
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except ModuleNotFoundError:
+            found = False
+        if not found:
+            raise ConfigError(
+                f'tracing: true needs OpenTelemetry ({module} is missing): pip install "mcpstore-proxy[otel]"'
+            )
+
+
 async def serve_stdio(settings: ProxySettings, *, transports: TransportFactory = open_transport) -> None:
     """Serve one client on stdin/stdout until stdin closes (then at once) or a signal (then drain first)."""
+    check_tracing(settings)
     stop = StopRequests()
     async with anyio.create_task_group() as signals:
         signals.start_soon(stop.watch_signals)  # before anything starts: no signal may find us unprepared

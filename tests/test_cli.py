@@ -8,7 +8,9 @@ covered end to end. The stdio tests are real processes: the pipe is the feature.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import importlib.util
 import re
 import subprocess
 import sys
@@ -296,3 +298,18 @@ def test_status_without_a_url_asks_the_address_the_config_serves_and_says_when_n
     [line] = captured.err.splitlines()
     assert line.startswith(f"mcpstore-proxy: cannot reach the proxy at http://127.0.0.1:{port} (")
     assert line.endswith("is it running? (give its address with --url)")
+
+
+def test_tracing_without_the_otel_extra_is_one_line_naming_the_install_command(tmp_path: Path) -> None:
+    exporter = "opentelemetry.exporter.otlp.proto.http.trace_exporter"
+    with contextlib.suppress(ModuleNotFoundError):
+        if importlib.util.find_spec(exporter) is not None:
+            pytest.skip(f"{exporter} is installed here, so the otel extra is not missing")
+    config = write_raw(tmp_path, "tracing: true\nmcpServers: {}\n")
+    for command in ("serve", "stdio"):
+        completed = run_cli(command, "--config", str(config))
+        assert completed.returncode == cli.EXIT_BAD_CONFIG, completed.stderr
+        lines = completed.stderr.strip().splitlines()
+        assert len(lines) == 1, completed.stderr
+        assert 'pip install "mcpstore-proxy[otel]"' in lines[0]
+        assert exporter in lines[0]
