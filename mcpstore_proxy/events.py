@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from typing import Final, Literal
 
 from mcpstore_proxy.clock import SYSTEM_CLOCK, Clock
+from mcpstore_proxy.keys import SessionKey
+from mcpstore_proxy.principals import LOCAL
 
 __all__ = ["EventKind", "EventLog", "OpsEvent"]
 
@@ -60,12 +62,17 @@ class EventLog:
         kind: EventKind,
         *,
         upstream: str | None = None,
+        key: SessionKey | None = None,
         session: str | None = None,
         principal: str | None = None,
         reason: str = "",
         seconds: float | None = None,
         **labels: str,
     ) -> OpsEvent:
+        """Record an event; `key` stands for `session` (its short hash and kind) and `principal`."""
+        if key is not None:
+            session = f"{key.kind} #{key.fingerprint}"
+            principal = principal or (key.principal if key.principal != LOCAL.name else None)
         event = OpsEvent(kind, self._clock.now(), upstream, session, principal, reason, seconds, labels)
         self._recent.append(event)
         for subscriber in list(self._subscribers):

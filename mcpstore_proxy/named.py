@@ -78,8 +78,7 @@ class NamedSessions:
             )
             self._events.record(
                 "refusal",
-                session=str(key),
-                principal=key.principal,
+                key=key,
                 reason=f"its client already holds {len(held)} named sessions",
                 limit="max_named_sessions_per_client",
             )
