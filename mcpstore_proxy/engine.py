@@ -72,7 +72,8 @@ class ProxyEngine(RequestRouting):
     ) -> None:
         self.settings = settings
         self.clock = clock
-        """The wall clock for expiry (session records, and the rounds of 2026-07-28 requests); tests move it."""
+        """The wall clock for expiry (session records, and the rounds of 2026-07-28 requests) and for warm-pool
+        backoffs; tests move it."""
         self.events = EventLog(clock)
         """Resets, refusals, timeouts, spawns and pinning events: the status page's recent list, and the metrics."""
         self._log_levels: dict[SessionKey, types.LoggingLevel] = {}
@@ -85,8 +86,10 @@ class ProxyEngine(RequestRouting):
             ),
             transports=transports,
             spawn=self._spawn,
+            start_task=self._start_task,
             on_catalog_changed=self._catalog_changed,
             events=self.events,
+            clock=clock,
         )
         self.registry = ServiceRegistry(settings, self._new_service)
         self.pins = ToolPins(settings.tool_pins_path, mode=settings.tool_pinning, events=self.events)
@@ -393,6 +396,10 @@ class ProxyEngine(RequestRouting):
     def _spawn(self, session: UpstreamSession) -> None:
         assert self._task_group is not None
         self._task_group.start_soon(session.run, name=repr(session))
+
+    def _start_task(self, function: Callable[[], Coroutine[Any, Any, None]], name: str) -> None:
+        assert self._task_group is not None
+        self._task_group.start_soon(function, name=name)
 
     def _exposed_uri(self, key: SessionKey, upstream: str, uri: str) -> str:
         return self.views.exposed_uri(key, upstream, uri)

@@ -22,20 +22,26 @@ Spares count against the cap but only fill what keys leave free: a key takes a
 spare rather than be refused, and no spare starts while keys hold the cap. A
 spare that dies is replaced; one that fails to start is not retried until the
 pool is next refilled (a key takes a spare or ends its session, or the
-upstream comes up again), so a broken upstream does not spin.
+upstream comes up again), so a broken upstream does not spin. Nor does one that
+dies soon after its handshake (a crash loop): a spare lost within 10 s of its
+start (on the injected clock) holds every refill back for a backoff (1 s,
+doubling to 60 s) before its replacement starts, in a task that `reset()` and
+`aclose()` cancel; a spare that lived longer ends the backoff, and is replaced
+at once. A key never waits for the backoff: it starts its own session as ever.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from functools import partial
-from typing import TypeVar
+from typing import Any, Final, TypeVar
 
 import anyio
 from mcp import types
 
+from mcpstore_proxy.clock import SYSTEM_CLOCK, Clock
 from mcpstore_proxy.config import UpstreamConfig
 from mcpstore_proxy.errors import (
     SessionLimitError,
@@ -50,12 +56,19 @@ from mcpstore_proxy.relay import ClientCall, ListKind, SessionRelay
 from mcpstore_proxy.transports import TransportFactory
 from mcpstore_proxy.upstream import ALL_CLIENT_CAPABILITIES, ClientCapability, EndReason, UpstreamSession
 
-__all__ = ["PoolHooks", "SessionPool", "Spawner", "declared_capabilities", "warn_reset"]
+__all__ = ["PoolHooks", "SessionPool", "Spawner", "TaskStarter", "declared_capabilities", "warn_reset"]
 
 logger = logging.getLogger(__name__)
 
 Spawner = Callable[[UpstreamSession], None]
+TaskStarter = Callable[[Callable[[], Coroutine[Any, Any, None]], str], None]
+"""Starts a background task (a function that takes no arguments, and the task's name) in the engine's task group."""
 _T = TypeVar("_T")
+
+_QUICK_LOSS_SECONDS: Final = 10.0
+"""A spare lost sooner than this after its start is taken for a crash loop, and its replacement waits."""
+_FIRST_REFILL_DELAY_SECONDS: Final = 1.0
+_MAX_REFILL_DELAY_SECONDS: Final = 60.0
 
 
 @dataclass(eq=False, slots=True)
@@ -63,6 +76,8 @@ class _Claim:
     """Whose a session is: its key, or None while it waits in the warm pool as a spare."""
 
     key: SessionKey | None = None
+    started_at: float = 0.0
+    """When its session was started, on the pool's clock."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,8 +132,10 @@ class SessionPool:
         spawn: Spawner,
         hooks: PoolHooks,
         transports: TransportFactory,
+        start_task: TaskStarter,
         hides_start_detail: bool = False,
         events: EventLog | None = None,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self.upstream = upstream
         self._hides_start_detail = hides_start_detail
@@ -129,9 +146,14 @@ class SessionPool:
         self._spawn = spawn
         self._hooks = hooks
         self._transports = transports
+        self._start_task = start_task
+        self._clock = clock
         self._closed_because: str | None = None
         self._refusals = ThrottledWarning(logger)
         self._spare_failures = ThrottledWarning(logger)
+        self._quick_losses = ThrottledWarning(logger)
+        self._refill_delay_seconds = 0.0
+        self._refill_wait: anyio.CancelScope | None = None
         self._sessions: dict[SessionKey, UpstreamSession] = {}
         self._spares: dict[UpstreamSession, _Claim] = {}
         self._lost_keys: set[SessionKey] = set()
@@ -140,6 +162,8 @@ class SessionPool:
     def __repr__(self) -> str:
         starting = sum(1 for session in self._sessions.values() if not session.is_ready)
         warm = f", {self.spares_ready}/{self.warm_target} spares ready" if self.warm_target else ""
+        if self.is_refill_waiting:
+            warm += f" (refilling after {self._refill_delay_seconds:g} s)"
         return (
             f"<SessionPool {self.upstream}: {len(self._sessions)} sessions ({starting} starting){warm}, "
             f"cap {self._cap}>"
@@ -165,6 +189,16 @@ class SessionPool:
     @property
     def spares_ready(self) -> int:
         return sum(1 for spare in self._spares if spare.is_ready and not spare.is_closing)
+
+    @property
+    def refill_delay_seconds(self) -> float:
+        """The backoff: how long the last spare lost soon after its start held refills back (0 when none was)."""
+        return self._refill_delay_seconds
+
+    @property
+    def is_refill_waiting(self) -> bool:
+        """Whether the pool waits out its backoff before it starts any spare."""
+        return self._refill_wait is not None
 
     async def run(
         self, key: SessionKey, call: ClientCall | None, operation: Callable[[UpstreamSession], Awaitable[_T]]
@@ -269,10 +303,11 @@ class SessionPool:
         """Start spares until there are `warm_sessions` of them, in what room the keys leave under the cap."""
         while (
             self._closed_because is None
+            and self._refill_wait is None
             and len(self._spares) < self.warm_target
             and len(self._sessions) + len(self._spares) < self._cap
         ):
-            claim = _Claim()
+            claim = _Claim(started_at=self._clock.now())
             self._spares[self._start(claim, ALL_CLIENT_CAPABILITIES)] = claim
 
     def _adopt_spare(self, key: SessionKey) -> UpstreamSession | None:
@@ -289,17 +324,24 @@ class SessionPool:
         return spare
 
     def _spare_ended(self, spare: UpstreamSession) -> None:
-        if self._spares.pop(spare, None) is None or spare.end_reason is EndReason.CLOSED:
+        claim = self._spares.pop(spare, None)
+        if claim is None or spare.end_reason is EndReason.CLOSED:
             return
         reason = spare.failure.described if spare.failure else "the connection ended"
         if spare.end_reason is EndReason.LOST:
-            logger.warning(
-                "a spare session with upstream '%s' went away (%s); replacing it",
-                self.upstream,
-                reason,
-                extra=log_fields(upstream=self.upstream, error=reason),
-            )
-            self.fill()
+            lived_seconds = self._clock.now() - claim.started_at
+            if lived_seconds >= _QUICK_LOSS_SECONDS:
+                logger.warning(
+                    "a spare session with upstream '%s' went away (%s); replacing it",
+                    self.upstream,
+                    reason,
+                    extra=log_fields(upstream=self.upstream, error=reason),
+                )
+                self._end_backoff()
+                self.fill()
+            elif self._refill_wait is None and self._closed_because is None:
+                # A wait under way already refills every spare missing at its end: a loss during it adds nothing.
+                self._back_off(lived_seconds, reason)
         else:
             self._spare_failures.warn(
                 "a spare session with upstream '%s' failed to start (%s); the warm pool refills when a key next "
@@ -308,6 +350,40 @@ class SessionPool:
                 reason,
                 extra=log_fields(upstream=self.upstream, error=reason),
             )
+
+    def _back_off(self, lived_seconds: float, reason: str) -> None:
+        delay = min(self._refill_delay_seconds * 2, _MAX_REFILL_DELAY_SECONDS) or _FIRST_REFILL_DELAY_SECONDS
+        self._refill_delay_seconds = delay
+        self._quick_losses.warn(
+            "a spare session with upstream '%s' went away %.1f s after it started (%s); its replacement waits %g s",
+            self.upstream,
+            lived_seconds,
+            reason,
+            delay,
+            extra=log_fields(upstream=self.upstream, error=reason),
+        )
+        wait = anyio.CancelScope()
+        self._refill_wait = wait
+        self._start_task(partial(self._refill_after, wait, delay), f"refill of {self.upstream}'s warm pool")
+
+    async def _refill_after(self, wait: anyio.CancelScope, delay_seconds: float) -> None:
+        """Wait out the backoff, then refill. The waiting task's owner boundary: it never raises into the engine's
+        task group, and `reset()` or `aclose()` cancels it (it then starts nothing)."""
+        try:
+            with wait:
+                await self._clock.sleep(delay_seconds)
+            if self._refill_wait is wait:  # not ended meanwhile (a cancel can land just as the sleep returns)
+                self._refill_wait = None
+                self.fill()
+        except Exception:
+            logger.exception("the warm pool of upstream '%s' could not refill", self.upstream)
+
+    def _end_backoff(self) -> None:
+        """Forget the backoff, and cancel its wait (if any)."""
+        self._refill_delay_seconds = 0.0
+        if self._refill_wait is not None:
+            self._refill_wait.cancel()
+            self._refill_wait = None
 
     async def spares_started(self) -> None:
         """Wait until every spare there is now has come up or failed (each start is bounded by its timeout)."""
@@ -394,6 +470,7 @@ class SessionPool:
         """Close every session and spare (bounded, together); later requests open fresh ones, and `fill()` starts
         fresh spares."""
         sessions = [*self._sessions.values(), *self._spares]
+        self._end_backoff()  # fresh sessions deserve a fresh chance; a crash loop backs off again from 1 s
         self._sessions.clear()
         self._spares.clear()
         self._lost_keys.clear()

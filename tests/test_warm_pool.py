@@ -6,30 +6,42 @@ instance serves it; `upstreams.started` lists every instance in the order they s
 from __future__ import annotations
 
 import functools
+import sys
+from collections.abc import AsyncGenerator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Final
 
 import anyio
+import anyio.lowlevel
 import httpx2
 import pytest
 from mcp import MCPError, types
 from mcp.client.session import ClientRequestContext
+from mcp.server.context import ServerRequestContext
+from mcp.server.lowlevel.server import Server
 
+from bench import echo_server
 from mcpstore_proxy import cli
 from mcpstore_proxy.config import UpstreamConfig, load_settings
 from mcpstore_proxy.engine import ProxyEngine
 from mcpstore_proxy.errors import ConfigError, SessionLimitError
 from mcpstore_proxy.keys import SessionKey
+from mcpstore_proxy.pool import SessionPool
 from mcpstore_proxy.services import IsolatedService
+from tests.clock import ManualClock
 from tests.engines import EngineHarness, running_engine
 from tests.inprocess import running_app
 from tests.memory import MemoryUpstreams
-from tests.support import connect, fixture_server, structured, wait_until, write_config
+from tests.support import PROJECT_ROOT, connect, fixture_server, structured, wait_until, write_config
 
 pytestmark = pytest.mark.anyio
 
 _ALICE = SessionKey.connection("alice")
 _BOB = SessionKey.connection("bob")
 _CAROL = SessionKey.explicit("carol")
+ECHO_SERVER: Final = PROJECT_ROOT / "bench" / "echo_server.py"
 
 
 def state_service(harness: EngineHarness, name: str = "state") -> IsolatedService:
@@ -112,6 +124,7 @@ async def test_a_spare_that_dies_is_replaced_and_never_given_to_a_key(tmp_path: 
     async with running_engine(tmp_path, {"state": fixture_server("state", warm_sessions=1)}) as harness:
         await pool_filled(harness, 1)
         dead = harness.upstreams.started[-1]
+        harness.clock.advance(10)  # it lived long enough not to look like a crash loop: no backoff
 
         harness.upstreams.kill(dead)
 
@@ -236,3 +249,182 @@ def test_warm_sessions_must_be_a_whole_number_for_an_isolated_upstream(
 
 def test_an_upstream_keeps_no_spares_unless_asked() -> None:
     assert UpstreamConfig.model_validate({"command": "x"}).warm_sessions == 0
+
+
+# A crash loop: an upstream that dies right after its handshake. Its spares are replaced after a backoff on the
+# engine's clock (1 s, doubling to 60 s), which only the test moves; a spare that lived 10 s ends the backoff.
+
+
+@dataclass(eq=False)
+class _CrashLoop:
+    """bench/echo_server.py's server in memory, whose instances after the first (the catalog's) exit right after
+    their handshake while `is_crashing`; `kill(n)` ends the n-th instance (from 0) from outside."""
+
+    is_crashing: bool = True
+    instances: list[anyio.CancelScope] = field(default_factory=list[anyio.CancelScope])
+
+    def kill(self, instance: int) -> None:
+        self.instances[instance].cancel()
+
+    def build(self) -> Server[Any]:
+        running = anyio.CancelScope()
+        exits_at_once = self.is_crashing and bool(self.instances)
+        self.instances.append(running)
+
+        async def note_initialized(ctx: ServerRequestContext[Any, Any], params: types.NotificationParams) -> None:
+            if exits_at_once:
+                running.cancel()
+
+        @asynccontextmanager
+        async def lifespan(server: Server[Any]) -> AsyncGenerator[dict[str, Any]]:
+            # Ending the serving loop closes its write stream: its client sees the connection end, as on an exit.
+            with running:
+                yield {}
+
+        server: Server[Any] = Server(
+            "echo", lifespan=lifespan, on_list_tools=echo_server.list_tools, on_call_tool=echo_server.call_tool
+        )
+        server.add_notification_handler("notifications/initialized", types.NotificationParams, note_initialized)
+        return server
+
+
+@asynccontextmanager
+async def crash_looping_engine(
+    tmp_path: Path, crash_loop: _CrashLoop, warm_sessions: int = 1
+) -> AsyncGenerator[EngineHarness]:
+    """The engine over one isolated upstream 'loop' that runs `crash_loop`; leaving it checks that no instance
+    outlived it."""
+    upstreams, clock = MemoryUpstreams(scripts={ECHO_SERVER: crash_loop.build}), ManualClock()
+    servers = {"loop": {"command": sys.executable, "args": [str(ECHO_SERVER)], "warm_sessions": warm_sessions}}
+    async with ProxyEngine(load_settings(write_config(tmp_path, servers)), transports=upstreams, clock=clock) as engine:
+        await engine.started()
+        yield EngineHarness(engine, upstreams, clock)
+    assert not upstreams.live, f"upstream instances {sorted(upstreams.live)} outlived the engine"
+
+
+async def spare_lost(harness: EngineHarness, instances: int) -> SessionPool:
+    """Wait until the upstream's `instances`-th instance (a spare) has gone away with no replacement started (a
+    spare joins the pool before its instance starts, so none is missed); the pool."""
+    pool = state_service(harness, "loop").pool
+    await wait_until(
+        lambda: len(harness.upstreams.started) == instances and not pool.spares,
+        timeout=5,
+        what=f"spare number {instances - 1} to go away, and no replacement to start",
+    )
+    return pool
+
+
+async def test_a_spare_that_dies_right_after_its_handshake_is_replaced_only_after_a_doubling_backoff(
+    tmp_path: Path,
+) -> None:
+    async with crash_looping_engine(tmp_path, _CrashLoop()) as harness:
+        pool = await spare_lost(harness, 2)  # the catalog's instance, then the first spare's
+        assert (pool.is_refill_waiting, pool.refill_delay_seconds) == (True, 1.0)  # the clock has not moved
+        assert "(refilling after 1 s)" in repr(pool)
+
+        harness.clock.advance(0.5)
+        await anyio.lowlevel.checkpoint()
+        assert (len(harness.upstreams.started), pool.spares) == (2, [])
+        harness.clock.advance(0.5)
+        await spare_lost(harness, 3)  # the second spare, started once the backoff was over, dies too
+        assert (pool.is_refill_waiting, pool.refill_delay_seconds) == (True, 2.0)
+
+        harness.clock.advance(1)
+        await anyio.lowlevel.checkpoint()
+        assert (len(harness.upstreams.started), pool.spares) == (3, [])
+        harness.clock.advance(1)
+        await spare_lost(harness, 4)
+        assert pool.refill_delay_seconds == 4.0
+
+
+async def test_spares_lost_together_wait_out_one_backoff_and_are_all_replaced_at_its_end(tmp_path: Path) -> None:
+    async with crash_looping_engine(tmp_path, _CrashLoop(), warm_sessions=2) as harness:
+        pool = await spare_lost(harness, 3)  # the catalog's instance, then both spares'
+        assert (pool.is_refill_waiting, pool.refill_delay_seconds) == (True, 1.0)
+
+        harness.clock.advance(1)
+
+        await spare_lost(harness, 5)  # two replacements at once, lost together again
+        assert (pool.is_refill_waiting, pool.refill_delay_seconds) == (True, 2.0)
+
+
+async def test_the_backoff_stops_doubling_at_a_minute(tmp_path: Path) -> None:
+    async with crash_looping_engine(tmp_path, _CrashLoop()) as harness:
+        pool = await spare_lost(harness, 2)
+        for spare, delay in enumerate((1, 2, 4, 8, 16, 32, 60), start=2):
+            assert pool.refill_delay_seconds == delay
+            harness.clock.advance(delay)
+            await spare_lost(harness, spare + 1)
+        assert pool.refill_delay_seconds == 60
+
+
+async def test_a_spare_lost_after_it_lived_long_is_replaced_at_once_and_ends_the_backoff(tmp_path: Path) -> None:
+    crash_loop = _CrashLoop()
+    async with crash_looping_engine(tmp_path, crash_loop) as harness:
+        pool = await spare_lost(harness, 2)
+        crash_loop.is_crashing = False
+        harness.clock.advance(1)
+        await pool_filled(harness, 1, "loop")
+        lasting = harness.upstreams.started[-1]
+        assert pool.refill_delay_seconds == 1  # a spare that is up has not lived long yet
+
+        harness.clock.advance(10)
+        crash_loop.kill(2)  # the catalog's instance, the lost spare's, then the lasting one's
+
+        await wait_until(lambda: len(harness.upstreams.started) == 4, timeout=5, what="the lasting spare's replacement")
+        await pool_filled(harness, 1, "loop")
+        assert (pool.is_refill_waiting, pool.refill_delay_seconds) == (False, 0)
+        assert not harness.upstreams.is_alive(lasting)
+
+
+async def test_a_new_key_gets_its_own_session_at_once_while_the_pool_backs_off(tmp_path: Path) -> None:
+    crash_loop = _CrashLoop()
+    async with crash_looping_engine(tmp_path, crash_loop) as harness:
+        pool = await spare_lost(harness, 2)
+        crash_loop.is_crashing = False
+
+        route = harness.engine.tool_route(_ALICE, "loop_echo")
+        result = await harness.engine.call_tool(_ALICE, route, {"text": "hello"})
+
+        assert result["content"] == [{"type": "text", "text": "hello"}]
+        assert pool.sessions[_ALICE] is not None
+        assert pool.spares == []  # her session did not end the backoff
+        assert len(harness.upstreams.started) == 3  # the catalog, the lost spare, and alice's session
+        harness.clock.advance(1)
+        await pool_filled(harness, 1, "loop")
+
+
+async def test_closing_the_engine_while_a_replacement_waits_leaves_nothing_running(tmp_path: Path) -> None:
+    async with crash_looping_engine(tmp_path, _CrashLoop()) as harness:
+        pool = await spare_lost(harness, 2)
+        assert pool.is_refill_waiting
+    assert not pool.is_refill_waiting  # closing the pool ended the wait: the engine's task group held it, and is done
+    assert len(harness.upstreams.started) == 2
+    # crash_looping_engine has checked that no instance outlived the engine
+
+
+async def test_a_closed_upstream_starts_nothing_when_its_backoff_would_have_ended(tmp_path: Path) -> None:
+    async with crash_looping_engine(tmp_path, _CrashLoop()) as harness:
+        pool = await spare_lost(harness, 2)
+
+        await state_service(harness, "loop").close("it was removed")  # what removing it does
+        harness.clock.advance(60)
+        await anyio.lowlevel.checkpoint()
+
+        assert not pool.is_refill_waiting
+        assert pool.spares == []
+        assert len(harness.upstreams.started) == 2
+        assert not harness.upstreams.live
+
+
+async def test_restarting_the_upstream_ends_the_backoff_and_refills_at_once(tmp_path: Path) -> None:
+    crash_loop = _CrashLoop()
+    async with crash_looping_engine(tmp_path, crash_loop) as harness:
+        pool = await spare_lost(harness, 2)
+        crash_loop.is_crashing = False
+
+        await harness.engine.restart_service("", "loop")
+        await harness.engine.wait_service("", "loop", 5)
+
+        await pool_filled(harness, 1, "loop")
+        assert (pool.is_refill_waiting, pool.refill_delay_seconds) == (False, 0)

@@ -35,12 +35,13 @@ from typing import Final, TypeVar
 import anyio
 from mcp import MCPError, types
 
+from mcpstore_proxy.clock import SYSTEM_CLOCK, Clock
 from mcpstore_proxy.config import UpstreamConfig
 from mcpstore_proxy.errors import UpstreamError, UpstreamStartError, UpstreamStoppedError, first_line
 from mcpstore_proxy.events import EventLog
 from mcpstore_proxy.keys import SessionKey
 from mcpstore_proxy.logs import log_fields
-from mcpstore_proxy.pool import PoolHooks, Spawner
+from mcpstore_proxy.pool import PoolHooks, Spawner, TaskStarter
 from mcpstore_proxy.relay import ClientCall, ListKind, SessionRelay
 from mcpstore_proxy.transports import TransportFactory
 from mcpstore_proxy.upstream import ClientCapability, EndReason, Listing, UpstreamSession
@@ -77,9 +78,13 @@ class ServiceContext:
     transports: TransportFactory
     spawn: Spawner
     """Starts an upstream session's owner task in the engine's task group."""
+    start_task: TaskStarter
+    """Starts any other background task there (a warm pool's wait before it refills)."""
     on_catalog_changed: Callable[[], None]
     events: EventLog = field(default_factory=EventLog)
     """Where spawns, resets, refusals and timeouts are recorded (the engine's)."""
+    clock: Clock = SYSTEM_CLOCK
+    """The engine's wall clock (tests move it by hand)."""
 
 
 class UpstreamService(ABC):

@@ -50,8 +50,10 @@ class IsolatedService(UpstreamService):
             spawn=context.spawn,
             hooks=context.hooks,
             transports=context.transports,
+            start_task=context.start_task,
             hides_start_detail=hides_start_detail,
             events=context.events,
+            clock=context.clock,
         )
 
     def __repr__(self) -> str:
