@@ -31,6 +31,8 @@ class WarmPoolInfo(BaseModel):
 
     ready: int
     target: int
+    backoff_seconds: float | None = None
+    """While its spares die soon after they start (a crash loop): how long it waits before it starts more."""
 
 
 class ServiceInfo(BaseModel):
@@ -56,6 +58,9 @@ def service_info(scope: str, service: UpstreamService, *, from_config: bool, for
     """The status of `service`, which belongs to `scope` (`""` for the store); `detail` only `for_operator`."""
     failed = service.error is not None and service.state is ServiceState.FAILED
     pool = service.warm_pool if for_operator else None
+    backoff: float | None = None
+    if isinstance(service, IsolatedService) and service.pool.is_refill_waiting:
+        backoff = service.pool.refill_delay_seconds
     return ServiceInfo(
         name=service.name,
         agent_id=scope or None,
@@ -67,7 +72,7 @@ def service_info(scope: str, service: UpstreamService, *, from_config: bool, for
         error=service.error.message if failed and service.error is not None else None,
         detail=service.error.detail if failed and for_operator and service.error is not None else None,
         from_config=from_config,
-        warm_pool=WarmPoolInfo(ready=pool[0], target=pool[1]) if pool is not None else None,
+        warm_pool=WarmPoolInfo(ready=pool[0], target=pool[1], backoff_seconds=backoff) if pool is not None else None,
     )
 
 
@@ -121,7 +126,7 @@ def status_report(engine: ProxyEngine, *, is_draining: bool, requests_in_flight:
             "sessions": info.client_sessions,
             "error": info.error,
             "detail": info.detail,
-            **({"warm_pool": info.warm_pool.model_dump()} if info.warm_pool else {}),
+            **({"warm_pool": info.warm_pool.model_dump(exclude_none=True)} if info.warm_pool else {}),
             "transport": info.transport,
             "session_mode": info.session_mode,
             "clients": [client.model_dump() for client in client_sessions(service)],

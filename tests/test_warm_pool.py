@@ -30,6 +30,7 @@ from mcpstore_proxy.errors import ConfigError, SessionLimitError
 from mcpstore_proxy.keys import SessionKey
 from mcpstore_proxy.pool import SessionPool
 from mcpstore_proxy.services import IsolatedService
+from mcpstore_proxy.status import status_report
 from tests.clock import ManualClock
 from tests.engines import EngineHarness, running_engine
 from tests.inprocess import running_app
@@ -314,6 +315,11 @@ async def spare_lost(harness: EngineHarness, instances: int) -> SessionPool:
     return pool
 
 
+def operator_view(harness: EngineHarness) -> dict[str, Any]:
+    """What `/admin/status` says of the upstream 'loop'."""
+    return status_report(harness.engine, is_draining=False, requests_in_flight=0)["upstreams"]["loop"]
+
+
 async def test_a_spare_that_dies_right_after_its_handshake_is_replaced_only_after_a_doubling_backoff(
     tmp_path: Path,
 ) -> None:
@@ -321,6 +327,7 @@ async def test_a_spare_that_dies_right_after_its_handshake_is_replaced_only_afte
         pool = await spare_lost(harness, 2)  # the catalog's instance, then the first spare's
         assert (pool.is_refill_waiting, pool.refill_delay_seconds) == (True, 1.0)  # the clock has not moved
         assert "(refilling after 1 s)" in repr(pool)
+        assert operator_view(harness)["warm_pool"] == {"ready": 0, "target": 1, "backoff_seconds": 1.0}
 
         harness.clock.advance(0.5)
         await anyio.lowlevel.checkpoint()
@@ -375,6 +382,7 @@ async def test_a_spare_lost_after_it_lived_long_is_replaced_at_once_and_ends_the
         await pool_filled(harness, 1, "loop")
         assert (pool.is_refill_waiting, pool.refill_delay_seconds) == (False, 0)
         assert not harness.upstreams.is_alive(lasting)
+        assert operator_view(harness)["warm_pool"] == {"ready": 1, "target": 1}
 
 
 async def test_a_new_key_gets_its_own_session_at_once_while_the_pool_backs_off(tmp_path: Path) -> None:
