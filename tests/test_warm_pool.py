@@ -395,7 +395,7 @@ async def test_a_new_key_gets_its_own_session_at_once_while_the_pool_backs_off(t
         result = await harness.engine.call_tool(_ALICE, route, {"text": "hello"})
 
         assert result["content"] == [{"type": "text", "text": "hello"}]
-        assert pool.sessions[_ALICE] is not None
+        assert _ALICE in pool.sessions
         assert pool.spares == []  # her session did not end the backoff
         assert len(harness.upstreams.started) == 3  # the catalog, the lost spare, and alice's session
         harness.clock.advance(1)
