@@ -105,7 +105,7 @@ def declared_capabilities(call: ClientCall | None) -> frozenset[ClientCapability
 
 async def warn_reset(call: ClientCall | None, upstream: str, key: SessionKey, events: EventLog) -> None:
     """Tell the client, on its request's stream, that its state with `upstream` is gone (and record the reset)."""
-    events.record("reset", upstream=upstream, session=str(key), reason="its session was gone; a fresh one serves it")
+    events.record("reset", upstream=upstream, key=key, reason="its session was gone; a fresh one serves it")
     if call is None:
         return
     message = (
@@ -261,7 +261,7 @@ class SessionPool:
                 self._events.record(
                     "refusal",
                     upstream=self.upstream,
-                    session=str(key),
+                    key=key,
                     reason=f"its cap of {self._cap} sessions is reached",
                     limit="max_sessions_per_upstream",
                 )
