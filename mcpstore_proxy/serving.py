@@ -22,7 +22,6 @@ reloads are refused.
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import logging
 import signal
 from typing import Final
@@ -195,26 +194,20 @@ def check_exposure(settings: ProxySettings) -> None:
         )
 
 
-_TRACING_MODULES: Final = ("opentelemetry.sdk.trace", "opentelemetry.exporter.otlp.proto.http.trace_exporter")
-
-
 def check_tracing(settings: ProxySettings) -> None:
     """`tracing: true` needs the `otel` extra: said in one line before anything starts, not as a traceback later.
+    Tracing starts here (its exporter, unless a tracer provider is set already); the server's spans use it.
 
     Raises:
-        ConfigError: a module of the `otel` extra is missing.
+        ConfigError: the `otel` extra is missing.
     """
     if not settings.tracing:
         return
-    for module in _TRACING_MODULES:
-        try:
-            found = importlib.util.find_spec(module) is not None
-        except ModuleNotFoundError:
-            found = False
-        if not found:
-            raise ConfigError(
-                f'tracing: true needs OpenTelemetry ({module} is missing): pip install "mcpstore-proxy[otel]"'
-            )
+    try:
+        from mcpstore_proxy.tracing import start_tracing
+    except ImportError as error:
+        raise ConfigError(f'tracing: true needs OpenTelemetry ({error}): pip install "mcpstore-proxy[otel]"') from None
+    start_tracing()
 
 
 async def serve_stdio(settings: ProxySettings, *, transports: TransportFactory = open_transport) -> None:
