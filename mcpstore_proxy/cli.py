@@ -113,7 +113,7 @@ async def _check(settings: ProxySettings) -> int:
         await engine.started()
         for service in engine.registry:
             if isinstance(service, IsolatedService):
-                await service.pool.spares_started()  # so that the table shows whether the warm pool comes up
+                await service.pool.warm.spares_started()  # so that the table shows whether the warm pool comes up
         statuses = engine.statuses()
     print(_format_table(statuses))
     if not statuses:

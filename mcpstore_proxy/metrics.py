@@ -217,9 +217,10 @@ class _StateCollector(Collector):
                 states.add_metric([*where, state.value], 1 if service.state is state else 0)
             if isinstance(service, IsolatedService):
                 _add_by_readiness(sessions, where, [s.is_ready for s in service.pool.sessions.values()])
-                if service.pool.warm_target:
-                    _add_by_readiness(spares, where, [s.is_ready for s in service.pool.spares if not s.is_closing])
-                    targets.add_metric(where, service.pool.warm_target)
+                warm = service.pool.warm
+                if warm.target:
+                    _add_by_readiness(spares, where, [s.is_ready for s in warm.spares if not s.is_closing])
+                    targets.add_metric(where, warm.target)
         yield from (states, sessions, spares, targets)
         yield GaugeMetricFamily(
             "mcpstore_downstream_sessions",

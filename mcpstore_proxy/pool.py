@@ -10,33 +10,19 @@ request gets a fresh session, and the client is warned that its state was reset.
 A request that found its session closed before it was sent (a restart) runs on
 a fresh one; once the pool itself is closed, requests fail with the reason.
 
-The warm pool: with `warm_sessions: N`, the pool keeps up to N *spares*,
-sessions started before any key asks, so that a new key's first call pays no
-start. A new key adopts one (a ready one first), which binds to it what a
-fresh session would have been started with (whose resource URIs, its label,
-where its listings and end are reported; its log level follows on the call,
-as for any session), and a replacement starts at once. A spare declares every
-client capability, as a shared session does, since its client is not known
-yet; the relay checks on each question whether the client asked declared it.
-Spares count against the cap but only fill what keys leave free: a key takes a
-spare rather than be refused, and no spare starts while keys hold the cap. A
-spare that dies is replaced; one that fails to start is not retried until the
-pool is next refilled (a key takes a spare or ends its session, or the
-upstream comes up again), so a broken upstream does not spin. Nor does one that
-dies soon after its handshake (a crash loop): a spare lost within 10 s of its
-start (on the injected clock) holds every refill back for a backoff (1 s,
-doubling to 60 s) before its replacement starts, in a task that `reset()` and
-`aclose()` cancel; a spare that lived longer ends the backoff, and is replaced
-at once. A key never waits for the backoff: it starts its own session as ever.
+With `warm_sessions`, the pool owns a `WarmPool` (mcpstore_proxy/warm_pool.py) of
+spares, sessions started before any key asks: a new key adopts one before the
+pool starts a session for it, and spares only fill the room that keys leave
+under the cap.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Final, TypeVar
+from typing import TypeVar
 
 import anyio
 from mcp import types
@@ -55,29 +41,14 @@ from mcpstore_proxy.logs import ThrottledWarning, log_fields
 from mcpstore_proxy.relay import ClientCall, ListKind, SessionRelay
 from mcpstore_proxy.transports import TransportFactory
 from mcpstore_proxy.upstream import ALL_CLIENT_CAPABILITIES, ClientCapability, EndReason, UpstreamSession
+from mcpstore_proxy.warm_pool import SessionClaim, TaskStarter, WarmPool
 
-__all__ = ["PoolHooks", "SessionPool", "Spawner", "TaskStarter", "declared_capabilities", "warn_reset"]
+__all__ = ["PoolHooks", "SessionPool", "Spawner", "declared_capabilities", "warn_reset"]
 
 logger = logging.getLogger(__name__)
 
 Spawner = Callable[[UpstreamSession], None]
-TaskStarter = Callable[[Callable[[], Coroutine[Any, Any, None]], str], None]
-"""Starts a background task (a function that takes no arguments, and the task's name) in the engine's task group."""
 _T = TypeVar("_T")
-
-_QUICK_LOSS_SECONDS: Final = 10.0
-"""A spare lost sooner than this after its start is taken for a crash loop, and its replacement waits."""
-_FIRST_REFILL_DELAY_SECONDS: Final = 1.0
-_MAX_REFILL_DELAY_SECONDS: Final = 60.0
-
-
-@dataclass(eq=False, slots=True)
-class _Claim:
-    """Whose a session is: its key, or None while it waits in the warm pool as a spare."""
-
-    key: SessionKey | None = None
-    started_at: float = 0.0
-    """When its session was started, on the pool's clock."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,24 +117,24 @@ class SessionPool:
         self._spawn = spawn
         self._hooks = hooks
         self._transports = transports
-        self._start_task = start_task
-        self._clock = clock
         self._closed_because: str | None = None
         self._refusals = ThrottledWarning(logger)
-        self._spare_failures = ThrottledWarning(logger)
-        self._quick_losses = ThrottledWarning(logger)
-        self._refill_delay_seconds = 0.0
-        self._refill_wait: anyio.CancelScope | None = None
         self._sessions: dict[SessionKey, UpstreamSession] = {}
-        self._spares: dict[UpstreamSession, _Claim] = {}
+        self.warm = WarmPool(
+            upstream,
+            target=config.warm_sessions,
+            start=self._start,
+            room=lambda: self._cap - len(self._sessions),
+            start_task=start_task,
+            clock=clock,
+        )
+        """Its spares (`warm_sessions`); they only fill the room that keys leave under the cap."""
         self._lost_keys: set[SessionKey] = set()
         self._levelled: dict[UpstreamSession, types.LoggingLevel] = {}
 
     def __repr__(self) -> str:
         starting = sum(1 for session in self._sessions.values() if not session.is_ready)
-        warm = f", {self.spares_ready}/{self.warm_target} spares ready" if self.warm_target else ""
-        if self.is_refill_waiting:
-            warm += f" (refilling after {self._refill_delay_seconds:g} s)"
+        warm = f", {self.warm.summary}" if self.warm.target else ""
         return (
             f"<SessionPool {self.upstream}: {len(self._sessions)} sessions ({starting} starting){warm}, "
             f"cap {self._cap}>"
@@ -175,30 +146,6 @@ class SessionPool:
     @property
     def sessions(self) -> Mapping[SessionKey, UpstreamSession]:
         return self._sessions
-
-    @property
-    def warm_target(self) -> int:
-        """How many spares the pool keeps (`warm_sessions`), room under the cap permitting."""
-        return self._config.warm_sessions
-
-    @property
-    def spares(self) -> list[UpstreamSession]:
-        """The spares, in the order they were started (some may still be starting)."""
-        return list(self._spares)
-
-    @property
-    def spares_ready(self) -> int:
-        return sum(1 for spare in self._spares if spare.is_ready and not spare.is_closing)
-
-    @property
-    def refill_delay_seconds(self) -> float:
-        """The backoff: how long the last spare lost soon after its start held refills back (0 when none was)."""
-        return self._refill_delay_seconds
-
-    @property
-    def is_refill_waiting(self) -> bool:
-        """Whether the pool waits out its backoff before it starts any spare."""
-        return self._refill_wait is not None
 
     async def run(
         self, key: SessionKey, call: ClientCall | None, operation: Callable[[UpstreamSession], Awaitable[_T]]
@@ -248,8 +195,11 @@ class SessionPool:
             del self._sessions[key]
             if session.end_reason is not EndReason.CLOSED:
                 self._note_lost(key, session)
-        session = self._adopt_spare(key)
-        if session is None:
+        session = self.warm.adopt(key)
+        if session is not None:
+            if session.listings:  # it announced listings of its own while it waited
+                self._hooks.listings_changed(key)
+        else:
             if len(self._sessions) >= self._cap:
                 self._refusals.warn(
                     "refused a new session with upstream '%s' for %s: its cap of %d sessions is reached",
@@ -269,14 +219,14 @@ class SessionPool:
                     f"upstream '{self.upstream}' already has {len(self._sessions)} sessions, its cap; end idle "
                     f"sessions, or raise max_sessions_per_upstream (or mcpServers.{self.upstream}.max_sessions)"
                 )
-            session = self._start(_Claim(key), declared_capabilities(call))
+            session = self._start(SessionClaim(key), declared_capabilities(call))
         self._sessions[key] = session
-        self.fill()
+        self.warm.fill()
         was_reset = key in self._lost_keys
         self._lost_keys.discard(key)
         return session, was_reset
 
-    def _start(self, claim: _Claim, declared: frozenset[ClientCapability]) -> UpstreamSession:
+    def _start(self, claim: SessionClaim, declared: frozenset[ClientCapability]) -> UpstreamSession:
         relay = SessionRelay(self.upstream, exposed_uri=partial(self._exposed_uri, claim))
         session = UpstreamSession(
             self.upstream,
@@ -294,104 +244,8 @@ class SessionPool:
         self._spawn(session)
         return session
 
-    def _exposed_uri(self, claim: _Claim, uri: str) -> str:
+    def _exposed_uri(self, claim: SessionClaim, uri: str) -> str:
         return uri if claim.key is None else self._hooks.exposed_uri(claim.key, self.upstream, uri)
-
-    # The warm pool.
-
-    def fill(self) -> None:
-        """Start spares until there are `warm_sessions` of them, in what room the keys leave under the cap."""
-        while (
-            self._closed_because is None
-            and self._refill_wait is None
-            and len(self._spares) < self.warm_target
-            and len(self._sessions) + len(self._spares) < self._cap
-        ):
-            claim = _Claim(started_at=self._clock.now())
-            self._spares[self._start(claim, ALL_CLIENT_CAPABILITIES)] = claim
-
-    def _adopt_spare(self, key: SessionKey) -> UpstreamSession | None:
-        """Give `key` a spare (a ready one first), bound to it as if it had been started for it."""
-        live = [spare for spare in self._spares if not spare.is_closing]
-        if not live:
-            return None
-        spare = next((each for each in live if each.is_ready), live[0])
-        claim = self._spares.pop(spare)
-        claim.key = key
-        spare.label = str(key)
-        if spare.listings:  # it announced listings of its own while it waited
-            self._hooks.listings_changed(key)
-        return spare
-
-    def _spare_ended(self, spare: UpstreamSession) -> None:
-        claim = self._spares.pop(spare, None)
-        if claim is None or spare.end_reason is EndReason.CLOSED:
-            return
-        reason = spare.failure.described if spare.failure else "the connection ended"
-        if spare.end_reason is EndReason.LOST:
-            lived_seconds = self._clock.now() - claim.started_at
-            if lived_seconds >= _QUICK_LOSS_SECONDS:
-                logger.warning(
-                    "a spare session with upstream '%s' went away (%s); replacing it",
-                    self.upstream,
-                    reason,
-                    extra=log_fields(upstream=self.upstream, error=reason),
-                )
-                self._end_backoff()
-                self.fill()
-            elif self._refill_wait is None and self._closed_because is None:
-                # A wait under way already refills every spare missing at its end: a loss during it adds nothing.
-                self._back_off(lived_seconds, reason)
-        else:
-            self._spare_failures.warn(
-                "a spare session with upstream '%s' failed to start (%s); the warm pool refills when a key next "
-                "takes or ends a session, or the upstream comes up again",
-                self.upstream,
-                reason,
-                extra=log_fields(upstream=self.upstream, error=reason),
-            )
-
-    def _back_off(self, lived_seconds: float, reason: str) -> None:
-        delay = min(self._refill_delay_seconds * 2, _MAX_REFILL_DELAY_SECONDS) or _FIRST_REFILL_DELAY_SECONDS
-        self._refill_delay_seconds = delay
-        self._quick_losses.warn(
-            "a spare session with upstream '%s' went away %.1f s after it started (%s); its replacement waits %g s",
-            self.upstream,
-            lived_seconds,
-            reason,
-            delay,
-            extra=log_fields(upstream=self.upstream, error=reason),
-        )
-        wait = anyio.CancelScope()
-        self._refill_wait = wait
-        self._start_task(partial(self._refill_after, wait, delay), f"refill of {self.upstream}'s warm pool")
-
-    async def _refill_after(self, wait: anyio.CancelScope, delay_seconds: float) -> None:
-        """Wait out the backoff, then refill. The waiting task's owner boundary: it never raises into the engine's
-        task group, and `reset()` or `aclose()` cancels it (it then starts nothing)."""
-        try:
-            with wait:
-                await self._clock.sleep(delay_seconds)
-            if self._refill_wait is wait:  # not ended meanwhile (a cancel can land just as the sleep returns)
-                self._refill_wait = None
-                self.fill()
-        except Exception:
-            logger.exception("the warm pool of upstream '%s' could not refill", self.upstream)
-
-    def _end_backoff(self) -> None:
-        """Forget the backoff, and cancel its wait (if any)."""
-        self._refill_delay_seconds = 0.0
-        if self._refill_wait is not None:
-            self._refill_wait.cancel()
-            self._refill_wait = None
-
-    async def spares_started(self) -> None:
-        """Wait until every spare there is now has come up or failed (each start is bounded by its timeout)."""
-        for spare in list(self._spares):
-            try:
-                await spare.client()
-            except UpstreamError:
-                continue
 
     async def _apply_log_level(self, key: SessionKey, session: UpstreamSession) -> None:
         level = self._hooks.log_level(key)
@@ -409,7 +263,7 @@ class SessionPool:
             except UpstreamError as error:
                 logger.info("could not set the log level of %s: %s", key, error.message)
 
-    async def _refresh_listing(self, claim: _Claim, session: UpstreamSession, kind: ListKind) -> None:
+    async def _refresh_listing(self, claim: SessionClaim, session: UpstreamSession, kind: ListKind) -> None:
         kinds: tuple[ListKind, ...] = ("resources", "templates") if kind == "resources" else (kind,)
         try:
             for each in kinds:
@@ -422,9 +276,9 @@ class SessionPool:
         if claim.key is not None:
             self._hooks.listings_changed(claim.key)
 
-    def _ended(self, claim: _Claim, session: UpstreamSession) -> None:
+    def _ended(self, claim: SessionClaim, session: UpstreamSession) -> None:
         if claim.key is None:
-            self._spare_ended(session)
+            self.warm.spare_ended(session)
         else:
             self._forget(claim.key, session)
 
@@ -436,7 +290,7 @@ class SessionPool:
                 self._note_lost(key, session)
             if session.listings:
                 self._hooks.listings_changed(key)
-            self.fill()
+            self.warm.fill()
 
     def _note_lost(self, key: SessionKey, session: UpstreamSession) -> None:
         """The key's session ended by itself (crash, exit): say so once, and warn its client on its next call."""
@@ -456,7 +310,7 @@ class SessionPool:
         session = self._sessions.pop(key, None)
         if session is not None:
             session.close_soon("its session ended")
-            self.fill()
+            self.warm.fill()
 
     async def end(self, key: SessionKey) -> None:
         """Close the key's session and wait (bounded) until its upstream is gone."""
@@ -464,15 +318,13 @@ class SessionPool:
         session = self._sessions.pop(key, None)
         if session is not None:
             await session.aclose("its session ended")
-            self.fill()
+            self.warm.fill()
 
     async def reset(self, reason: str) -> None:
-        """Close every session and spare (bounded, together); later requests open fresh ones, and `fill()` starts
-        fresh spares."""
-        sessions = [*self._sessions.values(), *self._spares]
-        self._end_backoff()  # fresh sessions deserve a fresh chance; a crash loop backs off again from 1 s
+        """Close every session and spare (bounded, together); later requests open fresh ones, and `warm.fill()`
+        starts fresh spares."""
+        sessions = [*self._sessions.values(), *self.warm.take_all()]
         self._sessions.clear()
-        self._spares.clear()
         self._lost_keys.clear()
         async with anyio.create_task_group() as tg:
             for session in sessions:
@@ -481,4 +333,5 @@ class SessionPool:
     async def aclose(self, reason: str) -> None:
         """Close every session and take no new ones; requests fail saying `reason`."""
         self._closed_because = reason
+        self.warm.close()
         await self.reset(reason)

@@ -59,8 +59,8 @@ def service_info(scope: str, service: UpstreamService, *, from_config: bool, for
     failed = service.error is not None and service.state is ServiceState.FAILED
     pool = service.warm_pool if for_operator else None
     backoff: float | None = None
-    if isinstance(service, IsolatedService) and service.pool.is_refill_waiting:
-        backoff = service.pool.refill_delay_seconds
+    if isinstance(service, IsolatedService) and service.pool.warm.is_refill_waiting:
+        backoff = service.pool.warm.refill_delay_seconds
     return ServiceInfo(
         name=service.name,
         agent_id=scope or None,

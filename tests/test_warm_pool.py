@@ -1,4 +1,4 @@
-"""The warm pool of an isolated upstream (`warm_sessions`, mcpstore_proxy/pool.py), in memory: spares started
+"""The warm pool of an isolated upstream (`warm_sessions`, mcpstore_proxy/warm_pool.py), in memory: spares started
 before any key asks, taken by new keys and replaced, within the cap, recycled when they die, closed with the
 upstream, and never shared. whoami answers an upstream instance's identity, so a key's whoami tells which
 instance serves it; `upstreams.started` lists every instance in the order they started."""
@@ -53,7 +53,7 @@ def state_service(harness: EngineHarness, name: str = "state") -> IsolatedServic
 
 async def pool_filled(harness: EngineHarness, ready: int, name: str = "state") -> None:
     pool = state_service(harness, name).pool
-    await wait_until(lambda: pool.spares_ready == ready, timeout=5, what=f"{ready} spares of '{name}' to be ready")
+    await wait_until(lambda: pool.warm.spares_ready == ready, timeout=5, what=f"{ready} spares of '{name}' to be ready")
 
 
 async def test_a_new_keys_first_call_runs_on_a_spare_started_before_it_asked(tmp_path: Path) -> None:
@@ -75,7 +75,7 @@ async def test_a_taken_spare_is_replaced_at_once_by_a_fresh_one(tmp_path: Path) 
         await wait_until(lambda: len(harness.upstreams.started) == 3, timeout=5, what="a replacement spare")
         replacement = harness.upstreams.started[-1]
         await pool_filled(harness, 1)
-        assert state_service(harness).pool.spares[0] is not state_service(harness).pool.sessions[_ALICE]
+        assert state_service(harness).pool.warm.spares[0] is not state_service(harness).pool.sessions[_ALICE]
         assert await harness.call(_BOB, "state_whoami") == replacement != taken
         assert repr(state_service(harness).pool).startswith("<SessionPool state: 2 sessions (0 starting), ")
 
@@ -107,10 +107,10 @@ async def test_spares_fill_only_the_room_keys_leave_under_the_cap_so_no_key_is_r
 
         alice = await harness.call(_ALICE, "state_whoami")  # taken from the pool, not refused
         assert len(pool) == 1
-        assert len(pool.spares) == 1  # no replacement: one key and one spare fill the cap
+        assert len(pool.warm.spares) == 1  # no replacement: one key and one spare fill the cap
         bob = await harness.call(_BOB, "state_whoami")
         assert {alice, bob} == set(harness.upstreams.started[1:3])
-        assert (len(pool), len(pool.spares)) == (2, 0)
+        assert (len(pool), len(pool.warm.spares)) == (2, 0)
         with pytest.raises(SessionLimitError):
             await harness.call(_CAROL, "state_whoami")  # the keys hold the cap; the pool adds nothing
         assert len(harness.upstreams.started) == 3
@@ -308,7 +308,7 @@ async def spare_lost(harness: EngineHarness, instances: int) -> SessionPool:
     spare joins the pool before its instance starts, so none is missed); the pool."""
     pool = state_service(harness, "loop").pool
     await wait_until(
-        lambda: len(harness.upstreams.started) == instances and not pool.spares,
+        lambda: len(harness.upstreams.started) == instances and not pool.warm.spares,
         timeout=5,
         what=f"spare number {instances - 1} to go away, and no replacement to start",
     )
@@ -325,44 +325,44 @@ async def test_a_spare_that_dies_right_after_its_handshake_is_replaced_only_afte
 ) -> None:
     async with crash_looping_engine(tmp_path, _CrashLoop()) as harness:
         pool = await spare_lost(harness, 2)  # the catalog's instance, then the first spare's
-        assert (pool.is_refill_waiting, pool.refill_delay_seconds) == (True, 1.0)  # the clock has not moved
+        assert (pool.warm.is_refill_waiting, pool.warm.refill_delay_seconds) == (True, 1.0)  # the clock has not moved
         assert "(refilling after 1 s)" in repr(pool)
         assert operator_view(harness)["warm_pool"] == {"ready": 0, "target": 1, "backoff_seconds": 1.0}
 
         harness.clock.advance(0.5)
         await anyio.lowlevel.checkpoint()
-        assert (len(harness.upstreams.started), pool.spares) == (2, [])
+        assert (len(harness.upstreams.started), pool.warm.spares) == (2, [])
         harness.clock.advance(0.5)
         await spare_lost(harness, 3)  # the second spare, started once the backoff was over, dies too
-        assert (pool.is_refill_waiting, pool.refill_delay_seconds) == (True, 2.0)
+        assert (pool.warm.is_refill_waiting, pool.warm.refill_delay_seconds) == (True, 2.0)
 
         harness.clock.advance(1)
         await anyio.lowlevel.checkpoint()
-        assert (len(harness.upstreams.started), pool.spares) == (3, [])
+        assert (len(harness.upstreams.started), pool.warm.spares) == (3, [])
         harness.clock.advance(1)
         await spare_lost(harness, 4)
-        assert pool.refill_delay_seconds == 4.0
+        assert pool.warm.refill_delay_seconds == 4.0
 
 
 async def test_spares_lost_together_wait_out_one_backoff_and_are_all_replaced_at_its_end(tmp_path: Path) -> None:
     async with crash_looping_engine(tmp_path, _CrashLoop(), warm_sessions=2) as harness:
         pool = await spare_lost(harness, 3)  # the catalog's instance, then both spares'
-        assert (pool.is_refill_waiting, pool.refill_delay_seconds) == (True, 1.0)
+        assert (pool.warm.is_refill_waiting, pool.warm.refill_delay_seconds) == (True, 1.0)
 
         harness.clock.advance(1)
 
         await spare_lost(harness, 5)  # two replacements at once, lost together again
-        assert (pool.is_refill_waiting, pool.refill_delay_seconds) == (True, 2.0)
+        assert (pool.warm.is_refill_waiting, pool.warm.refill_delay_seconds) == (True, 2.0)
 
 
 async def test_the_backoff_stops_doubling_at_a_minute(tmp_path: Path) -> None:
     async with crash_looping_engine(tmp_path, _CrashLoop()) as harness:
         pool = await spare_lost(harness, 2)
         for spare, delay in enumerate((1, 2, 4, 8, 16, 32, 60), start=2):
-            assert pool.refill_delay_seconds == delay
+            assert pool.warm.refill_delay_seconds == delay
             harness.clock.advance(delay)
             await spare_lost(harness, spare + 1)
-        assert pool.refill_delay_seconds == 60
+        assert pool.warm.refill_delay_seconds == 60
 
 
 async def test_a_spare_lost_after_it_lived_long_is_replaced_at_once_and_ends_the_backoff(tmp_path: Path) -> None:
@@ -373,14 +373,14 @@ async def test_a_spare_lost_after_it_lived_long_is_replaced_at_once_and_ends_the
         harness.clock.advance(1)
         await pool_filled(harness, 1, "loop")
         lasting = harness.upstreams.started[-1]
-        assert pool.refill_delay_seconds == 1  # a spare that is up has not lived long yet
+        assert pool.warm.refill_delay_seconds == 1  # a spare that is up has not lived long yet
 
         harness.clock.advance(10)
         crash_loop.kill(2)  # the catalog's instance, the lost spare's, then the lasting one's
 
         await wait_until(lambda: len(harness.upstreams.started) == 4, timeout=5, what="the lasting spare's replacement")
         await pool_filled(harness, 1, "loop")
-        assert (pool.is_refill_waiting, pool.refill_delay_seconds) == (False, 0)
+        assert (pool.warm.is_refill_waiting, pool.warm.refill_delay_seconds) == (False, 0)
         assert not harness.upstreams.is_alive(lasting)
         assert operator_view(harness)["warm_pool"] == {"ready": 1, "target": 1}
 
@@ -396,7 +396,7 @@ async def test_a_new_key_gets_its_own_session_at_once_while_the_pool_backs_off(t
 
         assert result["content"] == [{"type": "text", "text": "hello"}]
         assert _ALICE in pool.sessions
-        assert pool.spares == []  # her session did not end the backoff
+        assert pool.warm.spares == []  # her session did not end the backoff
         assert len(harness.upstreams.started) == 3  # the catalog, the lost spare, and alice's session
         harness.clock.advance(1)
         await pool_filled(harness, 1, "loop")
@@ -405,8 +405,8 @@ async def test_a_new_key_gets_its_own_session_at_once_while_the_pool_backs_off(t
 async def test_closing_the_engine_while_a_replacement_waits_leaves_nothing_running(tmp_path: Path) -> None:
     async with crash_looping_engine(tmp_path, _CrashLoop()) as harness:
         pool = await spare_lost(harness, 2)
-        assert pool.is_refill_waiting
-    assert not pool.is_refill_waiting  # closing the pool ended the wait: the engine's task group held it, and is done
+        assert pool.warm.is_refill_waiting
+    assert not pool.warm.is_refill_waiting  # closing the pool ended the wait: the engine's task group held it, is done
     assert len(harness.upstreams.started) == 2
     # crash_looping_engine has checked that no instance outlived the engine
 
@@ -419,8 +419,8 @@ async def test_a_closed_upstream_starts_nothing_when_its_backoff_would_have_ende
         harness.clock.advance(60)
         await anyio.lowlevel.checkpoint()
 
-        assert not pool.is_refill_waiting
-        assert pool.spares == []
+        assert not pool.warm.is_refill_waiting
+        assert pool.warm.spares == []
         assert len(harness.upstreams.started) == 2
         assert not harness.upstreams.live
 
@@ -435,4 +435,4 @@ async def test_restarting_the_upstream_ends_the_backoff_and_refills_at_once(tmp_
         await harness.engine.wait_service("", "loop", 5)
 
         await pool_filled(harness, 1, "loop")
-        assert (pool.is_refill_waiting, pool.refill_delay_seconds) == (False, 0)
+        assert (pool.warm.is_refill_waiting, pool.warm.refill_delay_seconds) == (False, 0)

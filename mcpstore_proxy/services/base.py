@@ -41,10 +41,11 @@ from mcpstore_proxy.errors import UpstreamError, UpstreamStartError, UpstreamSto
 from mcpstore_proxy.events import EventLog
 from mcpstore_proxy.keys import SessionKey
 from mcpstore_proxy.logs import log_fields
-from mcpstore_proxy.pool import PoolHooks, Spawner, TaskStarter
+from mcpstore_proxy.pool import PoolHooks, Spawner
 from mcpstore_proxy.relay import ClientCall, ListKind, SessionRelay
 from mcpstore_proxy.transports import TransportFactory
 from mcpstore_proxy.upstream import ClientCapability, EndReason, Listing, UpstreamSession
+from mcpstore_proxy.warm_pool import TaskStarter
 
 __all__ = ["CATALOG_KEY", "LISTING_KINDS", "ServiceContext", "ServiceState", "UpstreamService"]
 

@@ -64,7 +64,7 @@ class IsolatedService(UpstreamService):
         return frozenset()  # the catalog session only lists; no client is behind it to ask
 
     def _became_ready(self) -> None:
-        self.pool.fill()
+        self.pool.warm.fill()
 
     @property
     def client_sessions(self) -> int:
@@ -72,7 +72,8 @@ class IsolatedService(UpstreamService):
 
     @property
     def warm_pool(self) -> tuple[int, int] | None:
-        return (self.pool.spares_ready, self.pool.warm_target) if self.pool.warm_target else None
+        warm = self.pool.warm
+        return (warm.spares_ready, warm.target) if warm.target else None
 
     async def _run(
         self, key: SessionKey, call: ClientCall | None, operation: Callable[[UpstreamSession], Awaitable[_T]]
