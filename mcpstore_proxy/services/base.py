@@ -14,10 +14,10 @@ States: `starting` → `ready`; `ready` → `restarting` when the upstream goes
 away; `failed` while waiting to retry; `stopped` once removed or shut down.
 `restart()` and `close()` are safe in every state, and neither waits for a
 start to finish: a start in progress is cancelled. `retire()` is the gentle
-close (a reload's): it takes no new calls, lets those in flight finish within
-a grace period, then closes. A service that replaces another (`succeed`) keeps
-its predecessor's listings until it lists its own, and warns the keys that held
-sessions with it that their state was reset.
+close (a reload's): it takes no new calls, lets those in flight finish within a
+grace period (see `in_flight`), then closes. A service that replaces another
+(`succeed`) keeps its predecessor's listings until it lists its own, and warns
+the keys that held sessions with it that their state was reset.
 
 How clients' requests reach the upstream is what tells the two kinds apart
 (see `shared` and `isolated`).
@@ -39,6 +39,7 @@ from mcpstore_proxy.clock import SYSTEM_CLOCK, Clock
 from mcpstore_proxy.config import UpstreamConfig
 from mcpstore_proxy.errors import UpstreamError, UpstreamStartError, UpstreamStoppedError, first_line
 from mcpstore_proxy.events import EventLog
+from mcpstore_proxy.in_flight import CallsInFlight
 from mcpstore_proxy.keys import SessionKey
 from mcpstore_proxy.logs import log_fields
 from mcpstore_proxy.pool import PoolHooks, Spawner
@@ -115,10 +116,7 @@ class UpstreamService(ABC):
         self._is_closing = False
         self._restart_now = False
         self._should_relist_tools = False
-        self._retiring_because: str | None = None
-        self._calls_in_flight = 0
-        self._no_calls = anyio.Event()
-        self._no_calls.set()
+        self._calls = CallsInFlight(name)
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name} {self.state.value}>"
@@ -342,17 +340,7 @@ class UpstreamService(ABC):
     async def retire(self, grace_seconds: float, reason: str) -> None:
         """Take no new calls, give those in flight up to `grace_seconds` to finish, then close (the rest fail
         with `reason`)."""
-        self._retiring_because = reason
-        if self._calls_in_flight:
-            logger.info(
-                "upstream '%s': waiting up to %g s for %d calls in flight before closing it (%s)",
-                self.name,
-                grace_seconds,
-                self._calls_in_flight,
-                reason,
-            )
-        with anyio.move_on_after(grace_seconds):
-            await self._no_calls.wait()
+        await self._calls.stop_taking(grace_seconds, reason)
         await self.close(reason)
 
     def succeed(self, predecessor: UpstreamService) -> None:
@@ -394,7 +382,7 @@ class UpstreamService(ABC):
 
     @property
     def calls_in_flight(self) -> int:
-        return self._calls_in_flight
+        return len(self._calls)
 
     async def run(
         self, key: SessionKey, call: ClientCall | None, operation: Callable[[UpstreamSession], Awaitable[_T]]
@@ -404,19 +392,8 @@ class UpstreamService(ABC):
         Raises:
             UpstreamStoppedError: the service is retiring (`retire`) and takes no new calls.
         """
-        if self._retiring_because is not None:
-            raise UpstreamStoppedError(
-                self.name, f"upstream '{self.name}' takes no new calls: {self._retiring_because}", was_sent=False
-            )
-        self._calls_in_flight += 1
-        if self._calls_in_flight == 1:
-            self._no_calls = anyio.Event()
-        try:
+        with self._calls.call():
             return await self._run(key, call, operation)
-        finally:
-            self._calls_in_flight -= 1
-            if not self._calls_in_flight:
-                self._no_calls.set()
 
     @abstractmethod
     async def _run(

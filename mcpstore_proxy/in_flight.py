@@ -1,0 +1,77 @@
+"""The calls in flight on one upstream service, so that a reload can retire it gently.
+
+Every call that a service runs goes through `CallsInFlight.call()`, which counts it. `stop_taking()` (a reload
+withdrawing the service) refuses every new call with an `UpstreamStoppedError` that says why, and waits, up to a
+grace period, until the calls in flight have finished; the service then closes, which fails those still running
+with the same reason. It is the per-upstream counterpart of `drain.Drain`, which does the same for the whole proxy
+at shutdown, but cancels what outlives its grace period.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Generator
+from contextlib import contextmanager
+
+import anyio
+
+from mcpstore_proxy.errors import UpstreamStoppedError
+
+__all__ = ["CallsInFlight"]
+
+logger = logging.getLogger(__name__)
+
+
+class CallsInFlight:
+    """The calls running on one upstream, and whether it still takes new ones."""
+
+    def __init__(self, upstream: str) -> None:
+        self.upstream = upstream
+        self._count = 0
+        self._none_left = anyio.Event()
+        self._none_left.set()
+        self._refused_because: str | None = None
+
+    def __repr__(self) -> str:
+        taking = f"taking none ({self._refused_because})" if self._refused_because is not None else "open"
+        return f"<CallsInFlight {self.upstream}: {self._count}, {taking}>"
+
+    def __len__(self) -> int:
+        return self._count
+
+    @contextmanager
+    def call(self) -> Generator[None]:
+        """Run one call as work in flight.
+
+        Raises:
+            UpstreamStoppedError: the upstream takes no new calls (`stop_taking`).
+        """
+        if self._refused_because is not None:
+            raise UpstreamStoppedError(
+                self.upstream,
+                f"upstream '{self.upstream}' takes no new calls: {self._refused_because}",
+                was_sent=False,
+            )
+        self._count += 1
+        if self._count == 1:
+            self._none_left = anyio.Event()
+        try:
+            yield
+        finally:
+            self._count -= 1
+            if not self._count:
+                self._none_left.set()
+
+    async def stop_taking(self, grace_seconds: float, reason: str) -> None:
+        """Refuse new calls, saying `reason`, and wait up to `grace_seconds` for those in flight to finish."""
+        self._refused_because = reason
+        if self._count:
+            logger.info(
+                "upstream '%s': waiting up to %g s for %d calls in flight before closing it (%s)",
+                self.upstream,
+                grace_seconds,
+                self._count,
+                reason,
+            )
+        with anyio.move_on_after(grace_seconds):
+            await self._none_left.wait()
