@@ -9,9 +9,10 @@ Lifetime: `async with ProxyEngine(settings) as engine:` starts every upstream
 and returns at once: upstreams join the catalog as they come up, and a
 client hears of each with a list-changed notice. `await engine.started()`
 waits for every upstream's first start attempt (what `check` and the
-embedded SDK want); `await engine.settled()` waits for them only within the
-first `startup_wait_seconds`, so that a client's first listing includes the
-upstreams that start quickly without any request waiting on a slow one.
+embedded SDK want); `await engine.startup.settled()` waits for them only
+within the first `startup_wait_seconds` (see `startup`), so that a client's
+first listing includes the upstreams that start quickly without any request
+waiting on a slow one.
 Leaving the block closes every session and leaves no upstream process
 behind. Every task the engine runs is an owner task that never raises into
 it: one upstream's failure is that upstream's state.
@@ -26,7 +27,6 @@ while some change awaits approval.
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Callable, Coroutine
 from contextlib import AsyncExitStack
 from types import TracebackType
@@ -50,6 +50,7 @@ from mcpstore_proxy.registry import Origin, ServicePolicy, ServiceRegistry
 from mcpstore_proxy.reload import Reloader
 from mcpstore_proxy.routing import RequestRouting
 from mcpstore_proxy.services import ServiceContext, ServiceState, UpstreamService, create_service
+from mcpstore_proxy.startup import StartupWindow
 from mcpstore_proxy.status import ServiceInfo, service_info
 from mcpstore_proxy.transports import TransportFactory, open_transport
 from mcpstore_proxy.upstream import UpstreamSession
@@ -92,6 +93,8 @@ class ProxyEngine(RequestRouting):
             clock=clock,
         )
         self.registry = ServiceRegistry(settings, self._new_service)
+        self.startup = StartupWindow(self.registry, settings.startup_wait_seconds)
+        """How long a client's first requests wait for the configured upstreams' first start attempts."""
         self.pins = ToolPins(settings.tool_pins_path, mode=settings.tool_pinning, events=self.events)
         self.views = CatalogViews(
             self.registry,
@@ -115,8 +118,6 @@ class ProxyEngine(RequestRouting):
         self._task_group: anyio.abc.TaskGroup | None = None
         self._stack: AsyncExitStack | None = None
         self._is_closing = False
-        self._has_settled = False
-        self._settle_by = math.inf
 
     def __repr__(self) -> str:
         return f"<ProxyEngine {self.registry!r}, {self.views!r}, {self.named!r}>"
@@ -131,7 +132,7 @@ class ProxyEngine(RequestRouting):
         return self.named.records
 
     async def __aenter__(self) -> Self:
-        self._settle_by = anyio.current_time() + self.settings.startup_wait_seconds
+        self.startup.open()
         async with AsyncExitStack() as stack:
             self._task_group = await stack.enter_async_context(anyio.create_task_group())
             stack.push_async_callback(self._shutdown)
@@ -166,26 +167,6 @@ class ProxyEngine(RequestRouting):
         for service in self.registry:
             await service.first_attempt_done.wait()
         self.views.build(STORE_SCOPE, None, strict=True)
-
-    async def settled(self) -> None:
-        """Wait until every configured upstream has made its first start attempt, but never past the end of the
-        start-up window (`startup_wait_seconds` after the engine started)."""
-        if self._has_settled:
-            return
-        with anyio.move_on_after(self._settle_by - anyio.current_time()):
-            for service in self.registry.configured():
-                await service.first_attempt_done.wait()
-        self._has_settled = not self.is_starting or anyio.current_time() >= self._settle_by
-
-    @property
-    def is_settling(self) -> bool:
-        """Whether `settled()` would still wait (for some upstream, within the start-up window)."""
-        return not self._has_settled and self.is_starting and anyio.current_time() < self._settle_by
-
-    @property
-    def is_starting(self) -> bool:
-        """Whether some configured upstream has not yet made its first start attempt."""
-        return any(not service.first_attempt_done.is_set() for service in self.registry.configured())
 
     async def _shutdown(self) -> None:
         """Close every session (bounded, in parallel), then cancel what is left."""
@@ -320,7 +301,7 @@ class ProxyEngine(RequestRouting):
 
     def capabilities(self) -> types.ServerCapabilities:
         """What the proxy can forward (see `CatalogViews.capabilities`)."""
-        return self.views.capabilities(is_starting=self.is_starting)
+        return self.views.capabilities(is_starting=self.startup.is_starting)
 
     # What a key sees.
 

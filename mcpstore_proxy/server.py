@@ -175,7 +175,7 @@ class ProxyServer(Server[Any]):
         return shaped[key]
 
     async def _catalog(self, ctx: Context) -> Catalog:
-        await self._engine.settled()
+        await self._engine.startup.settled()
         try:
             return self._engine.catalog_for(self._downstream.key(ctx))
         except ProxyError as error:
@@ -314,9 +314,9 @@ class ProxyServer(Server[Any]):
                     result = await run()
                 except (UnknownToolError, UnknownPromptError, UnknownResourceError):
                     # Routing fails before anything is sent: a name from an upstream still starting may yet come.
-                    if not self._engine.is_settling:
+                    if not self._engine.startup.is_settling:
                         raise
-                    await self._engine.settled()
+                    await self._engine.startup.settled()
                     result = await run()
         except ProxyError as error:
             raise to_mcp_error(error) from None

@@ -1,5 +1,5 @@
 """The engine (mcpstore_proxy/engine.py, with registry.py and views.py) driven directly in memory: start-up
-that waits for nobody, `started()` and `settled()`, name collisions, capabilities, services added and removed at
+that waits for nobody, `started()` and `startup.settled()`, name collisions, capabilities, services added and removed at
 run time, routing each call to its key's session, ending keys, and a shutdown that leaves nothing behind."""
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ async def test_entering_the_engine_returns_at_once_while_an_upstream_hangs_in_it
     gate = closed_gate(tmp_path)
     servers = {"state": fixture_server("state"), "slow": fixture_server("slow", "--start-gate", str(gate))}
     async with running_engine(tmp_path, servers, wait=False) as harness:
-        assert harness.engine.is_starting
+        assert harness.engine.startup.is_starting
         assert harness.engine.service("", "slow").state is ServiceState.STARTING
         await wait_until(lambda: bool(hanging(gate)), timeout=5, what="the slow upstream to hang")
 
@@ -66,11 +66,11 @@ async def test_started_waits_for_every_first_attempt_bounded_by_the_start_timeou
         "slow": fixture_server("slow", "--start-gate", str(gate)),
     }
     async with running_engine(tmp_path, servers, wait=False, upstream_start_timeout_seconds=0.5) as harness:
-        assert harness.engine.is_starting
+        assert harness.engine.startup.is_starting
         with anyio.fail_after(5):
             await harness.engine.started()
 
-        assert not harness.engine.is_starting
+        assert not harness.engine.startup.is_starting
         states = {info.name: (info.state, info.error, info.detail) for info in harness.engine.statuses()}
         assert states["good"] == ("ready", None, None)
         assert states["broken"][0] == "failed"
@@ -86,7 +86,7 @@ async def test_settled_returns_as_soon_as_every_upstream_has_made_its_first_atte
     servers = {"good": fixture_server("good"), "broken": fixture_server("broken", "--fail-start", "no")}
     async with running_engine(tmp_path, servers, wait=False, startup_wait_seconds=60) as harness:
         with anyio.fail_after(5):  # far less than the 60 s window
-            await harness.engine.settled()
+            await harness.engine.startup.settled()
         assert harness.engine.service("", "good").state is ServiceState.READY
         assert harness.engine.service("", "broken").state is ServiceState.FAILED
         assert "good_echo" in harness.tool_names()
@@ -98,11 +98,11 @@ async def test_settled_waits_for_a_hanging_upstream_only_until_the_startup_windo
     entered = anyio.current_time()
     async with running_engine(tmp_path, servers, wait=False, startup_wait_seconds=0.5) as harness:
         with anyio.fail_after(5):
-            await harness.engine.settled()
+            await harness.engine.startup.settled()
         assert anyio.current_time() - entered >= 0.5
         assert harness.engine.service("", "slow").state is ServiceState.STARTING
         with anyio.fail_after(0.5):
-            await harness.engine.settled()  # the window is over: nobody waits for the slow upstream again
+            await harness.engine.startup.settled()  # the window is over: nobody waits for the slow upstream again
 
 
 # Names.
