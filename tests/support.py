@@ -34,6 +34,15 @@ NODE_BIN = PROJECT_ROOT / "node_modules" / ".bin"
 REPORT: list[str] = []
 """Lines the test run prints in its terminal summary (conformance results, for instance)."""
 
+INITIALIZE: dict[str, Any] = {
+    "jsonrpc": "2.0",
+    "id": 1,
+    "method": "initialize",
+    "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}},
+}
+ACCEPT = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
+"""With `INITIALIZE`, a raw Streamable HTTP request that opens a session, for tests of the HTTP face itself."""
+
 
 def node_environment(**extra: str) -> dict[str, str]:
     """The environment for running the npm peers: Node 22 first on PATH."""

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
 
 import anyio
 import httpx2
@@ -18,6 +17,8 @@ from mcp.types import INVALID_PARAMS
 from mcpstore_proxy.errors import SESSION_REFUSED
 from tests.inprocess import running_app
 from tests.support import (
+    ACCEPT,
+    INITIALIZE,
     PROJECT_ROOT,
     connect,
     descendants,
@@ -30,13 +31,6 @@ from tests.support import (
 
 pytestmark = pytest.mark.anyio
 
-INITIALIZE: dict[str, Any] = {
-    "jsonrpc": "2.0",
-    "id": 1,
-    "method": "initialize",
-    "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}},
-}
-ACCEPT = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
 FIXTURE_TOOLS = 13
 """How many tools tests/fixtures/stateful_server.py offers by default."""
 

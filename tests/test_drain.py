@@ -11,26 +11,15 @@ from typing import Any
 import anyio
 import httpx2
 import pytest
-from mcp import MCPError, types
-from mcp.client.session import ClientRequestContext
+from mcp import MCPError
 
 from mcpstore_proxy.drain import Drain
 from mcpstore_proxy.errors import SHUTTING_DOWN, ShuttingDownError
+from tests.held_call import HeldCall
 from tests.inprocess import running_app
-from tests.support import connect, fixture_server, structured, wait_until, write_config
+from tests.support import ACCEPT, INITIALIZE, connect, fixture_server, wait_until, write_config
 
 pytestmark = pytest.mark.anyio
-
-_INITIALIZE = {
-    "jsonrpc": "2.0",
-    "id": 1,
-    "method": "initialize",
-    "params": {
-        "protocolVersion": "2025-11-25",
-        "capabilities": {},
-        "clientInfo": {"name": "newcomer", "version": "1"},
-    },
-}
 
 
 async def test_drain_returns_once_the_requests_in_flight_have_finished() -> None:
@@ -168,48 +157,22 @@ async def test_during_the_drain_a_call_in_flight_completes_and_newcomers_get_503
     tmp_path: Path,
 ) -> None:
     config = write_config(tmp_path, {"state": fixture_server("state")}, shutdown_grace_seconds=60)
-    asked, release = anyio.Event(), anyio.Event()
-
-    async def answer_once_released(
-        context: ClientRequestContext, params: types.CreateMessageRequestParams
-    ) -> types.CreateMessageResult:
-        # The call stays in flight until the test lets the client answer its sampling request.
-        asked.set()
-        await release.wait()
-        return types.CreateMessageResult(
-            role="assistant", content=types.TextContent(type="text", text="answered"), model="m"
-        )
-
-    answers: list[Any] = []
+    held = HeldCall()  # the call stays in flight until the test releases it
     newcomer: httpx2.Response | None = None
     health: dict[str, Any] = {}
     too_late: pytest.ExceptionInfo[MCPError] | None = None
-    async with running_app(config) as proxy, connect(proxy.url, sampling_callback=answer_once_released) as client:
-
-        async def call_in_flight() -> None:
-            # Not `client.call_tool`: it would list the tools afterwards to check the result, and by then the
-            # drained proxy has ended the session.
-            request = types.CallToolRequest(
-                params=types.CallToolRequestParams(name="state_ask", arguments={"prompt": "still there?"})
-            )
-            answers.append(structured(await client.session.send_request(request, types.CallToolResult)))
-
-        with anyio.fail_after(20):
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(call_in_flight)
-                await asked.wait()
-                await proxy.request_stop()
-                await wait_until(lambda: "draining" in proxy.log, what="the proxy to start draining")
-                async with httpx2.AsyncClient() as http:
-                    newcomer = await http.post(
-                        proxy.url, json=_INITIALIZE, headers={"Accept": "application/json, text/event-stream"}
-                    )
-                    health = (await http.get(proxy.url.replace("/mcp", "/healthz"))).json()
-                with pytest.raises(MCPError) as refused:  # a new request in an open session
-                    await client.call_tool("state_echo", {"text": "too late"})
-                too_late = refused
-                release.set()
-        assert answers == ["answered"]
+    async with running_app(config) as proxy, connect(proxy.url, sampling_callback=held.answer_once_released) as client:
+        async with held.in_flight(client, "state_ask"):
+            await proxy.request_stop()
+            await wait_until(lambda: "draining" in proxy.log, what="the proxy to start draining")
+            async with httpx2.AsyncClient() as http:
+                newcomer = await http.post(proxy.url, json=INITIALIZE, headers=ACCEPT)
+                health = (await http.get(proxy.url.replace("/mcp", "/healthz"))).json()
+            with pytest.raises(MCPError) as refused:  # a new request in an open session
+                await client.call_tool("state_echo", {"text": "too late"})
+            too_late = refused
+            held.release()
+        assert held.answers == ["answered"]
     assert too_late is not None
     assert too_late.value.code == SHUTTING_DOWN
     assert "shutting down and takes no new requests" in too_late.value.message

@@ -21,17 +21,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from mcpstore_proxy.errors import SESSION_REFUSED, SHUTTING_DOWN, UPSTREAM_FAILED
 from tests.inprocess import InProcessProxy, running_app
 from tests.pinning import mutable
-from tests.support import connect, fixture_server, structured, wait_until, write_config
+from tests.support import ACCEPT, INITIALIZE, connect, fixture_server, structured, wait_until, write_config
 
 pytestmark = pytest.mark.anyio
-
-INITIALIZE: dict[str, Any] = {
-    "jsonrpc": "2.0",
-    "id": 1,
-    "method": "initialize",
-    "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}},
-}
-ACCEPT = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 

@@ -7,18 +7,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import anyio
 import httpx2
 import pytest
-from mcp import types
-from mcp.client.session import ClientRequestContext
 
 from mcpstore_proxy.app import create_app
 from mcpstore_proxy.config import load_settings
 from mcpstore_proxy.engine import ProxyEngine
+from tests.held_call import HeldCall
 from tests.inprocess import running_app
 from tests.memory import MemoryUpstreams
-from tests.support import alice_and_bob_config, connect, fixture_server, structured, wait_until, write_config
+from tests.support import alice_and_bob_config, connect, fixture_server, wait_until, write_config
 
 pytestmark = pytest.mark.anyio
 
@@ -33,40 +31,19 @@ async def probe(port: int, path: str, **headers: str) -> tuple[int, Any]:
 
 async def test_ready_flips_to_503_during_a_drain_while_health_stays_200(tmp_path: Path) -> None:
     config = write_config(tmp_path, {"state": fixture_server("state")}, shutdown_grace_seconds=60)
-    asked, release = anyio.Event(), anyio.Event()
-
-    async def answer_once_released(
-        context: ClientRequestContext, params: types.CreateMessageRequestParams
-    ) -> types.CreateMessageResult:
-        # The call stays in flight, and so the drain lasts, until the test lets the client answer.
-        asked.set()
-        await release.wait()
-        return types.CreateMessageResult(
-            role="assistant", content=types.TextContent(type="text", text="answered"), model="m"
-        )
-
-    answers: list[Any] = []
+    held = HeldCall()  # the call stays in flight, and so the drain lasts, until the test releases it
     during_drain: dict[str, tuple[int, Any]] = {}
-    async with running_app(config) as proxy, connect(proxy.url, sampling_callback=answer_once_released) as client:
+    async with running_app(config) as proxy, connect(proxy.url, sampling_callback=held.answer_once_released) as client:
         assert await probe(proxy.port, "/ready") == (200, {"status": "ok"})
         assert await probe(proxy.port, "/health") == (200, {"status": "ok"})
 
-        async def call_in_flight() -> None:
-            request = types.CallToolRequest(
-                params=types.CallToolRequestParams(name="state_ask", arguments={"prompt": "still there?"})
-            )
-            answers.append(structured(await client.session.send_request(request, types.CallToolResult)))
-
-        with anyio.fail_after(20):
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(call_in_flight)
-                await asked.wait()
-                await proxy.request_stop()
-                await wait_until(lambda: "draining" in proxy.log, what="the proxy to start draining")
-                for path in ("/ready", "/health", "/healthz"):
-                    during_drain[path] = await probe(proxy.port, path)
-                release.set()
-    assert answers == ["answered"]
+        async with held.in_flight(client, "state_ask"):
+            await proxy.request_stop()
+            await wait_until(lambda: "draining" in proxy.log, what="the proxy to start draining")
+            for path in ("/ready", "/health", "/healthz"):
+                during_drain[path] = await probe(proxy.port, path)
+            held.release()
+    assert held.answers == ["answered"]
     assert during_drain == {
         "/ready": (503, {"status": "draining"}),
         "/health": (200, {"status": "ok"}),  # a failing liveness probe would have the pod killed mid-drain

@@ -12,14 +12,13 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-import anyio
 import pytest
 import yaml
 from mcp import Client, MCPError, types
-from mcp.client.session import ClientRequestContext
 
 from mcpstore_proxy.config import load_settings
 from mcpstore_proxy.errors import SHUTTING_DOWN, ConfigError
+from tests.held_call import HeldCall
 from tests.inprocess import running_app
 from tests.support import (
     admin,
@@ -168,44 +167,24 @@ async def test_a_removed_upstream_lets_its_call_in_flight_finish_but_takes_no_ne
         {"leaving": fixture_server("leaving"), "staying": fixture_server("staying")},
         shutdown_grace_seconds=60,
     )
-    asked, release = anyio.Event(), anyio.Event()
-
-    async def answer_once_released(
-        context: ClientRequestContext, params: types.CreateMessageRequestParams
-    ) -> types.CreateMessageResult:
-        asked.set()  # the call stays in flight until the test lets the client answer
-        await release.wait()
-        return types.CreateMessageResult(
-            role="assistant", content=types.TextContent(type="text", text="answered"), model="m"
-        )
-
-    answers: list[Any] = []
+    held = HeldCall()  # the call stays in flight until the test releases it
     async with (
         running_app(config) as proxy,
-        connect(proxy.url, sampling_callback=answer_once_released) as busy,
+        connect(proxy.url, sampling_callback=held.answer_once_released) as busy,
         connect(proxy.url) as newcomer,
     ):
         leaving = structured(await busy.call_tool("leaving_whoami", {}))
 
-        async def call_in_flight() -> None:
-            request = types.CallToolRequest(
-                params=types.CallToolRequestParams(name="leaving_ask", arguments={"prompt": "still there?"})
-            )
-            answers.append(structured(await busy.session.send_request(request, types.CallToolResult)))
+        async with held.in_flight(busy, "leaving_ask"):
+            write_config(tmp_path, {"staying": fixture_server("staying")}, shutdown_grace_seconds=60)
+            assert (await _reload(proxy.port))["removed"] == ["leaving"]
 
-        with anyio.fail_after(20):
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(call_in_flight)
-                await asked.wait()
-                write_config(tmp_path, {"staying": fixture_server("staying")}, shutdown_grace_seconds=60)
-                assert (await _reload(proxy.port))["removed"] == ["leaving"]
-
-                with pytest.raises(MCPError) as refused:
-                    await newcomer.call_tool("leaving_echo", {"text": "too late"})
-                assert "leaving_echo" in refused.value.message
-                assert proxy.upstreams.is_alive(leaving)
-                release.set()
-        assert answers == ["answered"]
+            with pytest.raises(MCPError) as refused:
+                await newcomer.call_tool("leaving_echo", {"text": "too late"})
+            assert "leaving_echo" in refused.value.message
+            assert proxy.upstreams.is_alive(leaving)
+            held.release()
+        assert held.answers == ["answered"]
         await wait_until(lambda: not proxy.upstreams.is_alive(leaving), what="the removed upstream to close")
         assert structured(await newcomer.call_tool("staying_echo", {"text": "fine"})) == "fine"
 
@@ -268,36 +247,19 @@ async def test_reloading_needs_an_admin(tmp_path: Path) -> None:
 
 async def test_a_reload_during_the_drain_is_refused(tmp_path: Path) -> None:
     config = write_config(tmp_path, {"state": fixture_server("state")}, shutdown_grace_seconds=60)
-    asked, release = anyio.Event(), anyio.Event()
-
-    async def answer_once_released(
-        context: ClientRequestContext, params: types.CreateMessageRequestParams
-    ) -> types.CreateMessageResult:
-        asked.set()
-        await release.wait()
-        return types.CreateMessageResult(
-            role="assistant", content=types.TextContent(type="text", text="answered"), model="m"
-        )
-
-    async with running_app(config) as proxy, connect(proxy.url, sampling_callback=answer_once_released) as client:
-
-        async def call_in_flight() -> None:
-            request = types.CallToolRequest(
-                params=types.CallToolRequestParams(name="state_ask", arguments={"prompt": "still there?"})
-            )
-            await client.session.send_request(request, types.CallToolResult)
-
-        with anyio.fail_after(20):
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(call_in_flight)
-                await asked.wait()
-                await proxy.request_stop()
-                await wait_until(lambda: "draining" in proxy.log, what="the proxy to start draining")
-                refused = await admin(proxy.port, "POST", "/reload")
-                release.set()
-                assert refused.status_code == 503
-                assert refused.json()["error"]["code"] == SHUTTING_DOWN
-                assert "is shutting down and takes no reload" in refused.json()["error"]["message"]
+    held = HeldCall()  # the call stays in flight, and so the drain lasts, until the test releases it
+    async with (
+        running_app(config) as proxy,
+        connect(proxy.url, sampling_callback=held.answer_once_released) as client,
+        held.in_flight(client, "state_ask"),
+    ):
+        await proxy.request_stop()
+        await wait_until(lambda: "draining" in proxy.log, what="the proxy to start draining")
+        refused = await admin(proxy.port, "POST", "/reload")
+        held.release()
+        assert refused.status_code == 503
+        assert refused.json()["error"]["code"] == SHUTTING_DOWN
+        assert "is shutting down and takes no reload" in refused.json()["error"]["message"]
 
 
 # A real process: the signal, and the file watcher.
