@@ -12,6 +12,7 @@ key), `lost` (the upstream's stream ended: a crash or exit), or `failed` (it
 never came up). `on_end` fires once, whichever it was. A request that meets a
 closed session fails with `UpstreamStoppedError`, which says whether the
 request had been sent; one that had not may safely run on a fresh session.
+Why a start failed is worded in `start_failures`.
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ from types import TracebackType
 from typing import Any, Final, Literal, Self, TypeVar
 
 import anyio
-import httpx2
 from mcp import ClientSession, MCPError, types
 from mcp.shared.dispatcher import ProgressFnT
 from mcp.shared.message import SessionMessage
@@ -38,13 +38,12 @@ from mcpstore_proxy.errors import (
     UpstreamStartError,
     UpstreamStoppedError,
     UpstreamTimeoutError,
-    first_line,
-    innermost,
 )
 from mcpstore_proxy.events import EventLog
 from mcpstore_proxy.logs import log_fields
 from mcpstore_proxy.operations import upstream_leg
 from mcpstore_proxy.relay import ClientCall, ListKind, SessionRelay
+from mcpstore_proxy.start_failures import start_error, start_failure, stderr_detail
 from mcpstore_proxy.transports import StderrTail, TransportEvents, TransportFactory, open_transport
 
 __all__ = ["EndReason", "UpstreamSession"]
@@ -179,13 +178,13 @@ class UpstreamSession:
         except UpstreamError as error:
             self._fail(error)
         except Exception as error:  # noqa: BLE001  # any transport fault is this upstream's failure, not ours
-            self._fail(self._describe_failure(error))
+            self._fail(self._start_failure(error))
         finally:
             self._client = None
             if self.end_reason is None:
                 self.end_reason = EndReason.LOST if self._ready.is_set() else EndReason.FAILED
             if self.failure is None and self.end_reason is not EndReason.CLOSED:
-                self.failure = self._lost_error() if self._ready.is_set() else self._describe_failure(None)
+                self.failure = self._lost_error() if self._ready.is_set() else self._start_failure(None)
             self._ready.set()
             self._ended.set()
             if self.end_reason is EndReason.FAILED and self._events is not None:
@@ -227,9 +226,12 @@ class UpstreamSession:
                     if self.end_reason is None and observed.has_ended:
                         self.end_reason = EndReason.LOST
         if start_scope.cancelled_caught and self.end_reason is not EndReason.CLOSED:
-            raise self._started_badly(
+            raise start_error(
+                self.upstream,
                 f"did not finish starting within {self._start_timeout_seconds:g} s "
-                f"(raise upstream_start_timeout_seconds, or check mcpServers.{self.upstream})"
+                f"(raise upstream_start_timeout_seconds, or check mcpServers.{self.upstream})",
+                self.stderr,
+                hides_detail=self.hides_start_detail,
             )
 
     async def client(self) -> ClientSession:
@@ -389,45 +391,11 @@ class UpstreamSession:
         return UpstreamClosedError(
             self.upstream,
             f"upstream '{self.upstream}' closed the connection; the next call starts a fresh session",
-            detail=self._stderr_detail(),
+            detail=stderr_detail(self.stderr),
         )
 
-    def _describe_failure(self, error: BaseException | None) -> UpstreamStartError:
-        error = innermost(error)
-        where = f"mcpServers.{self.upstream}." + ("command" if self.config.command else "url")
-        if isinstance(error, FileNotFoundError) and self.config.command:
-            reason = f"command '{self.config.command}' not found"
-        elif isinstance(error, PermissionError) and self.config.command:
-            reason = f"command '{self.config.command}' is not executable"
-        elif isinstance(error, MCPError) and error.code == types.CONNECTION_CLOSED:
-            reason = "it exited during the handshake"
-        elif error is None:
-            reason = "it closed the connection before the handshake finished"
-        elif isinstance(error, httpx2.HTTPStatusError) and error.response.status_code in (401, 403):
-            reason = (
-                f"{first_line(error)}: the server refused the request. Check the credentials in "
-                f"mcpServers.{self.upstream}.headers, and whether it accepts this host name (Playwright MCP, for one, "
-                "accepts only the host it prints when it starts, such as localhost)"
-            )
-        else:
-            reason = first_line(error)
-        return self._started_badly(f"failed to start: {reason} (check {where})")
-
-    def _started_badly(self, what: str) -> UpstreamStartError:
-        """An error for a start that did not come up. When the config hides why (a URL service added through the
-        admin API, which must not tell open ports from closed ones), the reason goes to `detail` only."""
-        if self.hides_start_detail:
-            return UpstreamStartError(
-                self.upstream,
-                f"upstream '{self.upstream}' could not connect (check its url)",
-                detail=f"{what}; {self._stderr_detail()}" if self._stderr_detail() else what,
-            )
-        return UpstreamStartError(self.upstream, f"upstream '{self.upstream}' {what}", detail=self._stderr_detail())
-
-    def _stderr_detail(self) -> str | None:
-        """What the upstream said on stderr, which may hold secrets: shown to operators only."""
-        tail = self.stderr.summary()
-        return f"its stderr said: {tail}" if tail else None
+    def _start_failure(self, error: BaseException | None) -> UpstreamStartError:
+        return start_failure(self.upstream, self.config, error, self.stderr, hides_detail=self.hides_start_detail)
 
 
 class _EndObservingReadStream:
