@@ -111,6 +111,7 @@ async def test_adding_removing_and_changing_upstreams_leaves_two_clients_session
         assert structured(await alice.call_tool("changed_recall", {})) == []
         assert structured(await alice.call_tool("changed_whoami", {})) != old_changed
         await wait_until(lambda: not proxy.upstreams.is_alive(old_changed), what="the old 'changed' session to end")
+        await wait_until(lambda: alice_warnings.messages != [], what="the warning that alice's state was reset")
         assert len(alice_warnings.messages) == 1
         assert "upstream 'changed' was restarted" in alice_warnings.messages[0]
         assert bob_warnings.messages == []
