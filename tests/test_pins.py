@@ -22,7 +22,8 @@ from mcp.types import INVALID_PARAMS
 
 from mcpstore_proxy.errors import ConfigError, ToolChangedError
 from mcpstore_proxy.keys import SessionKey
-from mcpstore_proxy.pins import Screened, ToolPins, definition_of, describe_changes, fingerprint_of
+from mcpstore_proxy.pins import Screened, ToolPins, definition_of, fingerprint_of
+from mcpstore_proxy.tool_changes import describe_changes
 from tests.engines import EngineHarness, running_engine
 from tests.fixtures.stateful_server import MUTATIONS
 from tests.pinning import CatalogChanges, mutable
