@@ -8,6 +8,8 @@ upstreams live elsewhere (the tests run real `mcp` servers in memory).
 
 A stdio upstream's stderr is read through a pipe of ours into a `StderrTail`,
 so a failure can quote the upstream's last words instead of "connection closed".
+What a transport reports back while it is open are `TransportEvents`; that its
+upstream's stream ended, `EndObservingReadStream` tells.
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ from collections import deque
 from collections.abc import AsyncGenerator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
-from typing import Protocol
+from types import TracebackType
+from typing import Any, Protocol, Self
 
 import anyio
 import httpx2
@@ -26,11 +29,19 @@ from mcp.client.sse import sse_client
 from mcp.client.stdio import StdioServerParameters, stdio_client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.server.streamable_http import MCP_SESSION_ID_HEADER
+from mcp.shared.message import SessionMessage
 
 from mcpstore_proxy.compat import TransportStreams
 from mcpstore_proxy.config import UpstreamConfig
 
-__all__ = ["StderrTail", "TransportEvents", "TransportFactory", "TransportStreams", "open_transport"]
+__all__ = [
+    "EndObservingReadStream",
+    "StderrTail",
+    "TransportEvents",
+    "TransportFactory",
+    "TransportStreams",
+    "open_transport",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -89,6 +100,52 @@ class TransportEvents:
     session_expired: Callable[[], None]
     """Called when a Streamable HTTP upstream answers 404 for our session id: the spec's way of saying the
     session is gone and must be re-initialized."""
+
+
+class EndObservingReadStream:
+    """A transport's read stream that passes messages through unchanged and reports when the upstream's stream
+    ends (a crash or exit, as against a close we asked for).
+
+    Wrapping rather than relaying adds no task or stream hop to the hot path.
+    """
+
+    def __init__(self, inner: Any, on_end: Callable[[], None]) -> None:
+        self._inner = inner
+        self._on_end = on_end
+        self.has_ended = False
+
+    @property
+    def last_context(self) -> Any:
+        return getattr(self._inner, "last_context", None)
+
+    async def receive(self) -> SessionMessage | Exception:
+        try:
+            return await self._inner.receive()
+        except (anyio.EndOfStream, anyio.ClosedResourceError, anyio.BrokenResourceError):
+            self.has_ended = True
+            self._on_end()
+            raise
+
+    def __aiter__(self) -> Self:
+        return self
+
+    async def __anext__(self) -> SessionMessage | Exception:
+        try:
+            return await self.receive()
+        except anyio.EndOfStream:
+            raise StopAsyncIteration from None
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc_val: BaseException | None, exc_tb: TracebackType | None
+    ) -> bool | None:
+        await self.aclose()
+        return None
 
 
 class TransportFactory(Protocol):

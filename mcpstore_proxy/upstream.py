@@ -21,13 +21,11 @@ import enum
 import logging
 import math
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from types import TracebackType
-from typing import Any, Final, Literal, Self, TypeVar
+from typing import Any, Final, Literal, TypeVar
 
 import anyio
 from mcp import ClientSession, MCPError, types
 from mcp.shared.dispatcher import ProgressFnT
-from mcp.shared.message import SessionMessage
 from pydantic import RootModel
 
 from mcpstore_proxy.__about__ import __version__
@@ -44,7 +42,13 @@ from mcpstore_proxy.logs import log_fields
 from mcpstore_proxy.operations import upstream_leg
 from mcpstore_proxy.relay import ClientCall, ListKind, SessionRelay
 from mcpstore_proxy.start_failures import start_error, start_failure, stderr_detail
-from mcpstore_proxy.transports import StderrTail, TransportEvents, TransportFactory, open_transport
+from mcpstore_proxy.transports import (
+    EndObservingReadStream,
+    StderrTail,
+    TransportEvents,
+    TransportFactory,
+    open_transport,
+)
 
 __all__ = ["EndReason", "UpstreamSession"]
 
@@ -202,7 +206,7 @@ class UpstreamSession:
                 start_scope.cancel()
             events = TransportEvents(self.stderr, self._mark_http_session_expired)
             async with self._transports(self.upstream, self.config, events) as (read_stream, write_stream):
-                observed = _EndObservingReadStream(read_stream, self._stop.set)
+                observed = EndObservingReadStream(read_stream, self._stop.set)
                 async with ClientSession(
                     observed,
                     write_stream,
@@ -396,48 +400,3 @@ class UpstreamSession:
 
     def _start_failure(self, error: BaseException | None) -> UpstreamStartError:
         return start_failure(self.upstream, self.config, error, self.stderr, hides_detail=self.hides_start_detail)
-
-
-class _EndObservingReadStream:
-    """Passes messages through unchanged and reports when the upstream's stream ends.
-
-    Wrapping rather than relaying adds no task or stream hop to the hot path.
-    """
-
-    def __init__(self, inner: Any, on_end: Callable[[], None]) -> None:
-        self._inner = inner
-        self._on_end = on_end
-        self.has_ended = False
-
-    @property
-    def last_context(self) -> Any:
-        return getattr(self._inner, "last_context", None)
-
-    async def receive(self) -> SessionMessage | Exception:
-        try:
-            return await self._inner.receive()
-        except (anyio.EndOfStream, anyio.ClosedResourceError, anyio.BrokenResourceError):
-            self.has_ended = True
-            self._on_end()
-            raise
-
-    def __aiter__(self) -> Self:
-        return self
-
-    async def __anext__(self) -> SessionMessage | Exception:
-        try:
-            return await self.receive()
-        except anyio.EndOfStream:
-            raise StopAsyncIteration from None
-
-    async def aclose(self) -> None:
-        await self._inner.aclose()
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc_val: BaseException | None, exc_tb: TracebackType | None
-    ) -> bool | None:
-        await self.aclose()
-        return None
