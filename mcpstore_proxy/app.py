@@ -42,13 +42,19 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mcpstore_proxy.admin import admin_routes, operator_page
 from mcpstore_proxy.auth import Authenticator
-from mcpstore_proxy.compat import open_http_sessions, set_session_limit, terminate_http_sessions
+from mcpstore_proxy.compat import (
+    frame_answers_by_first_event,
+    open_http_sessions,
+    set_session_limit,
+    terminate_http_sessions,
+)
 from mcpstore_proxy.config import ProxySettings
 from mcpstore_proxy.control import Control
 from mcpstore_proxy.drain import Drain
 from mcpstore_proxy.engine import ProxyEngine
 from mcpstore_proxy.errors import ConnectionLimitError, ProxyError, ShuttingDownError
 from mcpstore_proxy.events import EventLog
+from mcpstore_proxy.framing import FirstEventResponse
 from mcpstore_proxy.gate import METADATA_PATH, AuthGate, principal_of
 from mcpstore_proxy.logs import ThrottledWarning, log_fields
 from mcpstore_proxy.metrics import ProxyMetrics, metrics_route
@@ -103,6 +109,8 @@ class HttpFace:
 def create_app(engine: ProxyEngine) -> HttpFace:
     """The ASGI app over an already-started engine; its lifespan runs the MCP session manager."""
     settings = engine.settings
+    # A request whose first event is its answer is answered in plain JSON, without an event stream.
+    frame_answers_by_first_event(FirstEventResponse)
     metrics = ProxyMetrics(
         engine,
         downstream_sessions=lambda: open_http_sessions(manager) + legacy.open,

@@ -12,6 +12,8 @@ from collections.abc import Generator
 from contextlib import contextmanager
 from typing import Any
 
+import mcp.server.streamable_http
+import sse_starlette
 import uvicorn
 from mcp.client._transport import TransportStreams
 from mcp.server.connection import Connection
@@ -22,6 +24,7 @@ __all__ = [
     "SignalFreeServer",
     "TransportStreams",
     "downstream_connection",
+    "frame_answers_by_first_event",
     "open_http_sessions",
     "set_session_limit",
     "terminate_http_sessions",
@@ -35,6 +38,16 @@ def downstream_connection(ctx: ServerRequestContext[Any, Any]) -> Connection:
     if not isinstance(connection, Connection):
         raise RuntimeError("this mcp SDK no longer exposes ServerSession._connection; pin mcp to a supported release")
     return connection
+
+
+def frame_answers_by_first_event(response_class: type[Any]) -> None:
+    """Have the SDK's Streamable HTTP transport build its responses with `response_class` (same constructor as
+    sse_starlette's `EventSourceResponse`) by rebinding the name its module looks up at each request."""
+    module = mcp.server.streamable_http
+    current = getattr(module, "EventSourceResponse", None)
+    if current is not sse_starlette.EventSourceResponse and current is not response_class:
+        raise RuntimeError("this mcp SDK no longer builds its SSE responses with sse_starlette.EventSourceResponse")
+    setattr(module, "EventSourceResponse", response_class)  # noqa: B010  # private; pinned by a test
 
 
 def open_http_sessions(manager: StreamableHTTPSessionManager) -> int:

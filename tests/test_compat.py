@@ -13,7 +13,9 @@ from typing import Any
 
 import anyio
 import httpx2
+import mcp.server.streamable_http
 import pytest
+import sse_starlette
 import uvicorn
 from mcp import Client, types
 from mcp.client.streamable_http import streamable_http_client
@@ -26,6 +28,7 @@ from starlette.applications import Starlette
 from starlette.routing import Route
 
 from mcpstore_proxy import compat
+from mcpstore_proxy.framing import FirstEventResponse
 from tests.support import free_port, wait_until
 
 pytestmark = pytest.mark.anyio
@@ -147,3 +150,28 @@ async def test_the_managers_session_limit_can_be_changed_and_past_it_a_new_sessi
         assert refused.status_code == 503
         compat.set_session_limit(manager, 2)
         assert (await http.post(url, json=initialize, headers=headers)).status_code == 200
+
+
+async def test_the_sdk_builds_each_post_answer_with_the_event_source_response_name_we_rebind(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    built: list[str] = []
+
+    class Recording(FirstEventResponse):
+        async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+            built.append(scope["method"])
+            await super().__call__(scope, receive, send)
+
+    # Start from the SDK's own binding (an earlier test may have installed ours); restored after the test.
+    monkeypatch.setattr(mcp.server.streamable_http, "EventSourceResponse", sse_starlette.EventSourceResponse)
+    compat.frame_answers_by_first_event(Recording)
+    manager = StreamableHTTPSessionManager(app=_server([]))
+    headers = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
+    hello = {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}
+    async with _serving(manager) as url, httpx2.AsyncClient() as http:
+        opened = await http.post(
+            url, json={"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": hello}, headers=headers
+        )
+        assert opened.headers["content-type"] == "application/json"
+        assert opened.json()["id"] == 1
+    assert built == ["POST"]
