@@ -104,6 +104,7 @@ class Reloader:
                 self._engine.events.record("reload", reason=self._refusal, trigger=trigger, outcome="refused")
                 raise ShuttingDownError(f"mcpstore-proxy {self._refusal} and takes no reload")
             try:
+                _refuse_a_blank_file(self._engine.settings.config_path)
                 settings = await anyio.to_thread.run_sync(self._load)
                 self._check_names(settings)
             except ConfigError as error:
@@ -183,6 +184,17 @@ async def watch_config_file(path: Path, reloader: Reloader) -> None:
                 continue  # logged by the reload; the running config stays
     except Exception:  # the boundary: a broken watcher must not take the proxy down
         logger.exception("stopped watching %s for changes (reload with SIGHUP or POST /admin/reload)", path)
+
+
+def _refuse_a_blank_file(path: Path | None) -> None:
+    """Raises ConfigError for an empty config file: most likely one an editor has truncated and not yet written
+    again, and applied it would remove every upstream."""
+    try:
+        blank = path is not None and path.read_bytes().strip() == b""
+    except OSError:
+        return  # the loader says what is wrong with it
+    if blank:
+        raise ConfigError(f"{path} is empty (still being written?); to remove every upstream, write 'mcpServers: {{}}'")
 
 
 def _fingerprint(path: Path) -> str | None:

@@ -164,6 +164,24 @@ async def test_an_invalid_edit_is_refused_with_the_start_up_error_and_the_runnin
         assert "new_echo" not in await _tool_names(client)
 
 
+async def test_an_empty_file_is_refused_so_an_editor_caught_mid_save_removes_no_upstream(tmp_path: Path) -> None:
+    # A file truncated and not yet written again loads as a config with no upstreams: applying it would remove all.
+    config = write_config(tmp_path, {"state": fixture_server("state")})
+    async with running_app(config) as proxy, connect(proxy.url) as client:
+        await client.call_tool("state_remember", {"value": "kept"})
+        for blank in ("", "  \n\n"):
+            config.write_text(blank)
+
+            refused = await admin(proxy.port, "POST", "/reload")
+
+            assert refused.status_code == 400
+            assert "is empty" in refused.json()["error"]["message"]
+            assert "mcpServers: {}" in refused.json()["error"]["message"]
+            assert structured(await client.call_tool("state_recall", {})) == ["kept"]
+        config.write_text(yaml.safe_dump({"mcpServers": {}}))
+        assert (await admin(proxy.port, "POST", "/reload")).json()["removed"] == ["state"]
+
+
 async def test_a_removed_upstream_lets_its_call_in_flight_finish_but_takes_no_new_one(tmp_path: Path) -> None:
     config = write_config(
         tmp_path,
