@@ -5,9 +5,9 @@ group with a pinger, a disconnect listener, a shutdown listener and the data sen
 always carries one event, the result. The spec lets a server answer a POST with either framing. `FirstEventResponse`
 takes the SDK's place (installed by `compat.frame_answers_by_first_event`): it starts the SDK's data sender, waits
 for the request's first event and, when that is the JSON-RPC result or error, answers `application/json` with it
-in one body. Anything else first (progress, a log entry, a request to the client, a priming event) opens the
-ordinary SSE stream, which carries that event and everything after it. GETs, replays and clients that do not
-accept JSON get the ordinary stream untouched.
+in one body (the answer to a cancelled request keeps the stream). Anything else first (progress, a log entry, a
+request to the client, a priming event) opens the ordinary SSE stream, which carries that event and everything
+after it. GETs, replays and clients that do not accept JSON get the ordinary stream untouched.
 
 The JSON path never reads the request's `receive`: a client that hangs up while waiting is noticed by
 `hangup.unless_client_hangs_up`, which cancels the forward, and the answer then goes nowhere.
@@ -16,11 +16,11 @@ The JSON path never reads the request's `receive`: a client that hangs up while 
 from __future__ import annotations
 
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Coroutine, Mapping
-from typing import Any
+from typing import Any, cast
 
 import anyio
 import pydantic_core
-from mcp.server.streamable_http import check_accept_headers
+from mcp.server.streamable_http import REQUEST_CANCELLED, check_accept_headers
 from sse_starlette import EventSourceResponse
 from starlette.requests import Request
 from starlette.types import Receive, Scope, Send
@@ -105,7 +105,17 @@ def _is_answer(event: Any) -> bool:
         message = pydantic_core.from_json(data)
     except ValueError:  # not ours to judge: the stream carries it as it is
         return False
-    return isinstance(message, dict) and "method" not in message and ("result" in message or "error" in message)
+    if not isinstance(message, dict) or "method" in message:
+        return False
+    if "result" in message:
+        return True
+    error: object = message.get("error")  # pyright: ignore[reportUnknownMemberType, reportUnknownVariableType]
+    if not isinstance(error, dict):
+        return False
+    # The answer to a request its client cancelled keeps the stream: that client has stopped reading, and the
+    # SDK's Python client (2.3) raises from its exit when a JSON body for such a request still arrives.
+    code: object = cast("dict[str, object]", error).get("code")
+    return code != REQUEST_CANCELLED
 
 
 async def _starting_with(first: Any, rest: AsyncIterator[Any]) -> AsyncIterator[Any]:
