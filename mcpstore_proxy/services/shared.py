@@ -37,6 +37,7 @@ class SharedService(UpstreamService):
     ) -> None:
         super().__init__(name, config, prefix=prefix, context=context, hides_start_detail=hides_start_detail)
         self._generation = 0
+        self._generation_session: UpstreamSession | None = None
         self._generation_seen: dict[SessionKey, int] = {}
         self._subscribers: dict[str, dict[SessionKey, ClientChannel]] = {}
 
@@ -48,8 +49,13 @@ class SharedService(UpstreamService):
     def _prepare_catalog_relay(self, relay: SessionRelay) -> None:
         relay.on_resource_updated = self._deliver_update
 
-    def _became_ready(self) -> None:
-        self._generation += 1
+    def _generation_of(self, session: UpstreamSession) -> int:
+        """Which upstream session this is, counted from 1: a new one is counted at its first call, since a call may
+        reach it as soon as its handshake is done, before the service lists its tools and calls itself ready."""
+        if session is not self._generation_session:
+            self._generation_session = session
+            self._generation += 1
+        return self._generation
 
     @property
     def client_sessions(self) -> int:
@@ -68,9 +74,10 @@ class SharedService(UpstreamService):
         for attempt in (1, 2):
             session = await self._session()
             if not key.is_ephemeral:
+                generation = self._generation_of(session)
                 seen = self._generation_seen.get(key)
-                self._generation_seen[key] = self._generation
-                if seen is not None and seen != self._generation:
+                self._generation_seen[key] = generation
+                if seen is not None and seen != generation:
                     await warn_reset(call, self.name, key, self._context.events)
             try:
                 return await operation(session)
