@@ -27,6 +27,7 @@ from typing import Any, Final
 
 import anyio
 
+from mcpstore_proxy.backoff import Backoff
 from mcpstore_proxy.clock import Clock
 from mcpstore_proxy.errors import UpstreamError
 from mcpstore_proxy.keys import SessionKey
@@ -42,8 +43,6 @@ TaskStarter = Callable[[Callable[[], Coroutine[Any, Any, None]], str], None]
 
 _QUICK_LOSS_SECONDS: Final = 10.0
 """A spare lost sooner than this after its start is taken for a crash loop, and its replacement waits."""
-_FIRST_REFILL_DELAY_SECONDS: Final = 1.0
-_MAX_REFILL_DELAY_SECONDS: Final = 60.0
 
 
 @dataclass(eq=False, slots=True)
@@ -81,7 +80,7 @@ class WarmPool:
         self._clock = clock
         self._is_closed = False
         self._spares: dict[UpstreamSession, SessionClaim] = {}
-        self._refill_delay_seconds = 0.0
+        self._refill_backoff = Backoff()
         self._refill_wait: anyio.CancelScope | None = None
         self._spare_failures = ThrottledWarning(logger)
         self._quick_losses = ThrottledWarning(logger)
@@ -92,7 +91,7 @@ class WarmPool:
     @property
     def summary(self) -> str:
         """Its state in a few words: "1/2 spares ready (refilling after 2 s)"."""
-        waiting = f" (refilling after {self._refill_delay_seconds:g} s)" if self.is_refill_waiting else ""
+        waiting = f" (refilling after {self.refill_delay_seconds:g} s)" if self.is_refill_waiting else ""
         return f"{self.spares_ready}/{self.target} spares ready{waiting}"
 
     @property
@@ -107,7 +106,7 @@ class WarmPool:
     @property
     def refill_delay_seconds(self) -> float:
         """The backoff: how long the last spare lost soon after its start held refills back (0 when none was)."""
-        return self._refill_delay_seconds
+        return self._refill_backoff.seconds
 
     @property
     def is_refill_waiting(self) -> bool:
@@ -167,8 +166,7 @@ class WarmPool:
             )
 
     def _back_off(self, lived_seconds: float, reason: str) -> None:
-        delay = min(self._refill_delay_seconds * 2, _MAX_REFILL_DELAY_SECONDS) or _FIRST_REFILL_DELAY_SECONDS
-        self._refill_delay_seconds = delay
+        delay = self._refill_backoff.next()
         self._quick_losses.warn(
             "a spare session with upstream '%s' went away %.1f s after it started (%s); its replacement waits %g s",
             self.upstream,
@@ -195,7 +193,7 @@ class WarmPool:
 
     def _end_backoff(self) -> None:
         """Forget the backoff, and cancel its wait (if any)."""
-        self._refill_delay_seconds = 0.0
+        self._refill_backoff.reset()
         if self._refill_wait is not None:
             self._refill_wait.cancel()
             self._refill_wait = None

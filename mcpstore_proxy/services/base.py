@@ -35,6 +35,7 @@ from typing import Final, TypeVar
 import anyio
 from mcp import MCPError, types
 
+from mcpstore_proxy.backoff import Backoff
 from mcpstore_proxy.clock import SYSTEM_CLOCK, Clock
 from mcpstore_proxy.config import UpstreamConfig
 from mcpstore_proxy.errors import UpstreamError, UpstreamStartError, UpstreamStoppedError, first_line
@@ -53,8 +54,6 @@ __all__ = ["CATALOG_KEY", "LISTING_KINDS", "ServiceContext", "ServiceState", "Up
 logger = logging.getLogger(__name__)
 
 LISTING_KINDS: Final[tuple[ListKind, ...]] = ("tools", "prompts", "resources", "templates")
-_FIRST_RETRY_SECONDS: Final = 1.0
-_MAX_RETRY_SECONDS: Final = 60.0
 _STABLE_AFTER_SECONDS: Final = 30.0
 _RESTARTED: Final = "the upstream was restarted"
 _T = TypeVar("_T")
@@ -140,13 +139,13 @@ class UpstreamService(ABC):
 
         Never raises (but for cancellation): a failure becomes the state `failed` and a retry.
         """
-        delay = _FIRST_RETRY_SECONDS
+        backoff = Backoff()
         try:
             while not self._is_closing:
                 if self._restart_now:
                     self._restart_now = False
                     self.error = None
-                    delay = _FIRST_RETRY_SECONDS
+                    backoff.reset()
                     logger.info("restarting upstream '%s' as asked", self.name)
                 self._retry_now = anyio.Event()  # a restart asked before this start is honoured by it
                 started = anyio.current_time()
@@ -161,9 +160,10 @@ class UpstreamService(ABC):
                 if self._is_closing:
                     return
                 if anyio.current_time() - started >= _STABLE_AFTER_SECONDS:
-                    delay = _FIRST_RETRY_SECONDS
+                    backoff.reset()
                 if self._restart_now:
                     continue
+                delay = backoff.next()
                 if session.end_reason is EndReason.LOST and self.state is ServiceState.READY:
                     reason = self._reason(session)
                     logger.warning(
@@ -184,7 +184,6 @@ class UpstreamService(ABC):
                     self._set_state(ServiceState.FAILED)
                 self.first_attempt_done.set()
                 await self._pause(delay)
-                delay = min(delay * 2, _MAX_RETRY_SECONDS)
         finally:
             self._catalog = None
             self._set_state(ServiceState.STOPPED)
