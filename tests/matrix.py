@@ -26,7 +26,6 @@ import pytest
 from mcp import Client
 
 from tests.support import (
-    FIXTURES,
     ProxyProcess,
     admin,
     descendants,
@@ -42,8 +41,6 @@ pytestmark = pytest.mark.anyio
 
 MODERN: Final = "2026-07-28"
 HEADER: Final = "X-MCPStore-Session"
-TS_CLIENT: Final = FIXTURES / "ts_client.mjs"
-NODE_SECONDS: Final = 60
 Key = Literal["header", "argument"]
 KEYS: Final[Sequence[Key]] = ("header", "argument")
 

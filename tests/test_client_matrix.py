@@ -26,6 +26,7 @@ from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.types.version import HANDSHAKE_PROTOCOL_VERSIONS
 
+from tests.inprocess import running_app
 from tests.matrix import HEADER, KEYS, MODERN, Key, Probe, keyed, recall, remember, sse_url, whoami
 
 # The module's fixtures, which pytest finds by name.
@@ -39,7 +40,6 @@ from tests.support import (
     ProxyProcess,
     alice_and_bob_config,
     node_environment,
-    running_proxy,
 )
 
 pytestmark = pytest.mark.anyio
@@ -133,7 +133,7 @@ async def test_two_2026_clients_with_different_bearer_tokens_never_see_each_othe
     config = alice_and_bob_config(tmp_path, alice_token=ALICE_TOKEN, bob_token=BOB_TOKEN, operator_token=OPERATOR_TOKEN)
     alice_headers = {"Authorization": f"Bearer {ALICE_TOKEN}"}
     bob_headers = {"Authorization": f"Bearer {BOB_TOKEN}"}
-    async with running_proxy(config) as secured:
+    async with running_app(config) as secured:  # its own proxy, with auth: in this process, as no client here needs one
         async with (
             python_client(secured.url, MODERN, alice_headers) as alice,
             python_client(secured.url, MODERN, bob_headers) as bob,
