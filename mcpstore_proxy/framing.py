@@ -15,6 +15,7 @@ The JSON path never reads the request's `receive`: a client that hangs up while 
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Coroutine, Mapping
 from typing import Any, cast
 
@@ -31,6 +32,13 @@ DataSender = Callable[[], Coroutine[Any, Any, None]]
 
 # Headers that only mean something on an event stream; a JSON answer drops them.
 _STREAM_ONLY_HEADERS = frozenset({"cache-control", "connection", "content-type", "x-accel-buffering"})
+
+# The head of a message as the SDK writes it (`model_dump_json`: compact, fields in declaration order): jsonrpc, then
+# the id (absent from a notification), then result, error (whose code comes first) or method. Reading the head alone
+# spares parsing a whole (possibly large) result; a message written otherwise is parsed in full.
+_MESSAGE_HEAD = re.compile(
+    r'\{"jsonrpc":"2\.0",(?:"id":(?:-?\d+|"(?:[^"\\]|\\.)*"),)?"(?:(?P<result>result)"|error":\{"code":(?P<code>-?\d+)[,}]|method")'
+)
 
 
 class FirstEventResponse:
@@ -101,6 +109,11 @@ def _is_answer(event: Any) -> bool:
     data = event.get("data")  # pyright: ignore[reportUnknownMemberType, reportUnknownVariableType]
     if not isinstance(data, str) or not data:
         return False
+    head = _MESSAGE_HEAD.match(data)
+    if head is not None:
+        if head["result"] is not None:
+            return True
+        return head["code"] is not None and _is_not_cancellation(int(head["code"]))
     try:
         message = pydantic_core.from_json(data)
     except ValueError:  # not ours to judge: the stream carries it as it is
@@ -112,9 +125,12 @@ def _is_answer(event: Any) -> bool:
     error: object = message.get("error")  # pyright: ignore[reportUnknownMemberType, reportUnknownVariableType]
     if not isinstance(error, dict):
         return False
+    return _is_not_cancellation(cast("dict[str, object]", error).get("code"))
+
+
+def _is_not_cancellation(code: object) -> bool:
     # The answer to a request its client cancelled keeps the stream: that client has stopped reading, and the
     # SDK's Python client (2.3) raises from its exit when a JSON body for such a request still arrives.
-    code: object = cast("dict[str, object]", error).get("code")
     return code != REQUEST_CANCELLED
 
 

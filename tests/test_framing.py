@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ import pytest
 from mcp import MCPError, types
 from mcp.server import Server
 
+from mcpstore_proxy.framing import FirstEventResponse
 from tests.inprocess import running_app
 from tests.memory import MemoryUpstreams
 from tests.support import connect, fixture_server, structured, text_of, wait_until, write_config
@@ -267,3 +269,45 @@ async def test_an_sdk_client_that_cancels_a_call_and_leaves_exits_cleanly(config
             tg.cancel_scope.cancel()
         async with connect(proxy.url) as again:
             assert structured(await again.call_tool("state_echo", {"text": "after"})) == "after"
+
+
+def sdk_event(message: types.JSONRPCMessage) -> dict[str, str]:
+    """An event as the SDK's transport writes it for a message."""
+    return {"event": "message", "data": message.model_dump_json(by_alias=True, exclude_unset=True)}
+
+
+RESULT = types.JSONRPCResponse(jsonrpc="2.0", id='odd "id", "error":', result={"content": [], "method": 1})
+ERROR = types.JSONRPCError(jsonrpc="2.0", id=7, error=types.ErrorData(code=-32601, message="no"))
+CANCELLED = types.JSONRPCError(jsonrpc="2.0", id=8, error=types.ErrorData(code=-32800, message="cancelled"))
+PROGRESS = types.JSONRPCNotification(jsonrpc="2.0", method="notifications/progress", params={"progress": 1})
+ASK = types.JSONRPCRequest(jsonrpc="2.0", id="result", method="sampling/createMessage", params={})
+
+
+@pytest.mark.parametrize(
+    ("first", "expected"),
+    [(RESULT, JSON), (ERROR, JSON), (CANCELLED, EVENT_STREAM), (PROGRESS, EVENT_STREAM), (ASK, EVENT_STREAM)],
+)
+async def test_the_first_message_as_the_sdk_writes_it_decides_the_framing(
+    first: types.JSONRPCMessage, expected: str
+) -> None:
+    async def events() -> AsyncIterator[dict[str, str]]:
+        yield sdk_event(first)
+
+    async def sender() -> None:
+        pass
+
+    sent: list[dict[str, Any]] = []
+
+    async def send(message: Any) -> None:
+        sent.append(message)
+
+    async def receive() -> Any:
+        await anyio.sleep_forever()
+
+    accept = (b"accept", f"{JSON}, {EVENT_STREAM}".encode())
+    scope = {"type": "http", "method": "POST", "headers": [accept], "path": "/mcp", "query_string": b""}
+    await FirstEventResponse(events(), data_sender_callable=sender)(scope, receive, send)
+    headers = dict(sent[0]["headers"])
+    assert headers[b"content-type"].decode().split(";")[0] == expected
+    body = b"".join(message.get("body", b"") for message in sent[1:])
+    assert sdk_event(first)["data"].encode() in body
