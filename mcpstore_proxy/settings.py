@@ -272,20 +272,20 @@ class ProxySettings(BaseSettings):
     @property
     def runtime_services_path(self) -> Path | None:
         """Where services added at run time are saved: `runtime_services_file`, else beside the config file."""
-        if self.runtime_services_file is not None:
-            return self.runtime_services_file
-        if self._config_path is None:
-            return None
-        return self._config_path.with_name(f"{self._config_path.stem}.runtime-services.json")
+        return self._given_or_beside_config(self.runtime_services_file, "runtime-services.json")
 
     @property
     def tool_pins_path(self) -> Path | None:
         """Where tool pins are kept: `tool_pins_file`, else beside the config file (None: in memory only)."""
-        if self.tool_pins_file is not None:
-            return self.tool_pins_file
+        return self._given_or_beside_config(self.tool_pins_file, "tool-pins.json")
+
+    def _given_or_beside_config(self, given: Path | None, suffix: str) -> Path | None:
+        """`given`, else `<config stem>.<suffix>` beside the config file, else None (no config file)."""
+        if given is not None:
+            return given
         if self._config_path is None:
             return None
-        return self._config_path.with_name(f"{self._config_path.stem}.tool-pins.json")
+        return self._config_path.with_name(f"{self._config_path.stem}.{suffix}")
 
     @property
     def binds_loopback(self) -> bool:
