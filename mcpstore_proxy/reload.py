@@ -42,7 +42,7 @@ from mcpstore_proxy.errors import ConfigError, ProxyError, ShuttingDownError
 if TYPE_CHECKING:
     from mcpstore_proxy.engine import ProxyEngine
 
-__all__ = ["LIVE_OPTIONS", "ReloadResult", "Reloader", "Trigger", "watch_config_file"]
+__all__ = ["LIVE_OPTIONS", "ReloadResult", "Reloader", "Trigger", "reload_in_background", "watch_config_file"]
 
 logger = logging.getLogger(__name__)
 
@@ -178,12 +178,20 @@ async def watch_config_file(path: Path, reloader: Reloader) -> None:
             if current is None or current == last:
                 continue  # another file, or ours mid-replace: its next event brings the new content
             last = current
-            try:
-                await reloader.reload("watch")
-            except ProxyError:
-                continue  # logged by the reload; the running config stays
+            await reload_in_background(reloader, "watch")
     except Exception:  # the boundary: a broken watcher must not take the proxy down
         logger.exception("stopped watching %s for changes (reload with SIGHUP or POST /admin/reload)", path)
+
+
+async def reload_in_background(reloader: Reloader, trigger: Trigger) -> None:
+    """Reload for a long-lived task (the signal watcher, the file watcher): it never raises, so that a failed
+    reload cannot end the task group that runs the proxy."""
+    try:
+        await reloader.reload(trigger)
+    except ProxyError:
+        pass  # logged by the reload; the running config stays
+    except Exception:  # the boundary: an unforeseen failure is logged, and the proxy serves on
+        logger.exception("the reload (%s) failed", trigger)
 
 
 def _refuse_a_blank_file(path: Path | None) -> None:

@@ -21,7 +21,6 @@ reloads are refused.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import signal
 from typing import Final
@@ -36,7 +35,7 @@ from mcpstore_proxy.compat import SignalFreeServer
 from mcpstore_proxy.config import ProxySettings
 from mcpstore_proxy.engine import ProxyEngine
 from mcpstore_proxy.errors import ConfigError, ProxyError
-from mcpstore_proxy.reload import Reloader, watch_config_file
+from mcpstore_proxy.reload import Reloader, reload_in_background, watch_config_file
 from mcpstore_proxy.server import ProxyServer
 from mcpstore_proxy.stdio import stdio_streams
 from mcpstore_proxy.transports import TransportFactory, open_transport
@@ -83,8 +82,7 @@ class StopRequests:
         if self.reloader is None:
             logger.warning("SIGHUP received before the proxy serves: no reload (send it again once it serves)")
             return
-        with contextlib.suppress(ProxyError):  # the reload has logged why; the running config stays
-            await self.reloader.reload("signal")
+        await reload_in_background(self.reloader, "signal")
 
 
 async def serve_http(
