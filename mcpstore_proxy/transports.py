@@ -56,10 +56,6 @@ class StderrTail:
         self.upstream = upstream
         self._lines: deque[str] = deque(maxlen=max_lines)
 
-    @property
-    def last_line(self) -> str | None:
-        return self._lines[-1] if self._lines else None
-
     def summary(self, max_chars: int = 400) -> str:
         text = " | ".join(self._lines)
         return text if len(text) <= max_chars else "…" + text[-max_chars:]

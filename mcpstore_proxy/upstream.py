@@ -25,7 +25,6 @@ from typing import Any, Final, Literal, TypeVar
 
 import anyio
 from mcp import ClientSession, MCPError, types
-from mcp.shared.dispatcher import ProgressFnT
 from pydantic import RootModel
 
 from mcpstore_proxy.__about__ import __version__
@@ -57,8 +56,6 @@ logger = logging.getLogger(__name__)
 _CLOSE_TIMEOUT_SECONDS: Final = 10.0
 
 _CLIENT_INFO: Final = types.Implementation(name="mcpstore-proxy", version=__version__)
-
-ProgressCallback = ProgressFnT
 
 
 class _RawResult(RootModel[dict[str, Any]]):
@@ -166,10 +163,6 @@ class UpstreamSession:
     @property
     def is_ready(self) -> bool:
         return self._client is not None
-
-    @property
-    def is_idle(self) -> bool:
-        return self.calls_in_flight == 0
 
     async def run(self) -> None:
         """Own the upstream connection until `close_soon()` or until the upstream goes away.
@@ -351,9 +344,6 @@ class UpstreamSession:
         self.close_soon(reason)
         with anyio.move_on_after(_CLOSE_TIMEOUT_SECONDS, shield=True):
             await self._ended.wait()
-
-    async def wait_ended(self) -> None:
-        await self._ended.wait()
 
     def _mark_http_session_expired(self) -> None:
         self._is_http_session_expired = True
