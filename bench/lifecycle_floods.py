@@ -152,6 +152,15 @@ async def calls_in_parallel(session: Client, names: list[str], *, remember: bool
     return outcomes
 
 
+async def keeping_their_state(session: Client, names: list[str]) -> int:
+    """How many of the named sessions `calls_in_parallel` filled still recall exactly their own value."""
+    kept = 0
+    for name in names:
+        recalled: list[str] = structured(await session.call_tool("state_recall", {"session_id": name}))
+        kept += recalled == [name]
+    return kept
+
+
 def report_flood(figures: Figures, label: str, outcomes: list[Outcome], cap_name: str, admitted: int) -> None:
     succeeded = [o for o in outcomes if o.code is None]
     refused = [o for o in outcomes if o.code == SESSION_REFUSED and cap_name in o.message]
@@ -183,10 +192,7 @@ async def upstream_cap_flood(run: Run, figures: Figures) -> None:
         async with connect(proxy.url) as session:
             outcomes = await calls_in_parallel(session, names)
             survivors = [o.session for o in outcomes if o.code is None]
-            still_working = 0
-            for name in survivors:
-                recalled: list[str] = structured(await session.call_tool("state_recall", {"session_id": name}))
-                still_working += recalled == [name]
+            still_working = await keeping_their_state(session, survivors)
             # Refusals with no upstream starting beside them, and the same load of calls that are served.
             second_wave = await calls_in_parallel(session, [f"late-{index}" for index in range(len(names))])
             reused = [survivors[i % len(survivors)] for i in range(len(names))] if survivors else []
@@ -224,9 +230,7 @@ async def named_sessions_flood(run: Run, figures: Figures) -> None:
         async with connect(proxy.url) as session:
             outcomes = await calls_in_parallel(session, names)
             admitted = [o.session for o in outcomes if o.code is None]
-            still_working = 0
-            for name in admitted:
-                still_working += structured(await session.call_tool("state_recall", {"session_id": name})) == [name]
+            still_working = await keeping_their_state(session, admitted)
         async with connect(proxy.url) as other:
             other_client = await calls_in_parallel(other, names[:cap])
         closing = await stop_proxy(proxy)
