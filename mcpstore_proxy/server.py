@@ -198,7 +198,8 @@ class ProxyServer(Server[Any]):
                     route = self._engine.tool_route(key, params.name)
             if key.is_explicit and ctx.request is not None and ctx.request.headers.get(EXISTING_SESSION_HEADER) == "1":
                 self._engine.records.require(key)
-            self._downstream.admit(ctx, key)
+            if key != base_key:  # `key()` admitted the base key
+                self._downstream.admit(ctx, key)
             return await self._engine.call_tool(key, route, arguments, call)
 
         return await self._answer(ctx, forward, rounds=params)
