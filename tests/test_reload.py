@@ -16,10 +16,13 @@ import pytest
 import yaml
 from mcp import Client, MCPError, types
 
-from mcpstore_proxy.config import load_settings
+from mcpstore_proxy.config import ProxySettings, load_settings
+from mcpstore_proxy.engine import ProxyEngine
 from mcpstore_proxy.errors import SHUTTING_DOWN, ConfigError
+from mcpstore_proxy.reload import Reloader, reload_in_background
 from tests.held_call import HeldCall
 from tests.inprocess import running_app
+from tests.memory import MemoryUpstreams
 from tests.support import (
     admin,
     alice_and_bob_config,
@@ -281,6 +284,25 @@ async def test_a_reload_during_the_drain_is_refused(tmp_path: Path) -> None:
         assert refused.status_code == 503
         assert refused.json()["error"]["code"] == SHUTTING_DOWN
         assert "is shutting down and takes no reload" in refused.json()["error"]["message"]
+
+
+async def test_a_reload_on_sighup_or_a_file_change_that_fails_unforeseen_is_logged_and_never_raised(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Raised, it would end the task group the signal watcher runs in, and with it the proxy.
+    config = write_config(tmp_path, {"state": fixture_server("state")})
+
+    def broken() -> ProxySettings:
+        raise RuntimeError("a bug in loading")
+
+    async with ProxyEngine(load_settings(config), transports=MemoryUpstreams()) as engine:
+        await reload_in_background(Reloader(engine, load=broken), "signal")
+        assert "the reload (signal) failed" in caplog.text
+        assert "RuntimeError: a bug in loading" in caplog.text
+
+        write_config(tmp_path, {"state": fixture_server("state"), "new": fixture_server("new")})
+        await reload_in_background(engine.reloader, "signal")
+        assert set(engine.settings.enabled_servers) == {"state", "new"}
 
 
 # A real process: the signal, and the file watcher.
