@@ -14,6 +14,7 @@ from typing import Any
 import anyio
 import httpx2
 import pytest
+from mcp import types
 from mcp.types.version import HANDSHAKE_PROTOCOL_VERSIONS, MODERN_PROTOCOL_VERSIONS
 
 from mcpstore_proxy.rounds import ANSWER_SECONDS
@@ -162,6 +163,8 @@ async def test_a_request_whose_client_never_comes_back_is_cancelled_upstream_and
         await wait_until(lambda: "did not come back" in proxy.log, what="the exchange to expire")
         late = {**call, "inputResponses": {key: answer}, "requestState": first["requestState"]}
         refused = await post(proxy.url, "tools/call", late)
-        assert "over" in refused.json()["error"]["message"]
+        error = refused.json()["error"]
+        assert error["code"] == types.INVALID_PARAMS
+        assert "names a round that is over" in error["message"]  # not the integrity check's refusal
         again = (await post(proxy.url, "tools/call", call)).json()["result"]  # asking afresh still works
         assert again["resultType"] == "input_required"
