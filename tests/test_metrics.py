@@ -216,6 +216,9 @@ async def test_with_auth_metrics_are_for_admins_and_the_metrics_token_which_open
         assert (await get(proxy, "/admin/status", tokens["admin"])).status_code == 200
         foreign = await get(proxy, "/metrics", tokens["metrics"], Host="attacker.example")
         assert foreign.status_code == 421
+        # A web page the user visits cannot have the browser read it either (the token alone was enough above).
+        cross_site = await get(proxy, "/metrics", tokens["metrics"], Origin="https://attacker.example")
+        assert cross_site.status_code == 403
 
 
 async def test_without_auth_an_admin_token_or_metrics_token_closes_metrics_on_loopback(tmp_path: Path) -> None:
