@@ -2,9 +2,9 @@
 
 Every call that a service runs goes through `CallsInFlight.call()`, which counts it. `stop_taking()` (a reload
 withdrawing the service) refuses every new call with an `UpstreamStoppedError` that says why, and waits, up to a
-grace period, until the calls in flight have finished; the service then closes, which fails those still running
-with the same reason. It is the per-upstream counterpart of `drain.Drain`, which does the same for the whole proxy
-at shutdown, but cancels what outlives its grace period.
+grace period on the engine's clock, until the calls in flight have finished; the service then closes, which fails
+those still running with the same reason. It is the per-upstream counterpart of `drain.Drain`, which does the same
+for the whole proxy at shutdown, but cancels what outlives its grace period.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from contextlib import contextmanager
 
 import anyio
 
+from mcpstore_proxy.clock import Clock
 from mcpstore_proxy.errors import UpstreamStoppedError
 
 __all__ = ["CallsInFlight"]
@@ -25,8 +26,9 @@ logger = logging.getLogger(__name__)
 class CallsInFlight:
     """The calls running on one upstream, and whether it still takes new ones."""
 
-    def __init__(self, upstream: str) -> None:
+    def __init__(self, upstream: str, clock: Clock) -> None:
         self.upstream = upstream
+        self._clock = clock
         self._count = 0
         self._none_left = anyio.Event()
         self._none_left.set()
@@ -73,5 +75,12 @@ class CallsInFlight:
                 self._count,
                 reason,
             )
-        with anyio.move_on_after(grace_seconds):
+        async with anyio.create_task_group() as tg:
+
+            async def end_of_grace() -> None:
+                await self._clock.sleep(grace_seconds)
+                tg.cancel_scope.cancel()
+
+            tg.start_soon(end_of_grace)
             await self._none_left.wait()
+            tg.cancel_scope.cancel()

@@ -275,6 +275,35 @@ async def test_a_service_added_for_an_agent_is_seen_by_that_agent_only(tmp_path:
         assert [info.agent_id for info in harness.engine.statuses()] == [None, "team_1"]
 
 
+async def test_a_withdrawn_upstream_lets_its_call_in_flight_run_until_the_grace_period_ends_on_the_engines_clock(
+    tmp_path: Path,
+) -> None:
+    marker = tmp_path / "sleeping"
+    failures: list[UpstreamStoppedError] = []
+    async with running_engine(tmp_path, {"state": fixture_server("state")}, shutdown_grace_seconds=30) as harness:
+        withdrawn = harness.engine.service("", "state")
+
+        async def sleep() -> None:
+            try:
+                await harness.call(_ALICE, "state_sleep", seconds=60, started_marker=str(marker))
+            except UpstreamStoppedError as error:
+                failures.append(error)
+
+        with anyio.fail_after(5):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(sleep)
+                await wait_until(marker.exists, timeout=5, what="the call to reach the upstream")
+                harness.engine.retire_configured_service("state", "it left the config file")
+                await anyio.wait_all_tasks_blocked()
+                harness.clock.advance(29)
+                await anyio.wait_all_tasks_blocked()
+                assert (failures, withdrawn.calls_in_flight) == ([], 1)  # not yet: the grace period is 30 s
+                harness.clock.advance(1)
+
+    assert len(failures) == 1
+    assert "it left the config file" in failures[0].message
+
+
 # Requests and keys.
 
 

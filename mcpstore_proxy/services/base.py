@@ -115,7 +115,7 @@ class UpstreamService(ABC):
         self._is_closing = False
         self._restart_now = False
         self._should_relist_tools = False
-        self._calls = CallsInFlight(name)
+        self._calls = CallsInFlight(name, context.clock)
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name} {self.state.value}>"
