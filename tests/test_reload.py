@@ -277,6 +277,8 @@ async def test_a_reload_during_the_drain_is_refused(tmp_path: Path) -> None:
         connect(proxy.url, sampling_callback=held.answer_once_released) as client,
         held.in_flight(client, "state_ask"),
     ):
+        assert (await _reload(proxy.port))["unchanged"] == ["state"]  # the same request, before the drain
+
         await proxy.request_stop()
         await wait_until(lambda: "draining" in proxy.log, what="the proxy to start draining")
         refused = await admin(proxy.port, "POST", "/reload")
