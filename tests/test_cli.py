@@ -25,6 +25,7 @@ from mcp.types.version import MODERN_PROTOCOL_VERSIONS
 from mcpstore_proxy import cli
 from mcpstore_proxy.engine import ProxyEngine
 from mcpstore_proxy.errors import SESSION_REFUSED
+from tests.inprocess import running_app
 from tests.memory import MemoryUpstreams
 from tests.support import (
     PROJECT_ROOT,
@@ -32,7 +33,6 @@ from tests.support import (
     fixture_server,
     free_port,
     is_alive,
-    running_proxy,
     stdio_parameters,
     structured,
     wait_until,
@@ -234,7 +234,7 @@ async def test_stdio_command_keeps_state_for_a_2026_client_too_and_tells_it_chan
 
 @pytest.mark.anyio
 async def test_status_prints_a_running_proxys_upstreams_sessions_and_refusals_and_wants_the_admin_token(
-    tmp_path: Path,
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     operator, alice = "operator-token-" + "o" * 16, "alice-token-" + "a" * 16
     config = write_config(
@@ -246,7 +246,7 @@ async def test_status_prints_a_running_proxys_upstreams_sessions_and_refusals_an
     )
     as_alice = {"Authorization": f"Bearer {alice}"}
     async with (
-        running_proxy(config) as proxy,
+        running_app(config) as proxy,
         connect(proxy.url, headers=as_alice) as first,
         connect(proxy.url, headers=as_alice) as second,
     ):
@@ -255,13 +255,9 @@ async def test_status_prints_a_running_proxys_upstreams_sessions_and_refusals_an
             await second.call_tool("state_remember", {"value": "one too many"})
         assert refused.value.code == SESSION_REFUSED
         base = f"http://127.0.0.1:{proxy.port}"
-        without_token = await anyio.to_thread.run_sync(functools.partial(run_cli, "status", "--url", base))
-        as_alice_only = await anyio.to_thread.run_sync(
-            functools.partial(run_cli, "status", "--url", proxy.url, "--token", alice)
-        )
-        completed = await anyio.to_thread.run_sync(
-            functools.partial(run_cli, "status", "--url", proxy.url, "--token", operator)
-        )
+        without_token = await _status(capsys, "--url", base)
+        as_alice_only = await _status(capsys, "--url", proxy.url, "--token", alice)
+        completed = await _status(capsys, "--url", proxy.url, "--token", operator)
     assert without_token.returncode == cli.EXIT_FAILED
     assert without_token.stderr.startswith(f"mcpstore-proxy: {base}/admin/status answered 401: ")
     assert "--token" in without_token.stderr
@@ -285,6 +281,13 @@ async def test_status_prints_a_running_proxys_upstreams_sessions_and_refusals_an
     assert blocks[3].startswith("RECENT RESETS AND REFUSALS\n")
     # TIME is "2026-12-01 18:00:00 UTC": the kind and upstream follow it.
     assert any(line.split()[3:5] == ["refusal", "state"] for line in blocks[3].splitlines()[2:])
+
+
+async def _status(capsys: pytest.CaptureFixture[str], *arguments: str) -> subprocess.CompletedProcess[str]:
+    """`mcpstore-proxy status ARGUMENTS`, run in this process (in a thread: the proxy serves on its own loop)."""
+    returncode = await anyio.to_thread.run_sync(cli.main, ["status", *arguments])
+    captured = capsys.readouterr()
+    return subprocess.CompletedProcess(["status", *arguments], returncode, captured.out, captured.err)
 
 
 def test_status_without_a_url_asks_the_address_the_config_serves_and_says_when_nothing_answers(
