@@ -73,7 +73,7 @@ class ProxyEngine(RequestRouting):
     ) -> None:
         self.settings = settings
         self.clock = clock
-        """The wall clock for expiry (session records, and the rounds of 2026-07-28 requests) for warm-pool
+        """The wall clock for expiry (session records, and the rounds of 2026-07-28 requests), for warm-pool
         backoffs, and for the grace period of a withdrawn upstream's calls in flight; tests move it."""
         self.events = EventLog(clock)
         """Resets, refusals, timeouts, spawns and pinning events: the status page's recent list, and the metrics."""
