@@ -25,20 +25,12 @@ from typing import Any
 import anyio
 import httpx2
 import yaml
+from forwarding_processes import stop
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
+from proxy_overhead import ECHO_SERVER, ROOT, free_port
 
-ROOT = Path(__file__).resolve().parent.parent
-ECHO_SERVER = ROOT / "bench" / "echo_server.py"
 LAUNCH_PREFIX: list[str] = []  # e.g. ["taskset", "-c", "1"]: bench/scale.py pins the proxy as forwarding.py does
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @asynccontextmanager
@@ -59,9 +51,7 @@ async def proxy(workdir: Path, warm_sessions: int) -> AsyncGenerator[int]:
         await pool_ready(port, warm_sessions)  # also waits for the proxy to serve and its catalog session
         yield port
     finally:
-        process.terminate()
-        with anyio.fail_after(60):
-            await process.wait()
+        await stop(process)
 
 
 async def pool_ready(port: int, target: int) -> None:
