@@ -27,7 +27,7 @@ from mcp.client.streamable_http import streamable_http_client
 
 from mcpstore_proxy.errors import AuthenticationError
 from tests.inprocess import InProcessProxy, running_app
-from tests.support import FIXTURES, NODE_BIN, alice_and_bob_config, node_environment, structured
+from tests.support import ACCEPT, FIXTURES, INITIALIZE, NODE_BIN, alice_and_bob_config, node_environment, structured
 
 pytestmark = pytest.mark.anyio
 
@@ -37,7 +37,6 @@ OPERATOR_TOKEN: Final = "operator-token-1b2c3d4e5f"
 """The config's `admin_token`: what `running_app` asks `/admin/status` with while the upstreams start."""
 TS_CLIENT: Final = FIXTURES / "ts_client.mjs"
 NODE_SECONDS: Final = 60
-MCP_HEADERS: Final = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
 
 
 @pytest.fixture
@@ -239,7 +238,7 @@ async def test_a_wrong_token_gets_401_with_invalid_token_for_either_sdk_client(p
 
 async def test_bob_presenting_alices_session_id_gets_404_as_for_an_unknown_id(proxy: InProcessProxy) -> None:
     def as_(token: str, session_id: str | None = None) -> dict[str, str]:
-        headers = {**MCP_HEADERS, "Authorization": f"Bearer {token}", "MCP-Protocol-Version": "2025-11-25"}
+        headers = {**ACCEPT, "Authorization": f"Bearer {token}", "MCP-Protocol-Version": "2025-11-25"}
         return {**headers, "Mcp-Session-Id": session_id} if session_id else headers
 
     def request(method: str, request_id: int | None = None, **params: Any) -> dict[str, Any]:
@@ -252,13 +251,7 @@ async def test_bob_presenting_alices_session_id_gets_404_as_for_an_unknown_id(pr
         opened = await http.post(
             proxy.url,
             headers=as_(ALICE_TOKEN),
-            json=request(
-                "initialize",
-                1,
-                protocolVersion="2025-11-25",
-                capabilities={},
-                clientInfo={"name": "raw", "version": "1"},
-            ),
+            json=INITIALIZE,
         )
         assert opened.status_code == 200, opened.text
         alices = opened.headers["mcp-session-id"]
