@@ -188,7 +188,10 @@ class UpstreamSession:
                 reason = self.failure.message if self.failure is not None else ""
                 self._events.record("spawn_failed", upstream=self.upstream, session=self.label or None, reason=reason)
             if self._on_end is not None:
-                self._on_end(self)
+                try:
+                    self._on_end(self)
+                except Exception:  # the boundary: what follows an end (a pool's refill) must not reach the task group
+                    logger.exception("upstream '%s': could not handle the end of %s", self.upstream, self.label)
 
     async def _connect_and_serve(self) -> None:
         with anyio.CancelScope() as start_scope:

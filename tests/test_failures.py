@@ -16,8 +16,12 @@ import pytest
 from mcp import MCPError, types
 from mcp.types import INVALID_PARAMS
 
+from mcpstore_proxy.config import UpstreamConfig
 from mcpstore_proxy.errors import UPSTREAM_FAILED
+from mcpstore_proxy.relay import SessionRelay
+from mcpstore_proxy.upstream import UpstreamSession
 from tests.inprocess import running_app
+from tests.memory import MemoryUpstreams
 from tests.support import connect, fixture_server, running_proxy, structured, wait_until, write_config
 
 pytestmark = pytest.mark.anyio
@@ -148,3 +152,31 @@ async def test_a_failed_upstream_is_retried_and_its_tools_appear_with_a_list_cha
         await wait_until(late_tools_listed, timeout=30, what="the retried upstream's tools")
         assert structured(await client.call_tool("late_echo", {"text": "finally"})) == "finally"
         await wait_until(lambda: bool(notices), timeout=5, what="a tools/list_changed notification")
+
+
+async def test_a_fault_in_what_follows_a_sessions_end_is_logged_and_never_reaches_the_task_group_that_runs_it(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    def fail(session: UpstreamSession) -> None:
+        raise RuntimeError("a fault after the end")
+
+    upstreams = MemoryUpstreams()
+    session = UpstreamSession(
+        "up",
+        UpstreamConfig.model_validate(fixture_server("up")),
+        start_timeout_seconds=10,
+        relay=SessionRelay("up"),
+        declared=frozenset(),
+        label="a spare",
+        on_end=fail,
+        transports=upstreams,
+    )
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(session.run)
+            await session.client()
+            await session.aclose("the test is over")
+
+    assert "upstream 'up': could not handle the end of a spare" in caplog.text
+    assert "a fault after the end" in caplog.text
+    assert not upstreams.live
