@@ -85,7 +85,6 @@ FAILING_OPERATIONS: Final[dict[str, tuple[Operation, type[ProxyError]]]] = {
 }
 
 
-@pytest.mark.parametrize("mode", ["embedded", "remote"])
 async def test_every_error_comes_back_as_the_same_exception_class_in_both_modes(tmp_path: Path, mode: str) -> None:
     servers = {
         "state": fixture_server("state"),
@@ -114,7 +113,6 @@ async def test_every_error_comes_back_as_the_same_exception_class_in_both_modes(
     assert messages["an upstream that crashes mid-call"].endswith("[upstream 'state']")
 
 
-@pytest.mark.parametrize("mode", ["embedded", "remote"])
 async def test_session_operations_behave_the_same_in_both_modes(tmp_path: Path, mode: str) -> None:
     config = write_config(tmp_path, {"state": fixture_server("state")}, session_idle_timeout_seconds=600)
     async with backend_over(config, mode) as backend:
@@ -189,7 +187,6 @@ async def test_a_proxy_that_is_not_there_is_named_with_the_fix() -> None:
     assert "is `mcpstore-proxy serve` running?" in unreachable.value.message
 
 
-@pytest.mark.parametrize("mode", ["embedded", "remote"])
 async def test_an_upstream_error_from_a_control_operation_names_its_upstream_in_both_modes(
     tmp_path: Path, mode: str
 ) -> None:
