@@ -1,13 +1,13 @@
 """Hot reload (`reload`): the config file read again and only its difference applied, while real clients hold
-sessions. Through `POST /admin/reload` on the proxy served in process (upstreams in memory); SIGHUP and the file
-watcher (`watch_config`) on a real proxy process.
+sessions. Through `POST /admin/reload` and the file watcher (`watch_config`) on the proxy served in process
+(upstreams in memory); SIGHUP on a real proxy process.
 """
 
 from __future__ import annotations
 
 import os
 import signal
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -307,21 +307,41 @@ async def test_a_reload_on_sighup_or_a_file_change_that_fails_unforeseen_is_logg
         assert set(engine.settings.enabled_servers) == {"state", "new"}
 
 
-# A real process: the signal, and the file watcher.
+async def test_with_watch_config_an_edit_of_the_file_is_applied(tmp_path: Path) -> None:
+    config = write_config(tmp_path, {"keep": fixture_server("keep")}, watch_config=True)
+    async with running_app(config) as proxy, _holding_a_session(proxy.url) as (client, keep):
+        # Saved the way editors save: a new file renamed over the old one.
+        draft = write_config(
+            tmp_path, {"keep": fixture_server("keep"), "new": fixture_server("new")}, "draft.yaml", watch_config=True
+        )
+        draft.replace(config)
+
+        await wait_until(lambda: _lists(client, "new_echo"), timeout=30, what="the watcher to add 'new'")
+        assert "reloaded the config (watch): added new" in proxy.log
+        await _still_holds(client, keep, proxy.upstreams.is_alive)
+
+        config.write_text("mcpServers: [not, a, mapping")
+        await wait_until(lambda: "config error" in proxy.log, timeout=30, what="the broken edit to be refused")
+        await _still_holds(client, keep, proxy.upstreams.is_alive)
+        assert structured(await client.call_tool("new_echo", {"text": "still"})) == "still"
 
 
 @asynccontextmanager
 async def _holding_a_session(url: str) -> AsyncGenerator[tuple[Client, int]]:
-    """A client with state in its session with `keep`, and that session's pid."""
+    """A client with state in its session with `keep`, and that session's pid (in memory: its identity)."""
     async with connect(url) as client:
         await client.call_tool("keep_remember", {"value": "still here"})
         yield client, structured(await client.call_tool("keep_whoami", {}))
 
 
-async def _still_holds(client: Client, pid: int) -> None:
-    assert structured(await client.call_tool("keep_whoami", {})) == pid
+async def _still_holds(client: Client, keep: int, alive: Callable[[int], bool] = is_alive) -> None:
+    """The session with `keep` is still the instance `keep` (a pid, unless `alive` says otherwise), state intact."""
+    assert structured(await client.call_tool("keep_whoami", {})) == keep
     assert structured(await client.call_tool("keep_recall", {})) == ["still here"]
-    assert is_alive(pid)
+    assert alive(keep)
+
+
+# A real process: the signal.
 
 
 async def test_sighup_reloads_the_config_and_the_sessions_and_processes_of_other_upstreams_survive(
@@ -362,22 +382,3 @@ def _is_stdio_proxy(pid: int) -> bool:
     except OSError:
         return False
     return b"mcpstore_proxy" in arguments and b"stdio" in arguments
-
-
-async def test_with_watch_config_an_edit_of_the_file_is_applied(tmp_path: Path) -> None:
-    config = write_config(tmp_path, {"keep": fixture_server("keep")}, watch_config=True)
-    async with running_proxy(config) as proxy, _holding_a_session(proxy.url) as (client, pid):
-        # Saved the way editors save: a new file renamed over the old one.
-        draft = write_config(
-            tmp_path, {"keep": fixture_server("keep"), "new": fixture_server("new")}, "draft.yaml", watch_config=True
-        )
-        draft.replace(config)
-
-        await wait_until(lambda: _lists(client, "new_echo"), timeout=30, what="the watcher to add 'new'")
-        assert "reloaded the config (watch): added new" in proxy.log
-        await _still_holds(client, pid)
-
-        config.write_text("mcpServers: [not, a, mapping")
-        await wait_until(lambda: "config error" in proxy.log, timeout=30, what="the broken edit to be refused")
-        await _still_holds(client, pid)
-        assert structured(await client.call_tool("new_echo", {"text": "still"})) == "still"
