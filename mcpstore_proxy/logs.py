@@ -22,7 +22,7 @@ import logging
 import re
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Final, Literal, Protocol
 
 __all__ = ["JsonFormatter", "RedactSessionIds", "ThrottledWarning", "configure_logging", "fingerprint", "log_fields"]
@@ -129,14 +129,17 @@ class ThrottledWarning:
     """A warning that is logged at once, then at most once per `interval_seconds` with a count of the ones held
     back, so that a flood of refusals stays a handful of lines."""
 
-    def __init__(self, logger: logging.Logger, interval_seconds: float = 10.0) -> None:
+    def __init__(
+        self, logger: logging.Logger, interval_seconds: float = 10.0, now: Callable[[], float] = time.monotonic
+    ) -> None:
         self._logger = logger
         self._interval_seconds = interval_seconds
+        self._now = now
         self._last = -float("inf")
         self._held_back = 0
 
     def warn(self, message: str, *args: Any, extra: Mapping[str, Any] | None = None) -> None:
-        now = time.monotonic()
+        now = self._now()
         if now - self._last < self._interval_seconds:
             self._held_back += 1
             return

@@ -8,7 +8,6 @@ import datetime as dt
 import json
 import logging
 import re
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +20,7 @@ from mcp import Client, MCPError
 from mcpstore_proxy.errors import SESSION_REFUSED
 from mcpstore_proxy.keys import SessionKey
 from mcpstore_proxy.logs import RedactSessionIds, ThrottledWarning, configure_logging, fingerprint, log_fields
+from tests.clock import ManualClock
 from tests.support import fixture_server, running_proxy, streamable_http_client, wait_until, write_config
 
 pytestmark = pytest.mark.anyio
@@ -264,14 +264,14 @@ async def test_after_the_interval_the_next_warning_counts_the_ones_held_back(
     quiet_logger: tuple[logging.Logger, ListHandler],
 ) -> None:
     logger, handler = quiet_logger
-    interval = 0.2
-    warning = ThrottledWarning(logger, interval_seconds=interval)
+    clock = ManualClock()
+    warning = ThrottledWarning(logger, interval_seconds=10, now=clock.now)
     warning.warn("refused %s", "a")
-    logged_at = time.monotonic()
     warning.warn("refused %s", "b")
+    clock.advance(9.9)
     warning.warn("refused %s", "c")
     assert handler.messages == ["refused a"]
-    await wait_until(lambda: time.monotonic() - logged_at > interval, what="the interval to pass")
+    clock.advance(0.1)
     warning.warn("refused %s", "d")
     warning.warn("refused %s", "e")  # held back again: the count starts afresh
-    assert handler.messages == ["refused a", "refused d (and 2 more like it in the last 0.2 s)"]
+    assert handler.messages == ["refused a", "refused d (and 2 more like it in the last 10 s)"]
