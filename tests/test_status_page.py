@@ -106,8 +106,9 @@ async def traffic(proxy: InProcessProxy) -> AsyncGenerator[list[str]]:
         yield session_ids
 
 
-async def get(proxy: InProcessProxy, path: str, token: str | None = None) -> httpx2.Response:
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
+async def get(proxy: InProcessProxy, path: str, token: str | None = None, **headers: str) -> httpx2.Response:
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
     async with httpx2.AsyncClient() as http:
         return await http.get(f"http://127.0.0.1:{proxy.port}{path}", headers=headers)
 
@@ -127,6 +128,16 @@ async def test_the_status_page_is_refused_without_a_token_and_to_a_principal_who
         assert page.headers["cache-control"] == "no-store"
         assert '<meta http-equiv="refresh" content="5">' in page.text
         assert '<meta name="viewport" content="width=device-width, initial-scale=1">' in page.text
+
+
+async def test_the_status_page_is_refused_to_a_page_of_another_site_even_with_the_operators_token(
+    tmp_path: Path,
+) -> None:
+    # DNS rebinding: a page of another site that resolves its name to the proxy sends its own Host and Origin.
+    async with running_app(operated_config(tmp_path)) as proxy:
+        assert (await get(proxy, "/status", OPERATOR, Host="attacker.example")).status_code == 421
+        assert (await get(proxy, "/status", OPERATOR, Origin="http://attacker.example")).status_code == 403
+        assert (await get(proxy, "/status", OPERATOR, Origin=f"http://127.0.0.1:{proxy.port}")).status_code == 200
 
 
 async def test_admin_status_lists_each_client_session_by_hash_with_its_principal_kind_age_and_idle_time(
