@@ -56,6 +56,7 @@ from mcpstore_proxy.errors import ConnectionLimitError, ProxyError, ShuttingDown
 from mcpstore_proxy.events import EventLog
 from mcpstore_proxy.framing import FirstEventResponse
 from mcpstore_proxy.gate import METADATA_PATH, AuthGate, principal_of
+from mcpstore_proxy.lane import FastLane
 from mcpstore_proxy.logs import ThrottledWarning, log_fields
 from mcpstore_proxy.metrics import ProxyMetrics, metrics_route
 from mcpstore_proxy.registry import ServicePolicy
@@ -93,6 +94,7 @@ class HttpFace:
     legacy: _LegacySseStream
 
     door: _FrontDoor
+    lane: FastLane
 
     async def close_client_sessions(self) -> None:
         """End every client session (Streamable HTTP and legacy SSE) so that every open response completes, once
@@ -136,14 +138,28 @@ def create_app(engine: ProxyEngine) -> HttpFace:
 
     def status() -> dict[str, Any]:
         """The proxy's state in detail, for operators (`/admin/status`, and rendered at `/status`)."""
-        return status_report(engine, is_draining=server.drain.is_draining, requests_in_flight=server.drain.in_flight)
+        return status_report(
+            engine,
+            is_draining=server.drain.is_draining,
+            requests_in_flight=server.drain.in_flight,
+            fast_lane_calls=lane.calls_served,
+        )
 
     gate = AuthGate(
         Authenticator(settings.auth, admin_token=settings.admin_token),
         resource_url=_resource_url(settings),
         authorization_servers=_authorization_servers(settings),
     )
-    mcp = gate.guard(door.guard(StreamableHTTPASGIApp(manager)))
+    # In-session tool calls take the fast lane; everything else, and anything it doubts, goes to the SDK.
+    lane = FastLane(
+        server,
+        manager,
+        security,
+        StreamableHTTPASGIApp(manager),
+        observer=metrics,
+        names_principals=settings.metrics_per_principal,
+    )
+    mcp = gate.guard(door.guard(lane))
     control = Control(engine, policy=ServicePolicy.for_api(settings))
     app = Starlette(
         routes=[
@@ -162,7 +178,7 @@ def create_app(engine: ProxyEngine) -> HttpFace:
         ],
         lifespan=lifespan,
     )
-    return HttpFace(app, server.drain, manager, legacy, door)
+    return HttpFace(app, server.drain, manager, legacy, door, lane)
 
 
 class _Probes:

@@ -8,23 +8,30 @@ instead of somewhere deep in a proxied call.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Generator
 from contextlib import contextmanager
 from typing import Any
 
+import anyio
 import mcp.server.streamable_http
 import sse_starlette
 import uvicorn
 from mcp.client._transport import TransportStreams
+from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser, authorization_context
 from mcp.server.connection import Connection
 from mcp.server.context import ServerRequestContext
+from mcp.server.streamable_http import StreamableHTTPServerTransport
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
+from starlette.types import Scope
 
 __all__ = [
     "SignalFreeServer",
     "TransportStreams",
     "downstream_connection",
     "frame_answers_by_first_event",
+    "holding_http_session",
+    "http_session",
     "open_http_sessions",
     "set_session_limit",
     "terminate_http_sessions",
@@ -54,6 +61,43 @@ def open_http_sessions(manager: StreamableHTTPSessionManager) -> int:
     """How many Streamable HTTP sessions the manager holds open (`_server_instances`)."""
     instances: dict[str, Any] = getattr(manager, "_server_instances")  # noqa: B009  # private; pinned by a test
     return len(instances)
+
+
+def http_session(manager: StreamableHTTPSessionManager, session_id: str, scope: Scope) -> Any | None:
+    """The live transport of the Streamable HTTP session `session_id` when the request of `scope` may use it: the
+    manager's own test (`_server_instances`, `_session_owners`: the principal that opened it); else None, and the
+    manager answers the request itself (404)."""
+    instances: dict[str, StreamableHTTPServerTransport] = getattr(manager, "_server_instances")  # noqa: B009
+    transport = instances.get(session_id)
+    if transport is None or transport.is_terminated:
+        return None
+    owners: dict[str, Any] = getattr(manager, "_session_owners")  # noqa: B009  # private; pinned by a test
+    user = scope.get("user")
+    requestor = authorization_context(user) if isinstance(user, AuthenticatedUser) else None
+    return transport if owners.get(session_id) == requestor else None
+
+
+@contextmanager
+def holding_http_session(transport: StreamableHTTPServerTransport) -> Generator[bool]:
+    """Hold the session open while a request the transport never sees is served, as its own `handle_request`
+    does (`idle_scope`, `_requests_in_flight`, `_idle_timeout`): no idle expiry while any request is in flight,
+    the countdown restarting when the last ends. Yields False when the session's idle period already ran out."""
+    scope: anyio.CancelScope | None = transport.idle_scope
+    timeout: float | None = getattr(transport, "_idle_timeout")  # noqa: B009  # private; pinned by a test
+    if scope is None or timeout is None:
+        yield True
+        return
+    if scope.cancel_called:
+        yield False
+        return
+    transport._requests_in_flight += 1  # pyright: ignore[reportPrivateUsage]  # private; pinned by a test
+    scope.deadline = math.inf
+    try:
+        yield True
+    finally:
+        transport._requests_in_flight -= 1  # pyright: ignore[reportPrivateUsage]
+        if not transport._requests_in_flight:  # pyright: ignore[reportPrivateUsage]
+            scope.deadline = anyio.current_time() + timeout
 
 
 def set_session_limit(manager: StreamableHTTPSessionManager, max_sessions: int) -> None:

@@ -19,6 +19,7 @@ import secrets
 import weakref
 from collections.abc import Mapping
 from contextvars import ContextVar
+from dataclasses import dataclass
 from typing import Any, Final
 
 import anyio
@@ -39,7 +40,7 @@ from mcpstore_proxy.listen import ListenChannel, catalog_events
 from mcpstore_proxy.principals import ANONYMOUS, LOCAL, Principal
 from mcpstore_proxy.relay import ClientCall, ClientChannel
 
-__all__ = ["NOTIFY_SECONDS", "REQUEST_SCOPE", "Downstream"]
+__all__ = ["NOTIFY_SECONDS", "REQUEST_SCOPE", "Caller", "Downstream"]
 
 Context = ServerRequestContext[Any, Any]
 
@@ -51,6 +52,28 @@ _KEY_STATE: Final = "mcpstore_proxy.session_key"
 _CHANNEL_STATE: Final = "mcpstore_proxy.channel"
 
 
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """Who sent a request, as far as session keys go: its HTTP request (None over stdio), its connection and its
+    protocol era. Built from the SDK's request context (`of`), or by the fast lane (see `lane`) without one."""
+
+    scope: Scope | None
+    connection: Connection
+    protocol_version: str
+
+    @classmethod
+    def of(cls, ctx: Context) -> Caller:
+        scope = ctx.request.scope if ctx.request is not None else None
+        return cls(scope, downstream_connection(ctx), ctx.protocol_version)
+
+    def header(self, name: str) -> str | None:
+        """A request header's value (`name` in lower case); None over stdio or when absent."""
+        if self.scope is None:
+            return None
+        wanted = name.encode("latin-1")
+        return next((value.decode("latin-1") for key, value in self.scope["headers"] if key == wanted), None)
+
+
 class Downstream:
     """The session keys and client channels of one `ProxyServer`'s requests."""
 
@@ -60,6 +83,7 @@ class Downstream:
         self._header = engine.settings.session_header.lower()
         self._stdio_key = SessionKey.connection("stdio") if stdio else None
         self._connections: dict[int, Connection] = {}
+        self._http_sessions: dict[str, Connection] = {}
         # Weak: a key's channel lives while its listen streams or its upstream sessions (whose relay owner it is) do.
         self._listeners: weakref.WeakValueDictionary[SessionKey, ListenChannel] = weakref.WeakValueDictionary()
 
@@ -68,28 +92,26 @@ class Downstream:
 
     # Keys.
 
-    def key(self, ctx: Context) -> SessionKey:
+    def key(self, caller: Caller) -> SessionKey:
         """The key of a request without a session argument: header, then connection, else ephemeral.
 
         Raises:
             InvalidSessionKeyError: the agent id or the session header is malformed.
             SessionLimitError: it names a session that would take the client past its limit.
         """
-        agent = self.agent(ctx)
-        header = ctx.request.headers.get(self._header) if ctx.request is not None else None
         key = resolve_session_key(
             None,
-            header,
-            self.adopt(ctx),
+            caller.header(self._header),
+            self.adopt(caller),
             argument_name=self._argument,
             header_name=self._engine.settings.session_header,
-            agent=agent,
-            principal=self.principal(ctx).name,
+            agent=self.agent(caller),
+            principal=self.principal(caller).name,
         )
-        self.admit(ctx, key)
+        self.admit(caller, key)
         return key
 
-    def named_key(self, ctx: Context, base: SessionKey, named: Any, *, argument_name: str | None) -> SessionKey:
+    def named_key(self, caller: Caller, base: SessionKey, named: Any, *, argument_name: str | None) -> SessionKey:
         """The key of a tool call that may name its session by argument `argument_name` (None: the store's own),
         else by the header `base` was resolved from; not yet admitted (see `admit`).
 
@@ -99,57 +121,59 @@ class Downstream:
         return resolve_session_key(
             named,
             base.name if base.is_explicit else None,
-            self.adopt(ctx),
+            self.adopt(caller),
             argument_name=argument_name or self._argument,
             header_name=self._engine.settings.session_header,
             agent=base.agent,
             principal=base.principal,
         )
 
-    def admit(self, ctx: Context, key: SessionKey) -> None:
+    def admit(self, caller: Caller, key: SessionKey) -> None:
         """Count a named session against the client that uses it: its principal, where one is proved; else its
         connection, or without one (a 2026-07-28 request over HTTP) its address."""
         if not key.is_explicit:
             return
-        principal = self.principal(ctx)
-        connection = self.adopt(ctx)
+        principal = self.principal(caller)
+        connection = self.adopt(caller)
         if principal not in (ANONYMOUS, LOCAL):
             client = str(principal)
         elif connection is not None and connection.kind == "connection":
             client = f"connection {connection.name}"
         else:
-            peer = ctx.request.client if ctx.request is not None else None
-            client = f"address {peer.host if peer is not None else 'unknown'}"
+            peer = caller.scope.get("client") if caller.scope is not None else None
+            client = f"address {peer[0] if peer else 'unknown'}"
         self._engine.named.admit(key, client)
 
-    def agent(self, ctx: Context) -> str:
+    def agent(self, caller: Caller) -> str:
         """The agent scope of a request: the `/agents/{id}/mcp` path, else the `X-MCPStore-Agent` header."""
-        return agent_of(ctx.request.scope) if ctx.request is not None else STORE_SCOPE
+        return agent_of(caller.scope) if caller.scope is not None else STORE_SCOPE
 
-    def principal(self, ctx: Context) -> Principal:
+    def principal(self, caller: Caller) -> Principal:
         """Who the request proved to be, at the gate (the local principal over stdio)."""
-        return principal_of(ctx.request.scope if ctx.request is not None else None)
+        return principal_of(caller.scope)
 
-    def adopt(self, ctx: Context) -> SessionKey | None:
+    def adopt(self, caller: Caller) -> SessionKey | None:
         """The connection's own session key, registering the connection on first sight.
 
         Registration hooks the connection's end (DELETE, idle expiry, EOF,
         shutdown) to close every upstream session keyed by it.
         """
-        if ctx.protocol_version in MODERN_PROTOCOL_VERSIONS:
+        if caller.protocol_version in MODERN_PROTOCOL_VERSIONS:
             # Over HTTP a 2026-07-28 request has no connection: without a key, it is its principal's.
             if self._stdio_key is not None:
                 return self._stdio_key
-            return SessionKey.connection("", self.agent(ctx), self.principal(ctx).name).for_principal()
-        connection = downstream_connection(ctx)
+            return SessionKey.connection("", self.agent(caller), self.principal(caller).name).for_principal()
+        connection = caller.connection
         key: SessionKey | None = connection.state.get(_KEY_STATE)
         if key is not None:
             return key
-        principal = self.principal(ctx).name
-        key = SessionKey.connection(connection.session_id or secrets.token_hex(16), self.agent(ctx), principal)
+        principal = self.principal(caller).name
+        key = SessionKey.connection(connection.session_id or secrets.token_hex(16), self.agent(caller), principal)
         connection.state[_KEY_STATE] = key
         connection.state[_CHANNEL_STATE] = ConnectionStream(connection)
         self._connections[id(connection)] = connection
+        if connection.session_id is not None:
+            self._http_sessions[connection.session_id] = connection
         connection.exit_stack.push_async_callback(self._connection_ended, connection, key)
         return key
 
@@ -178,14 +202,20 @@ class Downstream:
 
     # Channels.
 
+    def adopted(self, session_id: str) -> Connection | None:
+        """The Streamable HTTP connection with this `Mcp-Session-Id`, once it was adopted (its first request after
+        `initialize`); None before, and once it has ended."""
+        return self._http_sessions.get(session_id)
+
+    def connection_channel(self, caller: Caller) -> ClientChannel:
+        """Where what a request's sessions say outside a call goes: its connection's stream or, for a 2026-07-28
+        request (over HTTP or stdio), the key's listen streams, never unasked down the pipe."""
+        channel: ClientChannel | None = caller.connection.state.get(_CHANNEL_STATE)
+        return channel if channel is not None else self.listen_channel(self.key(caller))
+
     def client_call(self, ctx: Context) -> ClientCall:
         """How a forwarded request reaches its client: its request's stream, and its connection's (or key's)."""
-        connection = downstream_connection(ctx)
-        channel: ClientChannel | None = connection.state.get(_CHANNEL_STATE)
-        if channel is None:
-            # A 2026-07-28 request (over HTTP or stdio): what its sessions say outside a call goes to the key's
-            # listen streams, never unasked down the pipe.
-            channel = self.listen_channel(self.key(ctx))
+        channel = self.connection_channel(Caller.of(ctx))
         wants_progress = ctx.meta is not None and "progress_token" in ctx.meta
         return ClientCall(
             stream=RequestStream(ctx),
@@ -218,5 +248,7 @@ class Downstream:
 
     async def _connection_ended(self, connection: Connection, key: SessionKey) -> None:
         self._connections.pop(id(connection), None)
+        if connection.session_id is not None:
+            self._http_sessions.pop(connection.session_id, None)
         self._engine.named.forget_client(f"connection {key.name}")
         await self._engine.end_session(key)

@@ -34,6 +34,7 @@ __all__ = [
     "Outcome",
     "note_tool",
     "note_upstream",
+    "operation_in_progress",
     "upstream_leg",
 ]
 
@@ -137,6 +138,21 @@ def upstream_leg(method: str, upstream: str) -> Generator[list[Outcome]]:
         operation.observer.upstream_answered(method, upstream, outcome[0], time.perf_counter() - started)
 
 
+@contextmanager
+def operation_in_progress(method: str, principal: str, observer: OperationObserver | None) -> Generator[Operation]:
+    """A request being answered: current while the block runs (so routing can note what it reached), heard of by
+    the observer once, when the block ends."""
+    operation = Operation(method if method in SERVED_METHODS else "other", principal, observer)
+    token = _CURRENT.set(operation)
+    started = time.perf_counter()
+    try:
+        yield operation
+    finally:
+        _CURRENT.reset(token)
+        if observer is not None:
+            observer.operation_answered(operation, time.perf_counter() - started)
+
+
 class ObservedOperations:
     """The server middleware that opens an `Operation` for each request (see the module docstring)."""
 
@@ -153,20 +169,12 @@ class ObservedOperations:
     async def __call__(self, ctx: Context, call_next: CallNext) -> HandlerResult:
         if ctx.request_id is None:
             return await call_next(ctx)  # a notification: no answer to time
-        method = ctx.method if ctx.method in SERVED_METHODS else "other"
         principal = self._principal_of(ctx) if self._principal_of is not None else ""
-        operation = Operation(method, principal, self._observer)
-        token = _CURRENT.set(operation)
-        started = time.perf_counter()
-        try:
+        with operation_in_progress(ctx.method, principal, self._observer) as operation:
             if self._tracer is None:
                 return await _answer(ctx, call_next, operation)
             with self._tracer.span(ctx, operation):
                 return await _answer(ctx, call_next, operation)
-        finally:
-            _CURRENT.reset(token)
-            if self._observer is not None:
-                self._observer.operation_answered(operation, time.perf_counter() - started)
 
 
 async def _answer(ctx: Context, call_next: CallNext, operation: Operation) -> HandlerResult:

@@ -33,7 +33,7 @@ from pydantic import BaseModel
 
 from mcpstore_proxy.__about__ import __version__
 from mcpstore_proxy.catalog import Catalog
-from mcpstore_proxy.downstream import NOTIFY_SECONDS, REQUEST_SCOPE, Downstream
+from mcpstore_proxy.downstream import NOTIFY_SECONDS, REQUEST_SCOPE, Caller, Downstream
 from mcpstore_proxy.drain import Drain
 from mcpstore_proxy.engine import ProxyEngine
 from mcpstore_proxy.errors import (
@@ -45,6 +45,7 @@ from mcpstore_proxy.errors import (
 )
 from mcpstore_proxy.gate import AGENT_HEADER
 from mcpstore_proxy.hangup import hang_up_source, unless_client_hangs_up
+from mcpstore_proxy.keys import SessionKey
 from mcpstore_proxy.operations import ObservedOperations, OperationObserver, OperationTracer, note_tool
 from mcpstore_proxy.relay import ClientCall
 from mcpstore_proxy.rounds import InputRounds
@@ -89,10 +90,11 @@ class ProxyServer(Server[Any]):
         )
         # The SDK's OpenTelemetry span per message is measurable per-call cost: spans come only with `tracing: true`.
         self.middleware.clear()
-        tracer = _start_tracing() if engine.settings.tracing else None
+        tracer = self._tracer = _start_tracing() if engine.settings.tracing else None
         if observer is not None or tracer is not None:
             principal_of = self._principal_name if engine.settings.metrics_per_principal else None
             self.middleware.append(ObservedOperations(observer, tracer, principal_of))
+        self.middleware.append(self._adopting)
         self.middleware.append(self._cached_listing)
         self.add_request_handler("tools/call", types.CallToolRequestParams, self._call_tool)
         self.add_request_handler("prompts/get", types.GetPromptRequestParams, self._get_prompt)
@@ -120,8 +122,15 @@ class ProxyServer(Server[Any]):
         """The 2026-07-28 multi-round exchanges in progress; whoever serves this server enters `rounds.running()`."""
         engine.add_listener(self._downstream.announce_catalog_changed)
 
+    @property
+    def downstream(self) -> Downstream:
+        return self._downstream
+
+    def _key(self, ctx: Context) -> SessionKey:
+        return self._downstream.key(Caller.of(ctx))
+
     def _principal_name(self, ctx: Context) -> str:
-        return self._downstream.principal(ctx).name
+        return self._downstream.principal(Caller.of(ctx)).name
 
     # Capabilities: what the upstreams offer, not what handlers happen to be registered.
 
@@ -162,6 +171,15 @@ class ProxyServer(Server[Any]):
     ) -> types.ListResourceTemplatesResult:
         return types.ListResourceTemplatesResult(resource_templates=(await self._catalog(ctx)).templates)
 
+    async def _adopting(self, ctx: Context, call_next: CallNext) -> HandlerResult:
+        """Adopt a connection as its `initialize` is answered, so that its next request finds it adopted (the
+        fast lane takes only adopted sessions' calls), whether or not `notifications/initialized` came first."""
+        result = await call_next(ctx)
+        if ctx.method == "initialize":
+            caller = Caller.of(ctx)
+            self._downstream.adopt(replace(caller, protocol_version=caller.connection.protocol_version))
+        return result
+
     async def _cached_listing(self, ctx: Context, call_next: CallNext) -> HandlerResult:
         """Answer a listing from its catalog's wire form, shaped (validated, serialised) the first time only: the
         SDK's shaping of a thousand tools costs tens of milliseconds, and a catalog is replaced, never changed."""
@@ -177,49 +195,60 @@ class ProxyServer(Server[Any]):
     async def _catalog(self, ctx: Context) -> Catalog:
         await self._engine.startup.settled()
         try:
-            return self._engine.catalog_for(self._downstream.key(ctx))
+            return self._engine.catalog_for(self._key(ctx))
         except ProxyError as error:
             raise to_mcp_error(error) from None
 
     # Requests that run in the key's upstream session.
 
     async def _call_tool(self, ctx: Context, params: types.CallToolRequestParams) -> dict[str, Any]:
-        async def forward(call: ClientCall) -> dict[str, Any]:
-            base_key = self._downstream.key(ctx)
-            route = self._engine.tool_route(base_key, params.name)
-            note_tool(params.name)
-            arguments = dict(params.arguments or {})
-            argument = route.session_argument
-            named = arguments.pop(argument, None) if argument is not None else None
-            key = self._downstream.named_key(ctx, base_key, named, argument_name=argument)
-            if key != base_key:
-                # The tool exists in the connection's view; the named session may just never have listed its own.
-                with contextlib.suppress(UnknownToolError):
-                    route = self._engine.tool_route(key, params.name)
-            if key.is_explicit and ctx.request is not None and ctx.request.headers.get(EXISTING_SESSION_HEADER) == "1":
-                self._engine.records.require(key)
-            if key != base_key:  # `key()` admitted the base key
-                self._downstream.admit(ctx, key)
-            return await self._engine.call_tool(key, route, arguments, call)
+        caller = Caller.of(ctx)
+        return await self._answer(
+            ctx, lambda call: self.call_tool(caller, params.name, params.arguments, call), rounds=params
+        )
 
-        return await self._answer(ctx, forward, rounds=params)
+    async def call_tool(
+        self, caller: Caller, name: str, arguments: dict[str, Any] | None, call: ClientCall
+    ) -> dict[str, Any]:
+        """Forward a tools/call: route the exposed tool `name`, in the session its key (or its session argument)
+        names. The SDK's handler and the fast lane (see `lane`) both come here.
+
+        Raises:
+            ProxyError: routing or the upstream failed (`forwarded` translates it).
+        """
+        base_key = self._downstream.key(caller)
+        route = self._engine.tool_route(base_key, name)
+        note_tool(name)
+        arguments = dict(arguments or {})
+        argument = route.session_argument
+        named = arguments.pop(argument, None) if argument is not None else None
+        key = self._downstream.named_key(caller, base_key, named, argument_name=argument)
+        if key != base_key:
+            # The tool exists in the connection's view; the named session may just never have listed its own.
+            with contextlib.suppress(UnknownToolError):
+                route = self._engine.tool_route(key, name)
+        if key.is_explicit and caller.header(EXISTING_SESSION_HEADER) == "1":
+            self._engine.records.require(key)
+        if key != base_key:  # `key()` admitted the base key
+            self._downstream.admit(caller, key)
+        return await self._engine.call_tool(key, route, arguments, call)
 
     async def _get_prompt(self, ctx: Context, params: types.GetPromptRequestParams) -> dict[str, Any]:
         return await self._answer(
-            ctx, lambda call: self._engine.get_prompt(self._downstream.key(ctx), params, call), rounds=params
+            ctx, lambda call: self._engine.get_prompt(self._key(ctx), params, call), rounds=params
         )
 
     async def _read_resource(self, ctx: Context, params: types.ReadResourceRequestParams) -> dict[str, Any]:
         return await self._answer(
-            ctx, lambda call: self._engine.read_resource(self._downstream.key(ctx), params, call), rounds=params
+            ctx, lambda call: self._engine.read_resource(self._key(ctx), params, call), rounds=params
         )
 
     async def _complete(self, ctx: Context, params: types.CompleteRequestParams) -> dict[str, Any]:
-        return await self._answer(ctx, lambda call: self._engine.complete(self._downstream.key(ctx), params, call))
+        return await self._answer(ctx, lambda call: self._engine.complete(self._key(ctx), params, call))
 
     async def _subscribe(self, ctx: Context, params: types.SubscribeRequestParams) -> types.EmptyResult:
         async def forward(call: ClientCall) -> dict[str, Any]:
-            await self._engine.subscribe(self._downstream.key(ctx), params.uri, call, subscribe=True)
+            await self._engine.subscribe(self._key(ctx), params.uri, call, subscribe=True)
             return {}
 
         await self._answer(ctx, forward)
@@ -227,7 +256,7 @@ class ProxyServer(Server[Any]):
 
     async def _unsubscribe(self, ctx: Context, params: types.UnsubscribeRequestParams) -> types.EmptyResult:
         async def forward(call: ClientCall) -> dict[str, Any]:
-            await self._engine.subscribe(self._downstream.key(ctx), params.uri, call, subscribe=False)
+            await self._engine.subscribe(self._key(ctx), params.uri, call, subscribe=False)
             return {}
 
         await self._answer(ctx, forward)
@@ -235,7 +264,7 @@ class ProxyServer(Server[Any]):
 
     async def _set_logging_level(self, ctx: Context, params: types.SetLevelRequestParams) -> types.EmptyResult:
         async def forward(call: ClientCall) -> dict[str, Any]:
-            key = self._downstream.key(ctx)
+            key = self._key(ctx)
             if not key.is_ephemeral:
                 await self._engine.set_logging_level(key, params.level)
             return {}
@@ -256,7 +285,7 @@ class ProxyServer(Server[Any]):
     ) -> types.SubscriptionsListenResult:
         """A 2026-07-28 listen stream: the key's list changes and resource updates, until the client leaves."""
         try:
-            key = self._downstream.key(ctx)
+            key = self._key(ctx)
         except ProxyError as error:
             raise to_mcp_error(error) from None
         channel = self._downstream.listen_channel(key)
@@ -274,11 +303,11 @@ class ProxyServer(Server[Any]):
                         await self._engine.subscribe(key, uri, call, subscribe=False)
 
     async def _initialized(self, ctx: Context, params: types.NotificationParams) -> None:
-        self._downstream.adopt(ctx)
+        self._downstream.adopt(Caller.of(ctx))
 
     async def _roots_changed(self, ctx: Context, params: types.NotificationParams) -> None:
         with contextlib.suppress(ProxyError):
-            key = self._downstream.key(ctx)
+            key = self._key(ctx)
             if not key.is_ephemeral:
                 await self._engine.roots_changed(key)
 
@@ -300,7 +329,7 @@ class ProxyServer(Server[Any]):
                 # A 2026-07-28 client is asked by `input_required` rounds of its own request (see `rounds`).
                 call = self._downstream.client_call(ctx)
                 return await self.rounds.run(
-                    principal=self._downstream.principal(ctx).name,
+                    principal=self._principal_name(ctx),
                     stream=call.stream,
                     input_responses=rounds.input_responses,
                     request_state=rounds.request_state,
@@ -309,18 +338,7 @@ class ProxyServer(Server[Any]):
             call = self._downstream.client_call(ctx)
             return await (forward(call) if receive is None else unless_client_hangs_up(receive, lambda: forward(call)))
 
-        try:
-            with self.drain.request():
-                try:
-                    result = await run()
-                except (UnknownToolError, UnknownPromptError, UnknownResourceError):
-                    # Routing fails before anything is sent: a name from an upstream still starting may yet come.
-                    if not self._engine.startup.is_settling:
-                        raise
-                    await self._engine.startup.settled()
-                    result = await run()
-        except ProxyError as error:
-            raise to_mcp_error(error) from None
+        result = await self.forwarded(run)
         if is_modern:
             # Upstreams speak the handshake era; a 2026-07-28 result must say it is complete, and a cacheable
             # one carries freshness hints: the upstream's own where it gave them, else "stale at once, yours".
@@ -329,6 +347,31 @@ class ProxyServer(Server[Any]):
                 result.setdefault("ttlMs", 0)
                 result.setdefault("cacheScope", "private")
         return result
+
+    async def forwarded(self, run: Callable[[], Awaitable[dict[str, Any]]]) -> dict[str, Any]:
+        """Run a forwarded request as work in flight (see `drain`); once more if it named something an upstream
+        still starting may yet offer; our errors translated, once, to MCP errors.
+
+        Raises:
+            MCPError: what the client is answered.
+        """
+        try:
+            with self.drain.request():
+                try:
+                    return await run()
+                except (UnknownToolError, UnknownPromptError, UnknownResourceError):
+                    # Routing fails before anything is sent: a name from an upstream still starting may yet come.
+                    if not self._engine.startup.is_settling:
+                        raise
+                    await self._engine.startup.settled()
+                    return await run()
+        except ProxyError as error:
+            raise to_mcp_error(error) from None
+
+    @property
+    def traces(self) -> bool:
+        """Whether each request gets a span (`tracing: true`)."""
+        return self._tracer is not None
 
 
 def _start_tracing() -> OperationTracer:

@@ -115,7 +115,9 @@ def client_sessions(service: UpstreamService) -> list[ClientSessionInfo]:
     return sorted(infos, key=lambda info: -info.age_seconds)
 
 
-def status_report(engine: ProxyEngine, *, is_draining: bool, requests_in_flight: int) -> dict[str, Any]:
+def status_report(
+    engine: ProxyEngine, *, is_draining: bool, requests_in_flight: int, fast_lane_calls: int = 0
+) -> dict[str, Any]:
     """The proxy's state in detail, for operators (`/admin/status`, the status page, `mcpstore-proxy status`)."""
     upstreams: dict[str, Any] = {}
     for scope, service in engine.registry.by_scope():
@@ -134,6 +136,7 @@ def status_report(engine: ProxyEngine, *, is_draining: bool, requests_in_flight:
     return {
         "status": "draining" if is_draining else "ok",
         "requests_in_flight": requests_in_flight,
+        "fast_lane_calls": fast_lane_calls,
         "upstreams": upstreams,
         "events": [_event(event) for event in engine.events.recent(REPORTED_EVENTS)[:_EVENTS_SHOWN]],
         "time": _utc(engine.clock.now()),

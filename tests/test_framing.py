@@ -7,7 +7,6 @@ the framing, the SDK client shows that everything still arrives.
 
 from __future__ import annotations
 
-import json
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -22,45 +21,10 @@ from mcp.server import Server
 from mcpstore_proxy.framing import FirstEventResponse
 from tests.inprocess import running_app
 from tests.memory import MemoryUpstreams
+from tests.raw_session import EVENT_STREAM, JSON, RawSession, events_of, media_type
 from tests.support import connect, fixture_server, structured, text_of, wait_until, write_config
 
 pytestmark = pytest.mark.anyio
-
-JSON = "application/json"
-EVENT_STREAM = "text/event-stream"
-
-
-class RawSession:
-    """A Streamable HTTP session driven with plain HTTP requests, to see each answer's framing."""
-
-    def __init__(self, http: httpx2.AsyncClient, url: str, accept: str = f"{JSON}, {EVENT_STREAM}") -> None:
-        self._http = http
-        self._url = url
-        self.headers = {"Accept": accept, "Content-Type": JSON}
-
-    async def open(self) -> None:
-        hello = {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "raw", "version": "1"}}
-        opened = await self.post({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": hello})
-        self.headers |= {"Mcp-Session-Id": opened.headers["mcp-session-id"], "Mcp-Protocol-Version": "2025-11-25"}
-        await self.post({"jsonrpc": "2.0", "method": "notifications/initialized"})
-
-    async def post(self, message: dict[str, Any]) -> httpx2.Response:
-        return await self._http.post(self._url, json=message, headers=self.headers)
-
-    async def call_tool(self, request_id: int, name: str, arguments: dict[str, Any], **meta: Any) -> httpx2.Response:
-        params: dict[str, Any] = {"name": name, "arguments": arguments}
-        if meta:
-            params["_meta"] = meta
-        return await self.post({"jsonrpc": "2.0", "id": request_id, "method": "tools/call", "params": params})
-
-
-def media_type(response: httpx2.Response) -> str:
-    return response.headers["content-type"].split(";")[0].strip()
-
-
-def events_of(response: httpx2.Response) -> list[dict[str, Any]]:
-    """The JSON-RPC messages of an event-stream body, in order."""
-    return [json.loads(line.removeprefix("data: ")) for line in response.text.splitlines() if line.startswith("data: ")]
 
 
 @pytest.fixture

@@ -1,0 +1,450 @@
+"""The fast lane: a handshake-era `tools/call` inside an established Streamable HTTP session, served without the
+SDK's server stack.
+
+Through the SDK, one forwarded call costs a pydantic validation of the message, a memory stream and a task per
+request, the server runner's dispatch and an event stream, around a payload the proxy only routes. The lane parses
+the POST once (orjson), routes it through the very same code as the SDK's handler (`ProxyServer.call_tool` and
+`forwarded`: session keys, named sessions, drain accounting, start-up retry, one error translation), and answers in
+plain JSON, or on an event stream opened the moment the upstream says something before its answer (progress, a log
+entry, a request to the client), which then carries that and the answer.
+
+What takes the lane: a POST carrying one JSON-RPC `tools/call` request with the `Mcp-Session-Id` of a session this
+principal opened (the session manager's own test) and the proxy already adopted (after its first request past
+`initialize`), a handshake-era `MCP-Protocol-Version` or none, accepting JSON and event streams, with a JSON body
+that passes the Host and Origin checks. The lane also takes what answers its own traffic: the client's answers to
+the requests it sent (ids `mcpstore-N`), and `notifications/cancelled` for a call it is serving. Everything else
+goes to the SDK unchanged, its body replayed, and every refusal (400, 404, 406, 413, 421, 403) is the SDK's own.
+With `tracing: true` nothing takes the lane: spans are opened in the SDK's request context.
+
+A call in the lane holds its session open (no idle expiry meanwhile), counts in the metrics like any request, is
+cancelled upstream when its client hangs up or cancels it, and, once cancelled, is answered with the SDK's
+`-32800` on an event stream, as the SDK's transport does.
+"""
+
+from __future__ import annotations
+
+import enum
+import itertools
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Final, TypeVar, cast
+
+import anyio
+import orjson
+import pydantic_core
+from mcp import MCPError, types
+from mcp.server.connection import Connection
+from mcp.server.streamable_http import MCP_SESSION_ID_HEADER, REQUEST_CANCELLED, check_accept_headers
+from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
+from mcp.server.transport_security import TransportSecurityMiddleware, TransportSecuritySettings
+from mcp.shared.dispatcher import ProgressFnT
+from mcp.shared.inbound import MCP_PROTOCOL_VERSION_HEADER
+from mcp.types.version import HANDSHAKE_PROTOCOL_VERSIONS
+from pydantic import BaseModel, ValidationError
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from mcpstore_proxy.compat import holding_http_session, http_session
+from mcpstore_proxy.downstream import Caller
+from mcpstore_proxy.hangup import unless_client_hangs_up
+from mcpstore_proxy.operations import OperationObserver, operation_in_progress
+from mcpstore_proxy.relay import ClientCall
+from mcpstore_proxy.server import ProxyServer
+
+__all__ = ["FastLane"]
+
+logger = logging.getLogger(__name__)
+
+_ResultT = TypeVar("_ResultT", bound=BaseModel)
+RequestId = int | str
+
+_SESSION_ID: Final = MCP_SESSION_ID_HEADER.lower().encode()
+_PROTOCOL_VERSION: Final = MCP_PROTOCOL_VERSION_HEADER.lower().encode()
+_HANDSHAKE_VERSIONS: Final = frozenset(version.encode() for version in HANDSHAKE_PROTOCOL_VERSIONS)
+_OWN_ID_PREFIX: Final = "mcpstore-"
+_SSE_HEADERS: Final = (
+    (b"content-type", b"text/event-stream"),
+    (b"cache-control", b"no-cache, no-transform"),
+    (b"x-accel-buffering", b"no"),
+)
+
+
+class FastLane:
+    """An ASGI app in front of the SDK's Streamable HTTP app (`app`), serving what may take the lane itself."""
+
+    def __init__(
+        self,
+        server: ProxyServer,
+        manager: StreamableHTTPSessionManager,
+        security: TransportSecuritySettings,
+        app: ASGIApp,
+        *,
+        observer: OperationObserver | None = None,
+        names_principals: bool = False,
+    ) -> None:
+        self._server = server
+        self._manager = manager
+        self._security = TransportSecurityMiddleware(security)
+        self._app = app
+        self._observer = observer
+        self._names_principals = names_principals
+        self._calls: dict[tuple[str, RequestId], anyio.CancelScope] = {}
+        """The calls in the lane, by session and the client's id: what `notifications/cancelled` may cancel."""
+        self._asked: dict[tuple[str, str], _Asked] = {}
+        """The lane's requests to clients awaiting their answers, by session and our id."""
+        self._ids = itertools.count(1)
+        self.calls_served = 0
+        """Calls the lane took (`fast_lane_calls` in `/admin/status`)."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        session = await self._session_of(scope) if scope["method"] == "POST" and not self._server.traces else None
+        if session is None:
+            await self._app(scope, receive, send)
+            return
+        session_id, connection, transport = session
+        body = await _read_body(receive, self._manager.max_request_body_size)
+        if body is _Unread.TOO_LARGE:
+            await _too_large(scope, receive, send)
+            return
+        if not isinstance(body, bytes):
+            return  # the client left before it finished sending
+        replay = _replaying(body, receive)
+        try:
+            message: object = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            await self._app(scope, replay, send)
+            return
+        if not isinstance(message, dict):
+            await self._app(scope, replay, send)  # a batch, or no message at all
+            return
+        message = cast(dict[str, Any], message)
+        if message.get("jsonrpc") != "2.0":
+            await self._app(scope, replay, send)
+            return
+        if "method" not in message:
+            if self._deliver_answer(session_id, message):
+                await _accepted(session_id)(scope, receive, send)
+                return
+        elif message["method"] == "notifications/cancelled" and "id" not in message:
+            if self._cancel(session_id, message):
+                await _accepted(session_id)(scope, receive, send)
+                return
+        elif message["method"] == "tools/call":
+            call = _tool_call(message)
+            if call is not None:
+                with holding_http_session(transport) as is_open:
+                    if is_open:
+                        await self._serve(scope, receive, send, session_id, connection, call)
+                        return
+        await self._app(scope, replay, send)
+
+    async def _session_of(self, scope: Scope) -> tuple[str, Connection, Any] | None:
+        """The session a POST may be served in by the lane, from its headers alone; else None."""
+        session_id = version = None
+        declared = 0
+        for name, value in scope["headers"]:
+            if name == _SESSION_ID:
+                session_id = value
+            elif name == _PROTOCOL_VERSION:
+                version = value
+            elif name == b"content-length" and value.isdigit():
+                declared = int(value)
+        if session_id is None or (version is not None and version not in _HANDSHAKE_VERSIONS):
+            return None
+        if declared > self._manager.max_request_body_size:
+            return None  # the SDK refuses it unread
+        sid = session_id.decode("latin-1")
+        connection = self._server.downstream.adopted(sid)
+        if connection is None:
+            return None
+        transport = http_session(self._manager, sid, scope)
+        if transport is None or not await _is_acceptable(scope, self._security):
+            return None
+        return sid, connection, transport
+
+    async def _serve(
+        self, scope: Scope, receive: Receive, send: Send, session_id: str, connection: Connection, request: _ToolCall
+    ) -> None:
+        self.calls_served += 1
+        answer = _Answer(send, session_id)
+        caller = Caller(scope, connection, connection.protocol_version)
+        downstream = self._server.downstream
+        call = ClientCall(
+            stream=_LaneStream(self, answer, connection, session_id),
+            connection=downstream.connection_channel(caller),
+            progress=_progress_reporter(answer, request.progress_token),
+        )
+        principal = downstream.principal(caller).name if self._names_principals else ""
+        server = self._server
+
+        async def forward() -> dict[str, Any]:
+            return await server.call_tool(caller, request.name, request.arguments, call)
+
+        with operation_in_progress("tools/call", principal, self._observer) as operation:
+            result: dict[str, Any] = {}
+            with anyio.CancelScope() as cancelled:
+                self._calls[session_id, request.id] = cancelled
+                try:
+                    result = await server.forwarded(lambda: unless_client_hangs_up(receive, forward))
+                except MCPError as error:
+                    await answer.finish(_error(request.id, error.error))
+                    return
+                except Exception:
+                    logger.exception("the fast lane failed to forward a tools/call")
+                    error = types.ErrorData(code=types.INTERNAL_ERROR, message="internal error in mcpstore-proxy")
+                    await answer.finish(_error(request.id, error))
+                    return
+                finally:
+                    self._calls.pop((session_id, request.id), None)
+                    if operation.was_cancelled:
+                        operation.outcome = "cancelled"
+            if cancelled.cancelled_caught:
+                operation.outcome = "cancelled"
+                error = types.ErrorData(code=REQUEST_CANCELLED, message="Request cancelled")
+                await answer.finish(_error(request.id, error), as_stream=True)
+                return
+            if not operation.was_cancelled:
+                operation.outcome = "error" if result.get("isError") is True else "ok"
+            await answer.finish({"jsonrpc": "2.0", "id": request.id, "result": result})
+
+    async def ask(
+        self, session_id: str, answer: _Answer, request: types.ServerRequest, result_type: type[_ResultT]
+    ) -> _ResultT:
+        """Send `request` to the client on a call's stream and wait for its answer (a POST the lane takes)."""
+        request_id = f"{_OWN_ID_PREFIX}{next(self._ids)}"
+        asked = self._asked[session_id, request_id] = _Asked()
+        try:
+            wire = request.model_dump(by_alias=True, mode="json", exclude_none=True)
+            if not await answer.event({"jsonrpc": "2.0", "id": request_id, **wire}):
+                raise MCPError(code=types.INTERNAL_ERROR, message="the call was answered before its client was asked")
+            await asked.answered.wait()
+        finally:
+            self._asked.pop((session_id, request_id), None)
+        reply = asked.reply
+        error = reply.get("error")
+        if error is not None:
+            try:
+                raise MCPError.from_error_data(types.ErrorData.model_validate(error))
+            except ValidationError:
+                message = "the client answered with a malformed error"
+                raise MCPError(code=types.INTERNAL_ERROR, message=message) from None
+        try:
+            return result_type.model_validate(reply.get("result"))
+        except ValidationError as invalid:
+            raise MCPError(code=types.INVALID_PARAMS, message=f"the client's answer was malformed: {invalid}") from None
+
+    def _deliver_answer(self, session_id: str, message: dict[str, Any]) -> bool:
+        request_id = message.get("id")
+        if not isinstance(request_id, str) or not request_id.startswith(_OWN_ID_PREFIX):
+            return False
+        asked = self._asked.get((session_id, request_id))
+        if asked is None or ("result" not in message and "error" not in message):
+            return False
+        asked.reply = message
+        asked.answered.set()
+        return True
+
+    def _cancel(self, session_id: str, message: dict[str, Any]) -> bool:
+        params = message.get("params")
+        request_id = cast(dict[str, Any], params).get("requestId") if isinstance(params, dict) else None
+        if not isinstance(request_id, int | str) or isinstance(request_id, bool):
+            return False
+        scope = self._calls.get((session_id, request_id))
+        if scope is None:
+            return False
+        scope.cancel()
+        return True
+
+
+@dataclass(frozen=True, slots=True)
+class _ToolCall:
+    id: RequestId
+    name: str
+    arguments: dict[str, Any] | None
+    progress_token: RequestId | None
+
+
+def _tool_call(message: dict[str, Any]) -> _ToolCall | None:
+    """The call a `tools/call` message asks for, when it is well formed; else None (the SDK says what is wrong)."""
+    request_id = message.get("id")
+    params = message.get("params")
+    if not _is_id(request_id) or not isinstance(params, dict):
+        return None
+    params = cast(dict[str, Any], params)
+    name = params.get("name")
+    arguments = params.get("arguments")
+    meta = params.get("_meta")
+    if not isinstance(name, str) or not (arguments is None or isinstance(arguments, dict)):
+        return None
+    token: object = None
+    if meta is not None:
+        if not isinstance(meta, dict):
+            return None
+        token = cast(dict[str, Any], meta).get("progressToken")
+        if token is not None and not _is_id(token):
+            return None
+    return _ToolCall(
+        cast(RequestId, request_id), name, cast(dict[str, Any] | None, arguments), cast(RequestId | None, token)
+    )
+
+
+def _is_id(value: object) -> bool:
+    return isinstance(value, int | str) and not isinstance(value, bool)
+
+
+async def _is_acceptable(scope: Scope, security: TransportSecurityMiddleware) -> bool:
+    """Whether the SDK would take this POST as it is (media types, Host, Origin); else it answers it itself."""
+    request = Request(scope)
+    accepts_json, accepts_events = check_accept_headers(request)
+    content_type = request.headers.get("content-type", "").split(";")[0]
+    if not (accepts_json and accepts_events) or "application/json" not in (t.strip() for t in content_type.split(",")):
+        return False
+    return await security.validate_request(request, is_post=True) is None
+
+
+class _Unread(enum.Enum):
+    TOO_LARGE = "past the size limit (read no further)"
+    GONE = "the client left before it finished sending"
+
+
+async def _read_body(receive: Receive, limit: int) -> bytes | _Unread:
+    """The whole body, unless it is past `limit` bytes or the client leaves first."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            return _Unread.GONE
+        chunk: bytes = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            return _Unread.TOO_LARGE
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+_too_large: Final = Response("Request body too large", status_code=413)
+"""The SDK's own answer to a body past its limit (`RequestBodyLimitMiddleware`)."""
+
+
+def _replaying(body: bytes, receive: Receive) -> Receive:
+    """`receive`, giving the body already read first."""
+    pending: list[Message] = [{"type": "http.request", "body": body, "more_body": False}]
+
+    async def replay() -> Message:
+        return pending.pop() if pending else await receive()
+
+    return replay
+
+
+def _accepted(session_id: str) -> Response:
+    return Response(status_code=202, media_type="application/json", headers={MCP_SESSION_ID_HEADER: session_id})
+
+
+def _error(request_id: RequestId, error: types.ErrorData) -> dict[str, Any]:
+    wire = error.model_dump(by_alias=True, mode="json", exclude_none=True)
+    return {"jsonrpc": "2.0", "id": request_id, "error": wire}
+
+
+def _dumps(message: dict[str, Any]) -> bytes:
+    try:
+        return orjson.dumps(message)
+    except orjson.JSONEncodeError:  # an integer past 64 bits, which JSON allows
+        return pydantic_core.to_json(message)
+
+
+@dataclass(eq=False, slots=True)
+class _Asked:
+    answered: anyio.Event = field(default_factory=anyio.Event)
+    reply: dict[str, Any] = field(default_factory=dict[str, Any])
+
+
+class _Answer:
+    """One call's HTTP response: a JSON body, unless something is sent before the answer, which opens an event
+    stream for it and everything after."""
+
+    def __init__(self, send: Send, session_id: str) -> None:
+        self._send = send
+        self._session_id = session_id.encode("latin-1")
+        self._is_streaming = False
+        self._is_done = False
+        self._lock = anyio.Lock()
+
+    async def event(self, message: dict[str, Any]) -> bool:
+        """Send a message before the answer; False once the answer went."""
+        async with self._lock:
+            if self._is_done:
+                return False
+            await self._open_stream()
+            await self._send({"type": "http.response.body", "body": _event(message), "more_body": True})
+            return True
+
+    async def finish(self, message: dict[str, Any], *, as_stream: bool = False) -> None:
+        async with self._lock:
+            if self._is_done:
+                return
+            self._is_done = True
+            if as_stream or self._is_streaming:
+                await self._open_stream()
+                await self._send({"type": "http.response.body", "body": _event(message), "more_body": False})
+                return
+            body = _dumps(message)
+            headers = [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (_SESSION_ID, self._session_id),
+            ]
+            await self._send({"type": "http.response.start", "status": 200, "headers": headers})
+            await self._send({"type": "http.response.body", "body": body, "more_body": False})
+
+    async def _open_stream(self) -> None:
+        if not self._is_streaming:
+            self._is_streaming = True
+            headers = [*_SSE_HEADERS, (_SESSION_ID, self._session_id)]
+            await self._send({"type": "http.response.start", "status": 200, "headers": headers})
+
+
+def _event(message: dict[str, Any]) -> bytes:
+    return b"event: message\r\ndata: " + _dumps(message) + b"\r\n\r\n"
+
+
+def _progress_reporter(answer: _Answer, token: RequestId | None) -> ProgressFnT | None:
+    if token is None:
+        return None
+
+    async def report(progress: float, total: float | None, message: str | None) -> None:
+        params: dict[str, Any] = {"progressToken": token, "progress": progress}
+        if total is not None:
+            params["total"] = total
+        if message is not None:
+            params["message"] = message
+        await answer.event({"jsonrpc": "2.0", "method": "notifications/progress", "params": params})
+
+    return report
+
+
+class _LaneStream:
+    """The client behind a call in the lane, reached on that call's own response (a `ClientChannel`)."""
+
+    def __init__(self, lane: FastLane, answer: _Answer, connection: Connection, session_id: str) -> None:
+        self._lane = lane
+        self._answer = answer
+        self._connection = connection
+        self._session_id = session_id
+
+    @property
+    def capabilities(self) -> types.ClientCapabilities | None:
+        return self._connection.client_capabilities
+
+    @property
+    def accepts_requests(self) -> bool:
+        return True
+
+    async def notify(self, notification: types.ServerNotification) -> None:
+        wire = notification.model_dump(by_alias=True, mode="json", exclude_none=True)
+        await self._answer.event({"jsonrpc": "2.0", **wire})
+
+    async def request(self, request: types.ServerRequest, result_type: type[_ResultT]) -> _ResultT:
+        return await self._lane.ask(self._session_id, self._answer, request, result_type)

@@ -1,0 +1,53 @@
+"""A Streamable HTTP session driven with plain HTTP requests, to see each answer's status and framing."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import httpx2
+
+JSON = "application/json"
+EVENT_STREAM = "text/event-stream"
+
+
+class RawSession:
+    """A Streamable HTTP session driven with plain HTTP requests, to see each answer's framing."""
+
+    def __init__(self, http: httpx2.AsyncClient, url: str, accept: str = f"{JSON}, {EVENT_STREAM}") -> None:
+        self._http = http
+        self.url = url
+        self.headers = {"Accept": accept, "Content-Type": JSON}
+
+    async def open(self, capabilities: dict[str, Any] | None = None) -> None:
+        hello = {
+            "protocolVersion": "2025-11-25",
+            "capabilities": capabilities or {},
+            "clientInfo": {"name": "raw", "version": "1"},
+        }
+        opened = await self.post({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": hello})
+        assert opened.status_code == 200, opened.text
+        self.headers |= {"Mcp-Session-Id": opened.headers["mcp-session-id"], "Mcp-Protocol-Version": "2025-11-25"}
+        await self.post({"jsonrpc": "2.0", "method": "notifications/initialized"})
+
+    async def post(self, message: Any, **headers: str) -> httpx2.Response:
+        return await self._http.post(self.url, json=message, headers=self.headers | headers)
+
+    async def call_tool(self, request_id: int, name: str, arguments: dict[str, Any], **meta: Any) -> httpx2.Response:
+        return await self.post(tool_call(request_id, name, arguments, **meta))
+
+
+def tool_call(request_id: int | str, name: str, arguments: dict[str, Any], **meta: Any) -> dict[str, Any]:
+    params: dict[str, Any] = {"name": name, "arguments": arguments}
+    if meta:
+        params["_meta"] = meta
+    return {"jsonrpc": "2.0", "id": request_id, "method": "tools/call", "params": params}
+
+
+def media_type(response: httpx2.Response) -> str:
+    return response.headers["content-type"].split(";")[0].strip()
+
+
+def events_of(response: httpx2.Response) -> list[dict[str, Any]]:
+    """The JSON-RPC messages of an event-stream body, in order."""
+    return [json.loads(line.removeprefix("data: ")) for line in response.text.splitlines() if line.startswith("data: ")]
