@@ -63,7 +63,9 @@ def open_http_sessions(manager: StreamableHTTPSessionManager) -> int:
     return len(instances)
 
 
-def http_session(manager: StreamableHTTPSessionManager, session_id: str, scope: Scope) -> Any | None:
+def http_session(
+    manager: StreamableHTTPSessionManager, session_id: str, scope: Scope
+) -> StreamableHTTPServerTransport | None:
     """The live transport of the Streamable HTTP session `session_id` when the request of `scope` may use it: the
     manager's own test (`_server_instances`, `_session_owners`: the principal that opened it); else None, and the
     manager answers the request itself (404)."""

@@ -23,6 +23,7 @@ cancelled upstream when its client hangs up or cancels it, and, once cancelled, 
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import itertools
 import logging
@@ -34,7 +35,12 @@ import orjson
 import pydantic_core
 from mcp import MCPError, types
 from mcp.server.connection import Connection
-from mcp.server.streamable_http import MCP_SESSION_ID_HEADER, REQUEST_CANCELLED, check_accept_headers
+from mcp.server.streamable_http import (
+    MCP_SESSION_ID_HEADER,
+    REQUEST_CANCELLED,
+    StreamableHTTPServerTransport,
+    check_accept_headers,
+)
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 from mcp.server.transport_security import TransportSecurityMiddleware, TransportSecuritySettings
 from mcp.shared.dispatcher import ProgressFnT
@@ -46,7 +52,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mcpstore_proxy.compat import holding_http_session, http_session
-from mcpstore_proxy.downstream import Caller
+from mcpstore_proxy.downstream import NOTIFY_SECONDS, Caller
 from mcpstore_proxy.hangup import unless_client_hangs_up
 from mcpstore_proxy.operations import OperationObserver, operation_in_progress
 from mcpstore_proxy.relay import ClientCall
@@ -139,7 +145,7 @@ class FastLane:
                         return
         await self._app(scope, replay, send)
 
-    async def _session_of(self, scope: Scope) -> tuple[str, Connection, Any] | None:
+    async def _session_of(self, scope: Scope) -> tuple[str, Connection, StreamableHTTPServerTransport] | None:
         """The session a POST may be served in by the lane, from its headers alone; else None."""
         session_id = version = None
         declared = 0
@@ -209,9 +215,15 @@ class FastLane:
             await answer.finish({"jsonrpc": "2.0", "id": request.id, "result": result})
 
     async def ask(
-        self, session_id: str, answer: _Answer, request: types.ServerRequest, result_type: type[_ResultT]
+        self,
+        session_id: str,
+        answer: _Answer,
+        connection: Connection,
+        request: types.ServerRequest,
+        result_type: type[_ResultT],
     ) -> _ResultT:
-        """Send `request` to the client on a call's stream and wait for its answer (a POST the lane takes)."""
+        """Send `request` to the client on a call's stream and wait for its answer (a POST the lane takes); if
+        the wait is cancelled (the upstream withdrew its question, or the call ended), tell the client so."""
         request_id = f"{_OWN_ID_PREFIX}{next(self._ids)}"
         asked = self._asked[session_id, request_id] = _Asked()
         try:
@@ -219,6 +231,10 @@ class FastLane:
             if not await answer.event({"jsonrpc": "2.0", "id": request_id, **wire}):
                 raise MCPError(code=types.INTERNAL_ERROR, message="the call was answered before its client was asked")
             await asked.answered.wait()
+        except anyio.get_cancelled_exc_class():
+            with anyio.CancelScope(shield=True), anyio.move_on_after(NOTIFY_SECONDS):
+                await _withdraw(request_id, answer, connection)
+            raise
         finally:
             self._asked.pop((session_id, request_id), None)
         reply = asked.reply
@@ -343,6 +359,15 @@ def _accepted(session_id: str) -> Response:
     return Response(status_code=202, media_type="application/json", headers={MCP_SESSION_ID_HEADER: session_id})
 
 
+async def _withdraw(request_id: str, answer: _Answer, connection: Connection) -> None:
+    """Tell the client a question is withdrawn: on the call's stream, or, once the call was answered, its
+    connection's own stream."""
+    params = {"requestId": request_id, "reason": "the upstream withdrew its request"}
+    if not await answer.event({"jsonrpc": "2.0", "method": "notifications/cancelled", "params": params}):
+        with contextlib.suppress(MCPError, anyio.BrokenResourceError, anyio.ClosedResourceError):  # a client gone
+            await connection.notify("notifications/cancelled", params)
+
+
 def _error(request_id: RequestId, error: types.ErrorData) -> dict[str, Any]:
     wire = error.model_dump(by_alias=True, mode="json", exclude_none=True)
     return {"jsonrpc": "2.0", "id": request_id, "error": wire}
@@ -447,4 +472,4 @@ class _LaneStream:
         await self._answer.event({"jsonrpc": "2.0", **wire})
 
     async def request(self, request: types.ServerRequest, result_type: type[_ResultT]) -> _ResultT:
-        return await self._lane.ask(self._session_id, self._answer, request, result_type)
+        return await self._lane.ask(self._session_id, self._answer, self._connection, request, result_type)

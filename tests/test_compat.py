@@ -5,6 +5,7 @@ If an upgrade breaks one, it fails here, by name, rather than somewhere deep in 
 
 from __future__ import annotations
 
+import math
 import signal
 import typing
 from collections.abc import AsyncGenerator
@@ -19,9 +20,12 @@ import sse_starlette
 import uvicorn
 from mcp import Client, types
 from mcp.client.streamable_http import streamable_http_client
+from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
+from mcp.server.auth.provider import AccessToken
 from mcp.server.connection import Connection
 from mcp.server.context import ServerRequestContext
 from mcp.server.lowlevel.server import Server
+from mcp.server.streamable_http import StreamableHTTPServerTransport
 from mcp.server.streamable_http_manager import StreamableHTTPASGIApp, StreamableHTTPSessionManager
 from mcp.shared._stream_protocols import ReadStream, WriteStream
 from starlette.applications import Starlette
@@ -175,3 +179,49 @@ async def test_the_sdk_builds_each_post_answer_with_the_event_source_response_na
         assert opened.headers["content-type"] == "application/json"
         assert opened.json()["id"] == 1
     assert built == ["POST"]
+
+
+async def _open_raw_session(http: httpx2.AsyncClient, url: str) -> str:
+    headers = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
+    hello = {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}
+    opened = await http.post(
+        url, json={"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": hello}, headers=headers
+    )
+    return opened.headers["mcp-session-id"]
+
+
+async def test_a_session_is_found_by_its_id_only_for_the_principal_that_opened_it_and_only_while_it_lives() -> None:
+    manager = StreamableHTTPSessionManager(app=_server([]))
+    anonymous: dict[str, Any] = {"type": "http"}
+    someone = {"type": "http", "user": AuthenticatedUser(AccessToken(token="t", client_id="someone", scopes=[]))}
+    async with _serving(manager) as url, httpx2.AsyncClient() as http:
+        session_id = await _open_raw_session(http, url)
+        transport = compat.http_session(manager, session_id, anonymous)
+        assert isinstance(transport, StreamableHTTPServerTransport)
+        assert transport.mcp_session_id == session_id
+        assert compat.http_session(manager, session_id, someone) is None
+        assert compat.http_session(manager, "0" * 32, anonymous) is None
+        await transport.terminate()
+        assert compat.http_session(manager, session_id, anonymous) is None
+
+
+async def test_holding_a_session_suspends_its_idle_countdown_until_the_last_holder_lets_go() -> None:
+    manager = StreamableHTTPSessionManager(app=_server([]), session_idle_timeout=600)
+    async with _serving(manager) as url, httpx2.AsyncClient() as http:
+        session_id = await _open_raw_session(http, url)
+        transport = compat.http_session(manager, session_id, {"type": "http"})
+        assert transport is not None
+        assert transport.idle_scope is not None
+        idle = transport.idle_scope
+        # The opening request's response may reach us before its handler has returned.
+        await wait_until(lambda: idle.deadline != math.inf, what="the opening request to end")
+        with compat.holding_http_session(transport) as first:
+            assert first is True
+            assert idle.deadline == math.inf
+            with compat.holding_http_session(transport) as second:
+                assert second is True
+            assert idle.deadline == math.inf
+        assert anyio.current_time() < idle.deadline <= anyio.current_time() + 600
+        idle.cancel()
+        with compat.holding_http_session(transport) as expired:
+            assert expired is False

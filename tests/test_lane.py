@@ -146,6 +146,22 @@ async def test_a_client_that_refuses_the_question_has_its_error_reach_the_upstre
         assert (final["id"], final["error"]) == (6, {"code": -1, "message": "user said no"})
 
 
+async def test_a_question_the_upstream_withdraws_is_withdrawn_from_the_client_before_the_answer(config: Path) -> None:
+    async with running_app(config) as proxy, httpx2.AsyncClient(timeout=30) as http:
+        session = RawSession(http, proxy.url)
+        await session.open({"sampling": {}})
+        call = tool_call(7, "state_ask", {"prompt": "slow?", "timeout_seconds": 0.5})
+        async with http.stream("POST", proxy.url, json=call, headers=session.headers) as answer:
+            lines = answer.aiter_lines()
+            question = await next_message(lines)
+            withdrawn = await next_message(lines)  # never answered: the upstream gives up after 0.5 s
+            final = await next_message(lines)
+        assert withdrawn["method"] == "notifications/cancelled"
+        assert withdrawn["params"]["requestId"] == question["id"]
+        assert final["id"] == 7
+        assert "timed out" in json.dumps(final)
+
+
 async def test_a_cancelled_call_is_cancelled_upstream_and_answered_on_its_stream(config: Path, tmp_path: Path) -> None:
     started, cancelled = tmp_path / "started", tmp_path / "cancelled"
     async with running_app(config) as proxy, httpx2.AsyncClient(timeout=30) as http:
