@@ -23,12 +23,13 @@ from dataclasses import replace
 from typing import Any, Final, TypeVar
 
 import anyio
+import orjson
 from mcp import MCPError, types
 from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
 from mcp.server.lowlevel.server import NotificationOptions, Server
 from mcp.server.models import InitializationOptions
 from mcp.types.version import HANDSHAKE_PROTOCOL_VERSIONS, MODERN_PROTOCOL_VERSIONS
-from mcp_types.methods import CACHEABLE_METHODS
+from mcp_types.methods import CACHEABLE_METHODS, serialize_server_result
 from pydantic import BaseModel
 
 from mcpstore_proxy.__about__ import __version__
@@ -50,7 +51,7 @@ from mcpstore_proxy.operations import ObservedOperations, OperationObserver, Ope
 from mcpstore_proxy.relay import ClientCall
 from mcpstore_proxy.rounds import InputRounds
 
-__all__ = ["AGENT_HEADER", "EXISTING_SESSION_HEADER", "REQUEST_SCOPE", "ProxyServer"]
+__all__ = ["AGENT_HEADER", "EXISTING_SESSION_HEADER", "LISTINGS", "REQUEST_SCOPE", "ProxyServer"]
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +60,14 @@ _ResultT = TypeVar("_ResultT", bound=BaseModel)
 
 EXISTING_SESSION_HEADER: Final = "x-mcpstore-existing-session"
 """Sent as `1` (by the remote SDK): a tool call must run in an open named session, not open one."""
-_LISTINGS: Final = frozenset({"tools/list", "prompts/list", "resources/list", "resources/templates/list"})
+_LISTING_RESULTS: Final[dict[str, Callable[[Catalog], BaseModel]]] = {
+    "tools/list": lambda catalog: types.ListToolsResult(tools=catalog.tools),
+    "prompts/list": lambda catalog: types.ListPromptsResult(prompts=catalog.prompts),
+    "resources/list": lambda catalog: types.ListResourcesResult(resources=catalog.resources),
+    "resources/templates/list": lambda catalog: types.ListResourceTemplatesResult(resource_templates=catalog.templates),
+}
+LISTINGS: Final = frozenset(_LISTING_RESULTS)
+"""The methods answered from the catalog a key sees, never by opening a session."""
 
 
 class ProxyServer(Server[Any]):
@@ -118,6 +126,9 @@ class ProxyServer(Server[Any]):
         self._listings: weakref.WeakKeyDictionary[Catalog, dict[tuple[str, str], HandlerResult]] = (
             weakref.WeakKeyDictionary()
         )
+        self._wire_listings: weakref.WeakKeyDictionary[Catalog, dict[tuple[str, str], bytes]] = (
+            weakref.WeakKeyDictionary()
+        )
         self.rounds = InputRounds(engine.clock)
         """The 2026-07-28 multi-round exchanges in progress; whoever serves this server enters `rounds.running()`."""
         engine.add_listener(self._downstream.announce_catalog_changed)
@@ -155,6 +166,27 @@ class ProxyServer(Server[Any]):
 
     # Listings: answered from the catalog the key sees, never by opening a session.
 
+    async def listing(self, caller: Caller, method: str) -> bytes:
+        """A listing's result (`method` in `LISTINGS`) for the fast lane, as JSON: shaped for the wire (validated
+        and sieved for the caller's protocol version, as the SDK shapes results) once per catalog, method and
+        version.
+
+        Raises:
+            MCPError: the key is malformed or over its limit.
+        """
+        await self._engine.startup.settled()
+        try:
+            catalog = self._engine.catalog_for(self._downstream.key(caller))
+        except ProxyError as error:
+            raise to_mcp_error(error) from None
+        shaped = self._wire_listings.setdefault(catalog, {})
+        key = (method, caller.protocol_version)
+        wire = shaped.get(key)
+        if wire is None:
+            result = _LISTING_RESULTS[method](catalog).model_dump(by_alias=True, mode="json", exclude_none=True)
+            wire = shaped[key] = orjson.dumps(serialize_server_result(method, caller.protocol_version, result))
+        return wire
+
     async def _list_tools(self, ctx: Context, params: types.PaginatedRequestParams | None) -> types.ListToolsResult:
         return types.ListToolsResult(tools=(await self._catalog(ctx)).tools)
 
@@ -183,7 +215,7 @@ class ProxyServer(Server[Any]):
     async def _cached_listing(self, ctx: Context, call_next: CallNext) -> HandlerResult:
         """Answer a listing from its catalog's wire form, shaped (validated, serialised) the first time only: the
         SDK's shaping of a thousand tools costs tens of milliseconds, and a catalog is replaced, never changed."""
-        if ctx.method not in _LISTINGS:
+        if ctx.method not in LISTINGS:
             return await call_next(ctx)
         catalog = await self._catalog(ctx)
         shaped = self._listings.setdefault(catalog, {})

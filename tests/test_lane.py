@@ -17,7 +17,8 @@ from typing import Any
 import anyio
 import httpx2
 import pytest
-from mcp import types
+from mcp import Client, types
+from mcp.client.sse import sse_client
 from mcp.server import Server
 
 from tests.inprocess import InProcessProxy, running_app
@@ -80,8 +81,6 @@ async def test_what_the_lane_does_not_serve_reaches_the_sdk_unchanged(config: Pa
     async with running_app(config) as proxy, httpx2.AsyncClient(timeout=30) as http:
         session = RawSession(http, proxy.url)
         await session.open()
-        listed = await session.post({"jsonrpc": "2.0", "id": 1, "method": "tools/list"})
-        assert "state_echo" in {tool["name"] for tool in listed.json()["result"]["tools"]}
         nameless = await session.post({"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"arguments": {}}})
         assert (nameless.json()["id"], nameless.json()["error"]["code"]) == (2, types.INVALID_PARAMS)
         unparsable = await http.post(proxy.url, content=b"{not json", headers=session.headers)
@@ -93,7 +92,34 @@ async def test_what_the_lane_does_not_serve_reaches_the_sdk_unchanged(config: Pa
         assert ping.json() == {"jsonrpc": "2.0", "id": 4, "result": {}}
         assert await lane_calls(proxy, config) == 0
         assert (await session.call_tool(5, "state_echo", {"text": "lane"})).status_code == 200
-        assert await lane_calls(proxy, config) == 1
+        assert (await session.post({"jsonrpc": "2.0", "id": 6, "method": "tools/list"})).status_code == 200
+        assert await lane_calls(proxy, config) == 2
+
+
+async def test_listings_in_the_lane_are_what_the_sdk_lists_for_a_client_of_the_same_version(tmp_path: Path) -> None:
+    config = write_config(tmp_path, {"state": fixture_server("state"), "other": fixture_server("other")})
+    async with (
+        running_app(config) as proxy,
+        httpx2.AsyncClient(timeout=30) as http,
+        Client(sse_client(f"http://127.0.0.1:{proxy.port}/sse"), mode="legacy", cache=None) as through_the_sdk,
+    ):
+        session = RawSession(http, proxy.url)
+        await session.open()
+        listings = {
+            "tools/list": (types.ListToolsResult, through_the_sdk.list_tools),
+            "prompts/list": (types.ListPromptsResult, through_the_sdk.list_prompts),
+            "resources/list": (types.ListResourcesResult, through_the_sdk.list_resources),
+            "resources/templates/list": (types.ListResourceTemplatesResult, through_the_sdk.list_resource_templates),
+        }
+        for number, (method, (result_type, sdk_listing)) in enumerate(listings.items()):
+            for request_id in (number, f"list {number}"):
+                listed = await session.post({"jsonrpc": "2.0", "id": request_id, "method": method})
+                assert (listed.status_code, media_type(listed), listed.json()["id"]) == (200, JSON, request_id)
+                assert result_type.model_validate(listed.json()["result"]) == await sdk_listing()
+        listed = await session.post({"jsonrpc": "2.0", "id": 9, "method": "tools/list"})
+        tools = {tool["name"] for tool in listed.json()["result"]["tools"]}
+        assert {"state_echo", "other_echo"} <= tools
+        assert await lane_calls(proxy, config) == 9
 
 
 async def test_a_call_right_after_initialize_takes_the_lane_before_the_initialized_notice(config: Path) -> None:
