@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import httpx2
+
+from tests.inprocess import InProcessProxy
+from tests.support import admin, admin_token_of
 
 JSON = "application/json"
 EVENT_STREAM = "text/event-stream"
@@ -51,3 +55,13 @@ def media_type(response: httpx2.Response) -> str:
 def events_of(response: httpx2.Response) -> list[dict[str, Any]]:
     """The JSON-RPC messages of an event-stream body, in order."""
     return [json.loads(line.removeprefix("data: ")) for line in response.text.splitlines() if line.startswith("data: ")]
+
+
+async def lane_calls(proxy: InProcessProxy, config: Path) -> int:
+    """How many requests the proxy's fast lane took (`fast_lane_calls` in `/admin/status`)."""
+    token = admin_token_of(config)
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    status = await admin(proxy.port, "GET", "/status", **headers)
+    assert status.status_code == 200, status.text
+    calls: int = status.json()["fast_lane_calls"]
+    return calls

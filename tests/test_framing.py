@@ -21,7 +21,7 @@ from mcp.server import Server
 from mcpstore_proxy.framing import FirstEventResponse
 from tests.inprocess import running_app
 from tests.memory import MemoryUpstreams
-from tests.raw_session import EVENT_STREAM, JSON, RawSession, events_of, media_type
+from tests.raw_session import EVENT_STREAM, JSON, RawSession, events_of, lane_calls, media_type
 from tests.support import connect, fixture_server, structured, text_of, wait_until, write_config
 
 pytestmark = pytest.mark.anyio
@@ -67,6 +67,7 @@ async def test_a_call_whose_upstream_reports_progress_first_is_streamed_with_pro
         ]
         assert messages[-1]["id"] == 3
         assert messages[-1]["result"]["structuredContent"] == {"result": "t"}
+        assert await lane_calls(proxy, config) == 1
 
 
 async def test_a_post_that_does_not_accept_json_is_refused_and_never_answered_in_json(config: Path) -> None:
@@ -145,6 +146,7 @@ async def test_a_ten_megabyte_result_arrives_intact_as_json(tmp_path: Path) -> N
         assert int(answer.headers["content-length"]) == len(answer.content)
         assert answer.json()["id"] == 5
         assert answer.json()["result"]["content"][0]["text"] == TEN_MEGABYTES
+        assert await lane_calls(proxy, config) == 1
         async with connect(proxy.url) as client:
             assert text_of(await client.call_tool("big", {})) == TEN_MEGABYTES
 
@@ -161,6 +163,7 @@ async def test_concurrent_calls_on_one_session_each_get_their_own_answer(config:
         async with anyio.create_task_group() as tg:
             for request_id in range(1, 17):
                 tg.start_soon(call, request_id)
+        assert await lane_calls(proxy, config) == 16
     for request_id, answer in answers.items():
         assert media_type(answer) == JSON
         assert answer.json()["id"] == request_id

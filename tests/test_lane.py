@@ -21,10 +21,10 @@ from mcp import Client, types
 from mcp.client.sse import sse_client
 from mcp.server import Server
 
-from tests.inprocess import InProcessProxy, running_app
+from tests.inprocess import running_app
 from tests.memory import MemoryUpstreams
-from tests.raw_session import EVENT_STREAM, JSON, RawSession, events_of, media_type, tool_call
-from tests.support import admin, admin_token_of, fixture_server, wait_until, write_config
+from tests.raw_session import EVENT_STREAM, JSON, RawSession, events_of, lane_calls, media_type, tool_call
+from tests.support import fixture_server, wait_until, write_config
 
 pytestmark = pytest.mark.anyio
 
@@ -36,15 +36,6 @@ OPS = "ops-token-0123456789"
 @pytest.fixture
 def config(tmp_path: Path) -> Path:
     return write_config(tmp_path, {"state": fixture_server("state")})
-
-
-async def lane_calls(proxy: InProcessProxy, config: Path) -> int:
-    token = admin_token_of(config)
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    status = await admin(proxy.port, "GET", "/status", **headers)
-    assert status.status_code == 200, status.text
-    calls: int = status.json()["fast_lane_calls"]
-    return calls
 
 
 async def next_message(lines: AsyncIterator[str]) -> dict[str, Any]:
