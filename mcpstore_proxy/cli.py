@@ -11,10 +11,12 @@ reached or refuses the token.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import anyio
 import httpx2
@@ -52,9 +54,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         configure_logging(settings.log_level, settings.log_format)
         if arguments.command == "serve":
-            anyio.run(serve_http, settings)
+            anyio.run(serve_http, settings, backend_options=_event_loop())
         elif arguments.command == "stdio":
-            anyio.run(serve_stdio, settings)
+            anyio.run(serve_stdio, settings, backend_options=_event_loop())
         elif arguments.command == "pins":
             _pins(settings, arguments.action, arguments.name)
         else:
@@ -68,6 +70,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     return 0
+
+
+def _event_loop() -> dict[str, Any]:
+    """uvloop where it is installed (not on Windows): the proxy's per-call work is mostly event-loop work."""
+    return {"use_uvloop": importlib.util.find_spec("uvloop") is not None}
 
 
 def _parser() -> argparse.ArgumentParser:
