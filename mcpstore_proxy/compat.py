@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Generator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, Final
 
 import anyio
 import mcp.server.streamable_http
@@ -23,11 +23,12 @@ from mcp.server.connection import Connection
 from mcp.server.context import ServerRequestContext
 from mcp.server.streamable_http import StreamableHTTPServerTransport
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
-from starlette.types import Scope
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 __all__ = [
     "SignalFreeServer",
     "TransportStreams",
+    "TrimmedFieldValues",
     "downstream_connection",
     "frame_answers_by_first_event",
     "holding_http_session",
@@ -114,6 +115,24 @@ async def terminate_http_sessions(manager: StreamableHTTPSessionManager) -> None
     instances: dict[str, Any] = getattr(manager, "_server_instances")  # noqa: B009  # private; pinned by a test
     for transport in list(instances.values()):
         await transport.terminate()
+
+
+class TrimmedFieldValues:
+    """ASGI headers with the whitespace around each value removed, as RFC 9110 §5.5 has parsers do: uvicorn's
+    h11 protocol trims it, its httptools protocol keeps what follows a value, and the SDK compares values exactly
+    (`Mcp-Name`)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self._app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        headers: list[tuple[bytes, bytes]] | None = scope.get("headers")
+        if headers and any(value[:1] in _OWS or value[-1:] in _OWS for _, value in headers if value):
+            scope = {**scope, "headers": [(name, value.strip(b" \t")) for name, value in headers]}
+        await self._app(scope, receive, send)
+
+
+_OWS: Final = (b" ", b"\t")
 
 
 class SignalFreeServer(uvicorn.Server):

@@ -31,7 +31,7 @@ import uvicorn
 
 from mcpstore_proxy.app import create_app
 from mcpstore_proxy.clock import SYSTEM_CLOCK, Clock
-from mcpstore_proxy.compat import SignalFreeServer
+from mcpstore_proxy.compat import SignalFreeServer, TrimmedFieldValues
 from mcpstore_proxy.config import ProxySettings
 from mcpstore_proxy.engine import ProxyEngine
 from mcpstore_proxy.errors import ConfigError, ProxyError
@@ -129,7 +129,7 @@ async def _serve_http(engine: ProxyEngine, stop: StopRequests) -> bool:
     face = create_app(engine)
     server = SignalFreeServer(
         uvicorn.Config(
-            face.app,
+            TrimmedFieldValues(face.app),
             host=settings.host,
             port=settings.port,
             log_level=settings.log_level.lower(),

@@ -30,6 +30,7 @@ from mcp.server.streamable_http_manager import StreamableHTTPASGIApp, Streamable
 from mcp.shared._stream_protocols import ReadStream, WriteStream
 from starlette.applications import Starlette
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from mcpstore_proxy import compat
 from mcpstore_proxy.framing import FirstEventResponse
@@ -225,3 +226,31 @@ async def test_holding_a_session_suspends_its_idle_countdown_until_the_last_hold
         idle.cancel()
         with compat.holding_http_session(transport) as expired:
             assert expired is False
+
+
+@pytest.mark.parametrize("trimmed", [False, True])
+async def test_uvicorns_httptools_protocol_keeps_whitespace_after_a_header_value_which_the_wrapper_removes(
+    trimmed: bool,
+) -> None:
+    seen: list[bytes] = []
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            seen.extend(value for name, value in scope["headers"] if name == b"mcp-name")
+            await send({"type": "http.response.start", "status": 204, "headers": []})
+            await send({"type": "http.response.body", "body": b""})
+
+    port = free_port()
+    served = compat.TrimmedFieldValues(app) if trimmed else app
+    config = uvicorn.Config(served, port=port, http="httptools", log_level="warning", lifespan="off")
+    server = compat.SignalFreeServer(config)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(server.serve)
+        await wait_until(lambda: server.started, what="uvicorn to start")
+        async with await anyio.connect_tcp("127.0.0.1", port) as stream:
+            await stream.send(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nMcp-Name:   echo \t\r\nConnection: close\r\n\r\n")
+            while await stream.receive():
+                if seen:
+                    break
+        server.should_exit = True
+    assert seen == ([b"echo"] if trimmed else [b"echo \t"])  # llhttp drops the leading whitespace only
