@@ -176,19 +176,23 @@ class FastLane:
             return None
         return sid, connection, transport
 
+    def _taken(self, scope: Scope, send: Send, session_id: str, connection: Connection) -> tuple[_Answer, Caller, str]:
+        """A request the lane took: its response, its caller, and the principal its metrics name ("" if none)."""
+        self.calls_served += 1
+        caller = Caller(scope, connection, connection.protocol_version)
+        principal = self._server.downstream.principal(caller).name if self._names_principals else ""
+        return _Answer(send, session_id), caller, principal
+
     async def _serve(
         self, scope: Scope, receive: Receive, send: Send, session_id: str, connection: Connection, request: _ToolCall
     ) -> None:
-        self.calls_served += 1
-        answer = _Answer(send, session_id)
-        caller = Caller(scope, connection, connection.protocol_version)
+        answer, caller, principal = self._taken(scope, send, session_id, connection)
         downstream = self._server.downstream
         call = ClientCall(
             stream=_LaneStream(self, answer, connection, session_id),
             connection=downstream.connection_channel(caller),
             progress=_progress_reporter(answer, request.progress_token),
         )
-        principal = downstream.principal(caller).name if self._names_principals else ""
         server = self._server
 
         async def forward() -> dict[str, Any]:
@@ -225,10 +229,7 @@ class FastLane:
         self, scope: Scope, send: Send, session_id: str, connection: Connection, method: str, request_id: RequestId
     ) -> None:
         """Answer a listing from the catalog's wire form, with only the id spliced in."""
-        self.calls_served += 1
-        answer = _Answer(send, session_id)
-        caller = Caller(scope, connection, connection.protocol_version)
-        principal = self._server.downstream.principal(caller).name if self._names_principals else ""
+        answer, caller, principal = self._taken(scope, send, session_id, connection)
         with operation_in_progress(method, principal, self._observer) as operation:
             try:
                 listing = await self._server.listing(caller, method)

@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import Any, Final
 
 import anyio
+import yaml
+from mcp import types
 from mcp.server import Server
 from mcp.shared.memory import MessageStream, create_client_server_memory_streams
 
@@ -159,3 +161,23 @@ class MemoryUpstreams:
             self.live.discard(identity)
             self._scopes.pop(identity, None)
             done.set()
+
+
+def one_tool_upstream(directory: Path, tool: str, result: types.CallToolResult) -> tuple[Path, MemoryUpstreams]:
+    """A config whose one upstream, served in memory, offers the tool `tool` (no prefix), which answers `result`."""
+
+    def server() -> Server[Any]:
+        async def list_tools(ctx: Any, params: Any) -> types.ListToolsResult:
+            return types.ListToolsResult(tools=[types.Tool(name=tool, input_schema={"type": "object"})])
+
+        async def call_tool(ctx: Any, params: types.CallToolRequestParams) -> types.CallToolResult:
+            return result
+
+        return Server(tool, on_list_tools=list_tools, on_call_tool=call_tool)
+
+    script = directory / f"{tool}_server.py"
+    script.write_text("")
+    config = directory / "proxy.yaml"
+    entry = {"command": sys.executable, "args": [str(script)], "prefix": ""}
+    config.write_text(yaml.safe_dump({"mcpServers": {tool: entry}}))
+    return config, MemoryUpstreams(scripts={script: server})

@@ -7,7 +7,6 @@ the framing, the SDK client shows that everything still arrives.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -16,11 +15,10 @@ import anyio
 import httpx2
 import pytest
 from mcp import MCPError, types
-from mcp.server import Server
 
 from mcpstore_proxy.framing import FirstEventResponse
 from tests.inprocess import running_app
-from tests.memory import MemoryUpstreams
+from tests.memory import one_tool_upstream
 from tests.raw_session import EVENT_STREAM, JSON, RawSession, events_of, lane_calls, media_type
 from tests.support import connect, fixture_server, structured, text_of, wait_until, write_config
 
@@ -121,23 +119,10 @@ async def test_an_unknown_method_is_answered_as_a_json_rpc_error_in_json(config:
 TEN_MEGABYTES = "0123456789abcdef" * (10 * 1024 * 1024 // 16)
 
 
-def big_result_server() -> Server[Any]:
-    """An upstream whose one tool, `big`, answers 10 MB of text (a request that large would be refused)."""
-
-    async def list_tools(ctx: Any, params: Any) -> types.ListToolsResult:
-        return types.ListToolsResult(tools=[types.Tool(name="big", input_schema={"type": "object"})])
-
-    async def call_tool(ctx: Any, params: types.CallToolRequestParams) -> types.CallToolResult:
-        return types.CallToolResult(content=[types.TextContent(type="text", text=TEN_MEGABYTES)])
-
-    return Server("big", on_list_tools=list_tools, on_call_tool=call_tool)
-
-
 async def test_a_ten_megabyte_result_arrives_intact_as_json(tmp_path: Path) -> None:
-    script = tmp_path / "big_server.py"
-    script.write_text("")
-    config = write_config(tmp_path, {"big": {"command": sys.executable, "args": [str(script)], "prefix": ""}})
-    upstreams = MemoryUpstreams(scripts={script: big_result_server})
+    # The answer only: a request that large would be refused.
+    big = types.CallToolResult(content=[types.TextContent(type="text", text=TEN_MEGABYTES)])
+    config, upstreams = one_tool_upstream(tmp_path, "big", big)
     async with running_app(config, upstreams=upstreams) as proxy, httpx2.AsyncClient(timeout=60) as http:
         session = RawSession(http, proxy.url)
         await session.open()

@@ -9,7 +9,6 @@ In process (`running_app`, the stateful fixture upstream in memory), with plain 
 from __future__ import annotations
 
 import json
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -19,10 +18,9 @@ import httpx2
 import pytest
 from mcp import Client, types
 from mcp.client.sse import sse_client
-from mcp.server import Server
 
 from tests.inprocess import running_app
-from tests.memory import MemoryUpstreams
+from tests.memory import one_tool_upstream
 from tests.raw_session import EVENT_STREAM, JSON, RawSession, events_of, lane_calls, media_type, tool_call
 from tests.support import fixture_server, wait_until, write_config
 
@@ -206,23 +204,9 @@ async def test_a_cancelled_call_is_cancelled_upstream_and_answered_on_its_stream
         assert still.json()["result"]["structuredContent"] == {"result": "still fine"}
 
 
-def big_number_server() -> Server[Any]:
-    """An upstream whose one tool, `count`, answers a number past 64 bits, which JSON allows."""
-
-    async def list_tools(ctx: Any, params: Any) -> types.ListToolsResult:
-        return types.ListToolsResult(tools=[types.Tool(name="count", input_schema={"type": "object"})])
-
-    async def call_tool(ctx: Any, params: types.CallToolRequestParams) -> types.CallToolResult:
-        return types.CallToolResult(content=[], structured_content={"n": 2**70, "small": 1})
-
-    return Server("big-number", on_list_tools=list_tools, on_call_tool=call_tool)
-
-
 async def test_a_number_past_64_bits_arrives_intact(tmp_path: Path) -> None:
-    script = tmp_path / "big_number_server.py"
-    script.write_text("")
-    config = write_config(tmp_path, {"n": {"command": sys.executable, "args": [str(script)], "prefix": ""}})
-    upstreams = MemoryUpstreams(scripts={script: big_number_server})
+    answer_of_count = types.CallToolResult(content=[], structured_content={"n": 2**70, "small": 1})
+    config, upstreams = one_tool_upstream(tmp_path, "count", answer_of_count)
     async with running_app(config, upstreams=upstreams) as proxy, httpx2.AsyncClient(timeout=30) as http:
         session = RawSession(http, proxy.url)
         await session.open()
