@@ -418,7 +418,7 @@ class _Answer:
         self._session_id = session_id.encode("latin-1")
         self._is_streaming = False
         self._is_done = False
-        self._lock = anyio.Lock()
+        self._lock = anyio.Lock(fast_acquire=True)  # no trip round the event loop when nobody holds it
 
     async def event(self, message: dict[str, Any]) -> bool:
         """Send a message before the answer; False once the answer went."""

@@ -28,6 +28,7 @@ from mcp import ClientSession, MCPError, types
 from pydantic import RootModel
 
 from mcpstore_proxy.__about__ import __version__
+from mcpstore_proxy.compat import spans_only_when_traced
 from mcpstore_proxy.config import UpstreamConfig
 from mcpstore_proxy.errors import (
     UpstreamClosedError,
@@ -194,6 +195,7 @@ class UpstreamSession:
                     logger.exception("upstream '%s': could not handle the end of %s", self.upstream, self.label)
 
     async def _connect_and_serve(self) -> None:
+        spans_only_when_traced()
         with anyio.CancelScope() as start_scope:
             # Only the start is bounded: the deadline is lifted once the handshake is done.
             start_scope.deadline = anyio.current_time() + self._start_timeout_seconds

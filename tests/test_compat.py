@@ -5,6 +5,7 @@ If an upgrade breaks one, it fails here, by name, rather than somewhere deep in 
 
 from __future__ import annotations
 
+import inspect
 import math
 import signal
 import typing
@@ -15,6 +16,8 @@ from typing import Any
 import anyio
 import httpx2
 import mcp.server.streamable_http
+import mcp.shared._otel
+import mcp.shared.jsonrpc_dispatcher
 import pytest
 import sse_starlette
 import uvicorn
@@ -28,6 +31,7 @@ from mcp.server.lowlevel.server import Server
 from mcp.server.streamable_http import StreamableHTTPServerTransport
 from mcp.server.streamable_http_manager import StreamableHTTPASGIApp, StreamableHTTPSessionManager
 from mcp.shared._stream_protocols import ReadStream, WriteStream
+from opentelemetry import trace
 from starlette.applications import Starlette
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
@@ -254,3 +258,22 @@ async def test_uvicorns_httptools_protocol_keeps_whitespace_after_a_header_value
                     break
         server.should_exit = True
     assert seen == ([b"echo"] if trimmed else [b"echo \t"])  # llhttp drops the leading whitespace only
+
+
+async def test_the_sdk_clients_request_spans_are_skipped_until_a_tracer_provider_is_set() -> None:
+    compat.spans_only_when_traced()
+    span_of: Any = getattr(mcp.shared.jsonrpc_dispatcher, "otel_span")  # noqa: B009  # the name the SDK calls
+    inject: Any = getattr(mcp.shared.jsonrpc_dispatcher, "inject_trace_context")  # noqa: B009
+    assert span_of is not mcp.shared._otel.otel_span  # pyright: ignore[reportPrivateUsage]
+    with span_of("MCP send tools/call", kind=trace.SpanKind.CLIENT) as span:
+        assert span is trace.INVALID_SPAN
+        meta: dict[str, Any] = {}
+        inject(meta)
+        assert meta == {}
+    compat.spans_only_when_traced()  # twice is harmless
+
+
+def test_the_sdk_dispatcher_sends_each_request_inside_otel_span_and_injects_its_trace_context() -> None:
+    source = inspect.getsource(mcp.shared.jsonrpc_dispatcher.JSONRPCDispatcher.send_raw_request)
+    assert "with otel_span(" in source
+    assert "inject_trace_context(out_meta)" in source
