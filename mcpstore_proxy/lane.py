@@ -24,36 +24,46 @@ cancelled upstream when its client hangs up or cancels it, and, once cancelled, 
 from __future__ import annotations
 
 import contextlib
-import enum
 import itertools
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Final, TypeGuard, TypeVar, cast
+from typing import Any, Final, TypeVar, cast
 
 import anyio
 import orjson
-import pydantic_core
 from mcp import MCPError, types
 from mcp.server.connection import Connection
 from mcp.server.streamable_http import (
-    MCP_SESSION_ID_HEADER,
     REQUEST_CANCELLED,
     StreamableHTTPServerTransport,
-    check_accept_headers,
 )
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 from mcp.server.transport_security import TransportSecurityMiddleware, TransportSecuritySettings
-from mcp.shared.dispatcher import ProgressFnT
 from mcp.shared.inbound import MCP_PROTOCOL_VERSION_HEADER
 from mcp.types.version import HANDSHAKE_PROTOCOL_VERSIONS
 from pydantic import BaseModel, ValidationError
-from starlette.requests import Request
-from starlette.responses import Response
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from mcpstore_proxy.compat import holding_http_session, http_session
 from mcpstore_proxy.downstream import NOTIFY_SECONDS, Caller
 from mcpstore_proxy.hangup import unless_client_hangs_up
+from mcpstore_proxy.lane_wire import (
+    SESSION_ID,
+    Answer,
+    RequestId,
+    ToolCall,
+    Unread,
+    accepted,
+    error_message,
+    is_acceptable,
+    is_id,
+    progress_reporter,
+    read_body,
+    replaying,
+    to_json,
+    too_large,
+    tool_call,
+)
 from mcpstore_proxy.operations import OperationObserver, operation_in_progress
 from mcpstore_proxy.relay import ClientCall
 from mcpstore_proxy.server import LISTINGS, ProxyServer
@@ -63,17 +73,9 @@ __all__ = ["FastLane"]
 logger = logging.getLogger(__name__)
 
 _ResultT = TypeVar("_ResultT", bound=BaseModel)
-RequestId = int | str
-
-_SESSION_ID: Final = MCP_SESSION_ID_HEADER.lower().encode()
 _PROTOCOL_VERSION: Final = MCP_PROTOCOL_VERSION_HEADER.lower().encode()
 _HANDSHAKE_VERSIONS: Final = frozenset(version.encode() for version in HANDSHAKE_PROTOCOL_VERSIONS)
 _OWN_ID_PREFIX: Final = "mcpstore-"
-_SSE_HEADERS: Final = (
-    (b"content-type", b"text/event-stream"),
-    (b"cache-control", b"no-cache, no-transform"),
-    (b"x-accel-buffering", b"no"),
-)
 
 
 class FastLane:
@@ -109,13 +111,13 @@ class FastLane:
             await self._app(scope, receive, send)
             return
         session_id, connection, transport = session
-        body = await _read_body(receive, self._manager.max_request_body_size)
-        if body is _Unread.TOO_LARGE:
-            await _too_large(scope, receive, send)
+        body = await read_body(receive, self._manager.max_request_body_size)
+        if body is Unread.TOO_LARGE:
+            await too_large(scope, receive, send)
             return
         if not isinstance(body, bytes):
             return  # the client left before it finished sending
-        replay = _replaying(body, receive)
+        replay = replaying(body, receive)
         try:
             message: object = orjson.loads(body)
         except orjson.JSONDecodeError:
@@ -130,21 +132,21 @@ class FastLane:
             return
         if "method" not in message:
             if self._deliver_answer(session_id, message):
-                await _accepted(session_id)(scope, receive, send)
+                await accepted(session_id)(scope, receive, send)
                 return
         elif message["method"] == "notifications/cancelled" and "id" not in message:
             if self._cancel(session_id, message):
-                await _accepted(session_id)(scope, receive, send)
+                await accepted(session_id)(scope, receive, send)
                 return
         elif message["method"] in LISTINGS:
             request_id = message.get("id")
-            if _is_id(request_id) and (message.get("params") is None or isinstance(message.get("params"), dict)):
+            if is_id(request_id) and (message.get("params") is None or isinstance(message.get("params"), dict)):
                 with holding_http_session(transport) as is_open:
                     if is_open:
                         await self._list(scope, send, session_id, connection, message["method"], request_id)
                         return
         elif message["method"] == "tools/call":
-            call = _tool_call(message)
+            call = tool_call(message)
             if call is not None:
                 with holding_http_session(transport) as is_open:
                     if is_open:
@@ -157,7 +159,7 @@ class FastLane:
         session_id = version = None
         declared = 0
         for name, value in scope["headers"]:
-            if name == _SESSION_ID:
+            if name == SESSION_ID:
                 session_id = value
             elif name == _PROTOCOL_VERSION:
                 version = value
@@ -172,26 +174,26 @@ class FastLane:
         if connection is None:
             return None
         transport = http_session(self._manager, sid, scope)
-        if transport is None or not await _is_acceptable(scope, self._security):
+        if transport is None or not await is_acceptable(scope, self._security):
             return None
         return sid, connection, transport
 
-    def _taken(self, scope: Scope, send: Send, session_id: str, connection: Connection) -> tuple[_Answer, Caller, str]:
+    def _taken(self, scope: Scope, send: Send, session_id: str, connection: Connection) -> tuple[Answer, Caller, str]:
         """A request the lane took: its response, its caller, and the principal its metrics name ("" if none)."""
         self.calls_served += 1
         caller = Caller(scope, connection, connection.protocol_version)
         principal = self._server.downstream.principal(caller).name if self._names_principals else ""
-        return _Answer(send, session_id), caller, principal
+        return Answer(send, session_id), caller, principal
 
     async def _serve(
-        self, scope: Scope, receive: Receive, send: Send, session_id: str, connection: Connection, request: _ToolCall
+        self, scope: Scope, receive: Receive, send: Send, session_id: str, connection: Connection, request: ToolCall
     ) -> None:
         answer, caller, principal = self._taken(scope, send, session_id, connection)
         downstream = self._server.downstream
         call = ClientCall(
             stream=_LaneStream(self, answer, connection, session_id),
             connection=downstream.connection_channel(caller),
-            progress=_progress_reporter(answer, request.progress_token),
+            progress=progress_reporter(answer, request.progress_token),
         )
         server = self._server
 
@@ -205,12 +207,12 @@ class FastLane:
                 try:
                     result = await server.forwarded(lambda: unless_client_hangs_up(receive, forward))
                 except MCPError as error:
-                    await answer.finish(_error(request.id, error.error))
+                    await answer.finish(error_message(request.id, error.error))
                     return
                 except Exception:
                     logger.exception("the fast lane failed to forward a tools/call")
                     error = types.ErrorData(code=types.INTERNAL_ERROR, message="internal error in mcpstore-proxy")
-                    await answer.finish(_error(request.id, error))
+                    await answer.finish(error_message(request.id, error))
                     return
                 finally:
                     self._calls.pop((session_id, request.id), None)
@@ -219,7 +221,7 @@ class FastLane:
             if cancelled.cancelled_caught:
                 operation.outcome = "cancelled"
                 error = types.ErrorData(code=REQUEST_CANCELLED, message="Request cancelled")
-                await answer.finish(_error(request.id, error), as_stream=True)
+                await answer.finish(error_message(request.id, error), as_stream=True)
                 return
             if not operation.was_cancelled:
                 operation.outcome = "error" if result.get("isError") is True else "ok"
@@ -234,15 +236,15 @@ class FastLane:
             try:
                 listing = await self._server.listing(caller, method)
             except MCPError as error:
-                await answer.finish(_error(request_id, error.error))
+                await answer.finish(error_message(request_id, error.error))
                 return
             operation.outcome = "ok"
-        await answer.finish_json(b'{"jsonrpc":"2.0","id":' + _dumps(request_id) + b',"result":' + listing + b"}")
+        await answer.finish_json(b'{"jsonrpc":"2.0","id":' + to_json(request_id) + b',"result":' + listing + b"}")
 
     async def ask(
         self,
         session_id: str,
-        answer: _Answer,
+        answer: Answer,
         connection: Connection,
         request: types.ServerRequest,
         result_type: type[_ResultT],
@@ -298,91 +300,7 @@ class FastLane:
         return True
 
 
-@dataclass(frozen=True, slots=True)
-class _ToolCall:
-    id: RequestId
-    name: str
-    arguments: dict[str, Any] | None
-    progress_token: RequestId | None
-
-
-def _tool_call(message: dict[str, Any]) -> _ToolCall | None:
-    """The call a `tools/call` message asks for, when it is well formed; else None (the SDK says what is wrong)."""
-    request_id = message.get("id")
-    params = message.get("params")
-    if not _is_id(request_id) or not isinstance(params, dict):
-        return None
-    params = cast(dict[str, Any], params)
-    name = params.get("name")
-    arguments = params.get("arguments")
-    meta = params.get("_meta")
-    if not isinstance(name, str) or not (arguments is None or isinstance(arguments, dict)):
-        return None
-    token: object = None
-    if meta is not None:
-        if not isinstance(meta, dict):
-            return None
-        token = cast(dict[str, Any], meta).get("progressToken")
-        if token is not None and not _is_id(token):
-            return None
-    return _ToolCall(request_id, name, cast(dict[str, Any] | None, arguments), token)
-
-
-def _is_id(value: object) -> TypeGuard[RequestId]:
-    return isinstance(value, int | str) and not isinstance(value, bool)
-
-
-async def _is_acceptable(scope: Scope, security: TransportSecurityMiddleware) -> bool:
-    """Whether the SDK would take this POST as it is (media types, Host, Origin); else it answers it itself."""
-    request = Request(scope)
-    accepts_json, accepts_events = check_accept_headers(request)
-    content_type = request.headers.get("content-type", "").split(";")[0]
-    if not (accepts_json and accepts_events) or "application/json" not in (t.strip() for t in content_type.split(",")):
-        return False
-    return await security.validate_request(request, is_post=True) is None
-
-
-class _Unread(enum.Enum):
-    TOO_LARGE = "past the size limit (read no further)"
-    GONE = "the client left before it finished sending"
-
-
-async def _read_body(receive: Receive, limit: int) -> bytes | _Unread:
-    """The whole body, unless it is past `limit` bytes or the client leaves first."""
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        message = await receive()
-        if message["type"] != "http.request":
-            return _Unread.GONE
-        chunk: bytes = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            return _Unread.TOO_LARGE
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            return b"".join(chunks)
-
-
-_too_large: Final = Response("Request body too large", status_code=413)
-"""The SDK's own answer to a body past its limit (`RequestBodyLimitMiddleware`)."""
-
-
-def _replaying(body: bytes, receive: Receive) -> Receive:
-    """`receive`, giving the body already read first."""
-    pending: list[Message] = [{"type": "http.request", "body": body, "more_body": False}]
-
-    async def replay() -> Message:
-        return pending.pop() if pending else await receive()
-
-    return replay
-
-
-def _accepted(session_id: str) -> Response:
-    return Response(status_code=202, media_type="application/json", headers={MCP_SESSION_ID_HEADER: session_id})
-
-
-async def _withdraw(request_id: str, answer: _Answer, connection: Connection) -> None:
+async def _withdraw(request_id: str, answer: Answer, connection: Connection) -> None:
     """Tell the client a question is withdrawn: on the call's stream, or, once the call was answered, its
     connection's own stream."""
     params = {"requestId": request_id, "reason": "the upstream withdrew its request"}
@@ -391,101 +309,16 @@ async def _withdraw(request_id: str, answer: _Answer, connection: Connection) ->
             await connection.notify("notifications/cancelled", params)
 
 
-def _error(request_id: RequestId, error: types.ErrorData) -> dict[str, Any]:
-    wire = error.model_dump(by_alias=True, mode="json", exclude_none=True)
-    return {"jsonrpc": "2.0", "id": request_id, "error": wire}
-
-
-def _dumps(message: object) -> bytes:
-    try:
-        return orjson.dumps(message)
-    except orjson.JSONEncodeError:  # an integer past 64 bits, which JSON allows
-        return pydantic_core.to_json(message)
-
-
 @dataclass(eq=False, slots=True)
 class _Asked:
     answered: anyio.Event = field(default_factory=anyio.Event)
     reply: dict[str, Any] = field(default_factory=dict[str, Any])
 
 
-class _Answer:
-    """One call's HTTP response: a JSON body, unless something is sent before the answer, which opens an event
-    stream for it and everything after."""
-
-    def __init__(self, send: Send, session_id: str) -> None:
-        self._send = send
-        self._session_id = session_id.encode("latin-1")
-        self._is_streaming = False
-        self._is_done = False
-        self._lock = anyio.Lock(fast_acquire=True)  # no trip round the event loop when nobody holds it
-
-    async def event(self, message: dict[str, Any]) -> bool:
-        """Send a message before the answer; False once the answer went."""
-        async with self._lock:
-            if self._is_done:
-                return False
-            await self._open_stream()
-            await self._send({"type": "http.response.body", "body": _event(message), "more_body": True})
-            return True
-
-    async def finish(self, message: dict[str, Any], *, as_stream: bool = False) -> None:
-        async with self._lock:
-            if self._is_done:
-                return
-            self._is_done = True
-            if as_stream or self._is_streaming:
-                await self._open_stream()
-                await self._send({"type": "http.response.body", "body": _event(message), "more_body": False})
-                return
-            await self._send_json(_dumps(message))
-
-    async def finish_json(self, body: bytes) -> None:
-        """Answer with a message already in JSON."""
-        async with self._lock:
-            if not self._is_done:
-                self._is_done = True
-                await self._send_json(body)
-
-    async def _send_json(self, body: bytes) -> None:
-        headers = [
-            (b"content-type", b"application/json"),
-            (b"content-length", str(len(body)).encode()),
-            (_SESSION_ID, self._session_id),
-        ]
-        await self._send({"type": "http.response.start", "status": 200, "headers": headers})
-        await self._send({"type": "http.response.body", "body": body, "more_body": False})
-
-    async def _open_stream(self) -> None:
-        if not self._is_streaming:
-            self._is_streaming = True
-            headers = [*_SSE_HEADERS, (_SESSION_ID, self._session_id)]
-            await self._send({"type": "http.response.start", "status": 200, "headers": headers})
-
-
-def _event(message: dict[str, Any]) -> bytes:
-    return b"event: message\r\ndata: " + _dumps(message) + b"\r\n\r\n"
-
-
-def _progress_reporter(answer: _Answer, token: RequestId | None) -> ProgressFnT | None:
-    if token is None:
-        return None
-
-    async def report(progress: float, total: float | None, message: str | None) -> None:
-        params: dict[str, Any] = {"progressToken": token, "progress": progress}
-        if total is not None:
-            params["total"] = total
-        if message is not None:
-            params["message"] = message
-        await answer.event({"jsonrpc": "2.0", "method": "notifications/progress", "params": params})
-
-    return report
-
-
 class _LaneStream:
     """The client behind a call in the lane, reached on that call's own response (a `ClientChannel`)."""
 
-    def __init__(self, lane: FastLane, answer: _Answer, connection: Connection, session_id: str) -> None:
+    def __init__(self, lane: FastLane, answer: Answer, connection: Connection, session_id: str) -> None:
         self._lane = lane
         self._answer = answer
         self._connection = connection

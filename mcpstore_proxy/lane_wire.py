@@ -1,0 +1,215 @@
+"""What the fast lane (see `lane`) reads and writes: the calls it takes, the bodies it reads, and its answers, a
+JSON body unless something precedes the answer, which then opens an event stream."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Any, Final, TypeGuard, cast
+
+import anyio
+import orjson
+import pydantic_core
+from mcp import types
+from mcp.server.streamable_http import MCP_SESSION_ID_HEADER, check_accept_headers
+from mcp.server.transport_security import TransportSecurityMiddleware
+from mcp.shared.dispatcher import ProgressFnT
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import Message, Receive, Scope, Send
+
+__all__ = [
+    "SESSION_ID",
+    "Answer",
+    "RequestId",
+    "ToolCall",
+    "Unread",
+    "accepted",
+    "error_message",
+    "is_acceptable",
+    "is_id",
+    "progress_reporter",
+    "read_body",
+    "replaying",
+    "to_json",
+    "too_large",
+    "tool_call",
+]
+
+RequestId = int | str
+
+SESSION_ID: Final = MCP_SESSION_ID_HEADER.lower().encode()
+_SSE_HEADERS: Final = (
+    (b"content-type", b"text/event-stream"),
+    (b"cache-control", b"no-cache, no-transform"),
+    (b"x-accel-buffering", b"no"),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCall:
+    id: RequestId
+    name: str
+    arguments: dict[str, Any] | None
+    progress_token: RequestId | None
+
+
+def tool_call(message: dict[str, Any]) -> ToolCall | None:
+    """The call a `tools/call` message asks for, when it is well formed; else None (the SDK says what is wrong)."""
+    request_id = message.get("id")
+    params = message.get("params")
+    if not is_id(request_id) or not isinstance(params, dict):
+        return None
+    params = cast(dict[str, Any], params)
+    name = params.get("name")
+    arguments = params.get("arguments")
+    meta = params.get("_meta")
+    if not isinstance(name, str) or not (arguments is None or isinstance(arguments, dict)):
+        return None
+    token: object = None
+    if meta is not None:
+        if not isinstance(meta, dict):
+            return None
+        token = cast(dict[str, Any], meta).get("progressToken")
+        if token is not None and not is_id(token):
+            return None
+    return ToolCall(request_id, name, cast(dict[str, Any] | None, arguments), token)
+
+
+def is_id(value: object) -> TypeGuard[RequestId]:
+    return isinstance(value, int | str) and not isinstance(value, bool)
+
+
+async def is_acceptable(scope: Scope, security: TransportSecurityMiddleware) -> bool:
+    """Whether the SDK would take this POST as it is (media types, Host, Origin); else it answers it itself."""
+    request = Request(scope)
+    accepts_json, accepts_events = check_accept_headers(request)
+    content_type = request.headers.get("content-type", "").split(";")[0]
+    if not (accepts_json and accepts_events) or "application/json" not in (t.strip() for t in content_type.split(",")):
+        return False
+    return await security.validate_request(request, is_post=True) is None
+
+
+class Unread(enum.Enum):
+    TOO_LARGE = "past the size limit (read no further)"
+    GONE = "the client left before it finished sending"
+
+
+async def read_body(receive: Receive, limit: int) -> bytes | Unread:
+    """The whole body, unless it is past `limit` bytes or the client leaves first."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            return Unread.GONE
+        chunk: bytes = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            return Unread.TOO_LARGE
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+too_large: Final = Response("Request body too large", status_code=413)
+"""The SDK's own answer to a body past its limit (`RequestBodyLimitMiddleware`)."""
+
+
+def replaying(body: bytes, receive: Receive) -> Receive:
+    """`receive`, giving the body already read first."""
+    pending: list[Message] = [{"type": "http.request", "body": body, "more_body": False}]
+
+    async def replay() -> Message:
+        return pending.pop() if pending else await receive()
+
+    return replay
+
+
+def accepted(session_id: str) -> Response:
+    return Response(status_code=202, media_type="application/json", headers={MCP_SESSION_ID_HEADER: session_id})
+
+
+def error_message(request_id: RequestId, error: types.ErrorData) -> dict[str, Any]:
+    wire = error.model_dump(by_alias=True, mode="json", exclude_none=True)
+    return {"jsonrpc": "2.0", "id": request_id, "error": wire}
+
+
+def to_json(message: object) -> bytes:
+    try:
+        return orjson.dumps(message)
+    except orjson.JSONEncodeError:  # an integer past 64 bits, which JSON allows
+        return pydantic_core.to_json(message)
+
+
+class Answer:
+    """One call's HTTP response: a JSON body, unless something is sent before the answer, which opens an event
+    stream for it and everything after."""
+
+    def __init__(self, send: Send, session_id: str) -> None:
+        self._send = send
+        self._session_id = session_id.encode("latin-1")
+        self._is_streaming = False
+        self._is_done = False
+        self._lock = anyio.Lock(fast_acquire=True)  # no trip round the event loop when nobody holds it
+
+    async def event(self, message: dict[str, Any]) -> bool:
+        """Send a message before the answer; False once the answer went."""
+        async with self._lock:
+            if self._is_done:
+                return False
+            await self._open_stream()
+            await self._send({"type": "http.response.body", "body": _event(message), "more_body": True})
+            return True
+
+    async def finish(self, message: dict[str, Any], *, as_stream: bool = False) -> None:
+        async with self._lock:
+            if self._is_done:
+                return
+            self._is_done = True
+            if as_stream or self._is_streaming:
+                await self._open_stream()
+                await self._send({"type": "http.response.body", "body": _event(message), "more_body": False})
+                return
+            await self._send_json(to_json(message))
+
+    async def finish_json(self, body: bytes) -> None:
+        """Answer with a message already in JSON."""
+        async with self._lock:
+            if not self._is_done:
+                self._is_done = True
+                await self._send_json(body)
+
+    async def _send_json(self, body: bytes) -> None:
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+            (SESSION_ID, self._session_id),
+        ]
+        await self._send({"type": "http.response.start", "status": 200, "headers": headers})
+        await self._send({"type": "http.response.body", "body": body, "more_body": False})
+
+    async def _open_stream(self) -> None:
+        if not self._is_streaming:
+            self._is_streaming = True
+            headers = [*_SSE_HEADERS, (SESSION_ID, self._session_id)]
+            await self._send({"type": "http.response.start", "status": 200, "headers": headers})
+
+
+def _event(message: dict[str, Any]) -> bytes:
+    return b"event: message\r\ndata: " + to_json(message) + b"\r\n\r\n"
+
+
+def progress_reporter(answer: Answer, token: RequestId | None) -> ProgressFnT | None:
+    if token is None:
+        return None
+
+    async def report(progress: float, total: float | None, message: str | None) -> None:
+        params: dict[str, Any] = {"progressToken": token, "progress": progress}
+        if total is not None:
+            params["total"] = total
+        if message is not None:
+            params["message"] = message
+        await answer.event({"jsonrpc": "2.0", "method": "notifications/progress", "params": params})
+
+    return report
