@@ -64,7 +64,7 @@ from mcpstore_proxy.lane_wire import (
     too_large,
     tool_call,
 )
-from mcpstore_proxy.operations import OperationObserver, operation_in_progress
+from mcpstore_proxy.operations import OperationObserver, is_tool_error, operation_in_progress
 from mcpstore_proxy.relay import ClientCall
 from mcpstore_proxy.server import LISTINGS, ProxyServer
 
@@ -76,6 +76,9 @@ _ResultT = TypeVar("_ResultT", bound=BaseModel)
 _PROTOCOL_VERSION: Final = MCP_PROTOCOL_VERSION_HEADER.lower().encode()
 _HANDSHAKE_VERSIONS: Final = frozenset(version.encode() for version in HANDSHAKE_PROTOCOL_VERSIONS)
 _OWN_ID_PREFIX: Final = "mcpstore-"
+
+_Session = tuple[str, Connection, StreamableHTTPServerTransport]
+"""A session the lane may serve: its id, its connection, and its transport (for the idle hold)."""
 
 
 class FastLane:
@@ -110,51 +113,47 @@ class FastLane:
         if session is None:
             await self._app(scope, receive, send)
             return
-        session_id, connection, transport = session
         body = await read_body(receive, self._manager.max_request_body_size)
         if body is Unread.TOO_LARGE:
             await too_large(scope, receive, send)
             return
         if not isinstance(body, bytes):
             return  # the client left before it finished sending
-        replay = replaying(body, receive)
         try:
             message: object = orjson.loads(body)
         except orjson.JSONDecodeError:
-            await self._app(scope, replay, send)
+            message = None
+        is_message = isinstance(message, dict) and cast(dict[str, Any], message).get("jsonrpc") == "2.0"
+        if is_message and await self._take(scope, receive, send, session, cast(dict[str, Any], message)):
             return
-        if not isinstance(message, dict):
-            await self._app(scope, replay, send)  # a batch, or no message at all
-            return
-        message = cast(dict[str, Any], message)
-        if message.get("jsonrpc") != "2.0":
-            await self._app(scope, replay, send)
-            return
-        if "method" not in message:
-            if self._deliver_answer(session_id, message):
-                await accepted(session_id)(scope, receive, send)
-                return
-        elif message["method"] == "notifications/cancelled" and "id" not in message:
-            if self._cancel(session_id, message):
-                await accepted(session_id)(scope, receive, send)
-                return
-        elif message["method"] in LISTINGS:
-            request_id = message.get("id")
-            if is_id(request_id) and (message.get("params") is None or isinstance(message.get("params"), dict)):
-                with holding_http_session(transport) as is_open:
-                    if is_open:
-                        await self._list(scope, send, session_id, connection, message["method"], request_id)
-                        return
-        elif message["method"] == "tools/call":
-            call = tool_call(message)
-            if call is not None:
-                with holding_http_session(transport) as is_open:
-                    if is_open:
-                        await self._serve(scope, receive, send, session_id, connection, call)
-                        return
-        await self._app(scope, replay, send)
+        await self._app(scope, replaying(body, receive), send)  # unparsable, a batch, or not the lane's
 
-    async def _session_of(self, scope: Scope) -> tuple[str, Connection, StreamableHTTPServerTransport] | None:
+    async def _take(
+        self, scope: Scope, receive: Receive, send: Send, session: _Session, message: dict[str, Any]
+    ) -> bool:
+        """Serve one JSON-RPC message if it is the lane's; False leaves it to the SDK."""
+        session_id, connection, transport = session
+        method = message.get("method")
+        if method is None:
+            return self._deliver_answer(session_id, message) and await _accept(session_id, scope, receive, send)
+        if method == "notifications/cancelled" and "id" not in message:
+            return self._cancel(session_id, message) and await _accept(session_id, scope, receive, send)
+        request_id = message.get("id")
+        params = message.get("params")
+        call = tool_call(message) if method == "tools/call" else None
+        is_listing = method in LISTINGS and is_id(request_id) and (params is None or isinstance(params, dict))
+        if call is None and not is_listing:
+            return False
+        with holding_http_session(transport) as is_open:
+            if not is_open:
+                return False  # its idle period ran out: the SDK answers for a session that is ending
+            if call is not None:
+                await self._serve(scope, receive, send, session_id, connection, call)
+            else:
+                await self._list(scope, send, session_id, connection, method, cast(RequestId, request_id))
+            return True
+
+    async def _session_of(self, scope: Scope) -> _Session | None:
         """The session a POST may be served in by the lane, from its headers alone; else None."""
         session_id = version = None
         declared = 0
@@ -216,15 +215,12 @@ class FastLane:
                     return
                 finally:
                     self._calls.pop((session_id, request.id), None)
-                    if operation.was_cancelled:
-                        operation.outcome = "cancelled"
             if cancelled.cancelled_caught:
                 operation.outcome = "cancelled"
                 error = types.ErrorData(code=REQUEST_CANCELLED, message="Request cancelled")
                 await answer.finish(error_message(request.id, error), as_stream=True)
                 return
-            if not operation.was_cancelled:
-                operation.outcome = "error" if result.get("isError") is True else "ok"
+            operation.outcome = "error" if is_tool_error(result) else "ok"
             await answer.finish({"jsonrpc": "2.0", "id": request.id, "result": result})
 
     async def _list(
@@ -239,7 +235,7 @@ class FastLane:
                 await answer.finish(error_message(request_id, error.error))
                 return
             operation.outcome = "ok"
-        await answer.finish_json(b'{"jsonrpc":"2.0","id":' + to_json(request_id) + b',"result":' + listing + b"}")
+        await answer.finish(b'{"jsonrpc":"2.0","id":' + to_json(request_id) + b',"result":' + listing + b"}")
 
     async def ask(
         self,
@@ -291,13 +287,18 @@ class FastLane:
     def _cancel(self, session_id: str, message: dict[str, Any]) -> bool:
         params = message.get("params")
         request_id = cast(dict[str, Any], params).get("requestId") if isinstance(params, dict) else None
-        if not isinstance(request_id, int | str) or isinstance(request_id, bool):
+        if not is_id(request_id):
             return False
         scope = self._calls.get((session_id, request_id))
         if scope is None:
             return False
         scope.cancel()
         return True
+
+
+async def _accept(session_id: str, scope: Scope, receive: Receive, send: Send) -> bool:
+    await accepted(session_id)(scope, receive, send)
+    return True
 
 
 async def _withdraw(request_id: str, answer: Answer, connection: Connection) -> None:

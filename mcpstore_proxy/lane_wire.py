@@ -159,35 +159,28 @@ class Answer:
             if self._is_done:
                 return False
             await self._open_stream()
-            await self._send({"type": "http.response.body", "body": _event(message), "more_body": True})
+            await self._send({"type": "http.response.body", "body": _framed(to_json(message)), "more_body": True})
             return True
 
-    async def finish(self, message: dict[str, Any], *, as_stream: bool = False) -> None:
+    async def finish(self, message: dict[str, Any] | bytes, *, as_stream: bool = False) -> None:
+        """Send the answer (`message`, or the message already in JSON): on the stream if one is open (or
+        `as_stream`), else as the JSON body."""
+        body = message if isinstance(message, bytes) else to_json(message)
         async with self._lock:
             if self._is_done:
                 return
             self._is_done = True
             if as_stream or self._is_streaming:
                 await self._open_stream()
-                await self._send({"type": "http.response.body", "body": _event(message), "more_body": False})
+                await self._send({"type": "http.response.body", "body": _framed(body), "more_body": False})
                 return
-            await self._send_json(to_json(message))
-
-    async def finish_json(self, body: bytes) -> None:
-        """Answer with a message already in JSON."""
-        async with self._lock:
-            if not self._is_done:
-                self._is_done = True
-                await self._send_json(body)
-
-    async def _send_json(self, body: bytes) -> None:
-        headers = [
-            (b"content-type", b"application/json"),
-            (b"content-length", str(len(body)).encode()),
-            (SESSION_ID, self._session_id),
-        ]
-        await self._send({"type": "http.response.start", "status": 200, "headers": headers})
-        await self._send({"type": "http.response.body", "body": body, "more_body": False})
+            headers = [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (SESSION_ID, self._session_id),
+            ]
+            await self._send({"type": "http.response.start", "status": 200, "headers": headers})
+            await self._send({"type": "http.response.body", "body": body, "more_body": False})
 
     async def _open_stream(self) -> None:
         if not self._is_streaming:
@@ -196,8 +189,9 @@ class Answer:
             await self._send({"type": "http.response.start", "status": 200, "headers": headers})
 
 
-def _event(message: dict[str, Any]) -> bytes:
-    return b"event: message\r\ndata: " + to_json(message) + b"\r\n\r\n"
+def _framed(body: bytes) -> bytes:
+    """A message in JSON as one server-sent event."""
+    return b"event: message\r\ndata: " + body + b"\r\n\r\n"
 
 
 def progress_reporter(answer: Answer, token: RequestId | None) -> ProgressFnT | None:

@@ -93,8 +93,17 @@ class Operation:
     """The upstream the request was forwarded to ("" if none)."""
     was_cancelled: bool = False
     """Its upstream leg was cancelled (the client hung up, or the proxy shut down)."""
-    outcome: Outcome = "error"
-    """How it ended, once it has: an exception leaves it an error."""
+    answered: Outcome = "error"
+    """How its answer says it ended, once it has: an exception leaves it an error (see `outcome`)."""
+
+    @property
+    def outcome(self) -> Outcome:
+        """How it ended: cancelled if its upstream leg was (whatever the client was told then), else as answered."""
+        return "cancelled" if self.was_cancelled else self.answered
+
+    @outcome.setter
+    def outcome(self, value: Outcome) -> None:
+        self.answered = value
 
 
 _CURRENT: ContextVar[Operation | None] = ContextVar("mcpstore_proxy.operation", default=None)
@@ -185,9 +194,6 @@ async def _answer(ctx: Context, call_next: CallNext, operation: Operation) -> Ha
     except anyio.get_cancelled_exc_class():
         operation.outcome = "cancelled"
         raise
-    finally:
-        if operation.was_cancelled:
-            operation.outcome = "cancelled"
 
 
 def is_tool_error(result: HandlerResult) -> bool:

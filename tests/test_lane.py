@@ -177,6 +177,24 @@ async def test_a_question_the_upstream_withdraws_is_withdrawn_from_the_client_be
         assert "timed out" in json.dumps(final)
 
 
+async def test_another_session_can_neither_answer_a_sessions_question_nor_cancel_its_call(config: Path) -> None:
+    async with running_app(config) as proxy, httpx2.AsyncClient(timeout=30) as http:
+        owner, other = RawSession(http, proxy.url), RawSession(http, proxy.url)
+        await owner.open({"sampling": {}})
+        await other.open({"sampling": {}})
+        call = tool_call(5, "state_ask", {"prompt": "whose?"})
+        async with http.stream("POST", proxy.url, json=call, headers=owner.headers) as answer:
+            lines = answer.aiter_lines()
+            question = await next_message(lines)
+            forged = {"role": "assistant", "content": {"type": "text", "text": "forged"}, "model": "m"}
+            await other.post({"jsonrpc": "2.0", "id": question["id"], "result": forged})
+            await other.post({"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": 5}})
+            genuine = {"role": "assistant", "content": {"type": "text", "text": "genuine"}, "model": "m"}
+            assert (await owner.post({"jsonrpc": "2.0", "id": question["id"], "result": genuine})).status_code == 202
+            final = await next_message(lines)
+        assert (final["id"], final["result"]["structuredContent"]) == (5, {"result": "genuine"})
+
+
 async def test_a_cancelled_call_is_cancelled_upstream_and_answered_on_its_stream(config: Path, tmp_path: Path) -> None:
     started, cancelled = tmp_path / "started", tmp_path / "cancelled"
     async with running_app(config) as proxy, httpx2.AsyncClient(timeout=30) as http:
@@ -198,6 +216,8 @@ async def test_a_cancelled_call_is_cancelled_upstream_and_answered_on_its_stream
             assert (await session.post(cancel)).status_code == 202
         await wait_until(cancelled.exists, what="the upstream to see the cancellation")
         [answer] = answers
+        # A stream, not JSON: the client stopped reading when it cancelled, and the SDK's Python client raises on a
+        # JSON body for such a request.
         assert media_type(answer) == EVENT_STREAM
         assert [(event["id"], event["error"]["code"]) for event in events_of(answer)] == [(11, -32800)]
         still = await session.call_tool(12, "state_echo", {"text": "still fine"})
@@ -251,7 +271,7 @@ async def test_a_call_from_a_foreign_host_or_origin_is_refused_as_the_sdk_refuse
         call = tool_call(1, "state_echo", {"text": "x"})
         assert (await session.post(call, Host="evil.example")).status_code == 421
         assert (await session.post(call, Origin="http://evil.example")).status_code == 403
-        assert (await session.post(call, **{"Content-Type": "text/plain"})).status_code in (400, 415)
+        assert (await session.post(call, **{"Content-Type": "text/plain"})).status_code == 400
         assert (await session.post(call, Accept=JSON)).status_code == 406
         assert await lane_calls(proxy, config) == 0
         own_origin = f"http://127.0.0.1:{proxy.port}"
