@@ -11,15 +11,18 @@ from __future__ import annotations
 import math
 from collections.abc import Generator
 from contextlib import contextmanager
-from typing import Any, Final
+from typing import Any, Final, TextIO
 
 import anyio
+import mcp.client.stdio
 import mcp.server.streamable_http
 import mcp.shared._otel
 import mcp.shared.jsonrpc_dispatcher
 import sse_starlette
 import uvicorn
-from mcp.client._transport import TransportStreams
+from anyio.abc import Process
+from mcp.client._transport import ReadStream, TransportStreams, WriteStream
+from mcp.client.stdio import StdioServerParameters, get_default_environment
 from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser, authorization_context
 from mcp.server.connection import Connection
 from mcp.server.context import ServerRequestContext
@@ -29,9 +32,11 @@ from opentelemetry import trace
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 __all__ = [
+    "ReadStream",
     "SignalFreeServer",
     "TransportStreams",
     "TrimmedFieldValues",
+    "WriteStream",
     "downstream_connection",
     "frame_answers_by_first_event",
     "holding_http_session",
@@ -39,6 +44,8 @@ __all__ = [
     "open_http_sessions",
     "set_session_limit",
     "spans_only_when_traced",
+    "spawn_stdio_server",
+    "stop_stdio_server",
     "terminate_http_sessions",
 ]
 
@@ -176,3 +183,26 @@ class SignalFreeServer(uvicorn.Server):
     @contextmanager
     def capture_signals(self) -> Generator[None]:
         yield
+
+
+async def spawn_stdio_server(parameters: StdioServerParameters, errlog: TextIO) -> Process:
+    """Start a stdio server as `stdio_client` does (`_create_platform_compatible_process`): its own process group,
+    the SDK's inherited environment under `parameters.env`, stderr to `errlog`, and pipes for stdin and stdout."""
+    stdio = mcp.client.stdio
+    command = await stdio._get_executable_command(parameters.command)  # pyright: ignore[reportPrivateUsage]
+    process = await stdio._create_platform_compatible_process(  # pyright: ignore[reportPrivateUsage]
+        command=command,
+        args=parameters.args,
+        env=get_default_environment() | (parameters.env or {}),
+        errlog=errlog,
+        cwd=parameters.cwd,
+    )
+    if not isinstance(process, Process):
+        raise RuntimeError("this mcp SDK no longer spawns stdio servers as anyio processes")
+    return process
+
+
+async def stop_stdio_server(process: Process) -> None:
+    """Stop a stdio server as `stdio_client` does on exit (`_stop_server_process`): close its stdin, give it time
+    to exit, then terminate and kill its process group; its stdout is closed last. Bounded."""
+    await mcp.client.stdio._stop_server_process(process)  # pyright: ignore[reportPrivateUsage]

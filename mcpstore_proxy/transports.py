@@ -6,7 +6,8 @@ hold task groups), which is why only `UpstreamSession`'s owner task calls it.
 It is the default `TransportFactory`; the engine takes another one where
 upstreams live elsewhere (the tests run real `mcp` servers in memory).
 
-A stdio upstream's stderr is read through a pipe of ours into a `StderrTail`,
+A stdio upstream runs on `stdio_pipes` (its pipes read and written by the
+session's own tasks). Its stderr is read through a pipe of ours into a `StderrTail`,
 so a failure can quote the upstream's last words instead of "connection closed".
 What a transport reports back while it is open are `TransportEvents`; that its
 upstream's stream ended, `EndObservingReadStream` tells.
@@ -26,13 +27,14 @@ from typing import Any, Protocol, Self
 import anyio
 import httpx2
 from mcp.client.sse import sse_client
-from mcp.client.stdio import StdioServerParameters, stdio_client
+from mcp.client.stdio import StdioServerParameters
 from mcp.client.streamable_http import streamable_http_client
 from mcp.server.streamable_http import MCP_SESSION_ID_HEADER
 from mcp.shared.message import SessionMessage
 
 from mcpstore_proxy.compat import TransportStreams
 from mcpstore_proxy.config import UpstreamConfig
+from mcpstore_proxy.stdio_pipes import stdio_pipes
 
 __all__ = [
     "EndObservingReadStream",
@@ -198,7 +200,7 @@ async def _open_stdio(config: UpstreamConfig, stderr: StderrTail) -> AsyncGenera
     async with anyio.create_task_group() as tg:
         tg.start_soon(drain)
         try:
-            async with stdio_client(parameters, errlog=errlog) as streams:
+            async with stdio_pipes(parameters, errlog) as streams:
                 errlog.close()  # the child holds its own copy; ours would keep the pipe open forever
                 yield streams
         finally:

@@ -25,11 +25,13 @@ from typing import Any, Final, Literal, TypeVar
 
 import anyio
 from mcp import ClientSession, MCPError, types
+from opentelemetry import trace
 from pydantic import RootModel
 
 from mcpstore_proxy.__about__ import __version__
 from mcpstore_proxy.compat import spans_only_when_traced
 from mcpstore_proxy.config import UpstreamConfig
+from mcpstore_proxy.direct_requests import DirectRequests
 from mcpstore_proxy.errors import (
     UpstreamClosedError,
     UpstreamError,
@@ -88,6 +90,10 @@ async def _paginate(
             return items
 
 
+def _in_a_trace() -> bool:
+    return trace.get_current_span().get_span_context().is_valid
+
+
 def _describe(request: types.ClientRequest) -> str:
     name = getattr(request.params, "name", None) or getattr(request.params, "uri", None)
     return f"{request.method} {name!r}" if name else request.method
@@ -142,6 +148,8 @@ class UpstreamSession:
         """Whether a failed start tells clients only that it could not connect (the rest goes to `detail`)."""
         self._close_reason = "it was closed"
         self._client: ClientSession | None = None
+        self._direct: DirectRequests | None = None
+        """Sends what needs no progress callback, on a stdio upstream (see `direct_requests`)."""
         self._ready = anyio.Event()
         self._stop = anyio.Event()
         self._ended = anyio.Event()
@@ -179,6 +187,9 @@ class UpstreamSession:
             self._fail(self._start_failure(error))
         finally:
             self._client = None
+            if self._direct is not None:
+                self._direct.close()
+                self._direct = None
             if self.end_reason is None:
                 self.end_reason = EndReason.LOST if self._ready.is_set() else EndReason.FAILED
             if self.failure is None and self.end_reason is not EndReason.CLOSED:
@@ -205,8 +216,10 @@ class UpstreamSession:
             events = TransportEvents(self.stderr, self._mark_http_session_expired)
             async with self._transports(self.upstream, self.config, events) as (read_stream, write_stream):
                 observed = EndObservingReadStream(read_stream, self._stop.set)
+                # Only over stdio: an HTTP upstream's transport needs the per-request headers the SDK adds.
+                direct = DirectRequests(write_stream) if self.config.resolved_transport == "stdio" else None
                 async with ClientSession(
-                    observed,
+                    direct.answers_taken_from(observed) if direct is not None else observed,
                     write_stream,
                     message_handler=self.relay.on_message,
                     sampling_callback=self.relay.sampling if "sampling" in self.declared else None,
@@ -223,6 +236,7 @@ class UpstreamSession:
                     self.server_capabilities = client.server_capabilities
                     start_scope.deadline = math.inf
                     self._client = client
+                    self._direct = direct
                     self._ready.set()
                     await self._stop.wait()
                     if self.end_reason is None and observed.has_ended:
@@ -265,12 +279,16 @@ class UpstreamSession:
                 anyio.fail_after(self.config.call_timeout_seconds),
             ):
                 async with self.relay.serving(call):
-                    result = await client.send_request(
-                        request, _RawResult, progress_callback=self.relay.progress_for(call)
-                    )
-                if result.root.get("isError") is True:
+                    progress = self.relay.progress_for(call)
+                    # A traced call goes through the SDK's client, which opens its span and passes the trace on.
+                    if self._direct is not None and progress is None and not _in_a_trace():
+                        data = request.model_dump(by_alias=True, mode="json", exclude_none=True)
+                        result = await self._direct.request(data["method"], data.get("params"))
+                    else:
+                        result = (await client.send_request(request, _RawResult, progress_callback=progress)).root
+                if result.get("isError") is True:
                     outcome[0] = "error"
-            return result.root
+            return result
         except TimeoutError:
             logger.warning(
                 "upstream '%s' did not answer %s for %s within %g s; cancelled it upstream",

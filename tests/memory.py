@@ -27,10 +27,13 @@ from mcp.server import Server
 from mcp.shared.memory import MessageStream, create_client_server_memory_streams
 
 from mcpstore_proxy.config import UpstreamConfig
-from mcpstore_proxy.transports import TransportEvents, TransportStreams, open_transport
+from mcpstore_proxy.relay import SessionRelay
+from mcpstore_proxy.transports import TransportEvents, TransportFactory, TransportStreams, open_transport
+from mcpstore_proxy.upstream import ClientCapability, UpstreamSession
 from tests.fixtures.stateful_server import build, parse
+from tests.support import fixture_server
 
-__all__ = ["FIRST_IDENTITY", "MemoryUpstreams"]
+__all__ = ["FIRST_IDENTITY", "MemoryUpstreams", "fixture_session"]
 
 STATEFUL_SERVER: Final = Path(__file__).parent / "fixtures" / "stateful_server.py"
 FIRST_IDENTITY: Final = 10**9
@@ -181,3 +184,31 @@ def one_tool_upstream(directory: Path, tool: str, result: types.CallToolResult) 
     entry = {"command": sys.executable, "args": [str(script)], "prefix": ""}
     config.write_text(yaml.safe_dump({"mcpServers": {tool: entry}}))
     return config, MemoryUpstreams(scripts={script: server})
+
+
+@asynccontextmanager
+async def fixture_session(
+    relay: SessionRelay,
+    declared: frozenset[ClientCapability] = frozenset(),
+    through: Callable[[TransportFactory], TransportFactory] = lambda transports: transports,
+) -> AsyncGenerator[UpstreamSession]:
+    """A real `UpstreamSession` with the fixture server (in memory) whose messages go through `relay`; its
+    transport, `through` whatever wraps it (to watch what is written)."""
+    upstreams = MemoryUpstreams()
+    session = UpstreamSession(
+        "up",
+        UpstreamConfig.model_validate(fixture_server("up")),
+        start_timeout_seconds=10,
+        relay=relay,
+        declared=declared,
+        transports=through(upstreams),
+    )
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(session.run)
+        try:
+            with anyio.fail_after(10):
+                await session.client()
+                yield session
+        finally:
+            await session.aclose()
+    assert not upstreams.live

@@ -8,20 +8,14 @@ The downstream clients are `Recorder`s (tests/recorders.py), which write what re
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator
-from contextlib import asynccontextmanager
-
 import anyio
 import anyio.lowlevel
 import pytest
 from mcp import MCPError, types
 
-from mcpstore_proxy.config import UpstreamConfig
 from mcpstore_proxy.relay import ClientCall, SessionRelay
-from mcpstore_proxy.upstream import ClientCapability, UpstreamSession
-from tests.memory import MemoryUpstreams
+from tests.memory import fixture_session
 from tests.recorders import Journal, Recorder, log
-from tests.support import fixture_server
 
 pytestmark = pytest.mark.anyio
 
@@ -143,31 +137,6 @@ async def test_a_result_with_no_forward_pending_is_not_held_back() -> None:
 
 
 # Behind a real upstream session.
-
-
-@asynccontextmanager
-async def fixture_session(
-    relay: SessionRelay, declared: frozenset[ClientCapability] = frozenset()
-) -> AsyncGenerator[UpstreamSession]:
-    """A real `UpstreamSession` with the fixture server (in memory) whose messages go through `relay`."""
-    upstreams = MemoryUpstreams()
-    session = UpstreamSession(
-        "up",
-        UpstreamConfig.model_validate(fixture_server("up")),
-        start_timeout_seconds=10,
-        relay=relay,
-        declared=declared,
-        transports=upstreams,
-    )
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(session.run)
-        try:
-            with anyio.fail_after(10):
-                await session.client()
-                yield session
-        finally:
-            await session.aclose()
-    assert not upstreams.live
 
 
 async def test_a_real_upstreams_log_entries_and_progress_reach_the_caller_before_its_result() -> None:

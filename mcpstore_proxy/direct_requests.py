@@ -1,0 +1,169 @@
+"""Requests the proxy sends to an upstream itself, on the streams its SDK `ClientSession` runs on.
+
+A forwarded call needs none of what the SDK's client adds to a request: a
+typed result validated against the protocol, a span, a clock, a memory stream
+per request. `DirectRequests` writes the request to the session's write stream
+under an id of its own (from a range the SDK's counter never reaches) and takes
+the answer off the read stream before the `ClientSession` sees it, so the
+result reaches the caller exactly as the upstream sent it. Everything else
+on the stream (log entries, sampling, list changes, answers to the SDK's own
+requests) still goes to the `ClientSession`, in order.
+
+Abandoning a request (cancelled, or past its deadline) tells the upstream with
+`notifications/cancelled`, as the SDK does. When the session ends, every
+request still waiting fails with the SDK's `CONNECTION_CLOSED` error.
+"""
+
+from __future__ import annotations
+
+import itertools
+from contextlib import suppress
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any, Final, Self
+
+import anyio
+from mcp import MCPError, types
+from mcp.shared.message import SessionMessage
+
+from mcpstore_proxy.compat import ReadStream, WriteStream
+
+__all__ = ["DirectRequests"]
+
+_FIRST_ID: Final = 1 << 40
+"""Far above any id the SDK's counter (from 1, one per request) will reach; still exact in JavaScript."""
+_CANCEL_WRITE_SECONDS: Final = 1.0
+
+
+@dataclass(eq=False, slots=True)
+class _Waiting:
+    answered: anyio.Event = field(default_factory=anyio.Event)
+    answer: types.JSONRPCResponse | types.JSONRPCError | None = None
+
+
+class DirectRequests:
+    """Sends requests on a session's write stream and takes their answers off its read stream."""
+
+    def __init__(self, write_stream: WriteStream[SessionMessage]) -> None:
+        self._write_stream = write_stream
+        self._ids = itertools.count(_FIRST_ID)
+        self._waiting: dict[int, _Waiting] = {}
+        self._is_closed = False
+
+    def answers_taken_from(self, read_stream: ReadStream[SessionMessage | Exception]) -> _AnswerTakingStream:
+        """`read_stream` without the answers to these requests: give this one to the `ClientSession`."""
+        return _AnswerTakingStream(read_stream, self)
+
+    async def request(self, method: str, params: dict[str, Any] | None) -> dict[str, Any]:
+        """Send one request and return its result as the upstream sent it.
+
+        Raises:
+            MCPError: the upstream's error answer, or `CONNECTION_CLOSED` when the session ended first.
+        """
+        if self._is_closed:
+            raise _closed()
+        request_id = next(self._ids)
+        waiting = self._waiting[request_id] = _Waiting()
+        message = (
+            types.JSONRPCRequest(jsonrpc="2.0", id=request_id, method=method, params=params)
+            if params is not None  # an explicit None would be written as "params": null, which JSON-RPC forbids
+            else types.JSONRPCRequest(jsonrpc="2.0", id=request_id, method=method)
+        )
+        try:
+            try:
+                await self._write_stream.send(SessionMessage(message))
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                raise _closed() from None
+            try:
+                await waiting.answered.wait()
+            except anyio.get_cancelled_exc_class():
+                with anyio.move_on_after(_CANCEL_WRITE_SECONDS, shield=True):
+                    await self._cancel_upstream(request_id)
+                raise
+        finally:
+            self._waiting.pop(request_id, None)
+        answer = waiting.answer
+        if isinstance(answer, types.JSONRPCResponse):
+            return answer.result
+        if answer is None:
+            raise _closed()
+        raise MCPError(code=answer.error.code, message=answer.error.message, data=answer.error.data)
+
+    def close(self) -> None:
+        """The session ended: fail every request still waiting, and any sent later."""
+        self._is_closed = True
+        for waiting in self._waiting.values():
+            waiting.answered.set()
+        self._waiting.clear()
+
+    def take(self, item: SessionMessage | Exception) -> bool:
+        """Whether `item` answers one of these requests (and was handed to it)."""
+        if isinstance(item, Exception):
+            return False
+        message = item.message
+        if not isinstance(message, types.JSONRPCResponse | types.JSONRPCError) or type(message.id) is not int:
+            return False
+        waiting = self._waiting.pop(message.id, None)
+        if waiting is None:
+            return message.id >= _FIRST_ID  # a late answer to one we gave up: nobody else is waiting for it
+        waiting.answer = message
+        waiting.answered.set()
+        return True
+
+    async def _cancel_upstream(self, request_id: int) -> None:
+        notice = types.JSONRPCNotification(
+            jsonrpc="2.0",
+            method="notifications/cancelled",
+            params={"requestId": request_id, "reason": "the client's call was abandoned"},
+        )
+        with suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):  # if gone, its work went with it
+            await self._write_stream.send(SessionMessage(notice))
+
+
+def _closed() -> MCPError:
+    return MCPError(code=types.CONNECTION_CLOSED, message="Connection closed")
+
+
+class _AnswerTakingStream:
+    """A session's read stream that hands answers to `DirectRequests` and everything else on, in order; when
+    the stream ends, requests still waiting fail."""
+
+    def __init__(self, inner: ReadStream[SessionMessage | Exception], requests: DirectRequests) -> None:
+        self._inner = inner
+        self._requests = requests
+
+    @property
+    def last_context(self) -> Any:
+        return getattr(self._inner, "last_context", None)
+
+    async def receive(self) -> SessionMessage | Exception:
+        try:
+            while True:
+                item = await self._inner.receive()
+                if not self._requests.take(item):
+                    return item
+        except (anyio.EndOfStream, anyio.ClosedResourceError, anyio.BrokenResourceError):
+            self._requests.close()
+            raise
+
+    def __aiter__(self) -> Self:
+        return self
+
+    async def __anext__(self) -> SessionMessage | Exception:
+        try:
+            return await self.receive()
+        except anyio.EndOfStream:
+            raise StopAsyncIteration from None
+
+    async def aclose(self) -> None:
+        self._requests.close()
+        await self._inner.aclose()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc_val: BaseException | None, exc_tb: TracebackType | None
+    ) -> bool | None:
+        await self.aclose()
+        return None

@@ -1,0 +1,152 @@
+"""A stdio upstream's pipes as the session's read and write streams, with no task between them.
+
+The SDK's `stdio_client` runs a reader and a writer task that pass each message
+through a memory stream: two task switches per message, four per forwarded
+call. Here the session's receive loop reads the upstream's stdout itself, one
+line per message, and a sender writes each message to its stdin at once. The
+process is still spawned and stopped by the SDK's own code (a process group of
+its own; close stdin, wait, then kill the tree), reached through `compat`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import AsyncGenerator
+from contextlib import asynccontextmanager, suppress
+from types import TracebackType
+from typing import Self, TextIO
+
+import anyio
+from anyio.abc import ByteReceiveStream, ByteSendStream
+from mcp import types
+from mcp.client.stdio import StdioServerParameters
+from mcp.shared.message import SessionMessage
+
+from mcpstore_proxy.compat import TransportStreams, spawn_stdio_server, stop_stdio_server
+
+__all__ = ["StdinMessages", "StdoutMessages", "stdio_pipes"]
+
+logger = logging.getLogger(__name__)
+
+
+class StdoutMessages:
+    """The messages an upstream writes to stdout, one JSON-RPC message per line, parsed as they are taken."""
+
+    def __init__(self, stdout: ByteReceiveStream) -> None:
+        self._stdout = stdout
+        self._lines: deque[bytes] = deque()
+        self._partial = bytearray()
+        self._is_closed = False
+
+    async def receive(self) -> SessionMessage | Exception:
+        """The next message, or the error that parsing a line raised (the session reports it and goes on).
+
+        Raises:
+            anyio.EndOfStream: the upstream closed its stdout (it exited).
+            anyio.ClosedResourceError: the session closed this stream.
+        """
+        while not self._lines:
+            if self._is_closed:
+                raise anyio.ClosedResourceError
+            self._take(await self._stdout.receive())
+        line = self._lines.popleft()
+        try:
+            return SessionMessage(types.jsonrpc_message_adapter.validate_json(line, by_name=False))
+        except ValueError as error:
+            logger.warning("upstream wrote a line that is not a JSON-RPC message: %s", error)
+            return error
+
+    def _take(self, chunk: bytes) -> None:
+        end = chunk.find(b"\n")
+        if end < 0:
+            self._partial += chunk  # a long message arrives in many chunks: no copy of what came before
+            return
+        first = chunk[:end]
+        if self._partial:
+            first = bytes(self._partial) + first
+            self._partial.clear()
+        lines = chunk[end + 1 :].split(b"\n")
+        self._partial += lines.pop()
+        self._lines.extend(line for line in (first, *lines) if line.strip())
+
+    def __aiter__(self) -> Self:
+        return self
+
+    async def __anext__(self) -> SessionMessage | Exception:
+        try:
+            return await self.receive()
+        except anyio.EndOfStream:
+            raise StopAsyncIteration from None
+
+    async def aclose(self) -> None:
+        self._is_closed = True
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc_val: BaseException | None, exc_tb: TracebackType | None
+    ) -> bool | None:
+        await self.aclose()
+        return None
+
+
+class StdinMessages:
+    """Writes each message to an upstream's stdin as one line, in the sending task; one message at a time."""
+
+    def __init__(self, stdin: ByteSendStream) -> None:
+        self._stdin = stdin
+        self._lock = anyio.Lock(fast_acquire=True)
+        self._is_closed = False
+
+    async def send(self, item: SessionMessage, /) -> None:
+        """Raises anyio.ClosedResourceError once closed, anyio.BrokenResourceError once the upstream is gone."""
+        if self._is_closed:
+            raise anyio.ClosedResourceError
+        data = item.message.model_dump_json(by_alias=True, exclude_unset=True).encode() + b"\n"
+        async with self._lock:
+            try:
+                await self._stdin.send(data)
+            except (anyio.ClosedResourceError, anyio.BrokenResourceError, OSError) as error:
+                raise anyio.BrokenResourceError from error
+
+    async def aclose(self) -> None:
+        self._is_closed = True
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc_val: BaseException | None, exc_tb: TracebackType | None
+    ) -> bool | None:
+        await self.aclose()
+        return None
+
+
+@asynccontextmanager
+async def stdio_pipes(parameters: StdioServerParameters, errlog: TextIO) -> AsyncGenerator[TransportStreams]:
+    """Start the upstream process and yield its pipes as streams; leaving stops it (bounded, even when cancelled).
+
+    Raises:
+        OSError: the command could not be started.
+    """
+    process = await spawn_stdio_server(parameters, errlog)
+    stdout, stdin = process.stdout, process.stdin
+    assert stdout is not None  # spawned with pipes
+    assert stdin is not None
+    try:
+        yield StdoutMessages(stdout), StdinMessages(stdin)
+    finally:
+        with anyio.CancelScope(shield=True):
+            async with anyio.create_task_group() as tg:
+
+                async def discard_stdout() -> None:
+                    # An upstream blocked writing to a full stdout pipe never reads its stdin's end.
+                    with suppress(anyio.EndOfStream, anyio.ClosedResourceError, anyio.BrokenResourceError, OSError):
+                        while True:
+                            await stdout.receive()
+
+                tg.start_soon(discard_stdout)
+                await stop_stdio_server(process)
+                tg.cancel_scope.cancel()

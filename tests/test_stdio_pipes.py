@@ -1,0 +1,98 @@
+"""A stdio upstream's pipes as the session's streams (`stdio_pipes`), with real child processes."""
+
+from __future__ import annotations
+
+import os
+import sys
+import textwrap
+from collections.abc import AsyncGenerator
+from contextlib import asynccontextmanager
+
+import anyio
+import pytest
+from mcp import StdioServerParameters, types
+from mcp.shared.message import SessionMessage
+
+from mcpstore_proxy.compat import TransportStreams
+from mcpstore_proxy.stdio_pipes import stdio_pipes
+from tests.support import is_alive
+
+pytestmark = pytest.mark.anyio
+
+
+@asynccontextmanager
+async def _child(script: str) -> AsyncGenerator[TransportStreams]:
+    parameters = StdioServerParameters(command=sys.executable, args=["-c", textwrap.dedent(script)])
+    with open(os.devnull, "w") as errlog:  # noqa: ASYNC230  # /dev/null never blocks
+        async with stdio_pipes(parameters, errlog) as streams:
+            yield streams
+
+
+def _message(item: SessionMessage | Exception) -> types.JSONRPCMessage:
+    assert isinstance(item, SessionMessage), item
+    return item.message
+
+
+async def test_the_upstreams_stdout_is_read_one_message_per_line_in_order_however_long_a_line_is() -> None:
+    script = """
+        import json, sys
+        out = sys.stdout.buffer
+        def write(message):
+            out.write(json.dumps(message).encode() + b"\\n")
+        write({"jsonrpc": "2.0", "method": "notifications/message", "params": {"level": "info", "data": "first"}})
+        write({"jsonrpc": "2.0", "id": 1, "result": {"content": [{"type": "text", "text": "x" * 10_000_000}]}})
+        out.write(b"not json\\n\\n")
+        write({"jsonrpc": "2.0", "id": 2, "result": {}})
+    """
+    async with _child(script) as (read_stream, _):
+        first, large, bad, last = [await read_stream.receive() for _ in range(4)]
+        with pytest.raises(anyio.EndOfStream):
+            await read_stream.receive()
+    assert isinstance(_message(first), types.JSONRPCNotification)
+    large_message = _message(large)
+    assert isinstance(large_message, types.JSONRPCResponse)
+    assert large_message.result["content"][0]["text"] == "x" * 10_000_000
+    assert isinstance(bad, ValueError)  # reported to the session, which goes on
+    assert _message(last) == types.JSONRPCResponse(jsonrpc="2.0", id=2, result={})
+
+
+async def test_a_message_sent_is_one_line_on_the_upstreams_stdin() -> None:
+    script = """
+        import sys
+        for line in sys.stdin:
+            sys.stdout.write(line)
+            sys.stdout.flush()
+    """
+    request = types.JSONRPCRequest(jsonrpc="2.0", id=7, method="tools/call", params={"name": "echo"})
+    async with _child(script) as (read_stream, write_stream):
+        await write_stream.send(SessionMessage(request))
+        await write_stream.send(SessionMessage(request.model_copy(update={"id": 8})))
+        echoed = [_message(await read_stream.receive()) for _ in range(2)]
+    assert echoed == [request, request.model_copy(update={"id": 8})]
+
+
+async def test_sending_to_an_upstream_that_has_exited_fails_as_a_broken_stream() -> None:
+    async with _child("pass") as (read_stream, write_stream):
+        with pytest.raises(anyio.EndOfStream):
+            await read_stream.receive()
+        with pytest.raises(anyio.BrokenResourceError):
+            await write_stream.send(SessionMessage(types.JSONRPCNotification(jsonrpc="2.0", method="ping")))
+
+
+async def test_leaving_stops_an_upstream_that_ignores_its_stdin_closing_and_the_children_it_started() -> None:
+    script = """
+        import json, os, signal, subprocess, sys, time
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+        params = {"pid": os.getpid(), "child": child.pid}
+        sys.stdout.write(json.dumps({"jsonrpc": "2.0", "method": "pids", "params": params}) + "\\n")
+        sys.stdout.flush()
+        while True:
+            time.sleep(1)
+    """
+    async with _child(script) as (read_stream, _):
+        announced = _message(await read_stream.receive())
+    assert isinstance(announced, types.JSONRPCNotification)
+    assert announced.params is not None
+    assert not is_alive(announced.params["pid"])
+    assert not is_alive(announced.params["child"])
