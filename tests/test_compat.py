@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import inspect
 import math
+import os
 import signal
+import sys
 import typing
 from collections.abc import AsyncGenerator
 from contextlib import asynccontextmanager
@@ -15,13 +17,14 @@ from typing import Any
 
 import anyio
 import httpx2
+import mcp.client.stdio
 import mcp.server.streamable_http
 import mcp.shared._otel
 import mcp.shared.jsonrpc_dispatcher
 import pytest
 import sse_starlette
 import uvicorn
-from mcp import Client, types
+from mcp import Client, StdioServerParameters, types
 from mcp.client.streamable_http import streamable_http_client
 from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
 from mcp.server.auth.provider import AccessToken
@@ -277,3 +280,24 @@ def test_the_sdk_dispatcher_sends_each_request_inside_otel_span_and_injects_its_
     source = inspect.getsource(mcp.shared.jsonrpc_dispatcher.JSONRPCDispatcher.send_raw_request)
     assert "with otel_span(" in source
     assert "inject_trace_context(out_meta)" in source
+
+
+async def test_a_stdio_server_is_spawned_as_stdio_client_spawns_it_leading_a_process_group_of_its_own() -> None:
+    script = "import os, sys; sys.stdout.write(f'{os.getpgid(0)} {os.getpid()} {os.environ.get(\"EXTRA\")}\\n')"
+    parameters = StdioServerParameters(command=sys.executable, args=["-c", script], env={"EXTRA": "kept"})
+    with open(os.devnull, "w") as errlog:  # noqa: ASYNC230  # /dev/null never blocks
+        process = await compat.spawn_stdio_server(parameters, errlog)
+    try:
+        assert process.stdout is not None
+        group, pid, extra = (await process.stdout.receive()).decode().split()
+    finally:
+        await compat.stop_stdio_server(process)
+    assert group == pid == str(process.pid)
+    assert extra == "kept"
+    assert process.returncode is not None
+
+
+def test_stdio_client_stops_its_server_with_the_helper_the_proxy_calls() -> None:
+    source = inspect.getsource(mcp.client.stdio.stdio_client)
+    assert "await _stop_server_process(process)" in source
+    assert "_create_platform_compatible_process(" in source
