@@ -50,6 +50,7 @@ from mcpstore_proxy.compat import (
 )
 from mcpstore_proxy.config import ProxySettings
 from mcpstore_proxy.control import Control
+from mcpstore_proxy.direct_route import DirectRoute
 from mcpstore_proxy.drain import Drain
 from mcpstore_proxy.engine import ProxyEngine
 from mcpstore_proxy.errors import ConnectionLimitError, ProxyError, ShuttingDownError
@@ -88,7 +89,7 @@ def security_settings(settings: ProxySettings) -> TransportSecuritySettings:
 class HttpFace:
     """The app and the parts of it that shutdown needs to reach."""
 
-    app: Starlette
+    app: ASGIApp
     drain: Drain
     manager: StreamableHTTPSessionManager
     legacy: _LegacySseStream
@@ -163,7 +164,7 @@ def create_app(engine: ProxyEngine) -> HttpFace:
     control = Control(engine, policy=ServicePolicy.for_api(settings))
     app = Starlette(
         routes=[
-            Route("/mcp", endpoint=mcp),
+            Route("/mcp", endpoint=mcp),  # what `DirectRoute` reaches first
             Route("/agents/{agent}/mcp", endpoint=mcp),
             Route("/sse", endpoint=gate.guard(door.guard(legacy)), methods=["GET"]),
             Mount("/messages/", app=gate.guard(legacy.transport.handle_post_message)),
@@ -178,7 +179,7 @@ def create_app(engine: ProxyEngine) -> HttpFace:
         ],
         lifespan=lifespan,
     )
-    return HttpFace(app, server.drain, manager, legacy, door, lane)
+    return HttpFace(DirectRoute(app, "/mcp", mcp), server.drain, manager, legacy, door, lane)
 
 
 class _Probes:

@@ -94,9 +94,9 @@ def _in_a_trace() -> bool:
     return trace.get_current_span().get_span_context().is_valid
 
 
-def _describe(request: types.ClientRequest) -> str:
-    name = getattr(request.params, "name", None) or getattr(request.params, "uri", None)
-    return f"{request.method} {name!r}" if name else request.method
+def _describe(method: str, params: Mapping[str, Any] | None) -> str:
+    name = (params.get("name") or params.get("uri")) if params else None
+    return f"{method} {name!r}" if name else method
 
 
 class EndReason(enum.Enum):
@@ -269,31 +269,53 @@ class UpstreamSession:
 
         While it is in flight, what the upstream starts (log entries, progress, sampling, ...) goes to `call`.
         """
+        data = request.model_dump(by_alias=True, mode="json", exclude_none=True)
+        return await self._send(data["method"], data.get("params"), call, lambda: request)
+
+    async def call_tool(
+        self, name: str, arguments: Mapping[str, Any] | None, call: ClientCall | None = None
+    ) -> dict[str, Any]:
+        forwarded = dict(arguments or {})
+
+        def typed() -> types.ClientRequest:
+            return types.CallToolRequest(params=types.CallToolRequestParams(name=name, arguments=forwarded))
+
+        return await self._send("tools/call", {"name": name, "arguments": forwarded}, call, typed)
+
+    async def _send(
+        self,
+        method: str,
+        params: dict[str, Any] | None,
+        call: ClientCall | None,
+        typed: Callable[[], types.ClientRequest],
+    ) -> dict[str, Any]:
+        """`request`, given the request's wire form; `typed()` builds its model when the SDK's client sends it (a
+        call that wants progress reports, or is traced, or an upstream over HTTP)."""
         client = await self.client()
         self.calls_in_flight += 1
         try:
             # Our own deadline, not the SDK's read timeout: an upstream may answer with its own timeout error,
             # and that must reach the client unchanged. Abandoning the request cancels it upstream.
             with (
-                upstream_leg(request.method, self.upstream) as outcome,
+                upstream_leg(method, self.upstream) as outcome,
                 anyio.fail_after(self.config.call_timeout_seconds),
             ):
                 async with self.relay.serving(call):
                     progress = self.relay.progress_for(call)
                     # A traced call goes through the SDK's client, which opens its span and passes the trace on.
                     if self._direct is not None and progress is None and not _in_a_trace():
-                        data = request.model_dump(by_alias=True, mode="json", exclude_none=True)
-                        result = await self._direct.request(data["method"], data.get("params"))
+                        result = await self._direct.request(method, params)
                     else:
-                        result = (await client.send_request(request, _RawResult, progress_callback=progress)).root
+                        result = (await client.send_request(typed(), _RawResult, progress_callback=progress)).root
                 if result.get("isError") is True:
                     outcome[0] = "error"
             return result
         except TimeoutError:
+            what = _describe(method, params)
             logger.warning(
                 "upstream '%s' did not answer %s for %s within %g s; cancelled it upstream",
                 self.upstream,
-                _describe(request),
+                what,
                 self.label or "the catalog",
                 self.config.call_timeout_seconds,
                 extra=log_fields(upstream=self.upstream, duration_seconds=self.config.call_timeout_seconds),
@@ -303,25 +325,19 @@ class UpstreamSession:
                     "timeout",
                     upstream=self.upstream,
                     session=self.label or None,
-                    reason=f"{_describe(request)} took over {self.config.call_timeout_seconds:g} s",
+                    reason=f"{what} took over {self.config.call_timeout_seconds:g} s",
                 )
             raise UpstreamTimeoutError(
                 self.upstream,
-                f"upstream '{self.upstream}' did not answer {_describe(request)} within "
+                f"upstream '{self.upstream}' did not answer {what} within "
                 f"{self.config.call_timeout_seconds:g} s (raise mcpServers.{self.upstream}.call_timeout_seconds "
                 "if it needs longer)",
             ) from None
         except MCPError as error:
-            raise self._translate(error, _describe(request)) from None
+            raise self._translate(error, _describe(method, params)) from None
         finally:
             self.calls_in_flight -= 1
             self.last_used = anyio.current_time()
-
-    async def call_tool(
-        self, name: str, arguments: Mapping[str, Any] | None, call: ClientCall | None = None
-    ) -> dict[str, Any]:
-        request = types.CallToolRequest(params=types.CallToolRequestParams(name=name, arguments=dict(arguments or {})))
-        return await self.request(request, call)
 
     async def notify(self, notification: types.ClientNotification) -> None:
         client = await self.client()
