@@ -17,6 +17,7 @@ for an unknown id.
 from __future__ import annotations
 
 import json
+from functools import lru_cache
 from typing import Any, Final
 
 from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
@@ -33,6 +34,7 @@ from mcpstore_proxy.principals import LOCAL, Principal
 __all__ = ["AGENT_HEADER", "METADATA_PATH", "AuthGate", "agent_of", "principal_of"]
 
 AGENT_HEADER: Final = "x-mcpstore-agent"
+_AGENT_HEADER: Final = AGENT_HEADER.encode()
 METADATA_PATH: Final = "/.well-known/oauth-protected-resource"
 _PRINCIPAL_SCOPE_KEY: Final = "mcpstore_proxy.principal"
 _ISSUER: Final = "mcpstore-proxy"
@@ -57,8 +59,30 @@ def agent_of(scope: Scope) -> str:
     path_agent = scope.get("path_params", {}).get("agent")
     if path_agent:
         return checked_agent(str(path_agent))
-    header = dict(scope["headers"]).get(AGENT_HEADER.encode())
+    header = _header(scope, _AGENT_HEADER)
     return checked_agent(header.decode("latin-1")) if header else STORE_SCOPE
+
+
+def _header(scope: Scope, name: bytes) -> bytes | None:
+    """The first value of header `name` (lower case), as ASGI gives it."""
+    for key, value in scope["headers"]:
+        if key == name:
+            return value
+    return None
+
+
+@lru_cache(maxsize=1024)
+def _user_of(principal: Principal) -> AuthenticatedUser:
+    """The SDK's user for `principal` (it reads the owner of a Streamable HTTP session from it); built once."""
+    return AuthenticatedUser(
+        AccessToken(
+            token="",  # what identifies the session's owner is the principal, not the token (which may rotate)
+            client_id=principal.name,
+            scopes=[],
+            subject=principal.name,
+            claims={"iss": _ISSUER},
+        )
+    )
 
 
 class AuthGate:
@@ -82,21 +106,13 @@ class AuthGate:
             PermissionDeniedError: the principal may not use the agent scope the request asks for.
             InvalidSessionKeyError: the agent id is malformed.
         """
-        authorization = dict(scope["headers"]).get(b"authorization")
+        authorization = _header(scope, b"authorization")
         principal = await self.authenticator.authenticate(authorization.decode("latin-1") if authorization else None)
         agent = agent_of(scope)
         if not principal.may_use_agent(agent):
             raise PermissionDeniedError(f"{principal} may not use agent '{agent}'; ask for it to be granted")
         scope[_PRINCIPAL_SCOPE_KEY] = principal
-        scope["user"] = AuthenticatedUser(
-            AccessToken(
-                token="",  # what identifies the session's owner is the principal, not the token (which may rotate)
-                client_id=principal.name,
-                scopes=[],
-                subject=principal.name,
-                claims={"iss": _ISSUER},
-            )
-        )
+        scope["user"] = _user_of(principal)
         return principal
 
     def refusal(self, error: ProxyError, *, json_rpc: bool = False) -> Response:

@@ -257,6 +257,8 @@ class UpstreamSession:
             UpstreamStoppedError: the session was closed before it could be used (the request was not sent).
             UpstreamError: the upstream failed to start, or is gone.
         """
+        if self._client is not None:
+            return self._client  # ready: waiting on the set event would still cost a trip through the loop
         await self._ready.wait()
         if self._client is not None:
             return self._client
