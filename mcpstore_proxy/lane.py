@@ -49,13 +49,13 @@ from mcpstore_proxy.downstream import NOTIFY_SECONDS, Caller
 from mcpstore_proxy.hangup import cancelling_on_hang_up
 from mcpstore_proxy.lane_wire import (
     SESSION_ID,
+    Acceptance,
     Answer,
     RequestId,
     ToolCall,
     Unread,
     accepted,
     error_message,
-    is_acceptable,
     is_id,
     progress_reporter,
     read_body,
@@ -96,7 +96,7 @@ class FastLane:
     ) -> None:
         self._server = server
         self._manager = manager
-        self._security = TransportSecurityMiddleware(security)
+        self._is_acceptable = Acceptance(TransportSecurityMiddleware(security))
         self._app = app
         self._observer = observer
         self._names_principals = names_principals
@@ -173,7 +173,7 @@ class FastLane:
         if connection is None:
             return None
         transport = http_session(self._manager, sid, scope)
-        if transport is None or not await is_acceptable(scope, self._security):
+        if transport is None or not await self._is_acceptable(scope):
             return None
         return sid, connection, transport
 

@@ -20,13 +20,13 @@ from starlette.types import Message, Receive, Scope, Send
 
 __all__ = [
     "SESSION_ID",
+    "Acceptance",
     "Answer",
     "RequestId",
     "ToolCall",
     "Unread",
     "accepted",
     "error_message",
-    "is_acceptable",
     "is_id",
     "progress_reporter",
     "read_body",
@@ -80,8 +80,35 @@ def is_id(value: object) -> TypeGuard[RequestId]:
     return isinstance(value, int | str) and not isinstance(value, bool)
 
 
-async def is_acceptable(scope: Scope, security: TransportSecurityMiddleware) -> bool:
-    """Whether the SDK would take this POST as it is (media types, Host, Origin); else it answers it itself."""
+class Acceptance:
+    """Whether the SDK would take a POST as it is (media types, Host, Origin); else it answers it itself.
+
+    The verdict depends on four header values alone, and a client sends the same ones with every request: it is
+    worked out by the SDK's own checks once per distinct set, and remembered (a bounded number of sets).
+    """
+
+    _REMEMBERED: Final = 256
+
+    def __init__(self, security: TransportSecurityMiddleware) -> None:
+        self._security = security
+        self._verdicts: dict[tuple[tuple[bytes, bytes], ...], bool] = {}
+
+    async def __call__(self, scope: Scope) -> bool:
+        # Every checked header as sent, repeats and order included: the verdict is a function of exactly this.
+        key = tuple(header for header in scope["headers"] if header[0] in _CHECKED_HEADERS)
+        verdict = self._verdicts.get(key)
+        if verdict is None:
+            verdict = await _is_acceptable(scope, self._security)
+            if len(self._verdicts) >= self._REMEMBERED:
+                self._verdicts.clear()
+            self._verdicts[key] = verdict
+        return verdict
+
+
+_CHECKED_HEADERS: Final = frozenset((b"accept", b"content-type", b"host", b"origin"))
+
+
+async def _is_acceptable(scope: Scope, security: TransportSecurityMiddleware) -> bool:
     request = Request(scope)
     accepts_json, accepts_events = check_accept_headers(request)
     content_type = request.headers.get("content-type", "").split(";")[0]

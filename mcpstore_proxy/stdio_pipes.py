@@ -93,11 +93,10 @@ class StdoutMessages:
 
 
 class StdinMessages:
-    """Writes each message to an upstream's stdin as one line, in the sending task; one message at a time."""
+    """Writes each message to an upstream's stdin as one line, in the sending task."""
 
     def __init__(self, stdin: ByteSendStream) -> None:
         self._stdin = stdin
-        self._lock = anyio.Lock(fast_acquire=True)
         self._is_closed = False
 
     async def send(self, item: SessionMessage, /) -> None:
@@ -105,11 +104,12 @@ class StdinMessages:
         if self._is_closed:
             raise anyio.ClosedResourceError
         data = item.message.model_dump_json(by_alias=True, exclude_unset=True).encode() + b"\n"
-        async with self._lock:
-            try:
-                await self._stdin.send(data)
-            except (anyio.ClosedResourceError, anyio.BrokenResourceError, OSError) as error:
-                raise anyio.BrokenResourceError from error
+        try:
+            # No lock: each message is one write to the pipe's buffer, whole and in order; only the wait for
+            # the buffer to drain is shared between senders, and asyncio lets several wait at once.
+            await self._stdin.send(data)
+        except (anyio.ClosedResourceError, anyio.BrokenResourceError, OSError) as error:
+            raise anyio.BrokenResourceError from error
 
     async def aclose(self) -> None:
         self._is_closed = True
