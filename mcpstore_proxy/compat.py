@@ -8,6 +8,7 @@ instead of somewhere deep in a proxied call.
 
 from __future__ import annotations
 
+import asyncio
 import math
 from collections.abc import Generator
 from contextlib import contextmanager
@@ -20,7 +21,7 @@ import mcp.shared._otel
 import mcp.shared.jsonrpc_dispatcher
 import sse_starlette
 import uvicorn
-from anyio.abc import Process
+from anyio.abc import ByteSendStream, Process
 from mcp.client._transport import ReadStream, TransportStreams, WriteStream
 from mcp.client.stdio import StdioServerParameters, get_default_environment
 from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser, authorization_context
@@ -45,6 +46,7 @@ __all__ = [
     "set_session_limit",
     "spans_only_when_traced",
     "spawn_stdio_server",
+    "stdin_writer",
     "stop_stdio_server",
     "terminate_http_sessions",
 ]
@@ -206,3 +208,13 @@ async def stop_stdio_server(process: Process) -> None:
     """Stop a stdio server as `stdio_client` does on exit (`_stop_server_process`): close its stdin, give it time
     to exit, then terminate and kill its process group; its stdout is closed last. Bounded."""
     await mcp.client.stdio._stop_server_process(process)  # pyright: ignore[reportPrivateUsage]
+
+
+def stdin_writer(stdin: ByteSendStream) -> asyncio.StreamWriter | None:
+    """The asyncio writer under anyio's process stdin (`StreamWriterWrapper._stream`), or None elsewhere.
+
+    anyio's `send` yields to the event loop after every write that did not fill the pipe (a cancel-shielded
+    checkpoint): a trip through the loop per message to an upstream. Writing to the asyncio writer and waiting
+    on its `drain()` (which waits only while the pipe is full) sends the same bytes without it."""
+    writer = getattr(stdin, "_stream", None)
+    return writer if isinstance(writer, asyncio.StreamWriter) else None

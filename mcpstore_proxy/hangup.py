@@ -8,9 +8,8 @@ cancelled by the SDK itself.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Generator, Mapping
-from contextlib import contextmanager
-from typing import Any
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, Final
 
 import anyio
 from mcp import MCPError, types
@@ -19,7 +18,7 @@ from mcp.types.version import MODERN_PROTOCOL_VERSIONS
 
 from mcpstore_proxy.compat import downstream_connection
 
-__all__ = ["cancelling_on_hang_up", "hang_up_source", "unless_client_hangs_up"]
+__all__ = ["HangUpWatch", "hang_up_source", "unless_client_hangs_up"]
 
 Context = ServerRequestContext[Any, Any]
 
@@ -31,33 +30,50 @@ def hang_up_source(ctx: Context) -> Callable[[], Awaitable[Mapping[str, Any]]] |
     return ctx.request.receive if downstream_connection(ctx).session_id is not None else None
 
 
-@contextmanager
-def cancelling_on_hang_up(
-    receive: Callable[[], Awaitable[Mapping[str, Any]]], scope: anyio.CancelScope
-) -> Generator[None]:
+class HangUpWatch:
     """While the block runs, the client hanging up (`http.disconnect`) cancels `scope`.
 
-    The watch is a bare asyncio task, cancelled when the block ends: these requests are only ever served by
-    uvicorn on asyncio, and an anyio task group per call cost several times as much.
+    The watch starts only once the block has run for `_WATCH_AFTER_SECONDS`: most calls are answered sooner, and
+    then cost a timer instead of a task. It is a bare asyncio task, cancelled when the block ends: these requests
+    are only ever served by uvicorn on asyncio, and an anyio task group per call cost several times as much. A
+    hang-up is noticed at most that much later, which only delays the upstream's cancellation.
     """
 
-    async def watch() -> None:
-        while (await receive()).get("type") != "http.disconnect":
-            pass
-        scope.cancel()
+    __slots__ = ("_receive", "_scope", "_timer", "_watcher")
 
-    watcher = asyncio.get_running_loop().create_task(watch())
-    try:
-        yield
-    finally:
-        watcher.cancel()
+    def __init__(self, receive: Callable[[], Awaitable[Mapping[str, Any]]], scope: anyio.CancelScope) -> None:
+        self._receive = receive
+        self._scope = scope
+        self._timer: asyncio.TimerHandle | None = None
+        self._watcher: asyncio.Task[None] | None = None
+
+    def __enter__(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._timer = loop.call_later(_WATCH_AFTER_SECONDS, self._start, loop)
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._watcher is not None:
+            self._watcher.cancel()
+
+    def _start(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._watcher = loop.create_task(self._watch())
+
+    async def _watch(self) -> None:
+        while (await self._receive()).get("type") != "http.disconnect":
+            pass
+        self._scope.cancel()
+
+
+_WATCH_AFTER_SECONDS: Final = 0.05
 
 
 async def unless_client_hangs_up(
     receive: Callable[[], Awaitable[Mapping[str, Any]]], forward: Callable[[], Awaitable[dict[str, Any]]]
 ) -> dict[str, Any]:
     outcome: dict[str, Any] = {}
-    with anyio.CancelScope() as scope, cancelling_on_hang_up(receive, scope):
+    with anyio.CancelScope() as scope, HangUpWatch(receive, scope):
         outcome = await forward()
     if scope.cancelled_caught:
         raise MCPError(code=types.INVALID_REQUEST, message="the client hung up; the request was cancelled upstream")

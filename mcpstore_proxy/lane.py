@@ -46,7 +46,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from mcpstore_proxy.compat import holding_http_session, http_session
 from mcpstore_proxy.downstream import NOTIFY_SECONDS, Caller
-from mcpstore_proxy.hangup import cancelling_on_hang_up
+from mcpstore_proxy.hangup import HangUpWatch
 from mcpstore_proxy.lane_wire import (
     SESSION_ID,
     Acceptance,
@@ -202,7 +202,7 @@ class FastLane:
         with operation_in_progress("tools/call", principal, self._observer) as operation:
             result: dict[str, Any] = {}
             # Cancelled by notifications/cancelled, or by the client hanging up.
-            with anyio.CancelScope() as cancelled, cancelling_on_hang_up(receive, cancelled):
+            with anyio.CancelScope() as cancelled, HangUpWatch(receive, cancelled):
                 self._calls[session_id, request.id] = cancelled
                 try:
                     result = await server.forwarded(forward)

@@ -23,7 +23,7 @@ from mcp import types
 from mcp.client.stdio import StdioServerParameters
 from mcp.shared.message import SessionMessage
 
-from mcpstore_proxy.compat import TransportStreams, spawn_stdio_server, stop_stdio_server
+from mcpstore_proxy.compat import TransportStreams, spawn_stdio_server, stdin_writer, stop_stdio_server
 
 __all__ = ["StdinMessages", "StdoutMessages", "stdio_pipes"]
 
@@ -97,6 +97,7 @@ class StdinMessages:
 
     def __init__(self, stdin: ByteSendStream) -> None:
         self._stdin = stdin
+        self._writer = stdin_writer(stdin)
         self._is_closed = False
 
     async def send(self, item: SessionMessage, /) -> None:
@@ -107,8 +108,13 @@ class StdinMessages:
         try:
             # No lock: each message is one write to the pipe's buffer, whole and in order; only the wait for
             # the buffer to drain is shared between senders, and asyncio lets several wait at once.
-            await self._stdin.send(data)
-        except (anyio.ClosedResourceError, anyio.BrokenResourceError, OSError) as error:
+            if self._writer is not None:
+                self._writer.write(data)
+                await self._writer.drain()
+            else:
+                await self._stdin.send(data)
+        except (anyio.ClosedResourceError, anyio.BrokenResourceError, OSError, RuntimeError) as error:
+            # OSError: the pipe broke (the upstream is gone); RuntimeError: uvloop's write to a closed transport.
             raise anyio.BrokenResourceError from error
 
     async def aclose(self) -> None:

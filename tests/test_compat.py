@@ -301,3 +301,19 @@ def test_stdio_client_stops_its_server_with_the_helper_the_proxy_calls() -> None
     source = inspect.getsource(mcp.client.stdio.stdio_client)
     assert "await _stop_server_process(process)" in source
     assert "_create_platform_compatible_process(" in source
+
+
+async def test_anyios_process_stdin_on_asyncio_wraps_an_asyncio_stream_writer_that_the_proxy_writes_to() -> None:
+    parameters = StdioServerParameters(command=sys.executable, args=["-c", "import sys; print(sys.stdin.readline())"])
+    with open(os.devnull, "w") as errlog:  # noqa: ASYNC230  # /dev/null never blocks
+        process = await compat.spawn_stdio_server(parameters, errlog)
+    try:
+        assert process.stdin is not None
+        assert process.stdout is not None
+        writer = compat.stdin_writer(process.stdin)
+        assert writer is not None
+        writer.write(b"hello\n")
+        await writer.drain()
+        assert await process.stdout.receive() == b"hello\n\n"
+    finally:
+        await compat.stop_stdio_server(process)
