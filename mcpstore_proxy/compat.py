@@ -169,13 +169,15 @@ class TrimmedFieldValues:
         self._app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        headers: list[tuple[bytes, bytes]] | None = scope.get("headers")
-        if headers and any(value[:1] in _OWS or value[-1:] in _OWS for _, value in headers if value):
-            scope = {**scope, "headers": [(name, value.strip(b" \t")) for name, value in headers]}
+        headers: list[tuple[bytes, bytes]] = scope.get("headers") or []
+        for _, value in headers:  # a plain loop: this runs for every request
+            if value and (value[0] in _OWS or value[-1] in _OWS):
+                scope = {**scope, "headers": [(name, value.strip(b" \t")) for name, value in headers]}
+                break
         await self._app(scope, receive, send)
 
 
-_OWS: Final = (b" ", b"\t")
+_OWS: Final = (0x20, 0x09)  # space, tab
 
 
 class SignalFreeServer(uvicorn.Server):

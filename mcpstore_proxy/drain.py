@@ -36,8 +36,8 @@ class Drain:
         self._events = events if events is not None else EventLog()
         self._is_draining = False
         self._in_flight: set[anyio.CancelScope] = set()
-        self._idle = anyio.Event()
-        self._idle.set()
+        self._idle: anyio.Event | None = None
+        """Set when the last request in flight ends; made by `drain` (no new request starts after it)."""
         self._hurry = anyio.Event()
         self._refusals = ThrottledWarning(logger)
 
@@ -69,13 +69,11 @@ class Drain:
         self.refuse_if_draining()
         with anyio.CancelScope() as scope:
             self._in_flight.add(scope)
-            if len(self._in_flight) == 1:
-                self._idle = anyio.Event()
             try:
                 yield
             finally:
                 self._in_flight.discard(scope)
-                if not self._in_flight:
+                if not self._in_flight and self._idle is not None:
                     self._idle.set()
         if scope.cancelled_caught:
             raise ShuttingDownError(
@@ -87,6 +85,9 @@ class Drain:
         """Refuse new requests, wait up to `grace_seconds` (or until `hurry()`) for those in flight, then cancel
         the rest and give them a moment to answer."""
         self._is_draining = True
+        idle = self._idle = anyio.Event()
+        if not self._in_flight:
+            idle.set()
         if self._in_flight:
             logger.info("waiting up to %g s for %d requests in flight", grace_seconds, len(self._in_flight))
         with anyio.move_on_after(grace_seconds):
@@ -97,14 +98,14 @@ class Drain:
                     tg.cancel_scope.cancel()
 
                 tg.start_soon(hurried)
-                await self._idle.wait()
+                await idle.wait()
                 tg.cancel_scope.cancel()
         if self._in_flight:
             logger.warning("cancelling %d requests still in flight: the shutdown grace period ran out", self.in_flight)
             for scope in list(self._in_flight):
                 scope.cancel()
             with anyio.move_on_after(_ANSWER_SECONDS):
-                await self._idle.wait()
+                await idle.wait()
 
     def hurry(self) -> None:
         """End the grace period now."""
