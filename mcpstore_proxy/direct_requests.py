@@ -19,14 +19,14 @@ from __future__ import annotations
 import itertools
 from contextlib import suppress
 from dataclasses import dataclass, field
-from types import TracebackType
-from typing import Any, Final, Self
+from typing import Any, Final
 
 import anyio
 from mcp import MCPError, types
 from mcp.shared.message import SessionMessage
 
 from mcpstore_proxy.compat import ReadStream, WriteStream
+from mcpstore_proxy.message_streams import MessageReadStream
 
 __all__ = ["DirectRequests"]
 
@@ -124,7 +124,7 @@ def _closed() -> MCPError:
     return MCPError(code=types.CONNECTION_CLOSED, message="Connection closed")
 
 
-class _AnswerTakingStream:
+class _AnswerTakingStream(MessageReadStream):
     """A session's read stream that hands answers to `DirectRequests` and everything else on, in order; when
     the stream ends, requests still waiting fail."""
 
@@ -146,24 +146,6 @@ class _AnswerTakingStream:
             self._requests.close()
             raise
 
-    def __aiter__(self) -> Self:
-        return self
-
-    async def __anext__(self) -> SessionMessage | Exception:
-        try:
-            return await self.receive()
-        except anyio.EndOfStream:
-            raise StopAsyncIteration from None
-
     async def aclose(self) -> None:
         self._requests.close()
         await self._inner.aclose()
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc_val: BaseException | None, exc_tb: TracebackType | None
-    ) -> bool | None:
-        await self.aclose()
-        return None

@@ -24,13 +24,14 @@ from mcp.client.stdio import StdioServerParameters
 from mcp.shared.message import SessionMessage
 
 from mcpstore_proxy.compat import TransportStreams, spawn_stdio_server, stdin_writer, stop_stdio_server
+from mcpstore_proxy.message_streams import MessageReadStream
 
 __all__ = ["StdinMessages", "StdoutMessages", "stdio_pipes"]
 
 logger = logging.getLogger(__name__)
 
 
-class StdoutMessages:
+class StdoutMessages(MessageReadStream):
     """The messages an upstream writes to stdout, one JSON-RPC message per line, parsed as they are taken."""
 
     def __init__(self, stdout: ByteReceiveStream) -> None:
@@ -70,26 +71,8 @@ class StdoutMessages:
         self._partial += lines.pop()
         self._lines.extend(line for line in (first, *lines) if line.strip())
 
-    def __aiter__(self) -> Self:
-        return self
-
-    async def __anext__(self) -> SessionMessage | Exception:
-        try:
-            return await self.receive()
-        except anyio.EndOfStream:
-            raise StopAsyncIteration from None
-
     async def aclose(self) -> None:
         self._is_closed = True
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc_val: BaseException | None, exc_tb: TracebackType | None
-    ) -> bool | None:
-        await self.aclose()
-        return None
 
 
 class StdinMessages:

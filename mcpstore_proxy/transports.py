@@ -21,8 +21,7 @@ from collections import deque
 from collections.abc import AsyncGenerator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
-from types import TracebackType
-from typing import Any, Protocol, Self
+from typing import Any, Protocol
 
 import anyio
 import httpx2
@@ -34,6 +33,7 @@ from mcp.shared.message import SessionMessage
 
 from mcpstore_proxy.compat import TransportStreams
 from mcpstore_proxy.config import UpstreamConfig
+from mcpstore_proxy.message_streams import MessageReadStream
 from mcpstore_proxy.stdio_pipes import stdio_pipes
 
 __all__ = [
@@ -100,7 +100,7 @@ class TransportEvents:
     session is gone and must be re-initialized."""
 
 
-class EndObservingReadStream:
+class EndObservingReadStream(MessageReadStream):
     """A transport's read stream that passes messages through unchanged and reports when the upstream's stream
     ends (a crash or exit, as against a close we asked for).
 
@@ -124,26 +124,8 @@ class EndObservingReadStream:
             self._on_end()
             raise
 
-    def __aiter__(self) -> Self:
-        return self
-
-    async def __anext__(self) -> SessionMessage | Exception:
-        try:
-            return await self.receive()
-        except anyio.EndOfStream:
-            raise StopAsyncIteration from None
-
     async def aclose(self) -> None:
         await self._inner.aclose()
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc_val: BaseException | None, exc_tb: TracebackType | None
-    ) -> bool | None:
-        await self.aclose()
-        return None
 
 
 class TransportFactory(Protocol):
