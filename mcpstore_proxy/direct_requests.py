@@ -4,7 +4,8 @@ A forwarded call needs none of what the SDK's client adds to a request: a
 typed result validated against the protocol, a span, a clock, a memory stream
 per request. `DirectRequests` writes the request to the session's write stream
 under an id of its own (from a range the SDK's counter never reaches) and takes
-the answer off the read stream before the `ClientSession` sees it, so the
+the answer off the read stream (`transports.SessionReadStream` hands it over)
+before the `ClientSession` sees it, so the
 result reaches the caller exactly as the upstream sent it. Everything else
 on the stream (log entries, sampling, list changes, answers to the SDK's own
 requests) still goes to the `ClientSession`, in order.
@@ -25,8 +26,7 @@ import anyio
 from mcp import MCPError, types
 from mcp.shared.message import SessionMessage
 
-from mcpstore_proxy.compat import ReadStream, WriteStream
-from mcpstore_proxy.message_streams import MessageReadStream
+from mcpstore_proxy.compat import WriteStream
 
 __all__ = ["DirectRequests"]
 
@@ -49,10 +49,6 @@ class DirectRequests:
         self._ids = itertools.count(_FIRST_ID)
         self._waiting: dict[int, _Waiting] = {}
         self._is_closed = False
-
-    def answers_taken_from(self, read_stream: ReadStream[SessionMessage | Exception]) -> _AnswerTakingStream:
-        """`read_stream` without the answers to these requests: give this one to the `ClientSession`."""
-        return _AnswerTakingStream(read_stream, self)
 
     async def request(self, method: str, params: dict[str, Any] | None) -> dict[str, Any]:
         """Send one request and return its result as the upstream sent it.
@@ -122,30 +118,3 @@ class DirectRequests:
 
 def _closed() -> MCPError:
     return MCPError(code=types.CONNECTION_CLOSED, message="Connection closed")
-
-
-class _AnswerTakingStream(MessageReadStream):
-    """A session's read stream that hands answers to `DirectRequests` and everything else on, in order; when
-    the stream ends, requests still waiting fail."""
-
-    def __init__(self, inner: ReadStream[SessionMessage | Exception], requests: DirectRequests) -> None:
-        self._inner = inner
-        self._requests = requests
-
-    @property
-    def last_context(self) -> Any:
-        return getattr(self._inner, "last_context", None)
-
-    async def receive(self) -> SessionMessage | Exception:
-        try:
-            while True:
-                item = await self._inner.receive()
-                if not self._requests.take(item):
-                    return item
-        except (anyio.EndOfStream, anyio.ClosedResourceError, anyio.BrokenResourceError):
-            self._requests.close()
-            raise
-
-    async def aclose(self) -> None:
-        self._requests.close()
-        await self._inner.aclose()

@@ -8,6 +8,7 @@ cancelled by the SDK itself.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Final
 
@@ -19,6 +20,10 @@ from mcp.types.version import MODERN_PROTOCOL_VERSIONS
 from mcpstore_proxy.compat import downstream_connection
 
 __all__ = ["HangUpWatch", "hang_up_source", "unless_client_hangs_up"]
+
+logger = logging.getLogger(__name__)
+
+_WATCH_AFTER_SECONDS: Final = 0.05
 
 Context = ServerRequestContext[Any, Any]
 
@@ -39,17 +44,24 @@ class HangUpWatch:
     hang-up is noticed at most that much later, which only delays the upstream's cancellation.
     """
 
-    __slots__ = ("_receive", "_scope", "_timer", "_watcher")
+    __slots__ = ("_after_seconds", "_receive", "_scope", "_timer", "_watcher")
 
-    def __init__(self, receive: Callable[[], Awaitable[Mapping[str, Any]]], scope: anyio.CancelScope) -> None:
+    def __init__(
+        self,
+        receive: Callable[[], Awaitable[Mapping[str, Any]]],
+        scope: anyio.CancelScope,
+        *,
+        after_seconds: float = _WATCH_AFTER_SECONDS,
+    ) -> None:
         self._receive = receive
         self._scope = scope
+        self._after_seconds = after_seconds
         self._timer: asyncio.TimerHandle | None = None
         self._watcher: asyncio.Task[None] | None = None
 
     def __enter__(self) -> None:
         loop = asyncio.get_running_loop()
-        self._timer = loop.call_later(_WATCH_AFTER_SECONDS, self._start, loop)
+        self._timer = loop.call_later(self._after_seconds, self._start, loop)
 
     def __exit__(self, *exc_info: object) -> None:
         if self._timer is not None:
@@ -61,12 +73,13 @@ class HangUpWatch:
         self._watcher = loop.create_task(self._watch())
 
     async def _watch(self) -> None:
-        while (await self._receive()).get("type") != "http.disconnect":
-            pass
+        # Nothing awaits this task: whatever ends the watch must end in the call's cancellation, not in the task.
+        try:
+            while (await self._receive()).get("type") != "http.disconnect":
+                pass
+        except Exception:  # a connection that cannot be read from is a client gone
+            logger.debug("reading a request's connection failed; taking it as a hang-up", exc_info=True)
         self._scope.cancel()
-
-
-_WATCH_AFTER_SECONDS: Final = 0.05
 
 
 async def unless_client_hangs_up(

@@ -1,7 +1,8 @@
-"""What makes one of the proxy's own objects a read stream the SDK's `ClientSession` can read.
+"""What makes one of the proxy's own objects a stream the SDK's `ClientSession` can read or write.
 
-The SDK reads a transport's messages through its `ReadStream` protocol: `receive` and `aclose`, iteration (which
-ends at `anyio.EndOfStream`) and `async with`. A subclass of `MessageReadStream` writes the first two.
+The SDK reads a transport's messages through its `ReadStream` protocol (`receive`, `aclose`, iteration that ends
+at `anyio.EndOfStream`, `async with`) and writes them through `WriteStream` (`send`, `aclose`, `async with`). A
+subclass of `MessageReadStream` writes `receive` and `aclose`; one of `MessageWriteStream`, `send` and `aclose`.
 """
 
 from __future__ import annotations
@@ -13,16 +14,27 @@ from typing import Self
 import anyio
 from mcp.shared.message import SessionMessage
 
-__all__ = ["MessageReadStream"]
+__all__ = ["MessageReadStream", "MessageWriteStream"]
 
 
-class MessageReadStream(ABC):
+class _ClosedOnExit(ABC):
+    @abstractmethod
+    async def aclose(self) -> None: ...
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc_val: BaseException | None, exc_tb: TracebackType | None
+    ) -> bool | None:
+        await self.aclose()
+        return None
+
+
+class MessageReadStream(_ClosedOnExit):
     @abstractmethod
     async def receive(self) -> SessionMessage | Exception:
         """The next message, or an error to report; raises `anyio.EndOfStream` once there are no more."""
-
-    @abstractmethod
-    async def aclose(self) -> None: ...
 
     def __aiter__(self) -> Self:
         return self
@@ -33,11 +45,7 @@ class MessageReadStream(ABC):
         except anyio.EndOfStream:
             raise StopAsyncIteration from None
 
-    async def __aenter__(self) -> Self:
-        return self
 
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc_val: BaseException | None, exc_tb: TracebackType | None
-    ) -> bool | None:
-        await self.aclose()
-        return None
+class MessageWriteStream(_ClosedOnExit):
+    @abstractmethod
+    async def send(self, item: SessionMessage, /) -> None: ...

@@ -14,8 +14,7 @@ import logging
 from collections import deque
 from collections.abc import AsyncGenerator
 from contextlib import asynccontextmanager, suppress
-from types import TracebackType
-from typing import Self, TextIO
+from typing import TextIO
 
 import anyio
 from anyio.abc import ByteReceiveStream, ByteSendStream
@@ -24,7 +23,7 @@ from mcp.client.stdio import StdioServerParameters
 from mcp.shared.message import SessionMessage
 
 from mcpstore_proxy.compat import TransportStreams, spawn_stdio_server, stdin_writer, stop_stdio_server
-from mcpstore_proxy.message_streams import MessageReadStream
+from mcpstore_proxy.message_streams import MessageReadStream, MessageWriteStream
 
 __all__ = ["StdinMessages", "StdoutMessages", "stdio_pipes"]
 
@@ -75,7 +74,7 @@ class StdoutMessages(MessageReadStream):
         self._is_closed = True
 
 
-class StdinMessages:
+class StdinMessages(MessageWriteStream):
     """Writes each message to an upstream's stdin as one line, in the sending task."""
 
     def __init__(self, stdin: ByteSendStream) -> None:
@@ -102,15 +101,6 @@ class StdinMessages:
 
     async def aclose(self) -> None:
         self._is_closed = True
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc_val: BaseException | None, exc_tb: TracebackType | None
-    ) -> bool | None:
-        await self.aclose()
-        return None
 
 
 @asynccontextmanager

@@ -10,7 +10,8 @@ A stdio upstream runs on `stdio_pipes` (its pipes read and written by the
 session's own tasks). Its stderr is read through a pipe of ours into a `StderrTail`,
 so a failure can quote the upstream's last words instead of "connection closed".
 What a transport reports back while it is open are `TransportEvents`; that its
-upstream's stream ended, `EndObservingReadStream` tells.
+upstream's stream ended, `SessionReadStream` tells (taking out the answers to the
+proxy's own requests on the way).
 """
 
 from __future__ import annotations
@@ -31,13 +32,14 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.server.streamable_http import MCP_SESSION_ID_HEADER
 from mcp.shared.message import SessionMessage
 
-from mcpstore_proxy.compat import TransportStreams
+from mcpstore_proxy.compat import ReadStream, TransportStreams
 from mcpstore_proxy.config import UpstreamConfig
 from mcpstore_proxy.message_streams import MessageReadStream
 from mcpstore_proxy.stdio_pipes import stdio_pipes
 
 __all__ = [
-    "EndObservingReadStream",
+    "AnswerTaker",
+    "SessionReadStream",
     "StderrTail",
     "TransportEvents",
     "TransportFactory",
@@ -100,16 +102,35 @@ class TransportEvents:
     session is gone and must be re-initialized."""
 
 
-class EndObservingReadStream(MessageReadStream):
-    """A transport's read stream that passes messages through unchanged and reports when the upstream's stream
-    ends (a crash or exit, as against a close we asked for).
+class AnswerTaker(Protocol):
+    """Takes the answers to requests the proxy sent itself off a session's read stream (`DirectRequests`)."""
+
+    def take(self, item: SessionMessage | Exception) -> bool:
+        """Whether `item` was one of those answers (and was handed to its request)."""
+        ...
+
+    def close(self) -> None:
+        """The stream ended or was closed: no more answers will come."""
+        ...
+
+
+class SessionReadStream(MessageReadStream):
+    """A transport's read stream as the upstream session reads it. Messages pass through unchanged, but for those
+    `answers` takes; when the upstream's stream ends (a crash or exit, as against a close we asked for) `on_end` is
+    told and `has_ended` set; when it ends or is closed, `answers` is closed.
 
     Wrapping rather than relaying adds no task or stream hop to the hot path.
     """
 
-    def __init__(self, inner: Any, on_end: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        inner: ReadStream[SessionMessage | Exception],
+        on_end: Callable[[], None],
+        answers: AnswerTaker | None = None,
+    ) -> None:
         self._inner = inner
         self._on_end = on_end
+        self._answers = answers
         self.has_ended = False
 
     @property
@@ -118,13 +139,20 @@ class EndObservingReadStream(MessageReadStream):
 
     async def receive(self) -> SessionMessage | Exception:
         try:
-            return await self._inner.receive()
+            while True:
+                item = await self._inner.receive()
+                if self._answers is None or not self._answers.take(item):
+                    return item
         except (anyio.EndOfStream, anyio.ClosedResourceError, anyio.BrokenResourceError):
             self.has_ended = True
             self._on_end()
+            if self._answers is not None:
+                self._answers.close()
             raise
 
     async def aclose(self) -> None:
+        if self._answers is not None:
+            self._answers.close()
         await self._inner.aclose()
 
 

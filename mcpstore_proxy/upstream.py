@@ -45,7 +45,7 @@ from mcpstore_proxy.operations import upstream_leg
 from mcpstore_proxy.relay import ClientCall, ListKind, SessionRelay
 from mcpstore_proxy.start_failures import start_error, start_failure, stderr_detail
 from mcpstore_proxy.transports import (
-    EndObservingReadStream,
+    SessionReadStream,
     StderrTail,
     TransportEvents,
     TransportFactory,
@@ -215,11 +215,11 @@ class UpstreamSession:
                 start_scope.cancel()
             events = TransportEvents(self.stderr, self._mark_http_session_expired)
             async with self._transports(self.upstream, self.config, events) as (read_stream, write_stream):
-                observed = EndObservingReadStream(read_stream, self._stop.set)
                 # Only over stdio: an HTTP upstream's transport needs the per-request headers the SDK adds.
                 direct = DirectRequests(write_stream) if self.config.resolved_transport == "stdio" else None
+                observed = SessionReadStream(read_stream, self._stop.set, direct)
                 async with ClientSession(
-                    direct.answers_taken_from(observed) if direct is not None else observed,
+                    observed,
                     write_stream,
                     message_handler=self.relay.on_message,
                     sampling_callback=self.relay.sampling if "sampling" in self.declared else None,

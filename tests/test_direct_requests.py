@@ -9,8 +9,7 @@ import tempfile
 from collections.abc import AsyncGenerator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 import anyio
 import pytest
@@ -20,6 +19,7 @@ from mcp.shared.message import SessionMessage
 from mcpstore_proxy.compat import WriteStream
 from mcpstore_proxy.config import UpstreamConfig
 from mcpstore_proxy.errors import UpstreamClosedError
+from mcpstore_proxy.message_streams import MessageWriteStream
 from mcpstore_proxy.relay import ClientCall, SessionRelay
 from mcpstore_proxy.transports import TransportEvents, TransportFactory, TransportStreams
 from tests.memory import fixture_session
@@ -57,7 +57,7 @@ class _Written:
         return [m for m in self.messages if isinstance(m, types.JSONRPCNotification) and m.method == method]
 
 
-class _Recording:
+class _Recording(MessageWriteStream):
     def __init__(self, inner: WriteStream[SessionMessage], messages: list[types.JSONRPCMessage]) -> None:
         self._inner = inner
         self._messages = messages
@@ -68,15 +68,6 @@ class _Recording:
 
     async def aclose(self) -> None:
         await self._inner.aclose()
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc_val: BaseException | None, exc_tb: TracebackType | None
-    ) -> bool | None:
-        await self.aclose()
-        return None
 
 
 def _call(journal: Journal, *, progress: bool = False) -> ClientCall:

@@ -1,0 +1,64 @@
+"""`HangUpWatch`: a client hanging up its request cancels the call it was waiting for, whatever way the request's
+connection says so; a call answered first leaves nothing behind."""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Mapping
+from typing import Any
+
+import anyio
+import anyio.lowlevel
+import pytest
+
+from mcpstore_proxy.hangup import HangUpWatch
+
+pytestmark = pytest.mark.anyio
+
+
+class _Connection:
+    """An ASGI `receive` fed by the test, as uvicorn's would be by the client."""
+
+    def __init__(self) -> None:
+        self._messages: deque[Mapping[str, Any] | Exception] = deque()
+        self._arrived = anyio.Event()
+
+    async def receive(self) -> Mapping[str, Any]:
+        while not self._messages:
+            await self._arrived.wait()
+            self._arrived = anyio.Event()
+        message = self._messages.popleft()
+        if isinstance(message, Exception):
+            raise message
+        return message
+
+    def says(self, message: Mapping[str, Any] | Exception) -> None:
+        self._messages.append(message)
+        self._arrived.set()
+
+
+async def test_a_hang_up_cancels_the_call_even_after_other_messages_on_its_connection() -> None:
+    connection = _Connection()
+    connection.says({"type": "http.request", "body": b"", "more_body": False})
+    connection.says({"type": "http.disconnect"})
+    with anyio.fail_after(5), anyio.CancelScope() as call, HangUpWatch(connection.receive, call, after_seconds=0):
+        await anyio.sleep_forever()
+    assert call.cancelled_caught
+
+
+async def test_a_connection_that_fails_to_be_read_counts_as_a_hang_up_and_raises_nowhere() -> None:
+    connection = _Connection()
+    connection.says(OSError("connection reset"))
+    with anyio.fail_after(5), anyio.CancelScope() as call, HangUpWatch(connection.receive, call, after_seconds=0):
+        await anyio.sleep_forever()
+    assert call.cancelled_caught
+
+
+async def test_a_call_answered_while_its_client_waits_is_not_cancelled_and_a_later_hang_up_changes_nothing() -> None:
+    connection = _Connection()
+    with anyio.CancelScope() as call, HangUpWatch(connection.receive, call, after_seconds=0):
+        await anyio.lowlevel.checkpoint()  # the call's work, done without the client leaving
+    connection.says({"type": "http.disconnect"})
+    await anyio.lowlevel.checkpoint()
+    assert not call.cancelled_caught
+    assert not call.cancel_called
