@@ -1,6 +1,7 @@
 """Smoke test of bench/forwarding.py: a short run over direct (JSON), the floor relay and mcpstore-proxy.
 
-Not a timing test: it checks that the harness starts each target, drives it, and reports positive figures.
+Not a timing test: it checks that the harness starts each target, drives it, and reports its figures (latency and
+throughput positive; CPU time, counted in 10 ms clock ticks, may read 0 over so few calls).
 Only the forwarding section: the others (bench/scale.py) start dozens of upstream processes, too slow for a test.
 No peers (they need their own venvs installed from the registry); --no-install keeps the run offline.
 """
@@ -48,15 +49,19 @@ def test_quick_run_reports_every_target(tmp_path: Path) -> None:
         assert "skipped" not in cells[1], cells
         numbers = [float(number) for number in re.findall(r"\d+(?:\.\d+)?", " ".join(cells[2:]))]
         assert len(numbers) >= 4, cells  # p50, calls/s (and its ratio), CPU at c=1 and c=8
-        assert all(number > 0 for number in numbers), cells
+        timings = numbers[:-2]  # the last two, CPU at c=1 and c=8, may read 0 (see the JSON checks below)
+        assert all(number > 0 for number in timings), cells
 
     report = json.loads(output.read_text())
     by_target = {row["target"]: row for row in report["rows"]}
     assert set(by_target) == set(LABELS)
     for name, row in by_target.items():
         assert "skipped" not in row, row
-        for metric in ("c1_p50_ms", "c8_calls_per_s", "cpu_ms_per_call_c1", "cpu_ms_per_call_c8"):
+        for metric in ("c1_p50_ms", "c8_calls_per_s"):
             assert row[metric] > 0, (name, metric, row)
+        # CPU time is counted in clock ticks (10 ms): 40 calls of a target that spends 0.2 ms on each can read 0.
+        for metric in ("cpu_ms_per_call_c1", "cpu_ms_per_call_c8"):
+            assert row[metric] >= 0, (name, metric, row)
     assert by_target["direct-json"]["isolates_sessions"] is None
     assert by_target["floor"]["isolates_sessions"] is True
     assert by_target["mcpstore"]["isolates_sessions"] is True
