@@ -22,6 +22,7 @@ import anyio
 import httpx2
 
 from mcpstore_proxy.__about__ import __version__
+from mcpstore_proxy.collector import tuned_collector
 from mcpstore_proxy.config import ProxySettings, load_settings
 from mcpstore_proxy.engine import ProxyEngine
 from mcpstore_proxy.errors import ConfigError, ProxyError
@@ -54,9 +55,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         configure_logging(settings.log_level, settings.log_format)
         if arguments.command == "serve":
-            anyio.run(serve_http, settings, backend_options=_event_loop())
+            with tuned_collector():
+                anyio.run(serve_http, settings, backend_options=_event_loop())
         elif arguments.command == "stdio":
-            anyio.run(serve_stdio, settings, backend_options=_event_loop())
+            with tuned_collector():
+                anyio.run(serve_stdio, settings, backend_options=_event_loop())
         elif arguments.command == "pins":
             _pins(settings, arguments.action, arguments.name)
         else:
