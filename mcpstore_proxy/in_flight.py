@@ -10,9 +10,6 @@ for the whole proxy at shutdown, but cancels what outlives its grace period.
 from __future__ import annotations
 
 import logging
-from collections.abc import Generator
-from contextlib import contextmanager
-
 import anyio
 
 from mcpstore_proxy.clock import Clock
@@ -30,8 +27,8 @@ class CallsInFlight:
         self.upstream = upstream
         self._clock = clock
         self._count = 0
-        self._none_left = anyio.Event()
-        self._none_left.set()
+        self._none_left: anyio.Event | None = None
+        """Set when the last call ends; made by `stop_taking` (no new call starts after it)."""
         self._refused_because: str | None = None
 
     def __repr__(self) -> str:
@@ -41,13 +38,15 @@ class CallsInFlight:
     def __len__(self) -> int:
         return self._count
 
-    @contextmanager
-    def call(self) -> Generator[None]:
-        """Run one call as work in flight.
+    def call(self) -> CallsInFlight:
+        """Run one call as work in flight: `with calls.call():` (no object made per call).
 
         Raises:
             UpstreamStoppedError: the upstream takes no new calls (`stop_taking`).
         """
+        return self
+
+    def __enter__(self) -> None:
         if self._refused_because is not None:
             raise UpstreamStoppedError(
                 self.upstream,
@@ -55,26 +54,25 @@ class CallsInFlight:
                 was_sent=False,
             )
         self._count += 1
-        if self._count == 1:
-            self._none_left = anyio.Event()
-        try:
-            yield
-        finally:
-            self._count -= 1
-            if not self._count:
-                self._none_left.set()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._count -= 1
+        if not self._count and self._none_left is not None:
+            self._none_left.set()
 
     async def stop_taking(self, grace_seconds: float, reason: str) -> None:
         """Refuse new calls, saying `reason`, and wait up to `grace_seconds` for those in flight to finish."""
         self._refused_because = reason
-        if self._count:
-            logger.info(
-                "upstream '%s': waiting up to %g s for %d calls in flight before closing it (%s)",
-                self.upstream,
-                grace_seconds,
-                self._count,
-                reason,
-            )
+        if not self._count:
+            return
+        logger.info(
+            "upstream '%s': waiting up to %g s for %d calls in flight before closing it (%s)",
+            self.upstream,
+            grace_seconds,
+            self._count,
+            reason,
+        )
+        none_left = self._none_left = anyio.Event()
         async with anyio.create_task_group() as tg:
 
             async def end_of_grace() -> None:
@@ -82,5 +80,5 @@ class CallsInFlight:
                 tg.cancel_scope.cancel()
 
             tg.start_soon(end_of_grace)
-            await self._none_left.wait()
+            await none_left.wait()
             tg.cancel_scope.cancel()

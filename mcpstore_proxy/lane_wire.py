@@ -178,10 +178,13 @@ class Answer:
         self._session_id = session_id.encode("latin-1")
         self._is_streaming = False
         self._is_done = False
-        self._lock = anyio.Lock(fast_acquire=True)  # no trip round the event loop when nobody holds it
+        self._lock: anyio.Lock | None = None
+        """Made by the first event: until then, nothing else can be sending (most calls send only the answer)."""
 
     async def event(self, message: dict[str, Any]) -> bool:
         """Send a message before the answer; False once the answer went."""
+        if self._lock is None:
+            self._lock = anyio.Lock(fast_acquire=True)  # no trip round the event loop when nobody holds it
         async with self._lock:
             if self._is_done:
                 return False
@@ -193,21 +196,27 @@ class Answer:
         """Send the answer (`message`, or the message already in JSON): on the stream if one is open (or
         `as_stream`), else as the JSON body."""
         body = message if isinstance(message, bytes) else to_json(message)
+        if self._lock is None:
+            await self._finish(body, as_stream=as_stream)
+            return
         async with self._lock:
-            if self._is_done:
-                return
-            self._is_done = True
-            if as_stream or self._is_streaming:
-                await self._open_stream()
-                await self._send({"type": "http.response.body", "body": _framed(body), "more_body": False})
-                return
-            headers = [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-                (SESSION_ID, self._session_id),
-            ]
-            await self._send({"type": "http.response.start", "status": 200, "headers": headers})
-            await self._send({"type": "http.response.body", "body": body, "more_body": False})
+            await self._finish(body, as_stream=as_stream)
+
+    async def _finish(self, body: bytes, *, as_stream: bool) -> None:
+        if self._is_done:
+            return
+        self._is_done = True  # before any await: an event sent from now on finds the answer gone
+        if as_stream or self._is_streaming:
+            await self._open_stream()
+            await self._send({"type": "http.response.body", "body": _framed(body), "more_body": False})
+            return
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+            (SESSION_ID, self._session_id),
+        ]
+        await self._send({"type": "http.response.start", "status": 200, "headers": headers})
+        await self._send({"type": "http.response.body", "body": body, "more_body": False})
 
     async def _open_stream(self) -> None:
         if not self._is_streaming:
