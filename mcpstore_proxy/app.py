@@ -233,14 +233,18 @@ class _FrontDoor:
         self._limit = settings.max_downstream_sessions
         self._refusals = ThrottledWarning(logger)
         self._requests = 0
-        self._answered = anyio.Event()
-        self._answered.set()
+        self._answered: anyio.Event | None = None
+        """Set when the last request is answered; made by `requests_answered`, so a request costs no event."""
 
     def guard(self, app: ASGIApp) -> _Guarded:
         return _Guarded(self, app)
 
     async def requests_answered(self) -> None:
         """Wait until no request (other than an event stream) is being answered."""
+        if not self._requests:
+            return
+        if self._answered is None or self._answered.is_set():
+            self._answered = anyio.Event()
         await self._answered.wait()
 
     async def admit(self, app: ASGIApp, scope: Scope, receive: Receive, send: Send) -> None:
@@ -257,13 +261,11 @@ class _FrontDoor:
             set_session_limit(self._manager, max(1, self._limit - self._legacy.open))
             send = self._answering_the_managers_refusal(scope, receive, send)
         self._requests += 1
-        if self._requests == 1:
-            self._answered = anyio.Event()
         try:
             await app(scope, receive, send)
         finally:
             self._requests -= 1
-            if self._requests == 0:
+            if self._requests == 0 and self._answered is not None:
                 self._answered.set()
 
     def _answering_the_managers_refusal(self, scope: Scope, receive: Receive, send: Send) -> Send:

@@ -20,23 +20,27 @@ from __future__ import annotations
 import asyncio
 import itertools
 from contextlib import suppress
-from typing import Any, Final
+from typing import Any, Final, cast
 
 import anyio
 from mcp import MCPError, types
 from mcp.shared.message import SessionMessage
 
 from mcpstore_proxy.compat import WriteStream
+from mcpstore_proxy.stdio_pipes import StdinMessages
 
 __all__ = ["DirectRequests"]
 
 _FIRST_ID: Final = 1 << 40
 """Far above any id the SDK's counter (from 1, one per request) will reach; still exact in JavaScript."""
 _CANCEL_WRITE_SECONDS: Final = 1.0
+_SHOWN_CHARACTERS: Final = 200
+"""How much of a malformed answer its error shows."""
 
 
-_Answer = types.JSONRPCResponse | types.JSONRPCError | None
-"""What a waiting request gets: its answer, or None when the session ended first."""
+_Answer = types.JSONRPCResponse | types.JSONRPCError | dict[str, Any] | None
+"""What a waiting request gets: its answer, typed by the SDK or as parsed from the line (`take_raw`), or None
+when the session ended first."""
 
 
 class DirectRequests:
@@ -44,6 +48,8 @@ class DirectRequests:
 
     def __init__(self, write_stream: WriteStream[SessionMessage]) -> None:
         self._write_stream = write_stream
+        self._stdin = write_stream if isinstance(write_stream, StdinMessages) else None
+        """Where a request goes as orjson writes it, past the SDK's models (an upstream over stdio)."""
         self._ids = itertools.count(_FIRST_ID)
         self._waiting: dict[int, asyncio.Future[_Answer]] = {}
         self._is_closed = False
@@ -59,14 +65,9 @@ class DirectRequests:
         request_id = next(self._ids)
         # A bare future: the stdio upstream this serves is asyncio's already, and an anyio Event costs 5x as much.
         waiting = self._waiting[request_id] = asyncio.get_running_loop().create_future()
-        message = (
-            types.JSONRPCRequest(jsonrpc="2.0", id=request_id, method=method, params=params)
-            if params is not None  # an explicit None would be written as "params": null, which JSON-RPC forbids
-            else types.JSONRPCRequest(jsonrpc="2.0", id=request_id, method=method)
-        )
         try:
             try:
-                await self._write_stream.send(SessionMessage(message))
+                await self._send(request_id, method, params)
             except (anyio.BrokenResourceError, anyio.ClosedResourceError):
                 raise _closed() from None
             try:
@@ -77,17 +78,28 @@ class DirectRequests:
                 raise
         finally:
             self._waiting.pop(request_id, None)
-        if isinstance(answer, types.JSONRPCResponse):
-            return answer.result
-        if answer is None:
-            raise _closed()
-        raise MCPError(code=answer.error.code, message=answer.error.message, data=answer.error.data)
+        return _result_of(answer)
+
+    async def _send(self, request_id: int, method: str, params: dict[str, Any] | None) -> None:
+        if self._stdin is not None:
+            request: dict[str, Any] = {"jsonrpc": "2.0", "id": request_id, "method": method}
+            if params is not None:  # an explicit None would be written as "params": null, which JSON-RPC forbids
+                request["params"] = params
+            await self._stdin.send_json(request)
+            return
+        message = (
+            types.JSONRPCRequest(jsonrpc="2.0", id=request_id, method=method, params=params)
+            if params is not None
+            else types.JSONRPCRequest(jsonrpc="2.0", id=request_id, method=method)
+        )
+        await self._write_stream.send(SessionMessage(message))
 
     def close(self) -> None:
         """The session ended: fail every request still waiting, and any sent later."""
         self._is_closed = True
         for waiting in self._waiting.values():
-            _answer(waiting, None)
+            if not waiting.done():
+                waiting.set_result(None)
         self._waiting.clear()
 
     def take(self, item: SessionMessage | Exception) -> bool:
@@ -97,10 +109,21 @@ class DirectRequests:
         message = item.message
         if not isinstance(message, types.JSONRPCResponse | types.JSONRPCError) or type(message.id) is not int:
             return False
-        waiting = self._waiting.pop(message.id, None)
+        return self._hand_over(message.id, message)
+
+    def take_raw(self, message: dict[str, Any]) -> bool:
+        """Whether `message`, a line as parsed from JSON, answers one of these requests (and was handed to it)."""
+        request_id = message.get("id")
+        if type(request_id) is not int or "method" in message:
+            return False
+        return self._hand_over(request_id, message)
+
+    def _hand_over(self, request_id: int, answer: _Answer) -> bool:
+        waiting = self._waiting.pop(request_id, None)
         if waiting is None:
-            return message.id >= _FIRST_ID  # a late answer to one we gave up: nobody else is waiting for it
-        _answer(waiting, message)
+            return request_id >= _FIRST_ID  # a late answer to one we gave up: nobody else is waiting for it
+        if not waiting.done():  # cancelled: its request is being withdrawn
+            waiting.set_result(answer)
         return True
 
     async def _cancel_upstream(self, request_id: int) -> None:
@@ -113,9 +136,34 @@ class DirectRequests:
             await self._write_stream.send(SessionMessage(notice))
 
 
-def _answer(waiting: asyncio.Future[_Answer], answer: _Answer) -> None:
-    if not waiting.done():  # cancelled: its request is being withdrawn
-        waiting.set_result(answer)
+def _result_of(answer: _Answer) -> dict[str, Any]:
+    """The result an answer carries.
+
+    Raises:
+        MCPError: the upstream's error; CONNECTION_CLOSED for no answer; INTERNAL_ERROR for an answer that is
+            neither a result object nor an error (it is not passed on as if it were one).
+    """
+    if isinstance(answer, types.JSONRPCResponse):
+        return answer.result
+    if isinstance(answer, types.JSONRPCError):
+        raise MCPError(code=answer.error.code, message=answer.error.message, data=answer.error.data)
+    if answer is None:
+        raise _closed()
+    result: object = answer.get("result")
+    error: object = answer.get("error")
+    if isinstance(result, dict) and error is None:
+        return cast(dict[str, Any], result)
+    if isinstance(error, dict) and result is None:
+        fields = cast(dict[str, Any], error)
+        code, message = fields.get("code"), fields.get("message")
+        if type(code) is int and type(message) is str:
+            raise MCPError(code=code, message=message, data=fields.get("data"))
+    shown = repr(answer)
+    raise MCPError(
+        code=types.INTERNAL_ERROR,
+        message="the upstream answered with neither a result object nor a JSON-RPC error: "
+        + (shown if len(shown) <= _SHOWN_CHARACTERS else shown[:_SHOWN_CHARACTERS] + "..."),
+    )
 
 
 def _closed() -> MCPError:

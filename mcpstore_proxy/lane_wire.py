@@ -8,8 +8,6 @@ from dataclasses import dataclass
 from typing import Any, Final, TypeGuard, cast
 
 import anyio
-import orjson
-import pydantic_core
 from mcp import types
 from mcp.server.streamable_http import MCP_SESSION_ID_HEADER, check_accept_headers
 from mcp.server.transport_security import TransportSecurityMiddleware
@@ -17,6 +15,8 @@ from mcp.shared.dispatcher import ProgressFnT
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
+
+from mcpstore_proxy.json_bytes import to_json
 
 __all__ = [
     "SESSION_ID",
@@ -160,13 +160,6 @@ def accepted(session_id: str) -> Response:
 def error_message(request_id: RequestId, error: types.ErrorData) -> dict[str, Any]:
     wire = error.model_dump(by_alias=True, mode="json", exclude_none=True)
     return {"jsonrpc": "2.0", "id": request_id, "error": wire}
-
-
-def to_json(message: object) -> bytes:
-    try:
-        return orjson.dumps(message)
-    except orjson.JSONEncodeError:  # an integer past 64 bits, which JSON allows
-        return pydantic_core.to_json(message)
 
 
 class Answer:

@@ -6,6 +6,12 @@ call. Here the session's receive loop reads the upstream's stdout itself, one
 line per message, and a sender writes each message to its stdin at once. The
 process is still spawned and stopped by the SDK's own code (a process group of
 its own; close stdin, wait, then kill the tree), reached through `compat`.
+
+The proxy's own requests (`direct_requests`) skip the SDK's models both ways:
+`send_json` writes a message as orjson encodes it, and each line read is parsed
+once with orjson and offered to `RawAnswers` first, so an answer to one of them
+reaches its caller as the upstream wrote it, never validated. Every other line
+is validated into the SDK's message types as before.
 """
 
 from __future__ import annotations
@@ -14,20 +20,29 @@ import logging
 from collections import deque
 from collections.abc import AsyncGenerator
 from contextlib import asynccontextmanager, suppress
-from typing import TextIO
+from typing import Any, Protocol, TextIO
 
 import anyio
+import orjson
 from anyio.abc import ByteReceiveStream, ByteSendStream
 from mcp import types
 from mcp.client.stdio import StdioServerParameters
 from mcp.shared.message import SessionMessage
 
 from mcpstore_proxy.compat import TransportStreams, spawn_stdio_server, stdin_writer, stop_stdio_server
+from mcpstore_proxy.json_bytes import to_json
 from mcpstore_proxy.message_streams import MessageReadStream, MessageWriteStream
 
-__all__ = ["StdinMessages", "StdoutMessages", "stdio_pipes"]
+__all__ = ["RawAnswers", "StdinMessages", "StdoutMessages", "stdio_pipes"]
 
 logger = logging.getLogger(__name__)
+
+
+class RawAnswers(Protocol):
+    def take_raw(self, message: dict[str, Any]) -> bool:
+        """Whether `message`, a line as parsed from JSON, answers one of the proxy's own requests (and was
+        handed to it)."""
+        ...
 
 
 class StdoutMessages(MessageReadStream):
@@ -38,6 +53,11 @@ class StdoutMessages(MessageReadStream):
         self._lines: deque[bytes] = deque()
         self._partial = bytearray()
         self._is_closed = False
+        self._answers: RawAnswers | None = None
+
+    def offer_answers_to(self, answers: RawAnswers) -> None:
+        """Offer each line to `answers` before the SDK's models parse it."""
+        self._answers = answers
 
     async def receive(self) -> SessionMessage | Exception:
         """The next message, or the error that parsing a line raised (the session reports it and goes on).
@@ -46,16 +66,25 @@ class StdoutMessages(MessageReadStream):
             anyio.EndOfStream: the upstream closed its stdout (it exited).
             anyio.ClosedResourceError: the session closed this stream.
         """
-        while not self._lines:
-            if self._is_closed:
-                raise anyio.ClosedResourceError
-            self._take(await self._stdout.receive())
-        line = self._lines.popleft()
-        try:
-            return SessionMessage(types.jsonrpc_message_adapter.validate_json(line, by_name=False))
-        except ValueError as error:
-            logger.warning("upstream wrote a line that is not a JSON-RPC message: %s", error)
-            return error
+        while True:
+            while not self._lines:
+                if self._is_closed:
+                    raise anyio.ClosedResourceError
+                self._take(await self._stdout.receive())
+            line = self._lines.popleft()
+            try:
+                if self._answers is None:
+                    return SessionMessage(types.jsonrpc_message_adapter.validate_json(line, by_name=False))
+                try:
+                    parsed: object = orjson.loads(line)
+                except orjson.JSONDecodeError:  # not JSON, or past what orjson reads (an integer over 64 bits)
+                    return SessionMessage(types.jsonrpc_message_adapter.validate_json(line, by_name=False))
+                if type(parsed) is dict and self._answers.take_raw(parsed):  # pyright: ignore[reportUnknownArgumentType]
+                    continue
+                return SessionMessage(types.jsonrpc_message_adapter.validate_python(parsed, by_name=False))
+            except ValueError as error:
+                logger.warning("upstream wrote a line that is not a JSON-RPC message: %s", error)
+                return error
 
     def _take(self, chunk: bytes) -> None:
         end = chunk.find(b"\n")
@@ -84,9 +113,15 @@ class StdinMessages(MessageWriteStream):
 
     async def send(self, item: SessionMessage, /) -> None:
         """Raises anyio.ClosedResourceError once closed, anyio.BrokenResourceError once the upstream is gone."""
+        await self._write(item.message.model_dump_json(by_alias=True, exclude_unset=True).encode() + b"\n")
+
+    async def send_json(self, message: dict[str, Any]) -> None:
+        """Send a message the proxy wrote itself, in JSON as it stands (see `send` for what it raises)."""
+        await self._write(to_json(message) + b"\n")
+
+    async def _write(self, data: bytes) -> None:
         if self._is_closed:
             raise anyio.ClosedResourceError
-        data = item.message.model_dump_json(by_alias=True, exclude_unset=True).encode() + b"\n"
         try:
             # No lock: each message is one write to the pipe's buffer, whole and in order; only the wait for
             # the buffer to drain is shared between senders, and asyncio lets several wait at once.

@@ -35,7 +35,7 @@ from mcp.shared.message import SessionMessage
 from mcpstore_proxy.compat import ReadStream, TransportStreams
 from mcpstore_proxy.config import UpstreamConfig
 from mcpstore_proxy.message_streams import MessageReadStream
-from mcpstore_proxy.stdio_pipes import stdio_pipes
+from mcpstore_proxy.stdio_pipes import RawAnswers, StdoutMessages, stdio_pipes
 
 __all__ = [
     "AnswerTaker",
@@ -102,8 +102,9 @@ class TransportEvents:
     session is gone and must be re-initialized."""
 
 
-class AnswerTaker(Protocol):
-    """Takes the answers to requests the proxy sent itself off a session's read stream (`DirectRequests`)."""
+class AnswerTaker(RawAnswers, Protocol):
+    """Takes the answers to requests the proxy sent itself off a session's read stream (`DirectRequests`): off a
+    stdio upstream's lines before they are parsed (`take_raw`), off any other stream's messages (`take`)."""
 
     def take(self, item: SessionMessage | Exception) -> bool:
         """Whether `item` was one of those answers (and was handed to its request)."""
@@ -132,6 +133,8 @@ class SessionReadStream(MessageReadStream):
         self._on_end = on_end
         self._answers = answers
         self.has_ended = False
+        if answers is not None and isinstance(inner, StdoutMessages):
+            inner.offer_answers_to(answers)
 
     @property
     def last_context(self) -> Any:

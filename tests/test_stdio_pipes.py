@@ -6,16 +6,18 @@ import os
 import sys
 import textwrap
 from collections.abc import AsyncGenerator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 
 import anyio
 import pytest
-from mcp import StdioServerParameters, types
+from mcp import MCPError, StdioServerParameters, types
 from mcp.shared.message import SessionMessage
 
 from mcpstore_proxy.compat import TransportStreams
+from mcpstore_proxy.direct_requests import DirectRequests
 from mcpstore_proxy.stdio_pipes import stdio_pipes
-from tests.support import is_alive
+from mcpstore_proxy.transports import SessionReadStream
+from tests.support import is_alive, wait_until
 
 pytestmark = pytest.mark.anyio
 
@@ -100,3 +102,89 @@ async def test_leaving_stops_an_upstream_that_ignores_its_stdin_closing_and_the_
     assert announced.params is not None
     assert not is_alive(announced.params["pid"])
     assert not is_alive(announced.params["child"])
+
+
+# The proxy's own requests (`DirectRequests`) over the pipes: raw JSON both ways, past the SDK's models.
+
+_ANSWERING = """
+    import json, sys
+    for line in sys.stdin:
+        request = json.loads(line)
+        if "id" not in request:
+            continue  # a notification
+        sys.stdout.write(json.dumps({"jsonrpc": "2.0", "method": "notifications/message",
+                                     "params": {"level": "info", "data": "before"}}) + "\\n")
+        sys.stdout.write(json.dumps(ANSWER(request)) + "\\n")
+        sys.stdout.flush()
+"""
+
+
+@asynccontextmanager
+async def _direct(answer: str) -> AsyncGenerator[tuple[DirectRequests, list[SessionMessage | Exception]]]:
+    """An upstream answering each request with `answer` (a Python expression of `request`), and the messages
+    its stdout gave the session (those the requests did not take)."""
+    script = f"ANSWER = lambda request: {answer}\n" + textwrap.dedent(_ANSWERING)
+    async with _child(script) as (read_stream, write_stream), anyio.create_task_group() as tg:
+        direct = DirectRequests(write_stream)
+        session_saw: list[SessionMessage | Exception] = []
+        observed = SessionReadStream(read_stream, lambda: None, direct)
+
+        async def read() -> None:
+            with suppress(anyio.EndOfStream, anyio.ClosedResourceError):
+                while True:
+                    session_saw.append(await observed.receive())
+
+        tg.start_soon(read)
+        yield direct, session_saw
+        tg.cancel_scope.cancel()
+
+
+async def test_an_answer_to_the_proxys_own_request_reaches_it_as_written_and_the_session_sees_only_the_rest() -> None:
+    answer = '{"jsonrpc": "2.0", "id": request["id"], "result": {"request": request, "x-extra": {"kept": [1, 2.5]}}}'
+    async with _direct(answer) as (direct, session_saw):
+        result = await direct.request("tools/call", {"name": "echo", "arguments": {"n": 1}})
+        second = await direct.request("ping", None)
+        await wait_until(lambda: len(session_saw) == 2)
+    assert result == {
+        "request": {
+            "jsonrpc": "2.0",
+            "id": 1 << 40,
+            "method": "tools/call",
+            "params": {"name": "echo", "arguments": {"n": 1}},
+        },
+        "x-extra": {"kept": [1, 2.5]},
+    }
+    assert second["request"] == {"jsonrpc": "2.0", "id": (1 << 40) + 1, "method": "ping"}  # no "params": null
+    assert [_message(item) for item in session_saw] == [
+        types.JSONRPCNotification(
+            jsonrpc="2.0", method="notifications/message", params={"level": "info", "data": "before"}
+        )
+    ] * 2
+
+
+async def test_an_upstreams_error_answer_to_the_proxys_own_request_arrives_as_that_error() -> None:
+    answer = '{"jsonrpc": "2.0", "id": request["id"], "error": {"code": -32602, "message": "bad", "data": {"k": 1}}}'
+    async with _direct(answer) as (direct, _):
+        with pytest.raises(MCPError) as raised:
+            await direct.request("tools/call", {"name": "echo"})
+    assert (raised.value.error.code, raised.value.error.message, raised.value.error.data) == (-32602, "bad", {"k": 1})
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        '{"jsonrpc": "2.0", "id": request["id"], "result": [1, 2]}',
+        '{"jsonrpc": "2.0", "id": request["id"], "result": None}',
+        '{"jsonrpc": "2.0", "id": request["id"], "error": {"code": "bad", "message": 1}}',
+        '{"jsonrpc": "2.0", "id": request["id"], "result": {}, "error": {"code": 1, "message": "both"}}',
+    ],
+)
+async def test_an_answer_that_is_neither_a_result_object_nor_an_error_fails_its_request_at_once_showing_it(
+    answer: str,
+) -> None:
+    async with _direct(answer) as (direct, _):
+        with anyio.fail_after(10), pytest.raises(MCPError) as raised:
+            await direct.request("tools/call", {"name": "echo"})
+    assert raised.value.error.code == types.INTERNAL_ERROR
+    assert "neither a result object nor a JSON-RPC error" in raised.value.error.message
+    assert str(1 << 40) in raised.value.error.message
