@@ -10,6 +10,7 @@ for the whole proxy at shutdown, but cancels what outlives its grace period.
 from __future__ import annotations
 
 import logging
+
 import anyio
 
 from mcpstore_proxy.clock import Clock
