@@ -1,0 +1,100 @@
+"""CPU per forwarded call of two targets, in alternating bursts while both run: steadier ratios on a shared machine.
+
+    .venv/bin/python bench/interleaved.py [--targets floor,mcpstore] [--rounds 8] [--calls 1000]
+
+`bench/forwarding.py` measures each target once, one after another, so load from outside the run that comes and
+goes between the two passes moves their ratio (by 30% and more on this machine). Here both targets run at once
+(pinned to core 1, the load generator to core 0), each with one session at c=1 and 8 sessions at c=8 opened
+once, and the bursts alternate: A then B, then B then A, for `--rounds` rounds. Each pair of bursts gives a
+ratio (B's CPU per call over A's, from /proc/<pid>/stat); the median of those ratios is the figure. Prints a
+markdown table; `--json PATH` also writes the bursts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+from contextlib import AsyncExitStack
+from pathlib import Path
+
+import anyio
+from mcp import Client
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from forwarding_load import SESSIONS, call_batch
+from forwarding_processes import SUT_CORE, running
+from forwarding_targets import TARGETS
+from proxy_overhead import client, cpu_seconds
+
+
+async def _burst(pid: int, sessions: list[Client], calls: int) -> float:
+    """CPU ms per call of `pid` over `calls` calls spread over `sessions` at once."""
+    each = max(1, calls // len(sessions))
+    before = cpu_seconds(pid)
+    ignored: list[float] = []
+    async with anyio.create_task_group() as workers:
+        for index, session in enumerate(sessions):
+            workers.start_soon(call_batch, session, each, f"burst/{index}", ignored)
+    return (cpu_seconds(pid) - before) / (each * len(sessions)) * 1000
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    parser.add_argument("--targets", default="floor,mcpstore", help="two targets: the reference, then the one compared")
+    parser.add_argument("--rounds", type=int, default=8)
+    parser.add_argument("--calls", type=int, default=1000, help="calls per burst (c=1), and per burst at c=8")
+    parser.add_argument("--json", type=Path)
+    arguments = parser.parse_args()
+    names = arguments.targets.split(",")
+    if len(names) != 2 or any(name not in TARGETS for name in names):
+        raise SystemExit(f"--targets takes two of: {', '.join(TARGETS)}")
+    pin = len(os.sched_getaffinity(0)) > 1
+    if pin:
+        os.sched_setaffinity(0, set(os.sched_getaffinity(0)) - {SUT_CORE})
+    bursts: dict[str, list[dict[str, float]]] = {"c1": [], "c8": []}
+    with tempfile.TemporaryDirectory(prefix="mcpstore-interleaved-") as scratch:
+        async with AsyncExitStack() as stack:
+            pids: list[int] = []
+            sessions: dict[str, list[list[Client]]] = {"c1": [], "c8": []}
+            for name in names:
+                workdir = Path(scratch) / name
+                workdir.mkdir()
+                launch, pid, _ = await stack.enter_async_context(running(TARGETS[name], workdir, pin, False))
+                pids.append(pid)
+                opened = [await stack.enter_async_context(client(launch.url)) for _ in range(1 + SESSIONS)]
+                for session in opened:
+                    await session.call_tool("echo", {"text": "warm-up"})
+                sessions["c1"].append(opened[:1])
+                sessions["c8"].append(opened[1:])
+            for mode in ("c1", "c8"):
+                await _burst(pids[0], sessions[mode][0], arguments.calls // 4)  # warm both paths once more
+                await _burst(pids[1], sessions[mode][1], arguments.calls // 4)
+                for round_index in range(arguments.rounds):
+                    order = (0, 1) if round_index % 2 == 0 else (1, 0)
+                    measured = [0.0, 0.0]
+                    for index in order:
+                        measured[index] = await _burst(pids[index], sessions[mode][index], arguments.calls)
+                    bursts[mode].append({names[0]: measured[0], names[1]: measured[1]})
+    first, second = names
+    rows: list[str] = [
+        f"| mode | bursts | {first} CPU ms per call (median) | {second} (median) | ratio per pair: median (min, max) |",
+        "|---|---|---|---|---|",
+    ]
+    for mode, pairs in bursts.items():
+        ratios = [pair[second] / pair[first] for pair in pairs if pair[first] > 0]
+        rows.append(
+            f"| {'c=1' if mode == 'c1' else 'c=8'} | {len(pairs)} x {arguments.calls} calls | "
+            f"{statistics.median(p[first] for p in pairs):.3f} | {statistics.median(p[second] for p in pairs):.3f} | "
+            f"{statistics.median(ratios):.2f}x ({min(ratios):.2f}, {max(ratios):.2f}) |"
+        )
+    print("\n".join(rows))
+    if arguments.json is not None:
+        arguments.json.write_text(json.dumps({"targets": names, "bursts": bursts, "table": "\n".join(rows)}, indent=2))
+
+
+if __name__ == "__main__":
+    anyio.run(main)
