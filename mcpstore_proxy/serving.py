@@ -37,6 +37,7 @@ from mcpstore_proxy.engine import ProxyEngine
 from mcpstore_proxy.errors import ConfigError, ProxyError
 from mcpstore_proxy.reload import Reloader, reload_in_background, watch_config_file
 from mcpstore_proxy.server import ProxyServer
+from mcpstore_proxy.sniffing import sniffed_as_asyncio
 from mcpstore_proxy.stdio import stdio_streams
 from mcpstore_proxy.transports import TransportFactory, open_transport
 
@@ -100,6 +101,20 @@ async def serve_http(
     """
     check_exposure(settings)
     check_tracing(settings)
+    with sniffed_as_asyncio():
+        listened = await _serve_http_until_stopped(settings, transports, clock, stop)
+    if not listened:
+        raise ProxyError(
+            f"could not listen on {settings.host}:{settings.port} (see the error above); "
+            "pick another address with --host/--port"
+        )
+    logger.info("stopped")
+
+
+async def _serve_http_until_stopped(
+    settings: ProxySettings, transports: TransportFactory, clock: Clock, stop: StopRequests | None
+) -> bool:
+    """Serve until asked to stop; False if the address could not be bound."""
     listened = False
     async with anyio.create_task_group() as signals:
         if stop is None:
@@ -109,12 +124,7 @@ async def serve_http(
             stop.reloader = engine.reloader
             listened = await _serve_http(engine, stop)
         signals.cancel_scope.cancel()
-    if not listened:
-        raise ProxyError(
-            f"could not listen on {settings.host}:{settings.port} (see the error above); "
-            "pick another address with --host/--port"
-        )
-    logger.info("stopped")
+    return listened
 
 
 async def _serve_http(engine: ProxyEngine, stop: StopRequests) -> bool:
@@ -212,6 +222,11 @@ async def serve_stdio(settings: ProxySettings, *, transports: TransportFactory =
     """Serve one client on stdin/stdout until stdin closes (then at once) or a signal (then drain first)."""
     check_tracing(settings)
     stop = StopRequests()
+    with sniffed_as_asyncio():
+        await _serve_stdio_until_stopped(settings, transports, stop)
+
+
+async def _serve_stdio_until_stopped(settings: ProxySettings, transports: TransportFactory, stop: StopRequests) -> None:
     async with anyio.create_task_group() as signals:
         signals.start_soon(stop.watch_signals)  # before anything starts: no signal may find us unprepared
         async with ProxyEngine(settings, transports=transports) as engine, anyio.create_task_group() as tg:
