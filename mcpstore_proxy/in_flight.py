@@ -73,7 +73,9 @@ class CallsInFlight:
             self._count,
             reason,
         )
-        none_left = self._none_left = anyio.Event()
+        if self._none_left is None or self._none_left.is_set():
+            self._none_left = anyio.Event()  # shared by every wait, should two reloads wait at once
+        none_left = self._none_left
         async with anyio.create_task_group() as tg:
 
             async def end_of_grace() -> None:

@@ -1,11 +1,21 @@
-"""JSON for the messages the proxy writes itself: orjson, and pydantic-core for what orjson cannot encode."""
+"""JSON as the proxy reads and writes it itself, past the SDK's models.
+
+Reading uses pydantic-core's parser, the one the SDK's models validate with, so a message means the same on the
+fast path as on the SDK's: integers of any size stay integers (orjson would turn one past 64 bits into a float
+and change the payload). Writing uses orjson, and pydantic-core for what orjson cannot encode.
+"""
 
 from __future__ import annotations
 
 import orjson
 import pydantic_core
 
-__all__ = ["to_json"]
+__all__ = ["from_json", "to_json"]
+
+
+def from_json(data: bytes) -> object:
+    """Raises ValueError for anything that is not JSON."""
+    return pydantic_core.from_json(data)
 
 
 def to_json(message: object) -> bytes:

@@ -3,10 +3,11 @@ SDK's server stack.
 
 Through the SDK, one forwarded call costs a pydantic validation of the message, a memory stream and a task per
 request, the server runner's dispatch and an event stream, around a payload the proxy only routes. The lane parses
-the POST once (orjson), routes it through the very same code as the SDK's handler (`ProxyServer.call_tool` and
-`forwarded`: session keys, named sessions, drain accounting, start-up retry, one error translation), and answers in
-plain JSON, or on an event stream opened the moment the upstream says something before its answer (progress, a log
-entry, a request to the client), which then carries that and the answer.
+the POST once (`json_bytes.from_json`, which keeps integers of any size exact), routes it through the very same code
+as the SDK's handler (`ProxyServer.call_tool` and `forwarded`: session keys, named sessions, drain accounting,
+start-up retry, one error translation), and answers in plain JSON, or on an event stream opened the moment the
+upstream says something before its answer (progress, a log entry, a request to the client), which then carries
+that and the answer.
 
 What takes the lane: a POST carrying one JSON-RPC `tools/call` request with the `Mcp-Session-Id` of a session this
 principal opened (the session manager's own test) and the proxy already adopted (after its first request past
@@ -30,7 +31,6 @@ from dataclasses import dataclass, field
 from typing import Any, Final, TypeVar, cast
 
 import anyio
-import orjson
 from mcp import MCPError, types
 from mcp.server.connection import Connection
 from mcp.server.streamable_http import (
@@ -47,6 +47,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from mcpstore_proxy.compat import holding_http_session, http_session
 from mcpstore_proxy.downstream import NOTIFY_SECONDS, Caller
 from mcpstore_proxy.hangup import HangUpWatch
+from mcpstore_proxy.json_bytes import from_json
 from mcpstore_proxy.lane_wire import (
     SESSION_ID,
     Acceptance,
@@ -120,8 +121,8 @@ class FastLane:
         if not isinstance(body, bytes):
             return  # the client left before it finished sending
         try:
-            message: object = orjson.loads(body)
-        except orjson.JSONDecodeError:
+            message = from_json(body)
+        except ValueError:
             message = None
         is_message = isinstance(message, dict) and cast(dict[str, Any], message).get("jsonrpc") == "2.0"
         if is_message and await self._take(scope, receive, send, session, cast(dict[str, Any], message)):

@@ -9,7 +9,7 @@ its own; close stdin, wait, then kill the tree), reached through `compat`.
 
 The proxy's own requests (`direct_requests`) skip the SDK's models both ways:
 `send_json` writes a message as orjson encodes it, and each line read is parsed
-once with orjson and offered to `RawAnswers` first, so an answer to one of them
+once (`json_bytes.from_json`) and offered to `RawAnswers` first, so an answer to one of them
 reaches its caller as the upstream wrote it, never validated. Every other line
 is validated into the SDK's message types as before.
 """
@@ -23,14 +23,13 @@ from contextlib import asynccontextmanager, suppress
 from typing import Any, Protocol, TextIO
 
 import anyio
-import orjson
 from anyio.abc import ByteReceiveStream, ByteSendStream
 from mcp import types
 from mcp.client.stdio import StdioServerParameters
 from mcp.shared.message import SessionMessage
 
 from mcpstore_proxy.compat import TransportStreams, spawn_stdio_server, stdin_writer, stop_stdio_server
-from mcpstore_proxy.json_bytes import to_json
+from mcpstore_proxy.json_bytes import from_json, to_json
 from mcpstore_proxy.message_streams import MessageReadStream, MessageWriteStream
 
 __all__ = ["RawAnswers", "StdinMessages", "StdoutMessages", "stdio_pipes"]
@@ -75,10 +74,7 @@ class StdoutMessages(MessageReadStream):
             try:
                 if self._answers is None:
                     return SessionMessage(types.jsonrpc_message_adapter.validate_json(line, by_name=False))
-                try:
-                    parsed: object = orjson.loads(line)
-                except orjson.JSONDecodeError:  # not JSON, or past what orjson reads (an integer over 64 bits)
-                    return SessionMessage(types.jsonrpc_message_adapter.validate_json(line, by_name=False))
+                parsed = from_json(line)
                 if type(parsed) is dict and self._answers.take_raw(parsed):  # pyright: ignore[reportUnknownArgumentType]
                     continue
                 return SessionMessage(types.jsonrpc_message_adapter.validate_python(parsed, by_name=False))

@@ -166,15 +166,20 @@ class MemoryUpstreams:
             done.set()
 
 
-def one_tool_upstream(directory: Path, tool: str, result: types.CallToolResult) -> tuple[Path, MemoryUpstreams]:
-    """A config whose one upstream, served in memory, offers the tool `tool` (no prefix), which answers `result`."""
+def one_tool_upstream(
+    directory: Path,
+    tool: str,
+    result: types.CallToolResult | Callable[[types.CallToolRequestParams], types.CallToolResult],
+) -> tuple[Path, MemoryUpstreams]:
+    """A config whose one upstream, served in memory, offers the tool `tool` (no prefix), which answers `result`
+    (or what `result` makes of the call's parameters)."""
 
     def server() -> Server[Any]:
         async def list_tools(ctx: Any, params: Any) -> types.ListToolsResult:
             return types.ListToolsResult(tools=[types.Tool(name=tool, input_schema={"type": "object"})])
 
         async def call_tool(ctx: Any, params: types.CallToolRequestParams) -> types.CallToolResult:
-            return result
+            return result if isinstance(result, types.CallToolResult) else result(params)
 
         return Server(tool, on_list_tools=list_tools, on_call_tool=call_tool)
 

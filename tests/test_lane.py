@@ -235,6 +235,19 @@ async def test_a_number_past_64_bits_arrives_intact(tmp_path: Path) -> None:
         assert await lane_calls(proxy, config) == 1
 
 
+async def test_a_number_past_64_bits_in_a_calls_arguments_reaches_the_upstream_intact(tmp_path: Path) -> None:
+    def reflect(params: types.CallToolRequestParams) -> types.CallToolResult:
+        return types.CallToolResult(content=[], structured_content={"got": params.arguments})
+
+    config, upstreams = one_tool_upstream(tmp_path, "reflect", reflect)
+    async with running_app(config, upstreams=upstreams) as proxy, httpx2.AsyncClient(timeout=30) as http:
+        session = RawSession(http, proxy.url)
+        await session.open()
+        answer = await session.call_tool(1, "reflect", {"n": 2**70 + 1, "small": 1, "x": 0.5})
+        assert answer.json()["result"]["structuredContent"] == {"got": {"n": 2**70 + 1, "small": 1, "x": 0.5}}
+        assert await lane_calls(proxy, config) == 1
+
+
 @pytest.fixture
 def guarded(tmp_path: Path) -> Path:
     tokens = [

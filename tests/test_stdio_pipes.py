@@ -162,6 +162,15 @@ async def test_an_answer_to_the_proxys_own_request_reaches_it_as_written_and_the
     ] * 2
 
 
+async def test_numbers_in_an_answer_to_the_proxys_own_request_arrive_exactly_as_written() -> None:
+    numbers = '{"big": 2**70 + 1, "neg": -(2**65) - 1, "x": 0.1, "e": 1e300}'
+    answer = f'{{"jsonrpc": "2.0", "id": request["id"], "result": {numbers}}}'
+    async with _direct(answer) as (direct, _):
+        result = await direct.request("tools/call", {"name": "echo"})
+    assert result == {"big": 2**70 + 1, "neg": -(2**65) - 1, "x": 0.1, "e": 1e300}
+    assert type(result["big"]) is int
+
+
 async def test_an_upstreams_error_answer_to_the_proxys_own_request_arrives_as_that_error() -> None:
     answer = '{"jsonrpc": "2.0", "id": request["id"], "error": {"code": -32602, "message": "bad", "data": {"k": 1}}}'
     async with _direct(answer) as (direct, _):
