@@ -9,9 +9,10 @@ its own; close stdin, wait, then kill the tree), reached through `compat`.
 
 The proxy's own requests (`direct_requests`) skip the SDK's models both ways:
 `send_json` writes a message as orjson encodes it, and each line read is parsed
-once (`json_bytes.from_json`) and offered to `RawAnswers` first, so an answer to one of them
-reaches its caller as the upstream wrote it, never validated. Every other line
-is validated into the SDK's message types as before.
+once (`json_bytes.from_json`, as the SDK's models parse) and offered to
+`RawAnswers` first, so an answer to one of them reaches its caller as the
+upstream wrote it, never validated. Every other line is validated into the
+SDK's message types from that parse, as before.
 """
 
 from __future__ import annotations
