@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -83,6 +84,19 @@ async def wait_until(
                 await anyio.sleep(0.05)
     except TimeoutError:
         raise AssertionError(f"timed out after {timeout:g} s waiting for {what}") from None
+
+
+async def stop_pid(pid: int, *, what: str, grace_seconds: float = 10.0) -> None:
+    """Stop a process a test started only indirectly (it knows the pid): SIGTERM, and SIGKILL if it is still alive
+    `grace_seconds` later, so that nothing outlives the test whatever the process does with SIGTERM."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    try:
+        await wait_until(lambda: not is_alive(pid), timeout=grace_seconds, what=f"{what} to stop on SIGTERM")
+    except AssertionError:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        await wait_until(lambda: not is_alive(pid), timeout=grace_seconds, what=f"{what} to die of SIGKILL")
 
 
 def is_alive(pid: int) -> bool:

@@ -7,9 +7,7 @@ the shared proxy and explains who keeps what.
 from __future__ import annotations
 
 import json
-import os
 import re
-import signal
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +20,7 @@ from tests.matrix import anyio_backend as anyio_backend
 from tests.matrix import probe as probe
 from tests.matrix import proxy as proxy
 from tests.matrix import session_name as session_name
-from tests.support import ProxyProcess, is_alive, wait_until
+from tests.support import ProxyProcess, stop_pid
 from tests.test_inspector import inspector, mcpdo
 
 pytestmark = pytest.mark.anyio
@@ -93,5 +91,4 @@ async def test_mcpdo_keeps_one_connections_state_across_invocations_and_a_named_
         assert await tool("named-again", "state_recall") == [kept]
         assert await tool("plain", "state_recall") == [one, two]
     finally:
-        os.kill(daemon_pid, signal.SIGTERM)
-        await wait_until(lambda: not is_alive(daemon_pid), what="the mcpdo daemon to stop")
+        await stop_pid(daemon_pid, what="the mcpdo daemon")
