@@ -3,10 +3,12 @@
 A forwarded call needs none of what the SDK's client adds to a request: a
 typed result validated against the protocol, a span, a clock, a memory stream
 per request. `DirectRequests` writes the request to the session's write stream
-under an id of its own (from a range the SDK's counter never reaches) and takes
-the answer off the read stream (`transports.SessionReadStream` hands it over)
-before the `ClientSession` sees it, so the
-result reaches the caller exactly as the upstream sent it. Everything else
+under an id of its own and takes the answer off the read stream
+(`transports.SessionReadStream` hands it over) before the `ClientSession` sees
+it, so the result reaches the caller exactly as the upstream sent it. Its ids
+are strings, `mcpstore-1`, `mcpstore-2`, ...: the SDK's client numbers its own
+requests, so the two never meet, and every MCP server must take string ids,
+while a numeric id past 32 bits could break a server that keeps them narrower. Everything else
 on the stream (log entries, sampling, list changes, answers to the SDK's own
 requests) still goes to the `ClientSession`, in order.
 
@@ -20,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 from contextlib import suppress
-from typing import Any, Final, cast
+from typing import Any, Final, TypeGuard, cast
 
 import anyio
 from mcp import MCPError, types
@@ -31,8 +33,8 @@ from mcpstore_proxy.stdio_pipes import StdinMessages
 
 __all__ = ["DirectRequests"]
 
-_FIRST_ID: Final = 1 << 40
-"""Far above any id the SDK's counter (from 1, one per request) will reach; still exact in JavaScript."""
+_ID_PREFIX: Final = "mcpstore-"
+"""The proxy's own request ids upstream; the SDK's client uses integers."""
 _CANCEL_WRITE_SECONDS: Final = 1.0
 _SHOWN_CHARACTERS: Final = 200
 """How much of a malformed answer its error shows."""
@@ -50,8 +52,8 @@ class DirectRequests:
         self._write_stream = write_stream
         self._stdin = write_stream if isinstance(write_stream, StdinMessages) else None
         """Where a request goes as orjson writes it, past the SDK's models (an upstream over stdio)."""
-        self._ids = itertools.count(_FIRST_ID)
-        self._waiting: dict[int, asyncio.Future[_Answer]] = {}
+        self._ids = itertools.count(1)
+        self._waiting: dict[str, asyncio.Future[_Answer]] = {}
         self._is_closed = False
 
     async def request(self, method: str, params: dict[str, Any] | None) -> dict[str, Any]:
@@ -62,7 +64,7 @@ class DirectRequests:
         """
         if self._is_closed:
             raise _closed()
-        request_id = next(self._ids)
+        request_id = f"{_ID_PREFIX}{next(self._ids)}"
         # A bare future: the stdio upstream this serves is asyncio's already, and an anyio Event costs 5x as much.
         waiting = self._waiting[request_id] = asyncio.get_running_loop().create_future()
         try:
@@ -80,7 +82,7 @@ class DirectRequests:
             self._waiting.pop(request_id, None)
         return _result_of(answer)
 
-    async def _send(self, request_id: int, method: str, params: dict[str, Any] | None) -> None:
+    async def _send(self, request_id: str, method: str, params: dict[str, Any] | None) -> None:
         if self._stdin is not None:
             request: dict[str, Any] = {"jsonrpc": "2.0", "id": request_id, "method": method}
             if params is not None:  # an explicit None would be written as "params": null, which JSON-RPC forbids
@@ -107,26 +109,25 @@ class DirectRequests:
         if isinstance(item, Exception):
             return False
         message = item.message
-        if not isinstance(message, types.JSONRPCResponse | types.JSONRPCError) or type(message.id) is not int:
+        if not isinstance(message, types.JSONRPCResponse | types.JSONRPCError) or not _is_ours(message.id):
             return False
         return self._hand_over(message.id, message)
 
     def take_raw(self, message: dict[str, Any]) -> bool:
         """Whether `message`, a line as parsed from JSON, answers one of these requests (and was handed to it)."""
         request_id = message.get("id")
-        if type(request_id) is not int or "method" in message:
+        if not _is_ours(request_id) or "method" in message:
             return False
         return self._hand_over(request_id, message)
 
-    def _hand_over(self, request_id: int, answer: _Answer) -> bool:
+    def _hand_over(self, request_id: str, answer: _Answer) -> bool:
+        """Always True: an id of ours that nobody waits for any more answers a request given up (dropped here)."""
         waiting = self._waiting.pop(request_id, None)
-        if waiting is None:
-            return request_id >= _FIRST_ID  # a late answer to one we gave up: nobody else is waiting for it
-        if not waiting.done():  # cancelled: its request is being withdrawn
+        if waiting is not None and not waiting.done():  # done: cancelled, its request being withdrawn
             waiting.set_result(answer)
         return True
 
-    async def _cancel_upstream(self, request_id: int) -> None:
+    async def _cancel_upstream(self, request_id: str) -> None:
         notice = types.JSONRPCNotification(
             jsonrpc="2.0",
             method="notifications/cancelled",
@@ -134,6 +135,10 @@ class DirectRequests:
         )
         with suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):  # if gone, its work went with it
             await self._write_stream.send(SessionMessage(notice))
+
+
+def _is_ours(request_id: object) -> TypeGuard[str]:
+    return type(request_id) is str and request_id.startswith(_ID_PREFIX)
 
 
 def _result_of(answer: _Answer) -> dict[str, Any]:

@@ -148,13 +148,13 @@ async def test_an_answer_to_the_proxys_own_request_reaches_it_as_written_and_the
     assert result == {
         "request": {
             "jsonrpc": "2.0",
-            "id": 1 << 40,
+            "id": "mcpstore-1",
             "method": "tools/call",
             "params": {"name": "echo", "arguments": {"n": 1}},
         },
         "x-extra": {"kept": [1, 2.5]},
     }
-    assert second["request"] == {"jsonrpc": "2.0", "id": (1 << 40) + 1, "method": "ping"}  # no "params": null
+    assert second["request"] == {"jsonrpc": "2.0", "id": "mcpstore-2", "method": "ping"}  # no "params": null
     assert [_message(item) for item in session_saw] == [
         types.JSONRPCNotification(
             jsonrpc="2.0", method="notifications/message", params={"level": "info", "data": "before"}
@@ -169,6 +169,17 @@ async def test_numbers_in_an_answer_to_the_proxys_own_request_arrive_exactly_as_
         result = await direct.request("tools/call", {"name": "echo"})
     assert result == {"big": 2**70 + 1, "neg": -(2**65) - 1, "x": 0.1, "e": 1e300}
     assert type(result["big"]) is int
+
+
+async def test_a_server_that_keeps_numeric_ids_in_32_bits_still_answers_the_proxys_own_requests() -> None:
+    answer = (
+        '{"jsonrpc": "2.0", "id": request["id"], "result": {"ok": True}} '
+        'if isinstance(request["id"], str) or -(2**31) <= request["id"] < 2**31 '
+        'else {"jsonrpc": "2.0", "id": None, "error": {"code": -32600, "message": "id out of range"}}'
+    )
+    async with _direct(answer) as (direct, _):
+        with anyio.fail_after(10):
+            assert await direct.request("tools/call", {"name": "echo"}) == {"ok": True}
 
 
 async def test_an_upstreams_error_answer_to_the_proxys_own_request_arrives_as_that_error() -> None:
@@ -196,4 +207,4 @@ async def test_an_answer_that_is_neither_a_result_object_nor_an_error_fails_its_
             await direct.request("tools/call", {"name": "echo"})
     assert raised.value.error.code == types.INTERNAL_ERROR
     assert "neither a result object nor a JSON-RPC error" in raised.value.error.message
-    assert str(1 << 40) in raised.value.error.message
+    assert "mcpstore-1" in raised.value.error.message
