@@ -25,7 +25,15 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any, Final, Literal, Protocol
 
-__all__ = ["JsonFormatter", "RedactSessionIds", "ThrottledWarning", "configure_logging", "fingerprint", "log_fields"]
+__all__ = [
+    "JsonFormatter",
+    "RedactSessionIds",
+    "StderrHandler",
+    "ThrottledWarning",
+    "configure_logging",
+    "fingerprint",
+    "log_fields",
+]
 
 _SESSION_ID: Final = re.compile(r"\b[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}\b")
 _REDACTED_LOGGERS: Final = ("mcp.", "uvicorn")
@@ -111,9 +119,24 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(line, default=str)
 
 
+class StderrHandler(logging.Handler):
+    """Writes each record to `sys.stderr` as it is when the record is written, not when logging was configured: a
+    host (or a test) that replaces stderr later still gets the lines, and a stream it closed is never written to."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            stream = sys.stderr
+            stream.write(self.format(record) + "\n")
+            stream.flush()
+        except RecursionError:
+            raise
+        except Exception:  # noqa: BLE001  # logging's contract: a record that cannot be written is reported, not raised
+            self.handleError(record)
+
+
 def configure_logging(level: str, log_format: LogFormat = "text") -> None:
     """Log to stderr (stdout may be the MCP channel), as text or JSON lines, with session ids redacted."""
-    handler = logging.StreamHandler(sys.stderr)
+    handler = StderrHandler()
     if log_format == "json":
         handler.setFormatter(JsonFormatter())
     else:

@@ -5,9 +5,11 @@ flood cannot turn into a flood."""
 from __future__ import annotations
 
 import datetime as dt
+import io
 import json
 import logging
 import re
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +21,14 @@ from mcp import Client, MCPError
 
 from mcpstore_proxy.errors import SESSION_REFUSED
 from mcpstore_proxy.keys import SessionKey
-from mcpstore_proxy.logs import RedactSessionIds, ThrottledWarning, configure_logging, fingerprint, log_fields
+from mcpstore_proxy.logs import (
+    RedactSessionIds,
+    StderrHandler,
+    ThrottledWarning,
+    configure_logging,
+    fingerprint,
+    log_fields,
+)
 from tests.clock import ManualClock
 from tests.support import fixture_server, running_proxy, streamable_http_client, wait_until, write_config
 
@@ -139,7 +148,7 @@ def test_configure_logging_writes_redacted_lines_to_stderr_at_the_given_level(
     configure_logging("WARNING")
     root = logging.getLogger()
     [handler] = root.handlers
-    assert isinstance(handler, logging.StreamHandler)
+    assert isinstance(handler, StderrHandler)
     assert root.level == logging.WARNING
     assert logging.getLogger("httpx2").level == logging.WARNING  # one line per upstream request is noise
     session_id = uuid.uuid4().hex
@@ -149,6 +158,22 @@ def test_configure_logging_writes_redacted_lines_to_stderr_at_the_given_level(
     assert captured.out == ""  # stdout may be the MCP channel
     [line] = captured.err.splitlines()
     assert line.endswith(f" WARNING mcp.server.streamable_http: lost session #{fingerprint(session_id)}")
+
+
+@pytest.mark.usefixtures("root_restored")
+def test_lines_go_to_stderr_as_it_is_when_they_are_written_never_to_a_stream_closed_since(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    first, second = io.StringIO(), io.StringIO()
+    monkeypatch.setattr(sys, "stderr", first)
+    configure_logging("WARNING")
+    logging.getLogger("mcpstore_proxy.x").warning("to the first")
+    first.close()  # as pytest closes a test's captured stderr once the test is over
+    monkeypatch.setattr(sys, "stderr", second)
+    monkeypatch.setattr(logging, "raiseExceptions", True)  # a failed write would print "--- Logging error ---"
+    logging.getLogger("mcpstore_proxy.x").warning("to the second")
+    [line] = second.getvalue().splitlines()
+    assert line.endswith(" WARNING mcpstore_proxy.x: to the second")
 
 
 @pytest.mark.usefixtures("root_restored")
