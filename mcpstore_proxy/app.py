@@ -60,6 +60,7 @@ from mcpstore_proxy.gate import METADATA_PATH, AuthGate, principal_of
 from mcpstore_proxy.lane import FastLane
 from mcpstore_proxy.logs import ThrottledWarning, log_fields
 from mcpstore_proxy.metrics import ProxyMetrics, metrics_route
+from mcpstore_proxy.outstanding import Outstanding
 from mcpstore_proxy.registry import ServicePolicy
 from mcpstore_proxy.server import REQUEST_SCOPE, ProxyServer
 from mcpstore_proxy.status import status_report
@@ -232,20 +233,14 @@ class _FrontDoor:
         self._legacy = legacy
         self._limit = settings.max_downstream_sessions
         self._refusals = ThrottledWarning(logger)
-        self._requests = 0
-        self._answered: anyio.Event | None = None
-        """Set when the last request is answered; made by `requests_answered`, so a request costs no event."""
+        self._requests = Outstanding()
 
     def guard(self, app: ASGIApp) -> _Guarded:
         return _Guarded(self, app)
 
     async def requests_answered(self) -> None:
         """Wait until no request (other than an event stream) is being answered."""
-        if not self._requests:
-            return
-        if self._answered is None or self._answered.is_set():
-            self._answered = anyio.Event()
-        await self._answered.wait()
+        await self._requests.none_left()
 
     async def admit(self, app: ASGIApp, scope: Scope, receive: Receive, send: Send) -> None:
         opens = _opens_a_session(scope)
@@ -260,13 +255,8 @@ class _FrontDoor:
         if opens:
             set_session_limit(self._manager, max(1, self._limit - self._legacy.open))
             send = self._answering_the_managers_refusal(scope, receive, send)
-        self._requests += 1
-        try:
+        with self._requests:
             await app(scope, receive, send)
-        finally:
-            self._requests -= 1
-            if self._requests == 0 and self._answered is not None:
-                self._answered.set()
 
     def _answering_the_managers_refusal(self, scope: Scope, receive: Receive, send: Send) -> Send:
         """`send`, but for the session manager's own refusal at its limit (HTTP 503), which becomes ours."""

@@ -20,6 +20,7 @@ import anyio
 from mcpstore_proxy.errors import ShuttingDownError
 from mcpstore_proxy.events import EventLog
 from mcpstore_proxy.logs import ThrottledWarning
+from mcpstore_proxy.outstanding import Outstanding
 
 __all__ = ["Drain"]
 
@@ -36,8 +37,8 @@ class Drain:
         self._events = events if events is not None else EventLog()
         self._is_draining = False
         self._in_flight: set[anyio.CancelScope] = set()
-        self._idle: anyio.Event | None = None
-        """Set when the last request in flight ends; made by `drain` (no new request starts after it)."""
+        """The requests in flight, by the scope that cancels each."""
+        self._requests = Outstanding()
         self._hurry = anyio.Event()
         self._refusals = ThrottledWarning(logger)
 
@@ -67,14 +68,12 @@ class Drain:
             ShuttingDownError: draining has begun (before the request), or the grace period ran out (during it).
         """
         self.refuse_if_draining()
-        with anyio.CancelScope() as scope:
+        with anyio.CancelScope() as scope, self._requests:
             self._in_flight.add(scope)
             try:
                 yield
             finally:
                 self._in_flight.discard(scope)
-                if not self._in_flight and self._idle is not None:
-                    self._idle.set()
         if scope.cancelled_caught:
             raise ShuttingDownError(
                 "mcpstore-proxy shut down before the upstream answered (its shutdown grace period ran out); "
@@ -85,9 +84,6 @@ class Drain:
         """Refuse new requests, wait up to `grace_seconds` (or until `hurry()`) for those in flight, then cancel
         the rest and give them a moment to answer."""
         self._is_draining = True
-        idle = self._idle = anyio.Event()
-        if not self._in_flight:
-            idle.set()
         if self._in_flight:
             logger.info("waiting up to %g s for %d requests in flight", grace_seconds, len(self._in_flight))
         with anyio.move_on_after(grace_seconds):
@@ -98,14 +94,14 @@ class Drain:
                     tg.cancel_scope.cancel()
 
                 tg.start_soon(hurried)
-                await idle.wait()
+                await self._requests.none_left()
                 tg.cancel_scope.cancel()
         if self._in_flight:
             logger.warning("cancelling %d requests still in flight: the shutdown grace period ran out", self.in_flight)
             for scope in list(self._in_flight):
                 scope.cancel()
             with anyio.move_on_after(_ANSWER_SECONDS):
-                await idle.wait()
+                await self._requests.none_left()
 
     def hurry(self) -> None:
         """End the grace period now."""

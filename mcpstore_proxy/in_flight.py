@@ -15,6 +15,7 @@ import anyio
 
 from mcpstore_proxy.clock import Clock
 from mcpstore_proxy.errors import UpstreamStoppedError
+from mcpstore_proxy.outstanding import Outstanding
 
 __all__ = ["CallsInFlight"]
 
@@ -27,17 +28,15 @@ class CallsInFlight:
     def __init__(self, upstream: str, clock: Clock) -> None:
         self.upstream = upstream
         self._clock = clock
-        self._count = 0
-        self._none_left: anyio.Event | None = None
-        """Set when the last call ends; made by `stop_taking` (no new call starts after it)."""
+        self._calls = Outstanding()
         self._refused_because: str | None = None
 
     def __repr__(self) -> str:
         taking = f"taking none ({self._refused_because})" if self._refused_because is not None else "open"
-        return f"<CallsInFlight {self.upstream}: {self._count}, {taking}>"
+        return f"<CallsInFlight {self.upstream}: {len(self._calls)}, {taking}>"
 
     def __len__(self) -> int:
-        return self._count
+        return len(self._calls)
 
     def call(self) -> CallsInFlight:
         """Run one call as work in flight: `with calls.call():` (no object made per call).
@@ -54,28 +53,23 @@ class CallsInFlight:
                 f"upstream '{self.upstream}' takes no new calls: {self._refused_because}",
                 was_sent=False,
             )
-        self._count += 1
+        self._calls.__enter__()
 
     def __exit__(self, *exc_info: object) -> None:
-        self._count -= 1
-        if not self._count and self._none_left is not None:
-            self._none_left.set()
+        self._calls.__exit__()
 
     async def stop_taking(self, grace_seconds: float, reason: str) -> None:
         """Refuse new calls, saying `reason`, and wait up to `grace_seconds` for those in flight to finish."""
         self._refused_because = reason
-        if not self._count:
+        if not self._calls:
             return
         logger.info(
             "upstream '%s': waiting up to %g s for %d calls in flight before closing it (%s)",
             self.upstream,
             grace_seconds,
-            self._count,
+            len(self._calls),
             reason,
         )
-        if self._none_left is None or self._none_left.is_set():
-            self._none_left = anyio.Event()  # shared by every wait, should two reloads wait at once
-        none_left = self._none_left
         async with anyio.create_task_group() as tg:
 
             async def end_of_grace() -> None:
@@ -83,5 +77,5 @@ class CallsInFlight:
                 tg.cancel_scope.cancel()
 
             tg.start_soon(end_of_grace)
-            await none_left.wait()
+            await self._calls.none_left()
             tg.cancel_scope.cancel()

@@ -23,8 +23,8 @@ log entries and progress before its result.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncGenerator, Awaitable, Callable, Generator
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import AsyncGenerator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Final, Protocol, TypeVar
 
@@ -33,6 +33,8 @@ from mcp import MCPError, types
 from mcp.client.session import ClientRequestContext, IncomingMessage
 from mcp.shared.dispatcher import ProgressFnT
 from pydantic import BaseModel
+
+from mcpstore_proxy.outstanding import Outstanding
 
 __all__ = ["ClientCall", "ClientChannel", "ListKind", "SessionRelay"]
 
@@ -93,9 +95,8 @@ class SessionRelay:
         """Tell the owner about list changes; off for catalog sessions, whose changes reach every client."""
         self._calls: list[ClientCall] = []
         self._exposed_uri = exposed_uri
-        self._forwards = 0
-        self._quiet = anyio.Event()
-        self._quiet.set()
+        self._forwards = Outstanding()
+        """The upstream's messages being forwarded to a client now; a call's result waits for them."""
 
     def __repr__(self) -> str:
         return f"<SessionRelay {self.upstream}: {len(self._calls)} calls in flight>"
@@ -113,7 +114,7 @@ class SessionRelay:
             yield
             if self._forwards:
                 with anyio.move_on_after(_DRAIN_SECONDS):
-                    await self._quiet.wait()
+                    await self._forwards.none_left()
         finally:
             self._calls.remove(call)
 
@@ -124,7 +125,7 @@ class SessionRelay:
         report = call.progress
 
         async def forward(progress: float, total: float | None, message: str | None) -> None:
-            with self._forwarding():
+            with self._forwards:  # entered before the forward's first await
                 await report(progress, total, message)
 
         return forward
@@ -149,7 +150,7 @@ class SessionRelay:
         """The upstream's notifications (the ClientSession's `message_handler`)."""
         if isinstance(message, (Exception, types.ProgressNotification)):
             return  # transport faults end the session elsewhere; progress goes through `progress_for`
-        with self._forwarding():
+        with self._forwards:  # entered before the forward's first await
             kind = _LIST_CHANGED.get(type(message))
             if kind is not None:
                 if self.on_list_changed is not None:
@@ -210,19 +211,6 @@ class SessionRelay:
             logger.debug("dropped %s from upstream '%s': no client owns its session", notification, self.upstream)
             return
         await owner.notify(notification)
-
-    @contextmanager
-    def _forwarding(self) -> Generator[None]:
-        """Count a forward in progress; entered synchronously, before the forward's first await."""
-        if self._forwards == 0:
-            self._quiet = anyio.Event()
-        self._forwards += 1
-        try:
-            yield
-        finally:
-            self._forwards -= 1
-            if self._forwards == 0:
-                self._quiet.set()
 
 
 def _declares(capabilities: types.ClientCapabilities | None, capability: str) -> bool:
