@@ -8,7 +8,6 @@ from collections.abc import Mapping
 from typing import Any
 
 import anyio
-import anyio.lowlevel
 import pytest
 
 from mcpstore_proxy.hangup import HangUpWatch
@@ -22,8 +21,11 @@ class _Connection:
     def __init__(self) -> None:
         self._messages: deque[Mapping[str, Any] | Exception] = deque()
         self._arrived = anyio.Event()
+        self.read = anyio.Event()
+        """Set once something reads the connection (the watch has started)."""
 
     async def receive(self) -> Mapping[str, Any]:
+        self.read.set()
         while not self._messages:
             await self._arrived.wait()
             self._arrived = anyio.Event()
@@ -57,8 +59,8 @@ async def test_a_connection_that_fails_to_be_read_counts_as_a_hang_up_and_raises
 async def test_a_call_answered_while_its_client_waits_is_not_cancelled_and_a_later_hang_up_changes_nothing() -> None:
     connection = _Connection()
     with anyio.CancelScope() as call, HangUpWatch(connection.receive, call, after_seconds=0):
-        await anyio.lowlevel.checkpoint()  # the call's work, done without the client leaving
+        await connection.read.wait()  # the call's work, long enough for its watch to start reading
     connection.says({"type": "http.disconnect"})
-    await anyio.lowlevel.checkpoint()
+    await anyio.wait_all_tasks_blocked()  # a watch left running would have read it and cancelled the call by now
     assert not call.cancelled_caught
     assert not call.cancel_called
