@@ -132,9 +132,12 @@ class SessionReadStream(MessageReadStream):
         self._inner = inner
         self._on_end = on_end
         self._answers = answers
+        self._typed_answers = answers
+        """Who takes answers off the parsed messages: none when the stdio pipes take them off the lines first."""
         self.has_ended = False
         if answers is not None and isinstance(inner, StdoutMessages):
             inner.offer_answers_to(answers)
+            self._typed_answers = None
 
     @property
     def last_context(self) -> Any:
@@ -144,7 +147,7 @@ class SessionReadStream(MessageReadStream):
         try:
             while True:
                 item = await self._inner.receive()
-                if self._answers is None or not self._answers.take(item):
+                if self._typed_answers is None or not self._typed_answers.take(item):
                     return item
         except (anyio.EndOfStream, anyio.ClosedResourceError, anyio.BrokenResourceError):
             self.has_ended = True
