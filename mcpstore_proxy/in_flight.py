@@ -1,6 +1,6 @@
 """The calls in flight on one upstream service, so that a reload can retire it gently.
 
-Every call that a service runs goes through `CallsInFlight.call()`, which counts it. `stop_taking()` (a reload
+Every call that a service runs is counted in its `CallsInFlight` (`with calls:`). `stop_taking()` (a reload
 withdrawing the service) refuses every new call with an `UpstreamStoppedError` that says why, and waits, up to a
 grace period on the engine's clock, until the calls in flight have finished; the service then closes, which fails
 those still running with the same reason. It is the per-upstream counterpart of `drain.Drain`, which does the same
@@ -38,15 +38,12 @@ class CallsInFlight:
     def __len__(self) -> int:
         return len(self._calls)
 
-    def call(self) -> CallsInFlight:
-        """Run one call as work in flight: `with calls.call():` (no object made per call).
+    def __enter__(self) -> None:
+        """Run one call as work in flight (`with calls:`).
 
         Raises:
             UpstreamStoppedError: the upstream takes no new calls (`stop_taking`).
         """
-        return self
-
-    def __enter__(self) -> None:
         if self._refused_because is not None:
             raise UpstreamStoppedError(
                 self.upstream,

@@ -391,7 +391,7 @@ class UpstreamService(ABC):
         Raises:
             UpstreamStoppedError: the service is retiring (`retire`) and takes no new calls.
         """
-        with self._calls.call():
+        with self._calls:
             return await self._run(key, call, operation)
 
     @abstractmethod
