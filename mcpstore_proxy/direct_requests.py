@@ -12,8 +12,10 @@ while a numeric id past 32 bits could break a server that keeps them narrower. E
 on the stream (log entries, sampling, list changes, answers to the SDK's own
 requests) still goes to the `ClientSession`, in order.
 
-Abandoning a request (cancelled, or past its deadline) tells the upstream with
-`notifications/cancelled`, as the SDK does. When the session ends, every
+Each request has a deadline (the upstream's `call_timeout_seconds`), kept by a
+timer on its answer's future rather than a cancel scope; a request past it
+fails with `TimeoutError`. Abandoning a request (cancelled, or past its
+deadline) tells the upstream with `notifications/cancelled`, as the SDK does. When the session ends, every
 request still waiting fails with the SDK's `CONNECTION_CLOSED` error.
 """
 
@@ -56,45 +58,54 @@ class DirectRequests:
         self._waiting: dict[str, asyncio.Future[_Answer]] = {}
         self._is_closed = False
 
-    async def request(self, method: str, params: dict[str, Any] | None) -> dict[str, Any]:
+    async def request(self, method: str, params: dict[str, Any] | None, *, timeout: float) -> dict[str, Any]:
         """Send one request and return its result as the upstream sent it.
 
         Raises:
             MCPError: the upstream's error answer, or `CONNECTION_CLOSED` when the session ended first.
+            TimeoutError: no answer within `timeout` seconds (the request is then cancelled upstream).
         """
         if self._is_closed:
             raise _closed()
         request_id = f"{_ID_PREFIX}{next(self._ids)}"
-        # A bare future: the stdio upstream this serves is asyncio's already, and an anyio Event costs 5x as much.
-        waiting = self._waiting[request_id] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        # A bare future and a timer: this upstream is asyncio's already, and an anyio Event costs 5x as much, a
+        # cancel scope for the deadline more again.
+        waiting = self._waiting[request_id] = loop.create_future()
+        deadline = loop.time() + timeout
+        timer = loop.call_at(deadline, _expire, waiting)
         try:
             try:
-                await self._send(request_id, method, params)
+                await self._send(request_id, method, params, deadline)
             except (anyio.BrokenResourceError, anyio.ClosedResourceError):
                 raise _closed() from None
             try:
                 answer = await waiting
-            except anyio.get_cancelled_exc_class():
+            except (anyio.get_cancelled_exc_class(), TimeoutError):
                 with anyio.move_on_after(_CANCEL_WRITE_SECONDS, shield=True):
                     await self._cancel_upstream(request_id)
                 raise
         finally:
+            timer.cancel()
             self._waiting.pop(request_id, None)
+            if waiting.done() and not waiting.cancelled():
+                waiting.exception()  # retrieved: the deadline may have passed while the request was being sent
         return _result_of(answer)
 
-    async def _send(self, request_id: str, method: str, params: dict[str, Any] | None) -> None:
+    async def _send(self, request_id: str, method: str, params: dict[str, Any] | None, deadline: float) -> None:
         if self._stdin is not None:
             request: dict[str, Any] = {"jsonrpc": "2.0", "id": request_id, "method": method}
             if params is not None:  # an explicit None would be written as "params": null, which JSON-RPC forbids
                 request["params"] = params
-            await self._stdin.send_json(request)
+            await self._stdin.send_json(request, deadline=deadline)
             return
         message = (
             types.JSONRPCRequest(jsonrpc="2.0", id=request_id, method=method, params=params)
             if params is not None
             else types.JSONRPCRequest(jsonrpc="2.0", id=request_id, method=method)
         )
-        await self._write_stream.send(SessionMessage(message))
+        with anyio.fail_at(deadline):
+            await self._write_stream.send(SessionMessage(message))
 
     def close(self) -> None:
         """The session ended: fail every request still waiting, and any sent later."""
@@ -135,6 +146,11 @@ class DirectRequests:
         )
         with suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):  # if gone, its work went with it
             await self._write_stream.send(SessionMessage(notice))
+
+
+def _expire(waiting: asyncio.Future[_Answer]) -> None:
+    if not waiting.done():
+        waiting.set_exception(TimeoutError())
 
 
 def _is_ours(request_id: object) -> TypeGuard[str]:

@@ -4,8 +4,8 @@
 apps, or tests, in one process never collide), fed from three sources:
 
 - each request: it is the observer of `operations`, so answering one costs
-  two `perf_counter()` reads and one histogram observation per leg, on a
-  label child looked up in a dict of its own;
+  two `perf_counter()` reads and one observation per leg in a lean histogram
+  (`histograms`) of plain counts;
 - each event: it subscribes to the engine's `EventLog` and counts spawns
   (with their duration), failed spawns, resets, refusals, timeouts, pinning
   events and reloads;
@@ -46,6 +46,7 @@ from mcpstore_proxy.engine import ProxyEngine
 from mcpstore_proxy.errors import AuthenticationError, InvalidSessionKeyError, PermissionDeniedError
 from mcpstore_proxy.events import OpsEvent
 from mcpstore_proxy.gate import AuthGate
+from mcpstore_proxy.histograms import LabelledHistogram
 from mcpstore_proxy.operations import Operation, Outcome
 from mcpstore_proxy.services import IsolatedService, ServiceState
 
@@ -67,46 +68,35 @@ class ProxyMetrics:
         self.registry = CollectorRegistry()
         self._per_principal = engine.settings.metrics_per_principal
         server_labels = ["mcp_method_name", "gen_ai_tool_name", "upstream", "outcome"]
-        self._server = Histogram(
+        self._server = LabelledHistogram(
             "mcp_server_operation_duration_seconds",
             "How long the proxy took to answer a client's request (OpenTelemetry mcp.server.operation.duration).",
             [*server_labels, "principal"] if self._per_principal else server_labels,
-            registry=self.registry,
-            buckets=OPERATION_BUCKETS,
+            OPERATION_BUCKETS,
         )
-        self._client = Histogram(
+        self._client = LabelledHistogram(
             "mcp_client_operation_duration_seconds",
             "How long an upstream took to answer a request the proxy forwarded (mcp.client.operation.duration).",
             ["mcp_method_name", "upstream", "outcome"],
-            registry=self.registry,
-            buckets=OPERATION_BUCKETS,
+            OPERATION_BUCKETS,
         )
-        self._server_children: dict[tuple[str, ...], Histogram] = {}
-        self._client_children: dict[tuple[str, str, str], Histogram] = {}
+        self.registry.register(self._server)
+        self.registry.register(self._client)
         self._events = _EventCounters(self.registry)
         engine.events.subscribe(self._events.count)
         self.registry.register(_StateCollector(engine, downstream_sessions, requests_in_flight))
 
     def __repr__(self) -> str:
-        return f"<ProxyMetrics {len(self._server_children)} server series, {len(self._client_children)} client series>"
+        return f"<ProxyMetrics {len(self._server)} server series, {len(self._client)} client series>"
 
     # The hot path (`operations.OperationObserver`).
 
     def operation_answered(self, operation: Operation, seconds: float) -> None:
         labels = (operation.method, operation.tool, operation.upstream, operation.outcome)
-        if self._per_principal:
-            labels = (*labels, operation.principal)
-        child = self._server_children.get(labels)
-        if child is None:
-            child = self._server_children[labels] = self._server.labels(*labels)
-        child.observe(seconds)
+        self._server.observe((*labels, operation.principal) if self._per_principal else labels, seconds)
 
     def upstream_answered(self, method: str, upstream: str, outcome: Outcome, seconds: float) -> None:
-        labels = (method, upstream, outcome)
-        child = self._client_children.get(labels)
-        if child is None:
-            child = self._client_children[labels] = self._client.labels(*labels)
-        child.observe(seconds)
+        self._client.observe((method, upstream, outcome), seconds)
 
     def render(self) -> Response:
         return Response(generate_latest(self.registry), media_type=CONTENT_TYPE_LATEST)

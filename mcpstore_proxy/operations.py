@@ -16,9 +16,9 @@ Label values stay bounded: a method the proxy does not serve counts as
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Generator
-from contextlib import AbstractContextManager, contextmanager
-from contextvars import ContextVar
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from contextvars import ContextVar, Token
 from dataclasses import dataclass
 from typing import Any, Final, Literal, Protocol
 
@@ -123,43 +123,64 @@ def note_upstream(name: str) -> None:
         operation.upstream = name
 
 
-@contextmanager
-def upstream_leg(method: str, upstream: str) -> Generator[list[Outcome]]:
+class upstream_leg:  # noqa: N801  # used as a function; a class, as a generator costs more per call
     """Time one request to an upstream for the operation in progress. The block may replace the outcome it is
     given (`outcome[0] = "error"` for a tool's error result); an exception makes it an error, a cancellation
     cancelled."""
-    operation = _CURRENT.get()
-    outcome: list[Outcome] = ["ok"]
-    if operation is None or operation.observer is None:
-        yield outcome
-        return
-    started = time.perf_counter()
-    try:
-        yield outcome
-    except anyio.get_cancelled_exc_class():
-        outcome[0] = "cancelled"
-        operation.was_cancelled = True
-        raise
-    except BaseException:
-        outcome[0] = "error"
-        raise
-    finally:
-        operation.observer.upstream_answered(method, upstream, outcome[0], time.perf_counter() - started)
+
+    __slots__ = ("_method", "_operation", "_outcome", "_started", "_upstream")
+
+    def __init__(self, method: str, upstream: str) -> None:
+        self._method = method
+        self._upstream = upstream
+        self._operation: Operation | None = None
+        self._outcome: list[Outcome] = ["ok"]
+        self._started = 0.0
+
+    def __enter__(self) -> list[Outcome]:
+        operation = _CURRENT.get()
+        if operation is not None and operation.observer is not None:
+            self._operation = operation
+            self._started = time.perf_counter()
+        return self._outcome
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, traceback: object) -> None:
+        operation = self._operation
+        if operation is None or operation.observer is None:
+            return
+        if kind is not None:
+            if issubclass(kind, anyio.get_cancelled_exc_class()):
+                self._outcome[0] = "cancelled"
+                operation.was_cancelled = True
+            else:
+                self._outcome[0] = "error"
+        operation.observer.upstream_answered(
+            self._method, self._upstream, self._outcome[0], time.perf_counter() - self._started
+        )
 
 
-@contextmanager
-def operation_in_progress(method: str, principal: str, observer: OperationObserver | None) -> Generator[Operation]:
+class operation_in_progress:  # noqa: N801  # used as a function; a class, as a generator costs more per call
     """A request being answered: current while the block runs (so routing can note what it reached), heard of by
     the observer once, when the block ends."""
-    operation = Operation(method if method in SERVED_METHODS else "other", principal, observer)
-    token = _CURRENT.set(operation)
-    started = time.perf_counter()
-    try:
-        yield operation
-    finally:
-        _CURRENT.reset(token)
-        if observer is not None:
-            observer.operation_answered(operation, time.perf_counter() - started)
+
+    __slots__ = ("_observer", "_operation", "_started", "_token")
+
+    def __init__(self, method: str, principal: str, observer: OperationObserver | None) -> None:
+        self._operation = Operation(method if method in SERVED_METHODS else "other", principal, observer)
+        self._observer = observer
+        self._token: Token[Operation | None] | None = None
+        self._started = 0.0
+
+    def __enter__(self) -> Operation:
+        self._token = _CURRENT.set(self._operation)
+        self._started = time.perf_counter()
+        return self._operation
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._token is not None:
+            _CURRENT.reset(self._token)
+        if self._observer is not None:
+            self._observer.operation_answered(self._operation, time.perf_counter() - self._started)
 
 
 class ObservedOperations:

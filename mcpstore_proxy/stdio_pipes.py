@@ -18,6 +18,7 @@ SDK's message types from that parse, as before.
 from __future__ import annotations
 
 import logging
+import math
 from collections import deque
 from collections.abc import AsyncGenerator
 from contextlib import asynccontextmanager, suppress
@@ -112,21 +113,33 @@ class StdinMessages(MessageWriteStream):
         """Raises anyio.ClosedResourceError once closed, anyio.BrokenResourceError once the upstream is gone."""
         await self._write(item.message.model_dump_json(by_alias=True, exclude_unset=True).encode() + b"\n")
 
-    async def send_json(self, message: dict[str, Any]) -> None:
-        """Send a message the proxy wrote itself, in JSON as it stands (see `send` for what it raises)."""
-        await self._write(to_json(message) + b"\n")
+    async def send_json(self, message: dict[str, Any], *, deadline: float | None = None) -> None:
+        """Send a message the proxy wrote itself, in JSON as it stands (see `send` for what it raises).
 
-    async def _write(self, data: bytes) -> None:
+        Raises:
+            TimeoutError: the upstream stopped reading its stdin, and the pipe was still full at `deadline` (the
+                event loop's clock).
+        """
+        await self._write(to_json(message) + b"\n", deadline)
+
+    async def _write(self, data: bytes, deadline: float | None = None) -> None:
         if self._is_closed:
             raise anyio.ClosedResourceError
         try:
             # No lock: each message is one write to the pipe's buffer, whole and in order; only the wait for
             # the buffer to drain is shared between senders, and asyncio lets several wait at once.
-            if self._writer is not None:
-                self._writer.write(data)
+            if self._writer is None:
+                with anyio.fail_at(math.inf if deadline is None else deadline):
+                    await self._stdin.send(data)
+                return
+            self._writer.write(data)
+            if deadline is None or not self._writer.transport.get_write_buffer_size():
+                await self._writer.drain()  # with nothing left in the buffer, this does not wait
+                return
+            with anyio.fail_at(deadline):
                 await self._writer.drain()
-            else:
-                await self._stdin.send(data)
+        except TimeoutError:
+            raise  # an OSError too, but the upstream is not known to be gone
         except (anyio.ClosedResourceError, anyio.BrokenResourceError, OSError, RuntimeError) as error:
             # OSError: the pipe broke (the upstream is gone); RuntimeError: uvloop's write to a closed transport.
             raise anyio.BrokenResourceError from error

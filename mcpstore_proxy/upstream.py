@@ -298,17 +298,16 @@ class UpstreamSession:
         try:
             # Our own deadline, not the SDK's read timeout: an upstream may answer with its own timeout error,
             # and that must reach the client unchanged. Abandoning the request cancels it upstream.
-            with (
-                upstream_leg(method, self.upstream) as outcome,
-                anyio.fail_after(self.config.call_timeout_seconds),
-            ):
+            timeout = self.config.call_timeout_seconds
+            with upstream_leg(method, self.upstream) as outcome:
                 async with self.relay.serving(call):
                     progress = self.relay.progress_for(call)
                     # A traced call goes through the SDK's client, which opens its span and passes the trace on.
                     if self._direct is not None and progress is None and not _in_a_trace():
-                        result = await self._direct.request(method, params)
+                        result = await self._direct.request(method, params, timeout=timeout)
                     else:
-                        result = (await client.send_request(typed(), _RawResult, progress_callback=progress)).root
+                        with anyio.fail_after(timeout):
+                            result = (await client.send_request(typed(), _RawResult, progress_callback=progress)).root
                 if result.get("isError") is True:
                     outcome[0] = "error"
             return result

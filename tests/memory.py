@@ -196,13 +196,14 @@ async def fixture_session(
     relay: SessionRelay,
     declared: frozenset[ClientCapability] = frozenset(),
     through: Callable[[TransportFactory], TransportFactory] = lambda transports: transports,
+    **config: Any,
 ) -> AsyncGenerator[UpstreamSession]:
     """A real `UpstreamSession` with the fixture server (in memory) whose messages go through `relay`; its
-    transport, `through` whatever wraps it (to watch what is written)."""
+    transport, `through` whatever wraps it (to watch what is written); `config`, settings of its upstream."""
     upstreams = MemoryUpstreams()
     session = UpstreamSession(
         "up",
-        UpstreamConfig.model_validate(fixture_server("up")),
+        UpstreamConfig.model_validate(fixture_server("up", **config)),
         start_timeout_seconds=10,
         relay=relay,
         declared=declared,

@@ -18,7 +18,7 @@ from mcp.shared.message import SessionMessage
 
 from mcpstore_proxy.compat import WriteStream
 from mcpstore_proxy.config import UpstreamConfig
-from mcpstore_proxy.errors import UpstreamClosedError
+from mcpstore_proxy.errors import UpstreamClosedError, UpstreamTimeoutError
 from mcpstore_proxy.message_streams import MessageWriteStream
 from mcpstore_proxy.relay import ClientCall, SessionRelay
 from mcpstore_proxy.transports import TransportEvents, TransportFactory, TransportStreams
@@ -154,6 +154,24 @@ async def test_an_abandoned_direct_call_is_cancelled_upstream_and_the_session_go
                 tg.cancel_scope.cancel()
             await wait_until(cancelled.exists, what="the upstream to cancel the call")
             after = await session.call_tool("echo", {"text": "still here"}, _call([]))
+    [notice] = written.notices("notifications/cancelled")
+    assert notice.params is not None
+    assert notice.params["requestId"] == _FIRST_DIRECT_ID
+    assert after["structuredContent"] == {"result": "still here"}
+
+
+async def test_a_direct_call_past_its_deadline_times_out_is_cancelled_upstream_and_the_session_goes_on() -> None:
+    written = _Written()
+    with tempfile.TemporaryDirectory() as directory:
+        started, cancelled = Path(directory, "started"), Path(directory, "cancelled")
+        arguments = {"seconds": 60, "started_marker": str(started), "cancelled_marker": str(cancelled)}
+        relay = SessionRelay("up")
+        async with fixture_session(relay, through=written.through, call_timeout_seconds=0.5) as session:
+            with pytest.raises(UpstreamTimeoutError, match="call_timeout_seconds"):
+                await session.call_tool("sleep", arguments, _call([]))
+            await wait_until(cancelled.exists, what="the upstream to cancel the call")
+            after = await session.call_tool("echo", {"text": "still here"}, _call([]))
+        assert await anyio.Path(started).exists()
     [notice] = written.notices("notifications/cancelled")
     assert notice.params is not None
     assert notice.params["requestId"] == _FIRST_DIRECT_ID

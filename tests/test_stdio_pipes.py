@@ -142,8 +142,8 @@ async def _direct(answer: str) -> AsyncGenerator[tuple[DirectRequests, list[Sess
 async def test_an_answer_to_the_proxys_own_request_reaches_it_as_written_and_the_session_sees_only_the_rest() -> None:
     answer = '{"jsonrpc": "2.0", "id": request["id"], "result": {"request": request, "x-extra": {"kept": [1, 2.5]}}}'
     async with _direct(answer) as (direct, session_saw):
-        result = await direct.request("tools/call", {"name": "echo", "arguments": {"n": 1}})
-        second = await direct.request("ping", None)
+        result = await direct.request("tools/call", {"name": "echo", "arguments": {"n": 1}}, timeout=10)
+        second = await direct.request("ping", None, timeout=10)
         await wait_until(lambda: len(session_saw) == 2)
     assert result == {
         "request": {
@@ -166,7 +166,7 @@ async def test_numbers_in_an_answer_to_the_proxys_own_request_arrive_exactly_as_
     numbers = '{"big": 2**70 + 1, "neg": -(2**65) - 1, "x": 0.1, "e": 1e300}'
     answer = f'{{"jsonrpc": "2.0", "id": request["id"], "result": {numbers}}}'
     async with _direct(answer) as (direct, _):
-        result = await direct.request("tools/call", {"name": "echo"})
+        result = await direct.request("tools/call", {"name": "echo"}, timeout=10)
     assert result == {"big": 2**70 + 1, "neg": -(2**65) - 1, "x": 0.1, "e": 1e300}
     assert type(result["big"]) is int
 
@@ -179,14 +179,14 @@ async def test_a_server_that_keeps_numeric_ids_in_32_bits_still_answers_the_prox
     )
     async with _direct(answer) as (direct, _):
         with anyio.fail_after(10):
-            assert await direct.request("tools/call", {"name": "echo"}) == {"ok": True}
+            assert await direct.request("tools/call", {"name": "echo"}, timeout=10) == {"ok": True}
 
 
 async def test_an_upstreams_error_answer_to_the_proxys_own_request_arrives_as_that_error() -> None:
     answer = '{"jsonrpc": "2.0", "id": request["id"], "error": {"code": -32602, "message": "bad", "data": {"k": 1}}}'
     async with _direct(answer) as (direct, _):
         with pytest.raises(MCPError) as raised:
-            await direct.request("tools/call", {"name": "echo"})
+            await direct.request("tools/call", {"name": "echo"}, timeout=10)
     assert (raised.value.error.code, raised.value.error.message, raised.value.error.data) == (-32602, "bad", {"k": 1})
 
 
@@ -204,7 +204,21 @@ async def test_an_answer_that_is_neither_a_result_object_nor_an_error_fails_its_
 ) -> None:
     async with _direct(answer) as (direct, _):
         with anyio.fail_after(10), pytest.raises(MCPError) as raised:
-            await direct.request("tools/call", {"name": "echo"})
+            await direct.request("tools/call", {"name": "echo"}, timeout=10)
     assert raised.value.error.code == types.INTERNAL_ERROR
     assert "neither a result object nor a JSON-RPC error" in raised.value.error.message
     assert "mcpstore-1" in raised.value.error.message
+
+
+async def test_a_request_to_an_upstream_that_stopped_reading_its_stdin_fails_at_its_deadline() -> None:
+    script = """
+        import sys, time
+        sys.stdout.write("ready\\n")
+        sys.stdout.flush()
+        time.sleep(60)
+    """
+    async with _child(script) as (read_stream, write_stream):
+        direct = DirectRequests(write_stream)
+        assert isinstance(await read_stream.receive(), Exception)  # "ready": the child runs, and reads nothing
+        with anyio.fail_after(10), pytest.raises(TimeoutError):
+            await direct.request("tools/call", {"name": "echo", "arguments": {"text": "x" * 1_000_000}}, timeout=0.5)
