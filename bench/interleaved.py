@@ -1,13 +1,15 @@
 """CPU per forwarded call of two targets, in alternating bursts while both run: steadier ratios on a shared machine.
 
     .venv/bin/python bench/interleaved.py [--targets floor,mcpstore] [--rounds 8] [--calls 1000]
+    .venv/bin/python bench/interleaved.py --builds /tmp/before,/tmp/after   # two checkouts of mcpstore-proxy
 
 `bench/forwarding.py` measures each target once, one after another, so load from outside the run that comes and
 goes between the two passes moves their ratio (by 30% and more on this machine). Here both targets run at once
 (pinned to core 1, the load generator to core 0), each with one session at c=1 and 8 sessions at c=8 opened
 once, and the bursts alternate: A then B, then B then A, for `--rounds` rounds. Each pair of bursts gives a
 ratio (B's CPU per call over A's, from /proc/<pid>/stat); the median of those ratios is the figure. Prints a
-markdown table; `--json PATH` also writes the bursts.
+markdown table; `--json PATH` also writes the bursts. `--builds A,B` compares two checkouts of this project
+instead (before and after a change): both run the `mcpstore` target, each with `PYTHONPATH` set to its checkout.
 """
 
 from __future__ import annotations
@@ -47,11 +49,18 @@ async def main() -> None:
     parser.add_argument("--targets", default="floor,mcpstore", help="two targets: the reference, then the one compared")
     parser.add_argument("--rounds", type=int, default=8)
     parser.add_argument("--calls", type=int, default=1000, help="calls per burst (c=1), and per burst at c=8")
+    parser.add_argument("--builds", help="two checkouts of mcpstore-proxy to compare, A,B (instead of --targets)")
     parser.add_argument("--json", type=Path)
     arguments = parser.parse_args()
-    names = arguments.targets.split(",")
-    if len(names) != 2 or any(name not in TARGETS for name in names):
-        raise SystemExit(f"--targets takes two of: {', '.join(TARGETS)}")
+    builds: list[str] = arguments.builds.split(",") if arguments.builds else []
+    if builds:
+        if len(builds) != 2 or not all((Path(build) / "mcpstore_proxy").is_dir() for build in builds):
+            raise SystemExit("--builds takes two checkouts of mcpstore-proxy, A,B")
+        names = builds
+    else:
+        names = arguments.targets.split(",")
+        if len(names) != 2 or any(name not in TARGETS for name in names):
+            raise SystemExit(f"--targets takes two of: {', '.join(TARGETS)}")
     pin = len(os.sched_getaffinity(0)) > 1
     if pin:
         os.sched_setaffinity(0, set(os.sched_getaffinity(0)) - {SUT_CORE})
@@ -60,10 +69,13 @@ async def main() -> None:
         async with AsyncExitStack() as stack:
             pids: list[int] = []
             sessions: dict[str, list[list[Client]]] = {"c1": [], "c8": []}
-            for name in names:
-                workdir = Path(scratch) / name
+            for index, name in enumerate(names):
+                workdir = Path(scratch) / str(index)
                 workdir.mkdir()
-                launch, pid, _ = await stack.enter_async_context(running(TARGETS[name], workdir, pin, False))
+                if builds:
+                    os.environ["PYTHONPATH"] = name  # inherited by the proxy started next
+                target = TARGETS["mcpstore" if builds else name]
+                launch, pid, _ = await stack.enter_async_context(running(target, workdir, pin, False))
                 pids.append(pid)
                 opened = [await stack.enter_async_context(client(launch.url)) for _ in range(1 + SESSIONS)]
                 for session in opened:

@@ -93,26 +93,37 @@ def http_session(
     return transport if owners.get(session_id) == requestor else None
 
 
-@contextmanager
-def holding_http_session(transport: StreamableHTTPServerTransport) -> Generator[bool]:
+class holding_http_session:  # noqa: N801  # used as a function; a class, as a generator costs more per call
     """Hold the session open while a request the transport never sees is served, as its own `handle_request`
     does (`idle_scope`, `_requests_in_flight`, `_idle_timeout`): no idle expiry while any request is in flight,
-    the countdown restarting when the last ends. Yields False when the session's idle period already ran out."""
-    scope: anyio.CancelScope | None = transport.idle_scope
-    timeout: float | None = getattr(transport, "_idle_timeout")  # noqa: B009  # private; pinned by a test
-    if scope is None or timeout is None:
-        yield True
-        return
-    if scope.cancel_called:
-        yield False
-        return
-    transport._requests_in_flight += 1  # pyright: ignore[reportPrivateUsage]  # private; pinned by a test
-    scope.deadline = math.inf
-    try:
-        yield True
-    finally:
+    the countdown restarting when the last ends. Gives False when the session's idle period already ran out."""
+
+    __slots__ = ("_holds", "_transport")
+
+    def __init__(self, transport: StreamableHTTPServerTransport) -> None:
+        self._transport = transport
+        self._holds = False
+
+    def __enter__(self) -> bool:
+        transport = self._transport
+        scope: anyio.CancelScope | None = transport.idle_scope
+        if scope is None or getattr(transport, "_idle_timeout") is None:  # noqa: B009  # private; pinned by a test
+            return True
+        if scope.cancel_called:
+            return False
+        self._holds = True
+        transport._requests_in_flight += 1  # pyright: ignore[reportPrivateUsage]  # private; pinned by a test
+        scope.deadline = math.inf
+        return True
+
+    def __exit__(self, *exc_info: object) -> None:
+        if not self._holds:
+            return
+        transport = self._transport
         transport._requests_in_flight -= 1  # pyright: ignore[reportPrivateUsage]
-        if not transport._requests_in_flight:  # pyright: ignore[reportPrivateUsage]
+        scope = transport.idle_scope
+        timeout: float | None = getattr(transport, "_idle_timeout")  # noqa: B009
+        if not transport._requests_in_flight and scope is not None and timeout is not None:  # pyright: ignore[reportPrivateUsage]
             scope.deadline = anyio.current_time() + timeout
 
 

@@ -11,8 +11,8 @@ second signal) ends the grace period at once.
 from __future__ import annotations
 
 import logging
-from collections.abc import Generator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
+from types import TracebackType
 from typing import Final
 
 import anyio
@@ -36,6 +36,7 @@ class Drain:
     def __init__(self, events: EventLog | None = None) -> None:
         self._events = events if events is not None else EventLog()
         self._is_draining = False
+        self._is_cutting = False
         self._in_flight: set[anyio.CancelScope] = set()
         """The requests in flight, by the scope that cancels each."""
         self._requests = Outstanding()
@@ -60,25 +61,20 @@ class Drain:
             self._events.record("refusal", reason="the proxy is shutting down", limit="shutting_down")
             raise ShuttingDownError("mcpstore-proxy is shutting down and takes no new requests; retry once it is back")
 
-    @contextmanager
-    def request(self) -> Generator[None]:
-        """Run one request as work in flight.
+    def request(self) -> AbstractContextManager[anyio.CancelScope]:
+        """Run one request as work in flight, in the cancel scope it gives: the drain cancels it once the grace
+        period runs out, and the request's own caller may cancel it too (a client's cancellation), which then
+        just ends the block.
 
         Raises:
             ShuttingDownError: draining has begun (before the request), or the grace period ran out (during it).
         """
-        self.refuse_if_draining()
-        with anyio.CancelScope() as scope, self._requests:
-            self._in_flight.add(scope)
-            try:
-                yield
-            finally:
-                self._in_flight.discard(scope)
-        if scope.cancelled_caught:
-            raise ShuttingDownError(
-                "mcpstore-proxy shut down before the upstream answered (its shutdown grace period ran out); "
-                "the request was cancelled upstream"
-            )
+        return _InFlight(self, self._in_flight, self._requests)
+
+    @property
+    def is_cutting(self) -> bool:
+        """Whether the grace period ran out and the requests still in flight are being cancelled."""
+        return self._is_cutting
 
     async def drain(self, grace_seconds: float) -> None:
         """Refuse new requests, wait up to `grace_seconds` (or until `hurry()`) for those in flight, then cancel
@@ -98,6 +94,7 @@ class Drain:
                 tg.cancel_scope.cancel()
         if self._in_flight:
             logger.warning("cancelling %d requests still in flight: the shutdown grace period ran out", self.in_flight)
+            self._is_cutting = True
             for scope in list(self._in_flight):
                 scope.cancel()
             with anyio.move_on_after(_ANSWER_SECONDS):
@@ -106,3 +103,36 @@ class Drain:
     def hurry(self) -> None:
         """End the grace period now."""
         self._hurry.set()
+
+
+class _InFlight:
+    """`Drain.request()`: a class, as a generator costs more on every forwarded request."""
+
+    __slots__ = ("_drain", "_in_flight", "_requests", "_scope")
+
+    def __init__(self, drain: Drain, in_flight: set[anyio.CancelScope], requests: Outstanding) -> None:
+        self._drain = drain
+        self._in_flight = in_flight
+        self._requests = requests
+        self._scope = anyio.CancelScope()
+
+    def __enter__(self) -> anyio.CancelScope:
+        self._drain.refuse_if_draining()
+        scope = self._scope.__enter__()
+        self._requests.__enter__()
+        self._in_flight.add(scope)
+        return scope
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, traceback: TracebackType | None
+    ) -> bool:
+        scope = self._scope
+        self._in_flight.discard(scope)
+        self._requests.__exit__()
+        swallowed = scope.__exit__(kind, error, traceback)
+        if scope.cancelled_caught and self._drain.is_cutting:
+            raise ShuttingDownError(
+                "mcpstore-proxy shut down before the upstream answered (its shutdown grace period ran out); "
+                "the request was cancelled upstream"
+            )
+        return swallowed

@@ -4,10 +4,10 @@ SDK's server stack.
 Through the SDK, one forwarded call costs a pydantic validation of the message, a memory stream and a task per
 request, the server runner's dispatch and an event stream, around a payload the proxy only routes. The lane parses
 the POST once (`json_bytes.from_json`, which keeps integers of any size exact), routes it through the very same code
-as the SDK's handler (`ProxyServer.call_tool` and `forwarded`: session keys, named sessions, drain accounting,
-start-up retry, one error translation), and answers in plain JSON, or on an event stream opened the moment the
-upstream says something before its answer (progress, a log entry, a request to the client), which then carries
-that and the answer.
+as the SDK's handler (`ProxyServer.call_tool` and `routed`, inside `Drain.request`: session keys, named sessions,
+drain accounting, start-up retry, one error translation), and answers in plain JSON, or on an event stream opened
+the moment the upstream says something before its answer (progress, a log entry, a request to the client), which
+then carries that and the answer.
 
 What takes the lane: a POST carrying one JSON-RPC `tools/call` request with the `Mcp-Session-Id` of a session this
 principal opened (the session manager's own test) and the proxy already adopted (after its first request past
@@ -46,6 +46,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from mcpstore_proxy.compat import holding_http_session, http_session
 from mcpstore_proxy.downstream import NOTIFY_SECONDS, Caller
+from mcpstore_proxy.errors import ShuttingDownError, to_mcp_error
 from mcpstore_proxy.hangup import HangUpWatch
 from mcpstore_proxy.json_bytes import from_json
 from mcpstore_proxy.lane_wire import (
@@ -202,21 +203,25 @@ class FastLane:
 
         with operation_in_progress("tools/call", principal, self._observer) as operation:
             result: dict[str, Any] = {}
-            # Cancelled by notifications/cancelled, or by the client hanging up.
-            with anyio.CancelScope() as cancelled, HangUpWatch(receive, cancelled):
-                self._calls[session_id, request.id] = cancelled
-                try:
-                    result = await server.forwarded(forward)
-                except MCPError as error:
-                    await answer.finish(error_message(request.id, error.error))
-                    return
-                except Exception:
-                    logger.exception("the fast lane failed to forward a tools/call")
-                    error = types.ErrorData(code=types.INTERNAL_ERROR, message="internal error in mcpstore-proxy")
-                    await answer.finish(error_message(request.id, error))
-                    return
-                finally:
-                    self._calls.pop((session_id, request.id), None)
+            try:
+                # The drain's scope, cancelled also by notifications/cancelled, or by the client hanging up.
+                with server.drain.request() as cancelled, HangUpWatch(receive, cancelled):
+                    self._calls[session_id, request.id] = cancelled
+                    try:
+                        result = await server.routed(forward)
+                    except MCPError as error:
+                        await answer.finish(error_message(request.id, error.error))
+                        return
+                    except Exception:
+                        logger.exception("the fast lane failed to forward a tools/call")
+                        error = types.ErrorData(code=types.INTERNAL_ERROR, message="internal error in mcpstore-proxy")
+                        await answer.finish(error_message(request.id, error))
+                        return
+                    finally:
+                        self._calls.pop((session_id, request.id), None)
+            except ShuttingDownError as refused:
+                await answer.finish(error_message(request.id, to_mcp_error(refused).error))
+                return
             if cancelled.cancelled_caught:
                 operation.outcome = "cancelled"
                 error = types.ErrorData(code=REQUEST_CANCELLED, message="Request cancelled")

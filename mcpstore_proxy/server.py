@@ -39,6 +39,7 @@ from mcpstore_proxy.drain import Drain
 from mcpstore_proxy.engine import ProxyEngine
 from mcpstore_proxy.errors import (
     ProxyError,
+    ShuttingDownError,
     UnknownPromptError,
     UnknownResourceError,
     UnknownToolError,
@@ -381,22 +382,34 @@ class ProxyServer(Server[Any]):
         return result
 
     async def forwarded(self, run: Callable[[], Awaitable[dict[str, Any]]]) -> dict[str, Any]:
-        """Run a forwarded request as work in flight (see `drain`); once more if it named something an upstream
-        still starting may yet offer; our errors translated, once, to MCP errors.
+        """Run a forwarded request as work in flight (see `drain`) and `routed`.
 
         Raises:
             MCPError: what the client is answered.
         """
         try:
             with self.drain.request():
-                try:
-                    return await run()
-                except (UnknownToolError, UnknownPromptError, UnknownResourceError):
-                    # Routing fails before anything is sent: a name from an upstream still starting may yet come.
-                    if not self._engine.startup.is_settling:
-                        raise
-                    await self._engine.startup.settled()
-                    return await run()
+                return await self.routed(run)
+        except ShuttingDownError as error:
+            raise to_mcp_error(error) from None
+
+    async def routed(self, run: Callable[[], Awaitable[dict[str, Any]]]) -> dict[str, Any]:
+        """Run a forwarded request; once more if it named something an upstream still starting may yet offer;
+        our errors translated, once, to MCP errors. The caller holds it in flight (`forwarded`, or the fast lane,
+        which cancels the drain's own scope for its client).
+
+        Raises:
+            MCPError: what the client is answered.
+        """
+        try:
+            try:
+                return await run()
+            except (UnknownToolError, UnknownPromptError, UnknownResourceError):
+                # Routing fails before anything is sent: a name from an upstream still starting may yet come.
+                if not self._engine.startup.is_settling:
+                    raise
+                await self._engine.startup.settled()
+                return await run()
         except ProxyError as error:
             raise to_mcp_error(error) from None
 

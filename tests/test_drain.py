@@ -105,6 +105,18 @@ async def test_when_the_grace_period_ends_the_requests_left_are_cancelled_with_a
     assert "cancelling 1 requests still in flight" in caplog.text
 
 
+async def test_a_request_its_own_caller_cancels_just_ends_and_is_no_longer_in_flight() -> None:
+    drain = Drain()
+    with anyio.fail_after(5), drain.request() as scope:
+        assert drain.in_flight == 1
+        scope.cancel()  # as the fast lane does for a client's notifications/cancelled
+        await anyio.sleep_forever()
+    assert scope.cancelled_caught
+    assert drain.in_flight == 0
+    with anyio.fail_after(1):
+        await drain.drain(grace_seconds=60)  # nothing left to wait for
+
+
 async def test_a_request_that_finishes_within_the_grace_period_is_not_cut() -> None:
     drain = Drain()
     outcome: list[str] = []
