@@ -9,9 +9,9 @@ named by their short hash only, and the recent resets, refusals, timeouts and fa
 from __future__ import annotations
 
 import datetime as dt
+import time
 from typing import TYPE_CHECKING, Any, Final
 
-import anyio
 from pydantic import BaseModel
 
 from mcpstore_proxy.events import EventKind, OpsEvent
@@ -98,7 +98,7 @@ def client_sessions(service: UpstreamService) -> list[ClientSessionInfo]:
     everyone's)."""
     if not isinstance(service, IsolatedService):
         return []
-    now = anyio.current_time()
+    now = time.monotonic()  # as `UpstreamSession` keeps its times
     infos = [
         ClientSessionInfo(
             session=f"#{key.fingerprint}",
