@@ -72,6 +72,8 @@ logger = logging.getLogger(__name__)
 
 LOOPBACK_HOSTS: Final = ("127.0.0.1", "localhost", "[::1]")
 _FLUSH_SECONDS: Final = 5.0
+_SESSION_ID: Final = MCP_SESSION_ID_HEADER.lower().encode()
+_PROTOCOL_VERSION: Final = MCP_PROTOCOL_VERSION_HEADER.lower().encode()
 
 
 def security_settings(settings: ProxySettings) -> TransportSecuritySettings:
@@ -312,12 +314,17 @@ class _Guarded:
 
 def _opens_a_session(scope: Scope) -> bool:
     """A GET /sse, or a handshake-era POST without a session id: what would open a client session."""
-    headers = dict(scope["headers"])
-    if scope["method"] == "GET":
+    method = scope["method"]
+    if method == "GET":
         return scope["path"].endswith("/sse")
-    if scope["method"] != "POST" or MCP_SESSION_ID_HEADER.encode() in headers:
+    if method != "POST":
         return False
-    version = headers.get(MCP_PROTOCOL_VERSION_HEADER.lower().encode())
+    version: bytes | None = None
+    for name, value in scope["headers"]:
+        if name == _SESSION_ID:
+            return False
+        if name == _PROTOCOL_VERSION:
+            version = value
     return version is None or version.decode("latin-1") in HANDSHAKE_PROTOCOL_VERSIONS
 
 
