@@ -37,6 +37,7 @@ AGENT_HEADER: Final = "x-mcpstore-agent"
 _AGENT_HEADER: Final = AGENT_HEADER.encode()
 METADATA_PATH: Final = "/.well-known/oauth-protected-resource"
 _PRINCIPAL_SCOPE_KEY: Final = "mcpstore_proxy.principal"
+_AGENT_SCOPE_KEY: Final = "mcpstore_proxy.agent"
 _ISSUER: Final = "mcpstore-proxy"
 
 
@@ -51,11 +52,17 @@ def principal_of(scope: Scope | None) -> Principal:
 
 
 def agent_of(scope: Scope) -> str:
-    """The agent scope a request asks for: the `/agents/{id}/mcp` path, else the `X-MCPStore-Agent` header.
+    """The agent scope a request asks for: the `/agents/{id}/mcp` path, else the `X-MCPStore-Agent` header (as
+    the gate found it, once it has).
 
     Raises:
         InvalidSessionKeyError: the agent id is malformed.
     """
+    admitted = scope.get(_AGENT_SCOPE_KEY)
+    return admitted if isinstance(admitted, str) else _requested_agent(scope)
+
+
+def _requested_agent(scope: Scope) -> str:
     path_agent = scope.get("path_params", {}).get("agent")
     if path_agent:
         return checked_agent(str(path_agent))
@@ -108,10 +115,11 @@ class AuthGate:
         """
         authorization = _header(scope, b"authorization")
         principal = await self.authenticator.authenticate(authorization.decode("latin-1") if authorization else None)
-        agent = agent_of(scope)
+        agent = _requested_agent(scope)
         if not principal.may_use_agent(agent):
             raise PermissionDeniedError(f"{principal} may not use agent '{agent}'; ask for it to be granted")
         scope[_PRINCIPAL_SCOPE_KEY] = principal
+        scope[_AGENT_SCOPE_KEY] = agent
         scope["user"] = _user_of(principal)
         return principal
 

@@ -95,7 +95,7 @@ class Acceptance:
 
     async def __call__(self, scope: Scope) -> bool:
         # Every checked header as sent, repeats and order included: the verdict is a function of exactly this.
-        key = tuple(header for header in scope["headers"] if header[0] in _CHECKED_HEADERS)
+        key = tuple([header for header in scope["headers"] if header[0] in _CHECKED_HEADERS])
         verdict = self._verdicts.get(key)
         if verdict is None:
             verdict = await _is_acceptable(scope, self._security)

@@ -255,7 +255,8 @@ class ProxyServer(Server[Any]):
         arguments = dict(arguments or {})
         argument = route.session_argument
         named = arguments.pop(argument, None) if argument is not None else None
-        key = self._downstream.named_key(caller, base_key, named, argument_name=argument)
+        # Without a session argument, the key is the one the request already resolved to.
+        key = base_key if named is None else self._downstream.named_key(caller, base_key, named, argument_name=argument)
         if key != base_key:
             # The tool exists in the connection's view; the named session may just never have listed its own.
             with contextlib.suppress(UnknownToolError):
