@@ -147,6 +147,7 @@ def create_app(engine: ProxyEngine) -> HttpFace:
             is_draining=server.drain.is_draining,
             requests_in_flight=server.drain.in_flight,
             fast_lane_calls=lane.calls_served,
+            fast_lane_streams=lane.streams_served,
         )
 
     gate = AuthGate(

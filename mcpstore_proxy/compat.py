@@ -22,12 +22,18 @@ import mcp.shared.jsonrpc_dispatcher
 import sse_starlette
 import uvicorn
 from anyio.abc import ByteSendStream, Process
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from mcp.client._transport import ReadStream, TransportStreams, WriteStream
 from mcp.client.stdio import StdioServerParameters, get_default_environment
 from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser, authorization_context
 from mcp.server.connection import Connection
 from mcp.server.context import ServerRequestContext
-from mcp.server.streamable_http import StreamableHTTPServerTransport
+from mcp.server.streamable_http import (
+    GET_STREAM_KEY,
+    REQUEST_STREAM_BUFFER_SIZE,
+    EventMessage,
+    StreamableHTTPServerTransport,
+)
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 from opentelemetry import trace
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -46,6 +52,7 @@ __all__ = [
     "set_session_limit",
     "spans_only_when_traced",
     "spawn_stdio_server",
+    "standalone_stream",
     "stdin_writer",
     "stop_stdio_server",
     "terminate_http_sessions",
@@ -125,6 +132,32 @@ class holding_http_session:  # noqa: N801  # used as a function; a class, as a g
         timeout: float | None = getattr(transport, "_idle_timeout")  # noqa: B009
         if not transport._requests_in_flight and scope is not None and timeout is not None:  # pyright: ignore[reportPrivateUsage]
             scope.deadline = anyio.current_time() + timeout
+
+
+_RequestStreams = dict[Any, tuple[MemoryObjectSendStream[EventMessage], MemoryObjectReceiveStream[EventMessage]]]
+
+
+@contextmanager
+def standalone_stream(
+    transport: StreamableHTTPServerTransport,
+) -> Generator[MemoryObjectReceiveStream[EventMessage] | None]:
+    """Where the session's messages outside any request arrive while the block runs, as the SDK's own GET handler
+    sets it up (`_request_streams[GET_STREAM_KEY]`, `REQUEST_STREAM_BUFFER_SIZE`); None when the session has such
+    a stream already (the SDK refuses a second one with 409). Leaving closes it, unless the session already
+    replaced or closed it."""
+    streams: _RequestStreams = getattr(transport, "_request_streams")  # noqa: B009  # private; pinned by a test
+    if GET_STREAM_KEY in streams:
+        yield None
+        return
+    writer, reader = anyio.create_memory_object_stream[EventMessage](REQUEST_STREAM_BUFFER_SIZE)
+    streams[GET_STREAM_KEY] = writer, reader
+    try:
+        yield reader
+    finally:
+        if streams.get(GET_STREAM_KEY) == (writer, reader):
+            del streams[GET_STREAM_KEY]
+        writer.close()
+        reader.close()
 
 
 _SDK_SPAN: Final = mcp.shared._otel.otel_span  # pyright: ignore[reportPrivateUsage]

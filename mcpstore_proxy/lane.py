@@ -34,6 +34,7 @@ import anyio
 from mcp import MCPError, types
 from mcp.server.connection import Connection
 from mcp.server.streamable_http import (
+    LAST_EVENT_ID_HEADER,
     REQUEST_CANCELLED,
     StreamableHTTPServerTransport,
 )
@@ -44,11 +45,12 @@ from mcp.types.version import HANDSHAKE_PROTOCOL_VERSIONS
 from pydantic import BaseModel, ValidationError
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from mcpstore_proxy.compat import holding_http_session, http_session
+from mcpstore_proxy.compat import holding_http_session, http_session, standalone_stream
 from mcpstore_proxy.downstream import NOTIFY_SECONDS, Caller
 from mcpstore_proxy.errors import ShuttingDownError, to_mcp_error
 from mcpstore_proxy.hangup import HangUpWatch
 from mcpstore_proxy.json_bytes import from_json
+from mcpstore_proxy.lane_stream import PING_SECONDS, serve_event_stream
 from mcpstore_proxy.lane_wire import (
     SESSION_ID,
     Acceptance,
@@ -78,6 +80,8 @@ _ResultT = TypeVar("_ResultT", bound=BaseModel)
 _PROTOCOL_VERSION: Final = MCP_PROTOCOL_VERSION_HEADER.lower().encode()
 _HANDSHAKE_VERSIONS: Final = frozenset(version.encode() for version in HANDSHAKE_PROTOCOL_VERSIONS)
 _OWN_ID_PREFIX: Final = "mcpstore-"
+_METHODS: Final = frozenset(("POST", "GET"))
+_LAST_EVENT_ID: Final = LAST_EVENT_ID_HEADER.lower().encode()
 
 _Session = tuple[str, Connection, StreamableHTTPServerTransport]
 """A session the lane may serve: its id, its connection, and its transport (for the idle hold)."""
@@ -95,6 +99,7 @@ class FastLane:
         *,
         observer: OperationObserver | None = None,
         names_principals: bool = False,
+        ping_seconds: float = PING_SECONDS,
     ) -> None:
         self._server = server
         self._manager = manager
@@ -102,6 +107,7 @@ class FastLane:
         self._app = app
         self._observer = observer
         self._names_principals = names_principals
+        self._ping_seconds = ping_seconds
         self._calls: dict[tuple[str, RequestId], anyio.CancelScope] = {}
         """The calls in the lane, by session and the client's id: what `notifications/cancelled` may cancel."""
         self._asked: dict[tuple[str, str], _Asked] = {}
@@ -109,11 +115,18 @@ class FastLane:
         self._ids = itertools.count(1)
         self.calls_served = 0
         """Calls the lane took (`fast_lane_calls` in `/admin/status`)."""
+        self.streams_served = 0
+        """Standing event streams the lane took (`fast_lane_streams` in `/admin/status`)."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        session = await self._session_of(scope) if scope["method"] == "POST" and not self._server.traces else None
+        method = scope["method"]
+        session = await self._session_of(scope) if method in _METHODS and not self._server.traces else None
         if session is None:
             await self._app(scope, receive, send)
+            return
+        if method == "GET":
+            if not await self._stream(receive, send, session):
+                await self._app(scope, receive, send)
             return
         body = await read_body(receive, self._manager.max_request_body_size)
         if body is Unread.TOO_LARGE:
@@ -155,8 +168,19 @@ class FastLane:
                 await self._list(scope, send, session_id, connection, method, cast(RequestId, request_id))
             return True
 
+    async def _stream(self, receive: Receive, send: Send, session: _Session) -> bool:
+        """Serve the session's standing event stream (see `lane_stream`); False leaves it to the SDK."""
+        session_id, _, transport = session
+        with holding_http_session(transport) as is_open, standalone_stream(transport) as messages:
+            if not is_open or messages is None:
+                return False  # a session ending, or a second stream: the SDK answers (404, 409)
+            self.streams_served += 1
+            await serve_event_stream(messages, session_id, receive, send, ping_seconds=self._ping_seconds)
+            return True
+
     async def _session_of(self, scope: Scope) -> _Session | None:
-        """The session a POST may be served in by the lane, from its headers alone; else None."""
+        """The session a POST, or a GET for the standing stream, may be served in by the lane, from its headers
+        alone; else None."""
         session_id = version = None
         declared = 0
         for name, value in scope["headers"]:
@@ -166,6 +190,8 @@ class FastLane:
                 version = value
             elif name == b"content-length" and value.isdigit():
                 declared = int(value)
+            elif name == _LAST_EVENT_ID:
+                return None  # a resumption: the SDK replays what its event store kept
         if session_id is None or (version is not None and version not in _HANDSHAKE_VERSIONS):
             return None
         if declared > self._manager.max_request_body_size:

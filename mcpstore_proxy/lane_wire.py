@@ -81,21 +81,22 @@ def is_id(value: object) -> TypeGuard[RequestId]:
 
 
 class Acceptance:
-    """Whether the SDK would take a POST as it is (media types, Host, Origin); else it answers it itself.
+    """Whether the SDK would take a POST (media types, Host, Origin) or a GET (its `Accept`, Host, Origin) as it
+    is; else it answers it itself.
 
-    The verdict depends on four header values alone, and a client sends the same ones with every request: it is
-    worked out by the SDK's own checks once per distinct set, and remembered (a bounded number of sets).
+    The verdict depends on the method and four header values alone, and a client sends the same ones with every
+    request: it is worked out by the SDK's own checks once per distinct set, and remembered (a bounded number).
     """
 
     _REMEMBERED: Final = 256
 
     def __init__(self, security: TransportSecurityMiddleware) -> None:
         self._security = security
-        self._verdicts: dict[tuple[tuple[bytes, bytes], ...], bool] = {}
+        self._verdicts: dict[tuple[object, ...], bool] = {}
 
     async def __call__(self, scope: Scope) -> bool:
         # Every checked header as sent, repeats and order included: the verdict is a function of exactly this.
-        key = tuple([header for header in scope["headers"] if header[0] in _CHECKED_HEADERS])
+        key = (scope["method"], *[header for header in scope["headers"] if header[0] in _CHECKED_HEADERS])
         verdict = self._verdicts.get(key)
         if verdict is None:
             verdict = await _is_acceptable(scope, self._security)
@@ -111,6 +112,8 @@ _CHECKED_HEADERS: Final = frozenset((b"accept", b"content-type", b"host", b"orig
 async def _is_acceptable(scope: Scope, security: TransportSecurityMiddleware) -> bool:
     request = Request(scope)
     accepts_json, accepts_events = check_accept_headers(request)
+    if scope["method"] == "GET":
+        return accepts_events and await security.validate_request(request, is_post=False) is None
     content_type = request.headers.get("content-type", "").split(";")[0]
     if not (accepts_json and accepts_events) or "application/json" not in (t.strip() for t in content_type.split(",")):
         return False

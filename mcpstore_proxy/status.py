@@ -116,7 +116,12 @@ def client_sessions(service: UpstreamService) -> list[ClientSessionInfo]:
 
 
 def status_report(
-    engine: ProxyEngine, *, is_draining: bool, requests_in_flight: int, fast_lane_calls: int = 0
+    engine: ProxyEngine,
+    *,
+    is_draining: bool,
+    requests_in_flight: int,
+    fast_lane_calls: int = 0,
+    fast_lane_streams: int = 0,
 ) -> dict[str, Any]:
     """The proxy's state in detail, for operators (`/admin/status`, the status page, `mcpstore-proxy status`)."""
     upstreams: dict[str, Any] = {}
@@ -137,6 +142,7 @@ def status_report(
         "status": "draining" if is_draining else "ok",
         "requests_in_flight": requests_in_flight,
         "fast_lane_calls": fast_lane_calls,
+        "fast_lane_streams": fast_lane_streams,
         "upstreams": upstreams,
         "events": [_event(event) for event in engine.events.recent(REPORTED_EVENTS)[:_EVENTS_SHOWN]],
         "time": _utc(engine.clock.now()),

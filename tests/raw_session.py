@@ -59,9 +59,18 @@ def events_of(response: httpx2.Response) -> list[dict[str, Any]]:
 
 async def lane_calls(proxy: InProcessProxy, config: Path) -> int:
     """How many requests the proxy's fast lane took (`fast_lane_calls` in `/admin/status`)."""
+    return await _status_count(proxy, config, "fast_lane_calls")
+
+
+async def lane_streams(proxy: InProcessProxy, config: Path) -> int:
+    """How many standing event streams the proxy's fast lane took (`fast_lane_streams` in `/admin/status`)."""
+    return await _status_count(proxy, config, "fast_lane_streams")
+
+
+async def _status_count(proxy: InProcessProxy, config: Path, name: str) -> int:
     token = admin_token_of(config)
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     status = await admin(proxy.port, "GET", "/status", **headers)
     assert status.status_code == 200, status.text
-    calls: int = status.json()["fast_lane_calls"]
-    return calls
+    count: int = status.json()[name]
+    return count

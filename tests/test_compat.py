@@ -235,6 +235,27 @@ async def test_holding_a_session_suspends_its_idle_countdown_until_the_last_hold
             assert expired is False
 
 
+async def test_a_standing_stream_registers_where_the_sdk_routes_messages_outside_requests_one_per_session() -> None:
+    assert "GET_STREAM_KEY" in inspect.getsource(StreamableHTTPServerTransport.connect)  # where the router sends them
+    manager = StreamableHTTPSessionManager(app=_server([]))
+    async with _serving(manager) as url, httpx2.AsyncClient() as http:
+        session_id = await _open_raw_session(http, url)
+        transport = compat.http_session(manager, session_id, {"type": "http"})
+        assert transport is not None
+        streams: dict[Any, Any] = transport._request_streams  # pyright: ignore[reportPrivateUsage]
+        with compat.standalone_stream(transport) as messages:
+            assert messages is not None
+            assert streams[mcp.server.streamable_http.GET_STREAM_KEY][1] is messages
+            with compat.standalone_stream(transport) as second:
+                assert second is None
+        assert mcp.server.streamable_http.GET_STREAM_KEY not in streams
+        with compat.standalone_stream(transport) as messages:
+            assert messages is not None
+            await transport.terminate()
+            with anyio.fail_after(5), pytest.raises((anyio.EndOfStream, anyio.ClosedResourceError)):
+                await messages.receive()
+
+
 @pytest.mark.parametrize("trimmed", [False, True])
 async def test_uvicorns_httptools_protocol_keeps_whitespace_after_a_header_value_which_the_wrapper_removes(
     trimmed: bool,

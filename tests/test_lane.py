@@ -21,7 +21,16 @@ from mcp.client.sse import sse_client
 
 from tests.inprocess import running_app
 from tests.memory import one_tool_upstream
-from tests.raw_session import EVENT_STREAM, JSON, RawSession, events_of, lane_calls, media_type, tool_call
+from tests.raw_session import (
+    EVENT_STREAM,
+    JSON,
+    RawSession,
+    events_of,
+    lane_calls,
+    lane_streams,
+    media_type,
+    tool_call,
+)
 from tests.support import fixture_server, wait_until, write_config
 
 pytestmark = pytest.mark.anyio
@@ -311,3 +320,66 @@ async def test_a_call_past_the_size_limit_is_refused_with_413_whether_or_not_it_
         fitting = await session.call_tool(2, "state_echo", {"text": "x" * (1024 * 1024)})
         assert fitting.json()["result"]["structuredContent"] == {"result": "x" * (1024 * 1024)}
         assert await lane_calls(proxy, config) == 1
+
+
+# The session's standing event stream (GET): taken by the lane once the session is established.
+
+
+async def test_a_sessions_standing_stream_takes_the_lane_carries_its_notices_and_is_one_per_session(
+    config: Path,
+) -> None:
+    async with running_app(config) as proxy, httpx2.AsyncClient(timeout=30) as http:
+        session = RawSession(http, proxy.url)
+        await session.open()
+        listen = session.headers | {"Accept": EVENT_STREAM}
+        async with http.stream("GET", proxy.url, headers=listen) as stream:
+            assert (stream.status_code, media_type(stream)) == (200, EVENT_STREAM)
+            assert stream.headers["mcp-session-id"] == session.headers["Mcp-Session-Id"]
+            assert await lane_streams(proxy, config) == 1
+            grown = await session.call_tool(2, "state_grow", {"name": "fresh"})
+            assert grown.status_code == 200
+            with anyio.fail_after(10):
+                notice = await next_message(stream.aiter_lines())
+            assert notice == {"jsonrpc": "2.0", "method": "notifications/tools/list_changed"}
+            second = await http.get(proxy.url, headers=listen)
+            assert second.status_code == 409  # the SDK's own refusal of a second stream
+        # Once the client hung up, the session takes a new stream (the lane let go of the old one).
+        with anyio.fail_after(10):
+            while True:
+                async with http.stream("GET", proxy.url, headers=listen) as again:
+                    if again.status_code == 200:
+                        break
+                    assert again.status_code == 409
+        assert await lane_streams(proxy, config) == 2
+
+
+async def test_a_standing_stream_ends_when_its_session_is_deleted(config: Path) -> None:
+    async with running_app(config) as proxy, httpx2.AsyncClient(timeout=30) as http:
+        session = RawSession(http, proxy.url)
+        await session.open()
+        async with http.stream("GET", proxy.url, headers=session.headers | {"Accept": EVENT_STREAM}) as stream:
+            assert stream.status_code == 200
+            deleted = await http.delete(proxy.url, headers=session.headers)
+            assert deleted.status_code == 200
+            with anyio.fail_after(10):
+                body = [line async for line in stream.aiter_lines()]
+        assert body == []
+        assert await lane_streams(proxy, config) == 1
+
+
+async def test_a_standing_stream_from_a_foreign_origin_or_without_event_streams_is_refused_as_the_sdk_refuses_it(
+    config: Path,
+) -> None:
+    async with running_app(config) as proxy, httpx2.AsyncClient(timeout=30) as http:
+        session = RawSession(http, proxy.url)
+        await session.open()
+        foreign = await http.get(
+            proxy.url, headers=session.headers | {"Accept": EVENT_STREAM, "Origin": "https://evil.example"}
+        )
+        assert foreign.status_code == 403
+        json_only = await http.get(proxy.url, headers=session.headers | {"Accept": JSON})
+        assert json_only.status_code == 406
+        assert await lane_streams(proxy, config) == 0
+        async with http.stream("GET", proxy.url, headers=session.headers | {"Accept": EVENT_STREAM}) as stream:
+            assert stream.status_code == 200
+        assert await lane_streams(proxy, config) == 1

@@ -1,0 +1,140 @@
+"""The lane's standing event stream (`serve_event_stream`), in memory: ASGI's `receive` and `send` as streams and
+lists, the session's messages from a memory stream as the SDK's transport feeds it."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncGenerator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+import pytest
+from anyio.streams.memory import MemoryObjectSendStream
+from mcp import types
+from mcp.server.streamable_http import EventMessage
+from starlette.types import Message
+
+from mcpstore_proxy.lane_stream import serve_event_stream
+
+pytestmark = pytest.mark.anyio
+
+Sent = list[dict[str, Any]]
+
+
+class _Client:
+    """ASGI's side of one GET: what the stream sent, and the client's own messages (its request, a hang-up)."""
+
+    def __init__(self) -> None:
+        self.sent: Sent = []
+        self._changed = anyio.Event()
+        self._inbox, self._receive = anyio.create_memory_object_stream[dict[str, Any]](10)
+        self._inbox.send_nowait({"type": "http.request", "body": b"", "more_body": False})
+
+    async def receive(self) -> dict[str, Any]:
+        return await self._receive.receive()
+
+    async def send(self, message: Message) -> None:
+        self.sent.append(dict(message))
+        self._changed.set()
+        self._changed = anyio.Event()
+
+    def close(self) -> None:
+        self._inbox.close()
+        self._receive.close()
+
+    def hang_up(self) -> None:
+        self._inbox.send_nowait({"type": "http.disconnect"})
+
+    async def sent_until(self, condition: Callable[[Sent], bool]) -> None:
+        with anyio.fail_after(5):
+            while not condition(self.sent):
+                await self._changed.wait()
+
+    def bodies(self) -> list[bytes]:
+        return [message["body"] for message in self.sent if message["type"] == "http.response.body"]
+
+    def events(self) -> list[dict[str, Any]]:
+        lines = b"".join(self.bodies()).decode().split("\r\n")
+        return [json.loads(line.removeprefix("data: ")) for line in lines if line.startswith("data: ")]
+
+
+def _notice(n: int) -> EventMessage:
+    params = {"level": "info", "data": f"notice {n}"}
+    return EventMessage(types.JSONRPCNotification(jsonrpc="2.0", method="notifications/message", params=params))
+
+
+@asynccontextmanager
+async def _serving(client: _Client, ping_seconds: float = 60) -> AsyncGenerator[_Stream]:
+    """The stream served to `client` while the block runs."""
+    writer, reader = anyio.create_memory_object_stream[EventMessage](16)
+    stream = _Stream(writer, anyio.Event())
+
+    async def serve() -> None:
+        await serve_event_stream(reader, "session-1", client.receive, client.send, ping_seconds=ping_seconds)
+        stream.ended.set()
+
+    with writer, reader:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(serve)
+            yield stream
+            tg.cancel_scope.cancel()
+    client.close()
+
+
+@dataclass
+class _Stream:
+    messages: MemoryObjectSendStream[EventMessage]
+    ended: anyio.Event
+
+
+async def test_messages_go_out_in_order_framed_as_the_sdk_frames_them_and_the_stream_ends_with_them() -> None:
+    client = _Client()
+    async with _serving(client) as stream:
+        for n in range(3):
+            await stream.messages.send(_notice(n))
+        await stream.messages.aclose()
+        with anyio.fail_after(5):
+            await stream.ended.wait()
+
+    start = client.sent[0]
+    assert (start["type"], start["status"]) == ("http.response.start", 200)
+    assert (b"content-type", b"text/event-stream") in start["headers"]
+    assert (b"mcp-session-id", b"session-1") in start["headers"]
+    assert client.bodies()[0].startswith(b"event: message\r\ndata: {")
+    assert [event["params"]["data"] for event in client.events()] == ["notice 0", "notice 1", "notice 2"]
+    assert client.sent[-1] == {"type": "http.response.body", "body": b"", "more_body": False}
+
+
+async def test_a_quiet_stream_is_pinged_with_comment_lines_and_messages_still_follow() -> None:
+    client = _Client()
+    async with _serving(client, ping_seconds=0.05) as stream:
+        await client.sent_until(lambda sent: sum(m.get("body") == b": ping\r\n\r\n" for m in sent) >= 2)
+        await stream.messages.send(_notice(1))
+        await client.sent_until(lambda sent: any(b"notice 1" in m.get("body", b"") for m in sent))
+    assert [event["params"]["data"] for event in client.events()] == ["notice 1"]
+
+
+async def test_a_client_hanging_up_ends_the_stream_without_another_write() -> None:
+    client = _Client()
+    async with _serving(client) as stream:
+        await stream.messages.send(_notice(1))
+        await client.sent_until(lambda sent: len(sent) == 2)
+        client.hang_up()
+        with anyio.fail_after(5):
+            await stream.ended.wait()
+    assert len(client.sent) == 2  # the start and the one message: nothing more is written to a client gone
+
+
+async def test_the_session_closing_its_stream_ends_the_response() -> None:
+    client = _Client()
+    writer, reader = anyio.create_memory_object_stream[EventMessage](16)
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(lambda: serve_event_stream(reader, "session-1", client.receive, client.send))
+            await client.sent_until(lambda sent: len(sent) == 1)
+            reader.close()  # as the SDK's `close_sse_stream` and `terminate` do
+            writer.close()
+    client.close()
+    assert client.sent[-1] == {"type": "http.response.body", "body": b"", "more_body": False}
