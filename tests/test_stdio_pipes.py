@@ -102,7 +102,8 @@ async def test_leaving_stops_an_upstream_that_ignores_its_stdin_closing_and_the_
     assert announced.params is not None
     assert not is_alive(announced.params["pid"])  # waited for: the upstream is the proxy's own child
     # The child's parent is gone, so nothing waits for it: a SIGKILL to the group ends it a moment later.
-    await wait_until(lambda: not is_alive(announced.params["child"]), what="the upstream's child to be gone")
+    child: int = announced.params["child"]
+    await wait_until(lambda: not is_alive(child), what="the upstream's child to be gone")
 
 
 # The proxy's own requests (`DirectRequests`) over the pipes: raw JSON both ways, past the SDK's models.
