@@ -154,7 +154,8 @@ def standalone_stream(
     try:
         yield reader
     finally:
-        if streams.get(GET_STREAM_KEY) == (writer, reader):
+        registered = streams.get(GET_STREAM_KEY)
+        if registered is not None and registered[1] is reader:
             del streams[GET_STREAM_KEY]
         writer.close()
         reader.close()

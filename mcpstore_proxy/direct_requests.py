@@ -15,8 +15,9 @@ requests) still goes to the `ClientSession`, in order.
 Each request has a deadline (the upstream's `call_timeout_seconds`), kept by a
 timer on its answer's future rather than a cancel scope; a request past it
 fails with `TimeoutError`. Abandoning a request (cancelled, or past its
-deadline) tells the upstream with `notifications/cancelled`, as the SDK does. When the session ends, every
-request still waiting fails with the SDK's `CONNECTION_CLOSED` error.
+deadline) tells the upstream with `notifications/cancelled`, as the SDK does.
+When the session ends, every request still waiting fails with the SDK's
+`CONNECTION_CLOSED` error.
 """
 
 from __future__ import annotations

@@ -5,8 +5,8 @@ The SDK serves that stream with sse_starlette: per stream a response object, a t
 sender, pings, a disconnect listener and a shutdown listener), a task that copies the session's messages into a
 memory stream of its own, and that stream. Held open by every idle client, it was a fifth of the proxy's memory per
 idle session. Here the request's own task writes each message as it comes, and one bare asyncio task both watches
-for the client hanging up and sends a comment line every `ping_seconds` while nothing else is sent, as
-sse_starlette does, so that proxies and load balancers in between keep the connection.
+for the client hanging up and sends a comment line every `ping_seconds`, as sse_starlette does, so that proxies
+and load balancers in between keep the connection.
 
 The messages come from where the SDK's transport puts them for its own stream (`compat.standalone_stream`), framed
 as its writer frames them. The stream ends when the client hangs up, or when the session closes the standalone
@@ -66,7 +66,7 @@ async def serve_event_stream(
 
 
 async def _watch(receive: Receive, send: Send, hung_up: anyio.CancelScope, ping_seconds: float) -> None:
-    """Until the client hangs up, ping it after every `ping_seconds` of nothing from it; then end the stream.
+    """Until the client hangs up, ping it every `ping_seconds`; then end the stream.
 
     A bare task, cancelled when the stream ends: nothing awaits it, so whatever ends the watch must end in the
     stream's cancellation, not here. Two sends at once are safe: each is one write, after a wait to drain."""

@@ -383,7 +383,7 @@ class ProxyServer(Server[Any]):
         return result
 
     async def forwarded(self, run: Callable[[], Awaitable[dict[str, Any]]]) -> dict[str, Any]:
-        """Run a forwarded request as work in flight (see `drain`) and `routed`.
+        """Run a forwarded request (`routed`) as work in flight (see `drain`).
 
         Raises:
             MCPError: what the client is answered.
