@@ -16,6 +16,7 @@ proxy's own requests on the way).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 from collections import deque
@@ -70,23 +71,44 @@ class StderrTail:
             self._lines.append(line)
             logger.debug("[%s stderr] %s", self.upstream, line)
 
-    async def drain(self, fd: int) -> None:
-        """Read `fd` until EOF, splitting lines; closes `fd`."""
+    @asynccontextmanager
+    async def reading(self, fd: int) -> AsyncGenerator[None]:
+        """Read `fd` (a pipe's read end) into the tail while the block runs, splitting lines; then wait a moment
+        (`_STDERR_DRAIN_SECONDS`) for the last ones, and close it.
+
+        No task: the event loop calls back whenever the pipe is readable, which spares every upstream session a
+        task, its task group and their events (the proxy serves on asyncio, whose loop watches the fd)."""
+        loop = asyncio.get_running_loop()
         os.set_blocking(fd, False)
-        pending = b""
+        ended: asyncio.Future[None] = loop.create_future()
+        pending = bytearray()
+
+        def readable() -> None:
+            try:
+                chunk = os.read(fd, 65536)
+            except BlockingIOError:
+                return
+            except OSError:
+                chunk = b""
+            if not chunk:
+                loop.remove_reader(fd)
+                if not ended.done():
+                    ended.set_result(None)
+                return
+            pending.extend(chunk)
+            *lines, rest = pending.split(b"\n")
+            for line in lines:
+                self.add(line.decode(errors="replace"))
+            pending[:] = rest
+
+        loop.add_reader(fd, readable)
         try:
-            while True:
-                await anyio.wait_readable(fd)
-                try:
-                    chunk = os.read(fd, 65536)
-                except BlockingIOError:
-                    continue
-                if not chunk:
-                    break
-                *lines, pending = (pending + chunk).split(b"\n")
-                for line in lines:
-                    self.add(line.decode(errors="replace"))
+            yield
         finally:
+            # The process is gone: take its last lines, but a grandchild that inherited stderr must not keep us.
+            with anyio.move_on_after(_STDERR_DRAIN_SECONDS, shield=True):
+                await ended
+            loop.remove_reader(fd)
             self.add(pending.decode(errors="replace"))
             os.close(fd)
 
@@ -205,24 +227,10 @@ async def _open_stdio(config: UpstreamConfig, stderr: StderrTail) -> AsyncGenera
     parameters = StdioServerParameters(command=config.command, args=config.args, env=config.env, cwd=config.cwd)
     read_fd, write_fd = os.pipe()
     errlog = os.fdopen(write_fd, "w")
-    drained = anyio.Event()
-
-    async def drain() -> None:
-        try:
-            await stderr.drain(read_fd)
-        finally:
-            drained.set()
-
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(drain)
+    async with stderr.reading(read_fd):
         try:
             async with stdio_pipes(parameters, errlog) as streams:
                 errlog.close()  # the child holds its own copy; ours would keep the pipe open forever
                 yield streams
         finally:
             errlog.close()
-            # The process is gone: let the reader take its last lines, but a grandchild
-            # that inherited stderr must not keep us here.
-            with anyio.move_on_after(_STDERR_DRAIN_SECONDS, shield=True):
-                await drained.wait()
-            tg.cancel_scope.cancel()
