@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncGenerator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import httpx2
 
-from tests.inprocess import InProcessProxy
+from tests.inprocess import InProcessProxy, running_app
 from tests.support import admin, admin_token_of
 
 JSON = "application/json"
@@ -39,6 +41,15 @@ class RawSession:
 
     async def call_tool(self, request_id: int, name: str, arguments: dict[str, Any], **meta: Any) -> httpx2.Response:
         return await self.post(tool_call(request_id, name, arguments, **meta))
+
+
+@asynccontextmanager
+async def opened_session(config: Path) -> AsyncGenerator[tuple[InProcessProxy, httpx2.AsyncClient, RawSession]]:
+    """The proxy of `config` served in process, a plain HTTP client, and a session it opened."""
+    async with running_app(config) as proxy, httpx2.AsyncClient(timeout=30) as http:
+        session = RawSession(http, proxy.url)
+        await session.open()
+        yield proxy, http, session
 
 
 def tool_call(request_id: int | str, name: str, arguments: dict[str, Any], **meta: Any) -> dict[str, Any]:

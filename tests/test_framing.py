@@ -19,7 +19,7 @@ from mcp import MCPError, types
 from mcpstore_proxy.framing import FirstEventResponse
 from tests.inprocess import running_app
 from tests.memory import one_tool_upstream
-from tests.raw_session import EVENT_STREAM, JSON, RawSession, events_of, lane_calls, media_type
+from tests.raw_session import EVENT_STREAM, JSON, RawSession, events_of, lane_calls, media_type, opened_session
 from tests.support import connect, fixture_server, structured, text_of, wait_until, write_config
 
 pytestmark = pytest.mark.anyio
@@ -31,9 +31,7 @@ def config(tmp_path: Path) -> Path:
 
 
 async def test_a_plain_call_and_a_tool_list_are_answered_as_json_with_their_ids(config: Path) -> None:
-    async with running_app(config) as proxy, httpx2.AsyncClient(timeout=30) as http:
-        session = RawSession(http, proxy.url)
-        await session.open()
+    async with opened_session(config) as (_proxy, _http, session):
         called = await session.call_tool(7, "state_echo", {"text": "hi"})
         assert (called.status_code, media_type(called)) == (200, JSON)
         assert called.json()["id"] == 7
@@ -48,9 +46,7 @@ async def test_a_plain_call_and_a_tool_list_are_answered_as_json_with_their_ids(
 async def test_a_call_whose_upstream_reports_progress_first_is_streamed_with_progress_before_the_result(
     config: Path,
 ) -> None:
-    async with running_app(config) as proxy, httpx2.AsyncClient(timeout=30) as http:
-        session = RawSession(http, proxy.url)
-        await session.open()
+    async with opened_session(config) as (proxy, _http, session):
         answer = await session.call_tool(3, "state_chatter", {"tag": "t", "count": 3}, progressToken="p")
         assert (answer.status_code, media_type(answer)) == (200, EVENT_STREAM)
         messages = events_of(answer)
@@ -69,9 +65,7 @@ async def test_a_call_whose_upstream_reports_progress_first_is_streamed_with_pro
 
 
 async def test_a_post_that_does_not_accept_json_is_refused_and_never_answered_in_json(config: Path) -> None:
-    async with running_app(config) as proxy, httpx2.AsyncClient(timeout=30) as http:
-        session = RawSession(http, proxy.url)
-        await session.open()
+    async with opened_session(config) as (_proxy, _http, session):
         session.headers["Accept"] = EVENT_STREAM
         refused = await session.call_tool(4, "state_echo", {"text": "streamed"})
         # The SDK refuses it before any framing; the response class would keep it on an event stream regardless.
@@ -92,9 +86,7 @@ async def test_an_upstream_that_asks_the_client_first_is_answered_through_the_sd
 
 
 async def test_an_unknown_tool_and_a_failing_tool_are_answered_as_json_with_their_ids(config: Path) -> None:
-    async with running_app(config) as proxy, httpx2.AsyncClient(timeout=30) as http:
-        session = RawSession(http, proxy.url)
-        await session.open()
+    async with opened_session(config) as (_proxy, _http, session):
         unknown = await session.call_tool(11, "state_no_such_tool", {})
         assert (unknown.status_code, media_type(unknown)) == (200, JSON)
         body = unknown.json()
@@ -107,9 +99,7 @@ async def test_an_unknown_tool_and_a_failing_tool_are_answered_as_json_with_thei
 
 
 async def test_an_unknown_method_is_answered_as_a_json_rpc_error_in_json(config: Path) -> None:
-    async with running_app(config) as proxy, httpx2.AsyncClient(timeout=30) as http:
-        session = RawSession(http, proxy.url)
-        await session.open()
+    async with opened_session(config) as (_proxy, _http, session):
         answer = await session.post({"jsonrpc": "2.0", "id": 21, "method": "no/such/method"})
         assert (answer.status_code, media_type(answer)) == (200, JSON)
         assert answer.json()["id"] == 21
@@ -138,9 +128,7 @@ async def test_a_ten_megabyte_result_arrives_intact_as_json(tmp_path: Path) -> N
 
 async def test_concurrent_calls_on_one_session_each_get_their_own_answer(config: Path) -> None:
     answers: dict[int, httpx2.Response] = {}
-    async with running_app(config) as proxy, httpx2.AsyncClient(timeout=30) as http:
-        session = RawSession(http, proxy.url)
-        await session.open()
+    async with opened_session(config) as (proxy, _http, session):
 
         async def call(request_id: int) -> None:
             answers[request_id] = await session.call_tool(request_id, "state_echo", {"text": f"call {request_id}"})
@@ -169,9 +157,7 @@ async def test_a_client_that_hangs_up_while_waiting_for_a_json_answer_cancels_th
     config: Path, tmp_path: Path
 ) -> None:
     started, cancelled = tmp_path / "started", tmp_path / "cancelled"
-    async with running_app(config) as proxy, httpx2.AsyncClient(timeout=30) as http:
-        session = RawSession(http, proxy.url)
-        await session.open()
+    async with opened_session(config) as (proxy, _http, session):
         async with anyio.create_task_group() as tg:
 
             async def call_then_hang_up() -> None:

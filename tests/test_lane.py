@@ -29,6 +29,7 @@ from tests.raw_session import (
     lane_calls,
     lane_streams,
     media_type,
+    opened_session,
     tool_call,
 )
 from tests.support import fixture_server, wait_until, write_config
@@ -54,9 +55,7 @@ async def next_message(lines: AsyncIterator[str]) -> dict[str, Any]:
 
 
 async def test_a_call_in_an_open_session_takes_the_lane_and_is_answered_in_json_with_its_id(config: Path) -> None:
-    async with running_app(config) as proxy, httpx2.AsyncClient(timeout=30) as http:
-        session = RawSession(http, proxy.url)
-        await session.open()
+    async with opened_session(config) as (proxy, _http, session):
         assert await lane_calls(proxy, config) == 0
         for request_id in (7, "seven"):
             called = await session.post(tool_call(request_id, "state_echo", {"text": f"hi {request_id}"}))
@@ -76,9 +75,7 @@ async def test_a_call_in_an_open_session_takes_the_lane_and_is_answered_in_json_
 
 
 async def test_what_the_lane_does_not_serve_reaches_the_sdk_unchanged(config: Path) -> None:
-    async with running_app(config) as proxy, httpx2.AsyncClient(timeout=30) as http:
-        session = RawSession(http, proxy.url)
-        await session.open()
+    async with opened_session(config) as (proxy, http, session):
         nameless = await session.post({"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"arguments": {}}})
         assert (nameless.json()["id"], nameless.json()["error"]["code"]) == (2, types.INVALID_PARAMS)
         unparsable = await http.post(proxy.url, content=b"{not json", headers=session.headers)
@@ -206,9 +203,7 @@ async def test_another_session_can_neither_answer_a_sessions_question_nor_cancel
 
 async def test_a_cancelled_call_is_cancelled_upstream_and_answered_on_its_stream(config: Path, tmp_path: Path) -> None:
     started, cancelled = tmp_path / "started", tmp_path / "cancelled"
-    async with running_app(config) as proxy, httpx2.AsyncClient(timeout=30) as http:
-        session = RawSession(http, proxy.url)
-        await session.open()
+    async with opened_session(config) as (_proxy, _http, session):
         answers: list[httpx2.Response] = []
         async with anyio.create_task_group() as tg:
 
@@ -287,9 +282,7 @@ async def test_another_principal_cannot_call_in_a_session_it_did_not_open(guarde
 
 
 async def test_a_call_from_a_foreign_host_or_origin_is_refused_as_the_sdk_refuses_it(config: Path) -> None:
-    async with running_app(config) as proxy, httpx2.AsyncClient(timeout=30) as http:
-        session = RawSession(http, proxy.url)
-        await session.open()
+    async with opened_session(config) as (proxy, _http, session):
         call = tool_call(1, "state_echo", {"text": "x"})
         assert (await session.post(call, Host="evil.example")).status_code == 421
         assert (await session.post(call, Origin="http://evil.example")).status_code == 403
@@ -310,9 +303,7 @@ async def test_a_call_past_the_size_limit_is_refused_with_413_whether_or_not_it_
         for start in range(0, len(oversized), 65536):
             yield oversized[start : start + 65536]
 
-    async with running_app(config) as proxy, httpx2.AsyncClient(timeout=30) as http:
-        session = RawSession(http, proxy.url)
-        await session.open()
+    async with opened_session(config) as (proxy, http, session):
         declared = await http.post(proxy.url, content=oversized, headers=session.headers)
         assert declared.status_code == 413
         undeclared = await http.post(proxy.url, content=chunked(), headers=session.headers)
@@ -328,9 +319,7 @@ async def test_a_call_past_the_size_limit_is_refused_with_413_whether_or_not_it_
 async def test_a_sessions_standing_stream_takes_the_lane_carries_its_notices_and_is_one_per_session(
     config: Path,
 ) -> None:
-    async with running_app(config) as proxy, httpx2.AsyncClient(timeout=30) as http:
-        session = RawSession(http, proxy.url)
-        await session.open()
+    async with opened_session(config) as (proxy, http, session):
         listen = session.headers | {"Accept": EVENT_STREAM}
         async with http.stream("GET", proxy.url, headers=listen) as stream:
             assert (stream.status_code, media_type(stream)) == (200, EVENT_STREAM)
@@ -354,9 +343,7 @@ async def test_a_sessions_standing_stream_takes_the_lane_carries_its_notices_and
 
 
 async def test_a_standing_stream_ends_when_its_session_is_deleted(config: Path) -> None:
-    async with running_app(config) as proxy, httpx2.AsyncClient(timeout=30) as http:
-        session = RawSession(http, proxy.url)
-        await session.open()
+    async with opened_session(config) as (proxy, http, session):
         async with http.stream("GET", proxy.url, headers=session.headers | {"Accept": EVENT_STREAM}) as stream:
             assert stream.status_code == 200
             deleted = await http.delete(proxy.url, headers=session.headers)
@@ -370,9 +357,7 @@ async def test_a_standing_stream_ends_when_its_session_is_deleted(config: Path) 
 async def test_a_standing_stream_from_a_foreign_origin_or_without_event_streams_is_refused_as_the_sdk_refuses_it(
     config: Path,
 ) -> None:
-    async with running_app(config) as proxy, httpx2.AsyncClient(timeout=30) as http:
-        session = RawSession(http, proxy.url)
-        await session.open()
+    async with opened_session(config) as (proxy, http, session):
         foreign = await http.get(
             proxy.url, headers=session.headers | {"Accept": EVENT_STREAM, "Origin": "https://evil.example"}
         )
