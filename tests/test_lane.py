@@ -368,3 +368,22 @@ async def test_a_standing_stream_from_a_foreign_origin_or_without_event_streams_
         async with http.stream("GET", proxy.url, headers=session.headers | {"Accept": EVENT_STREAM}) as stream:
             assert stream.status_code == 200
         assert await lane_streams(proxy, config) == 1
+
+
+async def test_another_principal_cannot_listen_on_a_session_it_did_not_open(guarded: Path) -> None:
+    async with running_app(guarded) as proxy, httpx2.AsyncClient(timeout=30) as http:
+        alice = RawSession(http, proxy.url)
+        alice.headers["Authorization"] = f"Bearer {ALICE}"
+        await alice.open()
+        listen = alice.headers | {"Accept": EVENT_STREAM}
+        bobs_try = await http.get(proxy.url, headers=listen | {"Authorization": f"Bearer {BOB}"})
+        unknown = await http.get(
+            proxy.url, headers=listen | {"Authorization": f"Bearer {BOB}", "Mcp-Session-Id": "0" * 32}
+        )
+        assert (bobs_try.status_code, bobs_try.text) == (404, unknown.text)
+        anonymous = await http.get(proxy.url, headers=listen | {"Authorization": ""})
+        assert anonymous.status_code == 401
+        assert await lane_streams(proxy, guarded) == 0
+        async with http.stream("GET", proxy.url, headers=listen) as stream:
+            assert (stream.status_code, media_type(stream)) == (200, EVENT_STREAM)
+            assert await lane_streams(proxy, guarded) == 1
