@@ -105,33 +105,34 @@ class holding_http_session:  # noqa: N801  # used as a function; a class, as a g
     does (`idle_scope`, `_requests_in_flight`, `_idle_timeout`): no idle expiry while any request is in flight,
     the countdown restarting when the last ends. Gives False when the session's idle period already ran out."""
 
-    __slots__ = ("_holds", "_transport")
+    __slots__ = ("_idle", "_timeout", "_transport")
 
     def __init__(self, transport: StreamableHTTPServerTransport) -> None:
         self._transport = transport
-        self._holds = False
+        self._idle: anyio.CancelScope | None = None
+        """The session's idle scope, while this holds it."""
+        self._timeout = 0.0
 
     def __enter__(self) -> bool:
         transport = self._transport
-        scope: anyio.CancelScope | None = transport.idle_scope
-        if scope is None or getattr(transport, "_idle_timeout") is None:  # noqa: B009  # private; pinned by a test
+        idle: anyio.CancelScope | None = transport.idle_scope
+        timeout: float | None = getattr(transport, "_idle_timeout")  # noqa: B009  # private; pinned by a test
+        if idle is None or timeout is None:
             return True
-        if scope.cancel_called:
+        if idle.cancel_called:
             return False
-        self._holds = True
+        self._idle, self._timeout = idle, timeout
         transport._requests_in_flight += 1  # pyright: ignore[reportPrivateUsage]  # private; pinned by a test
-        scope.deadline = math.inf
+        idle.deadline = math.inf
         return True
 
     def __exit__(self, *exc_info: object) -> None:
-        if not self._holds:
+        if self._idle is None:
             return
         transport = self._transport
         transport._requests_in_flight -= 1  # pyright: ignore[reportPrivateUsage]
-        scope = transport.idle_scope
-        timeout: float | None = getattr(transport, "_idle_timeout")  # noqa: B009
-        if not transport._requests_in_flight and scope is not None and timeout is not None:  # pyright: ignore[reportPrivateUsage]
-            scope.deadline = anyio.current_time() + timeout
+        if not transport._requests_in_flight:  # pyright: ignore[reportPrivateUsage]
+            self._idle.deadline = anyio.current_time() + self._timeout
 
 
 _RequestStreams = dict[Any, tuple[MemoryObjectSendStream[EventMessage], MemoryObjectReceiveStream[EventMessage]]]

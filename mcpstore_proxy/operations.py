@@ -124,25 +124,25 @@ def note_upstream(name: str) -> None:
 
 
 class upstream_leg:  # noqa: N801  # used as a function; a class, as a generator costs more per call
-    """Time one request to an upstream for the operation in progress. The block may replace the outcome it is
-    given (`outcome[0] = "error"` for a tool's error result); an exception makes it an error, a cancellation
-    cancelled."""
+    """Time one request to an upstream for the operation in progress. The block may set `outcome` ("error" for a
+    tool's error result); an exception makes it an error, a cancellation cancelled."""
 
-    __slots__ = ("_method", "_operation", "_outcome", "_started", "_upstream")
+    __slots__ = ("_method", "_operation", "_started", "_upstream", "outcome")
 
     def __init__(self, method: str, upstream: str) -> None:
         self._method = method
         self._upstream = upstream
         self._operation: Operation | None = None
-        self._outcome: list[Outcome] = ["ok"]
+        """The operation it is timed for, when that has an observer."""
         self._started = 0.0
+        self.outcome: Outcome = "ok"
 
-    def __enter__(self) -> list[Outcome]:
+    def __enter__(self) -> upstream_leg:
         operation = _CURRENT.get()
         if operation is not None and operation.observer is not None:
             self._operation = operation
             self._started = time.perf_counter()
-        return self._outcome
+        return self
 
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, traceback: object) -> None:
         operation = self._operation
@@ -150,12 +150,12 @@ class upstream_leg:  # noqa: N801  # used as a function; a class, as a generator
             return
         if kind is not None:
             if issubclass(kind, anyio.get_cancelled_exc_class()):
-                self._outcome[0] = "cancelled"
+                self.outcome = "cancelled"
                 operation.was_cancelled = True
             else:
-                self._outcome[0] = "error"
+                self.outcome = "error"
         operation.observer.upstream_answered(
-            self._method, self._upstream, self._outcome[0], time.perf_counter() - self._started
+            self._method, self._upstream, self.outcome, time.perf_counter() - self._started
         )
 
 

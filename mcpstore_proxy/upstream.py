@@ -301,7 +301,7 @@ class UpstreamSession:
             # Our own deadline, not the SDK's read timeout: an upstream may answer with its own timeout error,
             # and that must reach the client unchanged. Abandoning the request cancels it upstream.
             timeout = self.config.call_timeout_seconds
-            with upstream_leg(method, self.upstream) as outcome:
+            with upstream_leg(method, self.upstream) as leg:
                 async with self.relay.serving(call):
                     progress = self.relay.progress_for(call)
                     # A traced call goes through the SDK's client, which opens its span and passes the trace on.
@@ -311,7 +311,7 @@ class UpstreamSession:
                         with anyio.fail_after(timeout):
                             result = (await client.send_request(typed(), _RawResult, progress_callback=progress)).root
                 if result.get("isError") is True:
-                    outcome[0] = "error"
+                    leg.outcome = "error"
             return result
         except TimeoutError:
             what = _describe(method, params)
