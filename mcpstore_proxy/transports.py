@@ -72,9 +72,9 @@ class StderrTail:
             logger.debug("[%s stderr] %s", self.upstream, line)
 
     @asynccontextmanager
-    async def reading(self, fd: int) -> AsyncGenerator[None]:
-        """Read `fd` (a pipe's read end) into the tail while the block runs, splitting lines; then wait a moment
-        (`_STDERR_DRAIN_SECONDS`) for the last ones, and close it.
+    async def reading(self, fd: int, *, grace_seconds: float = _STDERR_DRAIN_SECONDS) -> AsyncGenerator[None]:
+        """Read `fd` (a pipe's read end) into the tail while the block runs, splitting lines; then wait up to
+        `grace_seconds` for the last ones, and close it.
 
         No task: the event loop calls back whenever the pipe is readable, which spares every upstream session a
         task, its task group and their events (the proxy serves on asyncio, whose loop watches the fd)."""
@@ -106,7 +106,7 @@ class StderrTail:
             yield
         finally:
             # The process is gone: take its last lines, but a grandchild that inherited stderr must not keep us.
-            with anyio.move_on_after(_STDERR_DRAIN_SECONDS, shield=True):
+            with anyio.move_on_after(grace_seconds, shield=True):
                 await ended
             loop.remove_reader(fd)
             self.add(pending.decode(errors="replace"))

@@ -37,7 +37,7 @@ async def test_leaving_waits_only_a_moment_for_a_writer_that_never_closes_its_en
     read_fd, write_fd = os.pipe()
     try:
         with anyio.fail_after(5):
-            async with tail.reading(read_fd):
+            async with tail.reading(read_fd, grace_seconds=0.01):
                 os.write(write_fd, b"still here\n")
         assert tail.summary() == "still here"
         assert not _is_open(read_fd)
