@@ -29,10 +29,8 @@ from typing import Any, Final, Protocol
 
 import anyio
 from mcp.server.sse import SseServerTransport
-from mcp.server.streamable_http import MCP_SESSION_ID_HEADER
 from mcp.server.streamable_http_manager import StreamableHTTPASGIApp, StreamableHTTPSessionManager
 from mcp.server.transport_security import TransportSecuritySettings
-from mcp.shared.inbound import MCP_PROTOCOL_VERSION_HEADER
 from mcp.types.version import HANDSHAKE_PROTOCOL_VERSIONS
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -58,6 +56,7 @@ from mcpstore_proxy.events import EventLog
 from mcpstore_proxy.framing import FirstEventResponse
 from mcpstore_proxy.gate import METADATA_PATH, AuthGate, principal_of
 from mcpstore_proxy.lane import FastLane
+from mcpstore_proxy.lane_wire import PROTOCOL_VERSION, SESSION_ID
 from mcpstore_proxy.logs import ThrottledWarning, log_fields
 from mcpstore_proxy.metrics import ProxyMetrics, metrics_route
 from mcpstore_proxy.outstanding import Outstanding
@@ -72,8 +71,6 @@ logger = logging.getLogger(__name__)
 
 LOOPBACK_HOSTS: Final = ("127.0.0.1", "localhost", "[::1]")
 _FLUSH_SECONDS: Final = 5.0
-_SESSION_ID: Final = MCP_SESSION_ID_HEADER.lower().encode()
-_PROTOCOL_VERSION: Final = MCP_PROTOCOL_VERSION_HEADER.lower().encode()
 
 
 def security_settings(settings: ProxySettings) -> TransportSecuritySettings:
@@ -322,9 +319,9 @@ def _opens_a_session(scope: Scope) -> bool:
         return False
     version: bytes | None = None
     for name, value in scope["headers"]:
-        if name == _SESSION_ID:
+        if name == SESSION_ID:
             return False
-        if name == _PROTOCOL_VERSION:
+        if name == PROTOCOL_VERSION:
             version = value
     return version is None or version.decode("latin-1") in HANDSHAKE_PROTOCOL_VERSIONS
 

@@ -40,7 +40,6 @@ from mcp.server.streamable_http import (
 )
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 from mcp.server.transport_security import TransportSecurityMiddleware, TransportSecuritySettings
-from mcp.shared.inbound import MCP_PROTOCOL_VERSION_HEADER
 from mcp.types.version import HANDSHAKE_PROTOCOL_VERSIONS
 from pydantic import BaseModel, ValidationError
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -52,6 +51,7 @@ from mcpstore_proxy.hangup import HangUpWatch
 from mcpstore_proxy.json_bytes import from_json
 from mcpstore_proxy.lane_stream import PING_SECONDS, serve_event_stream
 from mcpstore_proxy.lane_wire import (
+    PROTOCOL_VERSION,
     SESSION_ID,
     Acceptance,
     Answer,
@@ -77,7 +77,6 @@ __all__ = ["FastLane"]
 logger = logging.getLogger(__name__)
 
 _ResultT = TypeVar("_ResultT", bound=BaseModel)
-_PROTOCOL_VERSION: Final = MCP_PROTOCOL_VERSION_HEADER.lower().encode()
 _HANDSHAKE_VERSIONS: Final = frozenset(version.encode() for version in HANDSHAKE_PROTOCOL_VERSIONS)
 _OWN_ID_PREFIX: Final = "mcpstore-"
 _METHODS: Final = frozenset(("POST", "GET"))
@@ -186,7 +185,7 @@ class FastLane:
         for name, value in scope["headers"]:
             if name == SESSION_ID:
                 session_id = value
-            elif name == _PROTOCOL_VERSION:
+            elif name == PROTOCOL_VERSION:
                 version = value
             elif name == b"content-length" and value.isdigit():
                 declared = int(value)

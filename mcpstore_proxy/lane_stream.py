@@ -24,19 +24,13 @@ from anyio.streams.memory import MemoryObjectReceiveStream
 from mcp.server.streamable_http import EventMessage
 from starlette.types import Receive, Send
 
-from mcpstore_proxy.lane_wire import SESSION_ID
+from mcpstore_proxy.lane_wire import SESSION_ID, SSE_HEADERS, sse_event
 
 __all__ = ["PING_SECONDS", "serve_event_stream"]
 
 PING_SECONDS: Final = 15.0
 """sse_starlette's interval."""
 
-_HEADERS: Final = [
-    (b"content-type", b"text/event-stream"),
-    (b"cache-control", b"no-cache, no-transform"),
-    (b"connection", b"keep-alive"),
-    (b"x-accel-buffering", b"no"),
-]
 _PING: Final = {"type": "http.response.body", "body": b": ping\r\n\r\n", "more_body": True}
 
 
@@ -50,7 +44,7 @@ async def serve_event_stream(
 ) -> None:
     """Send `messages` as server-sent events until they end or the client hangs up."""
     await send(
-        {"type": "http.response.start", "status": 200, "headers": [*_HEADERS, (SESSION_ID, session_id.encode())]}
+        {"type": "http.response.start", "status": 200, "headers": [*SSE_HEADERS, (SESSION_ID, session_id.encode())]}
     )
     with anyio.CancelScope() as hung_up:
         watcher = asyncio.get_running_loop().create_task(_watch(receive, send, hung_up, ping_seconds))
@@ -85,6 +79,4 @@ async def _watch(receive: Receive, send: Send, hung_up: anyio.CancelScope, ping_
 
 def _framed(event: EventMessage) -> bytes:
     """One message as the SDK's writer frames it (`event: message`, its id if the session keeps events)."""
-    data = event.message.model_dump_json(by_alias=True, exclude_unset=True).encode()
-    event_id = f"id: {event.event_id}\r\n".encode() if event.event_id else b""
-    return event_id + b"event: message\r\ndata: " + data + b"\r\n\r\n"
+    return sse_event(event.message.model_dump_json(by_alias=True, exclude_unset=True).encode(), event.event_id)

@@ -12,6 +12,7 @@ from mcp import types
 from mcp.server.streamable_http import MCP_SESSION_ID_HEADER, check_accept_headers
 from mcp.server.transport_security import TransportSecurityMiddleware
 from mcp.shared.dispatcher import ProgressFnT
+from mcp.shared.inbound import MCP_PROTOCOL_VERSION_HEADER
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
@@ -19,7 +20,9 @@ from starlette.types import Message, Receive, Scope, Send
 from mcpstore_proxy.json_bytes import to_json
 
 __all__ = [
+    "PROTOCOL_VERSION",
     "SESSION_ID",
+    "SSE_HEADERS",
     "Acceptance",
     "Answer",
     "RequestId",
@@ -31,6 +34,7 @@ __all__ = [
     "progress_reporter",
     "read_body",
     "replaying",
+    "sse_event",
     "to_json",
     "too_large",
     "tool_call",
@@ -39,7 +43,8 @@ __all__ = [
 RequestId = int | str
 
 SESSION_ID: Final = MCP_SESSION_ID_HEADER.lower().encode()
-_SSE_HEADERS: Final = (
+PROTOCOL_VERSION: Final = MCP_PROTOCOL_VERSION_HEADER.lower().encode()
+SSE_HEADERS: Final = (
     (b"content-type", b"text/event-stream"),
     (b"cache-control", b"no-cache, no-transform"),
     (b"x-accel-buffering", b"no"),
@@ -185,7 +190,7 @@ class Answer:
             if self._is_done:
                 return False
             await self._open_stream()
-            await self._send({"type": "http.response.body", "body": _framed(to_json(message)), "more_body": True})
+            await self._send({"type": "http.response.body", "body": sse_event(to_json(message)), "more_body": True})
             return True
 
     async def finish(self, message: dict[str, Any] | bytes, *, as_stream: bool = False) -> None:
@@ -204,7 +209,7 @@ class Answer:
         self._is_done = True  # before any await: an event sent from now on finds the answer gone
         if as_stream or self._is_streaming:
             await self._open_stream()
-            await self._send({"type": "http.response.body", "body": _framed(body), "more_body": False})
+            await self._send({"type": "http.response.body", "body": sse_event(body), "more_body": False})
             return
         headers = [
             (b"content-type", b"application/json"),
@@ -217,13 +222,14 @@ class Answer:
     async def _open_stream(self) -> None:
         if not self._is_streaming:
             self._is_streaming = True
-            headers = [*_SSE_HEADERS, (SESSION_ID, self._session_id)]
+            headers = [*SSE_HEADERS, (SESSION_ID, self._session_id)]
             await self._send({"type": "http.response.start", "status": 200, "headers": headers})
 
 
-def _framed(body: bytes) -> bytes:
-    """A message in JSON as one server-sent event."""
-    return b"event: message\r\ndata: " + body + b"\r\n\r\n"
+def sse_event(body: bytes, event_id: str | None = None) -> bytes:
+    """A message in JSON as one server-sent event (with its id, where the session keeps events)."""
+    framed = b"event: message\r\ndata: " + body + b"\r\n\r\n"
+    return f"id: {event_id}\r\n".encode() + framed if event_id else framed
 
 
 def progress_reporter(answer: Answer, token: RequestId | None) -> ProgressFnT | None:

@@ -138,3 +138,12 @@ async def test_the_session_closing_its_stream_ends_the_response() -> None:
             writer.close()
     client.close()
     assert client.sent[-1] == {"type": "http.response.body", "body": b"", "more_body": False}
+
+
+async def test_a_message_the_session_kept_as_an_event_carries_its_id_before_it() -> None:
+    client = _Client()
+    async with _serving(client) as stream:
+        notice = _notice(1)
+        await stream.messages.send(EventMessage(notice.message, event_id="stream-1:7"))
+        await client.sent_until(lambda sent: len(sent) == 2)
+    assert client.bodies()[0].startswith(b"id: stream-1:7\r\nevent: message\r\ndata: {")
