@@ -57,17 +57,23 @@ _STDERR_DRAIN_SECONDS = 0.5
 class StderrTail:
     """The last lines an upstream process wrote to stderr, each also logged at DEBUG."""
 
+    __slots__ = ("_lines", "_max_lines", "upstream")
+
     def __init__(self, upstream: str, max_lines: int = 20) -> None:
         self.upstream = upstream
-        self._lines: deque[str] = deque(maxlen=max_lines)
+        self._max_lines = max_lines
+        self._lines: deque[str] | None = None
+        """Made at the first line: most upstreams say nothing on stderr, and an empty `deque` is 0.6 KiB."""
 
     def summary(self, max_chars: int = 400) -> str:
-        text = " | ".join(self._lines)
+        text = " | ".join(self._lines or ())
         return text if len(text) <= max_chars else "…" + text[-max_chars:]
 
     def add(self, line: str) -> None:
         line = line.rstrip()
         if line:
+            if self._lines is None:
+                self._lines = deque(maxlen=self._max_lines)
             self._lines.append(line)
             logger.debug("[%s stderr] %s", self.upstream, line)
 
@@ -226,11 +232,5 @@ async def _open_stdio(config: UpstreamConfig, stderr: StderrTail) -> AsyncGenera
     assert config.command is not None
     parameters = StdioServerParameters(command=config.command, args=config.args, env=config.env, cwd=config.cwd)
     read_fd, write_fd = os.pipe()
-    errlog = os.fdopen(write_fd, "w")
-    async with stderr.reading(read_fd):
-        try:
-            async with stdio_pipes(parameters, errlog) as streams:
-                errlog.close()  # the child holds its own copy; ours would keep the pipe open forever
-                yield streams
-        finally:
-            errlog.close()
+    async with stderr.reading(read_fd), stdio_pipes(parameters, write_fd) as streams:
+        yield streams

@@ -41,6 +41,7 @@ from mcpstore_proxy.errors import (
     UpstreamTimeoutError,
 )
 from mcpstore_proxy.events import EventLog
+from mcpstore_proxy.latch import Latch
 from mcpstore_proxy.logs import log_fields
 from mcpstore_proxy.operations import upstream_leg
 from mcpstore_proxy.relay import ClientCall, ListKind, SessionRelay
@@ -152,9 +153,9 @@ class UpstreamSession:
         self._client: ClientSession | None = None
         self._direct: DirectRequests | None = None
         """Sends what needs no progress callback, on a stdio upstream (see `direct_requests`)."""
-        self._ready = anyio.Event()
-        self._stop = anyio.Event()
-        self._ended = anyio.Event()
+        self._ready = Latch()
+        self._stop = Latch()
+        self._ended = Latch()
         self._is_http_session_expired = False
         self._start_scope: anyio.CancelScope | None = None
 

@@ -25,9 +25,8 @@ pytestmark = pytest.mark.anyio
 @asynccontextmanager
 async def _child(script: str) -> AsyncGenerator[TransportStreams]:
     parameters = StdioServerParameters(command=sys.executable, args=["-c", textwrap.dedent(script)])
-    with open(os.devnull, "w") as errlog:  # noqa: ASYNC230  # /dev/null never blocks
-        async with stdio_pipes(parameters, errlog) as streams:
-            yield streams
+    async with stdio_pipes(parameters, os.open(os.devnull, os.O_WRONLY)) as streams:
+        yield streams
 
 
 def _message(item: SessionMessage | Exception) -> types.JSONRPCMessage:
