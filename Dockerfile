@@ -13,12 +13,12 @@ ARG BASE_IMAGE=python:3.11-slim
 FROM ${BASE_IMAGE} AS build
 LABEL org.opencontainers.image.title="mcpstore-proxy"
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md constraints.txt ./
 COPY mcpstore_proxy ./mcpstore_proxy
 # The pip cache is a build cache mount, not a layer: kept out of the image, and reused by the next build.
 RUN --mount=type=cache,target=/root/.cache/pip \
     python3 -m venv /opt/mcpstore-proxy \
-    && /opt/mcpstore-proxy/bin/python -m pip install --disable-pip-version-check --quiet /src \
+    && /opt/mcpstore-proxy/bin/python -m pip install --disable-pip-version-check --quiet -c /src/constraints.txt /src \
     && /opt/mcpstore-proxy/bin/mcpstore-proxy --version
 
 FROM ${BASE_IMAGE}

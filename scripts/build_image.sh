@@ -174,6 +174,19 @@ check_containers_run() {
   remove_container "$CONTAINER"
 }
 
+# The image's packages are exactly those of constraints.txt, which the test suite runs against.
+check_pinned_versions() {
+  local shipped pinned
+  create_container --entrypoint /opt/mcpstore-proxy/bin/python "$IMAGE" -m pip freeze --exclude mcpstore-proxy
+  shipped="$(pod start --attach "$CONTAINER" 2>/dev/null | sort -f)" || fail "pip freeze in the image failed"
+  remove_container "$CONTAINER"
+  pinned="$(grep -v '^#' "$MCPSTORE_ROOT/constraints.txt" | sort -f)"
+  if [ "$shipped" != "$pinned" ]; then
+    fail "the image's packages differ from constraints.txt: $(diff <(echo "$pinned") <(echo "$shipped") | tr '\n' ' ')"
+  fi
+  summary "packages: the $(wc -l <<<"$shipped") of constraints.txt, at its versions"
+}
+
 check_refuses_without_auth() {
   local id output status
   printf 'mcpServers: {}\n' >"$WORK_DIR/open.yaml"
@@ -299,6 +312,7 @@ main() {
     fi
     ALICE_TOKEN="$(random_token)" OPS_TOKEN="$(random_token)"
     export ALICE_TOKEN OPS_TOKEN # what the containers' configs name, passed with --env
+    check_pinned_versions
     check_refuses_without_auth
     run_with_a_fixture_upstream
     run_with_the_kubernetes_config

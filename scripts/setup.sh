@@ -23,10 +23,10 @@ ensure_python_env() {
   fi
   local target="." stamp
   [ -n "$extras" ] && target=".[$extras]"
-  stamp="$MCPSTORE_ROOT/.venv/.installed-$(cat "$MCPSTORE_ROOT/pyproject.toml" | sha256sum | cut -c1-16)-${extras:-base}"
+  stamp="$MCPSTORE_ROOT/.venv/.installed-$(cat "$MCPSTORE_ROOT/pyproject.toml" "$MCPSTORE_ROOT/constraints.txt" | sha256sum | cut -c1-16)-${extras:-base}"
   if [ ! -f "$stamp" ]; then
-    log "installing Python packages (${target})"
-    (cd "$MCPSTORE_ROOT" && .venv/bin/python -m pip install --quiet --disable-pip-version-check -e "$target")
+    log "installing Python packages (${target}), run-time ones at the versions in constraints.txt"
+    (cd "$MCPSTORE_ROOT" && .venv/bin/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e "$target")
     touch "$stamp"
   fi
 }
