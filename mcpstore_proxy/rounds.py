@@ -34,12 +34,13 @@ from typing import Any, Final, TypeVar, cast
 import anyio
 import anyio.abc
 from mcp import MCPError, types
+from mcp.server.streamable_http import REQUEST_CANCELLED
 from pydantic import BaseModel, ValidationError
 
 from mcpstore_proxy.clock import SYSTEM_CLOCK, Clock
 from mcpstore_proxy.relay import ClientChannel
 
-__all__ = ["ANSWER_SECONDS", "INPUT_KEY_META", "Exchange", "InputRounds", "RoundChannel"]
+__all__ = ["ANSWER_SECONDS", "INPUT_KEY_META", "Exchange", "InputRounds", "RoundChannel", "Unaskable", "may_be_asked"]
 
 logger = logging.getLogger(__name__)
 
@@ -78,6 +79,43 @@ class _Question:
         """Take the client's answer; raises ValidationError when it is not one."""
         self.answer = self.result_type.model_validate(value)
         self.answered.set()
+
+
+def may_be_asked(capabilities: types.ClientCapabilities | None) -> bool:
+    """Whether a 2026-07-28 request's client declared anything an upstream could ask of it (sampling,
+    elicitation, roots): only such a request can need rounds."""
+    return capabilities is not None and any(getattr(capabilities, kind) is not None for kind in _KINDS.values())
+
+
+class Unaskable:
+    """The client of a 2026-07-28 request that declared nothing an upstream could ask of it, which therefore runs
+    without rounds: in the request's own task, which the client hanging up cancels, and with no task of its own.
+
+    To the relay it is a channel that takes questions and declares none, as a round is: a question is refused
+    naming the capability it needs (`MISSING_REQUIRED_CLIENT_CAPABILITY`), so the client can declare it and ask
+    again. Everything else goes to the request's stream."""
+
+    def __init__(self, stream: ClientChannel) -> None:
+        self._stream = stream
+
+    @property
+    def capabilities(self) -> types.ClientCapabilities | None:
+        return self._stream.capabilities
+
+    @property
+    def accepts_requests(self) -> bool:
+        return True
+
+    @property
+    def is_modern(self) -> bool:
+        return True
+
+    async def notify(self, notification: types.ServerNotification) -> None:
+        await self._stream.notify(notification)
+
+    async def request(self, request: types.ServerRequest, result_type: type[_ResultT]) -> _ResultT:
+        # The relay refuses first: this client declares none of what can be asked.
+        raise MCPError(types.INTERNAL_ERROR, f"{request.method} cannot be put to a client that declared nothing")
 
 
 class RoundChannel:
@@ -127,11 +165,16 @@ class Exchange:
         self._done = False
         self._clock = clock
         self._deadline = clock.now() + ANSWER_SECONDS
+        self._scope: anyio.CancelScope | None = None
+        self._is_abandoned = False
 
     async def run(self, start: Start) -> None:
-        """Run the upstream call to its end, or until its client has not come back for `ANSWER_SECONDS` (owned
-        by `InputRounds`); never raises."""
+        """Run the upstream call to its end, or until its client has not come back for `ANSWER_SECONDS`, or has
+        abandoned it (owned by `InputRounds`); never raises."""
         async with anyio.create_task_group() as tg:
+            self._scope = tg.cancel_scope
+            if self._is_abandoned:
+                tg.cancel_scope.cancel()
 
             async def expire() -> None:
                 while (left := self._deadline - self._clock.now()) > 0:
@@ -144,7 +187,10 @@ class Exchange:
             except Exception as error:  # noqa: BLE001  # handed to whichever round waits for the outcome
                 self._error = error
             tg.cancel_scope.cancel()
-        if self._outcome is None and self._error is None:
+        if self._is_abandoned:
+            logger.debug("a 2026-07-28 client left before its request's first outcome; cancelled it upstream")
+            self._error = MCPError(REQUEST_CANCELLED, "the client left; the request was cancelled upstream")
+        elif self._outcome is None and self._error is None:
             logger.info(
                 "a 2026-07-28 client did not come back with its answers within %g s; cancelled its request upstream",
                 ANSWER_SECONDS,
@@ -157,6 +203,14 @@ class Exchange:
         self._done = True
         self._changed.set()
         self._rounds.forget(self)
+
+    def abandon(self) -> None:
+        """Its client left before the first round's outcome: nobody holds a state to come back with, so the
+        call is cancelled upstream. (A later round's client may send its request again with the state it holds:
+        that exchange waits out `ANSWER_SECONDS` instead.)"""
+        self._is_abandoned = True
+        if self._scope is not None:
+            self._scope.cancel()
 
     def attach(self, stream: ClientChannel, responses: Mapping[str, Any]) -> None:
         """Make `stream` the current round and apply its answers.
@@ -275,7 +329,12 @@ class InputRounds:
             self._exchanges[exchange.id] = exchange
             self._tg.start_soon(exchange.run, start)
         exchange.attach(stream, input_responses or {})
-        return await exchange.next_outcome()
+        try:
+            return await exchange.next_outcome()
+        except anyio.get_cancelled_exc_class():
+            if request_state is None and exchange.round == 0:
+                exchange.abandon()
+            raise
 
     def seal(self, exchange: Exchange) -> str:
         body = f"{exchange.id}.{exchange.round}"

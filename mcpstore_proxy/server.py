@@ -50,7 +50,7 @@ from mcpstore_proxy.hangup import hang_up_source, unless_client_hangs_up
 from mcpstore_proxy.keys import SessionKey
 from mcpstore_proxy.operations import ObservedOperations, OperationObserver, OperationTracer, note_tool
 from mcpstore_proxy.relay import ClientCall
-from mcpstore_proxy.rounds import InputRounds
+from mcpstore_proxy.rounds import InputRounds, Unaskable, may_be_asked
 
 __all__ = ["AGENT_HEADER", "EXISTING_SESSION_HEADER", "LISTINGS", "REQUEST_SCOPE", "ProxyServer"]
 
@@ -359,17 +359,19 @@ class ProxyServer(Server[Any]):
         is_modern = ctx.protocol_version in MODERN_PROTOCOL_VERSIONS
 
         async def run() -> dict[str, Any]:
-            if rounds is not None and is_modern:
-                # A 2026-07-28 client is asked by `input_required` rounds of its own request (see `rounds`).
-                call = self._downstream.client_call(ctx)
-                return await self.rounds.run(
-                    principal=self._principal_name(ctx),
-                    stream=call.stream,
-                    input_responses=rounds.input_responses,
-                    request_state=rounds.request_state,
-                    start=lambda channel: forward(replace(call, stream=channel)),
-                )
             call = self._downstream.client_call(ctx)
+            if rounds is not None and is_modern:
+                if may_be_asked(call.stream.capabilities) or rounds.request_state is not None:
+                    # A 2026-07-28 client is asked by `input_required` rounds of its own request (see `rounds`).
+                    return await self.rounds.run(
+                        principal=self._principal_name(ctx),
+                        stream=call.stream,
+                        input_responses=rounds.input_responses,
+                        request_state=rounds.request_state,
+                        start=lambda channel: forward(replace(call, stream=channel)),
+                    )
+                # Nothing can be asked of it: the call runs in the request's own task, which its hang-up cancels.
+                return await forward(replace(call, stream=Unaskable(call.stream)))
             return await (forward(call) if receive is None else unless_client_hangs_up(receive, lambda: forward(call)))
 
         result = await self.forwarded(run)

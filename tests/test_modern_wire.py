@@ -168,3 +168,22 @@ async def test_a_request_whose_client_never_comes_back_is_cancelled_upstream_and
         assert "names a round that is over" in error["message"]  # not the integrity check's refusal
         again = (await post(proxy.url, "tools/call", call)).json()["result"]  # asking afresh still works
         assert again["resultType"] == "input_required"
+
+
+@pytest.mark.parametrize("capabilities", [{}, {"sampling": {}}], ids=["declaring-nothing-to-ask", "declaring-sampling"])
+async def test_a_2026_client_that_hangs_up_mid_call_has_the_call_cancelled_upstream(
+    tmp_path: Path, capabilities: dict[str, Any]
+) -> None:
+    config = write_config(tmp_path, {"state": fixture_server("state")})
+    started, cancelled = tmp_path / "started", tmp_path / "cancelled"
+    arguments = {"seconds": 60, "started_marker": str(started), "cancelled_marker": str(cancelled)}
+    call = {"name": "state_sleep", "arguments": arguments, "_meta": envelope(capabilities)}
+    async with running_app(config) as proxy:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(post, proxy.url, "tools/call", call)
+            await wait_until(started.exists, what="the upstream to start the call")
+            tg.cancel_scope.cancel()  # the client hangs up: its connection closes with the request unanswered
+        await wait_until(cancelled.exists, what="the upstream to see the cancellation")
+        echo = {"name": "state_echo", "arguments": {"text": "still fine"}, "_meta": envelope(capabilities)}
+        still = (await post(proxy.url, "tools/call", echo)).json()["result"]
+        assert (still["resultType"], still["structuredContent"]) == ("complete", {"result": "still fine"})
