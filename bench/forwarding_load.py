@@ -7,7 +7,7 @@ from __future__ import annotations
 import statistics
 import sys
 import time
-from contextlib import AsyncExitStack
+from contextlib import AbstractAsyncContextManager, AsyncExitStack
 from pathlib import Path
 from typing import Any
 
@@ -29,9 +29,18 @@ async def call_batch(session: Client, count: int, label: str, sink: list[float])
         sink.append(time.perf_counter() - started)
 
 
-async def measure(url: str, pid: int, seen_upstreams: list[int], calls: int, c8_calls: int) -> dict[str, Any]:
+def client_of(target: Target, url: str, index: int) -> AbstractAsyncContextManager[Client]:
+    """The load's client number `index`: in its own session, whichever era the target is driven in."""
+    if target.client_mode == "legacy":
+        return client(url)
+    return client(url, headers={"X-MCPStore-Session": f"bench-{index}"}, mode=target.client_mode)
+
+
+async def measure(
+    target: Target, url: str, pid: int, seen_upstreams: list[int], calls: int, c8_calls: int
+) -> dict[str, Any]:
     single: list[float] = []
-    async with client(url) as session:
+    async with client_of(target, url, SESSIONS) as session:
         await session.call_tool("echo", {"text": "warm-up"})  # an isolating proxy starts the session's upstream here
         cpu_before = cpu_seconds(pid)
         await call_batch(session, calls, "c1", single)
@@ -40,7 +49,7 @@ async def measure(url: str, pid: int, seen_upstreams: list[int], calls: int, c8_
     per_session = max(1, c8_calls // SESSIONS)
     concurrent: list[float] = []
     async with AsyncExitStack() as stack:
-        sessions = [await stack.enter_async_context(client(url)) for _ in range(SESSIONS)]
+        sessions = [await stack.enter_async_context(client_of(target, url, index)) for index in range(SESSIONS)]
         for session in sessions:
             await session.call_tool("echo", {"text": "warm-up"})
         upstreams = upstream_processes(pid)
@@ -73,7 +82,7 @@ async def run_target(
         async with running(target, workdir, pin, install) as (launch, pid, seen_upstreams):
             row["version"] = launch.version
             row["notes"] = launch.notes
-            row.update(await measure(launch.url, pid, seen_upstreams, calls, c8_calls))
+            row.update(await measure(target, launch.url, pid, seen_upstreams, calls, c8_calls))
     except Exception as error:  # noqa: BLE001 - a target that cannot be installed or run is skipped, with the reason shown
         row["skipped"] = f"{type(error).__name__}: {error}"[:300]
         return row

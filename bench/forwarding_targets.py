@@ -59,6 +59,9 @@ class Target:
     direct: bool
     prepare: Callable[[Path, int, bool], Launch]
     upstream: str = "stdio"
+    client_mode: str = "legacy"
+    """The load's client: "legacy" (the handshake era, a session per client) or "2026-07-28" (sessionless; each
+    client names its own session with `X-MCPStore-Session`, which only mcpstore-proxy reads)."""
 
 
 # ---------------------------------------------------------------------------------------------------- venvs
@@ -193,6 +196,13 @@ TARGETS = {
         Target("mcp-proxy", "mcp-proxy 0.13 (sparfenyuk)", False, prepare_mcp_proxy),
         Target("fastmcp", "FastMCP 4.1.6 `StatefulProxyClient`", False, prepare_fastmcp),
         Target("mcpstore", "**mcpstore-proxy**", False, prepare_mcpstore),
+        Target(
+            "mcpstore-modern",
+            "**mcpstore-proxy**, 2026-07-28 client (sessionless, one `X-MCPStore-Session` per client)",
+            False,
+            prepare_mcpstore,
+            client_mode="2026-07-28",
+        ),
         Target(
             "mcpstore-http",
             "**mcpstore-proxy**, Streamable HTTP upstream (`echo_server.py http`, SSE responses)",

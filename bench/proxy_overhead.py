@@ -94,10 +94,10 @@ async def proxy_server(workdir: Path) -> AsyncGenerator[tuple[str, int]]:
 
 
 @asynccontextmanager
-async def client(url: str, headers: dict[str, str] | None = None) -> AsyncGenerator[Client]:
+async def client(url: str, headers: dict[str, str] | None = None, mode: str = "legacy") -> AsyncGenerator[Client]:
     async with (
         httpx2.AsyncClient(headers=headers or {}, timeout=httpx2.Timeout(30.0, read=300.0)) as http,
-        Client(streamable_http_client(url, http_client=http), mode="legacy", cache=None) as session,
+        Client(streamable_http_client(url, http_client=http), mode=mode, cache=None) as session,
     ):
         yield session
 

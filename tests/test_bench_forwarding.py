@@ -1,4 +1,5 @@
-"""Smoke test of bench/forwarding.py: a short run over direct (JSON), the floor relay and mcpstore-proxy.
+"""Smoke test of bench/forwarding.py: a short run over direct (JSON), the floor relay and mcpstore-proxy (with a
+client of each era).
 
 Not a timing test: it checks that the harness starts each target, drives it, and reports its figures (latency and
 throughput positive; CPU time, counted in 10 ms clock ticks, may read 0 over so few calls).
@@ -19,6 +20,7 @@ LABELS = {
     "direct-json": "direct, JSON responses",
     "floor": "floor: bare isolating relay (bench/floor_relay.py)",
     "mcpstore": "**mcpstore-proxy**",
+    "mcpstore-modern": "**mcpstore-proxy**, 2026-07-28 client (sessionless, one `X-MCPStore-Session` per client)",
 }
 
 
@@ -65,3 +67,4 @@ def test_quick_run_reports_every_target(tmp_path: Path) -> None:
     assert by_target["direct-json"]["isolates_sessions"] is None
     assert by_target["floor"]["isolates_sessions"] is True
     assert by_target["mcpstore"]["isolates_sessions"] is True
+    assert by_target["mcpstore-modern"]["isolates_sessions"] is True  # one session per X-MCPStore-Session
