@@ -9,6 +9,7 @@ from collections.abc import AsyncGenerator, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import anyio
 import pytest
 from mcp import Client
 from mcp.client.sse import sse_client
@@ -60,3 +61,23 @@ async def test_an_explicit_session_header_works_over_sse_across_connections(tmp_
         async with connect_sse(proxy.port, headers) as second:
             assert structured(await second.call_tool("state_recall", {})) == ["kept"]
             assert structured(await second.call_tool("state_whoami", {})) == first_upstream
+
+
+async def test_an_sse_client_that_disconnects_mid_call_has_the_call_cancelled_upstream(tmp_path: Path) -> None:
+    config = write_config(tmp_path, {"state": fixture_server("state")})
+    started, cancelled = tmp_path / "started", tmp_path / "cancelled"
+    headers = {"X-MCPStore-Session": "outlives-the-stream"}  # the upstream session stays: only the call may end
+    async with running_app(config) as proxy:
+        async with anyio.create_task_group() as tg:
+
+            async def call_then_vanish() -> None:
+                async with connect_sse(proxy.port, headers) as client:
+                    arguments = {"seconds": 60, "started_marker": str(started), "cancelled_marker": str(cancelled)}
+                    await client.call_tool("state_sleep", arguments)
+
+            tg.start_soon(call_then_vanish)
+            await wait_until(started.exists, what="the upstream to start the call")
+            tg.cancel_scope.cancel()  # the event stream closes with the call unanswered
+        await wait_until(cancelled.exists, what="the upstream to see the cancellation")
+        async with connect_sse(proxy.port, headers) as again:
+            assert structured(await again.call_tool("state_echo", {"text": "still fine"})) == "still fine"
