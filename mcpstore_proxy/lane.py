@@ -68,9 +68,10 @@ from mcpstore_proxy.lane_wire import (
     too_large,
     tool_call,
 )
+from mcpstore_proxy.listings import LISTINGS
 from mcpstore_proxy.operations import OperationObserver, is_tool_error, operation_in_progress
 from mcpstore_proxy.relay import ClientCall
-from mcpstore_proxy.server import LISTINGS, ProxyServer
+from mcpstore_proxy.server import ProxyServer
 
 __all__ = ["FastLane"]
 

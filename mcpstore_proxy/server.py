@@ -17,19 +17,17 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import Any, Final, TypeVar
 
 import anyio
-import orjson
 from mcp import MCPError, types
 from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
 from mcp.server.lowlevel.server import NotificationOptions, Server
 from mcp.server.models import InitializationOptions
 from mcp.types.version import HANDSHAKE_PROTOCOL_VERSIONS, MODERN_PROTOCOL_VERSIONS
-from mcp_types.methods import CACHEABLE_METHODS, serialize_server_result
+from mcp_types.methods import CACHEABLE_METHODS
 from pydantic import BaseModel
 
 from mcpstore_proxy.__about__ import __version__
@@ -48,11 +46,12 @@ from mcpstore_proxy.errors import (
 from mcpstore_proxy.gate import AGENT_HEADER
 from mcpstore_proxy.hangup import hang_up_source, unless_client_hangs_up
 from mcpstore_proxy.keys import SessionKey
+from mcpstore_proxy.listings import LISTINGS, ShapedListings, listing_result
 from mcpstore_proxy.operations import ObservedOperations, OperationObserver, OperationTracer, note_tool
 from mcpstore_proxy.relay import ClientCall
 from mcpstore_proxy.rounds import InputRounds, Unaskable, may_be_asked
 
-__all__ = ["AGENT_HEADER", "EXISTING_SESSION_HEADER", "LISTINGS", "REQUEST_SCOPE", "ProxyServer"]
+__all__ = ["AGENT_HEADER", "EXISTING_SESSION_HEADER", "REQUEST_SCOPE", "ProxyServer"]
 
 logger = logging.getLogger(__name__)
 
@@ -61,14 +60,6 @@ _ResultT = TypeVar("_ResultT", bound=BaseModel)
 
 EXISTING_SESSION_HEADER: Final = "x-mcpstore-existing-session"
 """Sent as `1` (by the remote SDK): a tool call must run in an open named session, not open one."""
-_LISTING_RESULTS: Final[dict[str, Callable[[Catalog], BaseModel]]] = {
-    "tools/list": lambda catalog: types.ListToolsResult(tools=catalog.tools),
-    "prompts/list": lambda catalog: types.ListPromptsResult(prompts=catalog.prompts),
-    "resources/list": lambda catalog: types.ListResourcesResult(resources=catalog.resources),
-    "resources/templates/list": lambda catalog: types.ListResourceTemplatesResult(resource_templates=catalog.templates),
-}
-LISTINGS: Final = frozenset(_LISTING_RESULTS)
-"""The methods answered from the catalog a key sees, never by opening a session."""
 
 
 class ProxyServer(Server[Any]):
@@ -123,13 +114,7 @@ class ProxyServer(Server[Any]):
         # The SDK checks a 2026-07-28 call's `Mcp-Param-*` headers against the tool's schema; without this it runs
         # the whole tools/list handler for every such call to find that schema.
         self.get_tool_input_schema = self._downstream.input_schema
-        # Each catalog's listings, validated and shaped for the wire once per method and protocol version.
-        self._listings: weakref.WeakKeyDictionary[Catalog, dict[tuple[str, str], HandlerResult]] = (
-            weakref.WeakKeyDictionary()
-        )
-        self._wire_listings: weakref.WeakKeyDictionary[Catalog, dict[tuple[str, str], bytes]] = (
-            weakref.WeakKeyDictionary()
-        )
+        self._listings = ShapedListings()
         self.rounds = InputRounds(engine.clock)
         """The 2026-07-28 multi-round exchanges in progress; whoever serves this server enters `rounds.running()`."""
         engine.add_listener(self._downstream.announce_catalog_changed)
@@ -180,29 +165,28 @@ class ProxyServer(Server[Any]):
             catalog = self._engine.catalog_for(self._downstream.key(caller))
         except ProxyError as error:
             raise to_mcp_error(error) from None
-        shaped = self._wire_listings.setdefault(catalog, {})
-        key = (method, caller.protocol_version)
-        wire = shaped.get(key)
-        if wire is None:
-            result = _LISTING_RESULTS[method](catalog).model_dump(by_alias=True, mode="json", exclude_none=True)
-            wire = shaped[key] = orjson.dumps(serialize_server_result(method, caller.protocol_version, result))
-        return wire
+        return self._listings.wire(catalog, method, caller.protocol_version)
 
     async def _list_tools(self, ctx: Context, params: types.PaginatedRequestParams | None) -> types.ListToolsResult:
-        return types.ListToolsResult(tools=(await self._catalog(ctx)).tools)
+        return await self._listing_of(ctx, types.ListToolsResult)
 
     async def _list_prompts(self, ctx: Context, params: types.PaginatedRequestParams | None) -> types.ListPromptsResult:
-        return types.ListPromptsResult(prompts=(await self._catalog(ctx)).prompts)
+        return await self._listing_of(ctx, types.ListPromptsResult)
 
     async def _list_resources(
         self, ctx: Context, params: types.PaginatedRequestParams | None
     ) -> types.ListResourcesResult:
-        return types.ListResourcesResult(resources=(await self._catalog(ctx)).resources)
+        return await self._listing_of(ctx, types.ListResourcesResult)
 
     async def _list_resource_templates(
         self, ctx: Context, params: types.PaginatedRequestParams | None
     ) -> types.ListResourceTemplatesResult:
-        return types.ListResourceTemplatesResult(resource_templates=(await self._catalog(ctx)).templates)
+        return await self._listing_of(ctx, types.ListResourceTemplatesResult)
+
+    async def _listing_of(self, ctx: Context, result_type: type[_ResultT]) -> _ResultT:
+        result = listing_result(ctx.method, await self._catalog(ctx))
+        assert isinstance(result, result_type)
+        return result
 
     async def _adopting(self, ctx: Context, call_next: CallNext) -> HandlerResult:
         """Adopt a connection as its `initialize` is answered, so that its next request finds it adopted (the
@@ -214,16 +198,13 @@ class ProxyServer(Server[Any]):
         return result
 
     async def _cached_listing(self, ctx: Context, call_next: CallNext) -> HandlerResult:
-        """Answer a listing from its catalog's wire form, shaped (validated, serialised) the first time only: the
-        SDK's shaping of a thousand tools costs tens of milliseconds, and a catalog is replaced, never changed."""
+        """Answer a listing with the result the rest of the chain shaped for its catalog the first time (see
+        `listings`)."""
         if ctx.method not in LISTINGS:
             return await call_next(ctx)
-        catalog = await self._catalog(ctx)
-        shaped = self._listings.setdefault(catalog, {})
-        key = (ctx.method, ctx.protocol_version)
-        if key not in shaped:
-            shaped[key] = await call_next(ctx)
-        return shaped[key]
+        return await self._listings.result(
+            await self._catalog(ctx), ctx.method, ctx.protocol_version, lambda: call_next(ctx)
+        )
 
     async def _catalog(self, ctx: Context) -> Catalog:
         await self._engine.startup.settled()

@@ -1,0 +1,66 @@
+"""A catalog's listings (`tools/list` and its kin), shaped for the wire once, for the SDK's handlers and the fast
+lane alike.
+
+Shaping a thousand tools as the SDK does (validation, then serialisation for the client's protocol version) costs
+tens of milliseconds, and a catalog is replaced, never changed: so each catalog's listings are shaped the first
+time one is asked for, per method and protocol version, and forgotten with the catalog. The SDK's handler chain
+gets its own result back; the lane gets that result as JSON bytes, with only the request id left to splice in.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Awaitable, Callable
+from typing import Final
+
+import orjson
+from mcp import types
+from mcp.server.context import HandlerResult
+from mcp_types.methods import serialize_server_result
+from pydantic import BaseModel
+
+from mcpstore_proxy.catalog import Catalog
+
+__all__ = ["LISTINGS", "ShapedListings", "listing_result"]
+
+_RESULTS: Final[dict[str, Callable[[Catalog], BaseModel]]] = {
+    "tools/list": lambda catalog: types.ListToolsResult(tools=catalog.tools),
+    "prompts/list": lambda catalog: types.ListPromptsResult(prompts=catalog.prompts),
+    "resources/list": lambda catalog: types.ListResourcesResult(resources=catalog.resources),
+    "resources/templates/list": lambda catalog: types.ListResourceTemplatesResult(resource_templates=catalog.templates),
+}
+LISTINGS: Final = frozenset(_RESULTS)
+"""The methods answered from the catalog a key sees, never by opening a session."""
+
+
+def listing_result(method: str, catalog: Catalog) -> BaseModel:
+    """What `method` (one of `LISTINGS`) answers from `catalog`, all of it (the proxy does not paginate)."""
+    return _RESULTS[method](catalog)
+
+
+class ShapedListings:
+    def __init__(self) -> None:
+        self._results: weakref.WeakKeyDictionary[Catalog, dict[tuple[str, str], HandlerResult]] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._wire: weakref.WeakKeyDictionary[Catalog, dict[tuple[str, str], bytes]] = weakref.WeakKeyDictionary()
+
+    async def result(
+        self, catalog: Catalog, method: str, version: str, shape: Callable[[], Awaitable[HandlerResult]]
+    ) -> HandlerResult:
+        """The SDK handler chain's result for a listing: `shape()` (the rest of that chain) the first time only."""
+        shaped = self._results.setdefault(catalog, {})
+        key = (method, version)
+        if key not in shaped:
+            shaped[key] = await shape()
+        return shaped[key]
+
+    def wire(self, catalog: Catalog, method: str, version: str) -> bytes:
+        """A listing's result as JSON, validated and sieved for `version` as the SDK shapes results."""
+        shaped = self._wire.setdefault(catalog, {})
+        key = (method, version)
+        wire = shaped.get(key)
+        if wire is None:
+            result = listing_result(method, catalog).model_dump(by_alias=True, mode="json", exclude_none=True)
+            wire = shaped[key] = orjson.dumps(serialize_server_result(method, version, result))
+        return wire
