@@ -26,6 +26,7 @@ import hashlib
 import hmac
 import logging
 import secrets
+from abc import ABC, abstractmethod
 from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
@@ -87,46 +88,17 @@ def may_be_asked(capabilities: types.ClientCapabilities | None) -> bool:
     return capabilities is not None and any(getattr(capabilities, kind) is not None for kind in _KINDS.values())
 
 
-class Unaskable:
-    """The client of a 2026-07-28 request that declared nothing an upstream could ask of it, which therefore runs
-    without rounds: in the request's own task, which the client hanging up cancels, and with no task of its own.
+class _ModernChannel(ABC):
+    """A 2026-07-28 request's client as the relay sees it: it takes questions (by rounds, or refusing them) but
+    declares only what its current request's stream declares, and hears what that stream hears."""
 
-    To the relay it is a channel that takes questions and declares none, as a round is: a question is refused
-    naming the capability it needs (`MISSING_REQUIRED_CLIENT_CAPABILITY`), so the client can declare it and ask
-    again. Everything else goes to the request's stream."""
-
-    def __init__(self, stream: ClientChannel) -> None:
-        self._stream = stream
+    @property
+    @abstractmethod
+    def _stream(self) -> ClientChannel | None: ...
 
     @property
     def capabilities(self) -> types.ClientCapabilities | None:
-        return self._stream.capabilities
-
-    @property
-    def accepts_requests(self) -> bool:
-        return True
-
-    @property
-    def is_modern(self) -> bool:
-        return True
-
-    async def notify(self, notification: types.ServerNotification) -> None:
-        await self._stream.notify(notification)
-
-    async def request(self, request: types.ServerRequest, result_type: type[_ResultT]) -> _ResultT:
-        # The relay refuses first: this client declares none of what can be asked.
-        raise MCPError(types.INTERNAL_ERROR, f"{request.method} cannot be put to a client that declared nothing")
-
-
-class RoundChannel:
-    """The client of an exchange, as the relay sees it: whichever round of its request is current."""
-
-    def __init__(self, exchange: Exchange) -> None:
-        self._exchange = exchange
-
-    @property
-    def capabilities(self) -> types.ClientCapabilities | None:
-        stream = self._exchange.stream
+        stream = self._stream
         return stream.capabilities if stream is not None else None
 
     @property
@@ -138,9 +110,38 @@ class RoundChannel:
         return True
 
     async def notify(self, notification: types.ServerNotification) -> None:
-        stream = self._exchange.stream
+        stream = self._stream
         if stream is not None:
             await stream.notify(notification)
+
+
+class Unaskable(_ModernChannel):
+    """The client of a 2026-07-28 request that declared nothing an upstream could ask of it, which therefore runs
+    without rounds: in the request's own task, which the client hanging up cancels, and with no task of its own.
+
+    As for a round, a question is refused naming the capability it needs (`MISSING_REQUIRED_CLIENT_CAPABILITY`),
+    so the client can declare it and ask again: the relay checks the declaration before it asks."""
+
+    def __init__(self, stream: ClientChannel) -> None:
+        self._request_stream = stream
+
+    @property
+    def _stream(self) -> ClientChannel:
+        return self._request_stream
+
+    async def request(self, request: types.ServerRequest, result_type: type[_ResultT]) -> _ResultT:
+        raise MCPError(types.INTERNAL_ERROR, f"{request.method} cannot be put to a client that declared nothing")
+
+
+class RoundChannel(_ModernChannel):
+    """The client of an exchange: whichever round of its request is current."""
+
+    def __init__(self, exchange: Exchange) -> None:
+        self._exchange = exchange
+
+    @property
+    def _stream(self) -> ClientChannel | None:
+        return self._exchange.stream
 
     async def request(self, request: types.ServerRequest, result_type: type[_ResultT]) -> _ResultT:
         return await self._exchange.ask(request, result_type)
