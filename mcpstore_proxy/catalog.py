@@ -26,6 +26,7 @@ import re
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, Final, TypeVar, cast
 
 from mcp import types
@@ -154,6 +155,15 @@ class Catalog:
             other.resources,
             other.templates,
         )
+
+    def listed_tool(self, name: str) -> types.Tool | None:
+        """The tool listed as `name`, if any (by a name index made at the first lookup: the SDK asks for a tool's
+        input schema on every 2026-07-28 call, and a catalog may list a thousand)."""
+        return self._tools_by_name.get(name)
+
+    @cached_property
+    def _tools_by_name(self) -> dict[str, types.Tool]:
+        return {tool.name: tool for tool in self.tools}
 
     def tool(self, name: str) -> ToolRoute:
         """Raises ToolChangedError when tool pinning withholds `name`; UnknownToolError when no exposed tool is

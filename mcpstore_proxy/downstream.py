@@ -195,10 +195,10 @@ class Downstream:
                 agent=agent,
                 principal=principal,
             )
-            tools = self._engine.catalog_for(key).tools
+            tool = self._engine.catalog_for(key).listed_tool(name)
         except ProxyError:
             return None  # the request itself fails in a moment, with the same error
-        return next((tool.input_schema for tool in tools if tool.name == name), None)
+        return tool.input_schema if tool is not None else None
 
     # Channels.
 

@@ -62,6 +62,16 @@ def test_catalog_lists_tools_sorted_with_routes_back_to_their_upstream() -> None
         catalog.tool("a")
 
 
+def test_a_listed_tool_is_found_by_its_exposed_name_with_the_schema_clients_see() -> None:
+    catalog = catalog_of(source("zeta", tool("a", text={"type": "string"})), source("alpha", tool("c")))
+    listed = catalog.listed_tool("zeta_a")
+    assert listed is not None
+    assert listed.input_schema["properties"]["text"] == {"type": "string"}
+    assert "session_id" in listed.input_schema["properties"]  # as listed: with the proxy's session argument
+    assert catalog.listed_tool("a") is None
+    assert catalog.listed_tool("alpha_c") is catalog.tools[0]
+
+
 def test_include_and_exclude_patterns_select_upstream_tools() -> None:
     catalog = catalog_of(
         source(
