@@ -94,7 +94,7 @@ async def run(arguments: argparse.Namespace) -> None:
             output["table"] = report
         if "memory" in sections:
             memory: list[dict[str, Any]] = []
-            for name in [name for name in ("floor", "mcpstore") if name in names]:
+            for name in [name for name in ("floor", "mcpstore", "mcpstore-modern") if name in names]:
                 print(f"memory: {name} ...", file=sys.stderr, flush=True)
                 install = not arguments.no_install
                 memory.append(await scale.idle_memory(TARGETS[name], workdir, pin, install, idle_sessions))

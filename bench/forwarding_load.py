@@ -7,7 +7,7 @@ from __future__ import annotations
 import statistics
 import sys
 import time
-from contextlib import AbstractAsyncContextManager, AsyncExitStack
+from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +17,7 @@ from mcp import Client
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from forwarding_processes import running, upstream_processes
 from forwarding_targets import Target
-from proxy_overhead import client, cpu_seconds, percentile
+from proxy_overhead import cpu_seconds, percentile
 
 SESSIONS = 8
 
@@ -29,18 +29,11 @@ async def call_batch(session: Client, count: int, label: str, sink: list[float])
         sink.append(time.perf_counter() - started)
 
 
-def client_of(target: Target, url: str, index: int) -> AbstractAsyncContextManager[Client]:
-    """The load's client number `index`: in its own session, whichever era the target is driven in."""
-    if target.client_mode == "legacy":
-        return client(url)
-    return client(url, headers={"X-MCPStore-Session": f"bench-{index}"}, mode=target.client_mode)
-
-
 async def measure(
     target: Target, url: str, pid: int, seen_upstreams: list[int], calls: int, c8_calls: int
 ) -> dict[str, Any]:
     single: list[float] = []
-    async with client_of(target, url, SESSIONS) as session:
+    async with target.client(url, SESSIONS) as session:
         await session.call_tool("echo", {"text": "warm-up"})  # an isolating proxy starts the session's upstream here
         cpu_before = cpu_seconds(pid)
         await call_batch(session, calls, "c1", single)
@@ -49,7 +42,7 @@ async def measure(
     per_session = max(1, c8_calls // SESSIONS)
     concurrent: list[float] = []
     async with AsyncExitStack() as stack:
-        sessions = [await stack.enter_async_context(client_of(target, url, index)) for index in range(SESSIONS)]
+        sessions = [await stack.enter_async_context(target.client(url, index)) for index in range(SESSIONS)]
         for session in sessions:
             await session.call_tool("echo", {"text": "warm-up"})
         upstreams = upstream_processes(pid)

@@ -11,13 +11,15 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
+from mcp import Client
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from proxy_overhead import ECHO_SERVER, ROOT, free_port
+from proxy_overhead import ECHO_SERVER, ROOT, client, free_port
 
 BENCH = ROOT / "bench"
 VENVS = BENCH / ".venvs"
@@ -62,6 +64,12 @@ class Target:
     client_mode: str = "legacy"
     """The load's client: "legacy" (the handshake era, a session per client) or "2026-07-28" (sessionless; each
     client names its own session with `X-MCPStore-Session`, which only mcpstore-proxy reads)."""
+
+    def client(self, url: str, index: int) -> AbstractAsyncContextManager[Client]:
+        """The load's client number `index`: in a session of its own, in this target's era."""
+        if self.client_mode == "legacy":
+            return client(url)
+        return client(url, headers={"X-MCPStore-Session": f"bench-{index}"}, mode=self.client_mode)
 
 
 # ---------------------------------------------------------------------------------------------------- venvs
@@ -132,6 +140,8 @@ def prepare_mcpstore(workdir: Path, port: int, install: bool) -> Launch:
             {
                 "log_level": "WARNING",
                 "max_sessions_per_upstream": 256,
+                # The 2026-07-28 load is one anonymous principal naming a session per client: 50 for the memory section.
+                "max_named_sessions_per_client": 256,
                 "mcpServers": {"bench": {"command": UPSTREAM[0], "args": UPSTREAM[1:], "prefix": ""}},
             }
         )

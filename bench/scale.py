@@ -55,14 +55,14 @@ async def idle_memory(target: Target, workdir: Path, pin: bool, install: bool, s
     row: dict[str, Any] = {"target": target.name, "label": target.label, "idle_sessions": sessions}
     try:
         async with running(target, workdir, pin, install) as (launch, pid, seen_upstreams):
-            async with client(launch.url) as warm:  # the proxy's own code paths, warmed before the baseline
+            async with target.client(launch.url, sessions) as warm:  # the proxy's code paths, warmed first
                 await warm.call_tool("echo", {"text": "warm-up"})
             await anyio.sleep(SETTLE_SECONDS)
             before = rss_kib(pid)
             started = time.perf_counter()
             async with AsyncExitStack() as stack:
                 for index in range(sessions):
-                    session = await stack.enter_async_context(client(launch.url))
+                    session = await stack.enter_async_context(target.client(launch.url, index))
                     await session.call_tool("echo", {"text": f"idle {index}"})
                 opened = time.perf_counter() - started
                 await anyio.sleep(SETTLE_SECONDS)
