@@ -40,7 +40,7 @@ from mcpstore_proxy.keys import SessionKey
 from mcpstore_proxy.logs import ThrottledWarning, log_fields
 from mcpstore_proxy.relay import ClientCall, ListKind, SessionRelay
 from mcpstore_proxy.transports import TransportFactory
-from mcpstore_proxy.upstream import ALL_CLIENT_CAPABILITIES, ClientCapability, EndReason, UpstreamSession
+from mcpstore_proxy.upstream import ALL_CLIENT_CAPABILITIES, ClientCapability, EndReason, UpstreamSession, declared_by
 from mcpstore_proxy.warm_pool import SessionClaim, TaskStarter, WarmPool
 
 __all__ = ["PoolHooks", "SessionPool", "Spawner", "declared_capabilities", "warn_reset"]
@@ -68,10 +68,7 @@ def declared_capabilities(call: ClientCall | None) -> frozenset[ClientCapability
     if call is not None and getattr(call.stream, "is_modern", False):
         # A 2026-07-28 client declares per request: declare all, and the relay checks each question's request.
         return frozenset(ALL_CLIENT_CAPABILITIES)
-    declared = call.stream.capabilities if call is not None else None
-    if declared is None:
-        return frozenset()
-    return frozenset(c for c in ALL_CLIENT_CAPABILITIES if getattr(declared, c, None) is not None)
+    return declared_by(call.stream.capabilities if call is not None else None)
 
 
 async def warn_reset(call: ClientCall | None, upstream: str, key: SessionKey, events: EventLog) -> None:

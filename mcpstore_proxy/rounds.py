@@ -41,7 +41,7 @@ from pydantic import BaseModel, ValidationError
 from mcpstore_proxy.clock import SYSTEM_CLOCK, Clock
 from mcpstore_proxy.relay import ClientChannel
 
-__all__ = ["ANSWER_SECONDS", "INPUT_KEY_META", "Exchange", "InputRounds", "RoundChannel", "Unaskable", "may_be_asked"]
+__all__ = ["ANSWER_SECONDS", "INPUT_KEY_META", "Exchange", "InputRounds", "RoundChannel", "Unaskable"]
 
 logger = logging.getLogger(__name__)
 
@@ -80,12 +80,6 @@ class _Question:
         """Take the client's answer; raises ValidationError when it is not one."""
         self.answer = self.result_type.model_validate(value)
         self.answered.set()
-
-
-def may_be_asked(capabilities: types.ClientCapabilities | None) -> bool:
-    """Whether a 2026-07-28 request's client declared anything an upstream could ask of it (sampling,
-    elicitation, roots): only such a request can need rounds."""
-    return capabilities is not None and any(getattr(capabilities, kind) is not None for kind in _KINDS.values())
 
 
 class _ModernChannel(ABC):

@@ -49,7 +49,8 @@ from mcpstore_proxy.keys import SessionKey
 from mcpstore_proxy.listings import LISTINGS, ShapedListings, listing_result
 from mcpstore_proxy.operations import ObservedOperations, OperationObserver, OperationTracer, note_tool
 from mcpstore_proxy.relay import ClientCall
-from mcpstore_proxy.rounds import InputRounds, Unaskable, may_be_asked
+from mcpstore_proxy.rounds import InputRounds, Unaskable
+from mcpstore_proxy.upstream import declared_by
 
 __all__ = ["AGENT_HEADER", "EXISTING_SESSION_HEADER", "REQUEST_SCOPE", "ProxyServer"]
 
@@ -342,7 +343,7 @@ class ProxyServer(Server[Any]):
         async def run() -> dict[str, Any]:
             call = self._downstream.client_call(ctx)
             if rounds is not None and is_modern:
-                if may_be_asked(call.stream.capabilities) or rounds.request_state is not None:
+                if declared_by(call.stream.capabilities) or rounds.request_state is not None:
                     # A 2026-07-28 client is asked by `input_required` rounds of its own request (see `rounds`).
                     return await self.rounds.run(
                         principal=self._principal_name(ctx),

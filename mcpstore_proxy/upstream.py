@@ -54,7 +54,7 @@ from mcpstore_proxy.transports import (
     open_transport,
 )
 
-__all__ = ["EndReason", "UpstreamSession"]
+__all__ = ["ALL_CLIENT_CAPABILITIES", "ClientCapability", "EndReason", "UpstreamSession", "declared_by"]
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +69,14 @@ class _RawResult(RootModel[dict[str, Any]]):
 
 ClientCapability = Literal["sampling", "elicitation", "roots"]
 ALL_CLIENT_CAPABILITIES: Final[frozenset[ClientCapability]] = frozenset({"sampling", "elicitation", "roots"})
+
+
+def declared_by(capabilities: types.ClientCapabilities | None) -> frozenset[ClientCapability]:
+    """Which of what an upstream may ask a client for (sampling, elicitation, roots) `capabilities` declare."""
+    if capabilities is None:
+        return frozenset()
+    return frozenset(c for c in ALL_CLIENT_CAPABILITIES if getattr(capabilities, c, None) is not None)
+
 
 Listing = list[types.Tool] | list[types.Prompt] | list[types.Resource] | list[types.ResourceTemplate]
 
