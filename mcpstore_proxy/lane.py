@@ -34,7 +34,6 @@ import anyio
 from mcp import MCPError, types
 from mcp.server.connection import Connection
 from mcp.server.streamable_http import (
-    LAST_EVENT_ID_HEADER,
     REQUEST_CANCELLED,
     StreamableHTTPServerTransport,
 )
@@ -51,6 +50,7 @@ from mcpstore_proxy.hangup import HangUpWatch
 from mcpstore_proxy.json_bytes import from_json
 from mcpstore_proxy.lane_stream import PING_SECONDS, serve_event_stream
 from mcpstore_proxy.lane_wire import (
+    LAST_EVENT_ID,
     PROTOCOL_VERSION,
     SESSION_ID,
     Acceptance,
@@ -67,6 +67,7 @@ from mcpstore_proxy.lane_wire import (
     to_json,
     too_large,
     tool_call,
+    without_resumption,
 )
 from mcpstore_proxy.listings import LISTINGS
 from mcpstore_proxy.operations import OperationObserver, is_tool_error, operation_in_progress
@@ -81,7 +82,6 @@ _ResultT = TypeVar("_ResultT", bound=BaseModel)
 _HANDSHAKE_VERSIONS: Final = frozenset(version.encode() for version in HANDSHAKE_PROTOCOL_VERSIONS)
 _OWN_ID_PREFIX: Final = "mcpstore-"
 _METHODS: Final = frozenset(("POST", "GET"))
-_LAST_EVENT_ID: Final = LAST_EVENT_ID_HEADER.lower().encode()
 
 _Session = tuple[str, Connection, StreamableHTTPServerTransport]
 """A session the lane may serve: its id, its connection, and its transport (for the idle hold)."""
@@ -120,6 +120,8 @@ class FastLane:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         method = scope["method"]
+        if method == "GET" and self._manager.event_store is None:
+            scope = without_resumption(scope)
         session = await self._session_of(scope) if method in _METHODS and not self._server.traces else None
         if session is None:
             await self._app(scope, receive, send)
@@ -190,7 +192,7 @@ class FastLane:
                 version = value
             elif name == b"content-length" and value.isdigit():
                 declared = int(value)
-            elif name == _LAST_EVENT_ID:
+            elif name == LAST_EVENT_ID:
                 return None  # a resumption: the SDK replays what its event store kept
         if session_id is None or (version is not None and version not in _HANDSHAKE_VERSIONS):
             return None

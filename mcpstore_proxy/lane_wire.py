@@ -9,7 +9,7 @@ from typing import Any, Final, TypeGuard, cast
 
 import anyio
 from mcp import types
-from mcp.server.streamable_http import MCP_SESSION_ID_HEADER, check_accept_headers
+from mcp.server.streamable_http import LAST_EVENT_ID_HEADER, MCP_SESSION_ID_HEADER, check_accept_headers
 from mcp.server.transport_security import TransportSecurityMiddleware
 from mcp.shared.dispatcher import ProgressFnT
 from mcp.shared.inbound import MCP_PROTOCOL_VERSION_HEADER
@@ -20,6 +20,7 @@ from starlette.types import Message, Receive, Scope, Send
 from mcpstore_proxy.json_bytes import to_json
 
 __all__ = [
+    "LAST_EVENT_ID",
     "PROTOCOL_VERSION",
     "SESSION_ID",
     "SSE_HEADERS",
@@ -38,12 +39,14 @@ __all__ = [
     "to_json",
     "too_large",
     "tool_call",
+    "without_resumption",
 ]
 
 RequestId = int | str
 
 SESSION_ID: Final = MCP_SESSION_ID_HEADER.lower().encode()
 PROTOCOL_VERSION: Final = MCP_PROTOCOL_VERSION_HEADER.lower().encode()
+LAST_EVENT_ID: Final = LAST_EVENT_ID_HEADER.lower().encode()
 SSE_HEADERS: Final = (
     (b"content-type", b"text/event-stream"),
     (b"cache-control", b"no-cache, no-transform"),
@@ -149,6 +152,17 @@ async def read_body(receive: Receive, limit: int) -> bytes | Unread:
 
 too_large: Final = Response("Request body too large", status_code=413)
 """The SDK's own answer to a body past its limit (`RequestBodyLimitMiddleware`)."""
+
+
+def without_resumption(scope: Scope) -> Scope:
+    """`scope` without its `Last-Event-ID`: for a session manager that keeps no events, which cannot replay any.
+
+    The SDK's transport then answers a resumption with nothing at all (uvicorn's 500); the spec lets a server
+    ignore the header, and the client gets a fresh standing stream instead."""
+    headers: list[tuple[bytes, bytes]] = scope["headers"]
+    if not any(name == LAST_EVENT_ID for name, _ in headers):
+        return scope
+    return {**scope, "headers": [(name, value) for name, value in headers if name != LAST_EVENT_ID]}
 
 
 def replaying(body: bytes, receive: Receive) -> Receive:

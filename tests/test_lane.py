@@ -370,6 +370,20 @@ async def test_a_standing_stream_from_a_foreign_origin_or_without_event_streams_
         assert await lane_streams(proxy, config) == 1
 
 
+async def test_a_resumption_the_proxy_cannot_replay_gets_a_fresh_standing_stream_not_a_500(config: Path) -> None:
+    # The proxy keeps no events, so nothing can be replayed; the SDK's transport answered such a GET with nothing.
+    async with opened_session(config) as (proxy, http, session):
+        resume = session.headers | {"Accept": EVENT_STREAM, "Last-Event-ID": "stream-1:7"}
+        async with http.stream("GET", proxy.url, headers=resume) as resumed:
+            assert (resumed.status_code, media_type(resumed)) == (200, EVENT_STREAM)
+            grown = await session.call_tool(2, "state_grow", {"name": "fresh"})
+            assert grown.status_code == 200
+            with anyio.fail_after(10):
+                notice = await next_message(resumed.aiter_lines())
+            assert notice == {"jsonrpc": "2.0", "method": "notifications/tools/list_changed"}
+        assert await lane_streams(proxy, config) == 1
+
+
 async def test_another_principal_cannot_listen_on_a_session_it_did_not_open(guarded: Path) -> None:
     async with running_app(guarded) as proxy, httpx2.AsyncClient(timeout=30) as http:
         alice = RawSession(http, proxy.url)
