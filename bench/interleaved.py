@@ -9,7 +9,8 @@ goes between the two passes moves their ratio (by 30% and more on this machine).
 once, and the bursts alternate: A then B, then B then A, for `--rounds` rounds. Each pair of bursts gives a
 ratio (B's CPU per call over A's, from /proc/<pid>/stat); the median of those ratios is the figure. Prints a
 markdown table; `--json PATH` also writes the bursts. `--builds A,B` compares two checkouts of this project
-instead (before and after a change): both run the `mcpstore` target, each with `PYTHONPATH` set to its checkout.
+instead (before and after a change): both run the `mcpstore` target (or `--target`), each with `PYTHONPATH` set to
+its checkout. Each target's load is its own client (`Target.client`): a 2026-07-28 one for `mcpstore-modern`.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from forwarding_load import SESSIONS, call_batch
 from forwarding_processes import SUT_CORE, running
 from forwarding_targets import TARGETS
-from proxy_overhead import client, cpu_seconds
+from proxy_overhead import cpu_seconds
 
 
 async def _burst(pid: int, sessions: list[Client], calls: int) -> float:
@@ -50,6 +51,7 @@ async def main() -> None:
     parser.add_argument("--rounds", type=int, default=8)
     parser.add_argument("--calls", type=int, default=1000, help="calls per burst (c=1), and per burst at c=8")
     parser.add_argument("--builds", help="two checkouts of mcpstore-proxy to compare, A,B (instead of --targets)")
+    parser.add_argument("--target", default="mcpstore", help="with --builds: the target both run (default mcpstore)")
     parser.add_argument("--json", type=Path)
     arguments = parser.parse_args()
     builds: list[str] = arguments.builds.split(",") if arguments.builds else []
@@ -74,10 +76,10 @@ async def main() -> None:
                 workdir.mkdir()
                 if builds:
                     os.environ["PYTHONPATH"] = name  # inherited by the proxy started next
-                target = TARGETS["mcpstore" if builds else name]
+                target = TARGETS[arguments.target if builds else name]
                 launch, pid, _ = await stack.enter_async_context(running(target, workdir, pin, False))
                 pids.append(pid)
-                opened = [await stack.enter_async_context(client(launch.url)) for _ in range(1 + SESSIONS)]
+                opened = [await stack.enter_async_context(target.client(launch.url, i)) for i in range(1 + SESSIONS)]
                 for session in opened:
                     await session.call_tool("echo", {"text": "warm-up"})
                 sessions["c1"].append(opened[:1])

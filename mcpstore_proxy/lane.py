@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, TypeVar, cast
 
@@ -48,6 +49,15 @@ from mcpstore_proxy.downstream import NOTIFY_SECONDS, Caller
 from mcpstore_proxy.errors import ShuttingDownError, to_mcp_error
 from mcpstore_proxy.hangup import HangUpWatch
 from mcpstore_proxy.json_bytes import from_json
+from mcpstore_proxy.lane_modern import (
+    ERROR_STATUSES,
+    STREAM_HEADERS,
+    Keepalive,
+    ModernCall,
+    ModernCalls,
+    ModernStream,
+    routing_of,
+)
 from mcpstore_proxy.lane_stream import PING_SECONDS, serve_event_stream
 from mcpstore_proxy.lane_wire import (
     LAST_EVENT_ID,
@@ -70,8 +80,9 @@ from mcpstore_proxy.lane_wire import (
     without_resumption,
 )
 from mcpstore_proxy.listings import LISTINGS
-from mcpstore_proxy.operations import OperationObserver, is_tool_error, operation_in_progress
+from mcpstore_proxy.operations import Operation, OperationObserver, is_tool_error, operation_in_progress
 from mcpstore_proxy.relay import ClientCall
+from mcpstore_proxy.rounds import Unaskable
 from mcpstore_proxy.server import ProxyServer
 
 __all__ = ["FastLane"]
@@ -82,6 +93,7 @@ _ResultT = TypeVar("_ResultT", bound=BaseModel)
 _HANDSHAKE_VERSIONS: Final = frozenset(version.encode() for version in HANDSHAKE_PROTOCOL_VERSIONS)
 _OWN_ID_PREFIX: Final = "mcpstore-"
 _METHODS: Final = frozenset(("POST", "GET"))
+_NO_STATUSES: Final[Mapping[int, int]] = {}
 
 _Session = tuple[str, Connection, StreamableHTTPServerTransport]
 """A session the lane may serve: its id, its connection, and its transport (for the idle hold)."""
@@ -111,6 +123,7 @@ class FastLane:
         self._calls: dict[tuple[str, RequestId], anyio.CancelScope] = {}
         """The calls in the lane, by session and the client's id: what `notifications/cancelled` may cancel."""
         self._asked: dict[tuple[str, str], _Asked] = {}
+        self._modern = ModernCalls(server)
         """The lane's requests to clients awaiting their answers, by session and our id."""
         self._ids = itertools.count(1)
         self.calls_served = 0
@@ -122,11 +135,16 @@ class FastLane:
         method = scope["method"]
         if method == "GET" and self._manager.event_store is None:
             scope = without_resumption(scope)
-        session = await self._session_of(scope) if method in _METHODS and not self._server.traces else None
+        traces = self._server.traces
+        session = await self._session_of(scope) if method in _METHODS and not traces else None
+        routing = None
         if session is None:
-            await self._app(scope, receive, send)
-            return
-        if method == "GET":
+            if method == "POST" and self._modern.is_open and not traces:
+                routing = routing_of(scope, self._manager.max_request_body_size)
+            if routing is None or not await self._is_acceptable(scope):
+                await self._app(scope, receive, send)
+                return
+        elif method == "GET":
             if not await self._stream(receive, send, session):
                 await self._app(scope, receive, send)
             return
@@ -140,9 +158,13 @@ class FastLane:
             message = from_json(body)
         except ValueError:
             message = None
-        is_message = isinstance(message, dict) and cast(dict[str, Any], message).get("jsonrpc") == "2.0"
-        if is_message and await self._take(scope, receive, send, session, cast(dict[str, Any], message)):
-            return
+        if isinstance(message, dict) and cast(dict[str, Any], message).get("jsonrpc") == "2.0":
+            message = cast(dict[str, Any], message)
+            if session is not None and await self._take(scope, receive, send, session, message):
+                return
+            if routing is not None and (call := self._modern.call(message, routing)) is not None:
+                await self._serve_modern(scope, receive, send, call)
+                return
         await self._app(scope, replaying(body, receive), send)  # unparsable, a batch, or not the lane's
 
     async def _take(
@@ -218,45 +240,94 @@ class FastLane:
         self, scope: Scope, receive: Receive, send: Send, session_id: str, connection: Connection, request: ToolCall
     ) -> None:
         answer, caller, principal = self._taken(scope, send, session_id, connection)
-        downstream = self._server.downstream
         call = ClientCall(
             stream=_LaneStream(self, answer, connection, session_id),
-            connection=downstream.connection_channel(caller),
+            connection=self._server.downstream.connection_channel(caller),
             progress=progress_reporter(answer, request.progress_token),
         )
+        with operation_in_progress("tools/call", principal, self._observer) as operation:
+            result = await self._forwarded(receive, answer, caller, call, request, operation, (session_id, request.id))
+        if result is not None:
+            await answer.finish({"jsonrpc": "2.0", "id": request.id, "result": result})
+
+    async def _serve_modern(self, scope: Scope, receive: Receive, send: Send, modern: ModernCall) -> None:
+        """Serve a 2026-07-28 call (see `lane_modern`): in the key its request resolves to, never asking its
+        client anything, answered in the SDK's shape."""
+        self.calls_served += 1
+        request, connection = modern.call, modern.connection
+        answer = Answer(send, None, stream_headers=STREAM_HEADERS)
+        caller = Caller(scope, connection, modern.version)
+        principal = self._server.downstream.principal(caller).name if self._names_principals else ""
+        call = ClientCall(
+            stream=Unaskable(ModernStream(answer, connection)),
+            connection=self._server.downstream.connection_channel(caller),
+            progress=progress_reporter(answer, request.progress_token),
+        )
+        with (
+            operation_in_progress("tools/call", principal, self._observer) as operation,
+            Keepalive(answer, self._ping_seconds),
+        ):
+            result = await self._forwarded(receive, answer, caller, call, request, operation, None, ERROR_STATUSES)
+            if result is None:
+                return
+            try:
+                shaped = self._modern.result(result, modern.version)
+            except MCPError as error:
+                operation.outcome = "error"
+                await answer.finish(error_message(request.id, error.error))
+                return
+            await answer.finish({"jsonrpc": "2.0", "id": request.id, "result": shaped})
+
+    async def _forwarded(
+        self,
+        receive: Receive,
+        answer: Answer,
+        caller: Caller,
+        call: ClientCall,
+        request: ToolCall,
+        operation: Operation,
+        cancellable_as: tuple[str, RequestId] | None,
+        statuses: Mapping[int, int] = _NO_STATUSES,
+    ) -> dict[str, Any] | None:
+        """Forward a call as work in flight, cancelled by its client hanging up, or by `notifications/cancelled`
+        naming it (`cancellable_as`: its session and id); its result, or None once it was answered otherwise (an
+        error, with its HTTP status from `statuses`, a refusal, or its cancellation)."""
         server = self._server
 
         async def forward() -> dict[str, Any]:
             return await server.call_tool(caller, request.name, request.arguments, call)
 
-        with operation_in_progress("tools/call", principal, self._observer) as operation:
-            result: dict[str, Any] = {}
-            try:
-                # The drain's scope, cancelled also by notifications/cancelled, or by the client hanging up.
-                with server.drain.request() as cancelled, HangUpWatch(receive, cancelled):
-                    self._calls[session_id, request.id] = cancelled
-                    try:
-                        result = await server.routed(forward)
-                    except MCPError as error:
-                        await answer.finish(error_message(request.id, error.error))
-                        return
-                    except Exception:
-                        logger.exception("the fast lane failed to forward a tools/call")
-                        error = types.ErrorData(code=types.INTERNAL_ERROR, message="internal error in mcpstore-proxy")
-                        await answer.finish(error_message(request.id, error))
-                        return
-                    finally:
-                        self._calls.pop((session_id, request.id), None)
-            except ShuttingDownError as refused:
-                await answer.finish(error_message(request.id, to_mcp_error(refused).error))
-                return
-            if cancelled.cancelled_caught:
-                operation.outcome = "cancelled"
-                error = types.ErrorData(code=REQUEST_CANCELLED, message="Request cancelled")
-                await answer.finish(error_message(request.id, error), as_stream=True)
-                return
-            operation.outcome = "error" if is_tool_error(result) else "ok"
-            await answer.finish({"jsonrpc": "2.0", "id": request.id, "result": result})
+        result: dict[str, Any] = {}
+        try:
+            # The drain's scope, cancelled also by notifications/cancelled, or by the client hanging up.
+            with server.drain.request() as cancelled, HangUpWatch(receive, cancelled):
+                if cancellable_as is not None:
+                    self._calls[cancellable_as] = cancelled
+                try:
+                    result = await server.routed(forward)
+                except MCPError as error:
+                    status = statuses.get(error.error.code, 200)
+                    await answer.finish(error_message(request.id, error.error), status=status)
+                    return None
+                except Exception:
+                    logger.exception("the fast lane failed to forward a tools/call")
+                    error = types.ErrorData(code=types.INTERNAL_ERROR, message="internal error in mcpstore-proxy")
+                    await answer.finish(error_message(request.id, error))
+                    return None
+                finally:
+                    if cancellable_as is not None:
+                        self._calls.pop(cancellable_as, None)
+        except ShuttingDownError as refused:
+            error = to_mcp_error(refused).error
+            await answer.finish(error_message(request.id, error), status=statuses.get(error.code, 200))
+            return None
+        if cancelled.cancelled_caught:
+            operation.outcome = "cancelled"
+            error = types.ErrorData(code=REQUEST_CANCELLED, message="Request cancelled")
+            await answer.finish(error_message(request.id, error), as_stream=True)
+            return None
+        operation.outcome = "error" if is_tool_error(result) else "ok"
+        return result
 
     async def _list(
         self, scope: Scope, send: Send, session_id: str, connection: Connection, method: str, request_id: RequestId

@@ -188,9 +188,12 @@ class Answer:
     """One call's HTTP response: a JSON body, unless something is sent before the answer, which opens an event
     stream for it and everything after."""
 
-    def __init__(self, send: Send, session_id: str) -> None:
+    def __init__(
+        self, send: Send, session_id: str | None, *, stream_headers: tuple[tuple[bytes, bytes], ...] = SSE_HEADERS
+    ) -> None:
         self._send = send
-        self._session_id = session_id.encode("latin-1")
+        self._session_header = () if session_id is None else ((SESSION_ID, session_id.encode("latin-1")),)
+        self._stream_headers = stream_headers
         self._is_streaming = False
         self._is_done = False
         self._lock: anyio.Lock | None = None
@@ -198,26 +201,34 @@ class Answer:
 
     async def event(self, message: dict[str, Any]) -> bool:
         """Send a message before the answer; False once the answer went."""
+        return await self._before_the_answer(sse_event(to_json(message)))
+
+    async def ping(self) -> bool:
+        """Keep the connection of an answer still to come alive with a comment line, on the event stream this
+        opens; False once the answer went."""
+        return await self._before_the_answer(b": ping\r\n\r\n")
+
+    async def _before_the_answer(self, chunk: bytes) -> bool:
         if self._lock is None:
             self._lock = anyio.Lock(fast_acquire=True)  # no trip round the event loop when nobody holds it
         async with self._lock:
             if self._is_done:
                 return False
             await self._open_stream()
-            await self._send({"type": "http.response.body", "body": sse_event(to_json(message)), "more_body": True})
+            await self._send({"type": "http.response.body", "body": chunk, "more_body": True})
             return True
 
-    async def finish(self, message: dict[str, Any] | bytes, *, as_stream: bool = False) -> None:
+    async def finish(self, message: dict[str, Any] | bytes, *, as_stream: bool = False, status: int = 200) -> None:
         """Send the answer (`message`, or the message already in JSON): on the stream if one is open (or
-        `as_stream`), else as the JSON body."""
+        `as_stream`), else as the JSON body, with HTTP `status`."""
         body = message if isinstance(message, bytes) else to_json(message)
         if self._lock is None:
-            await self._finish(body, as_stream=as_stream)
+            await self._finish(body, as_stream=as_stream, status=status)
             return
         async with self._lock:
-            await self._finish(body, as_stream=as_stream)
+            await self._finish(body, as_stream=as_stream, status=status)
 
-    async def _finish(self, body: bytes, *, as_stream: bool) -> None:
+    async def _finish(self, body: bytes, *, as_stream: bool, status: int) -> None:
         if self._is_done:
             return
         self._is_done = True  # before any await: an event sent from now on finds the answer gone
@@ -228,15 +239,15 @@ class Answer:
         headers = [
             (b"content-type", b"application/json"),
             (b"content-length", str(len(body)).encode()),
-            (SESSION_ID, self._session_id),
+            *self._session_header,
         ]
-        await self._send({"type": "http.response.start", "status": 200, "headers": headers})
+        await self._send({"type": "http.response.start", "status": status, "headers": headers})
         await self._send({"type": "http.response.body", "body": body, "more_body": False})
 
     async def _open_stream(self) -> None:
         if not self._is_streaming:
             self._is_streaming = True
-            headers = [*SSE_HEADERS, (SESSION_ID, self._session_id)]
+            headers = [*self._stream_headers, *self._session_header]
             await self._send({"type": "http.response.start", "status": 200, "headers": headers})
 
 

@@ -1,0 +1,267 @@
+"""What the fast lane (see `lane`) needs to serve a 2026-07-28 `tools/call` exactly as the SDK's single-exchange
+entry would, without it.
+
+Through the SDK, every such call is judged from scratch: a `Request`, the transport checks, the envelope's
+classification, pydantic validation of the request, of its `_meta` (twice) and of the client's capabilities, a
+`Connection` and a server session built for it, and in event-stream mode a task group of two tasks and a memory
+stream. A client sends the same envelope with every call, so the lane judges each distinct envelope once, by the
+SDK's own validation, and remembers the verdict (a bounded number); what varies per call (the ladder's header
+rungs, the id, the name, the arguments, the progress token) is checked per call, with the SDK's own functions
+where it has them.
+
+What takes this lane: a POST whose `MCP-Protocol-Version` is a 2026-07-28 version, with each routing header once,
+no `Mcp-Session-Id`, `Last-Event-ID` or `Mcp-Param-*` header, that the SDK would accept (media types, Host,
+Origin), carrying one JSON-RPC `tools/call` whose params hold only `name`, `arguments` and `_meta`, and whose
+`_meta` holds only the envelope (protocol version, client capabilities, client info) and a progress token, passing
+the SDK's inbound ladder and its validation, from a client that declared nothing an upstream could ask of it (one
+that did is asked in `input_required` rounds: see `rounds`), for a tool whose input schema maps no argument to a
+header. Anything else goes to the SDK unchanged, which answers it, or refuses it, itself.
+
+The answer is the SDK's: the result sieved by the SDK's own surface for the version, `resultType` and the
+`serverInfo` stamp added, an error with the SDK's HTTP status for its code; a JSON body unless something precedes
+the answer (progress, a notice), or the call runs silent for `ping_seconds`, which opens an event stream (with a
+comment line every `ping_seconds`, as the SDK sends).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Final, TypeVar, cast
+
+from mcp import MCPError, types
+from mcp.server.connection import Connection
+from mcp.shared.inbound import (
+    ERROR_CODE_HTTP_STATUS,
+    MCP_METHOD_HEADER,
+    MCP_NAME_HEADER,
+    MCP_PARAM_HEADER_PREFIX,
+    MCP_PROTOCOL_VERSION_HEADER,
+    InboundModernRoute,
+    classify_inbound_request,
+    x_mcp_header_map,
+)
+from mcp.types.version import MODERN_PROTOCOL_VERSIONS
+from mcp_types import (
+    CLIENT_CAPABILITIES_META_KEY,
+    CLIENT_INFO_META_KEY,
+    CORE_RESULT_TYPES,
+    PROTOCOL_VERSION_META_KEY,
+    SERVER_INFO_META_KEY,
+)
+from mcp_types import methods as _methods
+from pydantic import BaseModel, ValidationError
+from starlette.types import Scope
+
+from mcpstore_proxy.json_bytes import to_json
+from mcpstore_proxy.lane_wire import LAST_EVENT_ID, SESSION_ID, Answer, ToolCall, tool_call
+from mcpstore_proxy.server import ProxyServer
+from mcpstore_proxy.upstream import declared_by
+
+__all__ = ["ERROR_STATUSES", "STREAM_HEADERS", "Keepalive", "ModernCall", "ModernCalls", "ModernStream", "routing_of"]
+
+logger = logging.getLogger(__name__)
+
+_ResultT = TypeVar("_ResultT", bound=BaseModel)
+
+ERROR_STATUSES: Final = ERROR_CODE_HTTP_STATUS
+"""The HTTP status of a 2026-07-28 answer that is an error, by its code (200 for the rest), as the SDK sends it."""
+STREAM_HEADERS: Final = (
+    (b"content-type", b"text/event-stream"),
+    (b"cache-control", b"no-cache, no-transform"),
+    (b"connection", b"keep-alive"),
+    (b"x-accel-buffering", b"no"),
+)
+"""The SDK's headers for a 2026-07-28 answer on an event stream."""
+
+_ROUTING: Final = frozenset(name.encode() for name in (MCP_PROTOCOL_VERSION_HEADER, MCP_METHOD_HEADER, MCP_NAME_HEADER))
+_NOT_OURS: Final = frozenset((SESSION_ID, LAST_EVENT_ID))
+_PARAM_PREFIX: Final = MCP_PARAM_HEADER_PREFIX.lower().encode()
+_MESSAGE_KEYS: Final = frozenset(("jsonrpc", "id", "method", "params"))
+_PARAMS_KEYS: Final = frozenset(("name", "arguments", "_meta"))
+_META_KEYS: Final = frozenset(
+    (PROTOCOL_VERSION_META_KEY, CLIENT_CAPABILITIES_META_KEY, CLIENT_INFO_META_KEY, "progressToken")
+)
+_REMEMBERED: Final = 256
+
+
+def routing_of(scope: Scope, limit: int) -> dict[str, str] | None:
+    """A POST's routing headers, when its headers alone allow the lane to take it as a 2026-07-28 call (the
+    ladder's header rungs are checked with its body); else None."""
+    routing: dict[str, str] = {}
+    for name, value in scope["headers"]:
+        if name in _ROUTING:
+            key = name.decode()
+            if key in routing:
+                return None  # a routing header repeated: the SDK refuses it
+            routing[key] = value.decode("latin-1")
+        elif name in _NOT_OURS or name.startswith(_PARAM_PREFIX):
+            return None
+        elif name == b"content-length" and value.isdigit() and int(value) > limit:
+            return None  # the SDK refuses it unread
+    return routing if routing.get(MCP_PROTOCOL_VERSION_HEADER) in MODERN_PROTOCOL_VERSIONS else None
+
+
+@dataclass(frozen=True, slots=True)
+class ModernCall:
+    """A 2026-07-28 `tools/call` the lane takes: the call, the client as its envelope describes it, and the
+    protocol version."""
+
+    call: ToolCall
+    connection: Connection
+    version: str
+
+
+class ModernCalls:
+    """Which 2026-07-28 calls the lane may take (`call`), and their answers in the SDK's shape (`result`)."""
+
+    def __init__(self, server: ProxyServer) -> None:
+        self._server = server
+        self._envelopes: dict[bytes, Connection | None] = {}
+        """Each distinct envelope's client, or None where the SDK refuses it or the client may be asked."""
+        self._header_schemas: dict[int, tuple[Mapping[str, Any], bool]] = {}
+        """Whether an input schema maps arguments to headers, by the schema (held, so that its id stays its own)."""
+        self._stamp = server.server_info_stamp
+        self.is_open = "tools/call" not in server.cache_hints
+        """False where the server adds cache hints to calls, which the lane does not."""
+
+    def call(self, message: dict[str, Any], routing: Mapping[str, str]) -> ModernCall | None:
+        """The call `message` asks for, when the lane may serve it exactly as the SDK would; else None."""
+        if message.keys() - _MESSAGE_KEYS or message.get("method") != "tools/call":
+            return None
+        call = tool_call(message)
+        if call is None:
+            return None
+        params: dict[str, Any] = message["params"]
+        meta = params.get("_meta")
+        if params.keys() - _PARAMS_KEYS or not isinstance(meta, dict) or meta.keys() - _META_KEYS:
+            return None
+        verdict = classify_inbound_request(message, headers=routing)
+        if not isinstance(verdict, InboundModernRoute):
+            return None
+        connection = self._client(verdict.protocol_version, cast(dict[str, Any], meta))
+        if connection is None or (call.arguments and self._maps_headers(call.name)):
+            return None
+        return ModernCall(call, connection, verdict.protocol_version)
+
+    def result(self, result: dict[str, Any], version: str) -> dict[str, Any]:
+        """A call's result as the SDK's server answers it: marked complete, sieved by the version's surface,
+        stamped with the server's identity.
+
+        Raises:
+            MCPError: the upstream's result is not one (as the SDK says of a handler's).
+        """
+        result.setdefault("resultType", "complete")  # upstreams speak the handshake era (see `server`)
+        kind = result["resultType"]
+        if not isinstance(kind, str) or kind in CORE_RESULT_TYPES:
+            try:
+                result = _methods.serialize_server_result("tools/call", version, result)
+            except ValidationError:
+                logger.exception("the upstream returned an invalid tools/call result")
+                raise MCPError(code=types.INTERNAL_ERROR, message="Handler returned an invalid result") from None
+        if result.get("resultType") is None:
+            result["resultType"] = "complete"
+        meta = result.get("_meta")
+        if meta is None:
+            result["_meta"] = {SERVER_INFO_META_KEY: self._stamp}
+        elif isinstance(meta, dict) and cast(dict[str, Any], meta).get(SERVER_INFO_META_KEY) is None:
+            result["_meta"] = {**cast(dict[str, Any], meta), SERVER_INFO_META_KEY: self._stamp}
+        return result
+
+    def _client(self, version: str, meta: dict[str, Any]) -> Connection | None:
+        envelope = {key: value for key, value in meta.items() if key != "progressToken"}
+        try:
+            remembered = to_json(envelope)
+        except TypeError:
+            return None  # a number past 64 bits: the SDK judges it
+        if remembered in self._envelopes:
+            return self._envelopes[remembered]
+        try:
+            _methods.validate_client_request("tools/call", version, {"name": "-", "_meta": envelope})
+        except (ValidationError, KeyError, ValueError):
+            client = None
+        else:
+            # Shared by the calls of one envelope: nothing in the lane enters its exit stack or writes its state.
+            client = Connection.from_envelope(
+                version, envelope.get(CLIENT_INFO_META_KEY), envelope[CLIENT_CAPABILITIES_META_KEY]
+            )
+            if declared_by(client.client_capabilities):
+                client = None  # it may be asked: in rounds (see `rounds`)
+        if len(self._envelopes) >= _REMEMBERED:
+            self._envelopes.clear()
+        self._envelopes[remembered] = client
+        return client
+
+    def _maps_headers(self, name: str) -> bool:
+        schema = self._server.downstream.input_schema(name)
+        if schema is None:
+            return False
+        known = self._header_schemas.get(id(schema))
+        if known is None or known[0] is not schema:
+            if len(self._header_schemas) >= _REMEMBERED:
+                self._header_schemas.clear()
+            known = self._header_schemas[id(schema)] = (schema, bool(x_mcp_header_map(schema)))
+        return known[1]
+
+
+class ModernStream:
+    """The client behind a 2026-07-28 call in the lane, reached on the call's own response (a `ClientChannel`,
+    wrapped in `rounds.Unaskable`): it is never asked, and gets no log entries, having opted in to none."""
+
+    def __init__(self, answer: Answer, connection: Connection) -> None:
+        self._answer = answer
+        self._connection = connection
+
+    @property
+    def capabilities(self) -> types.ClientCapabilities | None:
+        return self._connection.client_capabilities
+
+    @property
+    def accepts_requests(self) -> bool:
+        return False
+
+    async def notify(self, notification: types.ServerNotification) -> None:
+        if isinstance(notification, types.LoggingMessageNotification):
+            return
+        wire = notification.model_dump(by_alias=True, mode="json", exclude_none=True)
+        await self._answer.event({"jsonrpc": "2.0", **wire})
+
+    async def request(self, request: types.ServerRequest, result_type: type[_ResultT]) -> _ResultT:
+        raise MCPError(types.INTERNAL_ERROR, f"{request.method} cannot be put to a client that declared nothing")
+
+
+class Keepalive:
+    """While the block runs: once it has run `seconds` without an answer, the answer becomes an event stream with
+    a comment line every `seconds`, as the SDK's is, so that proxies and load balancers in between keep the
+    connection. A timer until then, and a bare asyncio task after (see `hangup.HangUpWatch` for why)."""
+
+    __slots__ = ("_answer", "_seconds", "_task", "_timer")
+
+    def __init__(self, answer: Answer, seconds: float) -> None:
+        self._answer = answer
+        self._seconds = seconds
+        self._timer: asyncio.TimerHandle | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    def __enter__(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._timer = loop.call_later(self._seconds, self._start, loop)
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._task is not None:
+            self._task.cancel()
+
+    def _start(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._task = loop.create_task(self._ping(loop))
+
+    async def _ping(self, loop: asyncio.AbstractEventLoop) -> None:
+        # Nothing awaits this task: a failure to send is a client gone, which its hang-up watch sees.
+        try:
+            if await self._answer.ping():
+                self._timer = loop.call_later(self._seconds, self._start, loop)
+        except Exception:
+            logger.debug("a keep-alive comment could not be sent; the client is gone", exc_info=True)

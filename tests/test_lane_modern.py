@@ -1,0 +1,213 @@
+"""The fast lane for 2026-07-28 calls: a `tools/call` from a client that declared nothing askable is served without
+the SDK's single-exchange stack, and its answer is the SDK's, byte for byte where it matters: status, media type,
+result shape, errors. Everything the lane may not judge alone reaches the SDK unchanged.
+
+In process (`running_app`, the stateful fixture upstream in memory), with plain HTTP to see what the wire carries;
+`/admin/status`'s `fast_lane_calls` says which requests took the lane. A request carrying an `Mcp-Session-Id`
+is never the lane's and the SDK ignores that header for this era: the same call sent with one is the SDK's answer.
+The keep-alive comments are checked in memory, on an `Answer` whose `send` is a list.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx2
+import pytest
+from starlette.types import Message
+
+from mcpstore_proxy.lane_modern import STREAM_HEADERS, Keepalive
+from mcpstore_proxy.lane_wire import Answer
+from tests.inprocess import InProcessProxy, running_app
+from tests.raw_session import lane_calls
+from tests.support import fixture_server, write_config
+
+pytestmark = pytest.mark.anyio
+
+MODERN = "2026-07-28"
+TO_THE_SDK = {"mcp-session-id": "not-a-session"}
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> Path:
+    return write_config(tmp_path, {"state": fixture_server("state")})
+
+
+def envelope(capabilities: Mapping[str, Any] | None = None, **extra: Any) -> dict[str, Any]:
+    return {
+        "io.modelcontextprotocol/protocolVersion": MODERN,
+        "io.modelcontextprotocol/clientCapabilities": dict(capabilities or {}),
+        "io.modelcontextprotocol/clientInfo": {"name": "raw-test", "version": "1"},
+        **extra,
+    }
+
+
+def call(name: str, arguments: Mapping[str, Any] | None = None, **meta: Any) -> dict[str, Any]:
+    params: dict[str, Any] = {"name": name, "_meta": envelope(**meta)}
+    if arguments is not None:
+        params["arguments"] = dict(arguments)
+    return params
+
+
+async def post(url: str, params: Mapping[str, Any], *, request_id: Any = 1, **headers: str) -> httpx2.Response:
+    async with httpx2.AsyncClient(timeout=30) as http:
+        return await http.post(
+            url,
+            json={"jsonrpc": "2.0", "id": request_id, "method": "tools/call", "params": dict(params)},
+            headers={
+                "accept": "application/json, text/event-stream",
+                "mcp-protocol-version": MODERN,
+                "mcp-method": "tools/call",
+                "mcp-name": str(params["name"]),
+                **headers,
+            },
+        )
+
+
+def messages(response: httpx2.Response) -> list[dict[str, Any]]:
+    """The JSON-RPC messages of an answer, in a JSON body or on an event stream."""
+    if response.headers["content-type"].startswith("application/json"):
+        return [response.json()]
+    lines = response.text.split("\r\n")
+    return [json.loads(line.removeprefix("data: ")) for line in lines if line.startswith("data: ")]
+
+
+async def both_ways(proxy: InProcessProxy, config: Path, params: Mapping[str, Any]) -> tuple[Any, Any]:
+    """The same call answered by the lane and by the SDK: (status, media type, messages) each; the lane took one."""
+    before = await lane_calls(proxy, config)
+    lane = await post(proxy.url, params)
+    assert await lane_calls(proxy, config) == before + 1, "the lane did not take the call"
+    sdk = await post(proxy.url, params, **TO_THE_SDK)
+    assert await lane_calls(proxy, config) == before + 1, "the lane took the call meant for the SDK"
+
+    def seen(response: httpx2.Response) -> tuple[int, str, list[dict[str, Any]]]:
+        return response.status_code, response.headers["content-type"], messages(response)
+
+    return seen(lane), seen(sdk)
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        call("state_echo", {"text": "héllo"}),
+        call("state_rich"),
+        call("state_rich", {"fail": True}),
+        call("state_crash"),
+        call("state_no_such_tool", {"x": 1}),
+        call("state_echo", {}),
+    ],
+    ids=["structured", "rich-content", "tool-error", "upstream-failure", "unknown-tool", "invalid-arguments"],
+)
+async def test_a_2026_call_takes_the_lane_and_is_answered_exactly_as_the_sdk_answers_it(
+    config: Path, params: dict[str, Any]
+) -> None:
+    async with running_app(config) as proxy:
+        lane, sdk = await both_ways(proxy, config, params)
+    assert lane == sdk
+
+
+async def test_progress_reaches_the_client_before_the_result_on_an_event_stream_and_log_entries_do_not(
+    config: Path,
+) -> None:
+    params = call("state_chatter", {"tag": "t", "count": 3}, progressToken="p-1")
+    async with running_app(config) as proxy:
+        lane, sdk = await both_ways(proxy, config, params)
+    assert lane == sdk
+    status, media_type, sent = lane
+    assert (status, media_type) == (200, "text/event-stream")
+    assert [m["params"]["progress"] for m in sent[:-1]] == [1, 2, 3]  # no notifications/message: none opted in to
+    assert all(m["params"]["progressToken"] == "p-1" for m in sent[:-1])
+    assert sent[-1]["result"]["structuredContent"] == {"result": "t"}
+
+
+async def test_a_session_kept_by_lane_calls_is_the_principals_own_and_a_named_one_is_apart(config: Path) -> None:
+    async with running_app(config) as proxy:
+        await post(proxy.url, call("state_remember", {"value": "kept"}))
+        recalled = (await post(proxy.url, call("state_recall"))).json()["result"]
+        named = (await post(proxy.url, call("state_recall"), **{"x-mcpstore-session": "other"})).json()["result"]
+        sdk_sees = (await post(proxy.url, call("state_recall"), **TO_THE_SDK)).json()["result"]
+        assert await lane_calls(proxy, config) == 3
+    assert recalled["structuredContent"] == sdk_sees["structuredContent"] == {"result": ["kept"]}
+    assert named["structuredContent"] == {"result": []}
+
+
+@pytest.mark.parametrize(
+    ("params", "headers"),
+    [
+        (call("state_echo", {"text": "x"}, capabilities={"sampling": {}}), {}),  # may be asked: rounds
+        (call("state_chatter", {"tag": "t", "count": 1}, **{"io.modelcontextprotocol/logLevel": "info"}), {}),
+        ({**call("state_echo", {"text": "x"}), "requestState": "abc"}, {}),
+        (call("state_echo", {"text": "x"}), {"mcp-name": "state_other"}),  # header disagrees with the body
+        (call("state_echo", {"text": "x"}), {"mcp-param-text": "x"}),
+        ({**call("state_echo", {"text": "x"}), "_meta": {**envelope(), "io.modelcontextprotocol/clientInfo": 7}}, {}),
+        ({**call("state_echo", {"text": "x"}), "arguments": "not an object"}, {}),
+    ],
+    ids=[
+        "declares-sampling",
+        "opts-in-to-logs",
+        "carries-request-state",
+        "name-header-mismatch",
+        "mcp-param-header",
+        "malformed-client-info",
+        "malformed-arguments",
+    ],
+)
+async def test_what_the_lane_cannot_judge_alone_is_the_sdks_and_answered_as_it_answers_it(
+    config: Path, params: dict[str, Any], headers: dict[str, str]
+) -> None:
+    async with running_app(config) as proxy:
+        answered = await post(proxy.url, params, **headers)
+        reference = await post(proxy.url, params, **headers, **TO_THE_SDK)
+        assert await lane_calls(proxy, config) == 0
+    assert (answered.status_code, messages(answered)) == (reference.status_code, messages(reference))
+
+
+async def test_log_entries_opted_in_to_still_reach_the_client_through_the_sdk(config: Path) -> None:
+    params = call("state_chatter", {"tag": "t", "count": 2}, **{"io.modelcontextprotocol/logLevel": "info"})
+    async with running_app(config) as proxy:
+        sent = messages(await post(proxy.url, params))
+    assert [m["params"]["data"] for m in sent if m.get("method") == "notifications/message"] == ["t 1", "t 2"]
+
+
+class _Sent:
+    def __init__(self) -> None:
+        self.messages: list[Message] = []
+        self._changed = anyio.Event()
+
+    async def send(self, message: Message) -> None:
+        self.messages.append(message)
+        self._changed.set()
+        self._changed = anyio.Event()
+
+    async def until(self, count: int) -> None:
+        with anyio.fail_after(5):
+            while len(self.messages) < count:
+                await self._changed.wait()
+
+
+async def test_a_silent_call_becomes_an_event_stream_with_keep_alive_comments_then_its_answer() -> None:
+    sent = _Sent()
+    answer = Answer(sent.send, None, stream_headers=STREAM_HEADERS)
+    with Keepalive(answer, 0.01):
+        await sent.until(3)  # the stream's start and two comments
+        await answer.finish({"jsonrpc": "2.0", "id": 1, "result": {}})
+    start, *bodies = sent.messages
+    assert (start["status"], start["headers"]) == (200, list(STREAM_HEADERS))
+    assert {body["body"] for body in bodies[:-1]} == {b": ping\r\n\r\n"}
+    assert bodies[-1]["body"].startswith(b"event: message\r\ndata: ")
+    assert not bodies[-1]["more_body"]
+
+
+async def test_an_answer_within_the_keep_alive_period_is_plain_json_without_comments() -> None:
+    sent = _Sent()
+    answer = Answer(sent.send, None, stream_headers=STREAM_HEADERS)
+    with Keepalive(answer, 60):
+        await answer.finish({"jsonrpc": "2.0", "id": 1, "error": {"code": -32602, "message": "no"}}, status=400)
+    start, body = sent.messages
+    assert start["status"] == 400
+    assert dict(start["headers"])[b"content-type"] == b"application/json"
+    assert json.loads(body["body"])["error"]["code"] == -32602
