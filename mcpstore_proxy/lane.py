@@ -260,7 +260,7 @@ class FastLane:
         principal = self._server.downstream.principal(caller).name if self._names_principals else ""
         call = ClientCall(
             stream=Unaskable(ModernStream(answer, connection)),
-            connection=self._server.downstream.connection_channel(caller),
+            connection=None,  # its key's listen streams, once `call_tool` resolved the key
             progress=progress_reporter(answer, request.progress_token),
         )
         with (

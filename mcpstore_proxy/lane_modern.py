@@ -60,7 +60,16 @@ from mcpstore_proxy.lane_wire import LAST_EVENT_ID, SESSION_ID, Answer, ToolCall
 from mcpstore_proxy.server import ProxyServer
 from mcpstore_proxy.upstream import declared_by
 
-__all__ = ["ERROR_STATUSES", "STREAM_HEADERS", "Keepalive", "ModernCall", "ModernCalls", "ModernStream", "routing_of"]
+__all__ = [
+    "ERROR_STATUSES",
+    "STREAM_HEADERS",
+    "Keepalive",
+    "ModernCall",
+    "ModernCalls",
+    "ModernStream",
+    "is_kept_as_is",
+    "routing_of",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -85,6 +94,8 @@ _META_KEYS: Final = frozenset(
     (PROTOCOL_VERSION_META_KEY, CLIENT_CAPABILITIES_META_KEY, CLIENT_INFO_META_KEY, "progressToken")
 )
 _REMEMBERED: Final = 256
+_PLAIN_RESULT_KEYS: Final = frozenset(("content", "structuredContent", "isError", "resultType"))
+_TEXT_KEYS: Final = frozenset(("type", "text"))
 
 
 def routing_of(scope: Scope, limit: int) -> dict[str, str] | None:
@@ -155,7 +166,7 @@ class ModernCalls:
         """
         result.setdefault("resultType", "complete")  # upstreams speak the handshake era (see `server`)
         kind = result["resultType"]
-        if not isinstance(kind, str) or kind in CORE_RESULT_TYPES:
+        if (not isinstance(kind, str) or kind in CORE_RESULT_TYPES) and not is_kept_as_is(result):
             try:
                 result = _methods.serialize_server_result("tools/call", version, result)
             except ValidationError:
@@ -204,6 +215,27 @@ class ModernCalls:
                 self._header_schemas.clear()
             known = self._header_schemas[id(schema)] = (schema, bool(x_mcp_header_map(schema)))
         return known[1]
+
+
+def is_kept_as_is(result: dict[str, Any]) -> bool:
+    """Whether the version's surface would give `result` back as it is: a complete result of text content, with
+    structured content and the error flag, nothing else (most tools'). The rest is sieved by the SDK's own
+    surface, which drops what the version does not know and the nulls it does."""
+    if result.keys() - _PLAIN_RESULT_KEYS or result["resultType"] != "complete":
+        return False
+    content = result.get("content")
+    if not isinstance(content, list) or not isinstance(result.get("isError", False), bool):
+        return False
+    if "structuredContent" in result and not isinstance(result["structuredContent"], dict):
+        return False
+    return all(_is_plain_text(item) for item in cast(list[Any], content))
+
+
+def _is_plain_text(item: Any) -> bool:
+    if not isinstance(item, dict):
+        return False
+    text = cast(dict[str, Any], item)
+    return text.keys() == _TEXT_KEYS and text["type"] == "text" and isinstance(text["text"], str)
 
 
 class ModernStream:

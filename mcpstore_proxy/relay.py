@@ -76,7 +76,9 @@ class ClientCall:
     stream: ClientChannel
     """The request's own stream: what the upstream says during the call goes here."""
     connection: ClientChannel | None
-    """The client's connection, when it has one (a 2026-07-28 request over HTTP does not)."""
+    """Where what the session says outside a call goes: the client's connection, or for a 2026-07-28 client its
+    key's listen streams (see `Downstream.connection_channel`); None until `ProxyServer.call_tool` resolves the key
+    of a 2026-07-28 call from the fast lane."""
     progress: ProgressFnT | None = None
     """Reports progress under the caller's own token; `None` when the caller asked for none."""
 

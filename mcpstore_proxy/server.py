@@ -232,6 +232,9 @@ class ProxyServer(Server[Any]):
             ProxyError: routing or the upstream failed (`forwarded` translates it).
         """
         base_key = self._downstream.key(caller)
+        if call.connection is None:
+            # A 2026-07-28 call from the lane: what its sessions say outside a call goes to its key's listen streams.
+            call.connection = self._downstream.listen_channel(base_key)
         route = self._engine.tool_route(base_key, name)
         note_tool(name)
         arguments = dict(arguments or {})

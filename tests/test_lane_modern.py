@@ -18,9 +18,10 @@ from typing import Any
 import anyio
 import httpx2
 import pytest
+from mcp_types.methods import serialize_server_result
 from starlette.types import Message
 
-from mcpstore_proxy.lane_modern import STREAM_HEADERS, Keepalive
+from mcpstore_proxy.lane_modern import STREAM_HEADERS, Keepalive, is_kept_as_is
 from mcpstore_proxy.lane_wire import Answer
 from tests.inprocess import InProcessProxy, running_app
 from tests.raw_session import lane_calls
@@ -211,3 +212,35 @@ async def test_an_answer_within_the_keep_alive_period_is_plain_json_without_comm
     assert start["status"] == 400
     assert dict(start["headers"])[b"content-type"] == b"application/json"
     assert json.loads(body["body"])["error"]["code"] == -32602
+
+
+@pytest.mark.parametrize(
+    "result",
+    [
+        {"content": [{"type": "text", "text": "plain"}], "isError": False},
+        {"content": [{"type": "text", "text": "a"}, {"type": "text", "text": "ü 😀"}], "isError": True},
+        {"content": [], "structuredContent": {"k": None, "nested": {"n": [1, None, 2**70]}}},
+        {"content": [{"type": "text", "text": "x"}], "structuredContent": {}},
+    ],
+)
+def test_a_plain_text_result_is_what_the_sdks_surface_makes_of_it(result: dict[str, Any]) -> None:
+    shaped = {**result, "resultType": "complete"}
+    assert is_kept_as_is(shaped)
+    assert serialize_server_result("tools/call", MODERN, shaped) == shaped
+
+
+@pytest.mark.parametrize(
+    "result",
+    [
+        {"content": [{"type": "text", "text": "x", "annotations": None}]},
+        {"content": [{"type": "text", "text": "x", "_meta": {"z": None}}]},
+        {"content": [{"type": "image", "data": "AAAA", "mimeType": "image/png"}]},
+        {"content": [{"type": "text", "text": "x"}], "structuredContent": None},
+        {"content": [{"type": "text", "text": "x"}], "_meta": {"a": 1}},
+        {"content": [{"type": "text", "text": "x"}], "unknownToTheSpec": 1},
+        {"content": "not a list"},
+    ],
+    ids=["null-annotations", "meta-with-null", "image", "null-structured", "result-meta", "unknown-key", "malformed"],
+)
+def test_any_other_result_is_left_to_the_sdks_surface(result: dict[str, Any]) -> None:
+    assert not is_kept_as_is({**result, "resultType": "complete"})
