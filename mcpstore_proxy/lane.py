@@ -1,5 +1,5 @@
-"""The fast lane: a handshake-era `tools/call` inside an established Streamable HTTP session, served without the
-SDK's server stack.
+"""The fast lane: a handshake-era `tools/call` inside an established Streamable HTTP session (and a 2026-07-28 one,
+see `lane_modern`), served without the SDK's server stack.
 
 Through the SDK, one forwarded call costs a pydantic validation of the message, a memory stream and a task per
 request, the server runner's dispatch and an event stream, around a payload the proxy only routes. The lane parses
@@ -15,7 +15,8 @@ principal opened (the session manager's own test) and the proxy already adopted 
 that passes the Host and Origin checks. The lane also takes what answers its own traffic: the client's answers to
 the requests it sent (ids `mcpstore-N`), and `notifications/cancelled` for a call it is serving. Everything else
 goes to the SDK unchanged, its body replayed, and every refusal (400, 404, 406, 413, 421, 403) is the SDK's own.
-With `tracing: true` nothing takes the lane: spans are opened in the SDK's request context.
+A 2026-07-28 `tools/call` takes the lane too, on the conditions `lane_modern` gives, and is answered in that
+era's shape. With `tracing: true` nothing takes the lane: spans are opened in the SDK's request context.
 
 A call in the lane holds its session open (no idle expiry meanwhile), counts in the metrics like any request, is
 cancelled upstream when its client hangs up or cancels it, and, once cancelled, is answered with the SDK's
