@@ -99,10 +99,14 @@ class Downstream:
             InvalidSessionKeyError: the agent id or the session header is malformed.
             SessionLimitError: it names a session that would take the client past its limit.
         """
+        header = caller.header(self._header)
+        connection = self.adopt(caller)
+        if header is None and connection is not None:
+            return connection  # what `resolve_session_key` picks, and never a named session to admit
         key = resolve_session_key(
             None,
-            caller.header(self._header),
-            self.adopt(caller),
+            header,
+            connection,
             argument_name=self._argument,
             header_name=self._engine.settings.session_header,
             agent=self.agent(caller),

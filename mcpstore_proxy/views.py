@@ -57,7 +57,8 @@ class CatalogViews:
 
     def catalog_for(self, key: SessionKey) -> Catalog:
         """The catalog `key` sees: its scope's, unless its own sessions list something of their own."""
-        if key not in self._keys_with_listings and key.for_principal() not in self._keys_with_listings:
+        listed = self._keys_with_listings
+        if not listed or (key not in listed and key.for_principal() not in listed):
             return self.of_scope(key.agent)
         catalog = self._keys.get(key)
         if catalog is None:
