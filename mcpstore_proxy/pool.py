@@ -155,7 +155,9 @@ class SessionPool:
                 if was_reset:
                     await warn_reset(call, self.upstream, key, self._events)
                 try:
-                    await self._apply_log_level(key, session)
+                    level = self._hooks.log_level(key)
+                    if level is not None and self._levelled.get(session) != level:  # rare: awaits only then
+                        await self._apply_log_level(key, session)
                     return await operation(session)
                 except UpstreamClosedError as error:
                     if not (error.is_retryable and attempt == 1):

@@ -304,7 +304,7 @@ class UpstreamSession:
     ) -> dict[str, Any]:
         """`request`, given the request's wire form; `typed()` builds its model when the SDK's client sends it (a
         call that wants progress reports, or is traced, or an upstream over HTTP)."""
-        client = await self.client()
+        client = self._client if self._client is not None else await self.client()
         self.calls_in_flight += 1
         try:
             # Our own deadline, not the SDK's read timeout: an upstream may answer with its own timeout error,

@@ -395,9 +395,9 @@ class UpstreamService(ABC):
             return await self._run(key, call, operation)
 
     @abstractmethod
-    async def _run(
+    def _run(
         self, key: SessionKey, call: ClientCall | None, operation: Callable[[UpstreamSession], Awaitable[_T]]
-    ) -> _T:
+    ) -> Awaitable[_T]:
         """Run `operation` in the session that `key` holds with this upstream (what `run` counts)."""
 
     @abstractmethod

@@ -75,10 +75,10 @@ class IsolatedService(UpstreamService):
         warm = self.pool.warm
         return (warm.spares_ready, warm.target) if warm.target else None
 
-    async def _run(
+    def _run(
         self, key: SessionKey, call: ClientCall | None, operation: Callable[[UpstreamSession], Awaitable[_T]]
-    ) -> _T:
-        return await self.pool.run(key, call, operation)
+    ) -> Awaitable[_T]:
+        return self.pool.run(key, call, operation)  # the pool's own coroutine: no frame of ours around it
 
     def held_keys(self) -> set[SessionKey]:
         return {key for key in self.pool.sessions if not key.is_ephemeral}
