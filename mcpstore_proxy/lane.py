@@ -30,6 +30,7 @@ import itertools
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Final, TypeVar, cast
 
 import anyio
@@ -116,7 +117,7 @@ class FastLane:
     ) -> None:
         self._server = server
         self._manager = manager
-        self._is_acceptable = Acceptance(TransportSecurityMiddleware(security))
+        self._acceptance = Acceptance(TransportSecurityMiddleware(security))
         self._app = app
         self._observer = observer
         self._names_principals = names_principals
@@ -142,7 +143,7 @@ class FastLane:
         if session is None:
             if method == "POST" and self._modern.is_open and not traces:
                 routing = routing_of(scope, self._manager.max_request_body_size)
-            if routing is None or not await self._is_acceptable(scope):
+            if routing is None or not await self._acceptance.verdict(scope):
                 await self._app(scope, receive, send)
                 return
         elif method == "GET":
@@ -226,9 +227,12 @@ class FastLane:
         if connection is None:
             return None
         transport = http_session(self._manager, sid, scope)
-        if transport is None or not await self._is_acceptable(scope):
+        if transport is None:
             return None
-        return sid, connection, transport
+        acceptable = self._acceptance.remembered(scope)  # without a coroutine: the usual case
+        if acceptable is None:
+            acceptable = await self._acceptance.verdict(scope)
+        return (sid, connection, transport) if acceptable else None
 
     def _taken(self, scope: Scope, send: Send, session_id: str, connection: Connection) -> tuple[Answer, Caller, str]:
         """A request the lane took: its response, its caller, and the principal its metrics name ("" if none)."""
@@ -294,10 +298,7 @@ class FastLane:
         naming it (`cancellable_as`: its session and id); its result, or None once it was answered otherwise (an
         error, with its HTTP status from `statuses`, a refusal, or its cancellation)."""
         server = self._server
-
-        async def forward() -> dict[str, Any]:
-            return await server.call_tool(caller, request.name, request.arguments, call)
-
+        forward = partial(server.call_tool, caller, request.name, request.arguments, call)
         result: dict[str, Any] = {}
         try:
             # The drain's scope, cancelled also by notifications/cancelled, or by the client hanging up.

@@ -4,6 +4,7 @@ JSON body unless something precedes the answer, which then opens an event stream
 from __future__ import annotations
 
 import enum
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Any, Final, TypeGuard, cast
 
@@ -102,16 +103,25 @@ class Acceptance:
         self._security = security
         self._verdicts: dict[tuple[object, ...], bool] = {}
 
-    async def __call__(self, scope: Scope) -> bool:
-        # Every checked header as sent, repeats and order included: the verdict is a function of exactly this.
-        key = (scope["method"], *[header for header in scope["headers"] if header[0] in _CHECKED_HEADERS])
-        verdict = self._verdicts.get(key)
-        if verdict is None:
-            verdict = await _is_acceptable(scope, self._security)
-            if len(self._verdicts) >= self._REMEMBERED:
-                self._verdicts.clear()
-            self._verdicts[key] = verdict
+    def remembered(self, scope: Scope) -> bool | None:
+        """The verdict on the request of `scope`, when one on the same headers is remembered; else None."""
+        return self._verdicts.get(self._key(scope))
+
+    async def verdict(self, scope: Scope) -> bool:
+        """The verdict on the request of `scope`: remembered, or worked out by the SDK's checks (and remembered)."""
+        remembered = self.remembered(scope)
+        if remembered is not None:
+            return remembered
+        verdict = await _is_acceptable(scope, self._security)
+        if len(self._verdicts) >= self._REMEMBERED:
+            self._verdicts.clear()
+        self._verdicts[self._key(scope)] = verdict
         return verdict
+
+    @staticmethod
+    def _key(scope: Scope) -> tuple[object, ...]:
+        # Every checked header as sent, repeats and order included: the verdict is a function of exactly this.
+        return (scope["method"], *[header for header in scope["headers"] if header[0] in _CHECKED_HEADERS])
 
 
 _CHECKED_HEADERS: Final = frozenset((b"accept", b"content-type", b"host", b"origin"))
@@ -218,14 +228,16 @@ class Answer:
             await self._send({"type": "http.response.body", "body": chunk, "more_body": True})
             return True
 
-    async def finish(self, message: dict[str, Any] | bytes, *, as_stream: bool = False, status: int = 200) -> None:
+    def finish(self, message: dict[str, Any] | bytes, *, as_stream: bool = False, status: int = 200) -> Awaitable[None]:
         """Send the answer (`message`, or the message already in JSON): on the stream if one is open (or
         `as_stream`), else as the JSON body, with HTTP `status`."""
         body = message if isinstance(message, bytes) else to_json(message)
-        if self._lock is None:
-            await self._finish(body, as_stream=as_stream, status=status)
-            return
-        async with self._lock:
+        if self._lock is None:  # nothing else can be sending (see `_lock`)
+            return self._finish(body, as_stream=as_stream, status=status)
+        return self._finish_locked(self._lock, body, as_stream=as_stream, status=status)
+
+    async def _finish_locked(self, lock: anyio.Lock, body: bytes, *, as_stream: bool, status: int) -> None:
+        async with lock:
             await self._finish(body, as_stream=as_stream, status=status)
 
     async def _finish(self, body: bytes, *, as_stream: bool, status: int) -> None:

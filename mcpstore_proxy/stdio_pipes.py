@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import math
 import os
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Sequence
 from contextlib import asynccontextmanager, suppress
 from typing import Any, Protocol
 
@@ -119,14 +119,14 @@ class StdinMessages(MessageWriteStream):
         """Raises anyio.ClosedResourceError once closed, anyio.BrokenResourceError once the upstream is gone."""
         await self._write(item.message.model_dump_json(by_alias=True, exclude_unset=True).encode() + b"\n")
 
-    async def send_json(self, message: dict[str, Any], *, deadline: float | None = None) -> None:
+    def send_json(self, message: dict[str, Any], *, deadline: float | None = None) -> Awaitable[None]:
         """Send a message the proxy wrote itself, in JSON as it stands (see `send` for what it raises).
 
         Raises:
             TimeoutError: the upstream stopped reading its stdin, and the pipe was still full at `deadline` (the
                 event loop's clock).
         """
-        await self._write(to_json(message) + b"\n", deadline)
+        return self._write(to_json(message) + b"\n", deadline)
 
     async def _write(self, data: bytes, deadline: float | None = None) -> None:
         if self._is_closed:

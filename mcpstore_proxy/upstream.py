@@ -21,7 +21,7 @@ import enum
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from typing import Any, Final, Literal, TypeVar
 
 import anyio
@@ -285,15 +285,16 @@ class UpstreamSession:
         data = request.model_dump(by_alias=True, mode="json", exclude_none=True)
         return await self._send(data["method"], data.get("params"), call, lambda: request)
 
-    async def call_tool(
+    def call_tool(
         self, name: str, arguments: Mapping[str, Any] | None, call: ClientCall | None = None
-    ) -> dict[str, Any]:
+    ) -> Coroutine[Any, Any, dict[str, Any]]:
+        """Call the tool `name` for `call` (see `request`)."""
         forwarded = dict(arguments or {})
 
         def typed() -> types.ClientRequest:
             return types.CallToolRequest(params=types.CallToolRequestParams(name=name, arguments=forwarded))
 
-        return await self._send("tools/call", {"name": name, "arguments": forwarded}, call, typed)
+        return self._send("tools/call", {"name": name, "arguments": forwarded}, call, typed)
 
     async def _send(
         self,

@@ -40,17 +40,17 @@ def acceptance() -> Acceptance:
 async def test_a_request_with_the_media_types_host_and_origin_the_sdk_accepts_is_the_lanes(
     acceptance: Acceptance,
 ) -> None:
-    assert await acceptance(_post(*_with()))
-    assert await acceptance(_post(*_with()))  # and again, from memory
+    assert await acceptance.verdict(_post(*_with()))
+    assert await acceptance.verdict(_post(*_with()))  # and again, from memory
 
 
 async def test_after_an_accepted_request_one_from_another_origin_or_host_is_judged_afresh_and_refused(
     acceptance: Acceptance,
 ) -> None:
-    assert await acceptance(_post(*_with()))
-    assert not await acceptance(_post(*_with(origin="http://attacker.example")))
-    assert not await acceptance(_post(*_with(host="attacker.example")))
-    assert await acceptance(_post(*_with()))
+    assert await acceptance.verdict(_post(*_with()))
+    assert not await acceptance.verdict(_post(*_with(origin="http://attacker.example")))
+    assert not await acceptance.verdict(_post(*_with(host="attacker.example")))
+    assert await acceptance.verdict(_post(*_with()))
 
 
 async def test_a_repeated_origin_header_is_remembered_apart_from_the_same_origin_sent_alone(
@@ -59,14 +59,14 @@ async def test_a_repeated_origin_header_is_remembered_apart_from_the_same_origin
     # The SDK reads the first Origin, here an empty one (as good as none): the pair passes, and must not vouch
     # for the second one sent alone.
     headers = [header for header in _with() if header[0] != "origin"]
-    assert await acceptance(_post(*headers, ("origin", ""), ("origin", "http://attacker.example")))
-    assert not await acceptance(_post(*headers, ("origin", "http://attacker.example")))
+    assert await acceptance.verdict(_post(*headers, ("origin", ""), ("origin", "http://attacker.example")))
+    assert not await acceptance.verdict(_post(*headers, ("origin", "http://attacker.example")))
 
 
 async def test_a_request_that_does_not_accept_both_json_and_event_streams_or_is_not_json_is_left_to_the_sdk(
     acceptance: Acceptance,
 ) -> None:
-    assert not await acceptance(_post(*_with(accept="application/json")))
-    assert not await acceptance(_post(*_with(accept="text/event-stream")))
-    assert not await acceptance(_post(*_with(content_type="text/plain")))
-    assert await acceptance(_post(*_with(accept="*/*")))
+    assert not await acceptance.verdict(_post(*_with(accept="application/json")))
+    assert not await acceptance.verdict(_post(*_with(accept="text/event-stream")))
+    assert not await acceptance.verdict(_post(*_with(content_type="text/plain")))
+    assert await acceptance.verdict(_post(*_with(accept="*/*")))
