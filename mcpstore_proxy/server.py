@@ -242,13 +242,14 @@ class ProxyServer(Server[Any]):
         named = arguments.pop(argument, None) if argument is not None else None
         # Without a session argument, the key is the one the request already resolved to.
         key = base_key if named is None else self._downstream.named_key(caller, base_key, named, argument_name=argument)
-        if key != base_key:
+        is_other_key = key is not base_key and key != base_key
+        if is_other_key:
             # The tool exists in the connection's view; the named session may just never have listed its own.
             with contextlib.suppress(UnknownToolError):
                 route = self._engine.tool_route(key, name)
         if key.is_explicit and caller.header(EXISTING_SESSION_HEADER) == "1":
             self._engine.records.require(key)
-        if key != base_key:  # `key()` admitted the base key
+        if is_other_key:  # `key()` admitted the base key
             self._downstream.admit(caller, key)
         return await self._engine.call_tool(key, route, arguments, call)
 
