@@ -244,3 +244,20 @@ def test_a_plain_text_result_is_what_the_sdks_surface_makes_of_it(result: dict[s
 )
 def test_any_other_result_is_left_to_the_sdks_surface(result: dict[str, Any]) -> None:
     assert not is_kept_as_is({**result, "resultType": "complete"})
+
+
+async def test_each_principal_keeps_its_own_session_in_the_lane_and_none_gets_in_without_a_token(
+    tmp_path: Path,
+) -> None:
+    alice, bob, operator = "alice-token-0123456789", "bob-token-0123456789ab", "operator-token-0123456789"
+    tokens = [{"token": alice, "principal": "alice"}, {"token": bob, "principal": "bob"}]
+    config = write_config(tmp_path, {"state": fixture_server("state")}, auth={"tokens": tokens}, admin_token=operator)
+    async with running_app(config) as proxy:
+        await post(proxy.url, call("state_remember", {"value": "alice's"}), authorization=f"Bearer {alice}")
+        alices = (await post(proxy.url, call("state_recall"), authorization=f"Bearer {alice}")).json()["result"]
+        bobs = (await post(proxy.url, call("state_recall"), authorization=f"Bearer {bob}")).json()["result"]
+        anonymous = await post(proxy.url, call("state_recall"))
+        assert await lane_calls(proxy, config) == 3
+    assert alices["structuredContent"] == {"result": ["alice's"]}
+    assert bobs["structuredContent"] == {"result": []}
+    assert anonymous.status_code == 401
