@@ -125,8 +125,8 @@ class FastLane:
         self._calls: dict[tuple[str, RequestId], anyio.CancelScope] = {}
         """The calls in the lane, by session and the client's id: what `notifications/cancelled` may cancel."""
         self._asked: dict[tuple[str, str], _Asked] = {}
-        self._modern = ModernCalls(server)
         """The lane's requests to clients awaiting their answers, by session and our id."""
+        self._modern = ModernCalls(server)
         self._ids = itertools.count(1)
         self.calls_served = 0
         """Calls the lane took (`fast_lane_calls` in `/admin/status`)."""
@@ -252,8 +252,8 @@ class FastLane:
         )
         with operation_in_progress("tools/call", principal, self._observer) as operation:
             result = await self._forwarded(receive, answer, caller, call, request, operation, (session_id, request.id))
-        if result is not None:
-            await answer.finish({"jsonrpc": "2.0", "id": request.id, "result": result})
+            if result is not None:
+                await answer.finish({"jsonrpc": "2.0", "id": request.id, "result": result})
 
     async def _serve_modern(self, scope: Scope, receive: Receive, send: Send, modern: ModernCall) -> None:
         """Serve a 2026-07-28 call (see `lane_modern`): in the key its request resolves to, never asking its

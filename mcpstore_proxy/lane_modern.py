@@ -183,10 +183,7 @@ class ModernCalls:
 
     def _client(self, version: str, meta: dict[str, Any]) -> Connection | None:
         envelope = {key: value for key, value in meta.items() if key != "progressToken"}
-        try:
-            remembered = to_json(envelope)
-        except TypeError:
-            return None  # a number past 64 bits: the SDK judges it
+        remembered = to_json(envelope)  # the same bytes for the same envelope: a client sends its own each time
         if remembered in self._envelopes:
             return self._envelopes[remembered]
         try:
