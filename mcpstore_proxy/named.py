@@ -11,8 +11,7 @@ expired sessions, and so their upstream sessions. A client may hold at most
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncGenerator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable
 from typing import Final
 
 from mcpstore_proxy.errors import SessionLimitError
@@ -96,17 +95,10 @@ class NamedSessions:
         """The named session's record, created now if it has none."""
         return self.records.touch(key)
 
-    @asynccontextmanager
-    async def in_use(self, key: SessionKey) -> AsyncGenerator[None]:
-        """Mark a request in flight in the named session: it cannot expire under the request."""
-        record = self.records.touch(key)
-        record.calls_in_flight += 1
-        try:
-            yield
-        finally:
-            record.calls_in_flight -= 1
-            if key in self.records:  # closed during the call: it stays closed
-                self.records.touch(key)
+    def in_use(self, key: SessionKey) -> _InUse:
+        """Mark a request in flight in the named session while the block runs: it cannot expire under the
+        request."""
+        return _InUse(self.records, key)
 
     def of_agent(self, agent: str) -> list[SessionRecord]:
         return [record for record in self.records if record.key.agent == agent]
@@ -187,3 +179,25 @@ class NamedSessions:
                     await self.close(key)
                 except Exception:  # the boundary: one bad close must not stop expiry for everyone
                     logger.exception("could not close the expired %s", key)
+
+
+class _InUse:
+    """`NamedSessions.in_use`: a class, as a generator costs more on every call in a named session."""
+
+    __slots__ = ("_key", "_record", "_records")
+
+    def __init__(self, records: SessionStore, key: SessionKey) -> None:
+        self._records = records
+        self._key = key
+        self._record: SessionRecord | None = None
+
+    def __enter__(self) -> None:
+        self._record = self._records.touch(self._key)
+        self._record.calls_in_flight += 1
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._record is None:
+            return
+        self._record.calls_in_flight -= 1
+        if self._key in self._records:  # closed during the call: it stays closed
+            self._records.touch(self._key)

@@ -130,7 +130,7 @@ class RequestRouting:
         note_upstream(service.name)
         if not key.is_named:
             return await service.run(key, call, operation)
-        async with self.named.in_use(key):
+        with self.named.in_use(key):
             return await service.run(key, call, operation)
 
     def session_key(self, service: UpstreamService, key: SessionKey) -> SessionKey:
