@@ -27,7 +27,6 @@ from mcp import types
 from mcp.server.connection import Connection
 from mcp.server.context import ServerRequestContext
 from mcp.types.version import MODERN_PROTOCOL_VERSIONS
-from starlette.datastructures import Headers
 from starlette.types import Scope
 
 from mcpstore_proxy.channels import ConnectionStream, RequestStream
@@ -68,10 +67,12 @@ class Caller:
 
     def header(self, name: str) -> str | None:
         """A request header's value (`name` in lower case); None over stdio or when absent."""
-        if self.scope is None:
-            return None
-        wanted = name.encode("latin-1")
-        return next((value.decode("latin-1") for key, value in self.scope["headers"] if key == wanted), None)
+        return None if self.scope is None else _header_value(self.scope, name.encode("latin-1"))
+
+
+def _header_value(scope: Scope, name: bytes) -> str | None:
+    """The first value of the request header `name` (in lower case, as ASGI gives names), or None."""
+    return next((value.decode("latin-1") for key, value in scope["headers"] if key == name), None)
 
 
 class Downstream:
@@ -81,6 +82,7 @@ class Downstream:
         self._engine = engine
         self._argument = engine.settings.session_argument
         self._header = engine.settings.session_header.lower()
+        self._header_name = self._header.encode("latin-1")
         self._stdio_key = SessionKey.connection("stdio") if stdio else None
         self._connections: dict[int, Connection] = {}
         self._http_sessions: dict[str, Connection] = {}
@@ -188,7 +190,7 @@ class Downstream:
             return None
         try:
             agent, principal = agent_of(scope), principal_of(scope).name
-            header = Headers(scope=scope).get(self._header)
+            header = _header_value(scope, self._header_name)
             keyless = SessionKey.connection("", agent, principal).for_principal()
             key = resolve_session_key(
                 None,
