@@ -18,6 +18,7 @@ from mcp.server.context import ServerRequestContext
 from mcp.types.version import MODERN_PROTOCOL_VERSIONS
 
 from mcpstore_proxy.compat import downstream_connection
+from mcpstore_proxy.deferred import Deferred
 
 __all__ = ["HangUpWatch", "hang_up_source", "unless_client_hangs_up"]
 
@@ -35,16 +36,14 @@ def hang_up_source(ctx: Context) -> Callable[[], Awaitable[Mapping[str, Any]]] |
     return ctx.request.receive if downstream_connection(ctx).session_id is not None else None
 
 
-class HangUpWatch:
+class HangUpWatch(Deferred):
     """While the block runs, the client hanging up (`http.disconnect`) cancels `scope`.
 
-    The watch starts only once the block has run for `_WATCH_AFTER_SECONDS`: most calls are answered sooner, and
-    then cost a timer instead of a task. It is a bare asyncio task, cancelled when the block ends: these requests
-    are only ever served by uvicorn on asyncio, and an anyio task group per call cost several times as much. A
-    hang-up is noticed at most that much later, which only delays the upstream's cancellation.
+    The watch starts only once the block has run for `_WATCH_AFTER_SECONDS` (see `deferred`): a hang-up is
+    noticed at most that much later, which only delays the upstream's cancellation.
     """
 
-    __slots__ = ("_after_seconds", "_receive", "_scope", "_timer", "_watcher")
+    __slots__ = ("_receive", "_scope")
 
     def __init__(
         self,
@@ -53,26 +52,11 @@ class HangUpWatch:
         *,
         after_seconds: float = _WATCH_AFTER_SECONDS,
     ) -> None:
+        super().__init__(after_seconds)
         self._receive = receive
         self._scope = scope
-        self._after_seconds = after_seconds
-        self._timer: asyncio.TimerHandle | None = None
-        self._watcher: asyncio.Task[None] | None = None
 
-    def __enter__(self) -> None:
-        loop = asyncio.get_running_loop()
-        self._timer = loop.call_later(self._after_seconds, self._start, loop)
-
-    def __exit__(self, *exc_info: object) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-        if self._watcher is not None:
-            self._watcher.cancel()
-
-    def _start(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._watcher = loop.create_task(self._watch())
-
-    async def _watch(self) -> None:
+    async def _run(self, loop: asyncio.AbstractEventLoop) -> None:
         # Nothing awaits this task: whatever ends the watch must end in the call's cancellation, not in the task.
         try:
             while (await self._receive()).get("type") != "http.disconnect":

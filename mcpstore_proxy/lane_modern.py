@@ -55,6 +55,7 @@ from mcp_types import methods as _methods
 from pydantic import BaseModel, ValidationError
 from starlette.types import Scope
 
+from mcpstore_proxy.deferred import Deferred
 from mcpstore_proxy.json_bytes import to_json
 from mcpstore_proxy.lane_wire import LAST_EVENT_ID, SESSION_ID, Answer, ToolCall, tool_call
 from mcpstore_proxy.server import ProxyServer
@@ -261,36 +262,20 @@ class ModernStream:
         raise MCPError(types.INTERNAL_ERROR, f"{request.method} cannot be put to a client that declared nothing")
 
 
-class Keepalive:
+class Keepalive(Deferred):
     """While the block runs: once it has run `seconds` without an answer, the answer becomes an event stream with
     a comment line every `seconds`, as the SDK's is, so that proxies and load balancers in between keep the
-    connection. A timer until then, and a bare asyncio task after (see `hangup.HangUpWatch` for why)."""
+    connection (a timer until then: see `deferred`)."""
 
-    __slots__ = ("_answer", "_seconds", "_task", "_timer")
+    __slots__ = ("_answer",)
 
     def __init__(self, answer: Answer, seconds: float) -> None:
+        super().__init__(seconds)
         self._answer = answer
-        self._seconds = seconds
-        self._timer: asyncio.TimerHandle | None = None
-        self._task: asyncio.Task[None] | None = None
 
-    def __enter__(self) -> None:
-        loop = asyncio.get_running_loop()
-        self._timer = loop.call_later(self._seconds, self._start, loop)
-
-    def __exit__(self, *exc_info: object) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-        if self._task is not None:
-            self._task.cancel()
-
-    def _start(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._task = loop.create_task(self._ping(loop))
-
-    async def _ping(self, loop: asyncio.AbstractEventLoop) -> None:
-        # Nothing awaits this task: a failure to send is a client gone, which its hang-up watch sees.
+    async def _run(self, loop: asyncio.AbstractEventLoop) -> None:
         try:
             if await self._answer.ping():
-                self._timer = loop.call_later(self._seconds, self._start, loop)
-        except Exception:
+                self._again(loop)
+        except Exception:  # a failure to send is a client gone, which its hang-up watch sees
             logger.debug("a keep-alive comment could not be sent; the client is gone", exc_info=True)
