@@ -57,7 +57,6 @@ from mcpstore_proxy.lane_modern import (
     Keepalive,
     ModernCall,
     ModernCalls,
-    ModernStream,
     routing_of,
 )
 from mcpstore_proxy.lane_stream import PING_SECONDS, serve_event_stream
@@ -67,6 +66,7 @@ from mcpstore_proxy.lane_wire import (
     SESSION_ID,
     Acceptance,
     Answer,
+    AnswerStream,
     RequestId,
     ToolCall,
     Unread,
@@ -264,7 +264,7 @@ class FastLane:
         caller = Caller(scope, connection, modern.version)
         principal = self._server.downstream.principal(caller).name if self._names_principals else ""
         call = ClientCall(
-            stream=Unaskable(ModernStream(answer, connection)),
+            stream=Unaskable(AnswerStream(answer, connection, log_entries=False)),  # none opted in to
             connection=None,  # its key's listen streams, once `call_tool` resolved the key
             progress=progress_reporter(answer, request.progress_token),
         )
@@ -424,26 +424,17 @@ class _Asked:
     reply: dict[str, Any] = field(default_factory=dict[str, Any])
 
 
-class _LaneStream:
-    """The client behind a call in the lane, reached on that call's own response (a `ClientChannel`)."""
+class _LaneStream(AnswerStream):
+    """The client behind a handshake-era call in the lane, which may be asked on the call's answer too."""
 
     def __init__(self, lane: FastLane, answer: Answer, connection: Connection, session_id: str) -> None:
+        super().__init__(answer, connection)
         self._lane = lane
-        self._answer = answer
-        self._connection = connection
         self._session_id = session_id
-
-    @property
-    def capabilities(self) -> types.ClientCapabilities | None:
-        return self._connection.client_capabilities
 
     @property
     def accepts_requests(self) -> bool:
         return True
-
-    async def notify(self, notification: types.ServerNotification) -> None:
-        wire = notification.model_dump(by_alias=True, mode="json", exclude_none=True)
-        await self._answer.event({"jsonrpc": "2.0", **wire})
 
     async def request(self, request: types.ServerRequest, result_type: type[_ResultT]) -> _ResultT:
         return await self._lane.ask(self._session_id, self._answer, self._connection, request, result_type)

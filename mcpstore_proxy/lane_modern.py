@@ -67,7 +67,6 @@ __all__ = [
     "Keepalive",
     "ModernCall",
     "ModernCalls",
-    "ModernStream",
     "is_kept_as_is",
     "routing_of",
 ]
@@ -234,32 +233,6 @@ def _is_plain_text(item: Any) -> bool:
         return False
     text = cast(dict[str, Any], item)
     return text.keys() == _TEXT_KEYS and text["type"] == "text" and isinstance(text["text"], str)
-
-
-class ModernStream:
-    """The client behind a 2026-07-28 call in the lane, reached on the call's own response (a `ClientChannel`,
-    wrapped in `rounds.Unaskable`): it is never asked, and gets no log entries, having opted in to none."""
-
-    def __init__(self, answer: Answer, connection: Connection) -> None:
-        self._answer = answer
-        self._connection = connection
-
-    @property
-    def capabilities(self) -> types.ClientCapabilities | None:
-        return self._connection.client_capabilities
-
-    @property
-    def accepts_requests(self) -> bool:
-        return False
-
-    async def notify(self, notification: types.ServerNotification) -> None:
-        if isinstance(notification, types.LoggingMessageNotification):
-            return
-        wire = notification.model_dump(by_alias=True, mode="json", exclude_none=True)
-        await self._answer.event({"jsonrpc": "2.0", **wire})
-
-    async def request(self, request: types.ServerRequest, result_type: type[_ResultT]) -> _ResultT:
-        raise MCPError(types.INTERNAL_ERROR, f"{request.method} cannot be put to a client that declared nothing")
 
 
 class Keepalive(Deferred):

@@ -6,14 +6,16 @@ from __future__ import annotations
 import enum
 from collections.abc import Awaitable
 from dataclasses import dataclass
-from typing import Any, Final, TypeGuard, cast
+from typing import Any, Final, TypeGuard, TypeVar, cast
 
 import anyio
-from mcp import types
+from mcp import MCPError, types
+from mcp.server.connection import Connection
 from mcp.server.streamable_http import LAST_EVENT_ID_HEADER, MCP_SESSION_ID_HEADER, check_accept_headers
 from mcp.server.transport_security import TransportSecurityMiddleware
 from mcp.shared.dispatcher import ProgressFnT
 from mcp.shared.inbound import MCP_PROTOCOL_VERSION_HEADER
+from pydantic import BaseModel
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
@@ -27,6 +29,7 @@ __all__ = [
     "SSE_HEADERS",
     "Acceptance",
     "Answer",
+    "AnswerStream",
     "RequestId",
     "ToolCall",
     "Unread",
@@ -44,6 +47,7 @@ __all__ = [
 ]
 
 RequestId = int | str
+_ResultT = TypeVar("_ResultT", bound=BaseModel)
 
 SESSION_ID: Final = MCP_SESSION_ID_HEADER.lower().encode()
 PROTOCOL_VERSION: Final = MCP_PROTOCOL_VERSION_HEADER.lower().encode()
@@ -261,6 +265,34 @@ class Answer:
             self._is_streaming = True
             headers = [*self._stream_headers, *self._session_header]
             await self._send({"type": "http.response.start", "status": 200, "headers": headers})
+
+
+class AnswerStream:
+    """The client behind a call in the lane, reached on the call's own answer (a `ClientChannel`): it hears what
+    the upstream says during the call (log entries only where `log_entries`: a 2026-07-28 client that opted in to
+    none gets none), and is asked nothing (`lane` asks a handshake-era client on the answer, by its own class)."""
+
+    def __init__(self, answer: Answer, connection: Connection, *, log_entries: bool = True) -> None:
+        self._answer = answer
+        self._connection = connection
+        self._log_entries = log_entries
+
+    @property
+    def capabilities(self) -> types.ClientCapabilities | None:
+        return self._connection.client_capabilities
+
+    @property
+    def accepts_requests(self) -> bool:
+        return False
+
+    async def notify(self, notification: types.ServerNotification) -> None:
+        if not self._log_entries and isinstance(notification, types.LoggingMessageNotification):
+            return
+        wire = notification.model_dump(by_alias=True, mode="json", exclude_none=True)
+        await self._answer.event({"jsonrpc": "2.0", **wire})
+
+    async def request(self, request: types.ServerRequest, result_type: type[_ResultT]) -> _ResultT:
+        raise MCPError(types.INTERNAL_ERROR, f"{request.method} cannot be put to this client on a call's answer")
 
 
 def sse_event(body: bytes, event_id: str | None = None) -> bytes:
