@@ -155,9 +155,9 @@ class SessionPool:
                 if was_reset:
                     await warn_reset(call, self.upstream, key, self._events)
                 try:
-                    level = self._hooks.log_level(key)
-                    if level is not None and self._levelled.get(session) != level:  # rare: awaits only then
-                        await self._apply_log_level(key, session)
+                    level = self._level_to_apply(key, session)
+                    if level is not None:  # rare: nothing is awaited for it otherwise
+                        await self._apply_log_level(session, level)
                     return await operation(session)
                 except UpstreamClosedError as error:
                     if not (error.is_retryable and attempt == 1):
@@ -246,19 +246,24 @@ class SessionPool:
     def _exposed_uri(self, claim: SessionClaim, uri: str) -> str:
         return uri if claim.key is None else self._hooks.exposed_uri(claim.key, self.upstream, uri)
 
-    async def _apply_log_level(self, key: SessionKey, session: UpstreamSession) -> None:
+    def _level_to_apply(self, key: SessionKey, session: UpstreamSession) -> types.LoggingLevel | None:
+        """The key's log level, where its session has not been given it yet."""
         level = self._hooks.log_level(key)
-        if level is not None and self._levelled.get(session) != level:
-            await session.client()
-            self._levelled[session] = level
-            await session.set_logging_level(level)
+        return level if level is not None and self._levelled.get(session) != level else None
+
+    async def _apply_log_level(self, session: UpstreamSession, level: types.LoggingLevel) -> None:
+        await session.client()
+        self._levelled[session] = level
+        await session.set_logging_level(level)
 
     async def set_logging_level(self, key: SessionKey, level: types.LoggingLevel) -> None:
         """Forward a client's `logging/setLevel` to the key's session, if it has one yet."""
         session = self._sessions.get(key)
         if session is not None and not session.is_closing:
             try:
-                await self._apply_log_level(key, session)
+                due = self._level_to_apply(key, session)
+                if due is not None:
+                    await self._apply_log_level(session, due)
             except UpstreamError as error:
                 logger.info("could not set the log level of %s: %s", key, error.message)
 
