@@ -11,7 +11,7 @@ The keep-alive comments are checked in memory, on an `Answer` whose `send` is a 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -261,3 +261,29 @@ async def test_each_principal_keeps_its_own_session_in_the_lane_and_none_gets_in
     assert alices["structuredContent"] == {"result": ["alice's"]}
     assert bobs["structuredContent"] == {"result": []}
     assert anonymous.status_code == 401
+
+
+async def test_a_2026_call_past_the_size_limit_is_refused_with_413_whether_or_not_it_declares_its_length(
+    config: Path,
+) -> None:
+    params = call("state_echo", {"text": "x" * (4 * 1024 * 1024)})
+    oversized = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": params}).encode()
+    headers = {
+        "accept": "application/json, text/event-stream",
+        "content-type": "application/json",
+        "mcp-protocol-version": MODERN,
+        "mcp-method": "tools/call",
+        "mcp-name": "state_echo",
+    }
+
+    async def chunked() -> AsyncIterator[bytes]:
+        for start in range(0, len(oversized), 65536):
+            yield oversized[start : start + 65536]
+
+    async with running_app(config) as proxy, httpx2.AsyncClient(timeout=30) as http:
+        declared = await http.post(proxy.url, content=oversized, headers=headers)
+        undeclared = await http.post(proxy.url, content=chunked(), headers=headers)
+        fitting = await post(proxy.url, call("state_echo", {"text": "x" * (1024 * 1024)}))
+        assert await lane_calls(proxy, config) == 1
+    assert (declared.status_code, undeclared.status_code) == (413, 413)
+    assert fitting.json()["result"]["structuredContent"] == {"result": "x" * (1024 * 1024)}
