@@ -10,10 +10,11 @@ second signal) ends the grace period at once.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from contextlib import AbstractContextManager
 from types import TracebackType
-from typing import Final
+from typing import Final, Generic, TypeVar
 
 import anyio
 
@@ -21,6 +22,7 @@ from mcpstore_proxy.errors import ShuttingDownError
 from mcpstore_proxy.events import EventLog
 from mcpstore_proxy.logs import ThrottledWarning
 from mcpstore_proxy.outstanding import Outstanding
+from mcpstore_proxy.task_scope import TaskCancelScope
 
 __all__ = ["Drain"]
 
@@ -28,6 +30,9 @@ logger = logging.getLogger(__name__)
 
 _ANSWER_SECONDS: Final = 5.0
 """How long cancelled requests get to send their error answer."""
+
+_Scope = anyio.CancelScope | TaskCancelScope
+_ScopeT = TypeVar("_ScopeT", anyio.CancelScope, TaskCancelScope)
 
 
 class Drain:
@@ -37,7 +42,7 @@ class Drain:
         self._events = events if events is not None else EventLog()
         self._is_draining = False
         self._is_cutting = False
-        self._in_flight: set[anyio.CancelScope] = set()
+        self._in_flight: set[_Scope] = set()
         """The requests in flight, by the scope that cancels each."""
         self._requests = Outstanding()
         self._hurry = anyio.Event()
@@ -69,7 +74,12 @@ class Drain:
         Raises:
             ShuttingDownError: draining has begun (before the request), or the grace period ran out (during it).
         """
-        return _InFlight(self, self._in_flight, self._requests)
+        return _InFlight(self, self._in_flight, self._requests, anyio.CancelScope())
+
+    def request_in(self, task: asyncio.Task[object]) -> AbstractContextManager[TaskCancelScope]:
+        """`request()` for a request that has `task` to itself (the fast lane's): cancelled as asyncio
+        cancels, at a fraction of the cost (see `task_scope`)."""
+        return _InFlight(self, self._in_flight, self._requests, TaskCancelScope(task))
 
     @property
     def is_cutting(self) -> bool:
@@ -105,20 +115,21 @@ class Drain:
         self._hurry.set()
 
 
-class _InFlight:
+class _InFlight(Generic[_ScopeT]):
     """`Drain.request()`: a class, as a generator costs more on every forwarded request."""
 
     __slots__ = ("_drain", "_in_flight", "_requests", "_scope")
 
-    def __init__(self, drain: Drain, in_flight: set[anyio.CancelScope], requests: Outstanding) -> None:
+    def __init__(self, drain: Drain, in_flight: set[_Scope], requests: Outstanding, scope: _ScopeT) -> None:
         self._drain = drain
         self._in_flight = in_flight
         self._requests = requests
-        self._scope = anyio.CancelScope()
+        self._scope = scope
 
-    def __enter__(self) -> anyio.CancelScope:
+    def __enter__(self) -> _ScopeT:
         self._drain.refuse_if_draining()
-        scope = self._scope.__enter__()
+        scope = self._scope
+        scope.__enter__()
         self._requests.__enter__()
         self._in_flight.add(scope)
         return scope

@@ -19,6 +19,7 @@ from mcp.types.version import MODERN_PROTOCOL_VERSIONS
 
 from mcpstore_proxy.compat import downstream_connection
 from mcpstore_proxy.deferred import Deferred
+from mcpstore_proxy.task_scope import Cancellable
 
 __all__ = ["HangUpWatch", "hang_up_source", "unless_client_hangs_up"]
 
@@ -48,7 +49,7 @@ class HangUpWatch(Deferred):
     def __init__(
         self,
         receive: Callable[[], Awaitable[Mapping[str, Any]]],
-        scope: anyio.CancelScope,
+        scope: Cancellable,
         *,
         after_seconds: float = _WATCH_AFTER_SECONDS,
     ) -> None:

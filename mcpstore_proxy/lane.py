@@ -4,7 +4,7 @@ see `lane_modern`), served without the SDK's server stack.
 Through the SDK, one forwarded call costs a pydantic validation of the message, a memory stream and a task per
 request, the server runner's dispatch and an event stream, around a payload the proxy only routes. The lane parses
 the POST once (`json_bytes.from_json`, which keeps integers of any size exact), routes it through the very same code
-as the SDK's handler (`ProxyServer.call_tool` and `routed`, inside `Drain.request`: session keys, named sessions,
+as the SDK's handler (`ProxyServer.call_tool` and `routed`, inside `Drain.request_in`: session keys, named sessions,
 drain accounting, start-up retry, one error translation), and answers in plain JSON, or on an event stream opened
 the moment the upstream says something before its answer (progress, a log entry, a request to the client), which
 then carries that and the answer.
@@ -25,6 +25,7 @@ cancelled upstream when its client hangs up or cancels it, and, once cancelled, 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import itertools
 import logging
@@ -86,6 +87,7 @@ from mcpstore_proxy.operations import Operation, OperationObserver, is_tool_erro
 from mcpstore_proxy.relay import ClientCall
 from mcpstore_proxy.rounds import Unaskable
 from mcpstore_proxy.server import ProxyServer
+from mcpstore_proxy.task_scope import Cancellable
 
 __all__ = ["FastLane"]
 
@@ -122,12 +124,13 @@ class FastLane:
         self._observer = observer
         self._names_principals = names_principals
         self._ping_seconds = ping_seconds
-        self._calls: dict[tuple[str, RequestId], anyio.CancelScope] = {}
+        self._calls: dict[tuple[str, RequestId], Cancellable] = {}
         """The calls in the lane, by session and the client's id: what `notifications/cancelled` may cancel."""
         self._asked: dict[tuple[str, str], _Asked] = {}
         """The lane's requests to clients awaiting their answers, by session and our id."""
         self._modern = ModernCalls(server)
         self._ids = itertools.count(1)
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.calls_served = 0
         """Calls the lane took (`fast_lane_calls` in `/admin/status`)."""
         self.streams_served = 0
@@ -302,7 +305,7 @@ class FastLane:
         result: dict[str, Any] = {}
         try:
             # The drain's scope, cancelled also by notifications/cancelled, or by the client hanging up.
-            with server.drain.request() as cancelled, HangUpWatch(receive, cancelled):
+            with server.drain.request_in(self._task()) as cancelled, HangUpWatch(receive, cancelled):
                 if cancellable_as is not None:
                     self._calls[cancellable_as] = cancelled
                 try:
@@ -330,6 +333,16 @@ class FastLane:
             return None
         operation.outcome = "error" if is_tool_error(result) else "ok"
         return result
+
+    def _task(self) -> asyncio.Task[object]:
+        """The request's own task (uvicorn runs each request in one), found through the loop remembered, as
+        asking for the running loop costs a system call on 3.11; a lane moved to another loop finds its new one."""
+        task = asyncio.current_task(self._loop) if self._loop is not None else None
+        if task is None:
+            self._loop = asyncio.get_running_loop()
+            task = asyncio.current_task(self._loop)
+            assert task is not None  # a coroutine run by asyncio
+        return task
 
     async def _list(
         self, scope: Scope, send: Send, session_id: str, connection: Connection, method: str, request_id: RequestId

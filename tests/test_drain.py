@@ -5,6 +5,9 @@ the grace at once. Then the same through the proxy served in process, stopped as
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -15,20 +18,37 @@ from mcp import MCPError
 
 from mcpstore_proxy.drain import Drain
 from mcpstore_proxy.errors import SHUTTING_DOWN, ShuttingDownError
+from mcpstore_proxy.task_scope import TaskCancelScope
 from tests.held_call import HeldCall
 from tests.inprocess import running_app
 from tests.support import ACCEPT, INITIALIZE, connect, fixture_server, wait_until, write_config
 
 pytestmark = pytest.mark.anyio
 
+InFlight = Callable[[Drain], AbstractContextManager[anyio.CancelScope | TaskCancelScope]]
 
-async def test_drain_returns_once_the_requests_in_flight_have_finished() -> None:
+
+@pytest.fixture(params=["anyio scope", "task scope"])
+def in_flight(request: pytest.FixtureRequest) -> InFlight:
+    """A request in flight as the SDK's handlers hold one (an anyio scope), or as the fast lane does (its task's)."""
+    if request.param == "anyio scope":
+        return Drain.request
+
+    def in_its_task(drain: Drain) -> AbstractContextManager[TaskCancelScope]:
+        task = asyncio.current_task()
+        assert task is not None
+        return drain.request_in(task)
+
+    return in_its_task
+
+
+async def test_drain_returns_once_the_requests_in_flight_have_finished(in_flight: InFlight) -> None:
     drain = Drain()
     journal: list[str] = []
     release = anyio.Event()
 
     async def request() -> None:
-        with drain.request():
+        with in_flight(drain):
             await release.wait()
         journal.append("request finished")
 
@@ -57,14 +77,16 @@ async def test_a_drain_with_nothing_in_flight_returns_at_once() -> None:
     assert repr(drain) == "<Drain draining, 0 requests in flight>"
 
 
-async def test_a_request_arriving_while_draining_is_refused(caplog: pytest.LogCaptureFixture) -> None:
+async def test_a_request_arriving_while_draining_is_refused(
+    caplog: pytest.LogCaptureFixture, in_flight: InFlight
+) -> None:
     drain = Drain()
     assert repr(drain) == "<Drain open, 0 requests in flight>"
     drain.refuse_if_draining()  # open: nothing happens
     await drain.drain(grace_seconds=1)
     ran = False
     for _ in range(3):
-        with pytest.raises(ShuttingDownError) as refused, drain.request():
+        with pytest.raises(ShuttingDownError) as refused, in_flight(drain):
             ran = True
         assert refused.value.code == SHUTTING_DOWN
         assert refused.value.http_status == 503
@@ -78,7 +100,7 @@ async def test_a_request_arriving_while_draining_is_refused(caplog: pytest.LogCa
 
 
 async def test_when_the_grace_period_ends_the_requests_left_are_cancelled_with_an_error_saying_so(
-    caplog: pytest.LogCaptureFixture,
+    caplog: pytest.LogCaptureFixture, in_flight: InFlight
 ) -> None:
     drain = Drain()
     failures: list[ShuttingDownError] = []
@@ -86,7 +108,7 @@ async def test_when_the_grace_period_ends_the_requests_left_are_cancelled_with_a
 
     async def endless() -> None:
         try:
-            with drain.request():
+            with in_flight(drain):
                 started.set()
                 await anyio.sleep_forever()
         except ShuttingDownError as error:
@@ -105,9 +127,9 @@ async def test_when_the_grace_period_ends_the_requests_left_are_cancelled_with_a
     assert "cancelling 1 requests still in flight" in caplog.text
 
 
-async def test_a_request_its_own_caller_cancels_just_ends_and_is_no_longer_in_flight() -> None:
+async def test_a_request_its_own_caller_cancels_just_ends_and_is_no_longer_in_flight(in_flight: InFlight) -> None:
     drain = Drain()
-    with anyio.fail_after(5), drain.request() as scope:
+    with anyio.fail_after(5), in_flight(drain) as scope:
         assert drain.in_flight == 1
         scope.cancel()  # as the fast lane does for a client's notifications/cancelled
         await anyio.sleep_forever()
@@ -117,13 +139,13 @@ async def test_a_request_its_own_caller_cancels_just_ends_and_is_no_longer_in_fl
         await drain.drain(grace_seconds=60)  # nothing left to wait for
 
 
-async def test_a_request_that_finishes_within_the_grace_period_is_not_cut() -> None:
+async def test_a_request_that_finishes_within_the_grace_period_is_not_cut(in_flight: InFlight) -> None:
     drain = Drain()
     outcome: list[str] = []
     release = anyio.Event()
 
     async def request() -> None:
-        with drain.request():
+        with in_flight(drain):
             await release.wait()
             outcome.append("answered")
 
@@ -137,14 +159,14 @@ async def test_a_request_that_finishes_within_the_grace_period_is_not_cut() -> N
     assert outcome == ["answered"]
 
 
-async def test_hurry_ends_the_grace_period_at_once() -> None:
+async def test_hurry_ends_the_grace_period_at_once(in_flight: InFlight) -> None:
     drain = Drain()
     failures: list[ShuttingDownError] = []
     started = anyio.Event()
 
     async def endless() -> None:
         try:
-            with drain.request():
+            with in_flight(drain):
                 started.set()
                 await anyio.sleep_forever()
         except ShuttingDownError as error:
