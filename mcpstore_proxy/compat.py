@@ -12,6 +12,7 @@ import asyncio
 import math
 from collections.abc import Generator
 from contextlib import contextmanager
+from functools import lru_cache
 from typing import Any, Final, TextIO
 
 import anyio
@@ -25,7 +26,7 @@ from anyio.abc import ByteSendStream, Process
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from mcp.client._transport import ReadStream, TransportStreams, WriteStream
 from mcp.client.stdio import StdioServerParameters, get_default_environment
-from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser, authorization_context
+from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser, AuthorizationContext, authorization_context
 from mcp.server.connection import Connection
 from mcp.server.context import ServerRequestContext
 from mcp.server.streamable_http import (
@@ -96,8 +97,15 @@ def http_session(
         return None
     owners: dict[str, Any] = getattr(manager, "_session_owners")  # noqa: B009  # private; pinned by a test
     user = scope.get("user")
-    requestor = authorization_context(user) if isinstance(user, AuthenticatedUser) else None
+    requestor = _requestor(user) if isinstance(user, AuthenticatedUser) else None
     return transport if owners.get(session_id) == requestor else None
+
+
+@lru_cache(maxsize=1024)
+def _requestor(user: AuthenticatedUser) -> AuthorizationContext:
+    """Who `user` is to the session manager (the owner it records); worked out once per user object, of which the
+    gate makes one per principal (users compare by identity)."""
+    return authorization_context(user)
 
 
 class holding_http_session:  # noqa: N801  # used as a function; a class, as a generator costs more per call
