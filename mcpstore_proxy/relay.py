@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Final, Protocol, TypeVar
 
@@ -103,23 +102,24 @@ class SessionRelay:
     def __repr__(self) -> str:
         return f"<SessionRelay {self.upstream}: {len(self._calls)} calls in flight>"
 
-    def serving(self, call: ClientCall | None) -> AbstractAsyncContextManager[None]:
-        """Route the upstream's messages to `call` while it is in flight; then let them catch up."""
-        return _Serving(self, call)
-
     def call_began(self, call: ClientCall) -> None:
-        """`call` is in flight: the upstream's messages go to it (see `serving`)."""
+        """`call` is in flight: the upstream's messages go to it, until `call_ended`."""
         self._calls.append(call)
         if call.connection is not None:
             self.owner = call.connection
 
-    async def call_ended(self, call: ClientCall, *, answered: bool) -> None:
-        """`call` is over; if `answered`, after the upstream's messages being forwarded to it caught up (a bounded
-        while)."""
+    def call_ended(self, call: ClientCall, *, answered: bool) -> Awaitable[None] | None:
+        """`call` is over: None once it is, or, if `answered` while the upstream's messages to it are still being
+        forwarded, what to await while they catch up (a bounded while) before the result goes out."""
+        if answered and self._forwards:
+            return self._caught_up(call)
+        self._calls.remove(call)
+        return None
+
+    async def _caught_up(self, call: ClientCall) -> None:
         try:
-            if answered and self._forwards:
-                with anyio.move_on_after(_DRAIN_SECONDS):
-                    await self._forwards.none_left()
+            with anyio.move_on_after(_DRAIN_SECONDS):
+                await self._forwards.none_left()
         finally:
             self._calls.remove(call)
 
@@ -227,21 +227,3 @@ def _declares(capabilities: types.ClientCapabilities | None, capability: str) ->
 def _refusal(message: str) -> types.ErrorData:
     logger.info("%s", message)
     return types.ErrorData(code=types.INVALID_REQUEST, message=message)
-
-
-class _Serving:
-    """`SessionRelay.serving`: a class, as a generator costs more on every forwarded call."""
-
-    __slots__ = ("_call", "_relay")
-
-    def __init__(self, relay: SessionRelay, call: ClientCall | None) -> None:
-        self._relay = relay
-        self._call = call
-
-    async def __aenter__(self) -> None:
-        if self._call is not None:
-            self._relay.call_began(self._call)
-
-    async def __aexit__(self, kind: type[BaseException] | None, error: BaseException | None, traceback: object) -> None:
-        if self._call is not None:
-            await self._relay.call_ended(self._call, answered=kind is None)

@@ -307,19 +307,23 @@ class UpstreamSession:
         call that wants progress reports, or is traced, or an upstream over HTTP)."""
         client = self._client if self._client is not None else await self.client()
         self.calls_in_flight += 1
+        relay = self.relay
+        if call is not None:
+            relay.call_began(call)  # what the upstream says meanwhile goes to `call`
+        answered = False
         try:
             # Our own deadline, not the SDK's read timeout: an upstream may answer with its own timeout error,
             # and that must reach the client unchanged. Abandoning the request cancels it upstream.
             timeout = self.config.call_timeout_seconds
             with upstream_leg(method, self.upstream) as leg:
-                async with self.relay.serving(call):
-                    progress = self.relay.progress_for(call)
-                    # A traced call goes through the SDK's client, which opens its span and passes the trace on.
-                    if self._direct is not None and progress is None and not _in_a_trace():
-                        result = await self._direct.request(method, params, timeout=timeout)
-                    else:
-                        with anyio.fail_after(timeout):
-                            result = (await client.send_request(typed(), _RawResult, progress_callback=progress)).root
+                progress = relay.progress_for(call)
+                # A traced call goes through the SDK's client, which opens its span and passes the trace on.
+                if self._direct is not None and progress is None and not _in_a_trace():
+                    result = await self._direct.request(method, params, timeout=timeout)
+                else:
+                    with anyio.fail_after(timeout):
+                        result = (await client.send_request(typed(), _RawResult, progress_callback=progress)).root
+                answered = True
                 if result.get("isError") is True:
                     leg.outcome = "error"
             return result
@@ -351,6 +355,10 @@ class UpstreamSession:
         finally:
             self.calls_in_flight -= 1
             self.last_used = time.monotonic()
+            if call is not None:
+                catching_up = relay.call_ended(call, answered=answered)
+                if catching_up is not None:  # the upstream's messages to it go out before its result
+                    await catching_up
 
     async def notify(self, notification: types.ClientNotification) -> None:
         client = await self.client()

@@ -15,7 +15,7 @@ from mcp.client.session import ClientRequestContext, ClientSession
 from mcp.shared.message import SessionMessage
 from pydantic import BaseModel, FileUrl
 
-from mcpstore_proxy.relay import SessionRelay
+from mcpstore_proxy.relay import ClientCall, SessionRelay
 
 _ResultT = TypeVar("_ResultT", bound=BaseModel)
 
@@ -112,3 +112,18 @@ def refusal_of(answer: BaseModel | types.ErrorData) -> str:
     assert isinstance(answer, types.ErrorData), f"expected a refusal, got {answer!r}"
     assert answer.code == types.INVALID_REQUEST
     return answer.message
+
+
+@asynccontextmanager
+async def serving(relay: SessionRelay, call: ClientCall) -> AsyncGenerator[None]:
+    """A call in flight as an upstream session holds one: `call_began`, then `call_ended` (caught up with, when
+    the block ended with its result)."""
+    relay.call_began(call)
+    answered = False
+    try:
+        yield
+        answered = True
+    finally:
+        catching_up = relay.call_ended(call, answered=answered)
+        if catching_up is not None:
+            await catching_up

@@ -14,7 +14,7 @@ import pytest
 from mcp import MCPError, types
 
 from mcpstore_proxy.relay import ClientCall, SessionRelay
-from tests.recorders import ANSWERS, Journal, Recorder, ask, log, refusal_of
+from tests.recorders import ANSWERS, Journal, Recorder, ask, log, refusal_of, serving
 
 pytestmark = pytest.mark.anyio
 
@@ -27,9 +27,9 @@ async def test_a_log_entry_during_calls_goes_to_the_stream_of_the_most_recent_ca
     relay = SessionRelay("up")
     first = ClientCall(stream=Recorder("first call", journal), connection=Recorder("first client", journal))
     second = ClientCall(stream=Recorder("second call", journal), connection=Recorder("second client", journal))
-    async with relay.serving(first):
+    async with serving(relay, first):
         await relay.on_message(log("a"))
-        async with relay.serving(second):
+        async with serving(relay, second):
             await relay.on_message(log("b"))
         await relay.on_message(log("c"))
     assert journal == [("first call", "log a"), ("second call", "log b"), ("first call", "log c")]
@@ -39,8 +39,8 @@ async def test_with_no_call_in_flight_a_log_entry_goes_to_the_connection_that_ca
     journal: Journal = []
     relay = SessionRelay("up")
     for name in ("alice", "bob"):
-        async with relay.serving(
-            ClientCall(stream=Recorder(f"{name}'s call", journal), connection=Recorder(name, journal))
+        async with serving(
+            relay, ClientCall(stream=Recorder(f"{name}'s call", journal), connection=Recorder(name, journal))
         ):
             pass
     await relay.on_message(log("later"))
@@ -50,12 +50,12 @@ async def test_with_no_call_in_flight_a_log_entry_goes_to_the_connection_that_ca
 async def test_a_call_without_a_connection_does_not_take_the_session_over() -> None:
     journal: Journal = []
     relay = SessionRelay("up")
-    async with relay.serving(
-        ClientCall(stream=Recorder("alice's call", journal), connection=Recorder("alice", journal))
+    async with serving(
+        relay, ClientCall(stream=Recorder("alice's call", journal), connection=Recorder("alice", journal))
     ):
         pass
     # A 2026-07-28 request over HTTP has no connection to own the session.
-    async with relay.serving(ClientCall(stream=Recorder("modern call", journal), connection=None)):
+    async with serving(relay, ClientCall(stream=Recorder("modern call", journal), connection=None)):
         await relay.on_message(log("during"))
     await relay.on_message(log("after"))
     assert journal == [("modern call", "log during"), ("alice", "log after")]
@@ -81,7 +81,7 @@ async def test_with_no_client_at_all_notifications_are_dropped_and_requests_refu
 async def test_progress_notifications_and_transport_faults_are_not_forwarded_as_messages() -> None:
     journal: Journal = []
     relay = SessionRelay("up")
-    async with relay.serving(ClientCall(stream=Recorder("call", journal), connection=Recorder("client", journal))):
+    async with serving(relay, ClientCall(stream=Recorder("call", journal), connection=Recorder("client", journal))):
         # Progress reaches the caller through `progress_for`; a transport fault ends the session elsewhere.
         progress = types.ProgressNotificationParams(progress_token=1, progress=1)
         await relay.on_message(types.ProgressNotification(params=progress))
@@ -100,7 +100,7 @@ async def test_a_request_is_asked_of_the_calls_stream_and_its_answer_returned(ca
     journal: Journal = []
     relay = SessionRelay("up")
     call = ClientCall(stream=Recorder("call", journal), connection=Recorder("client", journal))
-    async with relay.serving(call):
+    async with serving(relay, call):
         answer = await ask(relay, capability)
     assert journal == [("call", method)]
     assert answer in ANSWERS
@@ -109,7 +109,7 @@ async def test_a_request_is_asked_of_the_calls_stream_and_its_answer_returned(ca
 async def test_with_no_call_in_flight_the_connection_that_called_last_is_asked() -> None:
     journal: Journal = []
     relay = SessionRelay("up")
-    async with relay.serving(ClientCall(stream=Recorder("call", journal), connection=Recorder("client", journal))):
+    async with serving(relay, ClientCall(stream=Recorder("call", journal), connection=Recorder("client", journal))):
         pass
     answer = await ask(relay, "roots")
     assert journal == [("client", "roots/list")]
@@ -121,7 +121,7 @@ async def test_a_client_that_did_not_declare_a_capability_is_refused_naming_it(c
     journal: Journal = []
     relay = SessionRelay("up")
     undeclared = Recorder("call", journal, capabilities=types.ClientCapabilities())
-    async with relay.serving(ClientCall(stream=undeclared, connection=None)):
+    async with serving(relay, ClientCall(stream=undeclared, connection=None)):
         message = refusal_of(await ask(relay, capability))
     assert message == f"upstream 'up' asked for {capability}, which this session's client did not declare"
     assert journal == []  # the client was never asked
@@ -129,7 +129,7 @@ async def test_a_client_that_did_not_declare_a_capability_is_refused_naming_it(c
 
 async def test_a_client_with_no_capabilities_at_all_is_refused() -> None:
     relay = SessionRelay("up")
-    async with relay.serving(ClientCall(stream=Recorder("call", [], capabilities=None), connection=None)):
+    async with serving(relay, ClientCall(stream=Recorder("call", [], capabilities=None), connection=None)):
         assert "did not declare" in refusal_of(await ask(relay, "sampling"))
 
 
@@ -137,7 +137,7 @@ async def test_a_2026_07_28_client_cannot_be_asked_and_the_error_names_the_era()
     journal: Journal = []
     relay = SessionRelay("up")
     modern = Recorder("modern call", journal, accepts_requests=False)
-    async with relay.serving(ClientCall(stream=modern, connection=None)):
+    async with serving(relay, ClientCall(stream=modern, connection=None)):
         message = refusal_of(await ask(relay, "elicitation"))
     assert "upstream 'up' asked for elicitation" in message
     assert "2026-07-28" in message
@@ -149,6 +149,6 @@ async def test_the_clients_own_error_answer_goes_back_to_the_upstream_unchanged(
     relay = SessionRelay("up")
     stream = Recorder("call", [])
     stream.refusal = MCPError(code=-1, message="the user declined")
-    async with relay.serving(ClientCall(stream=stream, connection=None)):
+    async with serving(relay, ClientCall(stream=stream, connection=None)):
         answer = await ask(relay, "sampling")
     assert answer == types.ErrorData(code=-1, message="the user declined")

@@ -15,10 +15,9 @@ from mcp import MCPError, types
 
 from mcpstore_proxy.relay import ClientCall, SessionRelay
 from tests.memory import fixture_session
-from tests.recorders import Journal, Recorder, log
+from tests.recorders import Journal, Recorder, log, serving
 
 pytestmark = pytest.mark.anyio
-
 
 # What concerns the session rather than a call.
 
@@ -27,7 +26,7 @@ async def test_resource_updates_go_to_the_owning_connection_under_the_exposed_ur
     journal: Journal = []
     relay = SessionRelay("up", exposed_uri=lambda uri: f"{uri}?via=up")
     updated = types.ResourceUpdatedNotification(params=types.ResourceUpdatedNotificationParams(uri="memo://a"))
-    async with relay.serving(ClientCall(stream=Recorder("call", journal), connection=Recorder("client", journal))):
+    async with serving(relay, ClientCall(stream=Recorder("call", journal), connection=Recorder("client", journal))):
         await relay.on_message(updated)
     assert journal == [("client", "updated memo://a?via=up")]
 
@@ -41,7 +40,7 @@ async def test_resource_updates_go_to_the_subscribers_when_someone_keeps_them() 
         delivered.append(notification.params.uri)
 
     relay.on_resource_updated = deliver
-    async with relay.serving(ClientCall(stream=Recorder("call", journal), connection=Recorder("client", journal))):
+    async with serving(relay, ClientCall(stream=Recorder("call", journal), connection=Recorder("client", journal))):
         await relay.on_message(
             types.ResourceUpdatedNotification(params=types.ResourceUpdatedNotificationParams(uri="memo://a"))
         )
@@ -67,7 +66,7 @@ async def test_a_list_change_refreshes_the_listing_then_reaches_the_owning_conne
         journal.append(("listings", f"refresh {changed}"))
 
     relay.on_list_changed = refresh
-    async with relay.serving(ClientCall(stream=Recorder("call", journal), connection=Recorder("client", journal))):
+    async with serving(relay, ClientCall(stream=Recorder("call", journal), connection=Recorder("client", journal))):
         await relay.on_message(notice)
     assert journal == [("listings", f"refresh {kind}"), ("client", notice.method)]
 
@@ -82,7 +81,7 @@ async def test_a_catalog_sessions_list_change_refreshes_the_listing_without_tell
 
     relay.on_list_changed = refresh
     relay.announces_list_changes = False
-    async with relay.serving(ClientCall(stream=Recorder("call", journal), connection=Recorder("client", journal))):
+    async with serving(relay, ClientCall(stream=Recorder("call", journal), connection=Recorder("client", journal))):
         await relay.on_message(types.ToolListChangedNotification())
     assert refreshed == ["tools"]
     assert journal == []
@@ -120,7 +119,7 @@ async def test_a_forward_that_started_before_the_result_is_delivered_before_it()
 
     with anyio.fail_after(5):
         async with anyio.create_task_group() as tg:
-            async with relay.serving(ClientCall(stream=stream, connection=None)):
+            async with serving(relay, ClientCall(stream=stream, connection=None)):
                 # The SDK hands each notification to a task of its own, which may still be running at the result.
                 tg.start_soon(relay.on_message, log("before the result"))
                 await stream.entered.wait()
@@ -132,7 +131,7 @@ async def test_a_forward_that_started_before_the_result_is_delivered_before_it()
 async def test_a_result_with_no_forward_pending_is_not_held_back() -> None:
     relay = SessionRelay("up")
     with anyio.fail_after(1):  # far below the relay's bound on waiting for forwards
-        async with relay.serving(ClientCall(stream=Recorder("call", []), connection=None)):
+        async with serving(relay, ClientCall(stream=Recorder("call", []), connection=None)):
             await anyio.lowlevel.checkpoint()
 
 
