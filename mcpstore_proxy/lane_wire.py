@@ -106,10 +106,20 @@ class Acceptance:
     def __init__(self, security: TransportSecurityMiddleware) -> None:
         self._security = security
         self._verdicts: dict[tuple[object, ...], bool] = {}
+        self._last: tuple[tuple[object, ...], bool] | None = None
+        """The last verdict looked up and its headers: compared without hashing them (new objects each request),
+        and most requests repeat the last one's."""
 
     def remembered(self, scope: Scope) -> bool | None:
         """The verdict on the request of `scope`, when one on the same headers is remembered; else None."""
-        return self._verdicts.get(self._key(scope))
+        key = self._key(scope)
+        last = self._last
+        if last is not None and last[0] == key:
+            return last[1]
+        verdict = self._verdicts.get(key)
+        if verdict is not None:
+            self._last = (key, verdict)
+        return verdict
 
     async def verdict(self, scope: Scope) -> bool:
         """The verdict on the request of `scope`: remembered, or worked out by the SDK's checks (and remembered)."""
