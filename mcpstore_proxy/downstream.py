@@ -49,6 +49,7 @@ NOTIFY_SECONDS: Final = 1.0
 """How long a notice to a client, or its shielded clean-up, may take before it is given up."""
 _KEY_STATE: Final = "mcpstore_proxy.session_key"
 _CHANNEL_STATE: Final = "mcpstore_proxy.channel"
+_NAMED_KEYS_REMEMBERED: Final = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +87,8 @@ class Downstream:
         self._stdio_key = SessionKey.connection("stdio") if stdio else None
         self._connections: dict[int, Connection] = {}
         self._http_sessions: dict[str, Connection] = {}
+        self._named_keys: dict[tuple[str, str, str], SessionKey] = {}
+        """Keys the session header named, by its value, agent and principal (see `_named`)."""
         # Weak: a key's channel lives while its listen streams or its upstream sessions (whose relay owner it is) do.
         self._listeners: weakref.WeakValueDictionary[SessionKey, ListenChannel] = weakref.WeakValueDictionary()
 
@@ -105,16 +108,43 @@ class Downstream:
         connection = self.adopt(caller)
         if header is None and connection is not None:
             return connection  # what `resolve_session_key` picks, and never a named session to admit
-        key = resolve_session_key(
-            None,
-            header,
-            connection,
-            argument_name=self._argument,
-            header_name=self._engine.settings.session_header,
-            agent=self.agent(caller),
-            principal=self.principal(caller).name,
-        )
+        if header is not None:
+            key = self._named(header, self.agent(caller), self.principal(caller).name)
+        else:
+            key = resolve_session_key(
+                None,
+                None,
+                connection,
+                argument_name=self._argument,
+                header_name=self._engine.settings.session_header,
+                agent=self.agent(caller),
+                principal=self.principal(caller).name,
+            )
         self.admit(caller, key)
+        return key
+
+    def _named(self, header: str, agent: str, principal: str) -> SessionKey:
+        """The session the session header names (`resolve_session_key`'s explicit key), remembered: a client
+        names the same one call after call, and a key is an immutable value.
+
+        Raises:
+            InvalidSessionKeyError: the header's value is malformed.
+        """
+        named = (header, agent, principal)
+        key = self._named_keys.get(named)
+        if key is None:
+            key = resolve_session_key(
+                None,
+                header,
+                None,
+                argument_name=self._argument,
+                header_name=self._engine.settings.session_header,
+                agent=agent,
+                principal=principal,
+            )
+            if len(self._named_keys) >= _NAMED_KEYS_REMEMBERED:
+                self._named_keys.clear()
+            self._named_keys[named] = key
         return key
 
     def named_key(self, caller: Caller, base: SessionKey, named: Any, *, argument_name: str | None) -> SessionKey:
@@ -191,15 +221,10 @@ class Downstream:
         try:
             agent, principal = agent_of(scope), principal_of(scope).name
             header = _header_value(scope, self._header_name)
-            keyless = SessionKey.connection("", agent, principal).for_principal()
-            key = resolve_session_key(
-                None,
-                header,
-                keyless,
-                argument_name=self._argument,
-                header_name=self._engine.settings.session_header,
-                agent=agent,
-                principal=principal,
+            key = (
+                self._named(header, agent, principal)
+                if header is not None
+                else SessionKey.connection("", agent, principal).for_principal()
             )
             tool = self._engine.catalog_for(key).listed_tool(name)
         except ProxyError:
