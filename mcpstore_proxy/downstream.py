@@ -89,6 +89,8 @@ class Downstream:
         self._http_sessions: dict[str, Connection] = {}
         self._named_keys: dict[tuple[str, str, str], SessionKey] = {}
         """Keys the session header named, by its value, agent and principal (see `_named`)."""
+        self._principal_keys: dict[tuple[str, str], SessionKey] = {}
+        """Principals' own keys, by agent and principal (see `_principals_own`)."""
         # Weak: a key's channel lives while its listen streams or its upstream sessions (whose relay owner it is) do.
         self._listeners: weakref.WeakValueDictionary[SessionKey, ListenChannel] = weakref.WeakValueDictionary()
 
@@ -121,6 +123,15 @@ class Downstream:
                 principal=self.principal(caller).name,
             )
         self.admit(caller, key)
+        return key
+
+    def _principals_own(self, agent: str, principal: str) -> SessionKey:
+        """The principal's own session in the agent scope (`SessionKey.for_principal`), remembered like `_named`."""
+        key = self._principal_keys.get((agent, principal))
+        if key is None:
+            if len(self._principal_keys) >= _NAMED_KEYS_REMEMBERED:
+                self._principal_keys.clear()
+            key = self._principal_keys[agent, principal] = SessionKey.connection("", agent, principal).for_principal()
         return key
 
     def _named(self, header: str, agent: str, principal: str) -> SessionKey:
@@ -170,10 +181,11 @@ class Downstream:
         if not key.is_explicit:
             return
         principal = self.principal(caller)
-        connection = self.adopt(caller)
         if principal not in (ANONYMOUS, LOCAL):
-            client = str(principal)
-        elif connection is not None and connection.kind == "connection":
+            self._engine.named.admit(key, str(principal))
+            return
+        connection = self.adopt(caller)
+        if connection is not None and connection.kind == "connection":
             client = f"connection {connection.name}"
         else:
             peer = caller.scope.get("client") if caller.scope is not None else None
@@ -198,7 +210,7 @@ class Downstream:
             # Over HTTP a 2026-07-28 request has no connection: without a key, it is its principal's.
             if self._stdio_key is not None:
                 return self._stdio_key
-            return SessionKey.connection("", self.agent(caller), self.principal(caller).name).for_principal()
+            return self._principals_own(self.agent(caller), self.principal(caller).name)
         connection = caller.connection
         key: SessionKey | None = connection.state.get(_KEY_STATE)
         if key is not None:
@@ -222,9 +234,7 @@ class Downstream:
             agent, principal = agent_of(scope), principal_of(scope).name
             header = _header_value(scope, self._header_name)
             key = (
-                self._named(header, agent, principal)
-                if header is not None
-                else SessionKey.connection("", agent, principal).for_principal()
+                self._named(header, agent, principal) if header is not None else self._principals_own(agent, principal)
             )
             tool = self._engine.catalog_for(key).listed_tool(name)
         except ProxyError:
