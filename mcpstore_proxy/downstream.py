@@ -225,6 +225,11 @@ class Downstream:
         connection.exit_stack.push_async_callback(self._connection_ended, connection, key)
         return key
 
+    @property
+    def tools_may_map_headers(self) -> bool:
+        """False while no tool any request could see maps arguments to HTTP headers (see `input_schema`)."""
+        return self._engine.views.maps_headers
+
     def input_schema(self, name: str) -> Mapping[str, Any] | None:
         """Tool `name`'s input schema as the HTTP request being served sees it (None: nothing to check)."""
         scope = REQUEST_SCOPE.get()

@@ -203,7 +203,10 @@ class ModernCalls:
         return client
 
     def _maps_headers(self, name: str) -> bool:
-        schema = self._server.downstream.input_schema(name)
+        downstream = self._server.downstream
+        if not downstream.tools_may_map_headers:
+            return False  # the usual case, without resolving the request's key to find its catalog
+        schema = downstream.input_schema(name)
         if schema is None:
             return False
         known = self._header_schemas.get(id(schema))

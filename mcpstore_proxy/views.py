@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 
 from mcp import types
+from mcp.shared.inbound import x_mcp_header_map
 
 from mcpstore_proxy.catalog import Catalog, CatalogSource, build_catalog, is_tool_selected
 from mcpstore_proxy.keys import STORE_SCOPE, SessionKey
@@ -51,6 +52,9 @@ class CatalogViews:
         self._scopes: dict[str, Catalog] = {}
         self._keys: dict[SessionKey, Catalog] = {}
         self._keys_with_listings: set[SessionKey] = set()
+        self.maps_headers = False
+        """Whether a catalog built so far has a tool whose input schema maps arguments to HTTP headers
+        (`x-mcp-header`); never reset, so a False is a promise that no catalog does."""
 
     def __repr__(self) -> str:
         return f"<CatalogViews store {self.store!r}, {len(self._scopes)} agent and {len(self._keys)} key views>"
@@ -154,10 +158,13 @@ class CatalogViews:
                 )
             )
         previous = None if strict else self.store
-        return build_catalog(
+        catalog = build_catalog(
             sources,
             session_argument=self._session_argument,
             session_argument_alias=self._session_argument_alias,
             previous=previous,
             strict=strict,
         )
+        if not self.maps_headers:
+            self.maps_headers = any(x_mcp_header_map(tool.input_schema) for tool in catalog.tools)
+        return catalog

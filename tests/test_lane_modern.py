@@ -11,6 +11,7 @@ The keep-alive comments are checked in memory, on an `Answer` whose `send` is a 
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -23,14 +24,20 @@ from starlette.types import Message
 
 from mcpstore_proxy.lane_modern import STREAM_HEADERS, Keepalive, is_kept_as_is
 from mcpstore_proxy.lane_wire import Answer
+from tests.fixtures.conformance_server import ConformanceFixtures
 from tests.inprocess import InProcessProxy, running_app
+from tests.memory import MemoryUpstreams
 from tests.raw_session import lane_calls
-from tests.support import fixture_server, write_config
+from tests.support import CONFORMANCE_SERVER, fixture_server, write_config
 
 pytestmark = pytest.mark.anyio
 
 MODERN = "2026-07-28"
 TO_THE_SDK = {"mcp-session-id": "not-a-session"}
+
+
+def conformance() -> Any:
+    return ConformanceFixtures().build_server()
 
 
 @pytest.fixture
@@ -165,6 +172,25 @@ async def test_what_the_lane_cannot_judge_alone_is_the_sdks_and_answered_as_it_a
         reference = await post(proxy.url, params, **headers, **TO_THE_SDK)
         assert await lane_calls(proxy, config) == 0
     assert (answered.status_code, messages(answered)) == (reference.status_code, messages(reference))
+
+
+async def test_a_tool_that_maps_an_argument_to_a_header_is_the_sdks_and_one_that_does_not_stays_in_the_lane(
+    tmp_path: Path,
+) -> None:
+    # The conformance fixture's test_custom_header maps `region` to Mcp-Param-Region, which this call leaves out:
+    # the SDK refuses it, and the lane must not answer instead.
+    upstream = {"command": sys.executable, "args": [str(CONFORMANCE_SERVER)], "prefix": ""}
+    config = write_config(tmp_path, {"conformance": upstream})
+    async with running_app(config, upstreams=MemoryUpstreams(scripts={CONFORMANCE_SERVER: conformance})) as proxy:
+        mapped = call("test_custom_header", {"region": "eu"})
+        answered = await post(proxy.url, mapped)
+        reference = await post(proxy.url, mapped, **TO_THE_SDK)
+        assert await lane_calls(proxy, config) == 0
+        plain = await post(proxy.url, call("test_simple_text"))
+        assert await lane_calls(proxy, config) == 1
+    assert (answered.status_code, messages(answered)) == (reference.status_code, messages(reference))
+    assert "error" in messages(answered)[-1]
+    assert messages(plain)[-1]["result"]["content"][0]["type"] == "text"
 
 
 async def test_log_entries_opted_in_to_still_reach_the_client_through_the_sdk(config: Path) -> None:
