@@ -132,6 +132,8 @@ class ModernCalls:
         self._server = server
         self._envelopes: dict[bytes, Connection | None] = {}
         """Each distinct envelope's client, or None where the SDK refuses it or the client may be asked."""
+        self._routes: dict[tuple[object, ...], str] = {}
+        """The ladder's verdicts on calls (see `_version`): the version, or "" where it refuses them."""
         self._header_schemas: dict[int, tuple[Mapping[str, Any], bool]] = {}
         """Whether an input schema maps arguments to headers, by the schema (held, so that its id stays its own)."""
         self._stamp = server.server_info_stamp
@@ -149,13 +151,13 @@ class ModernCalls:
         meta = params.get("_meta")
         if params.keys() - _PARAMS_KEYS or not isinstance(meta, dict) or meta.keys() - _META_KEYS:
             return None
-        verdict = classify_inbound_request(message, headers=routing)
-        if not isinstance(verdict, InboundModernRoute):
+        version = self._version(message, routing, call.name, cast(dict[str, Any], meta))
+        if version is None:
             return None
-        connection = self._client(verdict.protocol_version, cast(dict[str, Any], meta))
+        connection = self._client(version, cast(dict[str, Any], meta))
         if connection is None or (call.arguments and self._maps_headers(call.name)):
             return None
-        return ModernCall(call, connection, verdict.protocol_version)
+        return ModernCall(call, connection, version)
 
     def result(self, result: dict[str, Any], version: str) -> dict[str, Any]:
         """A call's result as the SDK's server answers it: marked complete, sieved by the version's surface,
@@ -180,6 +182,26 @@ class ModernCalls:
         elif isinstance(meta, dict) and cast(dict[str, Any], meta).get(SERVER_INFO_META_KEY) is None:
             result["_meta"] = {**cast(dict[str, Any], meta), SERVER_INFO_META_KEY: self._stamp}
         return result
+
+    def _version(
+        self, message: dict[str, Any], routing: Mapping[str, str], name: str, meta: dict[str, Any]
+    ) -> str | None:
+        """The protocol version of a call the SDK's ladder (`classify_inbound_request`) routes as modern, else
+        None. The ladder reads the routing headers, the method (`tools/call` here), the tool's name and the
+        envelope's version and capabilities alone, so its verdict on a `tools/call` is remembered by those."""
+        claimed = meta.get(PROTOCOL_VERSION_META_KEY)
+        if type(claimed) is not str:
+            verdict = classify_inbound_request(message, headers=routing)
+            return verdict.protocol_version if isinstance(verdict, InboundModernRoute) else None
+        key = (*routing.items(), name, claimed, CLIENT_CAPABILITIES_META_KEY in meta)
+        routed = self._routes.get(key)
+        if routed is None:
+            verdict = classify_inbound_request(message, headers=routing)
+            routed = verdict.protocol_version if isinstance(verdict, InboundModernRoute) else ""
+            if len(self._routes) >= _REMEMBERED:
+                self._routes.clear()
+            self._routes[key] = routed
+        return routed or None
 
     def _client(self, version: str, meta: dict[str, Any]) -> Connection | None:
         envelope = {key: value for key, value in meta.items() if key != "progressToken"}

@@ -168,9 +168,12 @@ async def test_what_the_lane_cannot_judge_alone_is_the_sdks_and_answered_as_it_a
     config: Path, params: dict[str, Any], headers: dict[str, str]
 ) -> None:
     async with running_app(config) as proxy:
+        # A call the lane takes first: what it remembers of one call must not let another in.
+        await post(proxy.url, call("state_echo", {"text": "first"}))
+        assert await lane_calls(proxy, config) == 1
         answered = await post(proxy.url, params, **headers)
         reference = await post(proxy.url, params, **headers, **TO_THE_SDK)
-        assert await lane_calls(proxy, config) == 0
+        assert await lane_calls(proxy, config) == 1
     assert (answered.status_code, messages(answered)) == (reference.status_code, messages(reference))
 
 
