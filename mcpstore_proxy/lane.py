@@ -62,6 +62,7 @@ from mcpstore_proxy.lane_modern import (
 )
 from mcpstore_proxy.lane_stream import PING_SECONDS, serve_event_stream
 from mcpstore_proxy.lane_wire import (
+    CHECKED_HEADERS,
     LAST_EVENT_ID,
     PROTOCOL_VERSION,
     SESSION_ID,
@@ -141,7 +142,13 @@ class FastLane:
         if method == "GET" and self._manager.event_store is None:
             scope = without_resumption(scope)
         traces = self._server.traces
-        session = await self._session_of(scope) if method in _METHODS and not traces else None
+        session = None
+        if method in _METHODS and not traces and (found := self._session_of(scope)) is not None:
+            session, acceptable = found
+            if acceptable is None:  # headers not judged before: the SDK's checks, once
+                acceptable = await self._acceptance.verdict(scope)
+            if not acceptable:
+                session = None
         routing = None
         if session is None:
             if method == "POST" and self._modern.is_open and not traces:
@@ -207,18 +214,22 @@ class FastLane:
             await serve_event_stream(messages, session_id, receive, send, ping_seconds=self._ping_seconds)
             return True
 
-    async def _session_of(self, scope: Scope) -> _Session | None:
+    def _session_of(self, scope: Scope) -> tuple[_Session, bool | None] | None:
         """The session a POST, or a GET for the standing stream, may be served in by the lane, from its headers
-        alone; else None."""
+        alone, with the transport checks' remembered verdict on them (None: not judged yet); else None."""
         session_id = version = None
         declared = 0
-        for name, value in scope["headers"]:
+        checked: list[tuple[bytes, bytes]] = []
+        for header in scope["headers"]:  # one pass: this runs for every request
+            name = header[0]
             if name == SESSION_ID:
-                session_id = value
+                session_id = header[1]
             elif name == PROTOCOL_VERSION:
-                version = value
-            elif name == b"content-length" and value.isdigit():
-                declared = int(value)
+                version = header[1]
+            elif name in CHECKED_HEADERS:
+                checked.append(header)
+            elif name == b"content-length" and header[1].isdigit():
+                declared = int(header[1])
             elif name == LAST_EVENT_ID:
                 return None  # a resumption: the SDK replays what its event store kept
         if session_id is None or (version is not None and version not in _HANDSHAKE_VERSIONS):
@@ -232,10 +243,7 @@ class FastLane:
         transport = http_session(self._manager, sid, scope)
         if transport is None:
             return None
-        acceptable = self._acceptance.remembered(scope)  # without a coroutine: the usual case
-        if acceptable is None:
-            acceptable = await self._acceptance.verdict(scope)
-        return (sid, connection, transport) if acceptable else None
+        return (sid, connection, transport), self._acceptance.remembered_for(scope["method"], checked)
 
     def _taken(self, scope: Scope, send: Send, session_id: str, connection: Connection) -> tuple[Answer, Caller, str]:
         """A request the lane took: its response, its caller, and the principal its metrics name ("" if none)."""

@@ -23,6 +23,7 @@ from starlette.types import Message, Receive, Scope, Send
 from mcpstore_proxy.json_bytes import to_json
 
 __all__ = [
+    "CHECKED_HEADERS",
     "LAST_EVENT_ID",
     "PROTOCOL_VERSION",
     "SESSION_ID",
@@ -112,7 +113,11 @@ class Acceptance:
 
     def remembered(self, scope: Scope) -> bool | None:
         """The verdict on the request of `scope`, when one on the same headers is remembered; else None."""
-        key = self._key(scope)
+        return self.remembered_for(scope["method"], [h for h in scope["headers"] if h[0] in CHECKED_HEADERS])
+
+    def remembered_for(self, method: str, checked: list[tuple[bytes, bytes]]) -> bool | None:
+        """`remembered`, given the request's checked headers (`CHECKED_HEADERS`, in order, repeats included)."""
+        key = (method, *checked)
         last = self._last
         if last is not None and last[0] == key:
             return last[1]
@@ -135,10 +140,11 @@ class Acceptance:
     @staticmethod
     def _key(scope: Scope) -> tuple[object, ...]:
         # Every checked header as sent, repeats and order included: the verdict is a function of exactly this.
-        return (scope["method"], *[header for header in scope["headers"] if header[0] in _CHECKED_HEADERS])
+        return (scope["method"], *[header for header in scope["headers"] if header[0] in CHECKED_HEADERS])
 
 
-_CHECKED_HEADERS: Final = frozenset((b"accept", b"content-type", b"host", b"origin"))
+CHECKED_HEADERS: Final = frozenset((b"accept", b"content-type", b"host", b"origin"))
+"""The headers the SDK's transport checks judge (see `Acceptance`)."""
 
 
 async def _is_acceptable(scope: Scope, security: TransportSecurityMiddleware) -> bool:
