@@ -13,8 +13,9 @@ What takes the lane: a POST carrying one JSON-RPC `tools/call` request with the 
 principal opened (the session manager's own test) and the proxy already adopted (after its first request past
 `initialize`), a handshake-era `MCP-Protocol-Version` or none, accepting JSON and event streams, with a JSON body
 that passes the Host and Origin checks. The lane also takes what answers its own traffic: the client's answers to
-the requests it sent (ids `mcpstore-N`), and `notifications/cancelled` for a call it is serving. Everything else
-goes to the SDK unchanged, its body replayed, and every refusal (400, 404, 406, 413, 421, 403) is the SDK's own.
+the requests it sent (ids `mcpstore-N`, see `lane_questions`), and `notifications/cancelled` for a call it is
+serving. Everything else goes to the SDK unchanged, its body replayed, and every refusal (400, 404, 406, 413,
+421, 403) is the SDK's own.
 A 2026-07-28 `tools/call` takes the lane too, on the conditions `lane_modern` gives, and is answered in that
 era's shape. With `tracing: true` nothing takes the lane: spans are opened in the SDK's request context.
 
@@ -26,15 +27,11 @@ cancelled upstream when its client hangs up or cancels it, and, once cancelled, 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import itertools
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, Final, TypeVar, cast
+from typing import Any, Final, cast
 
-import anyio
 from mcp import MCPError, types
 from mcp.server.connection import Connection
 from mcp.server.streamable_http import (
@@ -44,11 +41,10 @@ from mcp.server.streamable_http import (
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 from mcp.server.transport_security import TransportSecurityMiddleware, TransportSecuritySettings
 from mcp.types.version import HANDSHAKE_PROTOCOL_VERSIONS
-from pydantic import BaseModel, ValidationError
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from mcpstore_proxy.compat import holding_http_session, http_session, standalone_stream
-from mcpstore_proxy.downstream import NOTIFY_SECONDS, Caller
+from mcpstore_proxy.downstream import Caller
 from mcpstore_proxy.errors import ShuttingDownError, to_mcp_error
 from mcpstore_proxy.hangup import HangUpWatch
 from mcpstore_proxy.json_bytes import from_json
@@ -60,6 +56,7 @@ from mcpstore_proxy.lane_modern import (
     ModernCalls,
     routing_of,
 )
+from mcpstore_proxy.lane_questions import LaneQuestions
 from mcpstore_proxy.lane_stream import PING_SECONDS, serve_event_stream
 from mcpstore_proxy.lane_wire import (
     CHECKED_HEADERS,
@@ -94,9 +91,7 @@ __all__ = ["FastLane"]
 
 logger = logging.getLogger(__name__)
 
-_ResultT = TypeVar("_ResultT", bound=BaseModel)
 _HANDSHAKE_VERSIONS: Final = frozenset(version.encode() for version in HANDSHAKE_PROTOCOL_VERSIONS)
-_OWN_ID_PREFIX: Final = "mcpstore-"
 _METHODS: Final = frozenset(("POST", "GET"))
 _NO_STATUSES: Final[Mapping[int, int]] = {}
 
@@ -127,10 +122,8 @@ class FastLane:
         self._ping_seconds = ping_seconds
         self._calls: dict[tuple[str, RequestId], Cancellable] = {}
         """The calls in the lane, by session and the client's id: what `notifications/cancelled` may cancel."""
-        self._asked: dict[tuple[str, str], _Asked] = {}
-        """The lane's requests to clients awaiting their answers, by session and our id."""
+        self._questions = LaneQuestions()
         self._modern = ModernCalls(server)
-        self._ids = itertools.count(1)
         self._loop: asyncio.AbstractEventLoop | None = None
         self.calls_served = 0
         """Calls the lane took (`fast_lane_calls` in `/admin/status`)."""
@@ -186,7 +179,7 @@ class FastLane:
         session_id, connection, transport = session
         method = message.get("method")
         if method is None:
-            return self._deliver_answer(session_id, message) and await _accept(session_id, scope, receive, send)
+            return self._questions.deliver(session_id, message) and await _accept(session_id, scope, receive, send)
         if method == "notifications/cancelled" and "id" not in message:
             return self._cancel(session_id, message) and await _accept(session_id, scope, receive, send)
         request_id = message.get("id")
@@ -257,7 +250,7 @@ class FastLane:
     ) -> None:
         answer, caller, principal = self._taken(scope, send, session_id, connection)
         call = ClientCall(
-            stream=_LaneStream(self, answer, connection, session_id),
+            stream=self._questions.stream(answer, connection, session_id),
             connection=self._server.downstream.connection_channel(caller),
             progress=progress_reporter(answer, request.progress_token),
         )
@@ -366,53 +359,6 @@ class FastLane:
             operation.outcome = "ok"
         await answer.finish(b'{"jsonrpc":"2.0","id":' + to_json(request_id) + b',"result":' + listing + b"}")
 
-    async def ask(
-        self,
-        session_id: str,
-        answer: Answer,
-        connection: Connection,
-        request: types.ServerRequest,
-        result_type: type[_ResultT],
-    ) -> _ResultT:
-        """Send `request` to the client on a call's stream and wait for its answer (a POST the lane takes); if
-        the wait is cancelled (the upstream withdrew its question, or the call ended), tell the client so."""
-        request_id = f"{_OWN_ID_PREFIX}{next(self._ids)}"
-        asked = self._asked[session_id, request_id] = _Asked()
-        try:
-            wire = request.model_dump(by_alias=True, mode="json", exclude_none=True)
-            if not await answer.event({"jsonrpc": "2.0", "id": request_id, **wire}):
-                raise MCPError(code=types.INTERNAL_ERROR, message="the call was answered before its client was asked")
-            await asked.answered.wait()
-        except anyio.get_cancelled_exc_class():
-            with anyio.CancelScope(shield=True), anyio.move_on_after(NOTIFY_SECONDS):
-                await _withdraw(request_id, answer, connection)
-            raise
-        finally:
-            self._asked.pop((session_id, request_id), None)
-        reply = asked.reply
-        error = reply.get("error")
-        if error is not None:
-            try:
-                raise MCPError.from_error_data(types.ErrorData.model_validate(error))
-            except ValidationError:
-                message = "the client answered with a malformed error"
-                raise MCPError(code=types.INTERNAL_ERROR, message=message) from None
-        try:
-            return result_type.model_validate(reply.get("result"))
-        except ValidationError as invalid:
-            raise MCPError(code=types.INVALID_PARAMS, message=f"the client's answer was malformed: {invalid}") from None
-
-    def _deliver_answer(self, session_id: str, message: dict[str, Any]) -> bool:
-        request_id = message.get("id")
-        if not isinstance(request_id, str) or not request_id.startswith(_OWN_ID_PREFIX):
-            return False
-        asked = self._asked.get((session_id, request_id))
-        if asked is None or ("result" not in message and "error" not in message):
-            return False
-        asked.reply = message
-        asked.answered.set()
-        return True
-
     def _cancel(self, session_id: str, message: dict[str, Any]) -> bool:
         params = message.get("params")
         request_id = cast(dict[str, Any], params).get("requestId") if isinstance(params, dict) else None
@@ -428,34 +374,3 @@ class FastLane:
 async def _accept(session_id: str, scope: Scope, receive: Receive, send: Send) -> bool:
     await accepted(session_id)(scope, receive, send)
     return True
-
-
-async def _withdraw(request_id: str, answer: Answer, connection: Connection) -> None:
-    """Tell the client a question is withdrawn: on the call's stream, or, once the call was answered, its
-    connection's own stream."""
-    params = {"requestId": request_id, "reason": "the upstream withdrew its request"}
-    if not await answer.event({"jsonrpc": "2.0", "method": "notifications/cancelled", "params": params}):
-        with contextlib.suppress(MCPError, anyio.BrokenResourceError, anyio.ClosedResourceError):  # a client gone
-            await connection.notify("notifications/cancelled", params)
-
-
-@dataclass(eq=False, slots=True)
-class _Asked:
-    answered: anyio.Event = field(default_factory=anyio.Event)
-    reply: dict[str, Any] = field(default_factory=dict[str, Any])
-
-
-class _LaneStream(AnswerStream):
-    """The client behind a handshake-era call in the lane, which may be asked on the call's answer too."""
-
-    def __init__(self, lane: FastLane, answer: Answer, connection: Connection, session_id: str) -> None:
-        super().__init__(answer, connection)
-        self._lane = lane
-        self._session_id = session_id
-
-    @property
-    def accepts_requests(self) -> bool:
-        return True
-
-    async def request(self, request: types.ServerRequest, result_type: type[_ResultT]) -> _ResultT:
-        return await self._lane.ask(self._session_id, self._answer, self._connection, request, result_type)
