@@ -55,11 +55,11 @@ from mcp_types import methods as _methods
 from pydantic import BaseModel, ValidationError
 from starlette.types import Scope
 
+from mcpstore_proxy.client_capabilities import declared_by
 from mcpstore_proxy.deferred import Deferred
 from mcpstore_proxy.json_bytes import to_json
 from mcpstore_proxy.lane_wire import LAST_EVENT_ID, SESSION_ID, Answer, ToolCall, tool_call
 from mcpstore_proxy.server import ProxyServer
-from mcpstore_proxy.upstream import declared_by
 
 __all__ = [
     "ERROR_STATUSES",

@@ -27,6 +27,7 @@ from typing import TypeVar
 import anyio
 from mcp import types
 
+from mcpstore_proxy.client_capabilities import ALL_CLIENT_CAPABILITIES, ClientCapability, declared_by
 from mcpstore_proxy.clock import SYSTEM_CLOCK, Clock
 from mcpstore_proxy.config import UpstreamConfig
 from mcpstore_proxy.errors import (
@@ -40,7 +41,7 @@ from mcpstore_proxy.keys import SessionKey
 from mcpstore_proxy.logs import ThrottledWarning, log_fields
 from mcpstore_proxy.relay import ClientCall, ListKind, SessionRelay
 from mcpstore_proxy.transports import TransportFactory
-from mcpstore_proxy.upstream import ALL_CLIENT_CAPABILITIES, ClientCapability, EndReason, UpstreamSession, declared_by
+from mcpstore_proxy.upstream import EndReason, UpstreamSession
 from mcpstore_proxy.warm_pool import SessionClaim, TaskStarter, WarmPool
 
 __all__ = ["PoolHooks", "SessionPool", "Spawner", "declared_capabilities", "warn_reset"]

@@ -32,6 +32,7 @@ from pydantic import BaseModel
 
 from mcpstore_proxy.__about__ import __version__
 from mcpstore_proxy.catalog import Catalog
+from mcpstore_proxy.client_capabilities import declared_by
 from mcpstore_proxy.downstream import NOTIFY_SECONDS, REQUEST_SCOPE, Caller, Downstream
 from mcpstore_proxy.drain import Drain
 from mcpstore_proxy.engine import ProxyEngine
@@ -50,7 +51,6 @@ from mcpstore_proxy.listings import LISTINGS, ShapedListings, listing_result
 from mcpstore_proxy.operations import ObservedOperations, OperationObserver, OperationTracer, note_tool
 from mcpstore_proxy.relay import ClientCall
 from mcpstore_proxy.rounds import InputRounds, Unaskable
-from mcpstore_proxy.upstream import declared_by
 
 __all__ = ["AGENT_HEADER", "EXISTING_SESSION_HEADER", "REQUEST_SCOPE", "ProxyServer"]
 

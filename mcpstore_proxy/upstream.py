@@ -21,8 +21,8 @@ import enum
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
-from typing import Any, Final, Literal, TypeVar
+from collections.abc import Callable, Coroutine, Mapping
+from typing import Any, Final
 
 import anyio
 from mcp import ClientSession, MCPError, types
@@ -30,6 +30,7 @@ from opentelemetry import trace
 from pydantic import RootModel
 
 from mcpstore_proxy.__about__ import __version__
+from mcpstore_proxy.client_capabilities import ClientCapability
 from mcpstore_proxy.compat import spans_only_when_traced
 from mcpstore_proxy.config import UpstreamConfig
 from mcpstore_proxy.direct_requests import DirectRequests
@@ -53,8 +54,9 @@ from mcpstore_proxy.transports import (
     TransportFactory,
     open_transport,
 )
+from mcpstore_proxy.upstream_listings import Listing, list_every
 
-__all__ = ["ALL_CLIENT_CAPABILITIES", "ClientCapability", "EndReason", "UpstreamSession", "declared_by"]
+__all__ = ["EndReason", "UpstreamSession"]
 
 logger = logging.getLogger(__name__)
 
@@ -65,39 +67,6 @@ _CLIENT_INFO: Final = types.Implementation(name="mcpstore-proxy", version=__vers
 
 class _RawResult(RootModel[dict[str, Any]]):
     """A result exactly as the upstream sent it: every field kept, nothing re-validated."""
-
-
-ClientCapability = Literal["sampling", "elicitation", "roots"]
-ALL_CLIENT_CAPABILITIES: Final[frozenset[ClientCapability]] = frozenset({"sampling", "elicitation", "roots"})
-
-
-def declared_by(capabilities: types.ClientCapabilities | None) -> frozenset[ClientCapability]:
-    """Which of what an upstream may ask a client for (sampling, elicitation, roots) `capabilities` declare."""
-    if capabilities is None:
-        return frozenset()
-    return frozenset(c for c in ALL_CLIENT_CAPABILITIES if getattr(capabilities, c, None) is not None)
-
-
-Listing = list[types.Tool] | list[types.Prompt] | list[types.Resource] | list[types.ResourceTemplate]
-
-
-_ItemT = TypeVar("_ItemT")
-_PageT = TypeVar("_PageT", bound=types.PaginatedResult)
-
-
-async def _paginate(
-    fetch: Callable[[types.PaginatedRequestParams | None], Awaitable[_PageT]],
-    items_of: Callable[[_PageT], Sequence[_ItemT]],
-) -> list[_ItemT]:
-    """Every item across the pages of one listing."""
-    items: list[_ItemT] = []
-    cursor: str | None = None
-    while True:
-        page = await fetch(types.PaginatedRequestParams(cursor=cursor) if cursor else None)
-        items.extend(items_of(page))
-        cursor = page.next_cursor
-        if not cursor:
-            return items
 
 
 def _in_a_trace() -> bool:
@@ -373,19 +342,8 @@ class UpstreamSession:
     async def list_all(self, kind: ListKind) -> Listing:
         """Every item of one listing (following pagination); empty when the upstream lacks the capability."""
         client = await self.client()
-        capabilities = self.server_capabilities or types.ServerCapabilities()
         try:
-            if kind == "tools" and capabilities.tools:
-                return await _paginate(lambda p: client.list_tools(params=p), lambda page: page.tools)
-            if kind == "prompts" and capabilities.prompts:
-                return await _paginate(lambda p: client.list_prompts(params=p), lambda page: page.prompts)
-            if kind == "resources" and capabilities.resources:
-                return await _paginate(lambda p: client.list_resources(params=p), lambda page: page.resources)
-            if kind == "templates" and capabilities.resources:
-                return await _paginate(
-                    lambda p: client.list_resource_templates(params=p), lambda page: page.resource_templates
-                )
-            return []
+            return await list_every(client, self.server_capabilities, kind)
         except MCPError as error:
             raise self._translate(error, f"listing {kind}") from None
 

@@ -22,7 +22,7 @@ from mcpstore_proxy.keys import STORE_SCOPE, SessionKey
 from mcpstore_proxy.pins import ToolPins
 from mcpstore_proxy.registry import ServiceRegistry
 from mcpstore_proxy.services import LISTING_KINDS, UpstreamService
-from mcpstore_proxy.upstream import Listing
+from mcpstore_proxy.upstream_listings import Listing
 
 __all__ = ["CatalogViews", "KeyFor"]
 

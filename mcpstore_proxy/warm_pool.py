@@ -28,11 +28,12 @@ from typing import Any, Final
 import anyio
 
 from mcpstore_proxy.backoff import Backoff
+from mcpstore_proxy.client_capabilities import ALL_CLIENT_CAPABILITIES, ClientCapability
 from mcpstore_proxy.clock import Clock
 from mcpstore_proxy.errors import UpstreamError
 from mcpstore_proxy.keys import SessionKey
 from mcpstore_proxy.logs import ThrottledWarning, log_fields
-from mcpstore_proxy.upstream import ALL_CLIENT_CAPABILITIES, ClientCapability, EndReason, UpstreamSession
+from mcpstore_proxy.upstream import EndReason, UpstreamSession
 
 __all__ = ["SessionClaim", "SessionStarter", "TaskStarter", "WarmPool"]
 

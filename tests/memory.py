@@ -26,10 +26,11 @@ from mcp import types
 from mcp.server import Server
 from mcp.shared.memory import MessageStream, create_client_server_memory_streams
 
+from mcpstore_proxy.client_capabilities import ClientCapability
 from mcpstore_proxy.config import UpstreamConfig
 from mcpstore_proxy.relay import SessionRelay
 from mcpstore_proxy.transports import TransportEvents, TransportFactory, TransportStreams, open_transport
-from mcpstore_proxy.upstream import ClientCapability, UpstreamSession
+from mcpstore_proxy.upstream import UpstreamSession
 from tests.fixtures.stateful_server import build, parse
 from tests.support import fixture_server
 

@@ -36,6 +36,7 @@ import anyio
 from mcp import MCPError, types
 
 from mcpstore_proxy.backoff import Backoff
+from mcpstore_proxy.client_capabilities import ClientCapability
 from mcpstore_proxy.clock import SYSTEM_CLOCK, Clock
 from mcpstore_proxy.config import UpstreamConfig
 from mcpstore_proxy.errors import UpstreamError, UpstreamStartError, UpstreamStoppedError, first_line
@@ -46,7 +47,8 @@ from mcpstore_proxy.logs import log_fields
 from mcpstore_proxy.pool import PoolHooks, Spawner
 from mcpstore_proxy.relay import ClientCall, ListKind, SessionRelay
 from mcpstore_proxy.transports import TransportFactory
-from mcpstore_proxy.upstream import ClientCapability, EndReason, Listing, UpstreamSession
+from mcpstore_proxy.upstream import EndReason, UpstreamSession
+from mcpstore_proxy.upstream_listings import Listing
 from mcpstore_proxy.warm_pool import TaskStarter
 
 __all__ = ["CATALOG_KEY", "LISTING_KINDS", "ServiceContext", "ServiceState", "UpstreamService"]

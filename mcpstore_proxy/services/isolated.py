@@ -14,12 +14,13 @@ from typing import TypeVar
 
 from mcp import types
 
+from mcpstore_proxy.client_capabilities import ClientCapability
 from mcpstore_proxy.config import UpstreamConfig
 from mcpstore_proxy.keys import SessionKey
 from mcpstore_proxy.pool import SessionPool
 from mcpstore_proxy.relay import ClientCall
 from mcpstore_proxy.services.base import ServiceContext, UpstreamService
-from mcpstore_proxy.upstream import ClientCapability, UpstreamSession
+from mcpstore_proxy.upstream import UpstreamSession
 
 __all__ = ["IsolatedService"]
 

@@ -16,13 +16,14 @@ from typing import TypeVar
 import anyio
 from mcp import types
 
+from mcpstore_proxy.client_capabilities import ALL_CLIENT_CAPABILITIES, ClientCapability
 from mcpstore_proxy.config import UpstreamConfig
 from mcpstore_proxy.errors import UpstreamClosedError, UpstreamStartError, UpstreamStoppedError
 from mcpstore_proxy.keys import SessionKey
 from mcpstore_proxy.pool import warn_reset
 from mcpstore_proxy.relay import ClientCall, ClientChannel, SessionRelay
 from mcpstore_proxy.services.base import ServiceContext, ServiceState, UpstreamService
-from mcpstore_proxy.upstream import ALL_CLIENT_CAPABILITIES, ClientCapability, UpstreamSession
+from mcpstore_proxy.upstream import UpstreamSession
 
 __all__ = ["SharedService"]
 
