@@ -34,7 +34,7 @@ from mcpstore_proxy.compat import downstream_connection
 from mcpstore_proxy.engine import ProxyEngine
 from mcpstore_proxy.errors import ProxyError
 from mcpstore_proxy.gate import agent_of, principal_of
-from mcpstore_proxy.keys import STORE_SCOPE, SessionKey, resolve_session_key
+from mcpstore_proxy.keys import STORE_SCOPE, SessionKey, checked_session_name, resolve_session_key
 from mcpstore_proxy.listen import ListenChannel, catalog_events
 from mcpstore_proxy.principals import ANONYMOUS, LOCAL, Principal
 from mcpstore_proxy.relay import ClientCall, ClientChannel
@@ -49,7 +49,7 @@ NOTIFY_SECONDS: Final = 1.0
 """How long a notice to a client, or its shielded clean-up, may take before it is given up."""
 _KEY_STATE: Final = "mcpstore_proxy.session_key"
 _CHANNEL_STATE: Final = "mcpstore_proxy.channel"
-_NAMED_KEYS_REMEMBERED: Final = 4096
+_KEYS_REMEMBERED: Final = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,10 +87,9 @@ class Downstream:
         self._stdio_key = SessionKey.connection("stdio") if stdio else None
         self._connections: dict[int, Connection] = {}
         self._http_sessions: dict[str, Connection] = {}
-        self._named_keys: dict[tuple[str, str, str], SessionKey] = {}
-        """Keys the session header named, by its value, agent and principal (see `_named`)."""
-        self._principal_keys: dict[tuple[str, str], SessionKey] = {}
-        """Principals' own keys, by agent and principal (see `_principals_own`)."""
+        self._keys: dict[tuple[str, str, str], SessionKey] = {}
+        """Keys resolved before, by (session header value, agent, principal), a principal's own under an empty
+        header value (never a valid one): a client names the same session call after call, and keys are values."""
         # Weak: a key's channel lives while its listen streams or its upstream sessions (whose relay owner it is) do.
         self._listeners: weakref.WeakValueDictionary[SessionKey, ListenChannel] = weakref.WeakValueDictionary()
 
@@ -107,55 +106,35 @@ class Downstream:
             SessionLimitError: it names a session that would take the client past its limit.
         """
         header = caller.header(self._header)
-        connection = self.adopt(caller)
-        if header is None and connection is not None:
-            return connection  # what `resolve_session_key` picks, and never a named session to admit
-        if header is not None:
-            key = self._named(header, self.agent(caller), self.principal(caller).name)
-        else:
-            key = resolve_session_key(
-                None,
-                None,
-                connection,
-                argument_name=self._argument,
-                header_name=self._engine.settings.session_header,
-                agent=self.agent(caller),
-                principal=self.principal(caller).name,
-            )
+        if header is None:
+            return self.adopt(caller)  # what `resolve_session_key` picks, and never a named session to admit
+        key = self._named(header, self.agent(caller), self.principal(caller).name)
         self.admit(caller, key)
         return key
 
     def _principals_own(self, agent: str, principal: str) -> SessionKey:
-        """The principal's own session in the agent scope (`SessionKey.for_principal`), remembered like `_named`."""
-        key = self._principal_keys.get((agent, principal))
+        """The principal's own session in the agent scope (`SessionKey.for_principal`), remembered (`_keys`)."""
+        key = self._keys.get(("", agent, principal))
         if key is None:
-            if len(self._principal_keys) >= _NAMED_KEYS_REMEMBERED:
-                self._principal_keys.clear()
-            key = self._principal_keys[agent, principal] = SessionKey.connection("", agent, principal).for_principal()
+            key = self._remember(("", agent, principal), SessionKey.connection("", agent, principal).for_principal())
         return key
 
     def _named(self, header: str, agent: str, principal: str) -> SessionKey:
-        """The session the session header names (`resolve_session_key`'s explicit key), remembered: a client
-        names the same one call after call, and a key is an immutable value.
+        """The session the session header names (`resolve_session_key`'s explicit key), remembered (`_keys`).
 
         Raises:
             InvalidSessionKeyError: the header's value is malformed.
         """
-        named = (header, agent, principal)
-        key = self._named_keys.get(named)
+        key = self._keys.get((header, agent, principal))
         if key is None:
-            key = resolve_session_key(
-                None,
-                header,
-                None,
-                argument_name=self._argument,
-                header_name=self._engine.settings.session_header,
-                agent=agent,
-                principal=principal,
-            )
-            if len(self._named_keys) >= _NAMED_KEYS_REMEMBERED:
-                self._named_keys.clear()
-            self._named_keys[named] = key
+            name = checked_session_name(header, f"the {self._engine.settings.session_header} header")
+            key = self._remember((header, agent, principal), SessionKey.explicit(name, agent, principal))
+        return key
+
+    def _remember(self, resolved_from: tuple[str, str, str], key: SessionKey) -> SessionKey:
+        if len(self._keys) >= _KEYS_REMEMBERED:
+            self._keys.clear()
+        self._keys[resolved_from] = key
         return key
 
     def named_key(self, caller: Caller, base: SessionKey, named: Any, *, argument_name: str | None) -> SessionKey:
@@ -185,7 +164,7 @@ class Downstream:
             self._engine.named.admit(key, str(principal))
             return
         connection = self.adopt(caller)
-        if connection is not None and connection.kind == "connection":
+        if connection.kind == "connection":
             client = f"connection {connection.name}"
         else:
             peer = caller.scope.get("client") if caller.scope is not None else None
@@ -200,7 +179,7 @@ class Downstream:
         """Who the request proved to be, at the gate (the local principal over stdio)."""
         return principal_of(caller.scope)
 
-    def adopt(self, caller: Caller) -> SessionKey | None:
+    def adopt(self, caller: Caller) -> SessionKey:
         """The connection's own session key, registering the connection on first sight.
 
         Registration hooks the connection's end (DELETE, idle expiry, EOF,
