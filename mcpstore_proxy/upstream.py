@@ -42,6 +42,7 @@ from mcpstore_proxy.errors import (
     UpstreamTimeoutError,
 )
 from mcpstore_proxy.events import EventLog
+from mcpstore_proxy.interned import Interned
 from mcpstore_proxy.latch import Latch
 from mcpstore_proxy.logs import log_fields
 from mcpstore_proxy.operations import upstream_leg
@@ -63,6 +64,8 @@ logger = logging.getLogger(__name__)
 _CLOSE_TIMEOUT_SECONDS: Final = 10.0
 
 _CLIENT_INFO: Final = types.Implementation(name="mcpstore-proxy", version=__version__)
+_INITIALIZE_RESULTS: Final = Interned[types.InitializeResult](64)
+"""The upstreams' `initialize` answers, each kept once however many sessions got it (see `interned`)."""
 
 
 class _RawResult(RootModel[dict[str, Any]]):
@@ -71,6 +74,16 @@ class _RawResult(RootModel[dict[str, Any]]):
 
 def _in_a_trace() -> bool:
     return trace.get_current_span().get_span_context().is_valid
+
+
+def _share_initialize_result(client: ClientSession) -> None:
+    """Have `client` keep the copy of its upstream's answer to `initialize` that other sessions keep (in a frame
+    of its own: the session's serving frame lives as long as the session, and must not hold its own copy)."""
+    result = client.initialize_result
+    assert result is not None  # initialized
+    shared = _INITIALIZE_RESULTS.get(result.model_dump_json(by_alias=True), result)
+    if shared is not result:
+        client.adopt(shared)  # public, and sends nothing: the negotiated state, from an equal answer
 
 
 def _describe(method: str, params: Mapping[str, Any] | None) -> str:
@@ -208,6 +221,7 @@ class UpstreamSession:
                     client_info=_CLIENT_INFO,
                 ) as client:
                     await client.initialize()
+                    _share_initialize_result(client)
                     if self._events is not None:
                         seconds = time.monotonic() - self.started_at
                         self._events.record(

@@ -169,3 +169,19 @@ def state_service(harness: EngineHarness) -> IsolatedService:
     service = harness.engine.service("", "state")
     assert isinstance(service, IsolatedService)
     return service
+
+
+async def test_sessions_an_upstream_answered_alike_share_one_copy_of_its_initialize_answer(tmp_path: Path) -> None:
+    async with running_engine(tmp_path, {"state": fixture_server("state")}) as harness:
+        await harness.call(_ALICE, "state_remember", value="alice-1")
+        await harness.call(_BOB, "state_remember", value="bob-1")
+        sessions = state_service(harness).pool.sessions
+
+        alice, bob = await sessions[_ALICE].client(), await sessions[_BOB].client()
+
+        assert alice is not bob
+        assert alice.initialize_result is not None
+        assert alice.initialize_result is bob.initialize_result
+        assert sessions[_ALICE].server_capabilities is sessions[_BOB].server_capabilities
+        assert await harness.call(_ALICE, "state_recall") == ["alice-1"]  # each session still its own
+        assert await harness.call(_BOB, "state_recall") == ["bob-1"]

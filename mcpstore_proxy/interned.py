@@ -1,0 +1,37 @@
+"""Equal values kept once: what many upstream sessions were told alike is held by one object, not one per session.
+
+Every session with an upstream keeps the upstream's `initialize` answer (its capabilities, server info and
+instructions) for its whole life: about 2 KiB per idle session, and more for an upstream with long instructions,
+though the copies of one upstream are nearly always equal. A session keeps the first equal copy instead of its own.
+"""
+
+from __future__ import annotations
+
+from typing import Generic, TypeVar
+
+__all__ = ["Interned"]
+
+_T = TypeVar("_T")
+
+
+class Interned(Generic[_T]):
+    """At most `bound` values by a key that equal values share (their wire form); the oldest goes first."""
+
+    __slots__ = ("_bound", "_values")
+
+    def __init__(self, bound: int) -> None:
+        self._bound = bound
+        self._values: dict[str, _T] = {}
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def get(self, key: str, value: _T) -> _T:
+        """The value kept for `key`, or `value`, kept from now on for `key`."""
+        found = self._values.get(key)
+        if found is not None:
+            return found
+        if len(self._values) >= self._bound:
+            del self._values[next(iter(self._values))]
+        self._values[key] = value
+        return value
