@@ -163,6 +163,7 @@ async def stdio_pipes(parameters: StdioServerParameters, stderr_fd: int) -> Asyn
         OSError: the command could not be started.
     """
     process = await _spawn(parameters, stderr_fd)
+    del parameters  # this frame lives as long as the session: it keeps what stopping the process needs, no more
     stdout, stdin = process.stdout, process.stdin
     assert stdout is not None  # spawned with pipes
     assert stdin is not None

@@ -41,6 +41,7 @@ from mcpstore_proxy.stdio_pipes import RawAnswers, StdoutMessages, stdio_pipes
 __all__ = [
     "AnswerTaker",
     "SessionReadStream",
+    "StderrReading",
     "StderrTail",
     "TransportEvents",
     "TransportFactory",
@@ -77,46 +78,60 @@ class StderrTail:
             self._lines.append(line)
             logger.debug("[%s stderr] %s", self.upstream, line)
 
-    @asynccontextmanager
-    async def reading(self, fd: int, *, grace_seconds: float = _STDERR_DRAIN_SECONDS) -> AsyncGenerator[None]:
-        """Read `fd` (a pipe's read end) into the tail while the block runs, splitting lines; then wait up to
-        `grace_seconds` for the last ones, and close it.
+    def reading(self, fd: int, *, grace_seconds: float = _STDERR_DRAIN_SECONDS) -> StderrReading:
+        """Read `fd` (a pipe's read end) into the tail while the block runs (see `StderrReading`)."""
+        return StderrReading(self, fd, grace_seconds)
 
-        No task: the event loop calls back whenever the pipe is readable, which spares every upstream session a
-        task, its task group and their events (the proxy serves on asyncio, whose loop watches the fd)."""
-        loop = asyncio.get_running_loop()
-        os.set_blocking(fd, False)
-        ended: asyncio.Future[None] = loop.create_future()
-        pending = bytearray()
 
-        def readable() -> None:
-            try:
-                chunk = os.read(fd, 65536)
-            except BlockingIOError:
-                return
-            except OSError:
-                chunk = b""
-            if not chunk:
-                loop.remove_reader(fd)
-                if not ended.done():
-                    ended.set_result(None)
-                return
-            pending.extend(chunk)
-            *lines, rest = pending.split(b"\n")
-            for line in lines:
-                self.add(line.decode(errors="replace"))
-            pending[:] = rest
+class StderrReading:
+    """Reads a pipe's read end into a `StderrTail` while its block runs, splitting lines; then waits up to
+    `grace_seconds` for the last ones, and closes it.
 
-        loop.add_reader(fd, readable)
+    No task: the event loop calls back whenever the pipe is readable, which spares every upstream session a task,
+    its task group and their events (the proxy serves on asyncio, whose loop watches the fd). A class, not a
+    generator and a closure: it stays open for the session's whole life, and its slots are a third of their size.
+    """
+
+    __slots__ = ("_ended", "_fd", "_grace_seconds", "_loop", "_pending", "_tail")
+
+    def __init__(self, tail: StderrTail, fd: int, grace_seconds: float) -> None:
+        self._tail = tail
+        self._fd = fd
+        self._grace_seconds = grace_seconds
+        self._pending = bytearray()
+
+    async def __aenter__(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        os.set_blocking(self._fd, False)
+        self._ended: asyncio.Future[None] = self._loop.create_future()
+        self._loop.add_reader(self._fd, self._readable)
+
+    async def __aexit__(self, *_: object) -> None:
+        # The process is gone: take its last lines, but a grandchild that inherited stderr must not keep us.
+        with anyio.move_on_after(self._grace_seconds, shield=True):
+            await self._ended
+        self._loop.remove_reader(self._fd)
+        self._tail.add(self._pending.decode(errors="replace"))
+        os.close(self._fd)
+
+    def _readable(self) -> None:
         try:
-            yield
-        finally:
-            # The process is gone: take its last lines, but a grandchild that inherited stderr must not keep us.
-            with anyio.move_on_after(grace_seconds, shield=True):
-                await ended
-            loop.remove_reader(fd)
-            self.add(pending.decode(errors="replace"))
-            os.close(fd)
+            chunk = os.read(self._fd, 65536)
+        except BlockingIOError:
+            return
+        except OSError:
+            chunk = b""
+        if not chunk:
+            self._loop.remove_reader(self._fd)
+            if not self._ended.done():
+                self._ended.set_result(None)
+            return
+        pending = self._pending
+        pending.extend(chunk)
+        *lines, rest = pending.split(b"\n")
+        for line in lines:
+            self._tail.add(line.decode(errors="replace"))
+        pending[:] = rest
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,7 +220,9 @@ async def open_transport(
     """Connect to the upstream described by `config`; closing the context stops it (and its process)."""
     transport = config.resolved_transport
     if transport == "stdio":
-        async with _open_stdio(config, events.stderr) as streams:
+        # Inline, not a context manager of its own: each stays suspended for the session's whole life.
+        read_fd, write_fd = os.pipe()
+        async with events.stderr.reading(read_fd), stdio_pipes(_parameters(config), write_fd) as streams:
             yield streams
     elif transport == "sse":
         assert config.url is not None
@@ -227,10 +244,6 @@ async def open_transport(
             yield streams
 
 
-@asynccontextmanager
-async def _open_stdio(config: UpstreamConfig, stderr: StderrTail) -> AsyncGenerator[TransportStreams]:
+def _parameters(config: UpstreamConfig) -> StdioServerParameters:
     assert config.command is not None
-    parameters = StdioServerParameters(command=config.command, args=config.args, env=config.env, cwd=config.cwd)
-    read_fd, write_fd = os.pipe()
-    async with stderr.reading(read_fd), stdio_pipes(parameters, write_fd) as streams:
-        yield streams
+    return StdioServerParameters(command=config.command, args=config.args, env=config.env, cwd=config.cwd)
