@@ -165,13 +165,18 @@ def _result_of(answer: _Answer) -> dict[str, Any]:
         MCPError: the upstream's error; CONNECTION_CLOSED for no answer; INTERNAL_ERROR for an answer that is
             neither a result object nor an error (it is not passed on as if it were one).
     """
-    if isinstance(answer, types.JSONRPCResponse):
+    if type(answer) is dict:  # the usual case (`take_raw`): a line as parsed from JSON
+        result: object = answer.get("result")
+        if type(result) is dict and "error" not in answer:
+            return cast("dict[str, Any]", result)  # a string: no generic alias made per call
+    elif isinstance(answer, types.JSONRPCResponse):
         return answer.result
-    if isinstance(answer, types.JSONRPCError):
+    elif isinstance(answer, types.JSONRPCError):
         raise MCPError(code=answer.error.code, message=answer.error.message, data=answer.error.data)
-    if answer is None:
+    elif answer is None:
         raise _closed()
-    result: object = answer.get("result")
+    assert isinstance(answer, dict)
+    result = answer.get("result")
     error: object = answer.get("error")
     if isinstance(result, dict) and error is None:
         return cast(dict[str, Any], result)

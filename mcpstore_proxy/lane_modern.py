@@ -28,8 +28,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any, Final, TypeVar, cast
+from typing import Any, Final, NamedTuple, TypeVar
 
 from mcp import MCPError, types
 from mcp.server.connection import Connection
@@ -115,8 +114,7 @@ def routing_of(scope: Scope, limit: int) -> dict[str, str] | None:
     return routing if routing.get(MCP_PROTOCOL_VERSION_HEADER) in MODERN_PROTOCOL_VERSIONS else None
 
 
-@dataclass(frozen=True, slots=True)
-class ModernCall:
+class ModernCall(NamedTuple):
     """A 2026-07-28 `tools/call` the lane takes: the call, the client as its envelope describes it, and the
     protocol version."""
 
@@ -142,19 +140,21 @@ class ModernCalls:
 
     def call(self, message: dict[str, Any], routing: Mapping[str, str]) -> ModernCall | None:
         """The call `message` asks for, when the lane may serve it exactly as the SDK would; else None."""
-        if message.keys() - _MESSAGE_KEYS or message.get("method") != "tools/call":
+        # Subset tests, not set differences, which build a set each (this runs for every 2026-07-28 call).
+        if not message.keys() <= _MESSAGE_KEYS or message.get("method") != "tools/call":
             return None
         call = tool_call(message)
         if call is None:
             return None
         params: dict[str, Any] = message["params"]
         meta = params.get("_meta")
-        if params.keys() - _PARAMS_KEYS or not isinstance(meta, dict) or meta.keys() - _META_KEYS:
+        if not params.keys() <= _PARAMS_KEYS or type(meta) is not dict or not meta.keys() <= _META_KEYS:  # pyright: ignore[reportUnknownMemberType]
             return None
-        version = self._version(message, routing, call.name, cast(dict[str, Any], meta))
+        envelope: dict[str, Any] = meta  # pyright: ignore[reportUnknownVariableType]  (parsed JSON: string keys)
+        version = self._version(message, routing, call.name, envelope)
         if version is None:
             return None
-        connection = self._client(version, cast(dict[str, Any], meta))
+        connection = self._client(version, envelope)
         if connection is None or (call.arguments and self._maps_headers(call.name)):
             return None
         return ModernCall(call, connection, version)
@@ -179,8 +179,8 @@ class ModernCalls:
         meta = result.get("_meta")
         if meta is None:
             result["_meta"] = {SERVER_INFO_META_KEY: self._stamp}
-        elif isinstance(meta, dict) and cast(dict[str, Any], meta).get(SERVER_INFO_META_KEY) is None:
-            result["_meta"] = {**cast(dict[str, Any], meta), SERVER_INFO_META_KEY: self._stamp}
+        elif type(meta) is dict and meta.get(SERVER_INFO_META_KEY) is None:  # pyright: ignore[reportUnknownMemberType]
+            result["_meta"] = {**meta, SERVER_INFO_META_KEY: self._stamp}  # pyright: ignore[reportUnknownArgumentType]
         return result
 
     def _version(
@@ -204,7 +204,7 @@ class ModernCalls:
         return routed or None
 
     def _client(self, version: str, meta: dict[str, Any]) -> Connection | None:
-        envelope = {key: value for key, value in meta.items() if key != "progressToken"}
+        envelope = meta if "progressToken" not in meta else {k: v for k, v in meta.items() if k != "progressToken"}
         remembered = to_json(envelope)  # the same bytes for the same envelope: a client sends its own each time
         if remembered in self._envelopes:
             return self._envelopes[remembered]
@@ -243,21 +243,22 @@ def is_kept_as_is(result: dict[str, Any]) -> bool:
     """Whether the version's surface would give `result` back as it is: a complete result of text content, with
     structured content and the error flag, nothing else (most tools'). The rest is sieved by the SDK's own
     surface, which drops what the version does not know and the nulls it does."""
-    if result.keys() - _PLAIN_RESULT_KEYS or result["resultType"] != "complete":
+    if not result.keys() <= _PLAIN_RESULT_KEYS or result["resultType"] != "complete":
         return False
     content = result.get("content")
-    if not isinstance(content, list) or not isinstance(result.get("isError", False), bool):
+    if type(content) is not list or type(result.get("isError", False)) is not bool:
         return False
-    if "structuredContent" in result and not isinstance(result["structuredContent"], dict):
+    if "structuredContent" in result and type(result["structuredContent"]) is not dict:
         return False
-    return all(_is_plain_text(item) for item in cast(list[Any], content))
+    items: list[Any] = content  # pyright: ignore[reportUnknownVariableType]  (parsed JSON)
+    return all(_is_plain_text(item) for item in items)
 
 
 def _is_plain_text(item: Any) -> bool:
-    if not isinstance(item, dict):
+    if type(item) is not dict:
         return False
-    text = cast(dict[str, Any], item)
-    return text.keys() == _TEXT_KEYS and text["type"] == "text" and isinstance(text["text"], str)
+    text: dict[str, Any] = item  # pyright: ignore[reportUnknownVariableType]  (parsed JSON)
+    return text.keys() == _TEXT_KEYS and text["type"] == "text" and type(text["text"]) is str
 
 
 class Keepalive(Deferred):

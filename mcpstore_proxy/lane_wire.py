@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Awaitable
-from dataclasses import dataclass
-from typing import Any, Final, TypeGuard, TypeVar, cast
+from typing import Any, Final, NamedTuple, TypeGuard, TypeVar
 
 import anyio
 from mcp import MCPError, types
@@ -60,8 +59,9 @@ SSE_HEADERS: Final = (
 )
 
 
-@dataclass(frozen=True, slots=True)
-class ToolCall:
+class ToolCall(NamedTuple):
+    """A well-formed `tools/call` (a named tuple: made for every call, at half a frozen dataclass's cost)."""
+
     id: RequestId
     name: str
     arguments: dict[str, Any] | None
@@ -69,29 +69,36 @@ class ToolCall:
 
 
 def tool_call(message: dict[str, Any]) -> ToolCall | None:
-    """The call a `tools/call` message asks for, when it is well formed; else None (the SDK says what is wrong)."""
+    """The call a `tools/call` message asks for, when it is well formed; else None (the SDK says what is wrong).
+
+    `message` is parsed JSON, whose objects are plain dicts with string keys: hence `type(...) is dict`, and
+    annotations rather than `cast()`, which costs a call and a generic alias each time (this runs for every call).
+    """
     request_id = message.get("id")
     params = message.get("params")
-    if not is_id(request_id) or not isinstance(params, dict):
+    if not is_id(request_id) or type(params) is not dict:
         return None
-    params = cast(dict[str, Any], params)
-    name = params.get("name")
-    arguments = params.get("arguments")
-    meta = params.get("_meta")
-    if not isinstance(name, str) or not (arguments is None or isinstance(arguments, dict)):
+    fields: dict[str, Any] = params  # pyright: ignore[reportUnknownVariableType]
+    name = fields.get("name")
+    arguments = fields.get("arguments")
+    meta = fields.get("_meta")
+    if type(name) is not str or not (arguments is None or type(arguments) is dict):
         return None
     token: object = None
     if meta is not None:
-        if not isinstance(meta, dict):
+        if type(meta) is not dict:
             return None
-        token = cast(dict[str, Any], meta).get("progressToken")
+        envelope: dict[str, Any] = meta  # pyright: ignore[reportUnknownVariableType]
+        token = envelope.get("progressToken")
         if token is not None and not is_id(token):
             return None
-    return ToolCall(request_id, name, cast(dict[str, Any] | None, arguments), token)
+    return ToolCall(request_id, name, arguments, token)  # pyright: ignore[reportUnknownArgumentType]
 
 
 def is_id(value: object) -> TypeGuard[RequestId]:
-    return isinstance(value, int | str) and not isinstance(value, bool)
+    """Whether `value`, as parsed from JSON, is a JSON-RPC id: a string or an integer (never a boolean)."""
+    kind = type(value)
+    return kind is str or kind is int
 
 
 class Acceptance:

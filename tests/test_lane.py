@@ -91,6 +91,32 @@ async def test_what_the_lane_does_not_serve_reaches_the_sdk_unchanged(config: Pa
         assert await lane_calls(proxy, config) == 2
 
 
+async def test_a_call_whose_id_or_fields_are_not_well_typed_is_left_to_the_sdk(config: Path) -> None:
+    malformed: list[dict[str, Any]] = [
+        {"jsonrpc": "2.0", "id": True, "method": "tools/call", "params": {"name": "state_echo"}},
+        {"jsonrpc": "2.0", "id": 1.5, "method": "tools/call", "params": {"name": "state_echo"}},
+        {"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": 7}},
+        {"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": {"name": "state_echo", "arguments": []}},
+        {"jsonrpc": "2.0", "id": 4, "method": "tools/call", "params": {"name": "state_echo", "_meta": []}},
+        {
+            "jsonrpc": "2.0",
+            "id": 5,
+            "method": "tools/call",
+            "params": {"name": "state_echo", "arguments": {"text": "x"}, "_meta": {"progressToken": False}},
+        },
+    ]
+    async with opened_session(config) as (proxy, _http, session):
+        for message in malformed:
+            answered = await session.post(message)
+            assert answered.status_code < 500, message  # whatever the SDK makes of it, as it would without us
+        assert await lane_calls(proxy, config) == 0
+
+        called = await session.call_tool(6, "state_echo", {"text": "well formed"})
+
+        assert called.json()["result"]["structuredContent"] == {"result": "well formed"}
+        assert await lane_calls(proxy, config) == 1
+
+
 async def test_listings_in_the_lane_are_what_the_sdk_lists_for_a_client_of_the_same_version(tmp_path: Path) -> None:
     config = write_config(tmp_path, {"state": fixture_server("state"), "other": fixture_server("other")})
     async with (
