@@ -104,6 +104,8 @@ class _Asked:
 class _AskingStream(AnswerStream):
     """The client behind a handshake-era call in the lane, which may be asked on the call's answer too."""
 
+    __slots__ = ("_questions", "_session_id")
+
     def __init__(self, questions: LaneQuestions, answer: Answer, connection: Connection, session_id: str) -> None:
         super().__init__(answer, connection)
         self._questions = questions

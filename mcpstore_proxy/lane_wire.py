@@ -225,6 +225,8 @@ class Answer:
     """One call's HTTP response: a JSON body, unless something is sent before the answer, which opens an event
     stream for it and everything after."""
 
+    __slots__ = ("_is_done", "_is_streaming", "_lock", "_send", "_session_header", "_stream_headers")
+
     def __init__(
         self, send: Send, session_id: str | None, *, stream_headers: tuple[tuple[bytes, bytes], ...] = SSE_HEADERS
     ) -> None:
@@ -294,6 +296,8 @@ class AnswerStream:
     """The client behind a call in the lane, reached on the call's own answer (a `ClientChannel`): it hears what
     the upstream says during the call (log entries only where `log_entries`: a 2026-07-28 client that opted in to
     none gets none), and is asked nothing (`lane` asks a handshake-era client on the answer, by its own class)."""
+
+    __slots__ = ("_answer", "_connection", "_log_entries")
 
     def __init__(self, answer: Answer, connection: Connection, *, log_entries: bool = True) -> None:
         self._answer = answer

@@ -195,7 +195,7 @@ class ProxyServer(Server[Any]):
         result = await call_next(ctx)
         if ctx.method == "initialize":
             caller = Caller.of(ctx)
-            self._downstream.adopt(replace(caller, protocol_version=caller.connection.protocol_version))
+            self._downstream.adopt(caller._replace(protocol_version=caller.connection.protocol_version))
         return result
 
     async def _cached_listing(self, ctx: Context, call_next: CallNext) -> HandlerResult:
