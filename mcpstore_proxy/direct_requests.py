@@ -12,9 +12,11 @@ while a numeric id past 32 bits could break a server that keeps them narrower. E
 on the stream (log entries, sampling, list changes, answers to the SDK's own
 requests) still goes to the `ClientSession`, in order.
 
-Each request has a deadline (the upstream's `call_timeout_seconds`), kept by a
-timer on its answer's future rather than a cancel scope; a request past it
-fails with `TimeoutError`. Abandoning a request (cancelled, or past its
+Each request has a deadline (the upstream's `call_timeout_seconds`); a request
+past it fails with `TimeoutError`. The deadlines are kept by one timer for the
+session, armed for the earliest, rather than a timer (made, then cancelled) or
+a cancel scope per request: requests follow one another, and most are answered
+long before theirs. Abandoning a request (cancelled, or past its
 deadline) tells the upstream with `notifications/cancelled`, as the SDK does.
 When the session ends, every request still waiting fails with the SDK's
 `CONNECTION_CLOSED` error.
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import math
 from contextlib import suppress
 from typing import Any, Final, TypeGuard, cast
 
@@ -39,6 +42,8 @@ __all__ = ["DirectRequests"]
 _ID_PREFIX: Final = "mcpstore-"
 """The proxy's own request ids upstream; the SDK's client uses integers."""
 _CANCEL_WRITE_SECONDS: Final = 1.0
+_DEADLINE_SLACK_SECONDS: Final = 0.001
+"""A timer may fire up to a millisecond early (uvloop's are in milliseconds): a deadline that close is past."""
 _SHOWN_CHARACTERS: Final = 200
 """How much of a malformed answer its error shows."""
 
@@ -56,7 +61,11 @@ class DirectRequests:
         self._stdin = write_stream if isinstance(write_stream, StdinMessages) else None
         """Where a request goes as orjson writes it, past the SDK's models (an upstream over stdio)."""
         self._ids = itertools.count(1)
-        self._waiting: dict[str, asyncio.Future[_Answer]] = {}
+        self._waiting: dict[str, tuple[asyncio.Future[_Answer], float]] = {}
+        """Each request waiting for its answer: the future it gets it on, and its deadline (the loop's clock)."""
+        self._sweep: asyncio.TimerHandle | None = None
+        """Fails the requests past their deadline; armed for the earliest deadline while any request waits."""
+        self._sweep_at = math.inf
         self._is_closed = False
 
     async def request(self, method: str, params: dict[str, Any] | None, *, timeout: float) -> dict[str, Any]:
@@ -70,11 +79,12 @@ class DirectRequests:
             raise _closed()
         request_id = f"{_ID_PREFIX}{next(self._ids)}"
         loop = asyncio.get_running_loop()
-        # A bare future and a timer: this upstream is asyncio's already, and an anyio Event costs 5x as much, a
-        # cancel scope for the deadline more again.
-        waiting = self._waiting[request_id] = loop.create_future()
+        # A bare future: this upstream is asyncio's already, and an anyio Event costs 5x as much.
+        waiting: asyncio.Future[_Answer] = loop.create_future()
         deadline = loop.time() + timeout
-        timer = loop.call_at(deadline, _expire, waiting)
+        self._waiting[request_id] = (waiting, deadline)
+        if deadline < self._sweep_at:
+            self._arm(loop, deadline)
         try:
             try:
                 await self._send(request_id, method, params, deadline)
@@ -87,11 +97,30 @@ class DirectRequests:
                     await self._cancel_upstream(request_id)
                 raise
         finally:
-            timer.cancel()
             self._waiting.pop(request_id, None)
             if waiting.done() and not waiting.cancelled():
                 waiting.exception()  # retrieved: the deadline may have passed while the request was being sent
         return _result_of(answer)
+
+    def _arm(self, loop: asyncio.AbstractEventLoop, at: float) -> None:
+        if self._sweep is not None:
+            self._sweep.cancel()
+        self._sweep_at = at
+        self._sweep = loop.call_at(at, self._expire_due, loop)
+
+    def _expire_due(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Fail the requests past their deadline, and arm the timer again for the earliest of the rest."""
+        self._sweep, self._sweep_at = None, math.inf
+        due = loop.time() + _DEADLINE_SLACK_SECONDS
+        earliest = math.inf
+        for waiting, deadline in self._waiting.values():
+            if deadline <= due:
+                if not waiting.done():
+                    waiting.set_exception(TimeoutError())
+            elif deadline < earliest:
+                earliest = deadline
+        if earliest < math.inf:
+            self._arm(loop, earliest)
 
     async def _send(self, request_id: str, method: str, params: dict[str, Any] | None, deadline: float) -> None:
         if self._stdin is not None:
@@ -111,7 +140,10 @@ class DirectRequests:
     def close(self) -> None:
         """The session ended: fail every request still waiting, and any sent later."""
         self._is_closed = True
-        for waiting in self._waiting.values():
+        if self._sweep is not None:
+            self._sweep.cancel()
+            self._sweep, self._sweep_at = None, math.inf
+        for waiting, _ in self._waiting.values():
             if not waiting.done():
                 waiting.set_result(None)
         self._waiting.clear()
@@ -135,8 +167,8 @@ class DirectRequests:
     def _hand_over(self, request_id: str, answer: _Answer) -> bool:
         """Always True: an id of ours that nobody waits for any more answers a request given up (dropped here)."""
         waiting = self._waiting.pop(request_id, None)
-        if waiting is not None and not waiting.done():  # done: cancelled, its request being withdrawn
-            waiting.set_result(answer)
+        if waiting is not None and not waiting[0].done():  # done: cancelled, or past its deadline
+            waiting[0].set_result(answer)
         return True
 
     async def _cancel_upstream(self, request_id: str) -> None:
@@ -147,11 +179,6 @@ class DirectRequests:
         )
         with suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):  # if gone, its work went with it
             await self._write_stream.send(SessionMessage(notice))
-
-
-def _expire(waiting: asyncio.Future[_Answer]) -> None:
-    if not waiting.done():
-        waiting.set_exception(TimeoutError())
 
 
 def _is_ours(request_id: object) -> TypeGuard[str]:

@@ -18,6 +18,7 @@ from mcp.shared.message import SessionMessage
 
 from mcpstore_proxy.compat import WriteStream
 from mcpstore_proxy.config import UpstreamConfig
+from mcpstore_proxy.direct_requests import DirectRequests
 from mcpstore_proxy.errors import UpstreamClosedError, UpstreamTimeoutError
 from mcpstore_proxy.message_streams import MessageWriteStream
 from mcpstore_proxy.relay import ClientCall, SessionRelay
@@ -182,3 +183,85 @@ async def test_a_direct_call_whose_upstream_goes_away_fails_saying_the_connectio
     async with fixture_session(SessionRelay("up")) as session:
         with pytest.raises(UpstreamClosedError, match="closed the connection"):
             await session.call_tool("crash", {}, _call([]))
+
+
+class _Unanswered(MessageWriteStream):
+    """An upstream that takes every request and answers none by itself: the test answers, with `take_raw`."""
+
+    def __init__(self) -> None:
+        self.sent: list[types.JSONRPCMessage] = []
+        self.arrived = anyio.Event()
+
+    async def send(self, item: SessionMessage, /) -> None:
+        self.sent.append(item.message)
+        self.arrived.set()
+
+    async def aclose(self) -> None:
+        return
+
+
+async def test_requests_with_different_deadlines_each_time_out_at_their_own() -> None:
+    upstream = _Unanswered()
+    requests = DirectRequests(upstream)
+    outcomes: dict[str, object] = {}
+
+    async def patient() -> None:
+        outcomes["patient"] = await requests.request("tools/call", {"name": "slow"}, timeout=60)
+
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(patient)
+            await upstream.arrived.wait()
+            with pytest.raises(TimeoutError):
+                await requests.request("tools/call", {"name": "hasty"}, timeout=0.05)
+            assert "patient" not in outcomes  # its own deadline is far off: it still waits
+            first = upstream.sent[0]
+            assert isinstance(first, types.JSONRPCRequest)
+            assert requests.take_raw({"jsonrpc": "2.0", "id": first.id, "result": {"content": []}})
+
+    assert outcomes["patient"] == {"content": []}
+    requests.close()
+
+
+async def test_a_deadline_is_kept_after_an_earlier_request_was_answered_in_time() -> None:
+    upstream = _Unanswered()
+    requests = DirectRequests(upstream)
+    loop_time = anyio.current_time
+
+    async def answer_the_first() -> None:
+        await upstream.arrived.wait()
+        first = upstream.sent[0]
+        assert isinstance(first, types.JSONRPCRequest)
+        requests.take_raw({"jsonrpc": "2.0", "id": first.id, "result": {}})
+
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(answer_the_first)
+            assert await requests.request("ping", None, timeout=0.1) == {}
+        started = loop_time()
+        with pytest.raises(TimeoutError):
+            await requests.request("ping", None, timeout=0.3)  # past the first's deadline, which is no longer due
+
+    assert loop_time() - started >= 0.3 - 0.002  # not failed early, when the first request's deadline passed
+    requests.close()
+
+
+async def test_a_request_still_waiting_when_the_session_ends_fails_saying_the_connection_closed() -> None:
+    upstream = _Unanswered()
+    requests = DirectRequests(upstream)
+
+    async def end_once_sent() -> None:
+        await upstream.arrived.wait()
+        requests.close()
+
+    codes: list[int] = []
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(end_once_sent)
+            with pytest.raises(MCPError) as ended:
+                await requests.request("ping", None, timeout=60)
+            codes.append(ended.value.error.code)
+
+    assert codes == [types.CONNECTION_CLOSED]
+    with pytest.raises(MCPError):
+        await requests.request("ping", None, timeout=60)  # and so does any request sent after
