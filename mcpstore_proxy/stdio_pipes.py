@@ -138,12 +138,16 @@ class StdinMessages(MessageWriteStream):
                 with anyio.fail_at(math.inf if deadline is None else deadline):
                     await self._stdin.send(data)
                 return
-            self._writer.write(data)
-            if deadline is None or not self._writer.transport.get_write_buffer_size():
-                await self._writer.drain()  # with nothing left in the buffer, this does not wait
+            writer = self._writer
+            writer.write(data)
+            transport = writer.transport
+            if not transport.get_write_buffer_size() and not transport.is_closing():
+                return  # all written, to a pipe still open: what `drain()` would find, without its two coroutines
+            if deadline is None:
+                await writer.drain()  # raises once the pipe is gone
                 return
             with anyio.fail_at(deadline):
-                await self._writer.drain()
+                await writer.drain()
         except TimeoutError:
             raise  # an OSError too, but the upstream is not known to be gone
         except (anyio.ClosedResourceError, anyio.BrokenResourceError, OSError, RuntimeError) as error:
