@@ -25,7 +25,8 @@ class Deferred(ABC):
         self._task: asyncio.Task[None] | None = None
 
     def __enter__(self) -> None:
-        self._again(asyncio.get_running_loop())
+        loop = asyncio.get_running_loop()
+        self._timer = loop.call_later(self._after_seconds, self._start, loop)  # `_again`, a call the fewer
 
     def __exit__(self, *exc_info: object) -> None:
         if self._timer is not None:

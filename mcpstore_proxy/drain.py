@@ -127,7 +127,8 @@ class _InFlight(Generic[_ScopeT]):
         self._scope = scope
 
     def __enter__(self) -> _ScopeT:
-        self._drain.refuse_if_draining()
+        if self._drain._is_draining:  # pyright: ignore[reportPrivateUsage]  # its own helper; a call the fewer
+            self._drain.refuse_if_draining()
         scope = self._scope
         scope.__enter__()
         self._requests.__enter__()

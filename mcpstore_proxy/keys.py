@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import re
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
 from mcpstore_proxy.errors import InvalidSessionKeyError
@@ -48,6 +48,18 @@ class SessionKey:
     name: str
     agent: str = STORE_SCOPE
     principal: str = LOCAL.name
+    _hash: int = field(init=False, repr=False, compare=False)
+    """Worked out once: a key is looked up in several dicts per request, and a dataclass hashes a new tuple of
+    its fields each time."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_hash", hash((self.kind, self.name, self.agent, self.principal)))
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    def __reduce__(self) -> tuple[type[SessionKey], tuple[str, str, str, str]]:
+        return SessionKey, (self.kind, self.name, self.agent, self.principal)  # a copy hashes in its own process
 
     @classmethod
     def explicit(cls, name: str, agent: str = STORE_SCOPE, principal: str = LOCAL.name) -> SessionKey:

@@ -3,6 +3,7 @@ that a key's name, a bearer secret, never shows in what logs and messages print.
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any
 
@@ -144,3 +145,23 @@ async def test_the_engine_logs_name_a_session_by_its_hash_never_by_its_name(
     assert refusals == [f"refused a new session with upstream 'state' for {secret}: its cap of 1 sessions is reached"]
     assert f"#{secret.fingerprint}" in refusals[0]
     assert "top-secret-task" not in caplog.text
+
+
+def test_keys_equal_in_every_field_are_one_key_and_differ_in_any_field_otherwise() -> None:
+    key = SessionKey.explicit("tab", "team_1", "alice")
+    same = SessionKey.explicit("tab", "team_1", "alice")
+    others = [
+        SessionKey.connection("tab", "team_1", "alice"),
+        SessionKey.explicit("other", "team_1", "alice"),
+        SessionKey.explicit("tab", "team_2", "alice"),
+        SessionKey.explicit("tab", "team_1", "bob"),
+    ]
+
+    assert key == same
+    assert hash(key) == hash(same)
+    assert {key: 1}[same] == 1
+    assert all(key != other for other in others)
+    assert len({key, same, *others}) == 5
+    assert copy.deepcopy(key) == key
+    assert hash(copy.deepcopy(key)) == hash(key)
+    assert "_hash" not in repr(key)
