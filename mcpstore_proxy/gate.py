@@ -62,11 +62,14 @@ def agent_of(scope: Scope) -> str:
     return admitted if isinstance(admitted, str) else _requested_agent(scope)
 
 
-def _requested_agent(scope: Scope) -> str:
+def _requested_agent(scope: Scope, header: bytes | None = None) -> str:
+    """The agent scope the request asks for: its path's, else its agent header's (`header`, when the caller has
+    found it already), else the store's."""
     path_agent = scope.get("path_params", {}).get("agent")
     if path_agent:
         return checked_agent(str(path_agent))
-    header = _header(scope, _AGENT_HEADER)
+    if header is None:
+        header = _header(scope, _AGENT_HEADER)
     return checked_agent(header.decode("latin-1")) if header else STORE_SCOPE
 
 
@@ -113,9 +116,15 @@ class AuthGate:
             PermissionDeniedError: the principal may not use the agent scope the request asks for.
             InvalidSessionKeyError: the agent id is malformed.
         """
-        authorization = _header(scope, b"authorization")
+        authorization = agent_header = None
+        for name, value in scope["headers"]:  # one pass for both: this runs for every request
+            if name == b"authorization":
+                if authorization is None:  # the first, as everywhere else
+                    authorization = value
+            elif name == _AGENT_HEADER and agent_header is None:
+                agent_header = value
         principal = await self.authenticator.authenticate(authorization.decode("latin-1") if authorization else None)
-        agent = _requested_agent(scope)
+        agent = _requested_agent(scope, agent_header or b"")
         if not principal.may_use_agent(agent):
             raise PermissionDeniedError(f"{principal} may not use agent '{agent}'; ask for it to be granted")
         scope[_PRINCIPAL_SCOPE_KEY] = principal

@@ -26,6 +26,7 @@ from typing import Any, Final
 
 import anyio
 from mcp import ClientSession, MCPError, types
+from opentelemetry import context as otel_context
 from opentelemetry import trace
 from pydantic import RootModel
 
@@ -73,7 +74,9 @@ class _RawResult(RootModel[dict[str, Any]]):
 
 
 def _in_a_trace() -> bool:
-    return trace.get_current_span().get_span_context().is_valid
+    current = otel_context.get_current()
+    # An empty context holds no span: the usual case, answered without the span lookup's four calls.
+    return bool(current) and trace.get_current_span(current).get_span_context().is_valid
 
 
 def _share_initialize_result(client: ClientSession) -> None:

@@ -276,3 +276,19 @@ async def test_bob_presenting_alices_session_id_gets_404_as_for_an_unknown_id(pr
         assert still_alices.status_code == 200, "bob's attempts left alice's session alone"
         assert "alice's" in still_alices.text
         assert (await http.delete(proxy.url, headers=as_(ALICE_TOKEN, alices))).status_code == 200
+
+
+async def test_of_two_authorization_headers_the_first_decides(proxy: InProcessProxy) -> None:
+    def opening(*authorizations: str) -> list[tuple[str, str]]:
+        headers = [*ACCEPT.items(), ("MCP-Protocol-Version", "2025-11-25")]
+        return [*headers, *(("Authorization", value) for value in authorizations)]
+
+    async with httpx2.AsyncClient() as http:
+        smuggled = await http.post(proxy.url, json=INITIALIZE, headers=opening("Bearer wrong", f"Bearer {ALICE_TOKEN}"))
+        empty_first = await http.post(proxy.url, json=INITIALIZE, headers=opening("", f"Bearer {ALICE_TOKEN}"))
+        alice = await http.post(proxy.url, json=INITIALIZE, headers=opening(f"Bearer {ALICE_TOKEN}", "Bearer wrong"))
+
+    assert smuggled.status_code == 401
+    assert empty_first.status_code == 401
+    assert alice.status_code == 200
+    assert "mcp-session-id" in alice.headers
