@@ -72,7 +72,10 @@ class Caller(NamedTuple):
 
 def _header_value(scope: Scope, name: bytes) -> str | None:
     """The first value of the request header `name` (in lower case, as ASGI gives names), or None."""
-    return next((value.decode("latin-1") for key, value in scope["headers"] if key == name), None)
+    for key, value in scope["headers"]:  # a plain loop, not a generator: this runs for every request
+        if key == name:
+            return value.decode("latin-1")
+    return None
 
 
 class Downstream:
