@@ -144,9 +144,17 @@ class FastLane:
                 session = None
         routing = None
         if session is None:
+            found = None
             if method == "POST" and self._modern.is_open and not traces:
-                routing = routing_of(scope, self._manager.max_request_body_size)
-            if routing is None or not await self._acceptance.verdict(scope):
+                found = routing_of(scope, self._manager.max_request_body_size)
+            if found is not None:
+                routing = found.headers
+                acceptable = self._acceptance.remembered_for(method, found.checked)
+                if acceptable is None:  # headers not judged before: the SDK's checks, once
+                    acceptable = await self._acceptance.verdict(scope)
+                if not acceptable:
+                    routing = None
+            if routing is None:
                 await self._app(scope, receive, send)
                 return
         elif method == "GET":
@@ -219,6 +227,8 @@ class FastLane:
                 session_id = header[1]
             elif name == PROTOCOL_VERSION:
                 version = header[1]
+                if version not in _HANDSHAKE_VERSIONS:
+                    return None  # a 2026-07-28 request (see `lane_modern`), or one the SDK refuses
             elif name in CHECKED_HEADERS:
                 checked.append(header)
             elif name == b"content-length" and header[1].isdigit():

@@ -57,7 +57,7 @@ from starlette.types import Scope
 from mcpstore_proxy.client_capabilities import declared_by
 from mcpstore_proxy.deferred import Deferred
 from mcpstore_proxy.json_bytes import to_json
-from mcpstore_proxy.lane_wire import LAST_EVENT_ID, SESSION_ID, Answer, ToolCall, tool_call
+from mcpstore_proxy.lane_wire import CHECKED_HEADERS, LAST_EVENT_ID, SESSION_ID, Answer, ToolCall, tool_call
 from mcpstore_proxy.server import ProxyServer
 
 __all__ = [
@@ -66,6 +66,7 @@ __all__ = [
     "Keepalive",
     "ModernCall",
     "ModernCalls",
+    "Routing",
     "is_kept_as_is",
     "routing_of",
 ]
@@ -97,21 +98,35 @@ _PLAIN_RESULT_KEYS: Final = frozenset(("content", "structuredContent", "isError"
 _TEXT_KEYS: Final = frozenset(("type", "text"))
 
 
-def routing_of(scope: Scope, limit: int) -> dict[str, str] | None:
+class Routing(NamedTuple):
+    """A POST's routing headers (by lower-case name), and the headers the transport checks judge (see
+    `lane_wire.Acceptance`), found in one pass."""
+
+    headers: dict[str, str]
+    checked: list[tuple[bytes, bytes]]
+
+
+def routing_of(scope: Scope, limit: int) -> Routing | None:
     """A POST's routing headers, when its headers alone allow the lane to take it as a 2026-07-28 call (the
     ladder's header rungs are checked with its body); else None."""
     routing: dict[str, str] = {}
-    for name, value in scope["headers"]:
+    checked: list[tuple[bytes, bytes]] = []
+    for header in scope["headers"]:  # one pass: this runs for every 2026-07-28 request
+        name = header[0]
         if name in _ROUTING:
             key = name.decode()
             if key in routing:
                 return None  # a routing header repeated: the SDK refuses it
-            routing[key] = value.decode("latin-1")
+            routing[key] = header[1].decode("latin-1")
+        elif name in CHECKED_HEADERS:
+            checked.append(header)
         elif name in _NOT_OURS or name.startswith(_PARAM_PREFIX):
             return None
-        elif name == b"content-length" and value.isdigit() and int(value) > limit:
+        elif name == b"content-length" and header[1].isdigit() and int(header[1]) > limit:
             return None  # the SDK refuses it unread
-    return routing if routing.get(MCP_PROTOCOL_VERSION_HEADER) in MODERN_PROTOCOL_VERSIONS else None
+    if routing.get(MCP_PROTOCOL_VERSION_HEADER) not in MODERN_PROTOCOL_VERSIONS:
+        return None
+    return Routing(routing, checked)
 
 
 class ModernCall(NamedTuple):
@@ -251,7 +266,7 @@ def is_kept_as_is(result: dict[str, Any]) -> bool:
     if "structuredContent" in result and type(result["structuredContent"]) is not dict:
         return False
     items: list[Any] = content  # pyright: ignore[reportUnknownVariableType]  (parsed JSON)
-    return all(_is_plain_text(item) for item in items)
+    return all(map(_is_plain_text, items))  # no generator frame: this runs for every result
 
 
 def _is_plain_text(item: Any) -> bool:

@@ -92,6 +92,10 @@ class StdoutMessages(MessageReadStream):
 
     def _take(self, chunk: bytes) -> None:
         end = chunk.find(b"\n")
+        if end == len(chunk) - 1 and not self._partial:  # one whole line: most answers
+            if end and not chunk.isspace():
+                self._lines = (chunk[:end],)
+            return
         if end < 0:
             self._partial += chunk  # a long message arrives in many chunks: no copy of what came before
             return

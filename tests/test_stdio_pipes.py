@@ -10,12 +10,13 @@ from contextlib import asynccontextmanager, suppress
 
 import anyio
 import pytest
+from anyio.abc import ByteReceiveStream
 from mcp import MCPError, StdioServerParameters, types
 from mcp.shared.message import SessionMessage
 
 from mcpstore_proxy.compat import TransportStreams
 from mcpstore_proxy.direct_requests import DirectRequests
-from mcpstore_proxy.stdio_pipes import stdio_pipes
+from mcpstore_proxy.stdio_pipes import StdoutMessages, stdio_pipes
 from mcpstore_proxy.transports import SessionReadStream
 from tests.support import is_alive, wait_until
 
@@ -55,6 +56,50 @@ async def test_the_upstreams_stdout_is_read_one_message_per_line_in_order_howeve
     assert large_message.result["content"][0]["text"] == "x" * 10_000_000
     assert isinstance(bad, ValueError)  # reported to the session, which goes on
     assert _message(last) == types.JSONRPCResponse(jsonrpc="2.0", id=2, result={})
+
+
+class _Chunks(ByteReceiveStream):
+    """A pipe's read end in memory, giving exactly the chunks it was given, then the end of the stream."""
+
+    def __init__(self, *chunks: bytes) -> None:
+        self._chunks = list(chunks)
+
+    async def receive(self, max_bytes: int = 65536) -> bytes:
+        if not self._chunks:
+            raise anyio.EndOfStream
+        return self._chunks.pop(0)
+
+    async def aclose(self) -> None:
+        self._chunks.clear()
+
+
+@pytest.mark.parametrize(
+    "chunks",
+    [
+        pytest.param(
+            (b'{"jsonrpc":"2.0","id":1,"result":{}}\n', b"\n", b"  \r\n", b'{"jsonrpc":"2.0","id":2,"result":{}}\n'),
+            id="a line a chunk",
+        ),
+        pytest.param(
+            (b'{"jsonrpc":"2.0","id":1,"result":{}}\n\n  \r\n{"jsonrpc":"2.0","id":2,"result":{}}\n',), id="one chunk"
+        ),
+        pytest.param(
+            (b'{"jsonrpc":"2.0","id":1,"res', b'ult":{}}\n\n', b'{"jsonrpc":"2.0","id":2,"result":{}}\n'),
+            id="split lines",
+        ),
+    ],
+)
+async def test_every_whole_line_is_a_message_however_the_pipe_cuts_them_and_blank_lines_are_skipped(
+    chunks: tuple[bytes, ...],
+) -> None:
+    stdout = StdoutMessages(_Chunks(*chunks))
+
+    first, second = _message(await stdout.receive()), _message(await stdout.receive())
+
+    assert first == types.JSONRPCResponse(jsonrpc="2.0", id=1, result={})
+    assert second == types.JSONRPCResponse(jsonrpc="2.0", id=2, result={})
+    with pytest.raises(anyio.EndOfStream):
+        await stdout.receive()
 
 
 async def test_a_message_sent_is_one_line_on_the_upstreams_stdin() -> None:
