@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import math
+from collections.abc import Awaitable
 from contextlib import suppress
 from typing import Any, Final, TypeGuard, cast
 
@@ -87,7 +88,9 @@ class DirectRequests:
             self._arm(loop, deadline)
         try:
             try:
-                await self._send(request_id, method, params, deadline)
+                sending = self._sent(request_id, method, params, deadline)
+                if sending is not None:
+                    await sending
             except (anyio.BrokenResourceError, anyio.ClosedResourceError):
                 raise _closed() from None
             try:
@@ -122,13 +125,18 @@ class DirectRequests:
         if earliest < math.inf:
             self._arm(loop, earliest)
 
-    async def _send(self, request_id: str, method: str, params: dict[str, Any] | None, deadline: float) -> None:
+    def _sent(
+        self, request_id: str, method: str, params: dict[str, Any] | None, deadline: float
+    ) -> Awaitable[None] | None:
+        """Send the request: at once over stdio where the pipe takes it (None), else what to await for it."""
         if self._stdin is not None:
             request: dict[str, Any] = {"jsonrpc": "2.0", "id": request_id, "method": method}
             if params is not None:  # an explicit None would be written as "params": null, which JSON-RPC forbids
                 request["params"] = params
-            await self._stdin.send_json(request, deadline=deadline)
-            return
+            return self._stdin.send_json(request, deadline=deadline)
+        return self._send_typed(request_id, method, params, deadline)
+
+    async def _send_typed(self, request_id: str, method: str, params: dict[str, Any] | None, deadline: float) -> None:
         message = (
             types.JSONRPCRequest(jsonrpc="2.0", id=request_id, method=method, params=params)
             if params is not None

@@ -17,6 +17,7 @@ SDK's message types from that parse, as before.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import os
@@ -123,30 +124,51 @@ class StdinMessages(MessageWriteStream):
         """Raises anyio.ClosedResourceError once closed, anyio.BrokenResourceError once the upstream is gone."""
         await self._write(item.message.model_dump_json(by_alias=True, exclude_unset=True).encode() + b"\n")
 
-    def send_json(self, message: dict[str, Any], *, deadline: float | None = None) -> Awaitable[None]:
-        """Send a message the proxy wrote itself, in JSON as it stands (see `send` for what it raises).
+    def send_json(self, message: dict[str, Any], *, deadline: float | None = None) -> Awaitable[None] | None:
+        """Send a message the proxy wrote itself, in JSON as it stands: at once, giving None, where the pipe
+        takes it whole (the usual case: no coroutine); else what to await until it has (see `send` for what
+        either raises).
 
         Raises:
             TimeoutError: the upstream stopped reading its stdin, and the pipe was still full at `deadline` (the
                 event loop's clock).
         """
-        return self._write(to_json(message) + b"\n", deadline)
+        data = to_json(message) + b"\n"
+        if self._writer is None:
+            return self._write(data, deadline)
+        return None if self._written_at_once(self._writer, data) else self._drained(self._writer, deadline)
 
     async def _write(self, data: bytes, deadline: float | None = None) -> None:
+        writer = self._writer
+        if writer is None:
+            if self._is_closed:
+                raise anyio.ClosedResourceError
+            try:
+                with anyio.fail_at(math.inf if deadline is None else deadline):
+                    await self._stdin.send(data)
+            except TimeoutError:
+                raise
+            except (anyio.ClosedResourceError, anyio.BrokenResourceError, OSError, RuntimeError) as error:
+                raise anyio.BrokenResourceError from error
+            return
+        if not self._written_at_once(writer, data):
+            await self._drained(writer, deadline)
+
+    def _written_at_once(self, writer: asyncio.StreamWriter, data: bytes) -> bool:
+        """Put `data` in the pipe; whether it all went, to a pipe still open (what `drain()` would find, without
+        its two coroutines). No lock: each message is one write to the pipe's buffer, whole and in order; only
+        the wait for the buffer to drain is shared between senders, and asyncio lets several wait at once."""
         if self._is_closed:
             raise anyio.ClosedResourceError
         try:
-            # No lock: each message is one write to the pipe's buffer, whole and in order; only the wait for
-            # the buffer to drain is shared between senders, and asyncio lets several wait at once.
-            if self._writer is None:
-                with anyio.fail_at(math.inf if deadline is None else deadline):
-                    await self._stdin.send(data)
-                return
-            writer = self._writer
             writer.write(data)
-            transport = writer.transport
-            if not transport.get_write_buffer_size() and not transport.is_closing():
-                return  # all written, to a pipe still open: what `drain()` would find, without its two coroutines
+        except (OSError, RuntimeError) as error:  # RuntimeError: uvloop's write to a closed transport
+            raise anyio.BrokenResourceError from error
+        transport = writer.transport
+        return not transport.get_write_buffer_size() and not transport.is_closing()
+
+    async def _drained(self, writer: asyncio.StreamWriter, deadline: float | None) -> None:
+        try:
             if deadline is None:
                 await writer.drain()  # raises once the pipe is gone
                 return
@@ -154,8 +176,7 @@ class StdinMessages(MessageWriteStream):
                 await writer.drain()
         except TimeoutError:
             raise  # an OSError too, but the upstream is not known to be gone
-        except (anyio.ClosedResourceError, anyio.BrokenResourceError, OSError, RuntimeError) as error:
-            # OSError: the pipe broke (the upstream is gone); RuntimeError: uvloop's write to a closed transport.
+        except (OSError, RuntimeError) as error:  # the pipe broke: the upstream is gone
             raise anyio.BrokenResourceError from error
 
     async def aclose(self) -> None:
