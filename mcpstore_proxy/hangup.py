@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Final
 
@@ -38,13 +39,16 @@ def hang_up_source(ctx: Context) -> Callable[[], Awaitable[Mapping[str, Any]]] |
 
 
 class HangUpWatch(Deferred):
-    """While the block runs, the client hanging up (`http.disconnect`) cancels `scope`.
+    """While the block runs, the client hanging up (`http.disconnect`) cancels `scope`; and, given `keepalive`,
+    each `keepalive_seconds` without an answer it is called (a comment line on the answer's event stream), as
+    long as it says the answer is still to come.
 
     The watch starts only once the block has run for `_WATCH_AFTER_SECONDS` (see `deferred`): a hang-up is
-    noticed at most that much later, which only delays the upstream's cancellation.
+    noticed at most that much later, which only delays the upstream's cancellation. One task, one timer for
+    both: most calls are answered before either has anything to do.
     """
 
-    __slots__ = ("_receive", "_scope")
+    __slots__ = ("_keepalive", "_keepalive_seconds", "_receive", "_scope")
 
     def __init__(
         self,
@@ -52,19 +56,38 @@ class HangUpWatch(Deferred):
         scope: Cancellable,
         *,
         after_seconds: float = _WATCH_AFTER_SECONDS,
+        keepalive: Callable[[], Awaitable[bool]] | None = None,
+        keepalive_seconds: float = math.inf,
     ) -> None:
-        super().__init__(after_seconds)
+        super().__init__(min(after_seconds, keepalive_seconds))
         self._receive = receive
         self._scope = scope
+        self._keepalive = keepalive
+        self._keepalive_seconds = keepalive_seconds
 
     async def _run(self, loop: asyncio.AbstractEventLoop) -> None:
         # Nothing awaits this task: whatever ends the watch must end in the call's cancellation, not in the task.
         try:
-            while (await self._receive()).get("type") != "http.disconnect":
-                pass
-        except Exception:  # a connection that cannot be read from is a client gone
-            logger.debug("reading a request's connection failed; taking it as a hang-up", exc_info=True)
+            if self._keepalive is None:
+                while (await self._receive()).get("type") != "http.disconnect":
+                    pass
+            else:
+                await self._watch_and_keep_alive(self._keepalive)
+        except Exception:  # a connection that cannot be read from, or written to, is a client gone
+            logger.debug("the request's connection failed; taking it as a hang-up", exc_info=True)
         self._scope.cancel()
+
+    async def _watch_and_keep_alive(self, keepalive: Callable[[], Awaitable[bool]]) -> None:
+        wait: float | None = max(0.0, self._keepalive_seconds - self._after_seconds)  # from the block's start
+        while True:
+            try:
+                async with asyncio.timeout(wait):
+                    message = await self._receive()
+            except TimeoutError:
+                wait = self._keepalive_seconds if await keepalive() else None  # None: the answer went
+                continue
+            if message.get("type") == "http.disconnect":
+                return
 
 
 async def unless_client_hangs_up(

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections.abc import Mapping
 from functools import partial
 from typing import Any, Final, cast
@@ -51,7 +52,6 @@ from mcpstore_proxy.json_bytes import from_json
 from mcpstore_proxy.lane_modern import (
     ERROR_STATUSES,
     STREAM_HEADERS,
-    Keepalive,
     ModernCall,
     ModernCalls,
     routing_of,
@@ -282,11 +282,10 @@ class FastLane:
             connection=None,  # its key's listen streams, once `call_tool` resolved the key
             progress=progress_reporter(answer, request.progress_token),
         )
-        with (
-            operation_in_progress("tools/call", principal, self._observer) as operation,
-            Keepalive(answer, self._ping_seconds),
-        ):
-            result = await self._forwarded(receive, answer, caller, call, request, operation, None, ERROR_STATUSES)
+        with operation_in_progress("tools/call", principal, self._observer) as operation:
+            result = await self._forwarded(
+                receive, answer, caller, call, request, operation, None, ERROR_STATUSES, self._ping_seconds
+            )
             if result is None:
                 return
             try:
@@ -307,16 +306,23 @@ class FastLane:
         operation: Operation,
         cancellable_as: tuple[str, RequestId] | None,
         statuses: Mapping[int, int] = _NO_STATUSES,
+        keepalive_seconds: float = math.inf,
     ) -> dict[str, Any] | None:
         """Forward a call as work in flight, cancelled by its client hanging up, or by `notifications/cancelled`
         naming it (`cancellable_as`: its session and id); its result, or None once it was answered otherwise (an
-        error, with its HTTP status from `statuses`, a refusal, or its cancellation)."""
+        error, with its HTTP status from `statuses`, a refusal, or its cancellation). A call silent for
+        `keepalive_seconds` gets its answer as an event stream, with a comment line every `keepalive_seconds`, as
+        the SDK answers a 2026-07-28 call, so that proxies and load balancers in between keep the connection."""
         server = self._server
+        keepalive = answer.ping if keepalive_seconds < math.inf else None
         forward = partial(server.call_tool, caller, request.name, request.arguments, call)
         result: dict[str, Any] = {}
         try:
             # The drain's scope, cancelled also by notifications/cancelled, or by the client hanging up.
-            with server.drain.request_in(self._task()) as cancelled, HangUpWatch(receive, cancelled):
+            with (
+                server.drain.request_in(self._task()) as cancelled,
+                HangUpWatch(receive, cancelled, keepalive=keepalive, keepalive_seconds=keepalive_seconds),
+            ):
                 if cancellable_as is not None:
                     self._calls[cancellable_as] = cancelled
                 try:

@@ -25,7 +25,6 @@ comment line every `ping_seconds`, as the SDK sends).
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Mapping
 from typing import Any, Final, NamedTuple, TypeVar
@@ -55,15 +54,13 @@ from pydantic import BaseModel, ValidationError
 from starlette.types import Scope
 
 from mcpstore_proxy.client_capabilities import declared_by
-from mcpstore_proxy.deferred import Deferred
 from mcpstore_proxy.json_bytes import to_json
-from mcpstore_proxy.lane_wire import CHECKED_HEADERS, LAST_EVENT_ID, SESSION_ID, Answer, ToolCall, tool_call
+from mcpstore_proxy.lane_wire import CHECKED_HEADERS, LAST_EVENT_ID, SESSION_ID, ToolCall, tool_call
 from mcpstore_proxy.server import ProxyServer
 
 __all__ = [
     "ERROR_STATUSES",
     "STREAM_HEADERS",
-    "Keepalive",
     "ModernCall",
     "ModernCalls",
     "Routing",
@@ -274,22 +271,3 @@ def _is_plain_text(item: Any) -> bool:
         return False
     text: dict[str, Any] = item  # pyright: ignore[reportUnknownVariableType]  (parsed JSON)
     return text.keys() == _TEXT_KEYS and text["type"] == "text" and type(text["text"]) is str
-
-
-class Keepalive(Deferred):
-    """While the block runs: once it has run `seconds` without an answer, the answer becomes an event stream with
-    a comment line every `seconds`, as the SDK's is, so that proxies and load balancers in between keep the
-    connection (a timer until then: see `deferred`)."""
-
-    __slots__ = ("_answer",)
-
-    def __init__(self, answer: Answer, seconds: float) -> None:
-        super().__init__(seconds)
-        self._answer = answer
-
-    async def _run(self, loop: asyncio.AbstractEventLoop) -> None:
-        try:
-            if await self._answer.ping():
-                self._again(loop)
-        except Exception:  # a failure to send is a client gone, which its hang-up watch sees
-            logger.debug("a keep-alive comment could not be sent; the client is gone", exc_info=True)

@@ -64,3 +64,27 @@ async def test_a_call_answered_while_its_client_waits_is_not_cancelled_and_a_lat
     await anyio.wait_all_tasks_blocked()  # a watch left running would have read it and cancelled the call by now
     assert not call.cancelled_caught
     assert not call.cancel_called
+
+
+async def test_while_keeping_a_silent_call_alive_the_watch_still_sees_its_client_hang_up() -> None:
+    connection = _Connection()
+    pings: list[int] = []
+    answered = anyio.Event()
+
+    async def keepalive() -> bool:
+        pings.append(1)
+        if len(pings) == 2:
+            answered.set()
+            return False  # the answer went: no more comments
+        return True
+
+    with (
+        anyio.fail_after(5),
+        anyio.CancelScope() as call,
+        HangUpWatch(connection.receive, call, after_seconds=0, keepalive=keepalive, keepalive_seconds=0.01),
+    ):
+        await answered.wait()
+        connection.says({"type": "http.disconnect"})
+        await anyio.sleep_forever()
+    assert call.cancelled_caught
+    assert len(pings) == 2  # none after the answer went

@@ -22,7 +22,8 @@ import pytest
 from mcp_types.methods import serialize_server_result
 from starlette.types import Message
 
-from mcpstore_proxy.lane_modern import STREAM_HEADERS, Keepalive, is_kept_as_is
+from mcpstore_proxy.hangup import HangUpWatch
+from mcpstore_proxy.lane_modern import STREAM_HEADERS, is_kept_as_is
 from mcpstore_proxy.lane_wire import Answer
 from tests.fixtures.conformance_server import ConformanceFixtures
 from tests.inprocess import InProcessProxy, running_app
@@ -219,12 +220,22 @@ class _Sent:
                 await self._changed.wait()
 
 
+async def _silent() -> Mapping[str, Any]:
+    """A request's connection on which the client says nothing more, and stays."""
+    await anyio.sleep_forever()
+    raise AssertionError("unreachable")
+
+
 async def test_a_silent_call_becomes_an_event_stream_with_keep_alive_comments_then_its_answer() -> None:
     sent = _Sent()
     answer = Answer(sent.send, None, stream_headers=STREAM_HEADERS)
-    with Keepalive(answer, 0.01):
+    with (
+        anyio.CancelScope() as call,
+        HangUpWatch(_silent, call, keepalive=answer.ping, keepalive_seconds=0.01),
+    ):
         await sent.until(3)  # the stream's start and two comments
         await answer.finish({"jsonrpc": "2.0", "id": 1, "result": {}})
+    assert not call.cancel_called  # kept alive, not taken for a hang-up
     start, *bodies = sent.messages
     assert (start["status"], start["headers"]) == (200, list(STREAM_HEADERS))
     assert {body["body"] for body in bodies[:-1]} == {b": ping\r\n\r\n"}
@@ -235,7 +246,7 @@ async def test_a_silent_call_becomes_an_event_stream_with_keep_alive_comments_th
 async def test_an_answer_within_the_keep_alive_period_is_plain_json_without_comments() -> None:
     sent = _Sent()
     answer = Answer(sent.send, None, stream_headers=STREAM_HEADERS)
-    with Keepalive(answer, 60):
+    with anyio.CancelScope() as call, HangUpWatch(_silent, call, keepalive=answer.ping, keepalive_seconds=60):
         await answer.finish({"jsonrpc": "2.0", "id": 1, "error": {"code": -32602, "message": "no"}}, status=400)
     start, body = sent.messages
     assert start["status"] == 400
