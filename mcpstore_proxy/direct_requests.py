@@ -13,11 +13,10 @@ on the stream (log entries, sampling, list changes, answers to the SDK's own
 requests) still goes to the `ClientSession`, in order.
 
 Each request has a deadline (the upstream's `call_timeout_seconds`); a request
-past it fails with `TimeoutError`. The deadlines are kept by one timer for the
-session, armed for the earliest, rather than a timer (made, then cancelled) or
-a cancel scope per request: requests follow one another, and most are answered
-long before theirs. Abandoning a request (cancelled, or past its
-deadline) tells the upstream with `notifications/cancelled`, as the SDK does.
+past it fails with `TimeoutError`. The deadlines are kept by the event loop's
+one timer for them (`deadlines`), not a timer or a cancel scope per request.
+Abandoning a request (cancelled, or past its deadline) tells the upstream with
+`notifications/cancelled`, as the SDK does.
 When the session ends, every request still waiting fails with the SDK's
 `CONNECTION_CLOSED` error.
 """
@@ -36,6 +35,7 @@ from mcp import MCPError, types
 from mcp.shared.message import SessionMessage
 
 from mcpstore_proxy.compat import WriteStream
+from mcpstore_proxy.deadlines import Deadlines
 from mcpstore_proxy.stdio_pipes import StdinMessages
 
 __all__ = ["DirectRequests"]
@@ -43,8 +43,6 @@ __all__ = ["DirectRequests"]
 _ID_PREFIX: Final = "mcpstore-"
 """The proxy's own request ids upstream; the SDK's client uses integers."""
 _CANCEL_WRITE_SECONDS: Final = 1.0
-_DEADLINE_SLACK_SECONDS: Final = 0.001
-"""A timer may fire up to a millisecond early (uvloop's are in milliseconds): a deadline that close is past."""
 _SHOWN_CHARACTERS: Final = 200
 """How much of a malformed answer its error shows."""
 
@@ -64,9 +62,8 @@ class DirectRequests:
         self._ids = itertools.count(1)
         self._waiting: dict[str, tuple[asyncio.Future[_Answer], float]] = {}
         """Each request waiting for its answer: the future it gets it on, and its deadline (the loop's clock)."""
-        self._sweep: asyncio.TimerHandle | None = None
-        """Fails the requests past their deadline; armed for the earliest deadline while any request waits."""
-        self._sweep_at = math.inf
+        self._deadlines: Deadlines | None = None
+        """Its event loop's timer for deadlines (found at the first request)."""
         self._is_closed = False
 
     async def request(self, method: str, params: dict[str, Any] | None, *, timeout: float) -> dict[str, Any]:
@@ -84,8 +81,10 @@ class DirectRequests:
         waiting: asyncio.Future[_Answer] = loop.create_future()
         deadline = loop.time() + timeout
         self._waiting[request_id] = (waiting, deadline)
-        if deadline < self._sweep_at:
-            self._arm(loop, deadline)
+        deadlines = self._deadlines
+        if deadlines is None:
+            deadlines = self._deadlines = Deadlines.of(loop)
+        deadlines.watch(self, deadline)
         try:
             try:
                 sending = self._sent(request_id, method, params, deadline)
@@ -105,16 +104,9 @@ class DirectRequests:
                 waiting.exception()  # retrieved: the deadline may have passed while the request was being sent
         return _result_of(answer)
 
-    def _arm(self, loop: asyncio.AbstractEventLoop, at: float) -> None:
-        if self._sweep is not None:
-            self._sweep.cancel()
-        self._sweep_at = at
-        self._sweep = loop.call_at(at, self._expire_due, loop)
-
-    def _expire_due(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Fail the requests past their deadline, and arm the timer again for the earliest of the rest."""
-        self._sweep, self._sweep_at = None, math.inf
-        due = loop.time() + _DEADLINE_SLACK_SECONDS
+    def expire_due(self, due: float) -> float:
+        """Fail the requests whose deadline is `due` or earlier (the loop's clock, as `Deadlines` asks); the next
+        deadline of the rest, or `math.inf`."""
         earliest = math.inf
         for waiting, deadline in self._waiting.values():
             if deadline <= due:
@@ -122,8 +114,7 @@ class DirectRequests:
                     waiting.set_exception(TimeoutError())
             elif deadline < earliest:
                 earliest = deadline
-        if earliest < math.inf:
-            self._arm(loop, earliest)
+        return earliest
 
     def _sent(
         self, request_id: str, method: str, params: dict[str, Any] | None, deadline: float
@@ -148,9 +139,8 @@ class DirectRequests:
     def close(self) -> None:
         """The session ended: fail every request still waiting, and any sent later."""
         self._is_closed = True
-        if self._sweep is not None:
-            self._sweep.cancel()
-            self._sweep, self._sweep_at = None, math.inf
+        if self._deadlines is not None:
+            self._deadlines.forget(self)
         for waiting, _ in self._waiting.values():
             if not waiting.done():
                 waiting.set_result(None)
