@@ -190,21 +190,16 @@ def _result_of(answer: _Answer) -> dict[str, Any]:
         MCPError: the upstream's error; CONNECTION_CLOSED for no answer; INTERNAL_ERROR for an answer that is
             neither a result object nor an error (it is not passed on as if it were one).
     """
-    if type(answer) is dict:  # the usual case (`take_raw`): a line as parsed from JSON
-        result: object = answer.get("result")
-        if type(result) is dict and "error" not in answer:
-            return cast("dict[str, Any]", result)  # a string: no generic alias made per call
-    elif isinstance(answer, types.JSONRPCResponse):
-        return answer.result
-    elif isinstance(answer, types.JSONRPCError):
-        raise MCPError(code=answer.error.code, message=answer.error.message, data=answer.error.data)
-    elif answer is None:
+    if answer is None:
         raise _closed()
-    assert isinstance(answer, dict)
-    result = answer.get("result")
+    if isinstance(answer, types.JSONRPCResponse):
+        return answer.result
+    if isinstance(answer, types.JSONRPCError):
+        raise MCPError(code=answer.error.code, message=answer.error.message, data=answer.error.data)
+    result: object = answer.get("result")  # a line as parsed from JSON (`take_raw`): the usual case
     error: object = answer.get("error")
-    if isinstance(result, dict) and error is None:
-        return cast(dict[str, Any], result)
+    if type(result) is dict and error is None:
+        return cast("dict[str, Any]", result)  # a string: no generic alias made per call
     if isinstance(error, dict) and result is None:
         fields = cast(dict[str, Any], error)
         code, message = fields.get("code"), fields.get("message")

@@ -137,9 +137,10 @@ class FastLane:
         traces = self._server.traces
         session = None
         if method in _METHODS and not traces and (found := self._session_of(scope)) is not None:
-            session, acceptable = found
+            session, checked = found
+            acceptable = self._acceptance.remembered_for(method, checked)
             if acceptable is None:  # headers not judged before: the SDK's checks, once
-                acceptable = await self._acceptance.verdict(scope)
+                acceptable = await self._acceptance.verdict(scope, checked)
             if not acceptable:
                 session = None
         routing = None
@@ -151,7 +152,7 @@ class FastLane:
                 routing = found.headers
                 acceptable = self._acceptance.remembered_for(method, found.checked)
                 if acceptable is None:  # headers not judged before: the SDK's checks, once
-                    acceptable = await self._acceptance.verdict(scope)
+                    acceptable = await self._acceptance.verdict(scope, found.checked)
                 if not acceptable:
                     routing = None
             if routing is None:
@@ -215,9 +216,9 @@ class FastLane:
             await serve_event_stream(messages, session_id, receive, send, ping_seconds=self._ping_seconds)
             return True
 
-    def _session_of(self, scope: Scope) -> tuple[_Session, bool | None] | None:
+    def _session_of(self, scope: Scope) -> tuple[_Session, list[tuple[bytes, bytes]]] | None:
         """The session a POST, or a GET for the standing stream, may be served in by the lane, from its headers
-        alone, with the transport checks' remembered verdict on them (None: not judged yet); else None."""
+        alone, with the headers the transport checks judge (see `Acceptance`); else None."""
         session_id = version = None
         declared = 0
         checked: list[tuple[bytes, bytes]] = []
@@ -235,7 +236,7 @@ class FastLane:
                 declared = int(header[1])
             elif name == LAST_EVENT_ID:
                 return None  # a resumption: the SDK replays what its event store kept
-        if session_id is None or (version is not None and version not in _HANDSHAKE_VERSIONS):
+        if session_id is None:
             return None
         if declared > self._manager.max_request_body_size:
             return None  # the SDK refuses it unread
@@ -246,7 +247,7 @@ class FastLane:
         transport = http_session(self._manager, sid, scope)
         if transport is None:
             return None
-        return (sid, connection, transport), self._acceptance.remembered_for(scope["method"], checked)
+        return (sid, connection, transport), checked
 
     def _taken(self, scope: Scope, send: Send, session_id: str, connection: Connection) -> tuple[Answer, Caller, str]:
         """A request the lane took: its response, its caller, and the principal its metrics name ("" if none)."""

@@ -118,12 +118,9 @@ class Acceptance:
         """The last verdict looked up and its headers: compared without hashing them (new objects each request),
         and most requests repeat the last one's."""
 
-    def remembered(self, scope: Scope) -> bool | None:
-        """The verdict on the request of `scope`, when one on the same headers is remembered; else None."""
-        return self.remembered_for(scope["method"], [h for h in scope["headers"] if h[0] in CHECKED_HEADERS])
-
     def remembered_for(self, method: str, checked: list[tuple[bytes, bytes]]) -> bool | None:
-        """`remembered`, given the request's checked headers (`CHECKED_HEADERS`, in order, repeats included)."""
+        """The verdict on a request of `method` with the checked headers `checked` (`checked_headers`), when one
+        on the same headers is remembered; else None."""
         key = (method, *checked)
         last = self._last
         if last is not None and last[0] == key:
@@ -133,21 +130,25 @@ class Acceptance:
             self._last = (key, verdict)
         return verdict
 
-    async def verdict(self, scope: Scope) -> bool:
-        """The verdict on the request of `scope`: remembered, or worked out by the SDK's checks (and remembered)."""
-        remembered = self.remembered(scope)
+    async def verdict(self, scope: Scope, checked: list[tuple[bytes, bytes]] | None = None) -> bool:
+        """The verdict on the request of `scope` (whose checked headers are `checked`, when the caller has found
+        them): remembered, or worked out by the SDK's checks (and remembered)."""
+        if checked is None:
+            checked = checked_headers(scope)
+        remembered = self.remembered_for(scope["method"], checked)
         if remembered is not None:
             return remembered
         verdict = await _is_acceptable(scope, self._security)
         if len(self._verdicts) >= self._REMEMBERED:
             self._verdicts.clear()
-        self._verdicts[self._key(scope)] = verdict
+        self._verdicts[(scope["method"], *checked)] = verdict
         return verdict
 
-    @staticmethod
-    def _key(scope: Scope) -> tuple[object, ...]:
-        # Every checked header as sent, repeats and order included: the verdict is a function of exactly this.
-        return (scope["method"], *[header for header in scope["headers"] if header[0] in CHECKED_HEADERS])
+
+def checked_headers(scope: Scope) -> list[tuple[bytes, bytes]]:
+    """Every header the transport checks judge, as sent, repeats and order included: a verdict is a function of
+    exactly these and the method."""
+    return [header for header in scope["headers"] if header[0] in CHECKED_HEADERS]
 
 
 CHECKED_HEADERS: Final = frozenset((b"accept", b"content-type", b"host", b"origin"))

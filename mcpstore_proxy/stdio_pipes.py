@@ -94,7 +94,7 @@ class StdoutMessages(MessageReadStream):
     def _take(self, chunk: bytes) -> None:
         end = chunk.find(b"\n")
         if end == len(chunk) - 1 and not self._partial:  # one whole line: most answers
-            if end and not chunk.isspace():
+            if not chunk.isspace():
                 self._lines = (chunk[:end],)
             return
         if end < 0:
