@@ -1,72 +1,123 @@
 """One timer for the deadlines of many waiters on a loop (mcpstore_proxy/deadlines.py): each waiter's deadline is
-kept at its own time, however they interleave; a waiter with nothing left is let go, and so is one forgotten."""
+kept at its own time, however they interleave; a waiter with nothing left is let go, and so is one forgotten.
+
+The loop is a manual one (its clock and its one kind of timer), so nothing here waits on the wall clock."""
 
 from __future__ import annotations
 
 import asyncio
 import math
+from collections.abc import Callable
+from typing import Any, cast
 
-import anyio
 import pytest
 
 from mcpstore_proxy.deadlines import Deadlines
 
-pytestmark = pytest.mark.anyio
+
+class _Timer:
+    def __init__(self, at: float, callback: Callable[[], None]) -> None:
+        self.at = at
+        self.callback = callback
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class _ManualLoop:
+    """What `Deadlines` uses of an event loop, with a clock the test moves."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+        self.timers: list[_Timer] = []
+
+    def time(self) -> float:
+        return self.now
+
+    def call_at(self, at: float, callback: Callable[[], None]) -> _Timer:
+        timer = _Timer(at, callback)
+        self.timers.append(timer)
+        return timer
+
+    def armed(self) -> list[float]:
+        return [timer.at for timer in self.timers if not timer.cancelled]
+
+    def advance_to(self, now: float) -> None:
+        """Move the clock, running each timer due by then, in order, as the loop would."""
+        while due := sorted((t for t in self.timers if not t.cancelled and t.at <= now), key=lambda t: t.at):
+            timer = due[0]
+            self.timers.remove(timer)
+            self.now = timer.at
+            timer.callback()
+        self.now = now
 
 
 class _Waiter:
-    """Deadlines as a list of times; `expired` records the times it was asked to fail, and when."""
+    """Deadlines as a list of times; `expired` records each one failed, with the clock when it was."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, *deadlines: float) -> None:
+    def __init__(self, loop: _ManualLoop, *deadlines: float) -> None:
         self._loop = loop
         self.pending = sorted(deadlines)
         self.expired: list[tuple[float, float]] = []
-        self.done = anyio.Event()
 
     def expire_due(self, due: float) -> float:
         while self.pending and self.pending[0] <= due:
             self.expired.append((self.pending.pop(0), self._loop.time()))
-        if not self.pending:
-            self.done.set()
         return self.pending[0] if self.pending else math.inf
 
 
-async def test_each_waiters_deadlines_are_kept_at_their_own_time_by_one_timer() -> None:
-    loop = asyncio.get_running_loop()
-    deadlines = Deadlines(loop)
-    now = loop.time()
-    late = _Waiter(loop, now + 0.2)
-    early = _Waiter(loop, now + 0.05, now + 0.1)
-
-    deadlines.watch(late, now + 0.2)
-    deadlines.watch(early, now + 0.05)  # earlier than the timer was armed for: it is armed again, sooner
-    with anyio.fail_after(5):
-        await early.done.wait()
-        assert late.expired == []
-        await late.done.wait()
-
-    for waiter in (early, late):
-        for deadline, when in waiter.expired:
-            assert when >= deadline - 0.002  # never failed before its time (a timer may fire a millisecond early)
-    assert len(deadlines) == 0  # both let go once they had nothing left
+def _deadlines(loop: _ManualLoop) -> Deadlines:
+    return Deadlines(cast(asyncio.AbstractEventLoop, cast(Any, loop)))
 
 
-async def test_a_forgotten_waiter_is_asked_nothing_more() -> None:
-    loop = asyncio.get_running_loop()
-    deadlines = Deadlines(loop)
-    now = loop.time()
-    closed, open_ = _Waiter(loop, now + 0.05), _Waiter(loop, now + 0.1)
-    deadlines.watch(closed, now + 0.05)
-    deadlines.watch(open_, now + 0.1)
+def test_each_waiters_deadlines_are_kept_at_their_own_time_by_one_timer() -> None:
+    loop = _ManualLoop()
+    deadlines = _deadlines(loop)
+    late = _Waiter(loop, 100.2)
+    early = _Waiter(loop, 100.05, 100.1)
+
+    deadlines.watch(late, 100.2)
+    deadlines.watch(early, 100.05)  # earlier than the timer was armed for: armed again, sooner
+    assert loop.armed() == [100.05]
+    loop.advance_to(100.15)
+
+    assert early.expired == [(100.05, 100.05), (100.1, 100.1)]
+    assert late.expired == []
+    assert loop.armed() == [100.2]
+    loop.advance_to(101.0)
+    assert late.expired == [(100.2, 100.2)]
+    assert loop.armed() == []  # nothing left to keep: no timer
+    assert len(deadlines) == 0  # and both waiters let go
+
+
+def test_a_later_deadline_does_not_move_the_timer() -> None:
+    loop = _ManualLoop()
+    deadlines = _deadlines(loop)
+    first, second = _Waiter(loop, 100.1), _Waiter(loop, 100.3)
+
+    deadlines.watch(first, 100.1)
+    deadlines.watch(second, 100.3)
+
+    assert loop.armed() == [100.1]
+    assert len(loop.timers) == 1  # not made again for a deadline after the armed one
+
+
+def test_a_forgotten_waiter_is_asked_nothing_more() -> None:
+    loop = _ManualLoop()
+    deadlines = _deadlines(loop)
+    closed, open_ = _Waiter(loop, 100.05), _Waiter(loop, 100.1)
+    deadlines.watch(closed, 100.05)
+    deadlines.watch(open_, 100.1)
 
     deadlines.forget(closed)
-    with anyio.fail_after(5):
-        await open_.done.wait()
+    loop.advance_to(101.0)
 
     assert closed.expired == []
-    assert [deadline for deadline, _ in open_.expired] == [now + 0.1]
+    assert open_.expired == [(100.1, 100.1)]
 
 
+@pytest.mark.anyio
 async def test_each_event_loop_has_one_timer_for_its_deadlines() -> None:
     loop = asyncio.get_running_loop()
 
