@@ -1,10 +1,13 @@
-"""A wall clock that moves only when a test says so (a `mcpstore_proxy.clock.Clock`)."""
+"""Clocks that move only when a test says so: a wall clock (a `mcpstore_proxy.clock.Clock`), and an event loop's."""
 
 from __future__ import annotations
 
-import anyio
+import asyncio
 
-__all__ = ["ManualClock"]
+import anyio
+import anyio.lowlevel
+
+__all__ = ["LoopClock", "ManualClock"]
 
 _START = 1_800_000_000.0
 """An arbitrary epoch second (2027-01-15); what matters is only that it moves by hand."""
@@ -32,3 +35,31 @@ class ManualClock:
         deadline = self._now + seconds
         while self._now < deadline:
             await self._moved.wait()
+
+
+class LoopClock:
+    """The running asyncio loop's own clock, moved forward by hand (`advance`) while the block runs: the loop's
+    timers due by the moved time fire at its next turn, so a deadline of a minute passes without a minute's wait.
+
+    It shadows the loop's `time` (a plain asyncio loop's method), which the loop reads both to arm its timers and
+    to see which are due."""
+
+    def __init__(self) -> None:
+        self._skew = 0.0
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def __enter__(self) -> LoopClock:
+        loop = self._loop = asyncio.get_running_loop()
+        wall = loop.time
+        loop.time = lambda: wall() + self._skew  # type: ignore[method-assign]
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        assert self._loop is not None
+        del self._loop.time  # the loop's own method again
+
+    async def advance(self, seconds: float) -> None:
+        """Move the clock, then let the loop turn (its timers due by then fire) until every task waits again."""
+        self._skew += seconds
+        await anyio.lowlevel.checkpoint()
+        await anyio.wait_all_tasks_blocked()

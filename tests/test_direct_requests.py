@@ -8,6 +8,7 @@ from __future__ import annotations
 import tempfile
 from collections.abc import AsyncGenerator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from mcpstore_proxy.errors import UpstreamClosedError, UpstreamTimeoutError
 from mcpstore_proxy.message_streams import MessageWriteStream
 from mcpstore_proxy.relay import ClientCall, SessionRelay
 from mcpstore_proxy.transports import TransportEvents, TransportFactory, TransportStreams
+from tests.clock import LoopClock
 from tests.memory import fixture_session
 from tests.recorders import Journal, Recorder
 from tests.support import wait_until
@@ -205,44 +207,58 @@ async def test_requests_with_different_deadlines_each_time_out_at_their_own() ->
     requests = DirectRequests(upstream)
     outcomes: dict[str, object] = {}
 
-    async def patient() -> None:
-        outcomes["patient"] = await requests.request("tools/call", {"name": "slow"}, timeout=60)
+    async def ask(name: str, timeout: float) -> None:
+        try:
+            outcomes[name] = await requests.request("tools/call", {"name": name}, timeout=timeout)
+        except TimeoutError:
+            outcomes[name] = "timed out"
 
-    with anyio.fail_after(10):
+    with anyio.fail_after(10), LoopClock() as clock:
         async with anyio.create_task_group() as tg:
-            tg.start_soon(patient)
-            await upstream.arrived.wait()
-            with pytest.raises(TimeoutError):
-                await requests.request("tools/call", {"name": "hasty"}, timeout=0.05)
-            assert "patient" not in outcomes  # its own deadline is far off: it still waits
-            first = upstream.sent[0]
-            assert isinstance(first, types.JSONRPCRequest)
-            assert requests.take_raw({"jsonrpc": "2.0", "id": first.id, "result": {"content": []}})
+            tg.start_soon(ask, "patient", 60)
+            tg.start_soon(ask, "hasty", 5)
+            await anyio.wait_all_tasks_blocked()
+            await clock.advance(4)
+            assert outcomes == {}  # neither deadline has come
 
-    assert outcomes["patient"] == {"content": []}
+            await clock.advance(2)
+            assert outcomes == {"hasty": "timed out"}  # the patient one's deadline is far off: it still waits
+
+            patient = next(
+                m for m in upstream.sent if isinstance(m, types.JSONRPCRequest) and m.params == {"name": "patient"}
+            )
+            assert requests.take_raw({"jsonrpc": "2.0", "id": patient.id, "result": {"content": []}})
+
+    assert outcomes == {"hasty": "timed out", "patient": {"content": []}}
     requests.close()
 
 
 async def test_a_deadline_is_kept_after_an_earlier_request_was_answered_in_time() -> None:
     upstream = _Unanswered()
     requests = DirectRequests(upstream)
-    loop_time = anyio.current_time
+    outcomes: list[object] = []
 
-    async def answer_the_first() -> None:
-        await upstream.arrived.wait()
-        first = upstream.sent[0]
-        assert isinstance(first, types.JSONRPCRequest)
-        requests.take_raw({"jsonrpc": "2.0", "id": first.id, "result": {}})
+    async def ask_again() -> None:
+        try:
+            outcomes.append(await requests.request("ping", None, timeout=30))
+        except TimeoutError:
+            outcomes.append("timed out")
 
-    with anyio.fail_after(10):
+    with anyio.fail_after(10), LoopClock() as clock:
         async with anyio.create_task_group() as tg:
-            tg.start_soon(answer_the_first)
-            assert await requests.request("ping", None, timeout=0.1) == {}
-        started = loop_time()
-        with pytest.raises(TimeoutError):
-            await requests.request("ping", None, timeout=0.3)  # past the first's deadline, which is no longer due
+            tg.start_soon(partial(requests.request, "ping", None, timeout=10))
+            await upstream.arrived.wait()
+            first = upstream.sent[0]
+            assert isinstance(first, types.JSONRPCRequest)
+            assert requests.take_raw({"jsonrpc": "2.0", "id": first.id, "result": {}})  # answered in time
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(ask_again)
+            await anyio.wait_all_tasks_blocked()
+            await clock.advance(11)  # past the first request's deadline, which is no longer due
+            assert outcomes == []  # not failed early
 
-    assert loop_time() - started >= 0.3 - 0.002  # not failed early, when the first request's deadline passed
+            await clock.advance(20)
+            assert outcomes == ["timed out"]
     requests.close()
 
 
