@@ -26,17 +26,13 @@ class Deferred(ABC):
 
     def __enter__(self) -> None:
         loop = asyncio.get_running_loop()
-        self._timer = loop.call_later(self._after_seconds, self._start, loop)  # `_again`, a call the fewer
+        self._timer = loop.call_later(self._after_seconds, self._start, loop)
 
     def __exit__(self, *exc_info: object) -> None:
         if self._timer is not None:
             self._timer.cancel()
         if self._task is not None:
             self._task.cancel()
-
-    def _again(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Run `_run()` (once more) after `after_seconds`."""
-        self._timer = loop.call_later(self._after_seconds, self._start, loop)
 
     def _start(self, loop: asyncio.AbstractEventLoop) -> None:
         self._task = loop.create_task(self._run(loop))

@@ -42,7 +42,8 @@ class LoopClock:
     timers due by the moved time fire at its next turn, so a deadline of a minute passes without a minute's wait.
 
     It shadows the loop's `time` (a plain asyncio loop's method), which the loop reads both to arm its timers and
-    to see which are due."""
+    to see which are due. A time limit (`anyio.fail_after`) belongs inside the block, counting the time moved: one
+    outside it is passed silently (it is cancelled by the moved clock, then judged by the wall clock, unexpired)."""
 
     def __init__(self) -> None:
         self._skew = 0.0

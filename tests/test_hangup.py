@@ -11,6 +11,7 @@ import anyio
 import pytest
 
 from mcpstore_proxy.hangup import HangUpWatch
+from tests.clock import LoopClock
 
 pytestmark = pytest.mark.anyio
 
@@ -88,3 +89,16 @@ async def test_while_keeping_a_silent_call_alive_the_watch_still_sees_its_client
         await anyio.sleep_forever()
     assert call.cancelled_caught
     assert len(pings) == 2  # none after the answer went
+
+
+async def test_a_watch_starts_only_once_its_call_has_run_its_while_whatever_other_calls_did_meanwhile() -> None:
+    early, late = _Connection(), _Connection()
+    with LoopClock() as clock, anyio.fail_after(7 + 5):  # on the moved clock: 5 s of wall time
+        with anyio.CancelScope() as answered_early, HangUpWatch(early.receive, answered_early, after_seconds=5):
+            await clock.advance(1)
+        with anyio.CancelScope() as call, HangUpWatch(late.receive, call, after_seconds=5):
+            await clock.advance(4.5)  # past the first call's start (5 s after it began), which is no longer due
+            assert not late.read.is_set()
+            await clock.advance(1.5)
+            assert late.read.is_set()
+    assert not early.read.is_set()  # answered before its watch was due: it never read its connection
