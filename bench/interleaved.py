@@ -1,4 +1,5 @@
-"""CPU per forwarded call of two targets, in alternating bursts while both run: steadier ratios on a shared machine.
+"""CPU per forwarded call and throughput of two targets, in alternating bursts while both run: steadier ratios on
+a shared machine.
 
     .venv/bin/python bench/interleaved.py [--targets floor,mcpstore] [--rounds 8] [--calls 1000]
     .venv/bin/python bench/interleaved.py --builds /tmp/before,/tmp/after   # two checkouts of mcpstore-proxy
@@ -7,8 +8,8 @@
 goes between the two passes moves their ratio (by 30% and more on this machine). Here both targets run at once
 (pinned to core 1, the load generator to core 0), each with one session at c=1 and 8 sessions at c=8 opened
 once, and the bursts alternate: A then B, then B then A, for `--rounds` rounds. Each pair of bursts gives a
-ratio (B's CPU per call over A's, from /proc/<pid>/stat); the median of those ratios is the figure. Prints a
-markdown table; `--json PATH` also writes the bursts. `--builds A,B` compares two checkouts of this project
+ratio (B's CPU per call over A's, from /proc/<pid>/stat, and B's calls per second over A's); the median of those
+ratios is the figure. Prints a markdown table; `--json PATH` also writes the bursts. `--builds A,B` compares two checkouts of this project
 instead (before and after a change): both run the `mcpstore` target (or `--target`), each with `PYTHONPATH` set to
 its checkout. Each target's load is its own client (`Target.client`): a 2026-07-28 one for `mcpstore-modern`.
 """
@@ -21,6 +22,7 @@ import os
 import statistics
 import sys
 import tempfile
+import time
 from contextlib import AsyncExitStack
 from pathlib import Path
 
@@ -34,15 +36,17 @@ from forwarding_targets import TARGETS
 from proxy_overhead import cpu_seconds
 
 
-async def _burst(pid: int, sessions: list[Client], calls: int) -> float:
-    """CPU ms per call of `pid` over `calls` calls spread over `sessions` at once."""
+async def _burst(pid: int, sessions: list[Client], calls: int) -> tuple[float, float]:
+    """CPU ms per call of `pid`, and calls per second, over `calls` calls spread over `sessions` at once."""
     each = max(1, calls // len(sessions))
     before = cpu_seconds(pid)
+    started = time.perf_counter()
     ignored: list[float] = []
     async with anyio.create_task_group() as workers:
         for index, session in enumerate(sessions):
             workers.start_soon(call_batch, session, each, f"burst/{index}", ignored)
-    return (cpu_seconds(pid) - before) / (each * len(sessions)) * 1000
+    seconds = time.perf_counter() - started
+    return (cpu_seconds(pid) - before) / (each * len(sessions)) * 1000, each * len(sessions) / seconds
 
 
 async def main() -> None:
@@ -67,6 +71,7 @@ async def main() -> None:
     if pin:
         os.sched_setaffinity(0, set(os.sched_getaffinity(0)) - {SUT_CORE})
     bursts: dict[str, list[dict[str, float]]] = {"c1": [], "c8": []}
+    """Per pair of bursts: each name's CPU ms per call, and its calls per second (under "NAME calls/s")."""
     with tempfile.TemporaryDirectory(prefix="mcpstore-interleaved-") as scratch:
         async with AsyncExitStack() as stack:
             pids: list[int] = []
@@ -89,21 +94,33 @@ async def main() -> None:
                 await _burst(pids[1], sessions[mode][1], arguments.calls // 4)
                 for round_index in range(arguments.rounds):
                     order = (0, 1) if round_index % 2 == 0 else (1, 0)
-                    measured = [0.0, 0.0]
+                    measured = [(0.0, 0.0), (0.0, 0.0)]
                     for index in order:
                         measured[index] = await _burst(pids[index], sessions[mode][index], arguments.calls)
-                    bursts[mode].append({names[0]: measured[0], names[1]: measured[1]})
+                    bursts[mode].append(
+                        {
+                            names[0]: measured[0][0],
+                            names[1]: measured[1][0],
+                            f"{names[0]} calls/s": measured[0][1],
+                            f"{names[1]} calls/s": measured[1][1],
+                        }
+                    )
     first, second = names
     rows: list[str] = [
-        f"| mode | bursts | {first} CPU ms per call (median) | {second} (median) | ratio per pair: median (min, max) |",
-        "|---|---|---|---|---|",
+        f"| mode | bursts | {first} CPU ms per call (median) | {second} (median) | CPU ratio per pair: median "
+        f"(min, max) | {first} calls/s (median) | {second} (median) | throughput ratio per pair: median (min, max) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for mode, pairs in bursts.items():
         ratios = [pair[second] / pair[first] for pair in pairs if pair[first] > 0]
+        speeds = [pair[f"{second} calls/s"] / pair[f"{first} calls/s"] for pair in pairs]
         rows.append(
             f"| {'c=1' if mode == 'c1' else 'c=8'} | {len(pairs)} x {arguments.calls} calls | "
             f"{statistics.median(p[first] for p in pairs):.3f} | {statistics.median(p[second] for p in pairs):.3f} | "
-            f"{statistics.median(ratios):.2f}x ({min(ratios):.2f}, {max(ratios):.2f}) |"
+            f"{statistics.median(ratios):.2f}x ({min(ratios):.2f}, {max(ratios):.2f}) | "
+            f"{statistics.median(p[f'{first} calls/s'] for p in pairs):.0f} | "
+            f"{statistics.median(p[f'{second} calls/s'] for p in pairs):.0f} | "
+            f"{statistics.median(speeds):.2f}x ({min(speeds):.2f}, {max(speeds):.2f}) |"
         )
     print("\n".join(rows))
     if arguments.json is not None:
