@@ -33,6 +33,7 @@ from mcpstore_proxy.compat import downstream_connection
 from mcpstore_proxy.engine import ProxyEngine
 from mcpstore_proxy.errors import ProxyError
 from mcpstore_proxy.gate import agent_of, principal_of
+from mcpstore_proxy.interned import Interned
 from mcpstore_proxy.keys import STORE_SCOPE, SessionKey, checked_session_name, resolve_session_key
 from mcpstore_proxy.listen import ListenChannel, catalog_events
 from mcpstore_proxy.principals import ANONYMOUS, LOCAL, Principal
@@ -49,6 +50,8 @@ NOTIFY_SECONDS: Final = 1.0
 _KEY_STATE: Final = "mcpstore_proxy.session_key"
 _CHANNEL_STATE: Final = "mcpstore_proxy.channel"
 _KEYS_REMEMBERED: Final = 4096
+_CLIENT_PARAMS: Final = Interned[types.InitializeRequestParams](64)
+"""The clients' `initialize` parameters, each kept once however many connections sent them (see `interned`)."""
 
 
 class Caller(NamedTuple):
@@ -205,6 +208,18 @@ class Downstream:
             self._http_sessions[connection.session_id] = connection
         connection.exit_stack.push_async_callback(self._connection_ended, connection, key)
         return key
+
+    def initialized(self, caller: Caller) -> None:
+        """The client said its handshake is done (`notifications/initialized`): its connection is adopted, and
+        keeps the copy of its `initialize` parameters that equal ones share (see `interned`): the SDK keeps them
+        for the connection's whole life, and the clients of one kind send the same."""
+        self.adopt(caller)
+        connection = caller.connection
+        params = connection.client_params
+        if params is not None:
+            shared = _CLIENT_PARAMS.get(params.model_dump_json(by_alias=True), params)
+            if shared is not params:
+                connection.client_params = shared  # the SDK's setter: its capabilities follow
 
     @property
     def tools_may_map_headers(self) -> bool:

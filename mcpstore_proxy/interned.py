@@ -2,7 +2,9 @@
 
 Every session with an upstream keeps the upstream's `initialize` answer (its capabilities, server info and
 instructions) for its whole life: about 2 KiB per idle session, and more for an upstream with long instructions,
-though the copies of one upstream are nearly always equal. A session keeps the first equal copy instead of its own.
+though the copies of one upstream are nearly always equal. Every handshake-era client connection likewise keeps
+the client's `initialize` parameters (about 1.5 KiB), equal for the clients of one kind. Each keeps the first equal
+copy instead of its own.
 """
 
 from __future__ import annotations

@@ -323,7 +323,7 @@ class ProxyServer(Server[Any]):
                         await self._engine.subscribe(key, uri, call, subscribe=False)
 
     async def _initialized(self, ctx: Context, params: types.NotificationParams) -> None:
-        self._downstream.adopt(Caller.of(ctx))
+        self._downstream.initialized(Caller.of(ctx))
 
     async def _roots_changed(self, ctx: Context, params: types.NotificationParams) -> None:
         with contextlib.suppress(ProxyError):

@@ -1,0 +1,67 @@
+"""The clients behind the MCP face (mcpstore_proxy/downstream.py): what a handshake-era client's connection keeps
+once its handshake is done.
+
+Connections are the SDK's own, as its runner leaves them after `initialize`; the engine's upstreams are in memory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from mcp import types
+from mcp.server.connection import Connection
+from mcp.shared.dispatcher import Outbound
+
+from mcpstore_proxy.downstream import Caller, Downstream
+from tests.engines import running_engine
+from tests.support import fixture_server
+
+pytestmark = pytest.mark.anyio
+
+_VERSION = "2025-11-25"
+
+
+class _Unused(Outbound):
+    """The connection's way back to its client, which nothing here uses."""
+
+    async def send_raw_request(self, method: str, params: Any, opts: Any = None) -> dict[str, Any]:
+        raise AssertionError("nothing is sent to the client")
+
+    async def notify(self, method: str, params: Any, opts: Any = None) -> None:
+        raise AssertionError("nothing is sent to the client")
+
+
+def _connection(session_id: str, client: str, capabilities: types.ClientCapabilities) -> Connection:
+    params = types.InitializeRequestParams(
+        protocol_version=_VERSION,
+        capabilities=capabilities,
+        client_info=types.Implementation(name=client, version="1.0"),
+    )
+    return Connection(_Unused(), protocol_version=_VERSION, session_id=session_id, client_params=params)
+
+
+async def test_clients_that_said_alike_in_their_handshake_share_one_copy_of_it_and_keep_their_own_keys(
+    tmp_path: Path,
+) -> None:
+    roots = types.ClientCapabilities(roots=types.RootsCapability(list_changed=True))
+    alice, bob = _connection("a", "agent", roots), _connection("b", "agent", roots)
+    other = _connection("c", "other-agent", types.ClientCapabilities())
+    assert alice.client_params is not bob.client_params
+
+    async with running_engine(tmp_path, {"state": fixture_server("state")}) as harness:
+        downstream = Downstream(harness.engine)
+        for connection in (alice, bob, other):
+            downstream.initialized(Caller(None, connection, _VERSION))
+
+        assert alice.client_params is bob.client_params
+        assert alice.client_capabilities is bob.client_capabilities
+        assert bob.client_capabilities is not None
+        assert bob.client_capabilities.roots is not None
+        assert other.client_params is not alice.client_params  # told something else: its own copy
+        assert other.client_params is not None
+        assert other.client_params.client_info.name == "other-agent"
+        keys = {downstream.adopt(Caller(None, connection, _VERSION)) for connection in (alice, bob, other)}
+        assert len(keys) == 3  # one session each, as before
+        for connection in (alice, bob, other):
+            await connection.exit_stack.aclose()
