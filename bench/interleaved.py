@@ -9,9 +9,10 @@ goes between the two passes moves their ratio (by 30% and more on this machine).
 (pinned to core 1, the load generator to core 0), each with one session at c=1 and 8 sessions at c=8 opened
 once, and the bursts alternate: A then B, then B then A, for `--rounds` rounds. Each pair of bursts gives a
 ratio (B's CPU per call over A's, from /proc/<pid>/stat, and B's calls per second over A's); the median of those
-ratios is the figure. Prints a markdown table; `--json PATH` also writes the bursts. `--builds A,B` compares two checkouts of this project
-instead (before and after a change): both run the `mcpstore` target (or `--target`), each with `PYTHONPATH` set to
-its checkout. Each target's load is its own client (`Target.client`): a 2026-07-28 one for `mcpstore-modern`.
+ratios is the figure. Prints a markdown table; `--json PATH` also writes the bursts. `--builds A,B` compares two
+checkouts of this project instead (before and after a change): both run the `mcpstore` target (or `--target`),
+each with `PYTHONPATH` set to its checkout. Each target's load is its own client (`Target.client`): a 2026-07-28
+one for `mcpstore-modern`.
 """
 
 from __future__ import annotations
