@@ -217,7 +217,7 @@ class Downstream:
         connection = caller.connection
         params = connection.client_params
         if params is not None:
-            shared = _CLIENT_PARAMS.get(params.model_dump_json(by_alias=True), params)
+            shared = _CLIENT_PARAMS.get(params)
             if shared is not params:
                 connection.client_params = shared  # the SDK's setter: its capabilities follow
 

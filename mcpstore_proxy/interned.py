@@ -11,13 +11,16 @@ from __future__ import annotations
 
 from typing import Generic, TypeVar
 
+from pydantic import BaseModel
+
 __all__ = ["Interned"]
 
-_T = TypeVar("_T")
+_T = TypeVar("_T", bound=BaseModel)
 
 
 class Interned(Generic[_T]):
-    """At most `bound` values by a key that equal values share (their wire form); the oldest goes first."""
+    """At most `bound` models, each the first of its wire form (its JSON, by alias): equal models share it; the
+    oldest goes first."""
 
     __slots__ = ("_bound", "_values")
 
@@ -28,8 +31,9 @@ class Interned(Generic[_T]):
     def __len__(self) -> int:
         return len(self._values)
 
-    def get(self, key: str, value: _T) -> _T:
-        """The value kept for `key`, or `value`, kept from now on for `key`."""
+    def get(self, value: _T) -> _T:
+        """The model kept for `value`'s wire form, or `value`, kept from now on for it."""
+        key = value.model_dump_json(by_alias=True)
         found = self._values.get(key)
         if found is not None:
             return found

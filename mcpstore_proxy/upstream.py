@@ -84,7 +84,7 @@ def _share_initialize_result(client: ClientSession) -> None:
     of its own: the session's serving frame lives as long as the session, and must not hold its own copy)."""
     result = client.initialize_result
     assert result is not None  # initialized
-    shared = _INITIALIZE_RESULTS.get(result.model_dump_json(by_alias=True), result)
+    shared = _INITIALIZE_RESULTS.get(result)
     if shared is not result:
         client.adopt(shared)  # public, and sends nothing: the negotiated state, from an equal answer
 
