@@ -71,8 +71,8 @@ async def main() -> None:
     pin = len(os.sched_getaffinity(0)) > 1
     if pin:
         os.sched_setaffinity(0, set(os.sched_getaffinity(0)) - {SUT_CORE})
-    bursts: dict[str, list[dict[str, float]]] = {"c1": [], "c8": []}
-    """Per pair of bursts: each name's CPU ms per call, and its calls per second (under "NAME calls/s")."""
+    bursts: dict[str, list[dict[str, dict[str, float]]]] = {"c1": [], "c8": []}
+    """Per pair of bursts: each name's CPU ms per call ("cpu_ms") and calls per second ("calls_per_s")."""
     with tempfile.TemporaryDirectory(prefix="mcpstore-interleaved-") as scratch:
         async with AsyncExitStack() as stack:
             pids: list[int] = []
@@ -100,10 +100,8 @@ async def main() -> None:
                         measured[index] = await _burst(pids[index], sessions[mode][index], arguments.calls)
                     bursts[mode].append(
                         {
-                            names[0]: measured[0][0],
-                            names[1]: measured[1][0],
-                            f"{names[0]} calls/s": measured[0][1],
-                            f"{names[1]} calls/s": measured[1][1],
+                            "cpu_ms": {name: cpu for name, (cpu, _) in zip(names, measured, strict=True)},
+                            "calls_per_s": {name: speed for name, (_, speed) in zip(names, measured, strict=True)},
                         }
                     )
     first, second = names
@@ -113,15 +111,17 @@ async def main() -> None:
         "|---|---|---|---|---|---|---|---|",
     ]
     for mode, pairs in bursts.items():
-        ratios = [pair[second] / pair[first] for pair in pairs if pair[first] > 0]
-        speeds = [pair[f"{second} calls/s"] / pair[f"{first} calls/s"] for pair in pairs]
+        cells: list[str] = []
+        for figure, digits in (("cpu_ms", 3), ("calls_per_s", 0)):
+            measured_pairs = [pair[figure] for pair in pairs if pair[figure][first] > 0]
+            ratios = [pair[second] / pair[first] for pair in measured_pairs]
+            cells += [
+                f"{statistics.median(p[first] for p in measured_pairs):.{digits}f}",
+                f"{statistics.median(p[second] for p in measured_pairs):.{digits}f}",
+                f"{statistics.median(ratios):.2f}x ({min(ratios):.2f}, {max(ratios):.2f})",
+            ]
         rows.append(
-            f"| {'c=1' if mode == 'c1' else 'c=8'} | {len(pairs)} x {arguments.calls} calls | "
-            f"{statistics.median(p[first] for p in pairs):.3f} | {statistics.median(p[second] for p in pairs):.3f} | "
-            f"{statistics.median(ratios):.2f}x ({min(ratios):.2f}, {max(ratios):.2f}) | "
-            f"{statistics.median(p[f'{first} calls/s'] for p in pairs):.0f} | "
-            f"{statistics.median(p[f'{second} calls/s'] for p in pairs):.0f} | "
-            f"{statistics.median(speeds):.2f}x ({min(speeds):.2f}, {max(speeds):.2f}) |"
+            f"| {'c=1' if mode == 'c1' else 'c=8'} | {len(pairs)} x {arguments.calls} calls | {' | '.join(cells)} |"
         )
     print("\n".join(rows))
     if arguments.json is not None:

@@ -48,16 +48,22 @@ class LoopClock:
     def __init__(self) -> None:
         self._skew = 0.0
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._shadowed: object = None
+        """What stood for the loop's `time` before (another clock's), put back on the way out."""
 
     def __enter__(self) -> LoopClock:
         loop = self._loop = asyncio.get_running_loop()
+        self._shadowed = vars(loop).get("time")
         wall = loop.time
         loop.time = lambda: wall() + self._skew  # type: ignore[method-assign]
         return self
 
     def __exit__(self, *exc_info: object) -> None:
         assert self._loop is not None
-        del self._loop.time  # the loop's own method again
+        if self._shadowed is None:
+            del self._loop.time  # the loop's own method again
+        else:
+            self._loop.time = self._shadowed  # type: ignore[method-assign]
 
     async def advance(self, seconds: float) -> None:
         """Move the clock, then let the loop turn (its timers due by then fire) until every task waits again."""
