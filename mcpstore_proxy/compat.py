@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Generator
+from collections.abc import Awaitable, Generator
 from contextlib import contextmanager
 from functools import lru_cache
 from typing import Any, Final, TextIO
@@ -217,18 +217,20 @@ async def terminate_http_sessions(manager: StreamableHTTPSessionManager) -> None
 class TrimmedFieldValues:
     """ASGI headers with the whitespace around each value removed, as RFC 9110 §5.5 has parsers do: uvicorn's
     h11 protocol trims it, its httptools protocol keeps what follows a value, and the SDK compares values exactly
-    (`Mcp-Name`)."""
+    (`Mcp-Name`).
+
+    Not a coroutine function itself, so a server must be told it is an ASGI 3 app (uvicorn's `interface`)."""
 
     def __init__(self, app: ASGIApp) -> None:
         self._app = app
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
         headers: list[tuple[bytes, bytes]] = scope.get("headers") or []
         for _, value in headers:  # a plain loop: this runs for every request
             if value and (value[0] in _OWS or value[-1] in _OWS):
                 scope = {**scope, "headers": [(name, value.strip(b" \t")) for name, value in headers]}
                 break
-        await self._app(scope, receive, send)
+        return self._app(scope, receive, send)  # the app's own coroutine: a frame less per request
 
 
 _OWS: Final = (0x20, 0x09)  # space, tab

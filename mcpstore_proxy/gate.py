@@ -17,6 +17,7 @@ for an unknown id.
 from __future__ import annotations
 
 import json
+from collections.abc import Awaitable
 from functools import lru_cache
 from typing import Any, Final
 
@@ -116,21 +117,34 @@ class AuthGate:
             PermissionDeniedError: the principal may not use the agent scope the request asks for.
             InvalidSessionKeyError: the agent id is malformed.
         """
-        authorization = agent_header = None
-        for name, value in scope["headers"]:  # one pass for both: this runs for every request
-            if name == b"authorization":
-                if authorization is None:  # the first, as everywhere else
-                    authorization = value
-            elif name == _AGENT_HEADER and agent_header is None:
-                agent_header = value
-        principal = await self.authenticator.authenticate(authorization.decode("latin-1") if authorization else None)
+        admitted = self.admitted(scope)
+        if admitted is not None:
+            return admitted
+        authorization, agent_header = _credentials(scope)
+        principal = await self.authenticator.authenticate(authorization)  # a JWT to verify first
+        self._enter(scope, principal, agent_header)
+        return principal
+
+    def admitted(self, scope: Scope) -> Principal | None:
+        """`admit`, where the principal is known without verifying a JWT now (see `Authenticator.proven`): for
+        every request of a client whose token was verified before; else None, and the scope is left as it was.
+
+        Raises:
+            AuthenticationError, PermissionDeniedError, InvalidSessionKeyError: as `admit`.
+        """
+        authorization, agent_header = _credentials(scope)
+        principal = self.authenticator.proven(authorization)
+        if principal is not None:
+            self._enter(scope, principal, agent_header)
+        return principal
+
+    def _enter(self, scope: Scope, principal: Principal, agent_header: bytes | None) -> None:
         agent = _requested_agent(scope, agent_header or b"")
         if not principal.may_use_agent(agent):
             raise PermissionDeniedError(f"{principal} may not use agent '{agent}'; ask for it to be granted")
         scope[_PRINCIPAL_SCOPE_KEY] = principal
         scope[_AGENT_SCOPE_KEY] = agent
         scope["user"] = _user_of(principal)
-        return principal
 
     def refusal(self, error: ProxyError, *, json_rpc: bool = False) -> Response:
         """The HTTP answer to a request the gate refuses: a JSON-RPC error (for MCP endpoints), or the admin
@@ -167,13 +181,38 @@ class _Guarded:
         self._gate = gate
         self._app = app
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
+        try:
+            principal = self._gate.admitted(scope)
+        except _REFUSALS as error:
+            return self._gate.refusal(error, json_rpc=True)(scope, receive, send)
+        if principal is None:
+            return self._verified(scope, receive, send)
+        return self._app(scope, receive, send)  # the app's own coroutine: a frame less per request
+
+    async def _verified(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The request, once the JWT it carries is verified (the first request with that token)."""
         try:
             await self._gate.admit(scope)
-        except (AuthenticationError, PermissionDeniedError, InvalidSessionKeyError) as error:
+        except _REFUSALS as error:
             await self._gate.refusal(error, json_rpc=True)(scope, receive, send)
             return
         await self._app(scope, receive, send)
+
+
+_REFUSALS: Final = (AuthenticationError, PermissionDeniedError, InvalidSessionKeyError)
+
+
+def _credentials(scope: Scope) -> tuple[str | None, bytes | None]:
+    """The request's `Authorization` header (decoded) and agent header, each the first one sent, in one pass."""
+    authorization = agent_header = None
+    for name, value in scope["headers"]:  # one pass for both: this runs for every request
+        if name == b"authorization":
+            if authorization is None:
+                authorization = value
+        elif name == _AGENT_HEADER and agent_header is None:
+            agent_header = value
+    return (authorization.decode("latin-1") if authorization else None), agent_header
 
 
 def _metadata_url(resource_url: str) -> str:

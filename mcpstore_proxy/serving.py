@@ -140,6 +140,7 @@ async def _serve_http(engine: ProxyEngine, stop: StopRequests) -> bool:
     server = SignalFreeServer(
         uvicorn.Config(
             TrimmedFieldValues(face.app),
+            interface="asgi3",  # a plain callable returning the app's coroutine (see `TrimmedFieldValues`)
             host=settings.host,
             port=settings.port,
             log_level=settings.log_level.lower(),

@@ -270,7 +270,7 @@ async def test_uvicorns_httptools_protocol_keeps_whitespace_after_a_header_value
 
     port = free_port()
     served = compat.TrimmedFieldValues(app) if trimmed else app
-    config = uvicorn.Config(served, port=port, http="httptools", log_level="warning", lifespan="off")
+    config = uvicorn.Config(served, port=port, http="httptools", interface="asgi3", log_level="warning", lifespan="off")
     server = compat.SignalFreeServer(config)
     async with anyio.create_task_group() as tg:
         tg.start_soon(server.serve)

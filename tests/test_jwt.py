@@ -100,6 +100,17 @@ async def test_what_a_verified_token_proves_is_cached_until_it_expires(issuer: T
     assert "1 proofs cached" in repr(verify)
 
 
+async def test_only_a_token_not_yet_verified_needs_an_await_to_prove_its_principal(issuer: TestIssuer) -> None:
+    verify = authenticator(issuer)
+    header = f"Bearer {issuer.mint('alice')}"
+    assert verify.proven(header) is None  # a JWT never seen: verified by `authenticate`, which may fetch keys
+    assert (await verify.authenticate(header)).name == "alice"
+    assert verify.proven(header) == Principal("alice", None, is_admin=False)  # every later request: no await
+    assert verify.proven(f"Bearer {issuer.mint('bob')}") is None
+    with pytest.raises(AuthenticationError):
+        verify.proven(None)
+
+
 async def test_a_request_without_a_token_is_refused_with_no_error_code_so_the_client_may_start_its_oauth_flow(
     issuer: TestIssuer,
 ) -> None:
