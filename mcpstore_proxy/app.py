@@ -56,11 +56,11 @@ from mcpstore_proxy.events import EventLog
 from mcpstore_proxy.framing import FirstEventResponse
 from mcpstore_proxy.gate import METADATA_PATH, AuthGate, principal_of
 from mcpstore_proxy.lane import FastLane
-from mcpstore_proxy.lane_wire import PROTOCOL_VERSION, SESSION_ID
 from mcpstore_proxy.logs import ThrottledWarning, log_fields
 from mcpstore_proxy.metrics import ProxyMetrics, metrics_route
 from mcpstore_proxy.outstanding import Outstanding
 from mcpstore_proxy.registry import ServicePolicy
+from mcpstore_proxy.request_headers import request_headers
 from mcpstore_proxy.server import REQUEST_SCOPE, ProxyServer
 from mcpstore_proxy.status import status_report
 from mcpstore_proxy.status_page import render_html
@@ -317,12 +317,10 @@ def _opens_a_session(scope: Scope) -> bool:
         return scope["path"].endswith("/sse")
     if method != "POST":
         return False
-    version: bytes | None = None
-    for name, value in scope["headers"]:
-        if name == SESSION_ID:
-            return False
-        if name == PROTOCOL_VERSION:
-            version = value
+    headers = request_headers(scope)
+    if headers.session_id is not None:
+        return False
+    version = headers.protocol_version
     return version is None or version.decode("latin-1") in HANDSHAKE_PROTOCOL_VERSIONS
 
 

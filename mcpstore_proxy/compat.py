@@ -39,6 +39,8 @@ from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 from opentelemetry import trace
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from mcpstore_proxy.request_headers import request_headers
+
 __all__ = [
     "ReadStream",
     "SignalFreeServer",
@@ -225,15 +227,10 @@ class TrimmedFieldValues:
         self._app = app
 
     def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
-        headers: list[tuple[bytes, bytes]] = scope.get("headers") or []
-        for _, value in headers:  # a plain loop: this runs for every request
-            if value and (value[0] in _OWS or value[-1] in _OWS):
-                scope = {**scope, "headers": [(name, value.strip(b" \t")) for name, value in headers]}
-                break
+        if "headers" in scope and request_headers(scope).is_padded:  # found for the layers after this too
+            headers: list[tuple[bytes, bytes]] = scope["headers"]
+            scope = {**scope, "headers": [(name, value.strip(b" \t")) for name, value in headers]}
         return self._app(scope, receive, send)  # the app's own coroutine: a frame less per request
-
-
-_OWS: Final = (0x20, 0x09)  # space, tab
 
 
 class SignalFreeServer(uvicorn.Server):

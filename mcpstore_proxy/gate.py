@@ -31,10 +31,10 @@ from mcpstore_proxy.auth import Authenticator
 from mcpstore_proxy.errors import AuthenticationError, InvalidSessionKeyError, PermissionDeniedError, ProxyError
 from mcpstore_proxy.keys import STORE_SCOPE, checked_agent
 from mcpstore_proxy.principals import LOCAL, Principal
+from mcpstore_proxy.request_headers import AGENT_HEADER, request_headers
 
 __all__ = ["AGENT_HEADER", "METADATA_PATH", "AuthGate", "agent_of", "principal_of"]
 
-AGENT_HEADER: Final = "x-mcpstore-agent"
 _AGENT_HEADER: Final = AGENT_HEADER.encode()
 METADATA_PATH: Final = "/.well-known/oauth-protected-resource"
 _PRINCIPAL_SCOPE_KEY: Final = "mcpstore_proxy.principal"
@@ -104,6 +104,7 @@ class AuthGate:
         self.resource_url = resource_url
         self._authorization_servers = authorization_servers
         self.metadata_url = _metadata_url(resource_url)
+        self._last_user: tuple[Principal, AuthenticatedUser] | None = None
 
     def guard(self, app: ASGIApp) -> _Guarded:
         """`app`, reached only by requests that prove a principal allowed in the agent scope they ask for."""
@@ -144,7 +145,10 @@ class AuthGate:
             raise PermissionDeniedError(f"{principal} may not use agent '{agent}'; ask for it to be granted")
         scope[_PRINCIPAL_SCOPE_KEY] = principal
         scope[_AGENT_SCOPE_KEY] = agent
-        scope["user"] = _user_of(principal)
+        last = self._last_user
+        if last is None or last[0] is not principal:  # most requests are the last one's principal's
+            last = self._last_user = (principal, _user_of(principal))
+        scope["user"] = last[1]
 
     def refusal(self, error: ProxyError, *, json_rpc: bool = False) -> Response:
         """The HTTP answer to a request the gate refuses: a JSON-RPC error (for MCP endpoints), or the admin
@@ -204,15 +208,10 @@ _REFUSALS: Final = (AuthenticationError, PermissionDeniedError, InvalidSessionKe
 
 
 def _credentials(scope: Scope) -> tuple[str | None, bytes | None]:
-    """The request's `Authorization` header (decoded) and agent header, each the first one sent, in one pass."""
-    authorization = agent_header = None
-    for name, value in scope["headers"]:  # one pass for both: this runs for every request
-        if name == b"authorization":
-            if authorization is None:
-                authorization = value
-        elif name == _AGENT_HEADER and agent_header is None:
-            agent_header = value
-    return (authorization.decode("latin-1") if authorization else None), agent_header
+    """The request's `Authorization` header (decoded) and agent header."""
+    headers = request_headers(scope)
+    authorization = headers.authorization
+    return (authorization.decode("latin-1") if authorization else None), headers.agent
 
 
 def _metadata_url(resource_url: str) -> str:

@@ -59,10 +59,6 @@ from mcpstore_proxy.lane_modern import (
 from mcpstore_proxy.lane_questions import LaneQuestions
 from mcpstore_proxy.lane_stream import PING_SECONDS, serve_event_stream
 from mcpstore_proxy.lane_wire import (
-    CHECKED_HEADERS,
-    LAST_EVENT_ID,
-    PROTOCOL_VERSION,
-    SESSION_ID,
     Acceptance,
     Answer,
     AnswerStream,
@@ -83,6 +79,7 @@ from mcpstore_proxy.lane_wire import (
 from mcpstore_proxy.listings import LISTINGS
 from mcpstore_proxy.operations import Operation, OperationObserver, is_tool_error, operation_in_progress
 from mcpstore_proxy.relay import ClientCall
+from mcpstore_proxy.request_headers import request_headers
 from mcpstore_proxy.rounds import Unaskable
 from mcpstore_proxy.server import ProxyServer
 from mcpstore_proxy.task_scope import Cancellable
@@ -219,26 +216,15 @@ class FastLane:
     def _session_of(self, scope: Scope) -> tuple[_Session, list[tuple[bytes, bytes]]] | None:
         """The session a POST, or a GET for the standing stream, may be served in by the lane, from its headers
         alone, with the headers the transport checks judge (see `Acceptance`); else None."""
-        session_id = version = None
-        declared = 0
-        checked: list[tuple[bytes, bytes]] = []
-        for header in scope["headers"]:  # one pass: this runs for every request
-            name = header[0]
-            if name == SESSION_ID:
-                session_id = header[1]
-            elif name == PROTOCOL_VERSION:
-                version = header[1]
-                if version not in _HANDSHAKE_VERSIONS:
-                    return None  # a 2026-07-28 request (see `lane_modern`), or one the SDK refuses
-            elif name in CHECKED_HEADERS:
-                checked.append(header)
-            elif name == b"content-length" and header[1].isdigit():
-                declared = int(header[1])
-            elif name == LAST_EVENT_ID:
-                return None  # a resumption: the SDK replays what its event store kept
-        if session_id is None:
-            return None
-        if declared > self._manager.max_request_body_size:
+        headers = request_headers(scope)
+        session_id = headers.session_id
+        if session_id is None or headers.resumes or headers.repeats:
+            return None  # no session; a resumption (the SDK replays what its event store kept); doubtful
+        version = headers.protocol_version
+        if version is not None and version not in _HANDSHAKE_VERSIONS:
+            return None  # a 2026-07-28 request (see `lane_modern`), or one the SDK refuses
+        declared = headers.content_length
+        if declared is not None and declared.isdigit() and int(declared) > self._manager.max_request_body_size:
             return None  # the SDK refuses it unread
         sid = session_id.decode("latin-1")
         connection = self._server.downstream.adopted(sid)
@@ -247,7 +233,7 @@ class FastLane:
         transport = http_session(self._manager, sid, scope)
         if transport is None:
             return None
-        return (sid, connection, transport), checked
+        return (sid, connection, transport), headers.checked
 
     def _taken(self, scope: Scope, send: Send, session_id: str, connection: Connection) -> tuple[Answer, Caller, str]:
         """A request the lane took: its response, its caller, and the principal its metrics name ("" if none)."""

@@ -10,16 +10,16 @@ from typing import Any, Final, NamedTuple, TypeGuard, TypeVar
 import anyio
 from mcp import MCPError, types
 from mcp.server.connection import Connection
-from mcp.server.streamable_http import LAST_EVENT_ID_HEADER, MCP_SESSION_ID_HEADER, check_accept_headers
+from mcp.server.streamable_http import MCP_SESSION_ID_HEADER, check_accept_headers
 from mcp.server.transport_security import TransportSecurityMiddleware
 from mcp.shared.dispatcher import ProgressFnT
-from mcp.shared.inbound import MCP_PROTOCOL_VERSION_HEADER
 from pydantic import BaseModel
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
 from mcpstore_proxy.json_bytes import to_json
+from mcpstore_proxy.request_headers import CHECKED_HEADERS, LAST_EVENT_ID, PROTOCOL_VERSION, SESSION_ID
 
 __all__ = [
     "CHECKED_HEADERS",
@@ -49,9 +49,6 @@ __all__ = [
 RequestId = int | str
 _ResultT = TypeVar("_ResultT", bound=BaseModel)
 
-SESSION_ID: Final = MCP_SESSION_ID_HEADER.lower().encode()
-PROTOCOL_VERSION: Final = MCP_PROTOCOL_VERSION_HEADER.lower().encode()
-LAST_EVENT_ID: Final = LAST_EVENT_ID_HEADER.lower().encode()
 SSE_HEADERS: Final = (
     (b"content-type", b"text/event-stream"),
     (b"cache-control", b"no-cache, no-transform"),
@@ -149,10 +146,6 @@ def checked_headers(scope: Scope) -> list[tuple[bytes, bytes]]:
     """Every header the transport checks judge, as sent, repeats and order included: a verdict is a function of
     exactly these and the method."""
     return [header for header in scope["headers"] if header[0] in CHECKED_HEADERS]
-
-
-CHECKED_HEADERS: Final = frozenset((b"accept", b"content-type", b"host", b"origin"))
-"""The headers the SDK's transport checks judge (see `Acceptance`)."""
 
 
 async def _is_acceptable(scope: Scope, security: TransportSecurityMiddleware) -> bool:

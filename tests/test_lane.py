@@ -117,6 +117,18 @@ async def test_a_call_whose_id_or_fields_are_not_well_typed_is_left_to_the_sdk(c
         assert await lane_calls(proxy, config) == 1
 
 
+async def test_a_call_with_its_session_id_or_protocol_version_sent_twice_is_left_to_the_sdk(config: Path) -> None:
+    async with opened_session(config) as (proxy, http, session):
+        for repeated in ("Mcp-Session-Id", "Mcp-Protocol-Version"):
+            headers = [*session.headers.items(), (repeated, session.headers[repeated])]
+            answered = await http.post(proxy.url, json=tool_call(1, "state_echo", {"text": "x"}), headers=headers)
+            assert answered.status_code < 500, answered.text  # whatever the SDK makes of it
+        assert await lane_calls(proxy, config) == 0
+
+        assert (await session.call_tool(2, "state_echo", {"text": "once"})).status_code == 200
+        assert await lane_calls(proxy, config) == 1
+
+
 async def test_listings_in_the_lane_are_what_the_sdk_lists_for_a_client_of_the_same_version(tmp_path: Path) -> None:
     config = write_config(tmp_path, {"state": fixture_server("state"), "other": fixture_server("other")})
     async with (

@@ -1,0 +1,92 @@
+"""The headers the HTTP layers read, found in one pass and kept with the request's scope: read as the SDK reads
+them (the first of a repeated header), and found again, never stale, once a layer replaces the headers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.datastructures import Headers
+
+from mcpstore_proxy.request_headers import request_headers
+
+_SENT = [
+    (b"host", b"127.0.0.1:8000"),
+    (b"accept", b"application/json, text/event-stream"),
+    (b"authorization", b"Bearer first"),
+    (b"authorization", b"Bearer second"),
+    (b"x-mcpstore-agent", b"team_1"),
+    (b"mcp-session-id", b"abc"),
+    (b"mcp-protocol-version", b"2025-11-25"),
+    (b"content-type", b"application/json"),
+    (b"content-length", b"120"),
+    (b"accept", b"*/*"),
+]
+
+
+def _scope(headers: list[tuple[bytes, bytes]]) -> dict[str, Any]:
+    return {"type": "http", "method": "POST", "path": "/mcp", "headers": headers}
+
+
+def test_each_header_reads_as_the_sdk_reads_it_the_first_one_sent() -> None:
+    found = request_headers(_scope(_SENT))
+    sdk = Headers(raw=_SENT)
+    assert found.authorization == sdk["authorization"].encode() == b"Bearer first"
+    assert found.agent == b"team_1"
+    assert found.session_id == b"abc"
+    assert found.protocol_version == b"2025-11-25"
+    assert found.content_length == b"120"
+    assert not found.resumes
+    assert not found.repeats
+    assert not found.is_padded
+
+
+def test_the_headers_the_transport_checks_judge_are_kept_as_sent_repeats_and_order_included() -> None:
+    assert request_headers(_scope(_SENT)).checked == [
+        (b"host", b"127.0.0.1:8000"),
+        (b"accept", b"application/json, text/event-stream"),
+        (b"content-type", b"application/json"),
+        (b"accept", b"*/*"),
+    ]
+
+
+def test_a_header_not_sent_is_none() -> None:
+    found = request_headers(_scope([(b"host", b"127.0.0.1")]))
+    assert (found.authorization, found.agent, found.session_id, found.protocol_version, found.content_length) == (
+        None,
+        None,
+        None,
+        None,
+        None,
+    )
+    assert found.checked == [(b"host", b"127.0.0.1")]
+
+
+def test_a_repeated_session_id_or_protocol_version_is_noted_and_other_repeats_are_not() -> None:
+    assert request_headers(_scope([*_SENT, (b"mcp-session-id", b"other")])).repeats
+    assert request_headers(_scope([*_SENT, (b"mcp-protocol-version", b"2025-06-18")])).repeats
+    assert not request_headers(_scope([*_SENT, (b"authorization", b"Bearer third")])).repeats
+
+
+def test_a_resumption_is_noted() -> None:
+    assert request_headers(_scope([*_SENT, (b"last-event-id", b"7")])).resumes
+
+
+def test_whitespace_around_any_value_is_noted_wherever_it_is() -> None:
+    for padded in (b"echo ", b"echo\t", b" echo", b"\techo"):
+        assert request_headers(_scope([*_SENT, (b"mcp-name", padded)])).is_padded, padded
+    assert not request_headers(_scope([*_SENT, (b"mcp-name", b"echo"), (b"x-empty", b"")])).is_padded
+
+
+def test_the_headers_are_found_once_per_request() -> None:
+    scope = _scope(list(_SENT))
+    assert request_headers(scope) is request_headers(scope)
+
+
+def test_a_layer_that_replaces_the_headers_makes_the_next_reader_find_them_again_not_a_stale_copy() -> None:
+    scope = _scope(list(_SENT))
+    before = request_headers(scope)
+    replaced = {**scope, "headers": [(name, value) for name, value in _SENT if name != b"mcp-session-id"]}
+    after = request_headers(replaced)
+    assert before.session_id == b"abc"
+    assert after.session_id is None
+    assert request_headers(scope) is before  # the original request's own headers are still what they were
