@@ -28,12 +28,12 @@ class Expiring(Protocol):
 class Deadlines:
     """One event loop's timer for the deadlines of its waiters (`of` gives the loop's own)."""
 
-    __slots__ = ("_at", "_loop", "_timer", "_waiters")
+    __slots__ = ("_at", "_timer", "_waiters", "loop")
 
     _OF_LOOP: Final[weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Deadlines]] = weakref.WeakKeyDictionary()
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
+        self.loop = loop
         self._timer: asyncio.TimerHandle | None = None
         self._at = math.inf
         self._waiters: set[Expiring] = set()
@@ -63,11 +63,11 @@ class Deadlines:
         if self._timer is not None:
             self._timer.cancel()
         self._at = at
-        self._timer = self._loop.call_at(at, self._expire_due)
+        self._timer = self.loop.call_at(at, self._expire_due)
 
     def _expire_due(self) -> None:
         self._timer, self._at = None, math.inf
-        due = self._loop.time() + _SLACK_SECONDS
+        due = self.loop.time() + _SLACK_SECONDS
         earliest = math.inf
         for waiter in list(self._waiters):
             after = waiter.expire_due(due)

@@ -17,15 +17,17 @@ __all__ = ["Deferred"]
 class Deferred(ABC):
     """While the block runs: `_run()` in a task of its own, once the block has run `after_seconds`."""
 
-    __slots__ = ("_after_seconds", "_task", "_timer")
+    __slots__ = ("_after_seconds", "_loop", "_task", "_timer")
 
-    def __init__(self, after_seconds: float) -> None:
+    def __init__(self, after_seconds: float, loop: asyncio.AbstractEventLoop | None = None) -> None:
         self._after_seconds = after_seconds
+        self._loop = loop
+        """The running loop, where the caller knows it (asking for it costs a system call on 3.11)."""
         self._timer: asyncio.TimerHandle | None = None
         self._task: asyncio.Task[None] | None = None
 
     def __enter__(self) -> None:
-        loop = asyncio.get_running_loop()
+        loop = self._loop or asyncio.get_running_loop()
         self._timer = loop.call_later(self._after_seconds, self._start, loop)
 
     def __exit__(self, *exc_info: object) -> None:

@@ -76,14 +76,14 @@ class DirectRequests:
         if self._is_closed:
             raise _closed()
         request_id = f"{_ID_PREFIX}{next(self._ids)}"
-        loop = asyncio.get_running_loop()
+        deadlines = self._deadlines
+        if deadlines is None:
+            deadlines = self._deadlines = Deadlines.of(asyncio.get_running_loop())
+        loop = deadlines.loop  # not asked for again: on 3.11 that is a system call (getpid) each time
         # A bare future: this upstream is asyncio's already, and an anyio Event costs 5x as much.
         waiting: asyncio.Future[_Answer] = loop.create_future()
         deadline = loop.time() + timeout
         self._waiting[request_id] = (waiting, deadline)
-        deadlines = self._deadlines
-        if deadlines is None:
-            deadlines = self._deadlines = Deadlines.of(loop)
         deadlines.watch(self, deadline)
         try:
             try:

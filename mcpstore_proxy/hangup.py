@@ -58,8 +58,9 @@ class HangUpWatch(Deferred):
         after_seconds: float = _WATCH_AFTER_SECONDS,
         keepalive: Callable[[], Awaitable[bool]] | None = None,
         keepalive_seconds: float = math.inf,
+        loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
-        super().__init__(min(after_seconds, keepalive_seconds))
+        super().__init__(after_seconds if after_seconds < keepalive_seconds else keepalive_seconds, loop)
         self._receive = receive
         self._scope = scope
         self._keepalive = keepalive

@@ -308,7 +308,9 @@ class FastLane:
             # The drain's scope, cancelled also by notifications/cancelled, or by the client hanging up.
             with (
                 server.drain.request_in(self._task()) as cancelled,
-                HangUpWatch(receive, cancelled, keepalive=keepalive, keepalive_seconds=keepalive_seconds),
+                HangUpWatch(
+                    receive, cancelled, keepalive=keepalive, keepalive_seconds=keepalive_seconds, loop=self._loop
+                ),
             ):
                 if cancellable_as is not None:
                     self._calls[cancellable_as] = cancelled

@@ -141,6 +141,7 @@ async def _serve_http(engine: ProxyEngine, stop: StopRequests) -> bool:
         uvicorn.Config(
             TrimmedFieldValues(face.app),
             interface="asgi3",  # a plain callable returning the app's coroutine (see `TrimmedFieldValues`)
+            proxy_headers=False,  # nothing reads a client's address or scheme: a layer and a header pass less
             host=settings.host,
             port=settings.port,
             log_level=settings.log_level.lower(),
