@@ -38,6 +38,7 @@ from mcpstore_proxy.keys import STORE_SCOPE, SessionKey, checked_session_name, r
 from mcpstore_proxy.listen import ListenChannel, catalog_events
 from mcpstore_proxy.principals import ANONYMOUS, LOCAL, Principal
 from mcpstore_proxy.relay import ClientCall, ClientChannel
+from mcpstore_proxy.request_headers import first_value
 
 __all__ = ["NOTIFY_SECONDS", "REQUEST_SCOPE", "Caller", "Downstream"]
 
@@ -75,10 +76,8 @@ class Caller(NamedTuple):
 
 def _header_value(scope: Scope, name: bytes) -> str | None:
     """The first value of the request header `name` (in lower case, as ASGI gives names), or None."""
-    for key, value in scope["headers"]:  # a plain loop, not a generator: this runs for every request
-        if key == name:
-            return value.decode("latin-1")
-    return None
+    value = first_value(scope, name)
+    return value.decode("latin-1") if value is not None else None
 
 
 class Downstream:
@@ -87,8 +86,7 @@ class Downstream:
     def __init__(self, engine: ProxyEngine, *, stdio: bool = False) -> None:
         self._engine = engine
         self._argument = engine.settings.session_argument
-        self._header = engine.settings.session_header.lower()
-        self._header_name = self._header.encode("latin-1")
+        self._header_name = engine.settings.session_header.lower().encode("latin-1")
         self._stdio_key = SessionKey.connection("stdio") if stdio else None
         self._connections: dict[int, Connection] = {}
         self._http_sessions: dict[str, Connection] = {}
@@ -110,7 +108,8 @@ class Downstream:
             InvalidSessionKeyError: the agent id or the session header is malformed.
             SessionLimitError: it names a session that would take the client past its limit.
         """
-        header = caller.header(self._header)
+        scope = caller.scope
+        header = None if scope is None else _header_value(scope, self._header_name)
         if header is None:
             return self.adopt(caller)  # what `resolve_session_key` picks, and never a named session to admit
         key = self._named(header, self.agent(caller), self.principal(caller).name)

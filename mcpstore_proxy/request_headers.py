@@ -26,6 +26,7 @@ __all__ = [
     "LAST_EVENT_ID",
     "PROTOCOL_VERSION",
     "SESSION_ID",
+    "SESSION_KEY_HEADER",
     "RequestHeaders",
     "request_headers",
 ]
@@ -34,11 +35,13 @@ SESSION_ID: Final = MCP_SESSION_ID_HEADER.lower().encode()
 PROTOCOL_VERSION: Final = MCP_PROTOCOL_VERSION_HEADER.lower().encode()
 LAST_EVENT_ID: Final = LAST_EVENT_ID_HEADER.lower().encode()
 AGENT_HEADER: Final = "x-mcpstore-agent"
+SESSION_KEY_HEADER: Final = "x-mcpstore-session"
+"""The default `session_header`: found with the rest (another name is looked for apart, see `first`)."""
 
 CHECKED_HEADERS: Final = frozenset((b"accept", b"content-type", b"host", b"origin"))
 """The headers the SDK's transport checks judge (see `lane_wire.Acceptance`)."""
 
-_AUTHORIZATION, _AGENT, _SESSION, _VERSION, _LENGTH, _LAST_EVENT = range(6)
+_AUTHORIZATION, _AGENT, _SESSION, _VERSION, _LENGTH, _LAST_EVENT, _SESSION_KEY = range(7)
 _CHECKED = -1
 _FIELDS: Final[dict[bytes, int]] = {
     b"authorization": _AUTHORIZATION,
@@ -47,6 +50,7 @@ _FIELDS: Final[dict[bytes, int]] = {
     PROTOCOL_VERSION: _VERSION,
     b"content-length": _LENGTH,
     LAST_EVENT_ID: _LAST_EVENT,
+    SESSION_KEY_HEADER.encode(): _SESSION_KEY,
     **dict.fromkeys(CHECKED_HEADERS, _CHECKED),
 }
 _OWS: Final = b" \t"  # optional whitespace: space, tab
@@ -55,8 +59,8 @@ _SCOPE_KEY: Final = "mcpstore_proxy.headers"
 
 class RequestHeaders:
     """What one request's headers say, for the proxy's layers (see the module docstring): the first value of
-    `Authorization`, `X-MCPStore-Agent` (`agent`), `Mcp-Session-Id`, `MCP-Protocol-Version` and `Content-Length`,
-    each None when not sent; and the rest below."""
+    `Authorization`, `X-MCPStore-Agent` (`agent`), `Mcp-Session-Id`, `MCP-Protocol-Version`, `Content-Length`
+    and `X-MCPStore-Session` (`session_key`), each None when not sent; and the rest below."""
 
     __slots__ = (
         "agent",
@@ -68,13 +72,14 @@ class RequestHeaders:
         "repeats",
         "resumes",
         "session_id",
+        "session_key",
         "source",
     )
 
     def __init__(self, source: list[tuple[bytes, bytes]]) -> None:
         self.source = source
         """The headers list this was found in."""
-        values: list[bytes | None] = [None] * 6
+        values: list[bytes | None] = [None] * 7
         checked: list[tuple[bytes, bytes]] = []
         is_padded = repeats = False
         fields, ows = _FIELDS, _OWS
@@ -98,6 +103,7 @@ class RequestHeaders:
             self.protocol_version,
             self.content_length,
             last_event_id,
+            self.session_key,
         ) = values
         self.resumes = last_event_id is not None
         """Whether it carries a `Last-Event-ID` (a resumption of an event stream)."""
@@ -116,3 +122,17 @@ def request_headers(scope: Scope) -> RequestHeaders:
     if found is None or found.source is not headers:
         found = scope[_SCOPE_KEY] = RequestHeaders(headers)
     return found
+
+
+def first_value(scope: Scope, name: bytes) -> bytes | None:
+    """The first value of the request header `name` (lower case): `X-MCPStore-Session` as found with the rest,
+    any other by a pass of its own."""
+    if name == _SESSION_KEY_NAME:
+        return request_headers(scope).session_key
+    for key, value in scope["headers"]:  # a plain loop, not a generator
+        if key == name:
+            return value
+    return None
+
+
+_SESSION_KEY_NAME: Final = SESSION_KEY_HEADER.encode()

@@ -7,7 +7,7 @@ from typing import Any
 
 from starlette.datastructures import Headers
 
-from mcpstore_proxy.request_headers import request_headers
+from mcpstore_proxy.request_headers import first_value, request_headers
 
 _SENT = [
     (b"host", b"127.0.0.1:8000"),
@@ -90,3 +90,12 @@ def test_a_layer_that_replaces_the_headers_makes_the_next_reader_find_them_again
     assert before.session_id == b"abc"
     assert after.session_id is None
     assert request_headers(scope) is before  # the original request's own headers are still what they were
+
+
+def test_the_session_header_is_found_with_the_rest_and_any_other_header_by_a_pass_of_its_own() -> None:
+    sent = [*_SENT, (b"x-mcpstore-session", b"work"), (b"x-session", b"mine"), (b"x-mcpstore-session", b"other")]
+    scope = _scope(sent)
+    assert request_headers(scope).session_key == b"work"
+    assert first_value(scope, b"x-mcpstore-session") == b"work"  # the default `session_header`
+    assert first_value(scope, b"x-session") == b"mine"  # a `session_header` of another name
+    assert first_value(scope, b"x-absent") is None
