@@ -19,7 +19,6 @@ from mcp.server.context import ServerRequestContext
 from mcp.types.version import MODERN_PROTOCOL_VERSIONS
 
 from mcpstore_proxy.compat import downstream_connection
-from mcpstore_proxy.deadlines import Deadlines
 from mcpstore_proxy.deferred import Deferred
 from mcpstore_proxy.task_scope import Cancellable
 
@@ -45,7 +44,7 @@ class HangUpWatch(Deferred):
     long as it says the answer is still to come.
 
     The watch starts only once the block has run for `_WATCH_AFTER_SECONDS` (see `deferred`): a hang-up is
-    noticed at most that much later, which only delays the upstream's cancellation. One task, one deadline for
+    noticed at most that much later, which only delays the upstream's cancellation. One task, one timer for
     both: most calls are answered before either has anything to do.
     """
 
@@ -59,9 +58,9 @@ class HangUpWatch(Deferred):
         after_seconds: float = _WATCH_AFTER_SECONDS,
         keepalive: Callable[[], Awaitable[bool]] | None = None,
         keepalive_seconds: float = math.inf,
-        deadlines: Deadlines | None = None,
+        loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
-        super().__init__(after_seconds if after_seconds < keepalive_seconds else keepalive_seconds, deadlines)
+        super().__init__(after_seconds if after_seconds < keepalive_seconds else keepalive_seconds, loop)
         self._receive = receive
         self._scope = scope
         self._keepalive = keepalive

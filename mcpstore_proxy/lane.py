@@ -45,7 +45,6 @@ from mcp.types.version import HANDSHAKE_PROTOCOL_VERSIONS
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from mcpstore_proxy.compat import holding_http_session, http_session, standalone_stream
-from mcpstore_proxy.deadlines import Deadlines
 from mcpstore_proxy.downstream import Caller
 from mcpstore_proxy.errors import ShuttingDownError, to_mcp_error
 from mcpstore_proxy.hangup import HangUpWatch
@@ -122,8 +121,7 @@ class FastLane:
         """The calls in the lane, by session and the client's id: what `notifications/cancelled` may cancel."""
         self._questions = LaneQuestions()
         self._modern = ModernCalls(server)
-        self._deadlines: Deadlines | None = None
-        """Its event loop's deadlines (and so its loop), found at the first call."""
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.calls_served = 0
         """Calls the lane took (`fast_lane_calls` in `/admin/status`)."""
         self.streams_served = 0
@@ -311,11 +309,7 @@ class FastLane:
             with (
                 server.drain.request_in(self._task()) as cancelled,
                 HangUpWatch(
-                    receive,
-                    cancelled,
-                    keepalive=keepalive,
-                    keepalive_seconds=keepalive_seconds,
-                    deadlines=self._deadlines,  # found by `_task()` just now
+                    receive, cancelled, keepalive=keepalive, keepalive_seconds=keepalive_seconds, loop=self._loop
                 ),
             ):
                 if cancellable_as is not None:
@@ -349,11 +343,10 @@ class FastLane:
     def _task(self) -> asyncio.Task[object]:
         """The request's own task (uvicorn runs each request in one), found through the loop remembered, as
         asking for the running loop costs a system call on 3.11; a lane moved to another loop finds its new one."""
-        deadlines = self._deadlines
-        task = asyncio.current_task(deadlines.loop) if deadlines is not None else None
+        task = asyncio.current_task(self._loop) if self._loop is not None else None
         if task is None:
-            deadlines = self._deadlines = Deadlines.of(asyncio.get_running_loop())
-            task = asyncio.current_task(deadlines.loop)
+            self._loop = asyncio.get_running_loop()
+            task = asyncio.current_task(self._loop)
             assert task is not None  # a coroutine run by asyncio
         return task
 
