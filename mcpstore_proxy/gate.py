@@ -35,7 +35,6 @@ from mcpstore_proxy.request_headers import AGENT_HEADER, request_headers
 
 __all__ = ["AGENT_HEADER", "METADATA_PATH", "AuthGate", "agent_of", "principal_of"]
 
-_AGENT_HEADER: Final = AGENT_HEADER.encode()
 METADATA_PATH: Final = "/.well-known/oauth-protected-resource"
 _PRINCIPAL_SCOPE_KEY: Final = "mcpstore_proxy.principal"
 _AGENT_SCOPE_KEY: Final = "mcpstore_proxy.agent"
@@ -63,23 +62,13 @@ def agent_of(scope: Scope) -> str:
     return admitted if isinstance(admitted, str) else _requested_agent(scope)
 
 
-def _requested_agent(scope: Scope, header: bytes | None = None) -> str:
-    """The agent scope the request asks for: its path's, else its agent header's (`header`, when the caller has
-    found it already), else the store's."""
+def _requested_agent(scope: Scope) -> str:
+    """The agent scope the request asks for: its path's, else its agent header's, else the store's."""
     path_agent = scope.get("path_params", {}).get("agent")
     if path_agent:
         return checked_agent(str(path_agent))
-    if header is None:
-        header = _header(scope, _AGENT_HEADER)
+    header = request_headers(scope).agent
     return checked_agent(header.decode("latin-1")) if header else STORE_SCOPE
-
-
-def _header(scope: Scope, name: bytes) -> bytes | None:
-    """The first value of header `name` (lower case), as ASGI gives it."""
-    for key, value in scope["headers"]:
-        if key == name:
-            return value
-    return None
 
 
 @lru_cache(maxsize=1024)
@@ -121,9 +110,8 @@ class AuthGate:
         admitted = self.admitted(scope)
         if admitted is not None:
             return admitted
-        authorization, agent_header = _credentials(scope)
-        principal = await self.authenticator.authenticate(authorization)  # a JWT to verify first
-        self._enter(scope, principal, agent_header)
+        principal = await self.authenticator.authenticate(_authorization(scope))  # a JWT to verify first
+        self._enter(scope, principal)
         return principal
 
     def admitted(self, scope: Scope) -> Principal | None:
@@ -133,14 +121,13 @@ class AuthGate:
         Raises:
             AuthenticationError, PermissionDeniedError, InvalidSessionKeyError: as `admit`.
         """
-        authorization, agent_header = _credentials(scope)
-        principal = self.authenticator.proven(authorization)
+        principal = self.authenticator.proven(_authorization(scope))
         if principal is not None:
-            self._enter(scope, principal, agent_header)
+            self._enter(scope, principal)
         return principal
 
-    def _enter(self, scope: Scope, principal: Principal, agent_header: bytes | None) -> None:
-        agent = _requested_agent(scope, agent_header or b"")
+    def _enter(self, scope: Scope, principal: Principal) -> None:
+        agent = _requested_agent(scope)
         if not principal.may_use_agent(agent):
             raise PermissionDeniedError(f"{principal} may not use agent '{agent}'; ask for it to be granted")
         scope[_PRINCIPAL_SCOPE_KEY] = principal
@@ -207,11 +194,10 @@ class _Guarded:
 _REFUSALS: Final = (AuthenticationError, PermissionDeniedError, InvalidSessionKeyError)
 
 
-def _credentials(scope: Scope) -> tuple[str | None, bytes | None]:
-    """The request's `Authorization` header (decoded) and agent header."""
-    headers = request_headers(scope)
-    authorization = headers.authorization
-    return (authorization.decode("latin-1") if authorization else None), headers.agent
+def _authorization(scope: Scope) -> str | None:
+    """The request's first `Authorization` header, decoded."""
+    authorization = request_headers(scope).authorization
+    return authorization.decode("latin-1") if authorization else None
 
 
 def _metadata_url(resource_url: str) -> str:
