@@ -60,7 +60,7 @@ class HangUpWatch(Deferred):
         keepalive_seconds: float = math.inf,
         loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
-        super().__init__(after_seconds if after_seconds < keepalive_seconds else keepalive_seconds, loop)
+        super().__init__(min(after_seconds, keepalive_seconds), loop)
         self._receive = receive
         self._scope = scope
         self._keepalive = keepalive

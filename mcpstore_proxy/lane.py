@@ -218,7 +218,7 @@ class FastLane:
         alone, with the headers the transport checks judge (see `Acceptance`); else None."""
         headers = request_headers(scope)
         session_id = headers.session_id
-        if session_id is None or headers.resumes or headers.repeats:
+        if session_id is None or headers.last_event_id is not None or headers.repeats:
             return None  # no session; a resumption (the SDK replays what its event store kept); doubtful
         version = headers.protocol_version
         if version is not None and version not in _HANDSHAKE_VERSIONS:

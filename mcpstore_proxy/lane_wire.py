@@ -19,7 +19,7 @@ from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
 from mcpstore_proxy.json_bytes import to_json
-from mcpstore_proxy.request_headers import CHECKED_HEADERS, LAST_EVENT_ID, PROTOCOL_VERSION, SESSION_ID
+from mcpstore_proxy.request_headers import CHECKED_HEADERS, LAST_EVENT_ID, PROTOCOL_VERSION, SESSION_ID, request_headers
 
 __all__ = [
     "CHECKED_HEADERS",
@@ -116,7 +116,7 @@ class Acceptance:
         and most requests repeat the last one's."""
 
     def remembered_for(self, method: str, checked: list[tuple[bytes, bytes]]) -> bool | None:
-        """The verdict on a request of `method` with the checked headers `checked` (`checked_headers`), when one
+        """The verdict on a request of `method` with the checked headers `checked` (`RequestHeaders.checked`), when one
         on the same headers is remembered; else None."""
         key = (method, *checked)
         last = self._last
@@ -131,7 +131,7 @@ class Acceptance:
         """The verdict on the request of `scope` (whose checked headers are `checked`, when the caller has found
         them): remembered, or worked out by the SDK's checks (and remembered)."""
         if checked is None:
-            checked = checked_headers(scope)
+            checked = request_headers(scope).checked
         remembered = self.remembered_for(scope["method"], checked)
         if remembered is not None:
             return remembered
@@ -140,12 +140,6 @@ class Acceptance:
             self._verdicts.clear()
         self._verdicts[(scope["method"], *checked)] = verdict
         return verdict
-
-
-def checked_headers(scope: Scope) -> list[tuple[bytes, bytes]]:
-    """Every header the transport checks judge, as sent, repeats and order included: a verdict is a function of
-    exactly these and the method."""
-    return [header for header in scope["headers"] if header[0] in CHECKED_HEADERS]
 
 
 async def _is_acceptable(scope: Scope, security: TransportSecurityMiddleware) -> bool:

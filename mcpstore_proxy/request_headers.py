@@ -36,21 +36,34 @@ PROTOCOL_VERSION: Final = MCP_PROTOCOL_VERSION_HEADER.lower().encode()
 LAST_EVENT_ID: Final = LAST_EVENT_ID_HEADER.lower().encode()
 AGENT_HEADER: Final = "x-mcpstore-agent"
 SESSION_KEY_HEADER: Final = "x-mcpstore-session"
-"""The default `session_header`: found with the rest (another name is looked for apart, see `first`)."""
+"""The default `session_header`, found with the rest (another name by a pass of its own, see `first_value`)."""
 
 CHECKED_HEADERS: Final = frozenset((b"accept", b"content-type", b"host", b"origin"))
 """The headers the SDK's transport checks judge (see `lane_wire.Acceptance`)."""
 
-_AUTHORIZATION, _AGENT, _SESSION, _VERSION, _LENGTH, _LAST_EVENT, _SESSION_KEY = range(7)
+_NAMES: Final = (
+    b"authorization",
+    AGENT_HEADER.encode(),
+    SESSION_ID,
+    PROTOCOL_VERSION,
+    b"content-length",
+    LAST_EVENT_ID,
+    SESSION_KEY_HEADER.encode(),
+)
+"""The headers whose first value the pass keeps, in the order of `RequestHeaders`' fields (`_ATTRIBUTES`)."""
+_ATTRIBUTES: Final = (
+    "authorization",
+    "agent",
+    "session_id",
+    "protocol_version",
+    "content_length",
+    "last_event_id",
+    "session_key",
+)
+_SESSION, _VERSION = _NAMES.index(SESSION_ID), _NAMES.index(PROTOCOL_VERSION)
 _CHECKED = -1
 _FIELDS: Final[dict[bytes, int]] = {
-    b"authorization": _AUTHORIZATION,
-    AGENT_HEADER.encode(): _AGENT,
-    SESSION_ID: _SESSION,
-    PROTOCOL_VERSION: _VERSION,
-    b"content-length": _LENGTH,
-    LAST_EVENT_ID: _LAST_EVENT,
-    SESSION_KEY_HEADER.encode(): _SESSION_KEY,
+    **{name: field for field, name in enumerate(_NAMES)},
     **dict.fromkeys(CHECKED_HEADERS, _CHECKED),
 }
 _OWS: Final = b" \t"  # optional whitespace: space, tab
@@ -59,8 +72,9 @@ _SCOPE_KEY: Final = "mcpstore_proxy.headers"
 
 class RequestHeaders:
     """What one request's headers say, for the proxy's layers (see the module docstring): the first value of
-    `Authorization`, `X-MCPStore-Agent` (`agent`), `Mcp-Session-Id`, `MCP-Protocol-Version`, `Content-Length`
-    and `X-MCPStore-Session` (`session_key`), each None when not sent; and the rest below."""
+    `Authorization`, `X-MCPStore-Agent` (`agent`), `Mcp-Session-Id`, `MCP-Protocol-Version`, `Content-Length`,
+    `Last-Event-ID` (a resumption) and `X-MCPStore-Session` (`session_key`), each None when not sent; and the rest
+    below."""
 
     __slots__ = (
         "agent",
@@ -68,9 +82,9 @@ class RequestHeaders:
         "checked",
         "content_length",
         "is_padded",
+        "last_event_id",
         "protocol_version",
         "repeats",
-        "resumes",
         "session_id",
         "session_key",
         "source",
@@ -79,7 +93,7 @@ class RequestHeaders:
     def __init__(self, source: list[tuple[bytes, bytes]]) -> None:
         self.source = source
         """The headers list this was found in."""
-        values: list[bytes | None] = [None] * 7
+        values: list[bytes | None] = [None] * len(_NAMES)
         checked: list[tuple[bytes, bytes]] = []
         is_padded = repeats = False
         fields, ows = _FIELDS, _OWS
@@ -96,17 +110,15 @@ class RequestHeaders:
                 values[field] = value
             elif field in (_SESSION, _VERSION):
                 repeats = True
-        (
+        (  # in the order of `_ATTRIBUTES`
             self.authorization,
             self.agent,
             self.session_id,
             self.protocol_version,
             self.content_length,
-            last_event_id,
+            self.last_event_id,
             self.session_key,
         ) = values
-        self.resumes = last_event_id is not None
-        """Whether it carries a `Last-Event-ID` (a resumption of an event stream)."""
         self.checked = checked
         """The headers the SDK's transport checks judge, as sent: repeats and order included."""
         self.is_padded = is_padded
@@ -125,14 +137,13 @@ def request_headers(scope: Scope) -> RequestHeaders:
 
 
 def first_value(scope: Scope, name: bytes) -> bytes | None:
-    """The first value of the request header `name` (lower case): `X-MCPStore-Session` as found with the rest,
-    any other by a pass of its own."""
-    if name == _SESSION_KEY_NAME:
-        return request_headers(scope).session_key
+    """The first value of the request header `name` (lower case): from the request's one pass where that looks
+    for `name`, else by a pass of its own."""
+    field = _FIELDS.get(name, _CHECKED)
+    if field != _CHECKED:
+        found: bytes | None = getattr(request_headers(scope), _ATTRIBUTES[field])
+        return found
     for key, value in scope["headers"]:  # a plain loop, not a generator
         if key == name:
             return value
     return None
-
-
-_SESSION_KEY_NAME: Final = SESSION_KEY_HEADER.encode()

@@ -35,7 +35,7 @@ def test_each_header_reads_as_the_sdk_reads_it_the_first_one_sent() -> None:
     assert found.session_id == b"abc"
     assert found.protocol_version == b"2025-11-25"
     assert found.content_length == b"120"
-    assert not found.resumes
+    assert found.last_event_id is None
     assert not found.repeats
     assert not found.is_padded
 
@@ -68,7 +68,7 @@ def test_a_repeated_session_id_or_protocol_version_is_noted_and_other_repeats_ar
 
 
 def test_a_resumption_is_noted() -> None:
-    assert request_headers(_scope([*_SENT, (b"last-event-id", b"7")])).resumes
+    assert request_headers(_scope([*_SENT, (b"last-event-id", b"7")])).last_event_id == b"7"
 
 
 def test_whitespace_around_any_value_is_noted_wherever_it_is() -> None:
@@ -99,3 +99,11 @@ def test_the_session_header_is_found_with_the_rest_and_any_other_header_by_a_pas
     assert first_value(scope, b"x-mcpstore-session") == b"work"  # the default `session_header`
     assert first_value(scope, b"x-session") == b"mine"  # a `session_header` of another name
     assert first_value(scope, b"x-absent") is None
+
+
+def test_every_header_the_pass_keeps_is_what_a_pass_of_its_own_would_find() -> None:
+    names = [b"authorization", b"x-mcpstore-agent", b"mcp-session-id", b"mcp-protocol-version", b"content-length"]
+    sent = [*_SENT, (b"last-event-id", b"7"), (b"x-mcpstore-session", b"work")]
+    scope = _scope(sent)
+    for name in [*names, b"last-event-id", b"x-mcpstore-session"]:
+        assert first_value(scope, name) == Headers(raw=sent)[name.decode()].encode(), name
