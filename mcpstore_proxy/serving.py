@@ -142,6 +142,7 @@ async def _serve_http(engine: ProxyEngine, stop: StopRequests) -> bool:
             TrimmedFieldValues(face.app),
             interface="asgi3",  # a plain callable returning the app's coroutine (see `TrimmedFieldValues`)
             proxy_headers=False,  # nothing reads a client's address or scheme: a layer and a header pass less
+            server_header=False,  # names no server software to a scan (and a header less on every answer)
             host=settings.host,
             port=settings.port,
             log_level=settings.log_level.lower(),

@@ -78,3 +78,12 @@ async def test_probes_need_no_token_and_name_nothing_they_serve_even_with_auth_o
         allowed, status = await probe(proxy.port, "/admin/status", Authorization=f"Bearer {OPERATOR}")
         assert allowed == 200
         assert "state" in status["upstreams"]
+
+
+async def test_answers_name_no_server_software_so_a_scan_learns_nothing_from_the_headers(tmp_path: Path) -> None:
+    config = write_config(tmp_path, {"state": fixture_server("state")})
+    async with running_app(config) as proxy, httpx2.AsyncClient() as http:
+        answer = await http.get(f"http://127.0.0.1:{proxy.port}/health")
+    assert answer.status_code == 200
+    assert "server" not in answer.headers  # uvicorn's own would say "uvicorn"
+    assert "date" in answer.headers  # RFC 9110 §6.6.1: an origin server with a clock sends one
