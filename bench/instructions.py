@@ -85,6 +85,7 @@ async def main() -> None:
     parser.add_argument("--builds", help="two checkouts of mcpstore-proxy to compare, A,B (instead of --targets)")
     parser.add_argument("--target", default="mcpstore", help="with --builds: the target both run (default mcpstore)")
     parser.add_argument("--calls", type=int, default=300)
+    parser.add_argument("--keep", type=Path, help="a folder to keep each run's callgrind dumps in (callgrind_annotate)")
     arguments = parser.parse_args()
     if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
         raise SystemExit("bench/instructions.py needs valgrind: apt-get install valgrind")
@@ -117,6 +118,11 @@ async def main() -> None:
                     os.environ.pop("PYTHONPATH")
                     if previous is not None:
                         os.environ["PYTHONPATH"] = previous
+            if arguments.keep is not None:
+                kept = arguments.keep / re.sub(r"[^\w.-]+", "_", label.strip("/"))
+                kept.mkdir(parents=True, exist_ok=True)
+                for dump in Path(scratch).glob("callgrind.out*"):
+                    shutil.copy(dump, kept)
         first = first or per_call
         print(f"| {label} | {per_call:,.0f} | {per_call / first:.2f}x |", flush=True)
 
