@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import sys
 from collections.abc import Awaitable, Generator
 from contextlib import contextmanager
 from functools import lru_cache
@@ -40,6 +41,7 @@ from opentelemetry import trace
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from mcpstore_proxy.request_headers import request_headers
+from mcpstore_proxy.upstream_process import PipeWriter, start_process
 
 __all__ = [
     "ReadStream",
@@ -244,15 +246,15 @@ class SignalFreeServer(uvicorn.Server):
 
 async def spawn_stdio_server(parameters: StdioServerParameters, errlog: TextIO) -> Process:
     """Start a stdio server as `stdio_client` does (`_create_platform_compatible_process`): its own process group,
-    the SDK's inherited environment under `parameters.env`, stderr to `errlog`, and pipes for stdin and stdout."""
+    the SDK's inherited environment under `parameters.env`, stderr to `errlog`, and pipes for stdin and stdout;
+    on POSIX without stopping the event loop for a `fork()` (see `upstream_process`)."""
     stdio = mcp.client.stdio
     command = await stdio._get_executable_command(parameters.command)  # pyright: ignore[reportPrivateUsage]
+    env = get_default_environment() | (parameters.env or {})
+    if sys.platform != "win32":
+        return await start_process([command, *parameters.args], env=env, cwd=parameters.cwd, stderr=errlog)
     process = await stdio._create_platform_compatible_process(  # pyright: ignore[reportPrivateUsage]
-        command=command,
-        args=parameters.args,
-        env=get_default_environment() | (parameters.env or {}),
-        errlog=errlog,
-        cwd=parameters.cwd,
+        command=command, args=parameters.args, env=env, errlog=errlog, cwd=parameters.cwd
     )
     if not isinstance(process, Process):
         raise RuntimeError("this mcp SDK no longer spawns stdio servers as anyio processes")
@@ -266,10 +268,13 @@ async def stop_stdio_server(process: Process) -> None:
 
 
 def stdin_writer(stdin: ByteSendStream) -> asyncio.StreamWriter | None:
-    """The asyncio writer under anyio's process stdin (`StreamWriterWrapper._stream`), or None elsewhere.
+    """The asyncio writer under a process's stdin (`upstream_process.PipeWriter`'s, or under anyio's
+    `StreamWriterWrapper._stream` where the SDK started it), or None elsewhere.
 
     anyio's `send` yields to the event loop after every write that did not fill the pipe (a cancel-shielded
     checkpoint): a trip through the loop per message to an upstream. Writing to the asyncio writer and waiting
     on its `drain()` (which waits only while the pipe is full) sends the same bytes without it."""
+    if isinstance(stdin, PipeWriter):
+        return stdin.writer
     writer = getattr(stdin, "_stream", None)
     return writer if isinstance(writer, asyncio.StreamWriter) else None

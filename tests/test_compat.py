@@ -324,7 +324,7 @@ def test_stdio_client_stops_its_server_with_the_helper_the_proxy_calls() -> None
     assert "_create_platform_compatible_process(" in source
 
 
-async def test_anyios_process_stdin_on_asyncio_wraps_an_asyncio_stream_writer_that_the_proxy_writes_to() -> None:
+async def test_a_stdio_servers_stdin_wraps_an_asyncio_stream_writer_that_the_proxy_writes_to() -> None:
     parameters = StdioServerParameters(command=sys.executable, args=["-c", "import sys; print(sys.stdin.readline())"])
     with open(os.devnull, "w") as errlog:  # noqa: ASYNC230  # /dev/null never blocks
         process = await compat.spawn_stdio_server(parameters, errlog)

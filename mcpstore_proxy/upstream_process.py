@@ -1,0 +1,190 @@
+"""A stdio upstream's process, started without stopping the event loop for long.
+
+uvloop starts a subprocess with `fork()`: the child gets a copy of the page tables of the whole proxy (80 MB and
+more), and the event loop, every client's calls included, waits meanwhile: 15 to 20 ms per start on a 2-core
+cloud machine, at every new session and every warm spare. Python's `subprocess` starts one with `vfork()` (or
+`posix_spawn`), which copies nothing: about 0.5 ms. So the process is started by `subprocess.Popen`, and its
+pipes are handed to the event loop (`connect_read_pipe`, `connect_write_pipe`, which every asyncio loop, uvloop's
+included, supports), as an `anyio.abc.Process`.
+
+Its exit is seen by `returncode`, which asks the kernel (`Popen.poll()`, reaping it): the SDK's stop code polls
+exactly that (it does not use `wait()`, which on asyncio also waits for the pipes' end), and a live upstream is
+otherwise noticed by its stdout's end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+from collections.abc import Mapping, Sequence
+from contextlib import suppress
+from pathlib import Path
+from typing import IO, Final, TextIO
+
+import anyio
+from anyio.abc import ByteReceiveStream, ByteSendStream, Process
+
+__all__ = ["PipeReader", "PipeWriter", "UpstreamProcess", "start_process"]
+
+_EXIT_POLL_SECONDS: Final = 0.05
+"""How often `wait()` asks whether the process has exited (nothing in the proxy waits on it that way)."""
+_REAP_SECONDS: Final = 2.0
+"""How long a process killed because its pipes could not be connected is waited for, to reap it."""
+
+
+class PipeWriter(ByteSendStream):
+    """The process's stdin, as an anyio stream over the asyncio `writer` (which the proxy writes to itself)."""
+
+    def __init__(self, writer: asyncio.StreamWriter) -> None:
+        self.writer = writer
+        self._is_closed = False
+
+    async def send(self, item: bytes) -> None:
+        if self._is_closed:
+            raise anyio.ClosedResourceError
+        try:
+            self.writer.write(item)
+            await self.writer.drain()
+        except (OSError, RuntimeError) as error:  # RuntimeError: uvloop's write to a closed pipe
+            raise anyio.BrokenResourceError from error
+
+    async def aclose(self) -> None:
+        self._is_closed = True
+        self.writer.close()  # the child reads the end of its stdin
+
+
+class PipeReader(ByteReceiveStream):
+    """The process's stdout, as an anyio stream."""
+
+    def __init__(self, reader: asyncio.StreamReader, transport: asyncio.ReadTransport) -> None:
+        self._reader = reader
+        self._transport = transport
+        self._is_closed = False
+
+    async def receive(self, max_bytes: int = 65536) -> bytes:
+        if self._is_closed:
+            raise anyio.ClosedResourceError
+        data = await self._reader.read(max_bytes)
+        if not data:
+            if self._is_closed:
+                raise anyio.ClosedResourceError
+            raise anyio.EndOfStream
+        return data
+
+    async def aclose(self) -> None:
+        self._is_closed = True
+        self._transport.close()  # a reader waiting now gets the end of the stream
+
+
+class UpstreamProcess(Process):
+    """A process `start_process` started, with pipes for its stdin and stdout."""
+
+    def __init__(self, popen: subprocess.Popen[bytes], stdin: PipeWriter, stdout: PipeReader) -> None:
+        self._popen = popen
+        self._stdin = stdin
+        self._stdout = stdout
+
+    def __repr__(self) -> str:
+        return f"<UpstreamProcess {self.pid} returncode={self._popen.returncode}>"
+
+    async def aclose(self) -> None:
+        """Close its pipes and wait for it to exit (the proxy stops an upstream with `compat.stop_stdio_server`)."""
+        await self._stdin.aclose()
+        await self._stdout.aclose()
+        await self.wait()
+
+    async def wait(self) -> int:
+        return await _exit_code(self._popen)
+
+    def terminate(self) -> None:
+        self._popen.terminate()
+
+    def kill(self) -> None:
+        self._popen.kill()
+
+    def send_signal(self, signal: int) -> None:
+        self._popen.send_signal(signal)
+
+    @property
+    def pid(self) -> int:
+        return self._popen.pid
+
+    @property
+    def returncode(self) -> int | None:
+        return self._popen.poll()
+
+    @property
+    def stdin(self) -> PipeWriter:
+        return self._stdin
+
+    @property
+    def stdout(self) -> PipeReader:
+        return self._stdout
+
+    @property
+    def stderr(self) -> None:
+        return None
+
+
+async def start_process(
+    argv: Sequence[str], *, env: Mapping[str, str], cwd: str | Path | None, stderr: TextIO
+) -> UpstreamProcess:
+    """Start `argv` leading a process group of its own (as the SDK's `stdio_client` starts a server), with pipes
+    for its stdin and stdout and `stderr` as its stderr.
+
+    Raises:
+        OSError: it could not be started (no such command, not executable, no such `cwd`).
+    """
+    loop = asyncio.get_running_loop()
+    popen = subprocess.Popen(  # noqa: ASYNC220  # vfork: returns in about 0.5 ms, where the loop's own fork takes 20
+        list(argv),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=stderr,
+        env=dict(env),
+        cwd=cwd,
+        bufsize=0,
+        start_new_session=True,
+        close_fds=True,
+    )
+    assert popen.stdin is not None  # spawned with pipes
+    assert popen.stdout is not None
+    pipes: tuple[PipeWriter, PipeReader] | None = None
+    try:
+        # Shielded: a cancellation landing while a pipe is being connected would leave it unknown whether the loop
+        # had taken the pipe (and closes it) or not; this takes one trip round the loop.
+        with anyio.CancelScope(shield=True):
+            pipes = await _connected(loop, popen.stdin, popen.stdout)
+    except Exception:  # the loop refused a pipe: leave no process behind
+        with suppress(ProcessLookupError, PermissionError):
+            os.killpg(popen.pid, signal.SIGKILL)
+        for pipe in (popen.stdin, popen.stdout):
+            with suppress(OSError):  # a transport that took it may have closed it
+                pipe.close()
+        with anyio.move_on_after(_REAP_SECONDS, shield=True):
+            await _exit_code(popen)
+        raise
+    assert pipes is not None  # shielded: nothing cancelled it
+    # Nothing awaited from here on: the caller has the process before any cancellation reaches it.
+    return UpstreamProcess(popen, *pipes)
+
+
+async def _connected(
+    loop: asyncio.AbstractEventLoop, stdin: IO[bytes], stdout: IO[bytes]
+) -> tuple[PipeWriter, PipeReader]:
+    reader = asyncio.StreamReader(loop=loop)
+    read_transport, _ = await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader, loop=loop), stdout)
+    write_transport, write_protocol = await loop.connect_write_pipe(
+        lambda: asyncio.StreamReaderProtocol(asyncio.StreamReader(loop=loop), loop=loop), stdin
+    )
+    writer = asyncio.StreamWriter(write_transport, write_protocol, None, loop)
+    return PipeWriter(writer), PipeReader(reader, read_transport)
+
+
+async def _exit_code(popen: subprocess.Popen[bytes]) -> int:
+    """Wait for the process to exit (reaping it), and its exit code."""
+    while (code := popen.poll()) is None:  # noqa: ASYNC110  # the kernel is asked: no event is set at a child's exit
+        await anyio.sleep(_EXIT_POLL_SECONDS)
+    return code
