@@ -115,7 +115,10 @@ def many_tools_config(workdir: Path, upstreams: int, tools_each: int) -> Path:
         for index in range(upstreams)
     }
     config = workdir / "many-tools.yaml"
-    config.write_text(yaml.safe_dump({"log_level": "WARNING", "mcpServers": servers}))
+    # Fifty starts at once on one core can each take past the default start timeout on a slow machine; one that
+    # times out starts over, and the section never sees them all ready. It measures listing, not starting.
+    settings = {"log_level": "WARNING", "upstream_start_timeout_seconds": 600, "mcpServers": servers}
+    config.write_text(yaml.safe_dump(settings))
     return config
 
 

@@ -18,6 +18,7 @@ import asyncio
 import os
 import signal
 import subprocess
+from asyncio.streams import FlowControlMixin
 from collections.abc import Mapping, Sequence
 from contextlib import suppress
 from pathlib import Path
@@ -176,9 +177,8 @@ async def _connected(
 ) -> tuple[PipeWriter, PipeReader]:
     reader = asyncio.StreamReader(loop=loop)
     read_transport, _ = await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader, loop=loop), stdout)
-    write_transport, write_protocol = await loop.connect_write_pipe(
-        lambda: asyncio.StreamReaderProtocol(asyncio.StreamReader(loop=loop), loop=loop), stdin
-    )
+    # Flow control alone for stdin: a `StreamReaderProtocol` would keep a reader (0.7 KiB) nothing reads.
+    write_transport, write_protocol = await loop.connect_write_pipe(lambda: FlowControlMixin(loop=loop), stdin)
     writer = asyncio.StreamWriter(write_transport, write_protocol, None, loop)
     return PipeWriter(writer), PipeReader(reader, read_transport)
 
