@@ -79,6 +79,13 @@ async def instructions_per_call(target: Target, calls: int, scratch: Path) -> fl
     return _instructions(out) / calls
 
 
+def _keep(scratch: Path, folder: Path) -> None:
+    """Copy a run's callgrind dumps into `folder`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for dump in scratch.glob("callgrind.out*"):
+        shutil.copy(dump, folder)
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--targets", default="floor,mcpstore,mcpstore-modern")
@@ -119,10 +126,7 @@ async def main() -> None:
                     if previous is not None:
                         os.environ["PYTHONPATH"] = previous
             if arguments.keep is not None:
-                kept = arguments.keep / re.sub(r"[^\w.-]+", "_", label.strip("/"))
-                kept.mkdir(parents=True, exist_ok=True)
-                for dump in Path(scratch).glob("callgrind.out*"):
-                    shutil.copy(dump, kept)
+                _keep(Path(scratch), arguments.keep / re.sub(r"[^\w.-]+", "_", label.strip("/")))
         first = first or per_call
         print(f"| {label} | {per_call:,.0f} | {per_call / first:.2f}x |", flush=True)
 
