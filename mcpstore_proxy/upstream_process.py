@@ -1,6 +1,6 @@
 """A stdio upstream's process, started without stopping the event loop for long.
 
-uvloop starts a subprocess with `fork()`: the child gets a copy of the page tables of the whole proxy (80 MB and
+uvloop starts a subprocess with `fork()`: the child gets a copy of the page tables of the whole proxy (75 MiB and
 more), and the event loop, every client's calls included, waits meanwhile: 15 to 20 ms per start on a 2-core
 cloud machine, at every new session and every warm spare. Python's `subprocess` starts one with `vfork()` (or
 `posix_spawn`), which copies nothing: about 0.5 ms. So the process is started by `subprocess.Popen`, and its
