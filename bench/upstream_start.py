@@ -21,6 +21,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 
+import mcp.client.stdio
 import uvloop
 from anyio.abc import Process
 from mcp.client.stdio import StdioServerParameters
@@ -31,8 +32,6 @@ _COMMAND = StdioServerParameters(command=sys.executable, args=["-c", "import sys
 
 
 async def _sdk_start() -> Process:
-    import mcp.client.stdio
-
     with open(os.devnull, "w") as errlog:  # noqa: ASYNC230  # /dev/null never blocks
         process = await mcp.client.stdio._create_platform_compatible_process(  # pyright: ignore[reportPrivateUsage]
             command=_COMMAND.command, args=_COMMAND.args, errlog=errlog

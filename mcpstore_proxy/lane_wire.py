@@ -184,9 +184,9 @@ def without_resumption(scope: Scope) -> Scope:
 
     The SDK's transport then answers a resumption with nothing at all (uvicorn's 500); the spec lets a server
     ignore the header, and the client gets a fresh standing stream instead."""
-    headers: list[tuple[bytes, bytes]] = scope["headers"]
-    if not any(name == LAST_EVENT_ID for name, _ in headers):
+    if request_headers(scope).last_event_id is None:  # the request's one pass, which the layers before made
         return scope
+    headers: list[tuple[bytes, bytes]] = scope["headers"]
     return {**scope, "headers": [(name, value) for name, value in headers if name != LAST_EVENT_ID]}
 
 

@@ -41,25 +41,19 @@ SESSION_KEY_HEADER: Final = "x-mcpstore-session"
 CHECKED_HEADERS: Final = frozenset((b"accept", b"content-type", b"host", b"origin"))
 """The headers the SDK's transport checks judge (see `lane_wire.Acceptance`)."""
 
-_NAMES: Final = (
-    b"authorization",
-    AGENT_HEADER.encode(),
-    SESSION_ID,
-    PROTOCOL_VERSION,
-    b"content-length",
-    LAST_EVENT_ID,
-    SESSION_KEY_HEADER.encode(),
-)
-"""The headers whose first value the pass keeps, in the order of `RequestHeaders`' fields (`_ATTRIBUTES`)."""
-_ATTRIBUTES: Final = (
-    "authorization",
-    "agent",
-    "session_id",
-    "protocol_version",
-    "content_length",
-    "last_event_id",
-    "session_key",
-)
+_KEPT: Final = {
+    "authorization": b"authorization",
+    "agent": AGENT_HEADER.encode(),
+    "session_id": SESSION_ID,
+    "protocol_version": PROTOCOL_VERSION,
+    "content_length": b"content-length",
+    "last_event_id": LAST_EVENT_ID,
+    "session_key": SESSION_KEY_HEADER.encode(),
+}
+"""The headers whose first value the pass keeps, by the `RequestHeaders` field that holds it, in the order the pass
+assigns them."""
+_NAMES: Final = tuple(_KEPT.values())
+_ATTRIBUTES: Final = tuple(_KEPT)
 _SESSION, _VERSION = _NAMES.index(SESSION_ID), _NAMES.index(PROTOCOL_VERSION)
 _CHECKED = -1
 _FIELDS: Final[dict[bytes, int]] = {
@@ -110,7 +104,7 @@ class RequestHeaders:
                 values[field] = value
             elif field in (_SESSION, _VERSION):
                 repeats = True
-        (  # in the order of `_ATTRIBUTES`
+        (  # in the order of `_KEPT`
             self.authorization,
             self.agent,
             self.session_id,
