@@ -45,6 +45,7 @@ from mcp.types.version import HANDSHAKE_PROTOCOL_VERSIONS
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from mcpstore_proxy.compat import holding_http_session, http_session, standalone_stream
+from mcpstore_proxy.compressed import accepts_gzip
 from mcpstore_proxy.downstream import Caller
 from mcpstore_proxy.errors import ShuttingDownError, to_mcp_error
 from mcpstore_proxy.hangup import HangUpWatch
@@ -79,7 +80,7 @@ from mcpstore_proxy.lane_wire import (
 from mcpstore_proxy.listings import LISTINGS
 from mcpstore_proxy.operations import Operation, OperationObserver, is_tool_error, operation_in_progress
 from mcpstore_proxy.relay import ClientCall
-from mcpstore_proxy.request_headers import request_headers
+from mcpstore_proxy.request_headers import first_value, request_headers
 from mcpstore_proxy.rounds import Unaskable
 from mcpstore_proxy.server import ProxyServer
 from mcpstore_proxy.task_scope import Cancellable
@@ -353,7 +354,8 @@ class FastLane:
     async def _list(
         self, scope: Scope, send: Send, session_id: str, connection: Connection, method: str, request_id: RequestId
     ) -> None:
-        """Answer a listing from the catalog's wire form, with only the id spliced in."""
+        """Answer a listing from the catalog's wire form, with only the id spliced in (or, for a client that accepts
+        gzip, appended to the listing deflated once: see `compressed`)."""
         answer, caller, principal = self._taken(scope, send, session_id, connection)
         with operation_in_progress(method, principal, self._observer) as operation:
             try:
@@ -362,7 +364,10 @@ class FastLane:
                 await answer.finish(error_message(request_id, error.error))
                 return
             operation.outcome = "ok"
-        await answer.finish(b'{"jsonrpc":"2.0","id":' + to_json(request_id) + b',"result":' + listing + b"}")
+        if accepts_gzip(first_value(scope, b"accept-encoding")) and (head := listing.gzip_head) is not None:
+            await answer.finish_gzipped(head.body(to_json(request_id) + b"}"))
+            return
+        await answer.finish(b'{"jsonrpc":"2.0","id":' + to_json(request_id) + b',"result":' + listing.json + b"}")
 
     def _cancel(self, session_id: str, message: dict[str, Any]) -> bool:
         params = message.get("params")

@@ -49,6 +49,7 @@ __all__ = [
 RequestId = int | str
 _ResultT = TypeVar("_ResultT", bound=BaseModel)
 
+_GZIPPED: Final = ((b"content-encoding", b"gzip"), (b"vary", b"accept-encoding"))
 SSE_HEADERS: Final = (
     (b"content-type", b"text/event-stream"),
     (b"cache-control", b"no-cache, no-transform"),
@@ -252,6 +253,21 @@ class Answer:
         if self._lock is None:  # nothing else can be sending (see `_lock`)
             return self._finish(body, as_stream=as_stream, status=status)
         return self._finish_locked(self._lock, body, as_stream=as_stream, status=status)
+
+    async def finish_gzipped(self, body: bytes) -> None:
+        """Send the answer as a JSON body already gzip-compressed (see `compressed`), before anything else was sent
+        (an event stream cannot carry it)."""
+        assert self._lock is None, "a gzip body is the whole answer: nothing may precede it"
+        assert not self._is_done, "the answer went already"
+        self._is_done = True
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+            *_GZIPPED,
+            *self._session_header,
+        ]
+        await self._send({"type": "http.response.start", "status": 200, "headers": headers})
+        await self._send({"type": "http.response.body", "body": body, "more_body": False})
 
     async def _finish_locked(self, lock: anyio.Lock, body: bytes, *, as_stream: bool, status: int) -> None:
         async with lock:

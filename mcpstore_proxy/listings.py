@@ -4,7 +4,8 @@ lane alike.
 Shaping a thousand tools as the SDK does (validation, then serialisation for the client's protocol version) costs
 tens of milliseconds, and a catalog is replaced, never changed: so each catalog's listings are shaped the first
 time one is asked for, per method and protocol version, and forgotten with the catalog. The SDK's handler chain
-gets its own result back; the lane gets that result as JSON bytes, with only the request id left to splice in.
+gets its own result back; the lane gets that result as JSON bytes, with only the request id left to splice in, and,
+for a client that accepts gzip, as a gzip body deflated once (see `compressed`) with only the id left to append.
 """
 
 from __future__ import annotations
@@ -20,8 +21,9 @@ from mcp_types.methods import serialize_server_result
 from pydantic import BaseModel
 
 from mcpstore_proxy.catalog import Catalog
+from mcpstore_proxy.compressed import GZIP_MINIMUM_SIZE, GzipHead
 
-__all__ = ["LISTINGS", "ShapedListings", "listing_result"]
+__all__ = ["LISTINGS", "ShapedListings", "WireListing", "listing_result"]
 
 _RESULTS: Final[dict[str, Callable[[Catalog], BaseModel]]] = {
     "tools/list": lambda catalog: types.ListToolsResult(tools=catalog.tools),
@@ -38,12 +40,30 @@ def listing_result(method: str, catalog: Catalog) -> BaseModel:
     return _RESULTS[method](catalog)
 
 
+class WireListing:
+    """One listing's result on the wire: `json`, and `gzip_head`, the answer before its id deflated once."""
+
+    __slots__ = ("_gzip_head", "json")
+
+    def __init__(self, json: bytes) -> None:
+        self.json = json
+        self._gzip_head: GzipHead | None = None
+
+    @property
+    def gzip_head(self) -> GzipHead | None:
+        """`{"jsonrpc":"2.0","result":<json>,"id":` deflated (the first time it is asked for); None where the
+        listing is too small to be worth compressing."""
+        if self._gzip_head is None and len(self.json) >= GZIP_MINIMUM_SIZE:
+            self._gzip_head = GzipHead(b'{"jsonrpc":"2.0","result":' + self.json + b',"id":')
+        return self._gzip_head
+
+
 class ShapedListings:
     def __init__(self) -> None:
         self._results: weakref.WeakKeyDictionary[Catalog, dict[tuple[str, str], HandlerResult]] = (
             weakref.WeakKeyDictionary()
         )
-        self._wire: weakref.WeakKeyDictionary[Catalog, dict[tuple[str, str], bytes]] = weakref.WeakKeyDictionary()
+        self._wire: weakref.WeakKeyDictionary[Catalog, dict[tuple[str, str], WireListing]] = weakref.WeakKeyDictionary()
 
     async def result(
         self, catalog: Catalog, method: str, version: str, shape: Callable[[], Awaitable[HandlerResult]]
@@ -55,12 +75,12 @@ class ShapedListings:
             shaped[key] = await shape()
         return shaped[key]
 
-    def wire(self, catalog: Catalog, method: str, version: str) -> bytes:
+    def wire(self, catalog: Catalog, method: str, version: str) -> WireListing:
         """A listing's result as JSON, validated and sieved for `version` as the SDK shapes results."""
         shaped = self._wire.setdefault(catalog, {})
         key = (method, version)
         wire = shaped.get(key)
         if wire is None:
             result = listing_result(method, catalog).model_dump(by_alias=True, mode="json", exclude_none=True)
-            wire = shaped[key] = orjson.dumps(serialize_server_result(method, version, result))
+            wire = shaped[key] = WireListing(orjson.dumps(serialize_server_result(method, version, result)))
         return wire

@@ -47,7 +47,7 @@ from mcpstore_proxy.errors import (
 from mcpstore_proxy.gate import AGENT_HEADER
 from mcpstore_proxy.hangup import hang_up_source, unless_client_hangs_up
 from mcpstore_proxy.keys import SessionKey
-from mcpstore_proxy.listings import LISTINGS, ShapedListings, listing_result
+from mcpstore_proxy.listings import LISTINGS, ShapedListings, WireListing, listing_result
 from mcpstore_proxy.operations import ObservedOperations, OperationObserver, OperationTracer, note_tool
 from mcpstore_proxy.relay import ClientCall
 from mcpstore_proxy.rounds import InputRounds, Unaskable
@@ -153,10 +153,9 @@ class ProxyServer(Server[Any]):
 
     # Listings: answered from the catalog the key sees, never by opening a session.
 
-    async def listing(self, caller: Caller, method: str) -> bytes:
-        """A listing's result (`method` in `LISTINGS`) for the fast lane, as JSON: shaped for the wire (validated
-        and sieved for the caller's protocol version, as the SDK shapes results) once per catalog, method and
-        version.
+    async def listing(self, caller: Caller, method: str) -> WireListing:
+        """A listing's result (`method` in `LISTINGS`) for the fast lane, on the wire: shaped (validated and sieved
+        for the caller's protocol version, as the SDK shapes results) once per catalog, method and version.
 
         Raises:
             MCPError: the key is malformed or over its limit.

@@ -155,6 +155,29 @@ async def test_listings_in_the_lane_are_what_the_sdk_lists_for_a_client_of_the_s
         assert await lane_calls(proxy, config) == 9
 
 
+async def test_a_listing_goes_gzip_compressed_to_a_client_that_accepts_it_and_as_it_is_to_one_that_does_not(
+    tmp_path: Path,
+) -> None:
+    config = write_config(tmp_path, {"state": fixture_server("state"), "other": fixture_server("other")})
+    async with opened_session(config) as (proxy, _http, session):
+
+        async def listing(request_id: int | str, accept_encoding: str) -> httpx2.Response:
+            message = {"jsonrpc": "2.0", "id": request_id, "method": "tools/list"}
+            return await session.post(message, **{"Accept-Encoding": accept_encoding})
+
+        plain = await listing(1, "identity")
+        assert "content-encoding" not in plain.headers
+        for request_id in (2, "two", 2**70):
+            listed = await listing(request_id, "br, gzip")
+            assert (listed.status_code, listed.headers["content-encoding"], media_type(listed)) == (200, "gzip", JSON)
+            assert listed.json() == {"jsonrpc": "2.0", "id": request_id, "result": plain.json()["result"]}
+            assert int(listed.headers["content-length"]) < len(plain.content) / 4
+        refused = await listing(3, "gzip;q=0")
+        assert "content-encoding" not in refused.headers
+        assert refused.json()["result"] == plain.json()["result"]
+        assert await lane_calls(proxy, config) == 5
+
+
 async def test_a_call_right_after_initialize_takes_the_lane_before_the_initialized_notice(config: Path) -> None:
     async with running_app(config) as proxy, httpx2.AsyncClient(timeout=30) as http:
         session = RawSession(http, proxy.url)

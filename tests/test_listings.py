@@ -4,6 +4,7 @@ and a replaced catalog's are shaped afresh."""
 from __future__ import annotations
 
 import gc
+import gzip
 
 import orjson
 import pytest
@@ -42,8 +43,21 @@ def test_the_lanes_json_lists_the_catalog_and_is_made_once() -> None:
 
     wire = listings.wire(catalog, "tools/list", OLD)
 
-    assert [tool["name"] for tool in orjson.loads(wire)["tools"]] == ["echo", "sleep"]
+    assert [tool["name"] for tool in orjson.loads(wire.json)["tools"]] == ["echo", "sleep"]
     assert listings.wire(catalog, "tools/list", OLD) is wire
+
+
+def test_a_large_listing_is_deflated_once_for_every_answer_and_a_small_one_is_not_compressed() -> None:
+    listings = ShapedListings()
+    large = listings.wire(catalog_of(*(f"tool_{number}" for number in range(100))), "tools/list", OLD)
+    small = listings.wire(catalog_of("echo"), "tools/list", OLD)
+
+    head = large.gzip_head
+    assert head is not None
+    assert large.gzip_head is head
+    answer = orjson.loads(gzip.decompress(head.body(b'"seven"}')))
+    assert answer == {"jsonrpc": "2.0", "id": "seven", "result": orjson.loads(large.json)}
+    assert small.gzip_head is None
 
 
 def test_a_replaced_catalog_is_listed_afresh_and_the_old_ones_shapes_are_let_go() -> None:
@@ -52,7 +66,10 @@ def test_a_replaced_catalog_is_listed_afresh_and_the_old_ones_shapes_are_let_go(
     listings.wire(old, "tools/list", OLD)
     new = catalog_of("echo", "added")
 
-    assert [tool["name"] for tool in orjson.loads(listings.wire(new, "tools/list", OLD))["tools"]] == ["echo", "added"]
+    assert [tool["name"] for tool in orjson.loads(listings.wire(new, "tools/list", OLD).json)["tools"]] == [
+        "echo",
+        "added",
+    ]
     del old
     gc.collect()
     assert len(listings._wire) == 1  # pyright: ignore[reportPrivateUsage]
