@@ -16,8 +16,9 @@ that passes the Host and Origin checks. The lane also takes what answers its own
 the requests it sent (ids `mcpstore-N`, see `lane_questions`), and `notifications/cancelled` for a call it is
 serving. Everything else goes to the SDK unchanged, its body replayed, and every refusal (400, 404, 406, 413,
 421, 403) is the SDK's own.
-A 2026-07-28 `tools/call` takes the lane too, on the conditions `lane_modern` gives, and is answered in that
-era's shape. With `tracing: true` nothing takes the lane: spans are opened in the SDK's request context.
+A 2026-07-28 `tools/call` or listing takes the lane too, on the conditions `lane_modern` gives, and is answered in
+that era's shape. A listing of either era goes gzip-compressed to a client that accepts it (see `compressed`).
+With `tracing: true` nothing takes the lane: spans are opened in the SDK's request context.
 
 A call in the lane holds its session open (no idle expiry meanwhile), counts in the metrics like any request, is
 cancelled upstream when its client hangs up or cancels it, and, once cancelled, is answered with the SDK's
@@ -55,6 +56,7 @@ from mcpstore_proxy.lane_modern import (
     STREAM_HEADERS,
     ModernCall,
     ModernCalls,
+    ModernListing,
     routing_of,
 )
 from mcpstore_proxy.lane_questions import LaneQuestions
@@ -176,6 +178,9 @@ class FastLane:
                 return
             if routing is not None and (call := self._modern.call(message, routing)) is not None:
                 await self._serve_modern(scope, receive, send, call)
+                return
+            if routing is not None and (listing := self._modern.listing(message, routing)) is not None:
+                await self._list_modern(scope, send, listing)
                 return
         await self._app(scope, replaying(body, receive), send)  # unparsable, a batch, or not the lane's
 
@@ -357,11 +362,31 @@ class FastLane:
         """Answer a listing from the catalog's wire form, with only the id spliced in (or, for a client that accepts
         gzip, appended to the listing deflated once: see `compressed`)."""
         answer, caller, principal = self._taken(scope, send, session_id, connection)
+        await self._answer_listing(scope, answer, caller, principal, method, request_id)
+
+    async def _list_modern(self, scope: Scope, send: Send, listing: ModernListing) -> None:
+        """Answer a 2026-07-28 listing (see `lane_modern`) as `_list` answers one, an error with the SDK's status."""
+        self.calls_served += 1
+        caller = Caller(scope, listing.connection, listing.version)
+        principal = self._server.downstream.principal(caller).name if self._names_principals else ""
+        answer = Answer(send, None, stream_headers=STREAM_HEADERS)
+        await self._answer_listing(scope, answer, caller, principal, listing.method, listing.id, ERROR_STATUSES)
+
+    async def _answer_listing(
+        self,
+        scope: Scope,
+        answer: Answer,
+        caller: Caller,
+        principal: str,
+        method: str,
+        request_id: RequestId,
+        statuses: Mapping[int, int] = _NO_STATUSES,
+    ) -> None:
         with operation_in_progress(method, principal, self._observer) as operation:
             try:
                 listing = await self._server.listing(caller, method)
             except MCPError as error:
-                await answer.finish(error_message(request_id, error.error))
+                await answer.finish(error_message(request_id, error.error), status=statuses.get(error.error.code, 200))
                 return
             operation.outcome = "ok"
         if accepts_gzip(first_value(scope, b"accept-encoding")) and (head := listing.gzip_head) is not None:

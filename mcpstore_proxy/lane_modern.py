@@ -1,5 +1,5 @@
-"""What the fast lane (see `lane`) needs to serve a 2026-07-28 `tools/call` exactly as the SDK's single-exchange
-entry would, without it.
+"""What the fast lane (see `lane`) needs to serve a 2026-07-28 `tools/call`, or a listing, exactly as the SDK's
+single-exchange entry would, without it.
 
 Through the SDK, every such call is judged from scratch: a `Request`, the transport checks, the envelope's
 classification, pydantic validation of the request, of its `_meta` (twice) and of the client's capabilities, a
@@ -16,6 +16,12 @@ Origin), carrying one JSON-RPC `tools/call` whose params hold only `name`, `argu
 the SDK's inbound ladder and its validation, from a client that declared nothing an upstream could ask of it (one
 that did is asked in `input_required` rounds: see `rounds`), for a tool whose input schema maps no argument to a
 header. Anything else goes to the SDK unchanged, which answers it, or refuses it, itself.
+
+A listing (`tools/list` and its kin, see `listings`) takes the lane on the same conditions of headers, envelope and
+ladder, when its params hold only the envelope (no cursor: the proxy lists everything at once anyway), and the server
+sets no cache hints of its own for it. Its answer is the catalog's wire form for the version, shaped once and stamped
+with `serverInfo` as the SDK stamps it (see `listings`); through the SDK, each such listing of a thousand tools was
+dumped, validated and encoded again: 14.5 ms of proxy CPU on a 2-core cloud machine, against 0.7 in the lane.
 
 The answer is the SDK's: the result sieved by the SDK's own surface for the version, `resultType` and the
 `serverInfo` stamp added, an error with the SDK's HTTP status for its code; a JSON body unless something precedes
@@ -55,7 +61,16 @@ from starlette.types import Scope
 
 from mcpstore_proxy.client_capabilities import declared_by
 from mcpstore_proxy.json_bytes import to_json
-from mcpstore_proxy.lane_wire import CHECKED_HEADERS, LAST_EVENT_ID, SESSION_ID, ToolCall, tool_call
+from mcpstore_proxy.lane_wire import (
+    CHECKED_HEADERS,
+    LAST_EVENT_ID,
+    SESSION_ID,
+    RequestId,
+    ToolCall,
+    is_id,
+    tool_call,
+)
+from mcpstore_proxy.listings import LISTINGS
 from mcpstore_proxy.server import ProxyServer
 
 __all__ = [
@@ -63,6 +78,7 @@ __all__ = [
     "STREAM_HEADERS",
     "ModernCall",
     "ModernCalls",
+    "ModernListing",
     "Routing",
     "is_kept_as_is",
     "routing_of",
@@ -87,9 +103,9 @@ _NOT_OURS: Final = frozenset((SESSION_ID, LAST_EVENT_ID))
 _PARAM_PREFIX: Final = MCP_PARAM_HEADER_PREFIX.lower().encode()
 _MESSAGE_KEYS: Final = frozenset(("jsonrpc", "id", "method", "params"))
 _PARAMS_KEYS: Final = frozenset(("name", "arguments", "_meta"))
-_META_KEYS: Final = frozenset(
-    (PROTOCOL_VERSION_META_KEY, CLIENT_CAPABILITIES_META_KEY, CLIENT_INFO_META_KEY, "progressToken")
-)
+_ENVELOPE_KEYS: Final = frozenset((PROTOCOL_VERSION_META_KEY, CLIENT_CAPABILITIES_META_KEY, CLIENT_INFO_META_KEY))
+_META_KEYS: Final = _ENVELOPE_KEYS | {"progressToken"}
+_LISTING_PARAMS_KEYS: Final = frozenset(("_meta",))
 _REMEMBERED: Final = 256
 _PLAIN_RESULT_KEYS: Final = frozenset(("content", "structuredContent", "isError", "resultType"))
 _TEXT_KEYS: Final = frozenset(("type", "text"))
@@ -135,6 +151,16 @@ class ModernCall(NamedTuple):
     version: str
 
 
+class ModernListing(NamedTuple):
+    """A 2026-07-28 listing the lane takes: its method and id, the client as its envelope describes it, and the
+    protocol version."""
+
+    method: str
+    id: RequestId
+    connection: Connection
+    version: str
+
+
 class ModernCalls:
     """Which 2026-07-28 calls the lane may take (`call`), and their answers in the SDK's shape (`result`)."""
 
@@ -149,6 +175,8 @@ class ModernCalls:
         self._stamp = server.server_info_stamp
         self.is_open = "tools/call" not in server.cache_hints
         """False where the server adds cache hints to calls, which the lane does not."""
+        self._listings = LISTINGS - server.cache_hints.keys()
+        """The listings the lane may answer: those the server adds no cache hints of its own to."""
 
     def call(self, message: dict[str, Any], routing: Mapping[str, str]) -> ModernCall | None:
         """The call `message` asks for, when the lane may serve it exactly as the SDK would; else None."""
@@ -170,6 +198,28 @@ class ModernCalls:
         if connection is None or (call.arguments and self._maps_headers(call.name)):
             return None
         return ModernCall(call, connection, version)
+
+    def listing(self, message: dict[str, Any], routing: Mapping[str, str]) -> ModernListing | None:
+        """The listing `message` asks for, when the lane may answer it exactly as the SDK would; else None."""
+        method = message.get("method")
+        request_id = message.get("id")
+        params = message.get("params")
+        if method not in self._listings or not is_id(request_id) or not message.keys() <= _MESSAGE_KEYS:
+            return None
+        if type(params) is not dict:
+            return None
+        fields: dict[str, Any] = params  # pyright: ignore[reportUnknownVariableType]  (parsed JSON: string keys)
+        meta = fields.get("_meta")
+        if not fields.keys() <= _LISTING_PARAMS_KEYS or type(meta) is not dict or not meta.keys() <= _ENVELOPE_KEYS:  # pyright: ignore[reportUnknownMemberType]
+            return None
+        envelope: dict[str, Any] = meta  # pyright: ignore[reportUnknownVariableType]  (parsed JSON: string keys)
+        version = self._version(message, routing, "", envelope)
+        if version is None:
+            return None
+        connection = self._client(version, envelope)
+        if connection is None:
+            return None
+        return ModernListing(method, request_id, connection, version)
 
     def result(self, result: dict[str, Any], version: str) -> dict[str, Any]:
         """A call's result as the SDK's server answers it: marked complete, sieved by the version's surface,
@@ -198,14 +248,14 @@ class ModernCalls:
     def _version(
         self, message: dict[str, Any], routing: Mapping[str, str], name: str, meta: dict[str, Any]
     ) -> str | None:
-        """The protocol version of a call the SDK's ladder (`classify_inbound_request`) routes as modern, else
-        None. The ladder reads the routing headers, the method (`tools/call` here), the tool's name and the
-        envelope's version and capabilities alone, so its verdict on a `tools/call` is remembered by those."""
+        """The protocol version of a request the SDK's ladder (`classify_inbound_request`) routes as modern, else
+        None. The ladder reads the routing headers, the method, the tool's name (`name`; "" for a listing) and the
+        envelope's version and capabilities alone, so its verdict is remembered by those."""
         claimed = meta.get(PROTOCOL_VERSION_META_KEY)
         if type(claimed) is not str:
             verdict = classify_inbound_request(message, headers=routing)
             return verdict.protocol_version if isinstance(verdict, InboundModernRoute) else None
-        key = (*routing.items(), name, claimed, CLIENT_CAPABILITIES_META_KEY in meta)
+        key = (*routing.items(), message["method"], name, claimed, CLIENT_CAPABILITIES_META_KEY in meta)
         routed = self._routes.get(key)
         if routed is None:
             verdict = classify_inbound_request(message, headers=routing)

@@ -11,12 +11,14 @@ for a client that accepts gzip, as a gzip body deflated once (see `compressed`) 
 from __future__ import annotations
 
 import weakref
-from collections.abc import Awaitable, Callable
-from typing import Final
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, Final
 
 import orjson
 from mcp import types
 from mcp.server.context import HandlerResult
+from mcp.types.version import MODERN_PROTOCOL_VERSIONS
+from mcp_types import SERVER_INFO_META_KEY
 from mcp_types.methods import serialize_server_result
 from pydantic import BaseModel
 
@@ -59,7 +61,9 @@ class WireListing:
 
 
 class ShapedListings:
-    def __init__(self) -> None:
+    def __init__(self, server_info: Mapping[str, Any] | None = None) -> None:
+        """`server_info`: the stamp a 2026-07-28 result carries in its `_meta` (the SDK's `server_info_stamp`)."""
+        self._server_info = dict(server_info or {})
         self._results: weakref.WeakKeyDictionary[Catalog, dict[tuple[str, str], HandlerResult]] = (
             weakref.WeakKeyDictionary()
         )
@@ -76,11 +80,16 @@ class ShapedListings:
         return shaped[key]
 
     def wire(self, catalog: Catalog, method: str, version: str) -> WireListing:
-        """A listing's result as JSON, validated and sieved for `version` as the SDK shapes results."""
+        """A listing's result as JSON, validated and sieved for `version` as the SDK shapes results (a 2026-07-28
+        one stamped with the server's identity, as the SDK stamps it)."""
         shaped = self._wire.setdefault(catalog, {})
         key = (method, version)
         wire = shaped.get(key)
         if wire is None:
             result = listing_result(method, catalog).model_dump(by_alias=True, mode="json", exclude_none=True)
-            wire = shaped[key] = WireListing(orjson.dumps(serialize_server_result(method, version, result)))
+            result = serialize_server_result(method, version, result)
+            if version in MODERN_PROTOCOL_VERSIONS:
+                result.setdefault("resultType", "complete")
+                result["_meta"] = {**(result.get("_meta") or {}), SERVER_INFO_META_KEY: self._server_info}
+            wire = shaped[key] = WireListing(orjson.dumps(result))
         return wire

@@ -115,7 +115,7 @@ class ProxyServer(Server[Any]):
         # The SDK checks a 2026-07-28 call's `Mcp-Param-*` headers against the tool's schema; without this it runs
         # the whole tools/list handler for every such call to find that schema.
         self.get_tool_input_schema = self._downstream.input_schema
-        self._listings = ShapedListings()
+        self._listings = ShapedListings(self.server_info_stamp)
         self.rounds = InputRounds(engine.clock)
         """The 2026-07-28 multi-round exchanges in progress; whoever serves this server enters `rounds.running()`."""
         engine.add_listener(self._downstream.announce_catalog_changed)
