@@ -333,7 +333,12 @@ LISTINGS = ["tools/list", "prompts/list", "resources/list", "resources/templates
 
 
 async def post_listing(
-    url: str, method: str, params: Mapping[str, Any] | None = None, *, request_id: Any = 1, **headers: str
+    url: str,
+    method: str,
+    *,
+    params: Mapping[str, Any] | None = None,
+    request_id: Any = 1,
+    headers: Mapping[str, str] | None = None,
 ) -> httpx2.Response:
     """A 2026-07-28 listing as the SDK's client sends it (its HTTP client accepts gzip)."""
     async with httpx2.AsyncClient(timeout=30) as http:
@@ -349,7 +354,7 @@ async def post_listing(
                 "accept": "application/json, text/event-stream",
                 "mcp-protocol-version": MODERN,
                 "mcp-method": method,
-                **headers,
+                **(headers or {}),
             },
         )
 
@@ -362,7 +367,7 @@ async def test_a_2026_listing_takes_the_lane_and_is_answered_exactly_as_the_sdk_
     async with running_app(config) as proxy:
         for request_id in (7, "seven"):
             lane = await post_listing(proxy.url, method, request_id=request_id)
-            sdk = await post_listing(proxy.url, method, request_id=request_id, **TO_THE_SDK)
+            sdk = await post_listing(proxy.url, method, request_id=request_id, headers=TO_THE_SDK)
             assert (lane.status_code, lane.headers["content-type"], messages(lane)) == (
                 sdk.status_code,
                 sdk.headers["content-type"],
@@ -375,8 +380,8 @@ async def test_a_2026_listing_takes_the_lane_and_is_answered_exactly_as_the_sdk_
 async def test_a_large_2026_listing_goes_gzip_compressed_to_a_client_that_accepts_it(tmp_path: Path) -> None:
     config = write_config(tmp_path, {"state": fixture_server("state"), "other": fixture_server("other")})
     async with running_app(config) as proxy:
-        compressed = await post_listing(proxy.url, "tools/list", **{"accept-encoding": "gzip"})
-        plain = await post_listing(proxy.url, "tools/list", **{"accept-encoding": "identity"})
+        compressed = await post_listing(proxy.url, "tools/list", headers={"accept-encoding": "gzip"})
+        plain = await post_listing(proxy.url, "tools/list", headers={"accept-encoding": "identity"})
         assert await lane_calls(proxy, config) == 2
     assert (compressed.headers["content-encoding"], "content-encoding" in plain.headers) == ("gzip", False)
     assert messages(compressed) == messages(plain)
@@ -410,8 +415,8 @@ async def test_a_2026_listing_the_lane_cannot_judge_alone_is_the_sdks_and_answer
     async with running_app(config) as proxy:
         await post_listing(proxy.url, "tools/list")  # one the lane takes first: what it remembers lets no other in
         assert await lane_calls(proxy, config) == 1
-        answered = await post_listing(proxy.url, "tools/list", params, **headers)
-        reference = await post_listing(proxy.url, "tools/list", params, **headers, **TO_THE_SDK)
+        answered = await post_listing(proxy.url, "tools/list", params=params, headers=headers)
+        reference = await post_listing(proxy.url, "tools/list", params=params, headers=headers | TO_THE_SDK)
         assert await lane_calls(proxy, config) == 1
     assert (answered.status_code, messages(answered)) == (reference.status_code, messages(reference))
 
@@ -422,7 +427,7 @@ async def test_a_2026_listing_in_the_lane_needs_a_token_and_lists_for_the_tokens
     config = write_config(tmp_path, {"state": fixture_server("state")}, auth={"tokens": tokens}, admin_token=operator)
     async with running_app(config) as proxy:
         anonymous = await post_listing(proxy.url, "tools/list")
-        listed = await post_listing(proxy.url, "tools/list", authorization=f"Bearer {alice}")
+        listed = await post_listing(proxy.url, "tools/list", headers={"authorization": f"Bearer {alice}"})
         assert await lane_calls(proxy, config) == 1
     assert anonymous.status_code == 401
     assert "state_echo" in {tool["name"] for tool in messages(listed)[0]["result"]["tools"]}
