@@ -107,7 +107,7 @@ async def run(arguments: argparse.Namespace) -> None:
             listing = await scale.tools_list(workdir, pin, upstreams, arguments.tools_each, list_calls)
             output["tools_list"] = listing
             output["tools_list_table"] = scale.tools_list_table(listing)
-            print(f"\n`tools/list` through mcpstore-proxy, {list_calls} calls from one session:\n")
+            print(f"\n`tools/list` through mcpstore-proxy, {list_calls} calls from each client in turn:\n")
             print(output["tools_list_table"])
         if "first-call" in sections:
             print("first call ...", file=sys.stderr, flush=True)

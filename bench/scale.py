@@ -8,8 +8,10 @@ Run by bench/forwarding.py (its `--sections`), in the same run and with the same
   after opening N idle sessions (each initialized and with one `echo` call made, so its upstream is running), the
   delta divided by N; for mcpstore-proxy and the floor relay;
 - tools-list: mcpstore-proxy with 50 stdio upstreams (bench/many_tools_server.py, 20 tools each: 1,000 tools), once
-  `/admin/status` shows every upstream ready; p50 and p90 of `tools/list` from one client session, timed both with
-  a bare HTTP client (what the proxy costs) and with the SDK client (what an agent sees, with its validation);
+  `/admin/status` shows every upstream ready; p50 and p90 of `tools/list`, and the proxy's CPU per listing, from
+  one client at a time: a bare HTTP client (what the proxy costs) in a handshake-era session with and without
+  gzip, and with 2026-07-28 requests; and the SDK's `Client` in both eras (what an agent sees, with its
+  validation);
 - first-call: bench/first_call.py's two modes (no warm pool; `warm_sessions: 1`), sessions opened one at a time.
 """
 
@@ -148,29 +150,40 @@ def rpc_result(response: httpx2.Response) -> dict[str, Any]:
     return orjson.loads(response.content)
 
 
-async def raw_tools_list(url: str, calls: int, pid: int) -> tuple[list[float], int, float]:
-    """`tools/list` over a bare HTTP client: one session, `calls` timed requests; latencies, tool count, CPU ms each."""
-    headers = {"accept": "application/json, text/event-stream", "content-type": "application/json"}
+_MODERN = "2026-07-28"
+_ENVELOPE = {
+    "io.modelcontextprotocol/protocolVersion": _MODERN,
+    "io.modelcontextprotocol/clientCapabilities": {},
+    "io.modelcontextprotocol/clientInfo": {"name": "bench", "version": "0"},
+}
+_LISTERS: list[tuple[str, str, str]] = [
+    # (what the row says, the client's protocol version, its Accept-Encoding), for the bare HTTP client
+    ("bare HTTP (httpx2 + orjson), gzip", PROTOCOL_VERSION, "gzip, deflate"),
+    ("bare HTTP (httpx2 + orjson), no compression", PROTOCOL_VERSION, "identity"),
+    ("bare HTTP (httpx2 + orjson), gzip", _MODERN, "gzip, deflate"),
+]
+
+
+async def raw_tools_list(
+    url: str, calls: int, pid: int, version: str, accept_encoding: str
+) -> tuple[list[float], int, float]:
+    """`tools/list` over a bare HTTP client speaking `version` (a handshake-era session, or 2026-07-28 requests),
+    `calls` timed requests; latencies, tool count, proxy CPU ms each."""
+    headers = {
+        "accept": "application/json, text/event-stream",
+        "content-type": "application/json",
+        "accept-encoding": accept_encoding,
+    }
     async with httpx2.AsyncClient(timeout=httpx2.Timeout(30.0, read=300.0), headers=headers) as http:
-        initialize = {
-            "jsonrpc": "2.0",
-            "id": 0,
-            "method": "initialize",
-            "params": {
-                "protocolVersion": PROTOCOL_VERSION,
-                "capabilities": {},
-                "clientInfo": {"name": "bench", "version": "0"},
-            },
-        }
-        response = await http.post(url, content=orjson.dumps(initialize))
-        response.raise_for_status()
-        rpc_result(response)
-        session = {"mcp-session-id": response.headers["mcp-session-id"], "mcp-protocol-version": PROTOCOL_VERSION}
-        initialized = orjson.dumps({"jsonrpc": "2.0", "method": "notifications/initialized"})
-        (await http.post(url, content=initialized, headers=session)).raise_for_status()
+        if version == _MODERN:
+            session = {"mcp-protocol-version": _MODERN, "mcp-method": "tools/list"}
+            params: dict[str, Any] = {"_meta": _ENVELOPE}
+        else:
+            session = await _opened_session(http, url)
+            params = {}
 
         async def listing(request_id: int) -> int:
-            body = orjson.dumps({"jsonrpc": "2.0", "id": request_id, "method": "tools/list", "params": {}})
+            body = orjson.dumps({"jsonrpc": "2.0", "id": request_id, "method": "tools/list", "params": params})
             response = await http.post(url, content=body, headers=session)
             response.raise_for_status()
             message = rpc_result(response)
@@ -189,19 +202,55 @@ async def raw_tools_list(url: str, calls: int, pid: int) -> tuple[list[float], i
     return latencies, count, cpu_ms
 
 
-async def sdk_tools_list(url: str, calls: int) -> tuple[list[float], int]:
-    async with client(url) as session:
+async def _opened_session(http: httpx2.AsyncClient, url: str) -> dict[str, str]:
+    """A handshake-era session opened over `http`: the headers its requests carry."""
+    initialize = {
+        "jsonrpc": "2.0",
+        "id": 0,
+        "method": "initialize",
+        "params": {
+            "protocolVersion": PROTOCOL_VERSION,
+            "capabilities": {},
+            "clientInfo": {"name": "bench", "version": "0"},
+        },
+    }
+    response = await http.post(url, content=orjson.dumps(initialize))
+    response.raise_for_status()
+    rpc_result(response)
+    session = {"mcp-session-id": response.headers["mcp-session-id"], "mcp-protocol-version": PROTOCOL_VERSION}
+    initialized = orjson.dumps({"jsonrpc": "2.0", "method": "notifications/initialized"})
+    (await http.post(url, content=initialized, headers=session)).raise_for_status()
+    return session
+
+
+async def sdk_tools_list(url: str, calls: int, pid: int, mode: str) -> tuple[list[float], int, float]:
+    """`tools/list` from the SDK's `Client` in `mode` (it validates what it receives)."""
+    async with client(url, mode=mode) as session:
         count = len((await session.list_tools()).tools)
         latencies: list[float] = []
+        cpu_before = cpu_seconds(pid)
         for _ in range(calls):
             started = time.perf_counter()
             await session.list_tools()
             latencies.append(time.perf_counter() - started)
-    return latencies, count
+        cpu_ms = (cpu_seconds(pid) - cpu_before) / calls * 1000
+    return latencies, count, cpu_ms
+
+
+def _listing_row(client_name: str, version: str, latencies: list[float], count: int, cpu_ms: float) -> dict[str, Any]:
+    return {
+        "client": client_name,
+        "version": version,
+        "tools_listed": count,
+        "p50_ms": statistics.median(latencies) * 1000,
+        "p90_ms": percentile(latencies, 0.9) * 1000,
+        "mean_ms": statistics.mean(latencies) * 1000,
+        "proxy_cpu_ms_per_list": cpu_ms,
+    }
 
 
 async def tools_list(workdir: Path, pin: bool, upstreams: int, tools_each: int, calls: int) -> dict[str, Any]:
-    row: dict[str, Any] = {"upstreams": upstreams, "tools_each": tools_each, "calls": calls}
+    row: dict[str, Any] = {"upstreams": upstreams, "tools_each": tools_each, "calls": calls, "clients": []}
     port = free_port()
     config = many_tools_config(workdir, upstreams, tools_each)
     executable = Path(sys.executable).parent / "mcpstore-proxy"
@@ -210,46 +259,34 @@ async def tools_list(workdir: Path, pin: bool, upstreams: int, tools_each: int, 
     try:
         async with started_process(argv, workdir / "many-tools.log", pin) as process:
             row["seconds_until_all_ready"] = await all_ready(port, upstreams)
-            raw, raw_count, cpu_ms = await raw_tools_list(url, calls, process.pid)
-            sdk, sdk_count = await sdk_tools_list(url, calls)
+            for name, version, accept_encoding in _LISTERS:
+                measured = await raw_tools_list(url, calls, process.pid, version, accept_encoding)
+                row["clients"].append(_listing_row(name, version, *measured))
+            for mode, version in (("legacy", PROTOCOL_VERSION), (_MODERN, _MODERN)):
+                measured = await sdk_tools_list(url, calls, process.pid, mode)
+                row["clients"].append(_listing_row("MCP SDK client (`list_tools`, validates)", version, *measured))
             row["upstream_processes"] = len(
                 [pid for pid, (_, command) in process_table().items() if str(MANY_TOOLS_SERVER) in command]
             )
     except Exception as error:  # noqa: BLE001 - reported, not fatal
         row["skipped"] = f"{type(error).__name__}: {error}"[:300]
-        return row
-    row.update(
-        {
-            "tools_listed": raw_count,
-            "tools_listed_sdk": sdk_count,
-            "raw_p50_ms": statistics.median(raw) * 1000,
-            "raw_p90_ms": percentile(raw, 0.9) * 1000,
-            "raw_mean_ms": statistics.mean(raw) * 1000,
-            "sdk_p50_ms": statistics.median(sdk) * 1000,
-            "sdk_p90_ms": percentile(sdk, 0.9) * 1000,
-            "sdk_mean_ms": statistics.mean(sdk) * 1000,
-            "proxy_cpu_ms_per_list": cpu_ms,
-        }
-    )
     return row
 
 
 def tools_list_table(row: dict[str, Any]) -> str:
     lines = [
-        "| client | upstreams x tools | tools listed | p50 ms | p90 ms | mean ms | proxy CPU ms per list |",
-        "|---|---|---|---|---|---|---|",
+        "| client | protocol | upstreams x tools | tools listed | p50 ms | p90 ms | mean ms | proxy CPU ms per list |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     shape = f"{row['upstreams']} x {row['tools_each']}"
+    for measured in row["clients"]:
+        lines.append(
+            f"| {measured['client']} | {measured['version']} | {shape} | {measured['tools_listed']} | "
+            f"{measured['p50_ms']:.2f} | {measured['p90_ms']:.2f} | {measured['mean_ms']:.2f} | "
+            f"{measured['proxy_cpu_ms_per_list']:.2f} |"
+        )
     if "skipped" in row:
-        return "\n".join([*lines, f"| — | {shape} | skipped: {row['skipped'].replace('|', '/')} | | | | |"])
-    lines.append(
-        f"| bare HTTP (httpx2 + orjson) | {shape} | {row['tools_listed']} | {row['raw_p50_ms']:.2f} | "
-        f"{row['raw_p90_ms']:.2f} | {row['raw_mean_ms']:.2f} | {row['proxy_cpu_ms_per_list']:.2f} |"
-    )
-    lines.append(
-        f"| MCP SDK client (`list_tools`, validates) | {shape} | {row['tools_listed_sdk']} | "
-        f"{row['sdk_p50_ms']:.2f} | {row['sdk_p90_ms']:.2f} | {row['sdk_mean_ms']:.2f} | |"
-    )
+        lines.append(f"| — | | {shape} | skipped: {row['skipped'].replace('|', '/')} | | | | |")
     return "\n".join(lines)
 
 
