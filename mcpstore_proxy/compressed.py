@@ -38,10 +38,6 @@ class GzipHead:
         self._crc = zlib.crc32(head)
         self._size = len(head)
 
-    def __len__(self) -> int:
-        """The head's compressed size, gzip header included."""
-        return len(self._compressed)
-
     def body(self, tail: bytes) -> bytes:
         """The gzip body of the head followed by `tail`, `tail` stored uncompressed."""
         parts = [self._compressed]

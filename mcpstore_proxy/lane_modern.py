@@ -162,7 +162,8 @@ class ModernListing(NamedTuple):
 
 
 class ModernCalls:
-    """Which 2026-07-28 calls the lane may take (`call`), and their answers in the SDK's shape (`result`)."""
+    """Which 2026-07-28 calls and listings the lane may take (`call`, `listing`), and calls' answers in the SDK's
+    shape (`result`)."""
 
     def __init__(self, server: ProxyServer) -> None:
         self._server = server
