@@ -18,10 +18,11 @@ that did is asked in `input_required` rounds: see `rounds`), for a tool whose in
 header. Anything else goes to the SDK unchanged, which answers it, or refuses it, itself.
 
 A listing (`tools/list` and its kin, see `listings`) takes the lane on the same conditions of headers, envelope and
-ladder, when its params hold only the envelope (no cursor: the proxy lists everything at once anyway), and the server
-sets no cache hints of its own for it. Its answer is the catalog's wire form for the version, shaped once and stamped
-with `serverInfo` as the SDK stamps it (see `listings`); through the SDK, each such listing of a thousand tools was
-dumped, validated and encoded again: 14.5 ms of proxy CPU on a 2-core cloud machine, against 0.7 in the lane.
+ladder (from any client: a listing asks nothing of it), when its params hold only the envelope (no cursor: the
+proxy lists everything at once anyway), and the server sets no cache hints of its own for it. Its answer is the
+catalog's wire form for the version, shaped once and stamped with `serverInfo` as the SDK stamps it (see
+`listings`); through the SDK, each such listing of a thousand tools was dumped, validated and encoded again: 14.5
+ms of proxy CPU on a 2-core cloud machine, against about 1 in the lane.
 
 The answer is the SDK's: the result sieved by the SDK's own surface for the version, `resultType` and the
 `serverInfo` stamp added, an error with the SDK's HTTP status for its code; a JSON body unless something precedes
@@ -167,8 +168,9 @@ class ModernCalls:
 
     def __init__(self, server: ProxyServer) -> None:
         self._server = server
-        self._envelopes: dict[bytes, Connection | None] = {}
-        """Each distinct envelope's client, or None where the SDK refuses it or the client may be asked."""
+        self._envelopes: dict[bytes, tuple[Connection, bool] | None] = {}
+        """Each distinct envelope's client and whether it may be asked (it declared something an upstream could ask
+        of it), or None where the SDK refuses the envelope."""
         self._routes: dict[tuple[object, ...], str] = {}
         """The ladder's verdicts on calls (see `_version`): the version, or "" where it refuses them."""
         self._header_schemas: dict[int, tuple[Mapping[str, Any], bool]] = {}
@@ -195,10 +197,10 @@ class ModernCalls:
         version = self._version(message, routing, call.name, envelope)
         if version is None:
             return None
-        connection = self._client(version, envelope)
-        if connection is None or (call.arguments and self._maps_headers(call.name)):
-            return None
-        return ModernCall(call, connection, version)
+        client = self._client(version, envelope)
+        if client is None or client[1] or (call.arguments and self._maps_headers(call.name)):
+            return None  # refused, or a client that may be asked (in rounds: see `rounds`)
+        return ModernCall(call, client[0], version)
 
     def listing(self, message: dict[str, Any], routing: Mapping[str, str]) -> ModernListing | None:
         """The listing `message` asks for, when the lane may answer it exactly as the SDK would; else None."""
@@ -217,10 +219,10 @@ class ModernCalls:
         version = self._version(message, routing, "", envelope)
         if version is None:
             return None
-        connection = self._client(version, envelope)
-        if connection is None:
+        client = self._client(version, envelope)
+        if client is None:
             return None
-        return ModernListing(method, request_id, connection, version)
+        return ModernListing(method, request_id, client[0], version)  # a listing asks its client nothing
 
     def result(self, result: dict[str, Any], version: str) -> dict[str, Any]:
         """A call's result as the SDK's server answers it: marked complete, sieved by the version's surface,
@@ -266,22 +268,23 @@ class ModernCalls:
             self._routes[key] = routed
         return routed or None
 
-    def _client(self, version: str, meta: dict[str, Any]) -> Connection | None:
+    def _client(self, version: str, meta: dict[str, Any]) -> tuple[Connection, bool] | None:
+        """The client an envelope describes, and whether it may be asked; None where the SDK refuses it."""
         envelope = meta if "progressToken" not in meta else {k: v for k, v in meta.items() if k != "progressToken"}
         remembered = to_json(envelope)  # the same bytes for the same envelope: a client sends its own each time
         if remembered in self._envelopes:
             return self._envelopes[remembered]
+        client: tuple[Connection, bool] | None
         try:
             _methods.validate_client_request("tools/call", version, {"name": "-", "_meta": envelope})
         except (ValidationError, KeyError, ValueError):
             client = None
         else:
-            # Shared by the calls of one envelope: nothing in the lane enters its exit stack or writes its state.
-            client = Connection.from_envelope(
+            # Shared by the requests of one envelope: nothing in the lane enters its exit stack or writes its state.
+            connection = Connection.from_envelope(
                 version, envelope.get(CLIENT_INFO_META_KEY), envelope[CLIENT_CAPABILITIES_META_KEY]
             )
-            if declared_by(client.client_capabilities):
-                client = None  # it may be asked: in rounds (see `rounds`)
+            client = connection, bool(declared_by(connection.client_capabilities))
         if len(self._envelopes) >= _REMEMBERED:
             self._envelopes.clear()
         self._envelopes[remembered] = client

@@ -377,6 +377,20 @@ async def test_a_2026_listing_takes_the_lane_and_is_answered_exactly_as_the_sdk_
         assert await lane_calls(proxy, config) == 2
 
 
+async def test_a_2026_listing_takes_the_lane_from_a_client_that_may_be_asked_as_a_listing_asks_nothing(
+    config: Path,
+) -> None:
+    askable = {"_meta": envelope(capabilities={"sampling": {}, "elicitation": {}, "roots": {}})}
+    async with running_app(config) as proxy:
+        lane = await post_listing(proxy.url, "tools/list", params=askable)
+        sdk = await post_listing(proxy.url, "tools/list", params=askable, headers=TO_THE_SDK)
+        assert await lane_calls(proxy, config) == 1
+        called = await post(proxy.url, call("state_echo", {"text": "x"}, capabilities={"sampling": {}}))
+        assert await lane_calls(proxy, config) == 1  # its calls are asked in rounds, by the SDK (see `rounds`)
+    assert (lane.status_code, messages(lane)) == (sdk.status_code, messages(sdk))
+    assert called.json()["result"]["structuredContent"] == {"result": "x"}
+
+
 async def test_a_large_2026_listing_goes_gzip_compressed_to_a_client_that_accepts_it(tmp_path: Path) -> None:
     config = write_config(tmp_path, {"state": fixture_server("state"), "other": fixture_server("other")})
     async with running_app(config) as proxy:
@@ -392,7 +406,6 @@ async def test_a_large_2026_listing_goes_gzip_compressed_to_a_client_that_accept
     ("params", "headers"),
     [
         ({"_meta": envelope(), "cursor": "abc"}, {}),
-        ({"_meta": envelope(capabilities={"sampling": {}})}, {}),
         ({"_meta": envelope(progressToken="p")}, {}),
         ({"_meta": envelope()}, {"mcp-method": "prompts/list"}),  # header disagrees with the body
         ({"_meta": {**envelope(), "io.modelcontextprotocol/clientInfo": 7}}, {}),
@@ -401,7 +414,6 @@ async def test_a_large_2026_listing_goes_gzip_compressed_to_a_client_that_accept
     ],
     ids=[
         "cursor",
-        "declares-sampling",
         "progress-token",
         "method-header-mismatch",
         "malformed-client-info",
