@@ -260,12 +260,7 @@ class Answer:
         assert self._lock is None, "a gzip body is the whole answer: nothing may precede it"
         assert not self._is_done, "the answer went already"
         self._is_done = True
-        headers = [
-            (b"content-type", b"application/json"),
-            (b"content-length", str(len(body)).encode()),
-            *_GZIPPED,
-            *self._session_header,
-        ]
+        headers = _json_headers(body, self._session_header, _GZIPPED)
         await self._send({"type": "http.response.start", "status": 200, "headers": headers})
         await self._send({"type": "http.response.body", "body": body, "more_body": False})
 
@@ -281,11 +276,7 @@ class Answer:
             await self._open_stream()
             await self._send({"type": "http.response.body", "body": sse_event(body), "more_body": False})
             return
-        headers = [
-            (b"content-type", b"application/json"),
-            (b"content-length", str(len(body)).encode()),
-            *self._session_header,
-        ]
+        headers = _json_headers(body, self._session_header)
         await self._send({"type": "http.response.start", "status": status, "headers": headers})
         await self._send({"type": "http.response.body", "body": body, "more_body": False})
 
@@ -294,6 +285,18 @@ class Answer:
             self._is_streaming = True
             headers = [*self._stream_headers, *self._session_header]
             await self._send({"type": "http.response.start", "status": 200, "headers": headers})
+
+
+def _json_headers(
+    body: bytes, session_header: tuple[tuple[bytes, bytes], ...], extra: tuple[tuple[bytes, bytes], ...] = ()
+) -> list[tuple[bytes, bytes]]:
+    """The headers of an answer that is a JSON body."""
+    return [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        *extra,
+        *session_header,
+    ]
 
 
 class AnswerStream:

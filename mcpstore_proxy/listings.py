@@ -90,6 +90,6 @@ class ShapedListings:
             result = serialize_server_result(method, version, result)
             if version in MODERN_PROTOCOL_VERSIONS:
                 result.setdefault("resultType", "complete")
-                result["_meta"] = {**(result.get("_meta") or {}), SERVER_INFO_META_KEY: self._server_info}
+                result["_meta"] = {SERVER_INFO_META_KEY: self._server_info}  # a listing has no `_meta` of its own
             wire = shaped[key] = WireListing(orjson.dumps(result))
         return wire
