@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -11,10 +11,13 @@ from typing import Any
 import httpx2
 
 from tests.inprocess import InProcessProxy, running_app
-from tests.support import admin, admin_token_of
+from tests.support import admin, admin_token_of, fixture_server, write_config
 
 JSON = "application/json"
 EVENT_STREAM = "text/event-stream"
+ALICE = "alice-token-0123456789"
+BOB = "bob-token-0123456789"
+OPS = "ops-token-0123456789"
 
 
 class RawSession:
@@ -85,3 +88,22 @@ async def _status_count(proxy: InProcessProxy, config: Path, name: str) -> int:
     assert status.status_code == 200, status.text
     count: int = status.json()[name]
     return count
+
+
+def guarded_config(tmp_path: Path) -> Path:
+    """A config of the stateful fixture upstream behind tokens: ALICE (principal alice), BOB (bob), OPS (admin)."""
+    tokens = [
+        {"token": ALICE, "principal": "alice"},
+        {"token": BOB, "principal": "bob"},
+        {"token": OPS, "principal": "ops", "admin": True},
+    ]
+    return write_config(tmp_path, {"state": fixture_server("state")}, auth={"tokens": tokens})
+
+
+async def next_message(lines: AsyncIterator[str]) -> dict[str, Any]:
+    """The next JSON-RPC message on an event stream's lines."""
+    async for line in lines:
+        if line.startswith("data: "):
+            message: dict[str, Any] = json.loads(line.removeprefix("data: "))
+            return message
+    raise AssertionError("the event stream ended early")

@@ -3,7 +3,8 @@ nothing on the way: ids, framing, questions to the client and their answers, can
 and every refusal the SDK would give (404 for another principal's session, 421, 403, 413, malformed calls).
 
 In process (`running_app`, the stateful fixture upstream in memory), with plain HTTP to see what the wire carries;
-`/admin/status`'s `fast_lane_calls` says which requests took the lane.
+`/admin/status`'s `fast_lane_calls` says which requests took the lane. Listings in the lane are in
+`test_lane_listings`, the session's standing stream in `test_lane_stream`, 2026-07-28 calls in `test_lane_modern`.
 """
 
 from __future__ import annotations
@@ -16,19 +17,21 @@ from typing import Any
 import anyio
 import httpx2
 import pytest
-from mcp import Client, types
-from mcp.client.sse import sse_client
+from mcp import types
 
 from tests.inprocess import running_app
 from tests.memory import one_tool_upstream
 from tests.raw_session import (
+    ALICE,
+    BOB,
     EVENT_STREAM,
     JSON,
     RawSession,
     events_of,
+    guarded_config,
     lane_calls,
-    lane_streams,
     media_type,
+    next_message,
     opened_session,
     tool_call,
 )
@@ -36,22 +39,10 @@ from tests.support import fixture_server, wait_until, write_config
 
 pytestmark = pytest.mark.anyio
 
-ALICE = "alice-token-0123456789"
-BOB = "bob-token-0123456789"
-OPS = "ops-token-0123456789"
-
 
 @pytest.fixture
 def config(tmp_path: Path) -> Path:
     return write_config(tmp_path, {"state": fixture_server("state")})
-
-
-async def next_message(lines: AsyncIterator[str]) -> dict[str, Any]:
-    async for line in lines:
-        if line.startswith("data: "):
-            message: dict[str, Any] = json.loads(line.removeprefix("data: "))
-            return message
-    raise AssertionError("the event stream ended early")
 
 
 async def test_a_call_in_an_open_session_takes_the_lane_and_is_answered_in_json_with_its_id(config: Path) -> None:
@@ -127,55 +118,6 @@ async def test_a_call_with_its_session_id_or_protocol_version_sent_twice_is_left
 
         assert (await session.call_tool(2, "state_echo", {"text": "once"})).status_code == 200
         assert await lane_calls(proxy, config) == 1
-
-
-async def test_listings_in_the_lane_are_what_the_sdk_lists_for_a_client_of_the_same_version(tmp_path: Path) -> None:
-    config = write_config(tmp_path, {"state": fixture_server("state"), "other": fixture_server("other")})
-    async with (
-        running_app(config) as proxy,
-        httpx2.AsyncClient(timeout=30) as http,
-        Client(sse_client(f"http://127.0.0.1:{proxy.port}/sse"), mode="legacy", cache=None) as through_the_sdk,
-    ):
-        session = RawSession(http, proxy.url)
-        await session.open()
-        listings = {
-            "tools/list": (types.ListToolsResult, through_the_sdk.list_tools),
-            "prompts/list": (types.ListPromptsResult, through_the_sdk.list_prompts),
-            "resources/list": (types.ListResourcesResult, through_the_sdk.list_resources),
-            "resources/templates/list": (types.ListResourceTemplatesResult, through_the_sdk.list_resource_templates),
-        }
-        for number, (method, (result_type, sdk_listing)) in enumerate(listings.items()):
-            for request_id in (number, f"list {number}"):
-                listed = await session.post({"jsonrpc": "2.0", "id": request_id, "method": method})
-                assert (listed.status_code, media_type(listed), listed.json()["id"]) == (200, JSON, request_id)
-                assert result_type.model_validate(listed.json()["result"]) == await sdk_listing()
-        listed = await session.post({"jsonrpc": "2.0", "id": 9, "method": "tools/list"})
-        tools = {tool["name"] for tool in listed.json()["result"]["tools"]}
-        assert {"state_echo", "other_echo"} <= tools
-        assert await lane_calls(proxy, config) == 9
-
-
-async def test_a_listing_goes_gzip_compressed_to_a_client_that_accepts_it_and_as_it_is_to_one_that_does_not(
-    tmp_path: Path,
-) -> None:
-    config = write_config(tmp_path, {"state": fixture_server("state"), "other": fixture_server("other")})
-    async with opened_session(config) as (proxy, _http, session):
-
-        async def listing(request_id: int | str, accept_encoding: str) -> httpx2.Response:
-            message = {"jsonrpc": "2.0", "id": request_id, "method": "tools/list"}
-            return await session.post(message, **{"Accept-Encoding": accept_encoding})
-
-        plain = await listing(1, "identity")
-        assert "content-encoding" not in plain.headers
-        for request_id in (2, "two", 2**70):
-            listed = await listing(request_id, "br, gzip")
-            assert (listed.status_code, listed.headers["content-encoding"], media_type(listed)) == (200, "gzip", JSON)
-            assert listed.json() == {"jsonrpc": "2.0", "id": request_id, "result": plain.json()["result"]}
-            assert int(listed.headers["content-length"]) < len(plain.content) / 4
-        refused = await listing(3, "gzip;q=0")
-        assert "content-encoding" not in refused.headers
-        assert refused.json()["result"] == plain.json()["result"]
-        assert await lane_calls(proxy, config) == 5
 
 
 async def test_a_call_right_after_initialize_takes_the_lane_before_the_initialized_notice(config: Path) -> None:
@@ -315,12 +257,7 @@ async def test_a_number_past_64_bits_in_a_calls_arguments_reaches_the_upstream_i
 
 @pytest.fixture
 def guarded(tmp_path: Path) -> Path:
-    tokens = [
-        {"token": ALICE, "principal": "alice"},
-        {"token": BOB, "principal": "bob"},
-        {"token": OPS, "principal": "ops", "admin": True},
-    ]
-    return write_config(tmp_path, {"state": fixture_server("state")}, auth={"tokens": tokens})
+    return guarded_config(tmp_path)
 
 
 async def test_another_principal_cannot_call_in_a_session_it_did_not_open(guarded: Path) -> None:
@@ -372,93 +309,3 @@ async def test_a_call_past_the_size_limit_is_refused_with_413_whether_or_not_it_
         fitting = await session.call_tool(2, "state_echo", {"text": "x" * (1024 * 1024)})
         assert fitting.json()["result"]["structuredContent"] == {"result": "x" * (1024 * 1024)}
         assert await lane_calls(proxy, config) == 1
-
-
-# The session's standing event stream (GET): taken by the lane once the session is established.
-
-
-async def test_a_sessions_standing_stream_takes_the_lane_carries_its_notices_and_is_one_per_session(
-    config: Path,
-) -> None:
-    async with opened_session(config) as (proxy, http, session):
-        listen = session.headers | {"Accept": EVENT_STREAM}
-        async with http.stream("GET", proxy.url, headers=listen) as stream:
-            assert (stream.status_code, media_type(stream)) == (200, EVENT_STREAM)
-            assert stream.headers["mcp-session-id"] == session.headers["Mcp-Session-Id"]
-            assert await lane_streams(proxy, config) == 1
-            grown = await session.call_tool(2, "state_grow", {"name": "fresh"})
-            assert grown.status_code == 200
-            with anyio.fail_after(10):
-                notice = await next_message(stream.aiter_lines())
-            assert notice == {"jsonrpc": "2.0", "method": "notifications/tools/list_changed"}
-            second = await http.get(proxy.url, headers=listen)
-            assert second.status_code == 409  # the SDK's own refusal of a second stream
-        # Once the client hung up, the session takes a new stream (the lane let go of the old one).
-        with anyio.fail_after(10):
-            while True:
-                async with http.stream("GET", proxy.url, headers=listen) as again:
-                    if again.status_code == 200:
-                        break
-                    assert again.status_code == 409
-        assert await lane_streams(proxy, config) == 2
-
-
-async def test_a_standing_stream_ends_when_its_session_is_deleted(config: Path) -> None:
-    async with opened_session(config) as (proxy, http, session):
-        async with http.stream("GET", proxy.url, headers=session.headers | {"Accept": EVENT_STREAM}) as stream:
-            assert stream.status_code == 200
-            deleted = await http.delete(proxy.url, headers=session.headers)
-            assert deleted.status_code == 200
-            with anyio.fail_after(10):
-                body = [line async for line in stream.aiter_lines()]
-        assert body == []
-        assert await lane_streams(proxy, config) == 1
-
-
-async def test_a_standing_stream_from_a_foreign_origin_or_without_event_streams_is_refused_as_the_sdk_refuses_it(
-    config: Path,
-) -> None:
-    async with opened_session(config) as (proxy, http, session):
-        foreign = await http.get(
-            proxy.url, headers=session.headers | {"Accept": EVENT_STREAM, "Origin": "https://evil.example"}
-        )
-        assert foreign.status_code == 403
-        json_only = await http.get(proxy.url, headers=session.headers | {"Accept": JSON})
-        assert json_only.status_code == 406
-        assert await lane_streams(proxy, config) == 0
-        async with http.stream("GET", proxy.url, headers=session.headers | {"Accept": EVENT_STREAM}) as stream:
-            assert stream.status_code == 200
-        assert await lane_streams(proxy, config) == 1
-
-
-async def test_a_resumption_the_proxy_cannot_replay_gets_a_fresh_standing_stream_not_a_500(config: Path) -> None:
-    # The proxy keeps no events, so nothing can be replayed; the SDK's transport answered such a GET with nothing.
-    async with opened_session(config) as (proxy, http, session):
-        resume = session.headers | {"Accept": EVENT_STREAM, "Last-Event-ID": "stream-1:7"}
-        async with http.stream("GET", proxy.url, headers=resume) as resumed:
-            assert (resumed.status_code, media_type(resumed)) == (200, EVENT_STREAM)
-            grown = await session.call_tool(2, "state_grow", {"name": "fresh"})
-            assert grown.status_code == 200
-            with anyio.fail_after(10):
-                notice = await next_message(resumed.aiter_lines())
-            assert notice == {"jsonrpc": "2.0", "method": "notifications/tools/list_changed"}
-        assert await lane_streams(proxy, config) == 1
-
-
-async def test_another_principal_cannot_listen_on_a_session_it_did_not_open(guarded: Path) -> None:
-    async with running_app(guarded) as proxy, httpx2.AsyncClient(timeout=30) as http:
-        alice = RawSession(http, proxy.url)
-        alice.headers["Authorization"] = f"Bearer {ALICE}"
-        await alice.open()
-        listen = alice.headers | {"Accept": EVENT_STREAM}
-        bobs_try = await http.get(proxy.url, headers=listen | {"Authorization": f"Bearer {BOB}"})
-        unknown = await http.get(
-            proxy.url, headers=listen | {"Authorization": f"Bearer {BOB}", "Mcp-Session-Id": "0" * 32}
-        )
-        assert (bobs_try.status_code, bobs_try.text) == (404, unknown.text)
-        anonymous = await http.get(proxy.url, headers=listen | {"Authorization": ""})
-        assert anonymous.status_code == 401
-        assert await lane_streams(proxy, guarded) == 0
-        async with http.stream("GET", proxy.url, headers=listen) as stream:
-            assert (stream.status_code, media_type(stream)) == (200, EVENT_STREAM)
-            assert await lane_streams(proxy, guarded) == 1

@@ -28,13 +28,11 @@ from mcpstore_proxy.lane_wire import Answer
 from tests.fixtures.conformance_server import ConformanceFixtures
 from tests.inprocess import InProcessProxy, running_app
 from tests.memory import MemoryUpstreams
+from tests.modern_requests import MODERN, TO_THE_SDK, call, envelope, messages, post
 from tests.raw_session import lane_calls
 from tests.support import CONFORMANCE_SERVER, fixture_server, write_config
 
 pytestmark = pytest.mark.anyio
-
-MODERN = "2026-07-28"
-TO_THE_SDK = {"mcp-session-id": "not-a-session"}
 
 
 def conformance() -> Any:
@@ -44,45 +42,6 @@ def conformance() -> Any:
 @pytest.fixture
 def config(tmp_path: Path) -> Path:
     return write_config(tmp_path, {"state": fixture_server("state")})
-
-
-def envelope(capabilities: Mapping[str, Any] | None = None, **extra: Any) -> dict[str, Any]:
-    return {
-        "io.modelcontextprotocol/protocolVersion": MODERN,
-        "io.modelcontextprotocol/clientCapabilities": dict(capabilities or {}),
-        "io.modelcontextprotocol/clientInfo": {"name": "raw-test", "version": "1"},
-        **extra,
-    }
-
-
-def call(name: str, arguments: Mapping[str, Any] | None = None, **meta: Any) -> dict[str, Any]:
-    params: dict[str, Any] = {"name": name, "_meta": envelope(**meta)}
-    if arguments is not None:
-        params["arguments"] = dict(arguments)
-    return params
-
-
-async def post(url: str, params: Mapping[str, Any], *, request_id: Any = 1, **headers: str) -> httpx2.Response:
-    async with httpx2.AsyncClient(timeout=30) as http:
-        return await http.post(
-            url,
-            json={"jsonrpc": "2.0", "id": request_id, "method": "tools/call", "params": dict(params)},
-            headers={
-                "accept": "application/json, text/event-stream",
-                "mcp-protocol-version": MODERN,
-                "mcp-method": "tools/call",
-                "mcp-name": str(params["name"]),
-                **headers,
-            },
-        )
-
-
-def messages(response: httpx2.Response) -> list[dict[str, Any]]:
-    """The JSON-RPC messages of an answer, in a JSON body or on an event stream."""
-    if response.headers["content-type"].startswith("application/json"):
-        return [response.json()]
-    lines = response.text.split("\r\n")
-    return [json.loads(line.removeprefix("data: ")) for line in lines if line.startswith("data: ")]
 
 
 async def both_ways(proxy: InProcessProxy, config: Path, params: Mapping[str, Any]) -> tuple[Any, Any]:
@@ -327,119 +286,3 @@ async def test_a_2026_call_past_the_size_limit_is_refused_with_413_whether_or_no
         assert await lane_calls(proxy, config) == 1
     assert (declared.status_code, undeclared.status_code) == (413, 413)
     assert fitting.json()["result"]["structuredContent"] == {"result": "x" * (1024 * 1024)}
-
-
-LISTINGS = ["tools/list", "prompts/list", "resources/list", "resources/templates/list"]
-
-
-async def post_listing(
-    url: str,
-    method: str,
-    *,
-    params: Mapping[str, Any] | None = None,
-    request_id: Any = 1,
-    headers: Mapping[str, str] | None = None,
-) -> httpx2.Response:
-    """A 2026-07-28 listing as the SDK's client sends it (its HTTP client accepts gzip)."""
-    async with httpx2.AsyncClient(timeout=30) as http:
-        return await http.post(
-            url,
-            json={
-                "jsonrpc": "2.0",
-                "id": request_id,
-                "method": method,
-                "params": dict(params if params is not None else {"_meta": envelope()}),
-            },
-            headers={
-                "accept": "application/json, text/event-stream",
-                "mcp-protocol-version": MODERN,
-                "mcp-method": method,
-                **(headers or {}),
-            },
-        )
-
-
-@pytest.mark.parametrize("method", LISTINGS)
-async def test_a_2026_listing_takes_the_lane_and_is_answered_exactly_as_the_sdk_answers_it(
-    tmp_path: Path, method: str
-) -> None:
-    config = write_config(tmp_path, {"state": fixture_server("state"), "other": fixture_server("other")})
-    async with running_app(config) as proxy:
-        for request_id in (7, "seven"):
-            lane = await post_listing(proxy.url, method, request_id=request_id)
-            sdk = await post_listing(proxy.url, method, request_id=request_id, headers=TO_THE_SDK)
-            assert (lane.status_code, lane.headers["content-type"], messages(lane)) == (
-                sdk.status_code,
-                sdk.headers["content-type"],
-                messages(sdk),
-            )
-            assert messages(lane)[0]["id"] == request_id
-        assert await lane_calls(proxy, config) == 2
-
-
-async def test_a_2026_listing_takes_the_lane_from_a_client_that_may_be_asked_as_a_listing_asks_nothing(
-    config: Path,
-) -> None:
-    askable = {"_meta": envelope(capabilities={"sampling": {}, "elicitation": {}, "roots": {}})}
-    async with running_app(config) as proxy:
-        lane = await post_listing(proxy.url, "tools/list", params=askable)
-        sdk = await post_listing(proxy.url, "tools/list", params=askable, headers=TO_THE_SDK)
-        assert await lane_calls(proxy, config) == 1
-        called = await post(proxy.url, call("state_echo", {"text": "x"}, capabilities={"sampling": {}}))
-        assert await lane_calls(proxy, config) == 1  # its calls are asked in rounds, by the SDK (see `rounds`)
-    assert (lane.status_code, messages(lane)) == (sdk.status_code, messages(sdk))
-    assert called.json()["result"]["structuredContent"] == {"result": "x"}
-
-
-async def test_a_large_2026_listing_goes_gzip_compressed_to_a_client_that_accepts_it(tmp_path: Path) -> None:
-    config = write_config(tmp_path, {"state": fixture_server("state"), "other": fixture_server("other")})
-    async with running_app(config) as proxy:
-        compressed = await post_listing(proxy.url, "tools/list", headers={"accept-encoding": "gzip"})
-        plain = await post_listing(proxy.url, "tools/list", headers={"accept-encoding": "identity"})
-        assert await lane_calls(proxy, config) == 2
-    assert (compressed.headers["content-encoding"], "content-encoding" in plain.headers) == ("gzip", False)
-    assert messages(compressed) == messages(plain)
-    assert {"state_echo", "other_echo"} <= {tool["name"] for tool in messages(plain)[0]["result"]["tools"]}
-
-
-@pytest.mark.parametrize(
-    ("params", "headers"),
-    [
-        ({"_meta": envelope(), "cursor": "abc"}, {}),
-        ({"_meta": envelope(progressToken="p")}, {}),
-        ({"_meta": envelope()}, {"mcp-method": "prompts/list"}),  # header disagrees with the body
-        ({"_meta": {**envelope(), "io.modelcontextprotocol/clientInfo": 7}}, {}),
-        ({"_meta": {**envelope(), "io.modelcontextprotocol/protocolVersion": "2025-11-25"}}, {}),
-        ({}, {}),
-    ],
-    ids=[
-        "cursor",
-        "progress-token",
-        "method-header-mismatch",
-        "malformed-client-info",
-        "older-version-in-envelope",
-        "no-envelope",
-    ],
-)
-async def test_a_2026_listing_the_lane_cannot_judge_alone_is_the_sdks_and_answered_as_it_answers_it(
-    config: Path, params: dict[str, Any], headers: dict[str, str]
-) -> None:
-    async with running_app(config) as proxy:
-        await post_listing(proxy.url, "tools/list")  # one the lane takes first: what it remembers lets no other in
-        assert await lane_calls(proxy, config) == 1
-        answered = await post_listing(proxy.url, "tools/list", params=params, headers=headers)
-        reference = await post_listing(proxy.url, "tools/list", params=params, headers=headers | TO_THE_SDK)
-        assert await lane_calls(proxy, config) == 1
-    assert (answered.status_code, messages(answered)) == (reference.status_code, messages(reference))
-
-
-async def test_a_2026_listing_in_the_lane_needs_a_token_and_lists_for_the_tokens_principal(tmp_path: Path) -> None:
-    alice, operator = "alice-token-0123456789", "operator-token-0123456789"
-    tokens = [{"token": alice, "principal": "alice"}]
-    config = write_config(tmp_path, {"state": fixture_server("state")}, auth={"tokens": tokens}, admin_token=operator)
-    async with running_app(config) as proxy:
-        anonymous = await post_listing(proxy.url, "tools/list")
-        listed = await post_listing(proxy.url, "tools/list", headers={"authorization": f"Bearer {alice}"})
-        assert await lane_calls(proxy, config) == 1
-    assert anonymous.status_code == 401
-    assert "state_echo" in {tool["name"] for tool in messages(listed)[0]["result"]["tools"]}

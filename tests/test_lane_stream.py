@@ -1,5 +1,6 @@
-"""The lane's standing event stream (`serve_event_stream`), in memory: ASGI's `receive` and `send` as streams and
-lists, the session's messages from a memory stream as the SDK's transport feeds it."""
+"""The lane's standing event stream: `serve_event_stream` in memory (ASGI's `receive` and `send` as streams and
+lists, the session's messages from a memory stream as the SDK's transport feeds it); then a session's `GET` through
+the proxy served in process, for what only the whole path shows (the SDK's refusals, session ends, principals)."""
 
 from __future__ import annotations
 
@@ -7,9 +8,11 @@ import json
 from collections.abc import AsyncGenerator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import anyio
+import httpx2
 import pytest
 from anyio.streams.memory import MemoryObjectSendStream
 from mcp import types
@@ -17,6 +20,20 @@ from mcp.server.streamable_http import EventMessage
 from starlette.types import Message
 
 from mcpstore_proxy.lane_stream import serve_event_stream
+from tests.inprocess import running_app
+from tests.raw_session import (
+    ALICE,
+    BOB,
+    EVENT_STREAM,
+    JSON,
+    RawSession,
+    guarded_config,
+    lane_streams,
+    media_type,
+    next_message,
+    opened_session,
+)
+from tests.support import fixture_server, write_config
 
 pytestmark = pytest.mark.anyio
 
@@ -147,3 +164,103 @@ async def test_a_message_the_session_kept_as_an_event_carries_its_id_before_it()
         await stream.messages.send(EventMessage(notice.message, event_id="stream-1:7"))
         await client.sent_until(lambda sent: len(sent) == 2)
     assert client.bodies()[0].startswith(b"id: stream-1:7\r\nevent: message\r\ndata: {")
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> Path:
+    return write_config(tmp_path, {"state": fixture_server("state")})
+
+
+@pytest.fixture
+def guarded(tmp_path: Path) -> Path:
+    return guarded_config(tmp_path)
+
+
+# The session's standing event stream (GET): taken by the lane once the session is established.
+
+
+async def test_a_sessions_standing_stream_takes_the_lane_carries_its_notices_and_is_one_per_session(
+    config: Path,
+) -> None:
+    async with opened_session(config) as (proxy, http, session):
+        listen = session.headers | {"Accept": EVENT_STREAM}
+        async with http.stream("GET", proxy.url, headers=listen) as stream:
+            assert (stream.status_code, media_type(stream)) == (200, EVENT_STREAM)
+            assert stream.headers["mcp-session-id"] == session.headers["Mcp-Session-Id"]
+            assert await lane_streams(proxy, config) == 1
+            grown = await session.call_tool(2, "state_grow", {"name": "fresh"})
+            assert grown.status_code == 200
+            with anyio.fail_after(10):
+                notice = await next_message(stream.aiter_lines())
+            assert notice == {"jsonrpc": "2.0", "method": "notifications/tools/list_changed"}
+            second = await http.get(proxy.url, headers=listen)
+            assert second.status_code == 409  # the SDK's own refusal of a second stream
+        # Once the client hung up, the session takes a new stream (the lane let go of the old one).
+        with anyio.fail_after(10):
+            while True:
+                async with http.stream("GET", proxy.url, headers=listen) as again:
+                    if again.status_code == 200:
+                        break
+                    assert again.status_code == 409
+        assert await lane_streams(proxy, config) == 2
+
+
+async def test_a_standing_stream_ends_when_its_session_is_deleted(config: Path) -> None:
+    async with opened_session(config) as (proxy, http, session):
+        async with http.stream("GET", proxy.url, headers=session.headers | {"Accept": EVENT_STREAM}) as stream:
+            assert stream.status_code == 200
+            deleted = await http.delete(proxy.url, headers=session.headers)
+            assert deleted.status_code == 200
+            with anyio.fail_after(10):
+                body = [line async for line in stream.aiter_lines()]
+        assert body == []
+        assert await lane_streams(proxy, config) == 1
+
+
+async def test_a_standing_stream_from_a_foreign_origin_or_without_event_streams_is_refused_as_the_sdk_refuses_it(
+    config: Path,
+) -> None:
+    async with opened_session(config) as (proxy, http, session):
+        foreign = await http.get(
+            proxy.url, headers=session.headers | {"Accept": EVENT_STREAM, "Origin": "https://evil.example"}
+        )
+        assert foreign.status_code == 403
+        json_only = await http.get(proxy.url, headers=session.headers | {"Accept": JSON})
+        assert json_only.status_code == 406
+        assert await lane_streams(proxy, config) == 0
+        async with http.stream("GET", proxy.url, headers=session.headers | {"Accept": EVENT_STREAM}) as stream:
+            assert stream.status_code == 200
+        assert await lane_streams(proxy, config) == 1
+
+
+async def test_a_resumption_the_proxy_cannot_replay_gets_a_fresh_standing_stream_not_a_500(config: Path) -> None:
+    # The proxy keeps no events, so nothing can be replayed; the SDK's transport answered such a GET with nothing.
+    async with opened_session(config) as (proxy, http, session):
+        resume = session.headers | {"Accept": EVENT_STREAM, "Last-Event-ID": "stream-1:7"}
+        async with http.stream("GET", proxy.url, headers=resume) as resumed:
+            assert (resumed.status_code, media_type(resumed)) == (200, EVENT_STREAM)
+            grown = await session.call_tool(2, "state_grow", {"name": "fresh"})
+            assert grown.status_code == 200
+            with anyio.fail_after(10):
+                notice = await next_message(resumed.aiter_lines())
+            assert notice == {"jsonrpc": "2.0", "method": "notifications/tools/list_changed"}
+        assert await lane_streams(proxy, config) == 1
+
+
+async def test_another_principal_cannot_listen_on_a_session_it_did_not_open(guarded: Path) -> None:
+    async with running_app(guarded) as proxy, httpx2.AsyncClient(timeout=30) as http:
+        alice = RawSession(http, proxy.url)
+        alice.headers["Authorization"] = f"Bearer {ALICE}"
+        await alice.open()
+        listen = alice.headers | {"Accept": EVENT_STREAM}
+        bobs_try = await http.get(proxy.url, headers=listen | {"Authorization": f"Bearer {BOB}"})
+        unknown = await http.get(
+            proxy.url, headers=listen | {"Authorization": f"Bearer {BOB}", "Mcp-Session-Id": "0" * 32}
+        )
+        assert (bobs_try.status_code, bobs_try.text) == (404, unknown.text)
+        anonymous = await http.get(proxy.url, headers=listen | {"Authorization": ""})
+        assert anonymous.status_code == 401
+        assert await lane_streams(proxy, guarded) == 0
+        async with http.stream("GET", proxy.url, headers=listen) as stream:
+            assert (stream.status_code, media_type(stream)) == (200, EVENT_STREAM)
+            assert await lane_streams(proxy, guarded) == 1
