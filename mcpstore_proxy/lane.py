@@ -27,17 +27,14 @@ cancelled upstream when its client hangs up or cancels it, and, once cancelled, 
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import math
-from collections.abc import Mapping
-from functools import partial
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Final, cast
 
-from mcp import MCPError, types
+from mcp import MCPError
 from mcp.server.connection import Connection
 from mcp.server.streamable_http import (
-    REQUEST_CANCELLED,
     StreamableHTTPServerTransport,
 )
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
@@ -48,9 +45,9 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from mcpstore_proxy.compat import holding_http_session, http_session, standalone_stream
 from mcpstore_proxy.compressed import accepts_gzip
 from mcpstore_proxy.downstream import Caller
-from mcpstore_proxy.errors import ShuttingDownError, to_mcp_error
 from mcpstore_proxy.hangup import HangUpWatch
 from mcpstore_proxy.json_bytes import from_json
+from mcpstore_proxy.lane_calls import LaneCalls, Watch
 from mcpstore_proxy.lane_modern import (
     ERROR_STATUSES,
     STREAM_HEADERS,
@@ -80,12 +77,11 @@ from mcpstore_proxy.lane_wire import (
     without_resumption,
 )
 from mcpstore_proxy.listings import LISTINGS
-from mcpstore_proxy.operations import Operation, OperationObserver, is_tool_error, operation_in_progress
+from mcpstore_proxy.operations import OperationObserver, operation_in_progress
 from mcpstore_proxy.relay import ClientCall
 from mcpstore_proxy.request_headers import first_value, request_headers
 from mcpstore_proxy.rounds import Unaskable
 from mcpstore_proxy.server import ProxyServer
-from mcpstore_proxy.task_scope import Cancellable
 
 __all__ = ["FastLane"]
 
@@ -120,11 +116,9 @@ class FastLane:
         self._observer = observer
         self._names_principals = names_principals
         self._ping_seconds = ping_seconds
-        self._calls: dict[tuple[str, RequestId], Cancellable] = {}
-        """The calls in the lane, by session and the client's id: what `notifications/cancelled` may cancel."""
+        self._calls = LaneCalls(server)
         self._questions = LaneQuestions()
         self._modern = ModernCalls(server)
-        self._loop: asyncio.AbstractEventLoop | None = None
         self.calls_served = 0
         """Calls the lane took (`fast_lane_calls` in `/admin/status`)."""
         self.streams_served = 0
@@ -193,7 +187,7 @@ class FastLane:
         if method is None:
             return self._questions.deliver(session_id, message) and await _accept(session_id, scope, receive, send)
         if method == "notifications/cancelled" and "id" not in message:
-            return self._cancel(session_id, message) and await _accept(session_id, scope, receive, send)
+            return self._calls.cancel(session_id, message) and await _accept(session_id, scope, receive, send)
         request_id = message.get("id")
         params = message.get("params")
         call = tool_call(message) if method == "tools/call" else None
@@ -258,7 +252,9 @@ class FastLane:
             progress=progress_reporter(answer, request.progress_token),
         )
         with operation_in_progress("tools/call", principal, self._observer) as operation:
-            result = await self._forwarded(receive, answer, caller, call, request, operation, (session_id, request.id))
+            result = await self._calls.forwarded(
+                answer, caller, call, request, operation, (session_id, request.id), watch=self._hang_up_watch(receive)
+            )
             if result is not None:
                 await answer.finish({"jsonrpc": "2.0", "id": request.id, "result": result})
 
@@ -276,9 +272,8 @@ class FastLane:
             progress=progress_reporter(answer, request.progress_token),
         )
         with operation_in_progress("tools/call", principal, self._observer) as operation:
-            result = await self._forwarded(
-                receive, answer, caller, call, request, operation, None, ERROR_STATUSES, self._ping_seconds
-            )
+            watch = self._hang_up_watch(receive, answer.ping, self._ping_seconds)
+            result = await self._calls.forwarded(answer, caller, call, request, operation, None, ERROR_STATUSES, watch)
             if result is None:
                 return
             try:
@@ -289,72 +284,19 @@ class FastLane:
                 return
             await answer.finish({"jsonrpc": "2.0", "id": request.id, "result": shaped})
 
-    async def _forwarded(
+    def _hang_up_watch(
         self,
         receive: Receive,
-        answer: Answer,
-        caller: Caller,
-        call: ClientCall,
-        request: ToolCall,
-        operation: Operation,
-        cancellable_as: tuple[str, RequestId] | None,
-        statuses: Mapping[int, int] = _NO_STATUSES,
+        keepalive: Callable[[], Awaitable[bool]] | None = None,
         keepalive_seconds: float = math.inf,
-    ) -> dict[str, Any] | None:
-        """Forward a call as work in flight, cancelled by its client hanging up, or by `notifications/cancelled`
-        naming it (`cancellable_as`: its session and id); its result, or None once it was answered otherwise (an
-        error, with its HTTP status from `statuses`, a refusal, or its cancellation). A call silent for
-        `keepalive_seconds` gets its answer as an event stream, with a comment line every `keepalive_seconds`, as
-        the SDK answers a 2026-07-28 call, so that proxies and load balancers in between keep the connection."""
-        server = self._server
-        keepalive = answer.ping if keepalive_seconds < math.inf else None
-        forward = partial(server.call_tool, caller, request.name, request.arguments, call)
-        result: dict[str, Any] = {}
-        try:
-            # The drain's scope, cancelled also by notifications/cancelled, or by the client hanging up.
-            with (
-                server.drain.request_in(self._task()) as cancelled,
-                HangUpWatch(
-                    receive, cancelled, keepalive=keepalive, keepalive_seconds=keepalive_seconds, loop=self._loop
-                ),
-            ):
-                if cancellable_as is not None:
-                    self._calls[cancellable_as] = cancelled
-                try:
-                    result = await server.routed(forward)
-                except MCPError as error:
-                    status = statuses.get(error.error.code, 200)
-                    await answer.finish(error_message(request.id, error.error), status=status)
-                    return None
-                except Exception:
-                    logger.exception("the fast lane failed to forward a tools/call")
-                    error = types.ErrorData(code=types.INTERNAL_ERROR, message="internal error in mcpstore-proxy")
-                    await answer.finish(error_message(request.id, error))
-                    return None
-                finally:
-                    if cancellable_as is not None:
-                        self._calls.pop(cancellable_as, None)
-        except ShuttingDownError as refused:
-            error = to_mcp_error(refused).error
-            await answer.finish(error_message(request.id, error), status=statuses.get(error.code, 200))
-            return None
-        if cancelled.cancelled_caught:
-            operation.outcome = "cancelled"
-            error = types.ErrorData(code=REQUEST_CANCELLED, message="Request cancelled")
-            await answer.finish(error_message(request.id, error), as_stream=True)
-            return None
-        operation.outcome = "error" if is_tool_error(result) else "ok"
-        return result
-
-    def _task(self) -> asyncio.Task[object]:
-        """The request's own task (uvicorn runs each request in one), found through the loop remembered, as
-        asking for the running loop costs a system call on 3.11; a lane moved to another loop finds its new one."""
-        task = asyncio.current_task(self._loop) if self._loop is not None else None
-        if task is None:
-            self._loop = asyncio.get_running_loop()
-            task = asyncio.current_task(self._loop)
-            assert task is not None  # a coroutine run by asyncio
-        return task
+    ) -> Watch:
+        """A call's client hanging up cancels it; a call silent for `keepalive_seconds` gets its answer as an event
+        stream, with a comment line (`keepalive`) every `keepalive_seconds`, as the SDK answers a 2026-07-28 call,
+        so that proxies and load balancers in between keep the connection."""
+        calls = self._calls
+        return lambda cancelled: HangUpWatch(
+            receive, cancelled, keepalive=keepalive, keepalive_seconds=keepalive_seconds, loop=calls.loop
+        )
 
     async def _list(
         self, scope: Scope, send: Send, session_id: str, connection: Connection, method: str, request_id: RequestId
@@ -393,17 +335,6 @@ class FastLane:
             await answer.finish_gzipped(head.body(to_json(request_id) + b"}"))
             return
         await answer.finish(b'{"jsonrpc":"2.0","id":' + to_json(request_id) + b',"result":' + listing.json + b"}")
-
-    def _cancel(self, session_id: str, message: dict[str, Any]) -> bool:
-        params = message.get("params")
-        request_id = cast(dict[str, Any], params).get("requestId") if isinstance(params, dict) else None
-        if not is_id(request_id):
-            return False
-        scope = self._calls.get((session_id, request_id))
-        if scope is None:
-            return False
-        scope.cancel()
-        return True
 
 
 async def _accept(session_id: str, scope: Scope, receive: Receive, send: Send) -> bool:

@@ -1,0 +1,132 @@
+"""The calls a lane serves (the fast lane over HTTP, see `lane`, and the stdio lane, see `lane_stdio`): each
+forwarded as work in flight, cancelled by `notifications/cancelled` naming it, answered once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from contextlib import AbstractContextManager, nullcontext
+from functools import partial
+from typing import Any, Final, Protocol, cast
+
+from mcp import MCPError, types
+from mcp.server.streamable_http import REQUEST_CANCELLED
+
+from mcpstore_proxy.downstream import Caller
+from mcpstore_proxy.errors import ShuttingDownError, to_mcp_error
+from mcpstore_proxy.lane_wire import RequestId, ToolCall, error_message, is_id
+from mcpstore_proxy.operations import Operation, is_tool_error
+from mcpstore_proxy.relay import ClientCall
+from mcpstore_proxy.server import ProxyServer
+from mcpstore_proxy.task_scope import Cancellable
+
+__all__ = ["CallAnswer", "LaneCalls", "Watch"]
+
+logger = logging.getLogger(__name__)
+
+_NO_STATUSES: Final[Mapping[int, int]] = {}
+
+Watch = Callable[[Cancellable], AbstractContextManager[object]]
+"""What else may cancel a call while it runs, given its scope (the HTTP lane: its client hanging up)."""
+
+
+class CallAnswer(Protocol):
+    """Where a call in a lane is answered: its HTTP response (`lane_wire.Answer`), or the stdio pipe."""
+
+    async def event(self, message: dict[str, Any]) -> bool:
+        """Send a message before the answer; False once the answer went."""
+        ...
+
+    def finish(self, message: dict[str, Any] | bytes, *, as_stream: bool = False, status: int = 200) -> Awaitable[None]:
+        """Send the answer (`message`, or the message already in JSON), with HTTP `status` where there is one;
+        `as_stream`: on an event stream where there is a choice."""
+        ...
+
+
+class LaneCalls:
+    """The calls in a lane, by session and the client's id: what `notifications/cancelled` may cancel."""
+
+    def __init__(self, server: ProxyServer) -> None:
+        self._server = server
+        self._calls: dict[tuple[str, RequestId], Cancellable] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def forwarded(
+        self,
+        answer: CallAnswer,
+        caller: Caller,
+        call: ClientCall,
+        request: ToolCall,
+        operation: Operation,
+        cancellable_as: tuple[str, RequestId] | None,
+        statuses: Mapping[int, int] = _NO_STATUSES,
+        watch: Watch | None = None,
+    ) -> dict[str, Any] | None:
+        """Forward a call as work in flight, cancelled by `watch`, or by `notifications/cancelled` naming it
+        (`cancellable_as`: its session and id); its result, or None once it was answered otherwise (an error,
+        with its HTTP status from `statuses`, a refusal, or its cancellation)."""
+        server = self._server
+        forward = partial(server.call_tool, caller, request.name, request.arguments, call)
+        result: dict[str, Any] = {}
+        try:
+            # The drain's scope, cancelled also by notifications/cancelled, or by what `watch` watches.
+            with (
+                server.drain.request_in(self._task()) as cancelled,
+                nullcontext() if watch is None else watch(cancelled),
+            ):
+                if cancellable_as is not None:
+                    self._calls[cancellable_as] = cancelled
+                try:
+                    result = await server.routed(forward)
+                except MCPError as error:
+                    status = statuses.get(error.error.code, 200)
+                    await answer.finish(error_message(request.id, error.error), status=status)
+                    return None
+                except Exception:
+                    logger.exception("the fast lane failed to forward a tools/call")
+                    error = types.ErrorData(code=types.INTERNAL_ERROR, message="internal error in mcpstore-proxy")
+                    await answer.finish(error_message(request.id, error))
+                    return None
+                finally:
+                    if cancellable_as is not None:
+                        self._calls.pop(cancellable_as, None)
+        except ShuttingDownError as refused:
+            error = to_mcp_error(refused).error
+            await answer.finish(error_message(request.id, error), status=statuses.get(error.code, 200))
+            return None
+        if cancelled.cancelled_caught:
+            operation.outcome = "cancelled"
+            error = types.ErrorData(code=REQUEST_CANCELLED, message="Request cancelled")
+            await answer.finish(error_message(request.id, error), as_stream=True)
+            return None
+        operation.outcome = "error" if is_tool_error(result) else "ok"
+        return result
+
+    def cancel(self, session_id: str, message: dict[str, Any]) -> bool:
+        """Cancel the call a `notifications/cancelled` names in the session; False if none in the lane has its id."""
+        params = message.get("params")
+        request_id = cast(dict[str, Any], params).get("requestId") if isinstance(params, dict) else None
+        if not is_id(request_id):
+            return False
+        scope = self._calls.get((session_id, request_id))
+        if scope is None:
+            return False
+        scope.cancel()
+        return True
+
+    def _task(self) -> asyncio.Task[object]:
+        """The request's own task (uvicorn runs each request in one), found through the loop remembered, as
+        asking for the running loop costs a system call on 3.11; a lane moved to another loop finds its new one."""
+        task = asyncio.current_task(self._loop) if self._loop is not None else None
+        if task is None:
+            self._loop = asyncio.get_running_loop()
+            task = asyncio.current_task(self._loop)
+            assert task is not None  # a coroutine run by asyncio
+        return task
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop | None:
+        """The loop the lane's calls last ran on (for timers, see `hangup`)."""
+        return self._loop
