@@ -90,6 +90,7 @@ class Downstream:
         self._stdio_key = SessionKey.connection("stdio") if stdio else None
         self._connections: dict[int, Connection] = {}
         self._http_sessions: dict[str, Connection] = {}
+        self._pipe: Connection | None = None
         self._keys: dict[tuple[str, str, str], SessionKey] = {}
         """Keys resolved before, by (session header value, agent, principal), a principal's own under an empty
         header value (never a valid one): a client names the same session call after call, and keys are values."""
@@ -205,6 +206,8 @@ class Downstream:
         self._connections[id(connection)] = connection
         if connection.session_id is not None:
             self._http_sessions[connection.session_id] = connection
+        elif self._stdio_key is not None:
+            self._pipe = connection
         connection.exit_stack.push_async_callback(self._connection_ended, connection, key)
         return key
 
@@ -247,6 +250,12 @@ class Downstream:
         """The Streamable HTTP connection with this `Mcp-Session-Id`, once it was adopted (its first request after
         `initialize`); None before, and once it has ended."""
         return self._http_sessions.get(session_id)
+
+    @property
+    def pipe(self) -> Connection | None:
+        """The stdio client's handshake-era connection, once it was adopted (see `lane_stdio`); None before, once
+        it has ended, and for a 2026-07-28 client (whose requests the SDK answers) or over HTTP."""
+        return self._pipe
 
     def connection_channel(self, caller: Caller) -> ClientChannel:
         """Where what a request's sessions say outside a call goes: its connection's stream or, for a 2026-07-28
@@ -291,5 +300,7 @@ class Downstream:
         self._connections.pop(id(connection), None)
         if connection.session_id is not None:
             self._http_sessions.pop(connection.session_id, None)
+        if connection is self._pipe:
+            self._pipe = None
         self._engine.named.forget_client(f"connection {key.name}")
         await self._engine.end_session(key)

@@ -6,23 +6,23 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager, nullcontext
 from functools import partial
-from typing import Any, Final, Protocol, cast
+from typing import Any, Final, cast
 
 from mcp import MCPError, types
 from mcp.server.streamable_http import REQUEST_CANCELLED
 
 from mcpstore_proxy.downstream import Caller
 from mcpstore_proxy.errors import ShuttingDownError, to_mcp_error
-from mcpstore_proxy.lane_wire import RequestId, ToolCall, error_message, is_id
+from mcpstore_proxy.lane_wire import CallAnswer, RequestId, ToolCall, error_message, is_id
 from mcpstore_proxy.operations import Operation, is_tool_error
 from mcpstore_proxy.relay import ClientCall
 from mcpstore_proxy.server import ProxyServer
 from mcpstore_proxy.task_scope import Cancellable
 
-__all__ = ["CallAnswer", "LaneCalls", "Watch"]
+__all__ = ["LaneCalls", "Watch"]
 
 logger = logging.getLogger(__name__)
 
@@ -30,19 +30,6 @@ _NO_STATUSES: Final[Mapping[int, int]] = {}
 
 Watch = Callable[[Cancellable], AbstractContextManager[object]]
 """What else may cancel a call while it runs, given its scope (the HTTP lane: its client hanging up)."""
-
-
-class CallAnswer(Protocol):
-    """Where a call in a lane is answered: its HTTP response (`lane_wire.Answer`), or the stdio pipe."""
-
-    async def event(self, message: dict[str, Any]) -> bool:
-        """Send a message before the answer; False once the answer went."""
-        ...
-
-    def finish(self, message: dict[str, Any] | bytes, *, as_stream: bool = False, status: int = 200) -> Awaitable[None]:
-        """Send the answer (`message`, or the message already in JSON), with HTTP `status` where there is one;
-        `as_stream`: on an event stream where there is a choice."""
-        ...
 
 
 class LaneCalls:

@@ -18,7 +18,7 @@ from mcp.server.connection import Connection
 from pydantic import BaseModel, ValidationError
 
 from mcpstore_proxy.downstream import NOTIFY_SECONDS
-from mcpstore_proxy.lane_wire import Answer, AnswerStream
+from mcpstore_proxy.lane_wire import AnswerStream, CallAnswer
 
 __all__ = ["LaneQuestions"]
 
@@ -33,7 +33,7 @@ class LaneQuestions:
         self._asked: dict[tuple[str, str], _Asked] = {}
         self._ids = itertools.count(1)
 
-    def stream(self, answer: Answer, connection: Connection, session_id: str) -> AnswerStream:
+    def stream(self, answer: CallAnswer, connection: Connection, session_id: str) -> AnswerStream:
         """The client behind a handshake-era call, heard and asked on the call's answer."""
         return _AskingStream(self, answer, connection, session_id)
 
@@ -52,7 +52,7 @@ class LaneQuestions:
     async def ask(
         self,
         session_id: str,
-        answer: Answer,
+        answer: CallAnswer,
         connection: Connection,
         request: types.ServerRequest,
         result_type: type[_ResultT],
@@ -86,7 +86,7 @@ class LaneQuestions:
             raise MCPError(code=types.INVALID_PARAMS, message=f"the client's answer was malformed: {invalid}") from None
 
 
-async def _withdraw(request_id: str, answer: Answer, connection: Connection) -> None:
+async def _withdraw(request_id: str, answer: CallAnswer, connection: Connection) -> None:
     """Tell the client a question is withdrawn: on the call's stream, or, once the call was answered, its
     connection's own stream."""
     params = {"requestId": request_id, "reason": "the upstream withdrew its request"}
@@ -106,7 +106,7 @@ class _AskingStream(AnswerStream):
 
     __slots__ = ("_questions", "_session_id")
 
-    def __init__(self, questions: LaneQuestions, answer: Answer, connection: Connection, session_id: str) -> None:
+    def __init__(self, questions: LaneQuestions, answer: CallAnswer, connection: Connection, session_id: str) -> None:
         super().__init__(answer, connection)
         self._questions = questions
         self._session_id = session_id

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Awaitable
-from typing import Any, Final, NamedTuple, TypeGuard, TypeVar
+from typing import Any, Final, NamedTuple, Protocol, TypeGuard, TypeVar
 
 import anyio
 from mcp import MCPError, types
@@ -30,6 +30,7 @@ __all__ = [
     "Acceptance",
     "Answer",
     "AnswerStream",
+    "CallAnswer",
     "RequestId",
     "ToolCall",
     "Unread",
@@ -210,6 +211,19 @@ def error_message(request_id: RequestId, error: types.ErrorData) -> dict[str, An
     return {"jsonrpc": "2.0", "id": request_id, "error": wire}
 
 
+class CallAnswer(Protocol):
+    """Where a call in a lane is answered: its HTTP response (`Answer`), or the stdio pipe."""
+
+    async def event(self, message: dict[str, Any]) -> bool:
+        """Send a message before the answer; False once the answer went."""
+        ...
+
+    def finish(self, message: dict[str, Any] | bytes, *, as_stream: bool = False, status: int = 200) -> Awaitable[None]:
+        """Send the answer (`message`, or the message already in JSON), with HTTP `status` where there is one;
+        `as_stream`: on an event stream where there is a choice."""
+        ...
+
+
 class Answer:
     """One call's HTTP response: a JSON body, unless something is sent before the answer, which opens an event
     stream for it and everything after."""
@@ -306,7 +320,7 @@ class AnswerStream:
 
     __slots__ = ("_answer", "_connection", "_log_entries")
 
-    def __init__(self, answer: Answer, connection: Connection, *, log_entries: bool = True) -> None:
+    def __init__(self, answer: CallAnswer, connection: Connection, *, log_entries: bool = True) -> None:
         self._answer = answer
         self._connection = connection
         self._log_entries = log_entries
@@ -335,7 +349,7 @@ def sse_event(body: bytes, event_id: str | None = None) -> bytes:
     return f"id: {event_id}\r\n".encode() + framed if event_id else framed
 
 
-def progress_reporter(answer: Answer, token: RequestId | None) -> ProgressFnT | None:
+def progress_reporter(answer: CallAnswer, token: RequestId | None) -> ProgressFnT | None:
     if token is None:
         return None
 

@@ -35,13 +35,14 @@ from mcpstore_proxy.compat import SignalFreeServer, TrimmedFieldValues
 from mcpstore_proxy.config import ProxySettings
 from mcpstore_proxy.engine import ProxyEngine
 from mcpstore_proxy.errors import ConfigError, ProxyError
+from mcpstore_proxy.lane_stdio import StdioLane
 from mcpstore_proxy.reload import Reloader, reload_in_background, watch_config_file
 from mcpstore_proxy.server import ProxyServer
 from mcpstore_proxy.sniffing import sniffed_as_asyncio
 from mcpstore_proxy.stdio import stdio_streams
 from mcpstore_proxy.transports import TransportFactory, open_transport
 
-__all__ = ["StopRequests", "serve_http", "serve_stdio"]
+__all__ = ["StopRequests", "serve_http", "serve_pipe", "serve_stdio"]
 
 logger = logging.getLogger(__name__)
 
@@ -249,10 +250,21 @@ async def _serve_stdio_until_stopped(settings: ProxySettings, transports: Transp
             tg.start_soon(drain_then_stop)
             tg.start_soon(hurry_when_asked)
             _watch_config(tg, engine)
-            async with server.rounds.running(), stdio_streams() as (read_stream, write_stream):
-                await server.run(read_stream, write_stream, server.create_initialization_options())
+            await serve_pipe(server)
             tg.cancel_scope.cancel()
         signals.cancel_scope.cancel()
+
+
+async def serve_pipe(server: ProxyServer, stdin: int = 0, stdout: int = 1, *, lane: StdioLane | None = None) -> None:
+    """Serve the one client of `server` on a pipe (`stdin`, `stdout`) until EOF, its calls and listings in `lane`
+    (see `lane_stdio`)."""
+    lane = lane or StdioLane(server)
+    async with (
+        server.rounds.running(),
+        stdio_streams(stdin, stdout, lane=lane) as (read_stream, write_stream),
+        lane.running(),
+    ):
+        await server.run(read_stream, write_stream, server.create_initialization_options())
 
 
 def _watch_config(tg: anyio.abc.TaskGroup, engine: ProxyEngine) -> None:
