@@ -108,6 +108,7 @@ _ENVELOPE_KEYS: Final = frozenset((PROTOCOL_VERSION_META_KEY, CLIENT_CAPABILITIE
 _META_KEYS: Final = _ENVELOPE_KEYS | {"progressToken"}
 _LISTING_PARAMS_KEYS: Final = frozenset(("_meta",))
 _REMEMBERED: Final = 256
+_NO_ROUTING: Final[Mapping[str, str]] = {}
 _PLAIN_RESULT_KEYS: Final = frozenset(("content", "structuredContent", "isError", "resultType"))
 _TEXT_KEYS: Final = frozenset(("type", "text"))
 
@@ -181,8 +182,9 @@ class ModernCalls:
         self._listings = LISTINGS - server.cache_hints.keys()
         """The listings the lane may answer: those the server adds no cache hints of its own to."""
 
-    def call(self, message: dict[str, Any], routing: Mapping[str, str]) -> ModernCall | None:
-        """The call `message` asks for, when the lane may serve it exactly as the SDK would; else None."""
+    def call(self, message: dict[str, Any], routing: Mapping[str, str] | None) -> ModernCall | None:
+        """The call `message` asks for, when the lane may serve it exactly as the SDK would; else None. `routing`:
+        its HTTP routing headers, None over stdio (which has none: the ladder skips their rungs)."""
         # Subset tests, not set differences, which build a set each (this runs for every 2026-07-28 call).
         if not message.keys() <= _MESSAGE_KEYS or message.get("method") != "tools/call":
             return None
@@ -202,7 +204,7 @@ class ModernCalls:
             return None  # refused, or a client that may be asked (in rounds: see `rounds`)
         return ModernCall(call, client[0], version)
 
-    def listing(self, message: dict[str, Any], routing: Mapping[str, str]) -> ModernListing | None:
+    def listing(self, message: dict[str, Any], routing: Mapping[str, str] | None) -> ModernListing | None:
         """The listing `message` asks for, when the lane may answer it exactly as the SDK would; else None."""
         method = message.get("method")
         request_id = message.get("id")
@@ -249,7 +251,7 @@ class ModernCalls:
         return result
 
     def _version(
-        self, message: dict[str, Any], routing: Mapping[str, str], name: str, meta: dict[str, Any]
+        self, message: dict[str, Any], routing: Mapping[str, str] | None, name: str, meta: dict[str, Any]
     ) -> str | None:
         """The protocol version of a request the SDK's ladder (`classify_inbound_request`) routes as modern, else
         None. The ladder reads the routing headers, the method, the tool's name (`name`; "" for a listing) and the
@@ -258,7 +260,14 @@ class ModernCalls:
         if type(claimed) is not str:
             verdict = classify_inbound_request(message, headers=routing)
             return verdict.protocol_version if isinstance(verdict, InboundModernRoute) else None
-        key = (*routing.items(), message["method"], name, claimed, CLIENT_CAPABILITIES_META_KEY in meta)
+        # Over stdio (no `routing`) the lane has ModernCalls of its own: the two kinds of key never meet.
+        key = (
+            *(routing or _NO_ROUTING).items(),
+            message["method"],
+            name,
+            claimed,
+            CLIENT_CAPABILITIES_META_KEY in meta,
+        )
         routed = self._routes.get(key)
         if routed is None:
             verdict = classify_inbound_request(message, headers=routing)

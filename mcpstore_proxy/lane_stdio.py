@@ -17,24 +17,37 @@ the SDK's, goes out through the transport's one writer (see `stdio`).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any, Final, cast
 
 import anyio
 import anyio.abc
-from mcp import MCPError
+from mcp import MCPError, types
 from mcp.server.connection import Connection
 from mcp.types.version import HANDSHAKE_PROTOCOL_VERSIONS
+from mcp_types import PROTOCOL_VERSION_META_KEY
 
 from mcpstore_proxy.downstream import Caller
 from mcpstore_proxy.json_bytes import from_json
 from mcpstore_proxy.lane_calls import LaneCalls
+from mcpstore_proxy.lane_modern import ModernCalls
 from mcpstore_proxy.lane_questions import LaneQuestions
-from mcpstore_proxy.lane_wire import RequestId, ToolCall, error_message, is_id, progress_reporter, to_json, tool_call
+from mcpstore_proxy.lane_wire import (
+    AnswerStream,
+    RequestId,
+    ToolCall,
+    error_message,
+    is_id,
+    progress_reporter,
+    to_json,
+    tool_call,
+)
 from mcpstore_proxy.listings import LISTINGS
 from mcpstore_proxy.operations import Operation
 from mcpstore_proxy.relay import ClientCall
+from mcpstore_proxy.rounds import Unaskable
 from mcpstore_proxy.server import ProxyServer
 
 __all__ = ["Reply", "StdioLane"]
@@ -45,6 +58,9 @@ Reply = Callable[[bytes], Awaitable[None]]
 _PIPE: Final = "stdio"
 """The one session of the pipe, as the lane's calls and questions are keyed (by session, then id)."""
 _HANDSHAKE_VERSIONS: Final = frozenset(HANDSHAKE_PROTOCOL_VERSIONS)
+_INTERNAL_ERROR: Final = types.ErrorData(code=types.INTERNAL_ERROR, message="internal error in mcpstore-proxy")
+
+logger = logging.getLogger(__name__)
 
 
 class StdioLane:
@@ -54,6 +70,9 @@ class StdioLane:
         self._server = server
         self._calls = LaneCalls(server)
         self._questions = LaneQuestions()
+        self._modern = ModernCalls(server)
+        self._is_modern: bool | None = None
+        """The pipe's era, once its first request said it (see `take`)."""
         self._answers: dict[RequestId, _LineAnswer] = {}
         """The calls taken and not yet answered, by the client's id: what its `notifications/cancelled` withdraws."""
         self._tasks: anyio.abc.TaskGroup | None = None
@@ -77,11 +96,8 @@ class StdioLane:
     def take(self, line: bytes, reply: Reply) -> bool:
         """Serve the message on `line` (answering with `reply`) if it is the lane's; False leaves it to the SDK."""
         tasks = self._tasks
-        connection = self._server.downstream.pipe
-        if tasks is None or connection is None or self._server.traces:
+        if tasks is None or self._server.traces:
             return False
-        if connection.protocol_version not in _HANDSHAKE_VERSIONS:
-            return False  # a 2026-07-28 client: the SDK answers in its era's shape
         try:
             message = from_json(line)
         except ValueError:
@@ -92,21 +108,45 @@ class StdioLane:
         if message.get("jsonrpc") != "2.0":
             return False
         method = message.get("method")
+        if self._is_modern is None:
+            params: object = message.get("params")
+            if type(method) is str and is_id(message.get("id")) and (params is None or type(params) is dict):
+                # The client's first request decides the pipe's era, as the SDK's loop decides it; it is the SDK's.
+                self._is_modern = method != "initialize" and _has_envelope(message.get("params"))
+            return False
         if method is None:
             return self._questions.deliver(_PIPE, message)
         if method == "notifications/cancelled" and "id" not in message:
             return self._withdraw(message)
-        request_id = message.get("id")
+        if self._is_modern:
+            return self._take_modern(tasks, message, reply)
+        connection = self._server.downstream.pipe
+        if connection is None or connection.protocol_version not in _HANDSHAKE_VERSIONS:
+            return False  # not adopted yet (or any more)
         if method == "tools/call":
             call = tool_call(message)
             if call is None:
                 return False
             answer = self._answers[call.id] = _LineAnswer(reply)
-            tasks.start_soon(self._serve, connection, call, answer)
+            tasks.start_soon(self._serve, connection, call, answer, None)
             return True
+        request_id = message.get("id")
         params = message.get("params")
         if method in LISTINGS and is_id(request_id) and (params is None or type(params) is dict):
             tasks.start_soon(self._list, connection, method, request_id, reply)
+            return True
+        return False
+
+    def _take_modern(self, tasks: anyio.abc.TaskGroup, message: dict[str, Any], reply: Reply) -> bool:
+        """A 2026-07-28 call or listing, on the conditions `lane_modern` gives (but for the HTTP headers: a pipe has
+        none)."""
+        modern = self._modern
+        if modern.is_open and (call := modern.call(message, None)) is not None:
+            answer = self._answers[call.call.id] = _LineAnswer(reply)
+            tasks.start_soon(self._serve, call.connection, call.call, answer, call.version)
+            return True
+        if (listing := modern.listing(message, None)) is not None:
+            tasks.start_soon(self._list, listing.connection, listing.method, listing.id, reply, listing.version)
             return True
         return False
 
@@ -121,32 +161,70 @@ class StdioLane:
         self._calls.cancel(_PIPE, message)  # not yet started: it finds itself withdrawn instead
         return True
 
-    async def _serve(self, connection: Connection, request: ToolCall, answer: _LineAnswer) -> None:
+    async def _serve(
+        self, connection: Connection, request: ToolCall, answer: _LineAnswer, modern_version: str | None
+    ) -> None:
         try:
             if answer.is_done:
                 return  # withdrawn before it started
-            self.calls_served += 1
+            await self._call(connection, request, answer, modern_version)
+        except Exception:  # never into the lane's task group: that would end the pipe
+            logger.exception("the stdio lane failed to serve a tools/call")
+            await answer.finish(error_message(request.id, _INTERNAL_ERROR))
+        finally:
+            if self._answers.get(request.id) is answer:
+                del self._answers[request.id]
+
+    async def _call(
+        self, connection: Connection, request: ToolCall, answer: _LineAnswer, modern_version: str | None
+    ) -> None:
+        """Forward a call; a 2026-07-28 one (`modern_version`) asks its client nothing, hears no log entries (none
+        opted in to), and is answered in its era's shape, as the SDK answers it."""
+        self.calls_served += 1
+        if modern_version is None:
             caller = Caller(None, connection, connection.protocol_version)
             call = ClientCall(
                 stream=self._questions.stream(answer, connection, _PIPE),
                 connection=self._server.downstream.connection_channel(caller),
                 progress=progress_reporter(answer, request.progress_token),
             )
-            operation = Operation("tools/call", "", None)
-            result = await self._calls.forwarded(answer, caller, call, request, operation, (_PIPE, request.id))
-            if result is not None:
-                await answer.finish({"jsonrpc": "2.0", "id": request.id, "result": result})
-        finally:
-            if self._answers.get(request.id) is answer:
-                del self._answers[request.id]
+        else:
+            caller = Caller(None, connection, modern_version)
+            call = ClientCall(
+                stream=Unaskable(AnswerStream(answer, connection, log_entries=False)),
+                connection=None,  # its key's listen streams, once `call_tool` resolved the key
+                progress=progress_reporter(answer, request.progress_token),
+            )
+        operation = Operation("tools/call", "", None)
+        result = await self._calls.forwarded(answer, caller, call, request, operation, (_PIPE, request.id))
+        if result is None:
+            return
+        if modern_version is not None:
+            try:
+                result = self._modern.result(result, modern_version)
+            except MCPError as error:
+                await answer.finish(error_message(request.id, error.error))
+                return
+        await answer.finish({"jsonrpc": "2.0", "id": request.id, "result": result})
 
-    async def _list(self, connection: Connection, method: str, request_id: RequestId, reply: Reply) -> None:
+    async def _list(
+        self,
+        connection: Connection,
+        method: str,
+        request_id: RequestId,
+        reply: Reply,
+        modern_version: str | None = None,
+    ) -> None:
         self.listings_served += 1
-        caller = Caller(None, connection, connection.protocol_version)
+        caller = Caller(None, connection, modern_version or connection.protocol_version)
         try:
             listing = await self._server.listing(caller, method)
         except MCPError as error:
             await _replied(reply, to_json(error_message(request_id, error.error)))
+            return
+        except Exception:  # never into the lane's task group: that would end the pipe
+            logger.exception("the stdio lane failed to answer a %s", method)
+            await _replied(reply, to_json(error_message(request_id, _INTERNAL_ERROR)))
             return
         await _replied(reply, b'{"jsonrpc":"2.0","id":' + to_json(request_id) + b',"result":' + listing.json + b"}")
 
@@ -173,6 +251,14 @@ class _LineAnswer:
             return
         self.is_done = True
         await _replied(self._reply, message if isinstance(message, bytes) else to_json(message))
+
+
+def _has_envelope(params: object) -> bool:
+    """Whether a request's params carry the 2026-07-28 envelope's version key (the SDK's sign of that era)."""
+    if type(params) is not dict:
+        return False
+    meta = cast(dict[str, Any], params).get("_meta")
+    return type(meta) is dict and PROTOCOL_VERSION_META_KEY in meta
 
 
 async def _replied(reply: Reply, body: bytes) -> bool:

@@ -18,12 +18,14 @@ from mcp import types
 from mcp.client.context import ClientRequestContext
 from pydantic import FileUrl
 
+from tests import modern_requests as modern
 from tests.pipe_session import RawPipe, piped_proxy, sdk_client, tool_call
 from tests.support import fixture_server, structured, write_config
 
 pytestmark = pytest.mark.anyio
 
 SIZE = 10 * 1024 * 1024
+MODERN = modern.MODERN
 
 
 @pytest.fixture
@@ -215,9 +217,69 @@ async def test_ten_megabytes_each_way_pass_intact(config: Path) -> None:
         assert pipes.lane.calls_served == 1
 
 
-async def test_a_2026_client_over_the_pipe_is_served_by_the_sdk(config: Path) -> None:
+async def test_a_2026_clients_calls_and_listings_take_the_lane_and_keep_the_pipes_session(config: Path) -> None:
     async with piped_proxy(config) as pipes, sdk_client(pipes, mode="auto") as client:
+        assert client.protocol_version == MODERN
         await client.call_tool("state_remember", {"value": "kept"})
         assert structured(await client.call_tool("state_recall", {})) == ["kept"]
-        assert len((await client.list_tools()).tools) > 3
-        assert pipes.lane.calls_served == 0
+        assert "state_echo" in {tool.name for tool in (await client.list_tools()).tools}
+        assert pipes.lane.calls_served == 2
+        assert pipes.lane.listings_served >= 1
+
+
+async def test_a_2026_clients_answers_in_the_lane_equal_the_sdks(config: Path) -> None:
+    requests: list[dict[str, Any]] = [
+        {"method": "tools/call", "params": modern.call("state_echo", {"text": "same"})},
+        {"method": "tools/call", "params": modern.call("state_rich", {})},
+        {"method": "tools/call", "params": modern.call("state_rich", {"fail": True})},
+        {"method": "tools/call", "params": modern.call("nowhere_tool", {})},
+        {"method": "tools/call", "params": modern.call("state_echo", {})},
+        {"method": "tools/call", "params": modern.call("state_chatter", {"tag": "t", "count": 2}, progressToken=9)},
+        {"method": "tools/list", "params": {"_meta": modern.envelope()}},
+        {"method": "prompts/list", "params": {"_meta": modern.envelope()}},
+        {"method": "resources/list", "params": {"_meta": modern.envelope()}},
+        {"method": "resources/templates/list", "params": {"_meta": modern.envelope()}},
+    ]
+    async with piped_proxy(config) as pipes:
+        raw = RawPipe(pipes)
+        assert "result" in await raw.request(0, "tools/list", {"_meta": modern.envelope()})  # the SDK's: the era
+        assert pipes.lane.listings_served == 0
+        for index, request in enumerate(requests, start=1):
+            message = {"jsonrpc": "2.0", "id": index, **request}
+            await raw.write(message)
+            in_lane = await _until_answered(raw)
+            assert in_lane == await _sdks_answers(config, message, opening=modern.envelope()), request
+        assert (pipes.lane.calls_served, pipes.lane.listings_served) == (6, 4)
+
+
+async def test_requests_the_2026_lane_leaves_are_answered_by_the_sdk(config: Path) -> None:
+    asking = modern.call("state_echo", {"text": "x"}, capabilities={"sampling": {}})
+    async with piped_proxy(config) as pipes:
+        raw = RawPipe(pipes)
+        assert "result" in await raw.request(0, "tools/list", {"_meta": modern.envelope()})
+        declared = await raw.request(1, "tools/call", asking)  # a client that may be asked: the SDK's rounds
+        assert declared["result"]["structuredContent"] == {"result": "x"}
+        cursor = await raw.request(2, "tools/list", {"cursor": "c", "_meta": modern.envelope()})
+        assert cursor["id"] == 2
+        old = await raw.request(3, "tools/call", modern.call("state_echo", {"text": "x"}) | {"_meta": {}})
+        assert old["error"]["code"] == types.INVALID_PARAMS
+        initialize = await raw.request(4, "initialize", {"protocolVersion": "2025-11-25", "capabilities": {}})
+        assert initialize["error"]["code"] == types.UNSUPPORTED_PROTOCOL_VERSION
+        assert (pipes.lane.calls_served, pipes.lane.listings_served) == (0, 0)
+
+
+async def _until_answered(raw: RawPipe) -> list[dict[str, Any]]:
+    """The messages up to and including the next answer."""
+    seen = [await raw.next_message()]
+    while "id" not in seen[-1]:
+        seen.append(await raw.next_message())
+    return seen
+
+
+async def _sdks_answers(config: Path, message: dict[str, Any], *, opening: dict[str, Any]) -> list[dict[str, Any]]:
+    """What the SDK sends for a 2026-07-28 `message`, with no lane, after a first listing that opens the era."""
+    async with piped_proxy(config, lane=False) as pipes:
+        raw = RawPipe(pipes)
+        assert "result" in await raw.request(0, "tools/list", {"_meta": opening})
+        await raw.write(message)
+        return await _until_answered(raw)
