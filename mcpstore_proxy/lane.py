@@ -28,8 +28,7 @@ cancelled upstream when its client hangs up or cancels it, and, once cancelled, 
 from __future__ import annotations
 
 import logging
-import math
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from typing import Any, Final, cast
 
 from mcp import MCPError
@@ -45,9 +44,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from mcpstore_proxy.compat import holding_http_session, http_session, standalone_stream
 from mcpstore_proxy.compressed import accepts_gzip
 from mcpstore_proxy.downstream import Caller
-from mcpstore_proxy.hangup import HangUpWatch
 from mcpstore_proxy.json_bytes import from_json
-from mcpstore_proxy.lane_calls import LaneCalls, Watch
+from mcpstore_proxy.lane_calls import LaneCalls
 from mcpstore_proxy.lane_modern import (
     ERROR_STATUSES,
     STREAM_HEADERS,
@@ -253,7 +251,7 @@ class FastLane:
         )
         with operation_in_progress("tools/call", principal, self._observer) as operation:
             result = await self._calls.forwarded(
-                answer, caller, call, request, operation, (session_id, request.id), watch=self._hang_up_watch(receive)
+                answer, caller, call, request, operation, (session_id, request.id), hang_up=receive
             )
             if result is not None:
                 await answer.finish({"jsonrpc": "2.0", "id": request.id, "result": result})
@@ -272,8 +270,18 @@ class FastLane:
             progress=progress_reporter(answer, request.progress_token),
         )
         with operation_in_progress("tools/call", principal, self._observer) as operation:
-            watch = self._hang_up_watch(receive, answer.ping, self._ping_seconds)
-            result = await self._calls.forwarded(answer, caller, call, request, operation, None, ERROR_STATUSES, watch)
+            result = await self._calls.forwarded(
+                answer,
+                caller,
+                call,
+                request,
+                operation,
+                None,
+                ERROR_STATUSES,
+                hang_up=receive,
+                keepalive=answer.ping,
+                keepalive_seconds=self._ping_seconds,
+            )
             if result is None:
                 return
             try:
@@ -283,20 +291,6 @@ class FastLane:
                 await answer.finish(error_message(request.id, error.error))
                 return
             await answer.finish({"jsonrpc": "2.0", "id": request.id, "result": shaped})
-
-    def _hang_up_watch(
-        self,
-        receive: Receive,
-        keepalive: Callable[[], Awaitable[bool]] | None = None,
-        keepalive_seconds: float = math.inf,
-    ) -> Watch:
-        """A call's client hanging up cancels it; a call silent for `keepalive_seconds` gets its answer as an event
-        stream, with a comment line (`keepalive`) every `keepalive_seconds`, as the SDK answers a 2026-07-28 call,
-        so that proxies and load balancers in between keep the connection."""
-        calls = self._calls
-        return lambda cancelled: HangUpWatch(
-            receive, cancelled, keepalive=keepalive, keepalive_seconds=keepalive_seconds, loop=calls.loop
-        )
 
     async def _list(
         self, scope: Scope, send: Send, session_id: str, connection: Connection, method: str, request_id: RequestId

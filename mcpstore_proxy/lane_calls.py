@@ -6,30 +6,32 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Mapping
-from contextlib import AbstractContextManager, nullcontext
+import math
+from collections.abc import Awaitable, Callable, Mapping
+from contextlib import nullcontext
 from functools import partial
 from typing import Any, Final, cast
 
 from mcp import MCPError, types
 from mcp.server.streamable_http import REQUEST_CANCELLED
+from starlette.types import Receive
 
 from mcpstore_proxy.downstream import Caller
 from mcpstore_proxy.errors import ShuttingDownError, to_mcp_error
+from mcpstore_proxy.hangup import HangUpWatch
 from mcpstore_proxy.lane_wire import CallAnswer, RequestId, ToolCall, error_message, is_id
 from mcpstore_proxy.operations import Operation, is_tool_error
 from mcpstore_proxy.relay import ClientCall
 from mcpstore_proxy.server import ProxyServer
 from mcpstore_proxy.task_scope import Cancellable
 
-__all__ = ["LaneCalls", "Watch"]
+__all__ = ["LaneCalls"]
 
 logger = logging.getLogger(__name__)
 
 _NO_STATUSES: Final[Mapping[int, int]] = {}
 
-Watch = Callable[[Cancellable], AbstractContextManager[object]]
-"""What else may cancel a call while it runs, given its scope (the HTTP lane: its client hanging up)."""
+_NO_WATCH: Final = nullcontext()
 
 
 class LaneCalls:
@@ -49,19 +51,29 @@ class LaneCalls:
         operation: Operation,
         cancellable_as: tuple[str, RequestId] | None,
         statuses: Mapping[int, int] = _NO_STATUSES,
-        watch: Watch | None = None,
+        *,
+        hang_up: Receive | None = None,
+        keepalive: Callable[[], Awaitable[bool]] | None = None,
+        keepalive_seconds: float = math.inf,
     ) -> dict[str, Any] | None:
-        """Forward a call as work in flight, cancelled by `watch`, or by `notifications/cancelled` naming it
-        (`cancellable_as`: its session and id); its result, or None once it was answered otherwise (an error,
-        with its HTTP status from `statuses`, a refusal, or its cancellation)."""
+        """Forward a call as work in flight, cancelled by `notifications/cancelled` naming it (`cancellable_as`:
+        its session and id), or by its HTTP client hanging up (`hang_up`: its request's `receive`); its result, or
+        None once it was answered otherwise (an error, with its HTTP status from `statuses`, a refusal, or its
+        cancellation). A call silent for `keepalive_seconds` gets its answer as an event stream, with a comment
+        line (`keepalive`) every `keepalive_seconds`, as the SDK answers a 2026-07-28 call, so that proxies and load
+        balancers in between keep the connection."""
         server = self._server
         forward = partial(server.call_tool, caller, request.name, request.arguments, call)
         result: dict[str, Any] = {}
         try:
-            # The drain's scope, cancelled also by notifications/cancelled, or by what `watch` watches.
+            # The drain's scope, cancelled also by notifications/cancelled, or by the client hanging up.
             with (
                 server.drain.request_in(self._task()) as cancelled,
-                nullcontext() if watch is None else watch(cancelled),
+                _NO_WATCH
+                if hang_up is None
+                else HangUpWatch(
+                    hang_up, cancelled, keepalive=keepalive, keepalive_seconds=keepalive_seconds, loop=self._loop
+                ),
             ):
                 if cancellable_as is not None:
                     self._calls[cancellable_as] = cancelled
@@ -112,8 +124,3 @@ class LaneCalls:
             task = asyncio.current_task(self._loop)
             assert task is not None  # a coroutine run by asyncio
         return task
-
-    @property
-    def loop(self) -> asyncio.AbstractEventLoop | None:
-        """The loop the lane's calls last ran on (for timers, see `hangup`)."""
-        return self._loop
