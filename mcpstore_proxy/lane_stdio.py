@@ -1,5 +1,5 @@
-"""The stdio lane: a handshake-era `tools/call` or listing from the client of `mcpstore-proxy stdio` (Claude Desktop,
-for one), served without the SDK's server stack, as the fast lane (see `lane`) serves one over HTTP.
+"""The stdio lane: a `tools/call` or listing from the client of `mcpstore-proxy stdio` (Claude Desktop, for one),
+served without the SDK's server stack, as the fast lane (see `lane`) serves one over HTTP.
 
 Through the SDK, each line is validated into pydantic models on its way in and the result validated and dumped
 again on its way out, in a task per request: about 1.5 ms of proxy CPU for a small call, 20 ms for a 1 MB
@@ -7,12 +7,15 @@ result and 5 ms for a listing of 1,000 tools. The lane parses the line once, rou
 code as the SDK's handler (`ProxyServer.call_tool` and `routed`, in flight for the drain, see `lane_calls`), and
 writes the upstream's result, or the catalog's listing already on the wire (see `listings`), as one line.
 
-What takes the lane, once the client's handshake-era connection was adopted (`notifications/initialized`, or its
-first request) and with tracing off: one JSON-RPC `tools/call` (well formed, see `lane_wire.tool_call`) or listing;
-the client's answers to the questions asked during such a call (ids `mcpstore-N`, see `lane_questions`); and
-`notifications/cancelled` for a call in the lane, which is then never answered (as the SDK's dispatcher never
-answers a request its peer cancelled). Everything else goes to the SDK as it came, and every line, the lane's and
-the SDK's, goes out through the transport's one writer (see `stdio`).
+What takes the lane, with tracing off: from a handshake-era client, once its connection was adopted
+(`notifications/initialized`, or its first request), one JSON-RPC `tools/call` (well formed, see
+`lane_wire.tool_call`) or listing, and the client's answers to the questions asked during such a call (ids
+`mcpstore-N`, see `lane_questions`); from a 2026-07-28 client, a call or listing on `lane_modern`'s conditions
+but for the HTTP headers (a pipe has none), answered in that era's shape; and `notifications/cancelled` for a call
+in the lane, which is then never answered (as the SDK's dispatcher never answers a request its peer cancelled).
+The client's first request decides the pipe's era, as the SDK's loop decides it, and is the SDK's. Everything
+else goes to the SDK as it came, and every line, the lane's and the SDK's, goes out through the transport's one
+writer (see `stdio`).
 """
 
 from __future__ import annotations

@@ -19,6 +19,7 @@ import anyio
 import httpx2
 import yaml
 from mcp import Client, StdioServerParameters, types
+from mcp.client.context import ClientRequestContext
 from mcp.client.streamable_http import streamable_http_client
 
 from mcpstore_proxy import MCPStore
@@ -399,3 +400,20 @@ def alice_and_bob_config(directory: Path, *, alice_token: str, bob_token: str, o
             ]
         },
     )
+
+
+def answering_sampling(
+    asked: list[str], answer: str = "forty-two"
+) -> Callable[[ClientRequestContext, types.CreateMessageRequestParams], Awaitable[types.CreateMessageResult]]:
+    """A client's sampling callback that notes each question's text in `asked` and answers `answer`."""
+
+    async def sampling(
+        context: ClientRequestContext, params: types.CreateMessageRequestParams
+    ) -> types.CreateMessageResult:
+        content = params.messages[0].content
+        asked.append(content.text if isinstance(content, types.TextContent) else "?")
+        return types.CreateMessageResult(
+            role="assistant", content=types.TextContent(type="text", text=answer), model="test-model"
+        )
+
+    return sampling

@@ -18,7 +18,7 @@ from mcp.types.version import HANDSHAKE_PROTOCOL_VERSIONS, MODERN_PROTOCOL_VERSI
 from pydantic import FileUrl
 
 from tests.inprocess import running_app
-from tests.support import connect, fixture_server, structured, write_config
+from tests.support import answering_sampling, connect, fixture_server, structured, write_config
 
 pytestmark = pytest.mark.anyio
 
@@ -84,16 +84,7 @@ async def test_2026_requests_without_a_key_share_their_principals_session_across
 
 async def test_a_2026_client_answers_an_upstreams_sampling_through_input_required_rounds(tmp_path: Path) -> None:
     asked: list[str] = []
-
-    async def sampling(
-        context: ClientRequestContext, params: types.CreateMessageRequestParams
-    ) -> types.CreateMessageResult:
-        content = params.messages[0].content
-        asked.append(content.text if isinstance(content, types.TextContent) else "?")
-        return types.CreateMessageResult(
-            role="assistant", content=types.TextContent(text="forty-two"), model="test-model"
-        )
-
+    sampling = answering_sampling(asked)
     config = write_config(tmp_path, {"state": fixture_server("state")})
     async with (
         running_app(config) as proxy,

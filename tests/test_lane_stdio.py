@@ -20,7 +20,7 @@ from pydantic import FileUrl
 
 from tests import modern_requests as modern
 from tests.pipe_session import RawPipe, piped_proxy, sdk_client, tool_call
-from tests.support import fixture_server, structured, write_config
+from tests.support import answering_sampling, fixture_server, structured, write_config
 
 pytestmark = pytest.mark.anyio
 
@@ -170,15 +170,7 @@ async def test_the_upstreams_questions_reach_the_client_during_a_call_and_its_an
     config: Path,
 ) -> None:
     asked: list[str] = []
-
-    async def sampling(
-        context: ClientRequestContext, params: types.CreateMessageRequestParams
-    ) -> types.CreateMessageResult:
-        content = params.messages[0].content
-        asked.append(content.text if isinstance(content, types.TextContent) else "")
-        return types.CreateMessageResult(
-            role="assistant", content=types.TextContent(type="text", text="forty-two"), model="test"
-        )
+    sampling = answering_sampling(asked)
 
     async def roots(context: ClientRequestContext) -> types.ListRootsResult:
         return types.ListRootsResult(roots=[types.Root(uri=FileUrl("file:///work/here"))])
