@@ -11,12 +11,13 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Generator
+from collections.abc import AsyncIterator, Generator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.abc
 import httpx2
 import pytest
 from mcp import Client, MCPError, types
@@ -224,6 +225,59 @@ async def test_stdio_sigterm_while_the_client_keeps_stdin_open_ends_the_proxy_pr
         if process.returncode is None:
             process.kill()
             await process.wait()
+
+
+async def test_stdio_sigterm_lets_a_call_in_the_lane_finish_and_answer_then_ends_the_proxy(tmp_path: Path) -> None:
+    config = write_config(tmp_path, {"state": fixture_server("state")})
+    started = tmp_path / "started"
+    stderr = tmp_path / "stderr.txt"
+    with stderr.open("w") as log:
+        process = await anyio.open_process(
+            [sys.executable, "-m", "mcpstore_proxy", "stdio", "--config", str(config)], stderr=log, cwd=PROJECT_ROOT
+        )
+    try:
+        assert process.stdin is not None
+        assert process.stdout is not None
+        lines = _lines(process.stdout)
+        hello = {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}
+        arguments = {"seconds": 1, "started_marker": str(started)}
+        await process.stdin.send(
+            b"".join(
+                json.dumps(message).encode() + b"\n"
+                for message in (
+                    {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": hello},
+                    {"jsonrpc": "2.0", "method": "notifications/initialized"},
+                    {"jsonrpc": "2.0", "id": 2, "method": "ping"},
+                )
+            )
+        )
+        with anyio.fail_after(30):
+            assert [json.loads(await anext(lines))["id"] for _ in range(2)] == [1, 2]
+        call = {"name": "state_sleep", "arguments": arguments}
+        await process.stdin.send(
+            json.dumps({"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": call}).encode() + b"\n"
+        )
+        await wait_until(started.exists, what="the call to reach its upstream")
+        process.send_signal(signal.SIGTERM)
+        with anyio.fail_after(30):
+            while "id" not in (answer := json.loads(await anext(lines))):
+                pass  # a notice (a log entry, a list change) before it
+        assert (answer["id"], answer["result"]["structuredContent"]) == (3, {"result": "slept"})
+        with anyio.fail_after(30):
+            assert await process.wait() == 0
+        assert "Traceback" not in stderr.read_text()
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+
+
+async def _lines(stream: anyio.abc.ByteReceiveStream) -> AsyncIterator[bytes]:
+    pending = b""
+    while True:
+        *lines, pending = (pending + await stream.receive()).split(b"\n")
+        for line in lines:
+            yield line
 
 
 class RawSession:
