@@ -275,3 +275,12 @@ async def _sdks_answers(config: Path, message: dict[str, Any], *, opening: dict[
         assert "result" in await raw.request(0, "tools/list", {"_meta": opening})
         await raw.write(message)
         return await _until_answered(raw)
+
+
+async def test_a_session_named_by_argument_keeps_its_own_state_apart_from_the_pipes(config: Path) -> None:
+    async with piped_proxy(config) as pipes, sdk_client(pipes) as client:
+        await client.call_tool("state_remember", {"value": "named", "session_id": "work"})
+        await client.call_tool("state_remember", {"value": "piped"})
+        assert structured(await client.call_tool("state_recall", {"session_id": "work"})) == ["named"]
+        assert structured(await client.call_tool("state_recall", {})) == ["piped"]
+        assert pipes.lane.calls_served == 4
