@@ -64,12 +64,12 @@ from mcpstore_proxy.lane_wire import (
     ToolCall,
     Unread,
     accepted,
+    cancelled_id,
     error_message,
     is_id,
     progress_reporter,
     read_body,
     replaying,
-    to_json,
     too_large,
     tool_call,
     without_resumption,
@@ -185,7 +185,9 @@ class FastLane:
         if method is None:
             return self._questions.deliver(session_id, message) and await _accept(session_id, scope, receive, send)
         if method == "notifications/cancelled" and "id" not in message:
-            return self._calls.cancel(session_id, message) and await _accept(session_id, scope, receive, send)
+            cancelled = cancelled_id(message)
+            is_ours = cancelled is not None and self._calls.cancel(session_id, cancelled)
+            return is_ours and await _accept(session_id, scope, receive, send)
         request_id = message.get("id")
         params = message.get("params")
         call = tool_call(message) if method == "tools/call" else None
@@ -325,10 +327,10 @@ class FastLane:
                 await answer.finish(error_message(request_id, error.error), status=statuses.get(error.error.code, 200))
                 return
             operation.outcome = "ok"
-        if accepts_gzip(first_value(scope, b"accept-encoding")) and (head := listing.gzip_head) is not None:
-            await answer.finish_gzipped(head.body(to_json(request_id) + b"}"))
+        if accepts_gzip(first_value(scope, b"accept-encoding")) and (body := listing.gzipped_answer(request_id)):
+            await answer.finish_gzipped(body)
             return
-        await answer.finish(b'{"jsonrpc":"2.0","id":' + to_json(request_id) + b',"result":' + listing.json + b"}")
+        await answer.finish(listing.answer(request_id))
 
 
 async def _accept(session_id: str, scope: Scope, receive: Receive, send: Send) -> bool:

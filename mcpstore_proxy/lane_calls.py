@@ -10,7 +10,7 @@ import math
 from collections.abc import Awaitable, Callable, Mapping
 from contextlib import nullcontext
 from functools import partial
-from typing import Any, Final, cast
+from typing import Any, Final
 
 from mcp import MCPError, types
 from mcp.server.streamable_http import REQUEST_CANCELLED
@@ -19,7 +19,7 @@ from starlette.types import Receive
 from mcpstore_proxy.downstream import Caller
 from mcpstore_proxy.errors import ShuttingDownError, to_mcp_error
 from mcpstore_proxy.hangup import HangUpWatch
-from mcpstore_proxy.lane_wire import CallAnswer, RequestId, ToolCall, error_message, is_id
+from mcpstore_proxy.lane_wire import CallAnswer, RequestId, ToolCall, error_message
 from mcpstore_proxy.operations import Operation, is_tool_error
 from mcpstore_proxy.relay import ClientCall
 from mcpstore_proxy.server import ProxyServer
@@ -103,12 +103,9 @@ class LaneCalls:
         operation.outcome = "error" if is_tool_error(result) else "ok"
         return result
 
-    def cancel(self, session_id: str, message: dict[str, Any]) -> bool:
-        """Cancel the call a `notifications/cancelled` names in the session; False if none in the lane has its id."""
-        params = message.get("params")
-        request_id = cast(dict[str, Any], params).get("requestId") if isinstance(params, dict) else None
-        if not is_id(request_id):
-            return False
+    def cancel(self, session_id: str, request_id: RequestId) -> bool:
+        """Cancel the call `request_id` in the session (its client's `notifications/cancelled`); False if no call in
+        the lane has that id."""
         scope = self._calls.get((session_id, request_id))
         if scope is None:
             return False

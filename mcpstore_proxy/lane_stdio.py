@@ -41,6 +41,7 @@ from mcpstore_proxy.lane_wire import (
     AnswerStream,
     RequestId,
     ToolCall,
+    cancelled_id,
     error_message,
     is_id,
     progress_reporter,
@@ -97,7 +98,15 @@ class StdioLane:
                 tasks.cancel_scope.cancel()
 
     def take(self, line: bytes, reply: Reply) -> bool:
-        """Serve the message on `line` (answering with `reply`) if it is the lane's; False leaves it to the SDK."""
+        """Serve the message on `line` (answering with `reply`) if it is the lane's; False leaves it to the SDK.
+        Never raises: it runs in the transport's reading task, whose end would end the pipe."""
+        try:
+            return self._take(line, reply)
+        except Exception:
+            logger.exception("the stdio lane failed to judge a message; the SDK answers it")
+            return False
+
+    def _take(self, line: bytes, reply: Reply) -> bool:
         tasks = self._tasks
         if tasks is None or self._server.traces:
             return False
@@ -155,13 +164,12 @@ class StdioLane:
 
     def _withdraw(self, message: dict[str, Any]) -> bool:
         """The client cancelled a call in the lane: cancel it upstream, and never answer it."""
-        params = message.get("params")
-        request_id = cast(dict[str, Any], params).get("requestId") if type(params) is dict else None
-        answer = self._answers.get(request_id) if is_id(request_id) else None
-        if answer is None:
+        request_id = cancelled_id(message)
+        answer = self._answers.get(request_id) if request_id is not None else None
+        if request_id is None or answer is None:
             return False  # not the lane's: the SDK's, or none
         answer.withdraw()
-        self._calls.cancel(_PIPE, message)  # not yet started: it finds itself withdrawn instead
+        self._calls.cancel(_PIPE, request_id)  # not yet started: it finds itself withdrawn instead
         return True
 
     async def _serve(
@@ -229,7 +237,7 @@ class StdioLane:
             logger.exception("the stdio lane failed to answer a %s", method)
             await _replied(reply, to_json(error_message(request_id, _INTERNAL_ERROR)))
             return
-        await _replied(reply, b'{"jsonrpc":"2.0","id":' + to_json(request_id) + b',"result":' + listing.json + b"}")
+        await _replied(reply, listing.answer(request_id))
 
 
 class _LineAnswer:

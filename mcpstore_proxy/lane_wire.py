@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Awaitable
-from typing import Any, Final, NamedTuple, Protocol, TypeGuard, TypeVar
+from typing import Any, Final, NamedTuple, Protocol, TypeGuard, TypeVar, cast
 
 import anyio
 from mcp import MCPError, types
@@ -35,6 +35,7 @@ __all__ = [
     "ToolCall",
     "Unread",
     "accepted",
+    "cancelled_id",
     "error_message",
     "is_id",
     "progress_reporter",
@@ -98,6 +99,15 @@ def is_id(value: object) -> TypeGuard[RequestId]:
     """Whether `value`, as parsed from JSON, is a JSON-RPC id: a string or an integer (never a boolean)."""
     kind = type(value)
     return kind is str or kind is int
+
+
+def cancelled_id(message: dict[str, Any]) -> RequestId | None:
+    """The id a `notifications/cancelled` names, when it is a JSON-RPC id; else None."""
+    params = message.get("params")
+    if type(params) is not dict:
+        return None
+    request_id = cast(dict[str, Any], params).get("requestId")
+    return request_id if is_id(request_id) else None
 
 
 class Acceptance:

@@ -24,6 +24,7 @@ from pydantic import BaseModel
 
 from mcpstore_proxy.catalog import Catalog
 from mcpstore_proxy.compressed import GZIP_MINIMUM_SIZE, GzipHead
+from mcpstore_proxy.json_bytes import to_json
 
 __all__ = ["LISTINGS", "ShapedListings", "WireListing", "listing_result"]
 
@@ -58,6 +59,15 @@ class WireListing:
         if self._gzip_head is None and len(self.json) >= GZIP_MINIMUM_SIZE:
             self._gzip_head = GzipHead(b'{"jsonrpc":"2.0","result":' + self.json + b',"id":')
         return self._gzip_head
+
+    def answer(self, request_id: str | int) -> bytes:
+        """The JSON-RPC answer to the listing request `request_id`, in JSON."""
+        return b'{"jsonrpc":"2.0","id":' + to_json(request_id) + b',"result":' + self.json + b"}"
+
+    def gzipped_answer(self, request_id: str | int) -> bytes | None:
+        """That answer as a gzip body (see `compressed`); None where the listing is too small to compress."""
+        head = self.gzip_head
+        return None if head is None else head.body(to_json(request_id) + b"}")
 
 
 class ShapedListings:
