@@ -20,7 +20,7 @@ from pydantic import FileUrl
 
 from tests import modern_requests as modern
 from tests.pipe_session import RawPipe, piped_proxy, sdk_client, tool_call
-from tests.support import answering_sampling, fixture_server, structured, write_config
+from tests.support import answering_sampling, fixture_server, structured, wait_until, write_config
 
 pytestmark = pytest.mark.anyio
 
@@ -77,23 +77,12 @@ async def test_the_lanes_answers_equal_the_sdks_for_results_errors_and_listings(
         first = await raw.request(0, "ping")
         assert first == {"jsonrpc": "2.0", "id": 0, "result": {}}
         assert pipes.lane.calls_served == 0
+        in_lane: list[list[dict[str, Any]]] = []
         for message in messages:
             await raw.write(message)
-            in_lane = await raw.next_message()
-            assert in_lane["id"] == message["id"]
-            assert in_lane == await _sdks_answer(config, message), message.get("params")
+            in_lane.append(await _until_answered(raw))
         assert (pipes.lane.calls_served, pipes.lane.listings_served) == (5, 4)
-
-
-async def _sdks_answer(config: Path, message: dict[str, Any]) -> dict[str, Any]:
-    """What the SDK answers `message` with, over the pipe, with no lane."""
-    async with piped_proxy(config, lane=False) as pipes:
-        raw = RawPipe(pipes)
-        await raw.handshake()
-        await raw.write(message)
-        answer = await raw.next_message()
-        assert pipes.lane.calls_served == 0
-        return answer
+    assert in_lane == await _sdks_answers(config, messages)
 
 
 async def test_malformed_calls_and_other_requests_reach_the_sdk(config: Path) -> None:
@@ -140,13 +129,9 @@ async def test_a_cancelled_call_is_cancelled_upstream_and_never_answered(config:
         await raw.handshake()
         arguments = {"seconds": 60, "started_marker": str(started), "cancelled_marker": str(cancelled)}
         await raw.write(tool_call(1, "state_sleep", arguments))
-        with anyio.fail_after(10):
-            while not started.exists():  # noqa: ASYNC110  # a file offers no event
-                await anyio.sleep(0.01)
+        await wait_until(started.exists, what="the call to reach its upstream")
         await raw.write({"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": 1}})
-        with anyio.fail_after(10):
-            while not cancelled.exists():  # noqa: ASYNC110  # a file offers no event
-                await anyio.sleep(0.01)
+        await wait_until(cancelled.exists, what="the upstream to see the call cancelled")
         assert await raw.request(2, "ping") == {"jsonrpc": "2.0", "id": 2, "result": {}}
         echoed = await raw.request(3, "tools/call", {"name": "state_echo", "arguments": {"text": "after"}})
         assert (echoed["id"], echoed["result"]["structuredContent"]) == (3, {"result": "after"})
@@ -232,16 +217,17 @@ async def test_a_2026_clients_answers_in_the_lane_equal_the_sdks(config: Path) -
         {"method": "resources/list", "params": {"_meta": modern.envelope()}},
         {"method": "resources/templates/list", "params": {"_meta": modern.envelope()}},
     ]
+    messages = [{"jsonrpc": "2.0", "id": index, **request} for index, request in enumerate(requests, start=1)]
     async with piped_proxy(config) as pipes:
         raw = RawPipe(pipes)
         assert "result" in await raw.request(0, "tools/list", {"_meta": modern.envelope()})  # the SDK's: the era
         assert pipes.lane.listings_served == 0
-        for index, request in enumerate(requests, start=1):
-            message = {"jsonrpc": "2.0", "id": index, **request}
+        in_lane: list[list[dict[str, Any]]] = []
+        for message in messages:
             await raw.write(message)
-            in_lane = await _until_answered(raw)
-            assert in_lane == await _sdks_answers(config, message, opening=modern.envelope()), request
+            in_lane.append(await _until_answered(raw))
         assert (pipes.lane.calls_served, pipes.lane.listings_served) == (6, 4)
+    assert in_lane == await _sdks_answers(config, messages, opening=modern.envelope())
 
 
 async def test_requests_the_2026_lane_leaves_are_answered_by_the_sdk(config: Path) -> None:
@@ -268,13 +254,23 @@ async def _until_answered(raw: RawPipe) -> list[dict[str, Any]]:
     return seen
 
 
-async def _sdks_answers(config: Path, message: dict[str, Any], *, opening: dict[str, Any]) -> list[dict[str, Any]]:
-    """What the SDK sends for a 2026-07-28 `message`, with no lane, after a first listing that opens the era."""
+async def _sdks_answers(
+    config: Path, messages: list[dict[str, Any]], *, opening: dict[str, Any] | None = None
+) -> list[list[dict[str, Any]]]:
+    """What the SDK sends for each of `messages`, in turn, over a pipe with no lane: after the handshake, or
+    (given the 2026-07-28 envelope `opening`) after a first listing that opens that era."""
     async with piped_proxy(config, lane=False) as pipes:
         raw = RawPipe(pipes)
-        assert "result" in await raw.request(0, "tools/list", {"_meta": opening})
-        await raw.write(message)
-        return await _until_answered(raw)
+        if opening is None:
+            await raw.handshake()
+        else:
+            assert "result" in await raw.request(0, "tools/list", {"_meta": opening})
+        answers: list[list[dict[str, Any]]] = []
+        for message in messages:
+            await raw.write(message)
+            answers.append(await _until_answered(raw))
+        assert (pipes.lane.calls_served, pipes.lane.listings_served) == (0, 0)
+        return answers
 
 
 async def test_a_session_named_by_argument_keeps_its_own_state_apart_from_the_pipes(config: Path) -> None:

@@ -11,8 +11,8 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Generator
-from contextlib import contextmanager, suppress
+from collections.abc import AsyncGenerator, AsyncIterator, Generator
+from contextlib import asynccontextmanager, contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -175,14 +175,7 @@ async def test_stdio_eof_during_start_up_ends_the_proxy_promptly_and_leaves_no_p
     gate = closed_gate(tmp_path)
     config = write_config(tmp_path, {"slow": fixture_server("slow", "--start-gate", str(gate))})
     stderr = tmp_path / "stderr.txt"
-    with stderr.open("w") as log:
-        process = await anyio.open_process(
-            [sys.executable, "-m", "mcpstore_proxy", "stdio", "--config", str(config)],
-            stdout=subprocess.DEVNULL,
-            stderr=log,
-            cwd=PROJECT_ROOT,
-        )
-    try:
+    async with stdio_proxy(config, stderr, stdout=subprocess.DEVNULL) as process:
         await wait_until(lambda: bool(hanging_pids(gate)), what="the upstream to hang in its start")
         hanging = hanging_pids(gate)
         assert process.stdin is not None
@@ -193,20 +186,12 @@ async def test_stdio_eof_during_start_up_ends_the_proxy_promptly_and_leaves_no_p
         assert time.monotonic() - closed < _PROMPT_SECONDS
         await wait_until(lambda: not any(is_alive(pid) for pid in hanging), what="the starting upstream to stop")
         assert "Traceback" not in stderr.read_text()
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
 
 
 async def test_stdio_sigterm_while_the_client_keeps_stdin_open_ends_the_proxy_promptly(tmp_path: Path) -> None:
     config = write_config(tmp_path, {"state": fixture_server("state")})
     stderr = tmp_path / "stderr.txt"
-    with stderr.open("w") as log:
-        process = await anyio.open_process(
-            [sys.executable, "-m", "mcpstore_proxy", "stdio", "--config", str(config)], stderr=log, cwd=PROJECT_ROOT
-        )
-    try:
+    async with stdio_proxy(config, stderr) as process:
         assert process.stdin is not None
         assert process.stdout is not None
         hello = {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}
@@ -221,21 +206,13 @@ async def test_stdio_sigterm_while_the_client_keeps_stdin_open_ends_the_proxy_pr
             assert await process.wait() == 0
         assert time.monotonic() - signalled < _PROMPT_SECONDS
         assert "Traceback" not in stderr.read_text()
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
 
 
 async def test_stdio_sigterm_lets_a_call_in_the_lane_finish_and_answer_then_ends_the_proxy(tmp_path: Path) -> None:
     config = write_config(tmp_path, {"state": fixture_server("state")})
     started = tmp_path / "started"
     stderr = tmp_path / "stderr.txt"
-    with stderr.open("w") as log:
-        process = await anyio.open_process(
-            [sys.executable, "-m", "mcpstore_proxy", "stdio", "--config", str(config)], stderr=log, cwd=PROJECT_ROOT
-        )
-    try:
+    async with stdio_proxy(config, stderr) as process:
         assert process.stdin is not None
         assert process.stdout is not None
         lines = _lines(process.stdout)
@@ -266,6 +243,19 @@ async def test_stdio_sigterm_lets_a_call_in_the_lane_finish_and_answer_then_ends
         with anyio.fail_after(30):
             assert await process.wait() == 0
         assert "Traceback" not in stderr.read_text()
+
+
+@asynccontextmanager
+async def stdio_proxy(
+    config: Path, stderr: Path, *, stdout: int = subprocess.PIPE
+) -> AsyncGenerator[anyio.abc.Process]:
+    """`mcpstore-proxy stdio` over `config` as a process (its stderr to `stderr`), killed if the block leaves it
+    running."""
+    command = [sys.executable, "-m", "mcpstore_proxy", "stdio", "--config", str(config)]
+    with stderr.open("w") as log:
+        process = await anyio.open_process(command, stdout=stdout, stderr=log, cwd=PROJECT_ROOT)
+    try:
+        yield process
     finally:
         if process.returncode is None:
             process.kill()
