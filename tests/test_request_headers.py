@@ -3,6 +3,7 @@ them (the first of a repeated header), and found again, never stale, once a laye
 
 from __future__ import annotations
 
+import random
 from typing import Any
 
 from starlette.datastructures import Headers
@@ -75,6 +76,20 @@ def test_whitespace_around_any_value_is_noted_wherever_it_is() -> None:
     for padded in (b"echo ", b"echo\t", b" echo", b"\techo"):
         assert request_headers(_scope([*_SENT, (b"mcp-name", padded)])).is_padded, padded
     assert not request_headers(_scope([*_SENT, (b"mcp-name", b"echo"), (b"x-empty", b"")])).is_padded
+
+
+def test_whitespace_is_judged_value_by_value_whatever_the_values_hold() -> None:
+    # Values an HTTP parser never lets through (line breaks), empty ones and a single header: the same verdict as
+    # stripping each value in turn.
+    rng = random.Random(11)
+    pieces = [b"", b" ", b"\t", b"\n", b"a", b"b c", b"\n ", b" \n"]
+    for _ in range(2000):
+        sent = [
+            (b"x-%d" % index, b"".join(rng.choice(pieces) for _ in range(rng.randrange(4))))
+            for index in range(rng.randrange(4))
+        ]
+        expected = any(value.strip(b" \t") != value for _, value in sent)
+        assert request_headers(_scope(sent)).is_padded is expected, sent
 
 
 def test_the_headers_are_found_once_per_request() -> None:
