@@ -253,7 +253,7 @@ class Downstream:
 
     @property
     def pipe(self) -> Connection | None:
-        """The stdio client's handshake-era connection, once it was adopted (see `lane_stdio`); None before, once
+        """The stdio client's handshake-era connection, once it was adopted (see `lane_messages`); None before, once
         it has ended, and for a 2026-07-28 client (whose requests the SDK answers) or over HTTP."""
         return self._pipe
 

@@ -1,5 +1,6 @@
-"""The calls a lane serves (the fast lane over HTTP, see `lane`, and the stdio lane, see `lane_stdio`): each
-forwarded as work in flight, cancelled by `notifications/cancelled` naming it, answered once.
+"""The calls a lane serves (the fast lane over HTTP, see `lane`, and the message lane over stdio and legacy SSE,
+see `lane_messages`): each forwarded as work in flight, cancelled by `notifications/cancelled` naming it, answered
+once.
 """
 
 from __future__ import annotations

@@ -35,7 +35,7 @@ from mcpstore_proxy.compat import SignalFreeServer, TrimmedFieldValues
 from mcpstore_proxy.config import ProxySettings
 from mcpstore_proxy.engine import ProxyEngine
 from mcpstore_proxy.errors import ConfigError, ProxyError
-from mcpstore_proxy.lane_stdio import StdioLane
+from mcpstore_proxy.lane_messages import MessageLane
 from mcpstore_proxy.reload import Reloader, reload_in_background, watch_config_file
 from mcpstore_proxy.server import ProxyServer
 from mcpstore_proxy.sniffing import sniffed_as_asyncio
@@ -255,10 +255,10 @@ async def _serve_stdio_until_stopped(settings: ProxySettings, transports: Transp
         signals.cancel_scope.cancel()
 
 
-async def serve_pipe(server: ProxyServer, stdin: int = 0, stdout: int = 1, *, lane: StdioLane | None = None) -> None:
+async def serve_pipe(server: ProxyServer, stdin: int = 0, stdout: int = 1, *, lane: MessageLane | None = None) -> None:
     """Serve the one client of `server` on a pipe (`stdin`, `stdout`) until EOF, its calls and listings in `lane`
-    (see `lane_stdio`)."""
-    lane = lane or StdioLane(server)
+    (see `lane_messages`)."""
+    lane = lane or MessageLane.for_pipe(server)
     async with (
         server.rounds.running(),
         stdio_streams(stdin, stdout, lane=lane) as (read_stream, write_stream),

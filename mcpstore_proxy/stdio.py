@@ -8,7 +8,7 @@ without blocking, waiting for them on the event loop, so EOF, a signal or a
 cancellation ends it at once. The descriptors' blocking mode is restored on
 the way out.
 
-A line the stdio lane takes (see `lane_stdio`) is never parsed for the SDK; its
+A line the stdio lane takes (see `lane_messages`) is never parsed for the SDK; its
 answers go out through the same writer as the SDK's messages, one at a time.
 """
 
@@ -32,7 +32,7 @@ _FLUSH_SECONDS: Final = 2.0
 
 
 class LineTaker(Protocol):
-    """What may serve a line itself before the SDK sees it (see `lane_stdio`)."""
+    """What may serve a line itself before the SDK sees it (see `lane_messages`)."""
 
     def take(self, line: bytes, reply: Callable[[bytes], Awaitable[None]]) -> bool:
         """Serve the message on `line`, answering with `reply` (a message in JSON, without the line's end); False

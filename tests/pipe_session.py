@@ -13,11 +13,12 @@ from typing import Any
 
 import anyio
 from mcp import Client
+from starlette.types import Scope
 
 from mcpstore_proxy.config import load_settings
 from mcpstore_proxy.engine import ProxyEngine
 from mcpstore_proxy.json_bytes import from_json, to_json
-from mcpstore_proxy.lane_stdio import Reply, StdioLane
+from mcpstore_proxy.lane_messages import MessageLane, Reply
 from mcpstore_proxy.server import ProxyServer
 from mcpstore_proxy.serving import serve_pipe
 from mcpstore_proxy.stdio import stdio_streams
@@ -34,7 +35,7 @@ class Pipes:
 
     to_proxy: int
     from_proxy: int
-    lane: StdioLane
+    lane: MessageLane
     upstreams: MemoryUpstreams
 
 
@@ -52,7 +53,7 @@ async def piped_proxy(config: Path, *, lane: bool = True, **settings: Any) -> As
         ):
             await engine.started()
             server = ProxyServer(engine, stdio=True)
-            stdio_lane = StdioLane(server) if lane else _NoLane(server)
+            stdio_lane = MessageLane.for_pipe(server) if lane else _NoLane(server, "stdio", lambda: None)
             served = anyio.Event()
 
             async def serve() -> None:
@@ -76,8 +77,8 @@ async def piped_proxy(config: Path, *, lane: bool = True, **settings: Any) -> As
                 os.close(fd)
 
 
-class _NoLane(StdioLane):
-    def take(self, line: bytes, reply: Reply) -> bool:
+class _NoLane(MessageLane):
+    def take(self, line: bytes, reply: Reply, scope: Scope | None = None) -> bool:
         return False
 
 

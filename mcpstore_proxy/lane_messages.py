@@ -1,21 +1,24 @@
-"""The stdio lane: a `tools/call` or listing from the client of `mcpstore-proxy stdio` (Claude Desktop, for one),
-served without the SDK's server stack, as the fast lane (see `lane`) serves one over HTTP.
+"""The message lane: a `tools/call` or listing from a client whose transport carries one message at a time and
+answers on one stream shared by the whole session (the client of `mcpstore-proxy stdio`, Claude Desktop for one;
+and a client of the legacy HTTP+SSE transport, see `legacy_sse`), served without the SDK's server stack, as the
+fast lane (see `lane`) serves one over Streamable HTTP.
 
-Through the SDK, each line is validated into pydantic models on its way in and the result validated and dumped
-again on its way out, in a task per request: about 1.5 ms of proxy CPU for a small call, 20 ms for a 1 MB
-result and 5 ms for a listing of 1,000 tools. The lane parses the line once, routes the call through the very same
-code as the SDK's handler (`ProxyServer.call_tool` and `routed`, in flight for the drain, see `lane_calls`), and
-writes the upstream's result, or the catalog's listing already on the wire (see `listings`), as one line.
+Through the SDK, each message is validated into pydantic models on its way in and the result validated and dumped
+again on its way out, in a task per request: over stdio about 1.5 ms of proxy CPU for a small call, 20 ms for a
+1 MB result and 5 ms for a listing of 1,000 tools; over legacy SSE 2.1 ms for a small call. The lane parses the
+message once, routes the call through the very same code as the SDK's handler (`ProxyServer.call_tool` and
+`routed`, in flight for the drain, see `lane_calls`), and writes the upstream's result, or the catalog's listing
+already on the wire (see `listings`), as one message.
 
 What takes the lane, with tracing off: from a handshake-era client, once its connection was adopted
 (`notifications/initialized`, or its first request), one JSON-RPC `tools/call` (well formed, see
 `lane_wire.tool_call`) or listing, and the client's answers to the questions asked during such a call (ids
-`mcpstore-N`, see `lane_questions`); from a 2026-07-28 client, a call or listing on `lane_modern`'s conditions
-but for the HTTP headers (a pipe has none), answered in that era's shape; and `notifications/cancelled` for a call
-in the lane, which is then never answered (as the SDK's dispatcher never answers a request its peer cancelled).
-The client's first request decides the pipe's era, as the SDK's loop decides it, and is the SDK's. Everything
-else goes to the SDK as it came, and every line, the lane's and the SDK's, goes out through the transport's one
-writer (see `stdio`).
+`mcpstore-N`, see `lane_questions`); from a 2026-07-28 client (over stdio), a call or listing on `lane_modern`'s
+conditions but for the HTTP headers (a pipe has none), answered in that era's shape; and
+`notifications/cancelled` for a call in the lane, which is then never answered (as the SDK's dispatcher never
+answers a request its peer cancelled). The client's first request decides the session's era, as the SDK's loop
+decides it, and is the SDK's. Everything else goes to the SDK as it came, and every message, the lane's and the
+SDK's, goes out through the transport's one writer (see `stdio`, `legacy_sse`).
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from mcp import MCPError, types
 from mcp.server.connection import Connection
 from mcp.types.version import HANDSHAKE_PROTOCOL_VERSIONS
 from mcp_types import PROTOCOL_VERSION_META_KEY
+from starlette.types import Scope
 
 from mcpstore_proxy.downstream import Caller
 from mcpstore_proxy.json_bytes import from_json
@@ -49,34 +53,49 @@ from mcpstore_proxy.lane_wire import (
     tool_call,
 )
 from mcpstore_proxy.listings import LISTINGS
-from mcpstore_proxy.operations import Operation
+from mcpstore_proxy.operations import OperationObserver, operation_in_progress
 from mcpstore_proxy.relay import ClientCall
 from mcpstore_proxy.rounds import Unaskable
 from mcpstore_proxy.server import ProxyServer
 
-__all__ = ["Reply", "StdioLane"]
+__all__ = ["MessageLane", "Reply"]
 
 Reply = Callable[[bytes], Awaitable[None]]
-"""Write one message, already in JSON, to the client (the transport adds the line's end)."""
-
-_PIPE: Final = "stdio"
-"""The one session of the pipe, as the lane's calls and questions are keyed (by session, then id)."""
+"""Write one message, already in JSON, to the client (the transport frames it: a line, an event); raises
+`anyio.ClosedResourceError` or `anyio.BrokenResourceError` once the client is gone."""
 _HANDSHAKE_VERSIONS: Final = frozenset(HANDSHAKE_PROTOCOL_VERSIONS)
 _INTERNAL_ERROR: Final = types.ErrorData(code=types.INTERNAL_ERROR, message="internal error in mcpstore-proxy")
 
 logger = logging.getLogger(__name__)
 
 
-class StdioLane:
-    """Takes the lines of the stdio client that it serves itself (`take`), while `running`."""
+class MessageLane:
+    """Takes the messages of one client session that it serves itself (`take`), while `running`: `session` names
+    it (the lane's calls and questions are keyed by it), and `connection` gives its handshake-era connection once
+    adopted (None before, and after). Without `takes_modern`, a 2026-07-28 session is left to the SDK whole;
+    `observer` hears of each call, with its principal's name when `names_principals`."""
 
-    def __init__(self, server: ProxyServer) -> None:
+    def __init__(
+        self,
+        server: ProxyServer,
+        session: str,
+        connection: Callable[[], Connection | None],
+        *,
+        takes_modern: bool = True,
+        observer: OperationObserver | None = None,
+        names_principals: bool = False,
+    ) -> None:
         self._server = server
+        self._session = session
+        self._connection = connection
+        self._takes_modern = takes_modern
+        self._observer = observer
+        self._names_principals = names_principals
         self._calls = LaneCalls(server)
         self._questions = LaneQuestions()
         self._modern = ModernCalls(server)
         self._is_modern: bool | None = None
-        """The pipe's era, once its first request said it (see `take`)."""
+        """The session's era, once its first request said it (see `take`)."""
         self._answers: dict[RequestId, _LineAnswer] = {}
         """The calls taken and not yet answered, by the client's id: what its `notifications/cancelled` withdraws."""
         self._tasks: anyio.abc.TaskGroup | None = None
@@ -97,16 +116,22 @@ class StdioLane:
                 self._tasks = None
                 tasks.cancel_scope.cancel()
 
-    def take(self, line: bytes, reply: Reply) -> bool:
-        """Serve the message on `line` (answering with `reply`) if it is the lane's; False leaves it to the SDK.
-        Never raises: it runs in the transport's reading task, whose end would end the pipe."""
+    @classmethod
+    def for_pipe(cls, server: ProxyServer) -> MessageLane:
+        """The lane of the one client of `mcpstore-proxy stdio`."""
+        return cls(server, "stdio", lambda: server.downstream.pipe)
+
+    def take(self, line: bytes, reply: Reply, scope: Scope | None = None) -> bool:
+        """Serve the message `line` (answering with `reply`) if it is the lane's; False leaves it to the SDK.
+        `scope` is the HTTP request that carried it (None over stdio): whose principal, agent and headers it has.
+        Never raises: it runs in the transport's reading task (over stdio), whose end would end the session."""
         try:
-            return self._take(line, reply)
+            return self._take(line, reply, scope)
         except Exception:
-            logger.exception("the stdio lane failed to judge a message; the SDK answers it")
+            logger.exception("the message lane failed to judge a message; the SDK answers it")
             return False
 
-    def _take(self, line: bytes, reply: Reply) -> bool:
+    def _take(self, line: bytes, reply: Reply, scope: Scope | None) -> bool:
         tasks = self._tasks
         if tasks is None or self._server.traces:
             return False
@@ -123,29 +148,30 @@ class StdioLane:
         if self._is_modern is None:
             params: object = message.get("params")
             if type(method) is str and is_id(message.get("id")) and (params is None or type(params) is dict):
-                # The client's first request decides the pipe's era, as the SDK's loop decides it; it is the SDK's.
+                # The client's first request decides the session's era, as the SDK's loop decides it; it is the SDK's.
                 self._is_modern = method != "initialize" and _has_envelope(message.get("params"))
             return False
         if method is None:
-            return self._questions.deliver(_PIPE, message)
+            return self._questions.deliver(self._session, message)
         if method == "notifications/cancelled" and "id" not in message:
             return self._withdraw(message)
         if self._is_modern:
-            return self._take_modern(tasks, message, reply)
-        connection = self._server.downstream.pipe
+            return self._takes_modern and self._take_modern(tasks, message, reply)
+        connection = self._connection()
         if connection is None or connection.protocol_version not in _HANDSHAKE_VERSIONS:
             return False  # not adopted yet (or any more)
+        caller = Caller(scope, connection, connection.protocol_version)
         if method == "tools/call":
             call = tool_call(message)
             if call is None:
                 return False
             answer = self._answers[call.id] = _LineAnswer(reply)
-            tasks.start_soon(self._serve, connection, call, answer, None)
+            tasks.start_soon(self._serve, caller, call, answer, None)
             return True
         request_id = message.get("id")
         params = message.get("params")
         if method in LISTINGS and is_id(request_id) and (params is None or type(params) is dict):
-            tasks.start_soon(self._list, connection, method, request_id, reply)
+            tasks.start_soon(self._list, caller, method, request_id, reply)
             return True
         return False
 
@@ -155,10 +181,12 @@ class StdioLane:
         modern = self._modern
         if modern.is_open and (call := modern.call(message, None)) is not None:
             answer = self._answers[call.call.id] = _LineAnswer(reply)
-            tasks.start_soon(self._serve, call.connection, call.call, answer, call.version)
+            caller = Caller(None, call.connection, call.version)
+            tasks.start_soon(self._serve, caller, call.call, answer, call.version)
             return True
         if (listing := modern.listing(message, None)) is not None:
-            tasks.start_soon(self._list, listing.connection, listing.method, listing.id, reply, listing.version)
+            caller = Caller(None, listing.connection, listing.version)
+            tasks.start_soon(self._list, caller, listing.method, listing.id, reply, listing.version)
             return True
         return False
 
@@ -169,72 +197,63 @@ class StdioLane:
         if request_id is None or answer is None:
             return False  # not the lane's: the SDK's, or none
         answer.withdraw()
-        self._calls.cancel(_PIPE, request_id)  # not yet started: it finds itself withdrawn instead
+        self._calls.cancel(self._session, request_id)  # not yet started: it finds itself withdrawn instead
         return True
 
-    async def _serve(
-        self, connection: Connection, request: ToolCall, answer: _LineAnswer, modern_version: str | None
-    ) -> None:
+    async def _serve(self, caller: Caller, request: ToolCall, answer: _LineAnswer, modern_version: str | None) -> None:
         try:
             if answer.is_done:
                 return  # withdrawn before it started
-            await self._call(connection, request, answer, modern_version)
-        except Exception:  # never into the lane's task group: that would end the pipe
-            logger.exception("the stdio lane failed to serve a tools/call")
+            await self._call(caller, request, answer, modern_version)
+        except Exception:  # never into the lane's task group: that would end the session
+            logger.exception("the message lane failed to serve a tools/call")
             await answer.finish(error_message(request.id, _INTERNAL_ERROR))
         finally:
             if self._answers.get(request.id) is answer:
                 del self._answers[request.id]
 
-    async def _call(
-        self, connection: Connection, request: ToolCall, answer: _LineAnswer, modern_version: str | None
-    ) -> None:
+    async def _call(self, caller: Caller, request: ToolCall, answer: _LineAnswer, modern_version: str | None) -> None:
         """Forward a call; a 2026-07-28 one (`modern_version`) asks its client nothing, hears no log entries (none
         opted in to), and is answered in its era's shape, as the SDK answers it."""
         self.calls_served += 1
+        connection = caller.connection
         if modern_version is None:
-            caller = Caller(None, connection, connection.protocol_version)
             call = ClientCall(
-                stream=self._questions.stream(answer, connection, _PIPE),
+                stream=self._questions.stream(answer, connection, self._session),
                 connection=self._server.downstream.connection_channel(caller),
                 progress=progress_reporter(answer, request.progress_token),
             )
         else:
-            caller = Caller(None, connection, modern_version)
             call = ClientCall(
                 stream=Unaskable(AnswerStream(answer, connection, log_entries=False)),
                 connection=None,  # its key's listen streams, once `call_tool` resolved the key
                 progress=progress_reporter(answer, request.progress_token),
             )
-        operation = Operation("tools/call", "", None)
-        result = await self._calls.forwarded(answer, caller, call, request, operation, (_PIPE, request.id))
-        if result is None:
-            return
-        if modern_version is not None:
-            try:
-                result = self._modern.result(result, modern_version)
-            except MCPError as error:
-                await answer.finish(error_message(request.id, error.error))
+        principal = self._server.downstream.principal(caller).name if self._names_principals else ""
+        with operation_in_progress("tools/call", principal, self._observer) as operation:
+            result = await self._calls.forwarded(answer, caller, call, request, operation, (self._session, request.id))
+            if result is None:
                 return
-        await answer.finish({"jsonrpc": "2.0", "id": request.id, "result": result})
+            if modern_version is not None:
+                try:
+                    result = self._modern.result(result, modern_version)
+                except MCPError as error:
+                    operation.outcome = "error"
+                    await answer.finish(error_message(request.id, error.error))
+                    return
+            await answer.finish({"jsonrpc": "2.0", "id": request.id, "result": result})
 
     async def _list(
-        self,
-        connection: Connection,
-        method: str,
-        request_id: RequestId,
-        reply: Reply,
-        modern_version: str | None = None,
+        self, caller: Caller, method: str, request_id: RequestId, reply: Reply, modern_version: str | None = None
     ) -> None:
         self.listings_served += 1
-        caller = Caller(None, connection, modern_version or connection.protocol_version)
         try:
             listing = await self._server.listing(caller, method)
         except MCPError as error:
             await _replied(reply, to_json(error_message(request_id, error.error)))
             return
-        except Exception:  # never into the lane's task group: that would end the pipe
-            logger.exception("the stdio lane failed to answer a %s", method)
+        except Exception:  # never into the lane's task group: that would end the session
+            logger.exception("the message lane failed to answer a %s", method)
             await _replied(reply, to_json(error_message(request_id, _INTERNAL_ERROR)))
             return
         await _replied(reply, listing.answer(request_id))
