@@ -25,10 +25,9 @@ import logging
 from collections.abc import AsyncGenerator, Awaitable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any, Final, Protocol
+from typing import Any, Final
 
 import anyio
-from mcp.server.sse import SseServerTransport
 from mcp.server.streamable_http_manager import StreamableHTTPASGIApp, StreamableHTTPSessionManager
 from mcp.server.transport_security import TransportSecuritySettings
 from mcp.types.version import HANDSHAKE_PROTOCOL_VERSIONS
@@ -56,6 +55,7 @@ from mcpstore_proxy.events import EventLog
 from mcpstore_proxy.framing import FirstEventResponse
 from mcpstore_proxy.gate import METADATA_PATH, AuthGate, principal_of
 from mcpstore_proxy.lane import FastLane
+from mcpstore_proxy.legacy_sse import LegacySse
 from mcpstore_proxy.logs import ThrottledWarning, log_fields
 from mcpstore_proxy.metrics import ProxyMetrics, metrics_route
 from mcpstore_proxy.outstanding import Outstanding
@@ -92,7 +92,7 @@ class HttpFace:
     app: ASGIApp
     drain: Drain
     manager: StreamableHTTPSessionManager
-    legacy: _LegacySseStream
+    legacy: LegacySse
 
     door: _FrontDoor
     lane: FastLane
@@ -127,7 +127,13 @@ def create_app(engine: ProxyEngine) -> HttpFace:
         session_idle_timeout=settings.session_idle_timeout_seconds,
         max_sessions=settings.max_downstream_sessions,
     )
-    legacy = _LegacySseStream(server, SseServerTransport("/messages/", security_settings=security))
+    legacy = LegacySse(
+        server,
+        security,
+        observer=metrics,
+        names_principals=settings.metrics_per_principal,
+        max_body_size=manager.max_request_body_size,
+    )
     door = _FrontDoor(server.drain, manager, legacy, settings, engine.events)
 
     probes = _Probes(server.drain)
@@ -145,6 +151,7 @@ def create_app(engine: ProxyEngine) -> HttpFace:
             requests_in_flight=server.drain.in_flight,
             fast_lane_calls=lane.calls_served,
             fast_lane_streams=lane.streams_served,
+            legacy_lane=legacy.served,
         )
 
     gate = AuthGate(
@@ -167,8 +174,8 @@ def create_app(engine: ProxyEngine) -> HttpFace:
         routes=[
             Route("/mcp", endpoint=mcp),  # what `DirectRoute` reaches first
             Route("/agents/{agent}/mcp", endpoint=mcp),
-            Route("/sse", endpoint=gate.guard(door.guard(legacy)), methods=["GET"]),
-            Mount("/messages/", app=gate.guard(legacy.transport.handle_post_message)),
+            Route("/sse", endpoint=gate.guard(door.guard(legacy.stream)), methods=["GET"]),
+            Mount("/messages/", app=gate.guard(legacy.post)),
             Route(METADATA_PATH, endpoint=gate.metadata, methods=["GET"]),
             Route(f"{METADATA_PATH}/mcp", endpoint=gate.metadata, methods=["GET"]),
             Route("/health", endpoint=probes.health, methods=["GET"]),
@@ -223,7 +230,7 @@ class _FrontDoor:
         self,
         drain: Drain,
         manager: StreamableHTTPSessionManager,
-        legacy: _LegacySseStream,
+        legacy: LegacySse,
         settings: ProxySettings,
         events: EventLog,
     ) -> None:
@@ -327,49 +334,6 @@ def _opens_a_session(scope: Scope) -> bool:
 def _json_rpc_error(error: ProxyError) -> JSONResponse:
     details = {"code": error.code, "message": error.message, "data": {"type": type(error).__name__}}
     return JSONResponse({"jsonrpc": "2.0", "id": None, "error": details}, status_code=error.http_status)
-
-
-class _Closable(Protocol):
-    async def aclose(self) -> None: ...
-
-
-class _LegacySseStream:
-    """`GET /sse`: one legacy HTTP+SSE client, whose connection is its session until the stream closes."""
-
-    def __init__(self, server: ProxyServer, transport: SseServerTransport) -> None:
-        self.transport = transport
-        self._server = server
-        self._streams: set[_Closable] = set()
-        self._connecting = 0
-
-    @property
-    def open(self) -> int:
-        """Legacy clients connected or connecting."""
-        return len(self._streams) + self._connecting
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        self._connecting += 1  # counted from the first step, so that the front door's limit holds
-        is_connected = False
-        try:
-            async with self.transport.connect_sse(scope, receive, send) as (read_stream, write_stream):
-                self._streams.add(write_stream)
-                self._connecting -= 1
-                is_connected = True
-                try:
-                    await self._server.run(read_stream, write_stream, self._server.create_initialization_options())
-                finally:
-                    self._streams.discard(write_stream)
-        except ValueError:
-            return  # refused by the Host/Origin checks, which already answered 421 or 403
-        finally:
-            if not is_connected:
-                self._connecting -= 1
-
-    async def close_all(self) -> None:
-        """End every legacy stream: closing our write side completes its response, which ends its session."""
-        for stream in list(self._streams):
-            with anyio.move_on_after(1, shield=True):
-                await stream.aclose()
 
 
 def _resource_url(settings: ProxySettings) -> str:

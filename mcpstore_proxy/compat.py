@@ -15,6 +15,8 @@ from collections.abc import Awaitable, Generator
 from contextlib import contextmanager
 from functools import lru_cache
 from typing import Any, Final, TextIO
+from urllib.parse import parse_qs
+from uuid import UUID
 
 import anyio
 import mcp.client.stdio
@@ -30,6 +32,7 @@ from mcp.client.stdio import StdioServerParameters, get_default_environment
 from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser, AuthorizationContext, authorization_context
 from mcp.server.connection import Connection
 from mcp.server.context import ServerRequestContext
+from mcp.server.sse import SseServerTransport
 from mcp.server.streamable_http import (
     GET_STREAM_KEY,
     REQUEST_STREAM_BUFFER_SIZE,
@@ -53,6 +56,9 @@ __all__ = [
     "frame_answers_by_first_event",
     "holding_http_session",
     "http_session",
+    "legacy_session",
+    "legacy_session_named",
+    "newest_legacy_session",
     "open_http_sessions",
     "set_session_limit",
     "spans_only_when_traced",
@@ -103,6 +109,42 @@ def http_session(
     user = scope.get("user")
     requestor = _requestor(user) if isinstance(user, AuthenticatedUser) else None
     return transport if owners.get(session_id) == requestor else None
+
+
+def newest_legacy_session(transport: SseServerTransport) -> str:
+    """The id (hex) of the legacy SSE session `transport.connect_sse` opened last (`_read_stream_writers`): in its
+    block, the block's own, as it opens the session and enters the block with no await between."""
+    writers: dict[UUID, Any] = getattr(transport, "_read_stream_writers")  # noqa: B009  # private; pinned by a test
+    return next(reversed(writers)).hex
+
+
+def legacy_session_named(scope: Scope) -> str | None:
+    """The legacy SSE session id (hex) a request's `?session_id=` names, read as the transport reads it; None when
+    it names none, or no valid one."""
+    named = parse_qs(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True).get("session_id")
+    if not named:
+        return None
+    try:
+        return UUID(hex=named[-1]).hex  # the last, as Starlette's `query_params.get` reads it
+    except ValueError:
+        return None
+
+
+def legacy_session(transport: SseServerTransport, scope: Scope) -> str | None:
+    """The id (hex) of the live legacy SSE session a POST to `/messages/` names (`?session_id=`), when the request
+    may use it: the transport's own tests (`_read_stream_writers`, `_session_owners`: the principal that opened
+    it); else None, and the transport answers the request itself (400, 404)."""
+    named = legacy_session_named(scope)
+    if named is None:
+        return None
+    session = UUID(hex=named)
+    writers: dict[UUID, Any] = getattr(transport, "_read_stream_writers")  # noqa: B009  # private; pinned by a test
+    if session not in writers:
+        return None
+    owners: dict[UUID, Any] = getattr(transport, "_session_owners")  # noqa: B009  # private; pinned by a test
+    user = scope.get("user")
+    requestor = _requestor(user) if isinstance(user, AuthenticatedUser) else None
+    return session.hex if owners.get(session) == requestor else None
 
 
 @lru_cache(maxsize=1024)

@@ -29,7 +29,7 @@ from mcp.types.version import MODERN_PROTOCOL_VERSIONS
 from starlette.types import Scope
 
 from mcpstore_proxy.channels import ConnectionStream, RequestStream
-from mcpstore_proxy.compat import downstream_connection
+from mcpstore_proxy.compat import downstream_connection, legacy_session_named
 from mcpstore_proxy.engine import ProxyEngine
 from mcpstore_proxy.errors import ProxyError
 from mcpstore_proxy.gate import agent_of, principal_of
@@ -90,6 +90,7 @@ class Downstream:
         self._stdio_key = SessionKey.connection("stdio") if stdio else None
         self._connections: dict[int, Connection] = {}
         self._http_sessions: dict[str, Connection] = {}
+        self._legacy_sessions: dict[str, Connection] = {}
         self._pipe: Connection | None = None
         self._keys: dict[tuple[str, str, str], SessionKey] = {}
         """Keys resolved before, by (session header value, agent, principal), a principal's own under an empty
@@ -208,6 +209,8 @@ class Downstream:
             self._http_sessions[connection.session_id] = connection
         elif self._stdio_key is not None:
             self._pipe = connection
+        elif caller.scope is not None and (legacy := legacy_session_named(caller.scope)) is not None:
+            self._legacy_sessions[legacy] = connection
         connection.exit_stack.push_async_callback(self._connection_ended, connection, key)
         return key
 
@@ -250,6 +253,11 @@ class Downstream:
         """The Streamable HTTP connection with this `Mcp-Session-Id`, once it was adopted (its first request after
         `initialize`); None before, and once it has ended."""
         return self._http_sessions.get(session_id)
+
+    def legacy(self, session: str) -> Connection | None:
+        """The legacy HTTP+SSE connection of the session `session` (its id in hex), once it was adopted (see
+        `legacy_sse`); None before, and once it has ended."""
+        return self._legacy_sessions.get(session)
 
     @property
     def pipe(self) -> Connection | None:
@@ -302,5 +310,8 @@ class Downstream:
             self._http_sessions.pop(connection.session_id, None)
         if connection is self._pipe:
             self._pipe = None
+        for session, legacy in list(self._legacy_sessions.items()):
+            if legacy is connection:
+                del self._legacy_sessions[session]
         self._engine.named.forget_client(f"connection {key.name}")
         await self._engine.end_session(key)

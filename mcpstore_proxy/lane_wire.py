@@ -112,7 +112,8 @@ def cancelled_id(message: dict[str, Any]) -> RequestId | None:
 
 class Acceptance:
     """Whether the SDK would take a POST (media types, Host, Origin) or a GET (its `Accept`, Host, Origin) as it
-    is; else it answers it itself.
+    is; else it answers it itself. With `legacy_sse`, the legacy HTTP+SSE transport's checks of a POST to
+    `/messages/` (its `Content-Type`, Host, Origin).
 
     The verdict depends on the method and four header values alone, and a client sends the same ones with every
     request: it is worked out by the SDK's own checks once per distinct set, and remembered (a bounded number).
@@ -120,8 +121,9 @@ class Acceptance:
 
     _REMEMBERED: Final = 256
 
-    def __init__(self, security: TransportSecurityMiddleware) -> None:
+    def __init__(self, security: TransportSecurityMiddleware, *, legacy_sse: bool = False) -> None:
         self._security = security
+        self._judge = _is_acceptable_legacy_post if legacy_sse else _is_acceptable
         self._verdicts: dict[tuple[object, ...], bool] = {}
         self._last: tuple[tuple[object, ...], bool] | None = None
         """The last verdict looked up and its headers: compared without hashing them (new objects each request),
@@ -147,7 +149,7 @@ class Acceptance:
         remembered = self.remembered_for(scope["method"], checked)
         if remembered is not None:
             return remembered
-        verdict = await _is_acceptable(scope, self._security)
+        verdict = await self._judge(scope, self._security)
         if len(self._verdicts) >= self._REMEMBERED:
             self._verdicts.clear()
         self._verdicts[(scope["method"], *checked)] = verdict
@@ -163,6 +165,10 @@ async def _is_acceptable(scope: Scope, security: TransportSecurityMiddleware) ->
     if not (accepts_json and accepts_events) or "application/json" not in (t.strip() for t in content_type.split(",")):
         return False
     return await security.validate_request(request, is_post=True) is None
+
+
+async def _is_acceptable_legacy_post(scope: Scope, security: TransportSecurityMiddleware) -> bool:
+    return await security.validate_request(Request(scope), is_post=True) is None
 
 
 class Unread(enum.Enum):

@@ -122,6 +122,7 @@ def status_report(
     requests_in_flight: int,
     fast_lane_calls: int = 0,
     fast_lane_streams: int = 0,
+    legacy_lane: tuple[int, int] = (0, 0),
 ) -> dict[str, Any]:
     """The proxy's state in detail, for operators (`/admin/status`, the status page, `mcpstore-proxy status`)."""
     upstreams: dict[str, Any] = {}
@@ -143,6 +144,8 @@ def status_report(
         "requests_in_flight": requests_in_flight,
         "fast_lane_calls": fast_lane_calls,
         "fast_lane_streams": fast_lane_streams,
+        "legacy_lane_calls": legacy_lane[0],
+        "legacy_lane_listings": legacy_lane[1],
         "upstreams": upstreams,
         "events": [_event(event) for event in engine.events.recent(REPORTED_EVENTS)[:_EVENTS_SHOWN]],
         "time": _utc(engine.clock.now()),

@@ -31,13 +31,14 @@ from mcp.server.auth.provider import AccessToken
 from mcp.server.connection import Connection
 from mcp.server.context import ServerRequestContext
 from mcp.server.lowlevel.server import Server
+from mcp.server.sse import SseServerTransport
 from mcp.server.streamable_http import StreamableHTTPServerTransport
 from mcp.server.streamable_http_manager import StreamableHTTPASGIApp, StreamableHTTPSessionManager
 from mcp.shared._stream_protocols import ReadStream, WriteStream
 from opentelemetry import trace
 from starlette.applications import Starlette
 from starlette.routing import Route
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from mcpstore_proxy import compat
 from mcpstore_proxy.framing import FirstEventResponse
@@ -338,3 +339,33 @@ async def test_a_stdio_servers_stdin_wraps_an_asyncio_stream_writer_that_the_pro
         assert await process.stdout.receive() == b"hello\n\n"
     finally:
         await compat.stop_stdio_server(process)
+
+
+async def test_a_legacy_sse_session_is_the_one_last_opened_and_is_found_only_for_its_principal_while_it_lives() -> None:
+    transport = SseServerTransport("/messages/")
+    someone = AuthenticatedUser(AccessToken(token="t", client_id="someone", scopes=[]))
+    sent: list[Message] = []
+    left = anyio.Event()
+
+    async def receive() -> Message:
+        await left.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    stream: dict[str, Any] = {"type": "http", "method": "GET", "path": "/sse", "query_string": b"", "headers": []}
+    async with transport.connect_sse(stream, receive, send) as (read_stream, write_stream), read_stream, write_stream:
+        session = compat.newest_legacy_session(transport)
+        await wait_until(
+            lambda: any(f"session_id={session}".encode() in message.get("body", b"") for message in sent),
+            what="the endpoint event to name the session",
+        )
+        post: dict[str, Any] = {"type": "http", "method": "POST", "query_string": f"session_id={session}".encode()}
+        assert compat.legacy_session(transport, post) == session
+        assert compat.legacy_session_named(post) == session
+        assert compat.legacy_session(transport, {**post, "user": someone}) is None
+        assert compat.legacy_session(transport, {**post, "query_string": b"session_id=" + b"0" * 32}) is None
+        assert compat.legacy_session(transport, {**post, "query_string": b"session_id=nope"}) is None
+        left.set()
+    assert compat.legacy_session(transport, post) is None

@@ -70,3 +70,17 @@ async def test_a_request_that_does_not_accept_both_json_and_event_streams_or_is_
     assert not await acceptance.verdict(_post(*_with(accept="text/event-stream")))
     assert not await acceptance.verdict(_post(*_with(content_type="text/plain")))
     assert await acceptance.verdict(_post(*_with(accept="*/*")))
+
+
+async def test_a_legacy_sse_post_is_judged_by_that_transports_checks_content_type_host_and_origin_not_accept() -> None:
+    settings = TransportSecuritySettings(
+        enable_dns_rebinding_protection=True,
+        allowed_hosts=["127.0.0.1:*"],
+        allowed_origins=["http://127.0.0.1:*"],
+    )
+    legacy = Acceptance(TransportSecurityMiddleware(settings), legacy_sse=True)
+    assert await legacy.verdict(_post(*_with(accept="*/*")))  # what an old client sends: fine for this transport
+    assert await legacy.verdict(_post(*[header for header in _with() if header[0] != "accept"]))
+    assert not await legacy.verdict(_post(*_with(content_type="text/plain")))
+    assert not await legacy.verdict(_post(*_with(origin="http://attacker.example")))
+    assert not await legacy.verdict(_post(*_with(host="attacker.example")))
