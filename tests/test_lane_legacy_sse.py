@@ -23,6 +23,8 @@ from mcp.client.sse import sse_client
 from mcp.client.streamable_http import streamable_http_client
 from pydantic import FileUrl
 
+from mcpstore_proxy.errors import SHUTTING_DOWN
+from tests.held_call import HeldCall
 from tests.inprocess import InProcessProxy, running_app
 from tests.raw_session import ALICE, BOB, guarded_config, tool_call
 from tests.support import (
@@ -322,3 +324,28 @@ async def test_a_post_naming_no_session_an_invalid_one_or_an_unknown_one_gets_th
         assert (await raw.post(tool_call(2, "state_echo", {"text": "mine"}))).status_code == 202
         assert (await raw.next_message())["result"]["structuredContent"] == {"result": "mine"}
         assert await legacy_lane_calls(proxy, config) == 1
+
+
+async def test_during_the_drain_a_lane_call_in_flight_completes_on_its_stream_and_a_new_call_is_refused(
+    tmp_path: Path,
+) -> None:
+    config = write_config(tmp_path, {"state": fixture_server("state")}, shutdown_grace_seconds=60)
+    held = HeldCall()  # the call stays in flight until the test releases it
+    too_late: pytest.ExceptionInfo[MCPError] | None = None
+    sampling: Any = held.answer_once_released
+    async with (
+        running_app(config) as proxy,
+        Client(sse_client(sse_url(proxy)), mode="legacy", cache=None, sampling_callback=sampling) as client,
+    ):
+        await client.call_tool("state_echo", {"text": "adopted"})
+        async with held.in_flight(client, "state_ask"):
+            assert await legacy_lane_calls(proxy, config) == 2  # the held call is the lane's
+            await proxy.request_stop()
+            await wait_until(lambda: "draining" in proxy.log, what="the proxy to start draining")
+            with pytest.raises(MCPError) as refused:  # a new request in the open session
+                await client.call_tool("state_echo", {"text": "too late"})
+            too_late = refused
+            held.release()
+        assert held.answers == ["answered"]
+    assert too_late is not None
+    assert too_late.value.code == SHUTTING_DOWN
