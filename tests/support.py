@@ -417,3 +417,25 @@ def answering_sampling(
         )
 
     return sampling
+
+
+async def chatter_until_answered(
+    next_message: Callable[[], Awaitable[dict[str, Any]]],
+) -> tuple[list[tuple[str, Any]], dict[str, Any]]:
+    """What a raw client reads of the fixture's `chatter` call: each notification before the answer (its method,
+    and its progress or log data), then the answer."""
+    seen: list[tuple[str, Any]] = []
+    while "id" not in (message := await next_message()):
+        params = message["params"]
+        seen.append((message["method"], params.get("progress", params.get("data"))))
+    return seen, message
+
+
+def chattered(tag: str, count: int) -> list[tuple[str, Any]]:
+    """What `chatter` sends before its answer, at log level info and asked for progress: a log entry, then
+    progress, per step."""
+    return [
+        entry
+        for step in range(1, count + 1)
+        for entry in (("notifications/message", f"{tag} {step}"), ("notifications/progress", step))
+    ]

@@ -31,6 +31,8 @@ from tests.support import (
     admin,
     admin_token_of,
     answering_sampling,
+    chatter_until_answered,
+    chattered,
     fixture_server,
     structured,
     wait_until,
@@ -200,19 +202,9 @@ async def test_progress_and_log_entries_come_before_the_result_in_order(config: 
         await raw.request(1, "logging/setLevel", {"level": "info"})
         chatter = tool_call(2, "state_chatter", {"tag": "t", "count": 3}, progressToken="p")
         assert (await raw.post(chatter)).status_code == 202
-        seen: list[tuple[str, Any]] = []
-        while "id" not in (message := await raw.next_message()):
-            params = message["params"]
-            seen.append((message["method"], params.get("progress", params.get("data"))))
-        assert message["result"]["structuredContent"] == {"result": "t"}
-        assert seen == [
-            ("notifications/message", "t 1"),
-            ("notifications/progress", 1),
-            ("notifications/message", "t 2"),
-            ("notifications/progress", 2),
-            ("notifications/message", "t 3"),
-            ("notifications/progress", 3),
-        ]
+        seen, answer = await chatter_until_answered(raw.next_message)
+        assert answer["result"]["structuredContent"] == {"result": "t"}
+        assert seen == chattered("t", 3)
         assert await legacy_lane_calls(proxy, config) == 1
 
 

@@ -20,7 +20,15 @@ from pydantic import FileUrl
 
 from tests import modern_requests as modern
 from tests.pipe_session import RawPipe, piped_proxy, sdk_client, tool_call
-from tests.support import answering_sampling, fixture_server, structured, wait_until, write_config
+from tests.support import (
+    answering_sampling,
+    chatter_until_answered,
+    chattered,
+    fixture_server,
+    structured,
+    wait_until,
+    write_config,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -106,19 +114,9 @@ async def test_progress_and_log_entries_come_before_the_result_in_order(config: 
         await raw.handshake()
         await raw.request(1, "logging/setLevel", {"level": "info"})
         await raw.write(tool_call(2, "state_chatter", {"tag": "t", "count": 3}, _meta={"progressToken": "p"}))
-        seen: list[tuple[str, Any]] = []
-        while "id" not in (message := await raw.next_message()):
-            params = message["params"]
-            seen.append((message["method"], params.get("progress", params.get("data"))))
-        assert message["result"]["structuredContent"] == {"result": "t"}
-        assert seen == [
-            ("notifications/message", "t 1"),
-            ("notifications/progress", 1),
-            ("notifications/message", "t 2"),
-            ("notifications/progress", 2),
-            ("notifications/message", "t 3"),
-            ("notifications/progress", 3),
-        ]
+        seen, answer = await chatter_until_answered(raw.next_message)
+        assert answer["result"]["structuredContent"] == {"result": "t"}
+        assert seen == chattered("t", 3)
         assert pipes.lane.calls_served == 1
 
 
