@@ -14,14 +14,24 @@ from typing import Any
 import anyio
 import httpx2
 import pytest
-from mcp import MCPError
+from mcp import Client, MCPError
+from mcp.client.sse import sse_client
 from mcp.types import INVALID_PARAMS
 from prometheus_client.parser import text_string_to_metric_families
 
 from mcpstore_proxy.errors import SESSION_REFUSED, SHUTTING_DOWN, UPSTREAM_FAILED
 from tests.inprocess import InProcessProxy, running_app
 from tests.pinning import mutable
-from tests.support import ACCEPT, INITIALIZE, connect, fixture_server, structured, wait_until, write_config
+from tests.support import (
+    ACCEPT,
+    INITIALIZE,
+    admin,
+    connect,
+    fixture_server,
+    structured,
+    wait_until,
+    write_config,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -288,3 +298,23 @@ async def test_requests_and_sessions_refused_while_draining_count_as_shutting_do
         assert value(samples, "mcpstore_refusals_total", limit="shutting_down") == 2
         assert value(samples, "mcpstore_requests_in_flight") == 1
         await proxy.request_stop()  # a second request hurries: the call in flight is cancelled
+
+
+async def test_a_legacy_sse_clients_calls_in_the_lane_count_with_their_principal_and_outcome(tmp_path: Path) -> None:
+    config, tokens = auth_config(tmp_path, metrics_per_principal=True)
+    headers = {"Authorization": f"Bearer {tokens['alice']}"}
+    async with (
+        running_app(config) as proxy,
+        Client(sse_client(f"http://127.0.0.1:{proxy.port}/sse", headers=headers), mode="legacy", cache=None) as alice,
+    ):
+        await alice.call_tool("state_echo", {"text": "hi"})
+        await alice.call_tool("state_echo", {"text": "again"})
+        assert (await alice.call_tool("state_rich", {"fail": True})).is_error
+        samples = await scrape(proxy, tokens["metrics"])
+        status = await admin(proxy.port, "GET", "/status", Authorization=f"Bearer {tokens['admin']}")
+    assert status.json()["legacy_lane_calls"] == 3  # these calls were the lane's, not the SDK's
+    labels = {"mcp_method_name": "tools/call", "upstream": "state", "principal": "alice"}
+    name = "mcp_server_operation_duration_seconds_count"
+    ok = value(samples, name, **labels, gen_ai_tool_name="state_echo", outcome="ok")
+    failed = value(samples, name, **labels, gen_ai_tool_name="state_rich", outcome="error")
+    assert (ok, failed) == (2, 1)
