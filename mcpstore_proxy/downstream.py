@@ -50,6 +50,7 @@ NOTIFY_SECONDS: Final = 1.0
 """How long a notice to a client, or its shielded clean-up, may take before it is given up."""
 _KEY_STATE: Final = "mcpstore_proxy.session_key"
 _CHANNEL_STATE: Final = "mcpstore_proxy.channel"
+_LEGACY_STATE: Final = "mcpstore_proxy.legacy_session"
 _KEYS_REMEMBERED: Final = 4096
 _CLIENT_PARAMS: Final = Interned[types.InitializeRequestParams](64)
 """The clients' `initialize` parameters, each kept once however many connections sent them (see `interned`)."""
@@ -211,6 +212,7 @@ class Downstream:
             self._pipe = connection
         elif caller.scope is not None and (legacy := legacy_session_named(caller.scope)) is not None:
             self._legacy_sessions[legacy] = connection
+            connection.state[_LEGACY_STATE] = legacy
         connection.exit_stack.push_async_callback(self._connection_ended, connection, key)
         return key
 
@@ -310,8 +312,8 @@ class Downstream:
             self._http_sessions.pop(connection.session_id, None)
         if connection is self._pipe:
             self._pipe = None
-        for session, legacy in list(self._legacy_sessions.items()):
-            if legacy is connection:
-                del self._legacy_sessions[session]
+        legacy: str | None = connection.state.get(_LEGACY_STATE)
+        if legacy is not None:
+            self._legacy_sessions.pop(legacy, None)
         self._engine.named.forget_client(f"connection {key.name}")
         await self._engine.end_session(key)

@@ -14,6 +14,7 @@ from mcp.server.connection import Connection
 from mcp.shared.dispatcher import Outbound
 
 from mcpstore_proxy.downstream import Caller, Downstream
+from mcpstore_proxy.principals import ANONYMOUS
 from tests.engines import running_engine
 from tests.support import fixture_server
 
@@ -65,3 +66,26 @@ async def test_clients_that_said_alike_in_their_handshake_share_one_copy_of_it_a
         assert len(keys) == 3  # one session each, as before
         for connection in (alice, bob, other):
             await connection.exit_stack.aclose()
+
+
+async def test_a_legacy_sse_connection_is_found_by_its_session_once_adopted_and_forgotten_when_it_ends(
+    tmp_path: Path,
+) -> None:
+    session = "0123456789abcdef0123456789abcdef"
+    legacy = Connection(_Unused(), protocol_version=_VERSION)  # no Mcp-Session-Id: a legacy SSE connection
+    post: dict[str, Any] = {
+        "type": "http",
+        "method": "POST",
+        "path": "/messages/",
+        "query_string": f"session_id={session}".encode(),
+        "headers": [],
+        "mcpstore_proxy.principal": ANONYMOUS,  # as the gate marks a request it let through
+    }
+    async with running_engine(tmp_path, {"state": fixture_server("state")}) as harness:
+        downstream = Downstream(harness.engine)
+        assert downstream.legacy(session) is None  # not before it is adopted
+        downstream.adopt(Caller(post, legacy, _VERSION))
+        assert downstream.legacy(session) is legacy
+        assert downstream.legacy("f" * 32) is None
+        await legacy.exit_stack.aclose()
+        assert downstream.legacy(session) is None
