@@ -88,15 +88,14 @@ class MessageLane:
         self._server = server
         self._session = session
         self._connection = connection
-        self._takes_modern = takes_modern
         self._observer = observer
         self._names_principals = names_principals
         self._calls = LaneCalls(server)
         self._questions = LaneQuestions()
-        self._modern = ModernCalls(server)
+        self._modern = ModernCalls(server) if takes_modern else None
         self._is_modern: bool | None = None
         """The session's era, once its first request said it (see `take`)."""
-        self._answers: dict[RequestId, _LineAnswer] = {}
+        self._answers: dict[RequestId, _MessageAnswer] = {}
         """The calls taken and not yet answered, by the client's id: what its `notifications/cancelled` withdraws."""
         self._tasks: anyio.abc.TaskGroup | None = None
         self.calls_served = 0
@@ -156,7 +155,7 @@ class MessageLane:
         if method == "notifications/cancelled" and "id" not in message:
             return self._withdraw(message)
         if self._is_modern:
-            return self._takes_modern and self._take_modern(tasks, message, reply)
+            return self._modern is not None and self._take_modern(self._modern, tasks, message, reply)
         connection = self._connection()
         if connection is None or connection.protocol_version not in _HANDSHAKE_VERSIONS:
             return False  # not adopted yet (or any more)
@@ -165,7 +164,7 @@ class MessageLane:
             call = tool_call(message)
             if call is None:
                 return False
-            answer = self._answers[call.id] = _LineAnswer(reply)
+            answer = self._answers[call.id] = _MessageAnswer(reply)
             tasks.start_soon(self._serve, caller, call, answer, None)
             return True
         request_id = message.get("id")
@@ -175,18 +174,19 @@ class MessageLane:
             return True
         return False
 
-    def _take_modern(self, tasks: anyio.abc.TaskGroup, message: dict[str, Any], reply: Reply) -> bool:
+    def _take_modern(
+        self, modern: ModernCalls, tasks: anyio.abc.TaskGroup, message: dict[str, Any], reply: Reply
+    ) -> bool:
         """A 2026-07-28 call or listing, on the conditions `lane_modern` gives (but for the HTTP headers: a pipe has
         none)."""
-        modern = self._modern
         if modern.is_open and (call := modern.call(message, None)) is not None:
-            answer = self._answers[call.call.id] = _LineAnswer(reply)
+            answer = self._answers[call.call.id] = _MessageAnswer(reply)
             caller = Caller(None, call.connection, call.version)
             tasks.start_soon(self._serve, caller, call.call, answer, call.version)
             return True
         if (listing := modern.listing(message, None)) is not None:
             caller = Caller(None, listing.connection, listing.version)
-            tasks.start_soon(self._list, caller, listing.method, listing.id, reply, listing.version)
+            tasks.start_soon(self._list, caller, listing.method, listing.id, reply)
             return True
         return False
 
@@ -200,7 +200,9 @@ class MessageLane:
         self._calls.cancel(self._session, request_id)  # not yet started: it finds itself withdrawn instead
         return True
 
-    async def _serve(self, caller: Caller, request: ToolCall, answer: _LineAnswer, modern_version: str | None) -> None:
+    async def _serve(
+        self, caller: Caller, request: ToolCall, answer: _MessageAnswer, modern_version: str | None
+    ) -> None:
         try:
             if answer.is_done:
                 return  # withdrawn before it started
@@ -212,7 +214,9 @@ class MessageLane:
             if self._answers.get(request.id) is answer:
                 del self._answers[request.id]
 
-    async def _call(self, caller: Caller, request: ToolCall, answer: _LineAnswer, modern_version: str | None) -> None:
+    async def _call(
+        self, caller: Caller, request: ToolCall, answer: _MessageAnswer, modern_version: str | None
+    ) -> None:
         """Forward a call; a 2026-07-28 one (`modern_version`) asks its client nothing, hears no log entries (none
         opted in to), and is answered in its era's shape, as the SDK answers it."""
         self.calls_served += 1
@@ -234,7 +238,7 @@ class MessageLane:
             result = await self._calls.forwarded(answer, caller, call, request, operation, (self._session, request.id))
             if result is None:
                 return
-            if modern_version is not None:
+            if modern_version is not None and self._modern is not None:
                 try:
                     result = self._modern.result(result, modern_version)
                 except MCPError as error:
@@ -243,24 +247,21 @@ class MessageLane:
                     return
             await answer.finish({"jsonrpc": "2.0", "id": request.id, "result": result})
 
-    async def _list(
-        self, caller: Caller, method: str, request_id: RequestId, reply: Reply, modern_version: str | None = None
-    ) -> None:
+    async def _list(self, caller: Caller, method: str, request_id: RequestId, reply: Reply) -> None:
         self.listings_served += 1
         try:
-            listing = await self._server.listing(caller, method)
+            answer = (await self._server.listing(caller, method)).answer(request_id)
         except MCPError as error:
-            await _replied(reply, to_json(error_message(request_id, error.error)))
-            return
+            answer = to_json(error_message(request_id, error.error))
         except Exception:  # never into the lane's task group: that would end the session
             logger.exception("the message lane failed to answer a %s", method)
-            await _replied(reply, to_json(error_message(request_id, _INTERNAL_ERROR)))
-            return
-        await _replied(reply, listing.answer(request_id))
+            answer = to_json(error_message(request_id, _INTERNAL_ERROR))
+        await _replied(reply, answer)
 
 
-class _LineAnswer:
-    """A call's answer on the pipe: what comes before it, then it, each a line; nothing once withdrawn."""
+class _MessageAnswer:
+    """A call's answer on the session's one stream: what comes before it, then it, each a message; nothing once
+    withdrawn."""
 
     __slots__ = ("_reply", "is_done")
 
@@ -292,9 +293,13 @@ def _has_envelope(params: object) -> bool:
 
 
 async def _replied(reply: Reply, body: bytes) -> bool:
-    """Write a line; False when the pipe is closed (the client is gone: there is nobody left to tell)."""
+    """Write a message; False when it could not be (the client is gone: there is nobody left to tell). Never
+    raises: it runs in the lane's tasks, whose failure would end the session."""
     try:
         await reply(body)
     except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+        return False
+    except Exception:
+        logger.exception("the message lane failed to write an answer to its client")
         return False
     return True

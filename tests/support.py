@@ -21,6 +21,7 @@ import yaml
 from mcp import Client, StdioServerParameters, types
 from mcp.client.context import ClientRequestContext
 from mcp.client.streamable_http import streamable_http_client
+from mcp.shared.dispatcher import Outbound
 
 from mcpstore_proxy import MCPStore
 
@@ -439,3 +440,13 @@ def chattered(tag: str, count: int) -> list[tuple[str, Any]]:
         for step in range(1, count + 1)
         for entry in (("notifications/message", f"{tag} {step}"), ("notifications/progress", step))
     ]
+
+
+class NoClient(Outbound):
+    """A connection's way back to its client, for a test that sends the client nothing (it fails if one is sent)."""
+
+    async def send_raw_request(self, method: str, params: Any, opts: Any = None) -> dict[str, Any]:
+        raise AssertionError("nothing is sent to the client")
+
+    async def notify(self, method: str, params: Any, opts: Any = None) -> None:
+        raise AssertionError("nothing is sent to the client")

@@ -11,26 +11,15 @@ from typing import Any
 import pytest
 from mcp import types
 from mcp.server.connection import Connection
-from mcp.shared.dispatcher import Outbound
 
 from mcpstore_proxy.downstream import Caller, Downstream
 from mcpstore_proxy.principals import ANONYMOUS
 from tests.engines import running_engine
-from tests.support import fixture_server
+from tests.support import NoClient, fixture_server
 
 pytestmark = pytest.mark.anyio
 
 _VERSION = "2025-11-25"
-
-
-class _Unused(Outbound):
-    """The connection's way back to its client, which nothing here uses."""
-
-    async def send_raw_request(self, method: str, params: Any, opts: Any = None) -> dict[str, Any]:
-        raise AssertionError("nothing is sent to the client")
-
-    async def notify(self, method: str, params: Any, opts: Any = None) -> None:
-        raise AssertionError("nothing is sent to the client")
 
 
 def _connection(session_id: str, client: str, capabilities: types.ClientCapabilities) -> Connection:
@@ -39,7 +28,7 @@ def _connection(session_id: str, client: str, capabilities: types.ClientCapabili
         capabilities=capabilities,
         client_info=types.Implementation(name=client, version="1.0"),
     )
-    return Connection(_Unused(), protocol_version=_VERSION, session_id=session_id, client_params=params)
+    return Connection(NoClient(), protocol_version=_VERSION, session_id=session_id, client_params=params)
 
 
 async def test_clients_that_said_alike_in_their_handshake_share_one_copy_of_it_and_keep_their_own_keys(
@@ -72,7 +61,7 @@ async def test_a_legacy_sse_connection_is_found_by_its_session_once_adopted_and_
     tmp_path: Path,
 ) -> None:
     session = "0123456789abcdef0123456789abcdef"
-    legacy = Connection(_Unused(), protocol_version=_VERSION)  # no Mcp-Session-Id: a legacy SSE connection
+    legacy = Connection(NoClient(), protocol_version=_VERSION)  # no Mcp-Session-Id: a legacy SSE connection
     post: dict[str, Any] = {
         "type": "http",
         "method": "POST",
