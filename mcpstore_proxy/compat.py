@@ -121,30 +121,32 @@ def newest_legacy_session(transport: SseServerTransport) -> str:
 def legacy_session_named(scope: Scope) -> str | None:
     """The legacy SSE session id (hex) a request's `?session_id=` names, read as the transport reads it; None when
     it names none, or no valid one."""
-    named = parse_qs(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True).get("session_id")
-    if not named:
-        return None
-    try:
-        return UUID(hex=named[-1]).hex  # the last, as Starlette's `query_params.get` reads it
-    except ValueError:
-        return None
+    session = _named_session(scope)
+    return session.hex if session is not None else None
 
 
 def legacy_session(transport: SseServerTransport, scope: Scope) -> str | None:
     """The id (hex) of the live legacy SSE session a POST to `/messages/` names (`?session_id=`), when the request
     may use it: the transport's own tests (`_read_stream_writers`, `_session_owners`: the principal that opened
     it); else None, and the transport answers the request itself (400, 404)."""
-    named = legacy_session_named(scope)
-    if named is None:
-        return None
-    session = UUID(hex=named)
+    session = _named_session(scope)
     writers: dict[UUID, Any] = getattr(transport, "_read_stream_writers")  # noqa: B009  # private; pinned by a test
-    if session not in writers:
+    if session is None or session not in writers:
         return None
     owners: dict[UUID, Any] = getattr(transport, "_session_owners")  # noqa: B009  # private; pinned by a test
     user = scope.get("user")
     requestor = _requestor(user) if isinstance(user, AuthenticatedUser) else None
     return session.hex if owners.get(session) == requestor else None
+
+
+def _named_session(scope: Scope) -> UUID | None:
+    named = parse_qs(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True).get("session_id")
+    if not named:
+        return None
+    try:
+        return UUID(hex=named[-1])  # the last, as Starlette's `query_params.get` reads it
+    except ValueError:
+        return None
 
 
 @lru_cache(maxsize=1024)

@@ -223,8 +223,7 @@ class FastLane:
         version = headers.protocol_version
         if version is not None and version not in _HANDSHAKE_VERSIONS:
             return None  # a 2026-07-28 request (see `lane_modern`), or one the SDK refuses
-        declared = headers.content_length
-        if declared is not None and declared.isdigit() and int(declared) > self._manager.max_request_body_size:
+        if headers.declares_more_than(self._manager.max_request_body_size):
             return None  # the SDK refuses it unread
         sid = session_id.decode("latin-1")
         connection = self._server.downstream.adopted(sid)

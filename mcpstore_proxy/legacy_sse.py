@@ -115,6 +115,8 @@ class LegacySse:
                     calls, listings = self._served_before
                     self._served_before = (calls + lane.calls_served, listings + lane.listings_served)
         except ValueError:
+            if is_connected:
+                raise  # not the refusal: a failure of the session's own, which must not pass for one
             return  # refused by the Host/Origin checks, which already answered 421 or 403
         finally:
             events.is_open = False
@@ -127,8 +129,7 @@ class LegacySse:
         if found is None or not await self._acceptance.verdict(scope):
             await self.transport.handle_post_message(scope, receive, send)
             return
-        declared = request_headers(scope).content_length
-        if declared is not None and declared.isdigit() and int(declared) > self._max_body_size:
+        if request_headers(scope).declares_more_than(self._max_body_size):
             await self.transport.handle_post_message(scope, receive, send)  # refused unread (413)
             return
         body = await read_body(receive, self._max_body_size)

@@ -120,6 +120,12 @@ class RequestHeaders:
         self.repeats = repeats
         """Whether `Mcp-Session-Id` or `MCP-Protocol-Version` was sent more than once."""
 
+    def declares_more_than(self, limit: int) -> bool:
+        """Whether the request declares a body past `limit` bytes (`Content-Length`), which a transport refuses
+        unread."""
+        declared = self.content_length
+        return declared is not None and declared.isdigit() and int(declared) > limit
+
 
 def request_headers(scope: Scope) -> RequestHeaders:
     """What the request's headers say: found once per headers list, and kept with the scope."""

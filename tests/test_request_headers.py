@@ -122,3 +122,15 @@ def test_every_header_the_pass_keeps_is_what_a_pass_of_its_own_would_find() -> N
     scope = _scope(sent)
     for name in [*names, b"last-event-id", b"x-mcpstore-session"]:
         assert first_value(scope, name) == Headers(raw=sent)[name.decode()].encode(), name
+
+
+def test_a_body_is_declared_past_a_limit_only_by_a_content_length_of_digits_beyond_it() -> None:
+    def declared(value: bytes | None) -> bool:
+        sent = [(b"host", b"h")] if value is None else [(b"host", b"h"), (b"content-length", value)]
+        return request_headers(_scope(sent)).declares_more_than(100)
+
+    assert declared(b"101")
+    assert not declared(b"100")
+    assert not declared(None)
+    assert not declared(b"-5")  # not a length: the transport judges it as it reads
+    assert not declared(b"1e9")
