@@ -383,11 +383,14 @@ def _parse_template(uri_template: str) -> UriTemplate | None:
         return None
 
 
+SESSION_ARGUMENT_DESCRIPTION: Final = (
+    "Optional: calls naming the same session share the upstream's state; omit it for this connection's own."
+)
+"""Kept short: it is listed with every tool, so a model reads it once per tool (a thousand tools, a thousand times)."""
+
+
 def _session_property(shadowed: str | None = None) -> Mapping[str, Any]:
-    description = (
-        "Optional. Names a persistent session of the proxy: calls with the same name share the upstream's state, "
-        "across connections. Omit it to use this connection's own session."
-    )
+    description = SESSION_ARGUMENT_DESCRIPTION
     if shadowed is not None:
-        description += f" (Not the tool's own '{shadowed}', which belongs to the tool and is passed to it unchanged.)"
+        description += f" (The proxy's session; the tool's own '{shadowed}' is passed to it unchanged.)"
     return {"type": "string", "description": description}

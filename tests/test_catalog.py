@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+import orjson
 import pytest
 from mcp import types
 
@@ -104,6 +105,15 @@ def test_session_argument_is_added_as_optional_and_under_the_alias_where_the_too
     assert catalog.tool("u_own").session_argument == "mcpstore_session_id"
     assert not catalog.tool("u_plain").declares_session_argument
     assert catalog.tool("u_plain").session_argument == "session_id"
+
+
+def test_the_session_argument_costs_a_listing_little_as_it_is_repeated_for_every_tool() -> None:
+    catalog = catalog_of(source("u", tool("plain", x={"type": "string"})))
+    added = {t.name: t for t in catalog.tools}["u_plain"].input_schema["properties"]["session_id"]
+    assert added["type"] == "string"
+    assert "session" in added["description"]
+    assert "Optional" in added["description"]
+    assert len(orjson.dumps(added)) <= 140  # a model reads it once per tool; it was 203 bytes
 
 
 def test_a_tool_declaring_both_the_argument_and_the_alias_keeps_both_as_its_own() -> None:
