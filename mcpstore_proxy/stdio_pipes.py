@@ -21,9 +21,9 @@ import asyncio
 import logging
 import math
 import os
-from collections.abc import AsyncGenerator, Awaitable, Sequence
+from collections.abc import AsyncGenerator, Awaitable
 from contextlib import asynccontextmanager, suppress
-from typing import Any, Protocol
+from typing import Any, Final, Protocol, cast
 
 import anyio
 from anyio.abc import ByteReceiveStream, ByteSendStream, Process
@@ -34,10 +34,15 @@ from mcp.shared.message import SessionMessage
 from mcpstore_proxy.compat import TransportStreams, spawn_stdio_server, stdin_writer, stop_stdio_server
 from mcpstore_proxy.json_bytes import from_json, to_json
 from mcpstore_proxy.message_streams import MessageReadStream, MessageWriteStream
+from mcpstore_proxy.upstream_process import PipeReader
 
 __all__ = ["RawAnswers", "StdinMessages", "StdoutMessages", "stdio_pipes"]
 
 logger = logging.getLogger(__name__)
+
+_READ_AHEAD_BYTES: Final = 1024 * 1024
+"""How much of an upstream's stdout waits for the session's reader before the pipe is no longer read (and the
+upstream blocks writing): its notifications, when the session falls behind."""
 
 
 class RawAnswers(Protocol):
@@ -47,16 +52,33 @@ class RawAnswers(Protocol):
         ...
 
 
-class StdoutMessages(MessageReadStream):
-    """The messages an upstream writes to stdout, one JSON-RPC message per line, parsed as they are taken."""
+class StdoutMessages(MessageReadStream, asyncio.Protocol):
+    """The messages an upstream writes to stdout, one JSON-RPC message per line, parsed as they are taken.
 
-    def __init__(self, stdout: ByteReceiveStream) -> None:
+    Fed either way: pushed, as the protocol the pipe's chunks are delivered to (`upstream_process.PipeReader`'s
+    `deliver_to`), so that a line arrives in the event loop's own callback; or pulled, read from `stdout` by
+    `receive` when it has no line left. Either way an answer to one of the proxy's own requests (`RawAnswers`) is
+    handed over as soon as its line is split off, when no line before it is still waiting for the session's
+    reader: no task is woken to read it. A line behind others waits its turn, so that the session has seen (and
+    started forwarding) whatever the upstream wrote before an answer, such as a call's progress, by the time the
+    answer is handed over.
+    """
+
+    def __init__(self, stdout: ByteReceiveStream | None) -> None:
         self._stdout = stdout
-        self._lines: Sequence[bytes] = ()
-        """The whole lines of the last chunk read, taken from `_next` on; emptied when the last is taken, so that
-        no line outlives its turn (a list, not a `deque`: an empty one is 0.6 KiB, for every idle session)."""
+        """Where `receive` reads chunks from; None once they are pushed (`connection_made`)."""
+        self._transport: asyncio.ReadTransport | None = None
+        self._waiting: list[object] = []
+        """The lines the session's reader has yet to take, from `_next` on, in order: each a line as read (bytes),
+        or as parsed already (any other type: JSON never parses to bytes) where `_answers` did not take it. A
+        list, not a `deque`: an empty one is 0.6 KiB, for every idle session; emptied once every line is taken."""
         self._next = 0
+        self._waiting_size = 0
+        """The bytes of the lines waiting (when pushed, reading pauses past `_READ_AHEAD_BYTES`)."""
         self._partial = bytearray()
+        self._arrived: asyncio.Future[None] | None = None
+        self._has_ended = False
+        self._is_paused = False
         self._is_closed = False
         self._answers: RawAnswers | None = None
 
@@ -72,44 +94,121 @@ class StdoutMessages(MessageReadStream):
             anyio.ClosedResourceError: the session closed this stream.
         """
         while True:
-            while self._next == len(self._lines):
-                if self._is_closed:
-                    raise anyio.ClosedResourceError
-                self._take(await self._stdout.receive())
-            line = self._lines[self._next]
+            while self._next == len(self._waiting):
+                await self._more()
+            line = self._waiting[self._next]
             self._next += 1
-            if self._next == len(self._lines):
-                self._lines, self._next = (), 0
+            if self._next == len(self._waiting):
+                self._waiting.clear()
+                self._next = 0
+            if type(line) is bytes:
+                self._waiting_size -= len(line)
+                if self._is_paused and self._waiting_size <= _READ_AHEAD_BYTES:
+                    self._resume_reading()
             try:
-                if self._answers is None:
+                if type(line) is not bytes:
+                    parsed = line  # parsed as it arrived, and not an answer `_answers` took
+                elif self._answers is None:
                     return SessionMessage(types.jsonrpc_message_adapter.validate_json(line, by_name=False))
-                parsed = from_json(line)
-                if type(parsed) is dict and self._answers.take_raw(parsed):  # pyright: ignore[reportUnknownArgumentType]
-                    continue
+                else:
+                    parsed = from_json(line)
+                    if type(parsed) is dict and self._answers.take_raw(parsed):  # pyright: ignore[reportUnknownArgumentType]
+                        continue
                 return SessionMessage(types.jsonrpc_message_adapter.validate_python(parsed, by_name=False))
             except ValueError as error:
                 logger.warning("upstream wrote a line that is not a JSON-RPC message: %s", error)
                 return error
 
-    def _take(self, chunk: bytes) -> None:
-        end = chunk.find(b"\n")
-        if end == len(chunk) - 1 and not self._partial:  # one whole line: most answers
-            if not chunk.isspace():
-                self._lines = (chunk[:end],)
+    async def _more(self) -> None:
+        """Wait for more lines (reading them, when pulled)."""
+        if self._is_closed:
+            raise anyio.ClosedResourceError
+        if self._stdout is not None:
+            self.data_received(await self._stdout.receive())
             return
+        if self._has_ended:
+            raise anyio.EndOfStream
+        self._arrived = asyncio.get_running_loop().create_future()
+        try:
+            await self._arrived
+        finally:
+            self._arrived = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast("asyncio.ReadTransport", transport)  # uvloop's pipe is not registered as one
+        self._stdout = None
+
+    def data_received(self, data: bytes) -> None:
+        if self._is_closed:
+            return  # no reader any more (or an upstream being stopped: see `discard`)
+        end = data.find(b"\n")
         if end < 0:
-            self._partial += chunk  # a long message arrives in many chunks: no copy of what came before
+            self._partial += data  # a long message arrives in many chunks: no copy of what came before
             return
-        first = chunk[:end]
-        if self._partial:
-            first = bytes(self._partial) + first
-            self._partial.clear()
-        lines = chunk[end + 1 :].split(b"\n")
-        self._partial += lines.pop()
-        self._lines = [line for line in (first, *lines) if line.strip()]  # only called once every line was taken
+        if end == len(data) - 1 and not self._partial:  # one whole line: most answers
+            if not data.isspace():
+                self._arrived_line(data)  # its newline too: JSON allows it, and a 1 MB result is not copied
+        else:
+            first = data[:end]
+            if self._partial:
+                first = bytes(self._partial) + first
+                self._partial.clear()
+            lines = data[end + 1 :].split(b"\n")
+            self._partial += lines.pop()
+            for line in (first, *lines):
+                if line.strip():
+                    self._arrived_line(line)
+        if self._arrived is not None and not self._arrived.done() and self._next < len(self._waiting):
+            self._arrived.set_result(None)
+
+    def _arrived_line(self, line: bytes) -> None:
+        if self._next == len(self._waiting) and self._answers is not None:  # no line before it waiting
+            try:
+                parsed: object = from_json(line)
+            except ValueError:
+                pass  # the session's reader reports it, in its turn
+            else:
+                taken = type(parsed) is dict and self._answers.take_raw(parsed)  # pyright: ignore[reportUnknownArgumentType]
+                if not taken:
+                    self._waiting.append(parsed)  # pyright: ignore[reportUnknownArgumentType]
+                return
+        self._waiting.append(line)
+        self._waiting_size += len(line)
+        if self._waiting_size > _READ_AHEAD_BYTES and self._transport is not None and not self._is_paused:
+            self._is_paused = True
+            self._transport.pause_reading()
+
+    def eof_received(self) -> bool | None:
+        self._ended()
+        return None  # the transport closes itself
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._ended()
+
+    def _ended(self) -> None:
+        self._has_ended = True
+        if self._arrived is not None and not self._arrived.done():
+            self._arrived.set_result(None)
+
+    def discard(self) -> None:
+        """Drop every line waiting and every one to come (an upstream being stopped: one blocked writing to a full
+        stdout pipe never reads its stdin's end)."""
+        self._is_closed = True
+        self._ended()
+        self._waiting.clear()
+        self._next = self._waiting_size = 0
+        self._partial.clear()
+        if self._is_paused:
+            self._resume_reading()
+
+    def _resume_reading(self) -> None:
+        self._is_paused = False
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.resume_reading()
 
     async def aclose(self) -> None:
         self._is_closed = True
+        self._ended()
 
 
 class StdinMessages(MessageWriteStream):
@@ -196,8 +295,11 @@ async def stdio_pipes(parameters: StdioServerParameters, stderr_fd: int) -> Asyn
     stdout, stdin = process.stdout, process.stdin
     assert stdout is not None  # spawned with pipes
     assert stdin is not None
+    messages = StdoutMessages(stdout)
+    if isinstance(stdout, PipeReader):
+        stdout.deliver_to(messages)  # the loop's callback splits each line off: no task reads them
     try:
-        yield StdoutMessages(stdout), StdinMessages(stdin)
+        yield messages, StdinMessages(stdin)
     finally:
         with anyio.CancelScope(shield=True):
             async with anyio.create_task_group() as tg:
@@ -208,7 +310,10 @@ async def stdio_pipes(parameters: StdioServerParameters, stderr_fd: int) -> Asyn
                         while True:
                             await stdout.receive()
 
-                tg.start_soon(discard_stdout)
+                if isinstance(stdout, PipeReader):
+                    messages.discard()
+                else:
+                    tg.start_soon(discard_stdout)
                 await stop_stdio_server(process)
                 tg.cancel_scope.cancel()
 

@@ -22,7 +22,7 @@ from asyncio.streams import FlowControlMixin
 from collections.abc import Mapping, Sequence
 from contextlib import suppress
 from pathlib import Path
-from typing import IO, Final, TextIO
+from typing import IO, Final, TextIO, cast
 
 import anyio
 from anyio.abc import ByteReceiveStream, ByteSendStream, Process
@@ -31,6 +31,8 @@ __all__ = ["PipeReader", "PipeWriter", "UpstreamProcess", "start_process"]
 
 _EXIT_POLL_SECONDS: Final = 0.05
 """How often `wait()` asks whether the process has exited (nothing in the proxy waits on it that way)."""
+_READ_AHEAD_BYTES: Final = 256 * 1024
+"""How much of stdout `PipeReader` holds unread before it stops reading the pipe (and the process blocks)."""
 _REAP_SECONDS: Final = 2.0
 """How long a process killed because its pipes could not be connected is waited for, to reap it."""
 
@@ -56,27 +58,96 @@ class PipeWriter(ByteSendStream):
         self.writer.close()  # the child reads the end of its stdin
 
 
-class PipeReader(ByteReceiveStream):
-    """The process's stdout, as an anyio stream."""
+class PipeReader(ByteReceiveStream, asyncio.Protocol):
+    """The process's stdout, as the event loop's protocol for its pipe: an anyio stream of the chunks it delivers,
+    or, from `deliver_to` on, each chunk handed straight to another protocol in the loop's own callback (the
+    session's `stdio_pipes.StdoutMessages`), with no task, future or buffer in between."""
 
-    def __init__(self, reader: asyncio.StreamReader, transport: asyncio.ReadTransport) -> None:
-        self._reader = reader
-        self._transport = transport
+    def __init__(self) -> None:
+        self._transport: asyncio.ReadTransport | None = None
+        self._chunks: list[bytes] = []
+        self._size = 0
+        self._arrived: asyncio.Future[None] | None = None
+        self._has_ended = False
+        self._is_paused = False
         self._is_closed = False
+        self._target: asyncio.Protocol | None = None
+
+    def deliver_to(self, target: asyncio.Protocol) -> None:
+        """From now on, give the pipe's chunks and its end to `target`, as the loop gives them to a protocol
+        (`connection_made` first, with the pipe's transport, which it may pause), starting with any not read yet;
+        `receive` is not used after this."""
+        assert self._transport is not None  # connected in `start_process`
+        self._target = target
+        target.connection_made(self._transport)
+        chunks, self._chunks = self._chunks, []
+        for chunk in chunks:
+            target.data_received(chunk)
+        if self._is_paused:
+            self._is_paused = False
+            self._transport.resume_reading()
+        if self._has_ended:
+            target.eof_received()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast("asyncio.ReadTransport", transport)  # uvloop's pipe is not registered as one
+
+    def data_received(self, data: bytes) -> None:
+        if self._target is not None:
+            self._target.data_received(data)
+            return
+        self._chunks.append(data)
+        self._size += len(data)
+        if self._size > _READ_AHEAD_BYTES and not self._is_paused and self._transport is not None:
+            self._is_paused = True
+            self._transport.pause_reading()
+        self._wake()
+
+    def eof_received(self) -> bool | None:
+        self._has_ended = True
+        if self._target is not None:
+            return self._target.eof_received()
+        self._wake()
+        return None  # the transport closes itself
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._has_ended = True
+        if self._target is not None:
+            self._target.connection_lost(exc)
+            return
+        self._wake()
 
     async def receive(self, max_bytes: int = 65536) -> bytes:
-        if self._is_closed:
-            raise anyio.ClosedResourceError
-        data = await self._reader.read(max_bytes)
-        if not data:
+        while not self._chunks:
             if self._is_closed:
                 raise anyio.ClosedResourceError
-            raise anyio.EndOfStream
-        return data
+            if self._has_ended:
+                raise anyio.EndOfStream
+            self._arrived = asyncio.get_running_loop().create_future()
+            try:
+                await self._arrived
+            finally:
+                self._arrived = None
+        chunk = self._chunks[0]
+        if len(chunk) > max_bytes:
+            self._chunks[0], chunk = chunk[max_bytes:], chunk[:max_bytes]
+        else:
+            del self._chunks[0]
+        self._size -= len(chunk)
+        if self._is_paused and self._size <= _READ_AHEAD_BYTES and self._transport is not None:
+            self._is_paused = False
+            self._transport.resume_reading()
+        return chunk
 
     async def aclose(self) -> None:
         self._is_closed = True
-        self._transport.close()  # a reader waiting now gets the end of the stream
+        if self._transport is not None:
+            self._transport.close()  # a reader waiting now gets the end of the stream
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._arrived is not None and not self._arrived.done():
+            self._arrived.set_result(None)
 
 
 class UpstreamProcess(Process):
@@ -175,12 +246,11 @@ async def start_process(
 async def _connected(
     loop: asyncio.AbstractEventLoop, stdin: IO[bytes], stdout: IO[bytes]
 ) -> tuple[PipeWriter, PipeReader]:
-    reader = asyncio.StreamReader(loop=loop)
-    read_transport, _ = await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader, loop=loop), stdout)
+    _, reader = await loop.connect_read_pipe(PipeReader, stdout)
     # Flow control alone for stdin: a `StreamReaderProtocol` would keep a reader (0.7 KiB) nothing reads.
     write_transport, write_protocol = await loop.connect_write_pipe(lambda: FlowControlMixin(loop=loop), stdin)
     writer = asyncio.StreamWriter(write_transport, write_protocol, None, loop)
-    return PipeWriter(writer), PipeReader(reader, read_transport)
+    return PipeWriter(writer), reader
 
 
 async def _exit_code(popen: subprocess.Popen[bytes]) -> int:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sys
 import textwrap
 from collections.abc import AsyncGenerator
 from contextlib import asynccontextmanager, suppress
+from pathlib import Path
 
 import anyio
 import pytest
@@ -14,7 +16,7 @@ from anyio.abc import ByteReceiveStream
 from mcp import MCPError, StdioServerParameters, types
 from mcp.shared.message import SessionMessage
 
-from mcpstore_proxy.compat import TransportStreams
+from mcpstore_proxy.compat import ReadStream, TransportStreams
 from mcpstore_proxy.direct_requests import DirectRequests
 from mcpstore_proxy.stdio_pipes import StdoutMessages, stdio_pipes
 from mcpstore_proxy.transports import SessionReadStream
@@ -268,3 +270,125 @@ async def test_a_request_to_an_upstream_that_stopped_reading_its_stdin_fails_at_
         assert isinstance(await read_stream.receive(), Exception)  # "ready": the child runs, and reads nothing
         with anyio.fail_after(10), pytest.raises(TimeoutError):
             await direct.request("tools/call", {"name": "echo", "arguments": {"text": "x" * 1_000_000}}, timeout=0.5)
+
+
+# Lines arrive in the event loop's own callback (`StdoutMessages` as the pipe's protocol), on either loop.
+
+_ASYNCIO: dict[str, bool] = {}
+_LOOPS = pytest.mark.parametrize(
+    "anyio_backend",
+    [pytest.param(("asyncio", _ASYNCIO), id="asyncio"), pytest.param(("asyncio", {"use_uvloop": True}), id="uvloop")],
+)
+
+
+@_LOOPS
+async def test_an_answer_written_behind_a_log_entry_reaches_its_request_only_after_the_session_took_the_entry() -> None:
+    # The upstream writes the entry and the answer in one write. Were the answer handed over as it is split off,
+    # the request would be answered before the session had even seen the entry, so the client would get the
+    # result first and the entry after it (or never).
+    script = 'ANSWER = lambda request: {"jsonrpc": "2.0", "id": request["id"], "result": {}}\n' + textwrap.dedent(
+        _ANSWERING
+    )
+    events: list[str] = []
+    async with _child(script) as (read_stream, write_stream), anyio.create_task_group() as tg:
+        direct = DirectRequests(write_stream)
+        observed = SessionReadStream(read_stream, lambda: None, direct)
+
+        async def read() -> None:
+            with suppress(anyio.EndOfStream, anyio.ClosedResourceError):
+                while True:
+                    message = _message(await observed.receive())
+                    assert isinstance(message, types.JSONRPCNotification)
+                    events.append(message.method)
+
+        tg.start_soon(read)
+        for _ in range(20):
+            assert await direct.request("ping", None, timeout=10) == {}
+            events.append("answer")
+        tg.cancel_scope.cancel()
+    assert events == ["notifications/message", "answer"] * 20
+
+
+_FLOODING = """
+    import json, os, sys
+    out = sys.stdout
+    out.write(json.dumps({"jsonrpc": "2.0", "method": "pid", "params": {"pid": os.getpid()}}) + "\\n")
+    for index in range(3000):
+        entry = {"level": "info", "data": {"index": index, "padding": "x" * 1000}}
+        out.write(json.dumps({"jsonrpc": "2.0", "method": "notifications/message", "params": entry}) + "\\n")
+    out.flush()
+"""
+"""3 MB of log entries, against the 1 MiB the proxy holds unread, after a line with the upstream's pid."""
+
+
+async def _blocked_writing(read_stream: ReadStream[SessionMessage | Exception]) -> int:
+    """The flooding upstream's pid, once it is blocked writing to its stdout."""
+    announced = _message(await read_stream.receive())
+    assert isinstance(announced, types.JSONRPCNotification)
+    assert announced.params is not None
+    pid: int = announced.params["pid"]
+    wchan = Path(f"/proc/{pid}/wchan")
+    await wait_until(lambda: "pipe_write" in wchan.read_text(), what="the upstream to block writing its stdout")
+    return pid
+
+
+@_LOOPS
+async def test_an_upstream_writing_faster_than_its_session_reads_is_held_at_its_pipe_and_loses_no_line() -> None:
+    # The upstream must block writing, not the proxy's memory grow with it; once the session reads, every line
+    # arrives, in order.
+    async with _child(_FLOODING) as (read_stream, _):
+        await _blocked_writing(read_stream)
+        indexes: list[int] = []
+        with pytest.raises(anyio.EndOfStream):  # noqa: PT012
+            while True:
+                entry = _message(await read_stream.receive())
+                assert isinstance(entry, types.JSONRPCNotification)
+                assert entry.params is not None
+                indexes.append(entry.params["data"]["index"])
+    assert indexes == list(range(3000))
+
+
+@_LOOPS
+async def test_leaving_while_the_upstream_is_blocked_writing_to_its_stdout_stops_it() -> None:
+    async with _child(_FLOODING) as (read_stream, _):
+        pid = await _blocked_writing(read_stream)
+    assert not is_alive(pid)
+
+
+class _Pipe(asyncio.ReadTransport):
+    """The read end of a pipe as the loop would give it to its protocol: whether it is being read."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.is_paused = False
+
+    def pause_reading(self) -> None:
+        self.is_paused = True
+
+    def resume_reading(self) -> None:
+        self.is_paused = False
+
+    def is_closing(self) -> bool:
+        return False
+
+
+async def test_the_pipe_is_no_longer_read_past_a_mebibyte_waiting_and_is_read_again_once_the_session_catches_up() -> (
+    None
+):
+    pipe, stdout = _Pipe(), StdoutMessages(None)
+    stdout.connection_made(pipe)
+    line = b'{"jsonrpc":"2.0","method":"notifications/message","params":{"level":"info","data":"%s"}}\n'
+    chunk = b"".join(line % (b"%04d" % index + b"x" * 996) for index in range(64))  # 64 lines of about 1 KB
+
+    chunks = 0
+    while (chunks + 1) * len(chunk) <= 1024 * 1024:  # up to a mebibyte waiting: still read
+        stdout.data_received(chunk)
+        chunks += 1
+        assert not pipe.is_paused
+    stdout.data_received(chunk)
+    assert pipe.is_paused
+
+    seen = [await stdout.receive() for _ in range((chunks + 1) * 64)]
+    assert not pipe.is_paused
+    data = [_message(item).model_dump()["params"]["data"] for item in seen]
+    assert [int(text[:4]) for text in data] == list(range(64)) * (chunks + 1)
