@@ -190,16 +190,17 @@ def _result_of(answer: _Answer) -> dict[str, Any]:
         MCPError: the upstream's error; CONNECTION_CLOSED for no answer; INTERNAL_ERROR for an answer that is
             neither a result object nor an error (it is not passed on as if it were one).
     """
-    if answer is None:
-        raise _closed()
-    if isinstance(answer, types.JSONRPCResponse):
-        return answer.result
-    if isinstance(answer, types.JSONRPCError):
+    if not isinstance(answer, dict):
+        if answer is None:
+            raise _closed()
+        if isinstance(answer, types.JSONRPCResponse):
+            return answer.result
         raise MCPError(code=answer.error.code, message=answer.error.message, data=answer.error.data)
     result: object = answer.get("result")  # a line as parsed from JSON (`take_raw`): the usual case
     error: object = answer.get("error")
     if type(result) is dict and error is None:
-        return cast("dict[str, Any]", result)  # a string: no generic alias made per call
+        found: dict[str, Any] = result  # pyright: ignore[reportUnknownVariableType]  # no cast(): a call
+        return found
     if isinstance(error, dict) and result is None:
         fields = cast(dict[str, Any], error)
         code, message = fields.get("code"), fields.get("message")

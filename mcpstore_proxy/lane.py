@@ -165,13 +165,13 @@ class FastLane:
         except ValueError:
             message = None
         if type(message) is dict and message.get("jsonrpc") == "2.0":  # pyright: ignore[reportUnknownMemberType]
-            message = cast("dict[str, Any]", message)  # a string: no generic alias made per request
-            if session is not None and await self._take(scope, receive, send, session, message):
+            request: dict[str, Any] = message  # pyright: ignore[reportUnknownVariableType]  # no cast(): a call
+            if session is not None and await self._take(scope, receive, send, session, request):
                 return
-            if routing is not None and (call := self._modern.call(message, routing)) is not None:
+            if routing is not None and (call := self._modern.call(request, routing)) is not None:
                 await self._serve_modern(scope, receive, send, call)
                 return
-            if routing is not None and (listing := self._modern.listing(message, routing)) is not None:
+            if routing is not None and (listing := self._modern.listing(request, routing)) is not None:
                 await self._list_modern(scope, send, listing)
                 return
         await self._app(scope, replaying(body, receive), send)  # unparsable, a batch, or not the lane's

@@ -92,6 +92,8 @@ class ProxyServer(Server[Any]):
         # The SDK's OpenTelemetry span per message is measurable per-call cost: spans come only with `tracing: true`.
         self.middleware.clear()
         tracer = self._tracer = _start_tracing() if engine.settings.tracing else None
+        self.traces = tracer is not None
+        """Whether each request gets a span (`tracing: true`)."""
         if observer is not None or tracer is not None:
             principal_of = self._principal_name if engine.settings.metrics_per_principal else None
             self.middleware.append(ObservedOperations(observer, tracer, principal_of))
@@ -110,25 +112,23 @@ class ProxyServer(Server[Any]):
         self.add_notification_handler("notifications/roots/list_changed", types.NotificationParams, self._roots_changed)
         self._engine = engine
         self.drain = drain or Drain(engine.events)
-        self._downstream = Downstream(engine, stdio=stdio)
+        self.downstream = Downstream(engine, stdio=stdio)
+        """Which session key a request belongs to, and how to reach its client (an attribute, not a property:
+        the lanes read it for every call)."""
         """Which session key each request belongs to, and how to reach the client that sent it."""
         # The SDK checks a 2026-07-28 call's `Mcp-Param-*` headers against the tool's schema; without this it runs
         # the whole tools/list handler for every such call to find that schema.
-        self.get_tool_input_schema = self._downstream.input_schema
+        self.get_tool_input_schema = self.downstream.input_schema
         self._listings = ShapedListings(self.server_info_stamp)
         self.rounds = InputRounds(engine.clock)
         """The 2026-07-28 multi-round exchanges in progress; whoever serves this server enters `rounds.running()`."""
-        engine.add_listener(self._downstream.announce_catalog_changed)
-
-    @property
-    def downstream(self) -> Downstream:
-        return self._downstream
+        engine.add_listener(self.downstream.announce_catalog_changed)
 
     def _key(self, ctx: Context) -> SessionKey:
-        return self._downstream.key(Caller.of(ctx))
+        return self.downstream.key(Caller.of(ctx))
 
     def _principal_name(self, ctx: Context) -> str:
-        return self._downstream.principal(Caller.of(ctx)).name
+        return self.downstream.principal(Caller.of(ctx)).name
 
     # Capabilities: what the upstreams offer, not what handlers happen to be registered.
 
@@ -162,7 +162,7 @@ class ProxyServer(Server[Any]):
         """
         await self._engine.startup.settled()
         try:
-            catalog = self._engine.catalog_for(self._downstream.key(caller))
+            catalog = self._engine.catalog_for(self.downstream.key(caller))
         except ProxyError as error:
             raise to_mcp_error(error) from None
         return self._listings.wire(catalog, method, caller.protocol_version)
@@ -194,7 +194,7 @@ class ProxyServer(Server[Any]):
         result = await call_next(ctx)
         if ctx.method == "initialize":
             caller = Caller.of(ctx)
-            self._downstream.adopt(caller._replace(protocol_version=caller.connection.protocol_version))
+            self.downstream.adopt(caller._replace(protocol_version=caller.connection.protocol_version))
         return result
 
     async def _cached_listing(self, ctx: Context, call_next: CallNext) -> HandlerResult:
@@ -230,17 +230,17 @@ class ProxyServer(Server[Any]):
         Raises:
             ProxyError: routing or the upstream failed (`forwarded` translates it).
         """
-        base_key = self._downstream.key(caller)
+        base_key = self.downstream.key(caller)
         if call.connection is None:
             # A 2026-07-28 call from the lane: what its sessions say outside a call goes to its key's listen streams.
-            call.connection = self._downstream.listen_channel(base_key)
+            call.connection = self.downstream.listen_channel(base_key)
         route = self._engine.tool_route(base_key, name)
         note_tool(name)
         arguments = dict(arguments or {})
         argument = route.session_argument
         named = arguments.pop(argument, None) if argument is not None else None
         # Without a session argument, the key is the one the request already resolved to.
-        key = base_key if named is None else self._downstream.named_key(caller, base_key, named, argument_name=argument)
+        key = base_key if named is None else self.downstream.named_key(caller, base_key, named, argument_name=argument)
         is_other_key = key is not base_key and key != base_key
         if is_other_key:
             # The tool exists in the connection's view; the named session may just never have listed its own.
@@ -249,7 +249,7 @@ class ProxyServer(Server[Any]):
         if key.is_explicit and caller.header(EXISTING_SESSION_HEADER) == "1":
             self._engine.records.require(key)
         if is_other_key:  # `key()` admitted the base key
-            self._downstream.admit(caller, key)
+            self.downstream.admit(caller, key)
         return await self._engine.call_tool(key, route, arguments, call)
 
     async def _get_prompt(self, ctx: Context, params: types.GetPromptRequestParams) -> dict[str, Any]:
@@ -307,7 +307,7 @@ class ProxyServer(Server[Any]):
             key = self._key(ctx)
         except ProxyError as error:
             raise to_mcp_error(error) from None
-        channel = self._downstream.listen_channel(key)
+        channel = self.downstream.listen_channel(key)
         call = ClientCall(stream=channel, connection=channel)
         uris = list(params.notifications.resource_subscriptions or ())
         for uri in uris:
@@ -322,7 +322,7 @@ class ProxyServer(Server[Any]):
                         await self._engine.subscribe(key, uri, call, subscribe=False)
 
     async def _initialized(self, ctx: Context, params: types.NotificationParams) -> None:
-        self._downstream.initialized(Caller.of(ctx))
+        self.downstream.initialized(Caller.of(ctx))
 
     async def _roots_changed(self, ctx: Context, params: types.NotificationParams) -> None:
         with contextlib.suppress(ProxyError):
@@ -344,7 +344,7 @@ class ProxyServer(Server[Any]):
         is_modern = ctx.protocol_version in MODERN_PROTOCOL_VERSIONS
 
         async def run() -> dict[str, Any]:
-            call = self._downstream.client_call(ctx)
+            call = self.downstream.client_call(ctx)
             if rounds is not None and is_modern:
                 if declared_by(call.stream.capabilities) or rounds.request_state is not None:
                     # A 2026-07-28 client is asked by `input_required` rounds of its own request (see `rounds`).
@@ -400,11 +400,6 @@ class ProxyServer(Server[Any]):
                 return await run()
         except ProxyError as error:
             raise to_mcp_error(error) from None
-
-    @property
-    def traces(self) -> bool:
-        """Whether each request gets a span (`tracing: true`)."""
-        return self._tracer is not None
 
 
 def _start_tracing() -> OperationTracer:

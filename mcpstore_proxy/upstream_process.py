@@ -60,8 +60,8 @@ class PipeWriter(ByteSendStream):
 
 class PipeReader(ByteReceiveStream, asyncio.Protocol):
     """The process's stdout, as the event loop's protocol for its pipe: an anyio stream of the chunks it delivers,
-    or, from `deliver_to` on, each chunk handed straight to another protocol in the loop's own callback (the
-    session's `stdio_pipes.StdoutMessages`), with no task, future or buffer in between."""
+    until `deliver_to` makes another protocol the pipe's (the session's `stdio_pipes.StdoutMessages`), which then
+    gets each chunk in the loop's own callback, with no task, future or buffer in between."""
 
     def __init__(self) -> None:
         self._transport: asyncio.ReadTransport | None = None
@@ -71,21 +71,21 @@ class PipeReader(ByteReceiveStream, asyncio.Protocol):
         self._has_ended = False
         self._is_paused = False
         self._is_closed = False
-        self._target: asyncio.Protocol | None = None
 
     def deliver_to(self, target: asyncio.Protocol) -> None:
-        """From now on, give the pipe's chunks and its end to `target`, as the loop gives them to a protocol
-        (`connection_made` first, with the pipe's transport, which it may pause), starting with any not read yet;
-        `receive` is not used after this."""
-        assert self._transport is not None  # connected in `start_process`
-        self._target = target
-        target.connection_made(self._transport)
+        """Make `target` the pipe's protocol (`connection_made` first, with the pipe's transport, which it may
+        pause), given first what was not read yet; `receive` is not used after this. The loop calls `target`
+        itself from then on, and `aclose` still closes the pipe (`target` hears of it)."""
+        transport = self._transport
+        assert transport is not None  # connected in `start_process`
+        transport.set_protocol(target)
+        target.connection_made(transport)
         chunks, self._chunks = self._chunks, []
         for chunk in chunks:
             target.data_received(chunk)
         if self._is_paused:
             self._is_paused = False
-            self._transport.resume_reading()
+            transport.resume_reading()
         if self._has_ended:
             target.eof_received()
 
@@ -93,9 +93,6 @@ class PipeReader(ByteReceiveStream, asyncio.Protocol):
         self._transport = cast("asyncio.ReadTransport", transport)  # uvloop's pipe is not registered as one
 
     def data_received(self, data: bytes) -> None:
-        if self._target is not None:
-            self._target.data_received(data)
-            return
         self._chunks.append(data)
         self._size += len(data)
         if self._size > _READ_AHEAD_BYTES and not self._is_paused and self._transport is not None:
@@ -105,16 +102,11 @@ class PipeReader(ByteReceiveStream, asyncio.Protocol):
 
     def eof_received(self) -> bool | None:
         self._has_ended = True
-        if self._target is not None:
-            return self._target.eof_received()
         self._wake()
         return None  # the transport closes itself
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._has_ended = True
-        if self._target is not None:
-            self._target.connection_lost(exc)
-            return
         self._wake()
 
     async def receive(self, max_bytes: int = 65536) -> bytes:
