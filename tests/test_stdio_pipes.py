@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
+import json
 import os
+import random
 import sys
 import textwrap
 from collections.abc import AsyncGenerator
 from contextlib import asynccontextmanager, suppress
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -392,3 +396,56 @@ async def test_the_pipe_is_no_longer_read_past_a_mebibyte_waiting_and_is_read_ag
     assert not pipe.is_paused
     data = [_message(item).model_dump()["params"]["data"] for item in seen]
     assert [int(text[:4]) for text in data] == list(range(64)) * (chunks + 1)
+
+
+class _Answers:
+    """The proxy's own requests, as `StdoutMessages` offers them lines: every answer to an `mcpstore-` id is theirs,
+    noted in `events` as it is handed over."""
+
+    def __init__(self, events: list[str]) -> None:
+        self._events = events
+
+    def take_raw(self, message: dict[str, Any]) -> bool:
+        request_id = message.get("id")
+        if "method" in message or not isinstance(request_id, str) or not request_id.startswith("mcpstore-"):
+            return False
+        self._events.append(request_id)
+        return True
+
+
+async def test_however_the_pipe_cuts_the_stream_each_answer_reaches_its_request_and_the_rest_the_session_in_order() -> (
+    None
+):
+    shuffled = random.Random(11)
+    for _ in range(200):
+        messages: list[dict[str, Any]] = []
+        for index in range(shuffled.randint(1, 20)):
+            if shuffled.random() < 0.5:
+                result = {"text": "x" * shuffled.randint(0, 3000)}
+                messages.append({"jsonrpc": "2.0", "id": f"mcpstore-{index}", "result": result})
+            else:
+                entry = {"level": "info", "data": index}
+                messages.append({"jsonrpc": "2.0", "method": "notifications/message", "params": entry})
+        lines = [json.dumps(message).encode() + shuffled.choice((b"\n", b"\n\n  \r\n")) for message in messages]
+        data = b"".join(lines)
+        ends = list(itertools.accumulate(len(line) for line in lines))
+        events: list[str] = []  # what the session took and what requests were handed, as it happened
+        stdout = StdoutMessages(None)
+        stdout.offer_answers_to(_Answers(events))
+        stdout.connection_made(_Pipe())
+        seen = 0
+        fed = 0
+        while fed < len(data):
+            cut = min(len(data), fed + shuffled.randint(1, 5000))
+            stdout.data_received(data[fed:cut])
+            fed = cut
+            whole = sum(1 for end, message in zip(ends, messages, strict=True) if end <= fed and "method" in message)
+            while seen < whole and shuffled.random() < 0.7:  # the session reads some of what came, or not
+                events.append(str(_message(await stdout.receive()).model_dump()["params"]["data"]))
+                seen += 1
+        stdout.eof_received()
+        with pytest.raises(anyio.EndOfStream):  # noqa: PT012
+            while True:
+                events.append(str(_message(await stdout.receive()).model_dump()["params"]["data"]))
+        # An answer never overtakes a line before it that the session has yet to take.
+        assert events == [message.get("id") or str(message["params"]["data"]) for message in messages]
