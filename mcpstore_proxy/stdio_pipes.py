@@ -34,7 +34,7 @@ from mcp.shared.message import SessionMessage
 from mcpstore_proxy.compat import TransportStreams, spawn_stdio_server, stdin_writer, stop_stdio_server
 from mcpstore_proxy.json_bytes import from_json, to_json
 from mcpstore_proxy.message_streams import MessageReadStream, MessageWriteStream
-from mcpstore_proxy.upstream_process import PipeReader
+from mcpstore_proxy.upstream_process import Arrival, PipeReader
 
 __all__ = ["RawAnswers", "StdinMessages", "StdoutMessages", "stdio_pipes"]
 
@@ -76,7 +76,7 @@ class StdoutMessages(MessageReadStream, asyncio.Protocol):
         self._waiting_size = 0
         """The bytes of the lines waiting (when pushed, reading pauses past `_READ_AHEAD_BYTES`)."""
         self._partial = bytearray()
-        self._arrived: asyncio.Future[None] | None = None
+        self._arrival = Arrival()
         self._has_ended = False
         self._is_paused = False
         self._is_closed = False
@@ -128,11 +128,7 @@ class StdoutMessages(MessageReadStream, asyncio.Protocol):
             return
         if self._has_ended:
             raise anyio.EndOfStream
-        self._arrived = asyncio.get_running_loop().create_future()
-        try:
-            await self._arrived
-        finally:
-            self._arrived = None
+        await self._arrival.wait()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast("asyncio.ReadTransport", transport)  # uvloop's pipe is not registered as one
@@ -158,8 +154,8 @@ class StdoutMessages(MessageReadStream, asyncio.Protocol):
             for line in (first, *lines):
                 if line.strip():
                     self._arrived_line(line)
-        if self._arrived is not None and not self._arrived.done() and self._next < len(self._waiting):
-            self._arrived.set_result(None)
+        if self._next < len(self._waiting):
+            self._arrival.wake()
 
     def _arrived_line(self, line: bytes) -> None:
         if self._next == len(self._waiting) and self._answers is not None:  # no line before it waiting
@@ -187,8 +183,7 @@ class StdoutMessages(MessageReadStream, asyncio.Protocol):
 
     def _ended(self) -> None:
         self._has_ended = True
-        if self._arrived is not None and not self._arrived.done():
-            self._arrived.set_result(None)
+        self._arrival.wake()
 
     def discard(self) -> None:
         """Drop every line waiting and every one to come (an upstream being stopped: one blocked writing to a full

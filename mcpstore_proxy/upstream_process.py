@@ -27,7 +27,7 @@ from typing import IO, Final, TextIO, cast
 import anyio
 from anyio.abc import ByteReceiveStream, ByteSendStream, Process
 
-__all__ = ["PipeReader", "PipeWriter", "UpstreamProcess", "start_process"]
+__all__ = ["Arrival", "PipeReader", "PipeWriter", "UpstreamProcess", "start_process"]
 
 _EXIT_POLL_SECONDS: Final = 0.05
 """How often `wait()` asks whether the process has exited (nothing in the proxy waits on it that way)."""
@@ -58,6 +58,26 @@ class PipeWriter(ByteSendStream):
         self.writer.close()  # the child reads the end of its stdin
 
 
+class Arrival:
+    """Wakes the one task waiting for more of a pipe's data: a future made only while it waits."""
+
+    __slots__ = ("_waiter",)
+
+    def __init__(self) -> None:
+        self._waiter: asyncio.Future[None] | None = None
+
+    async def wait(self) -> None:
+        self._waiter = asyncio.get_running_loop().create_future()
+        try:
+            await self._waiter
+        finally:
+            self._waiter = None
+
+    def wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+
 class PipeReader(ByteReceiveStream, asyncio.Protocol):
     """The process's stdout, as the event loop's protocol for its pipe: an anyio stream of the chunks it delivers,
     until `deliver_to` makes another protocol the pipe's (the session's `stdio_pipes.StdoutMessages`), which then
@@ -67,7 +87,7 @@ class PipeReader(ByteReceiveStream, asyncio.Protocol):
         self._transport: asyncio.ReadTransport | None = None
         self._chunks: list[bytes] = []
         self._size = 0
-        self._arrived: asyncio.Future[None] | None = None
+        self._arrival = Arrival()
         self._has_ended = False
         self._is_paused = False
         self._is_closed = False
@@ -98,16 +118,16 @@ class PipeReader(ByteReceiveStream, asyncio.Protocol):
         if self._size > _READ_AHEAD_BYTES and not self._is_paused and self._transport is not None:
             self._is_paused = True
             self._transport.pause_reading()
-        self._wake()
+        self._arrival.wake()
 
     def eof_received(self) -> bool | None:
         self._has_ended = True
-        self._wake()
+        self._arrival.wake()
         return None  # the transport closes itself
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._has_ended = True
-        self._wake()
+        self._arrival.wake()
 
     async def receive(self, max_bytes: int = 65536) -> bytes:
         while not self._chunks:
@@ -115,11 +135,7 @@ class PipeReader(ByteReceiveStream, asyncio.Protocol):
                 raise anyio.ClosedResourceError
             if self._has_ended:
                 raise anyio.EndOfStream
-            self._arrived = asyncio.get_running_loop().create_future()
-            try:
-                await self._arrived
-            finally:
-                self._arrived = None
+            await self._arrival.wait()
         chunk = self._chunks[0]
         if len(chunk) > max_bytes:
             self._chunks[0], chunk = chunk[max_bytes:], chunk[:max_bytes]
@@ -135,11 +151,7 @@ class PipeReader(ByteReceiveStream, asyncio.Protocol):
         self._is_closed = True
         if self._transport is not None:
             self._transport.close()  # a reader waiting now gets the end of the stream
-        self._wake()
-
-    def _wake(self) -> None:
-        if self._arrived is not None and not self._arrived.done():
-            self._arrived.set_result(None)
+        self._arrival.wake()
 
 
 class UpstreamProcess(Process):
