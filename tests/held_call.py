@@ -15,7 +15,7 @@ import anyio
 from mcp import Client, types
 from mcp.client.session import ClientRequestContext
 
-from tests.support import structured
+from tests.conversation import structured
 
 
 class HeldCall:

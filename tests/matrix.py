@@ -25,6 +25,7 @@ from typing import Any, Final, Literal, cast
 import pytest
 from mcp import Client
 
+from tests.conversation import structured
 from tests.support import (
     ProxyProcess,
     admin,
@@ -32,7 +33,6 @@ from tests.support import (
     fixture_server,
     is_alive,
     running_proxy,
-    structured,
     wait_until,
     write_config,
 )

@@ -21,9 +21,10 @@ import pytest
 import uvicorn
 from anyio.from_thread import start_blocking_portal
 
+from tests.conversation import structured
 from tests.fixtures.stateful_server import build, parse
 from tests.inprocess import running_app
-from tests.support import admin, connect, fixture_server, free_port, structured, wait_until, write_config
+from tests.support import admin, connect, fixture_server, free_port, wait_until, write_config
 
 pytestmark = pytest.mark.anyio
 

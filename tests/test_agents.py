@@ -15,8 +15,9 @@ import pytest
 from mcp.shared.exceptions import MCPError
 from mcp.types import INVALID_PARAMS
 
+from tests.conversation import structured
 from tests.inprocess import InProcessProxy, running_app
-from tests.support import admin, connect, fixture_server, structured, write_config
+from tests.support import admin, connect, fixture_server, write_config
 
 pytestmark = pytest.mark.anyio
 

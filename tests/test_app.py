@@ -15,6 +15,7 @@ from mcp import MCPError
 from mcp.types import INVALID_PARAMS
 
 from mcpstore_proxy.errors import SESSION_REFUSED
+from tests.conversation import structured
 from tests.inprocess import running_app
 from tests.support import (
     ACCEPT,
@@ -24,7 +25,6 @@ from tests.support import (
     descendants,
     fixture_server,
     is_alive,
-    structured,
     wait_until,
     write_config,
 )

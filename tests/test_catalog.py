@@ -12,8 +12,9 @@ from mcp import types
 from mcpstore_proxy.catalog import Catalog, CatalogSource, PromptRoute, ResourceRoute, build_catalog, exposed_name
 from mcpstore_proxy.config import UpstreamConfig
 from mcpstore_proxy.errors import NameCollisionError, UnknownPromptError, UnknownResourceError, UnknownToolError
+from tests.conversation import structured
 from tests.inprocess import running_app
-from tests.support import connect, fixture_server, structured, wait_until, write_config
+from tests.support import connect, fixture_server, wait_until, write_config
 
 
 def tool(name: str, **properties: object) -> types.Tool:

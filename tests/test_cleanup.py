@@ -13,6 +13,7 @@ import httpx2
 import pytest
 from mcp import Client
 
+from tests.conversation import structured
 from tests.inprocess import running_app
 from tests.support import (
     connect,
@@ -20,7 +21,6 @@ from tests.support import (
     is_alive,
     running_proxy,
     streamable_http_client,
-    structured,
     wait_until,
     write_config,
 )

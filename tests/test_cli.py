@@ -25,6 +25,7 @@ from mcp.types.version import MODERN_PROTOCOL_VERSIONS
 from mcpstore_proxy import cli
 from mcpstore_proxy.engine import ProxyEngine
 from mcpstore_proxy.errors import SESSION_REFUSED
+from tests.conversation import structured
 from tests.inprocess import running_app
 from tests.memory import MemoryUpstreams
 from tests.support import (
@@ -34,7 +35,6 @@ from tests.support import (
     free_port,
     is_alive,
     stdio_parameters,
-    structured,
     wait_until,
     write_config,
 )

@@ -26,8 +26,9 @@ from mcp import Client, MCPError
 from mcp.client.streamable_http import streamable_http_client
 
 from mcpstore_proxy.errors import AuthenticationError
+from tests.conversation import structured
 from tests.inprocess import InProcessProxy, running_app
-from tests.support import ACCEPT, FIXTURES, INITIALIZE, NODE_BIN, alice_and_bob_config, node_environment, structured
+from tests.support import ACCEPT, FIXTURES, INITIALIZE, NODE_BIN, alice_and_bob_config, node_environment
 
 pytestmark = pytest.mark.anyio
 

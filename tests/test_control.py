@@ -32,8 +32,9 @@ from mcpstore_proxy.errors import (
 )
 from mcpstore_proxy.registry import ServicePolicy
 from tests.clock import ManualClock
+from tests.conversation import structured, text_of
 from tests.memory import MemoryUpstreams
-from tests.support import closed_gate, fixture_server, structured, text_of, wait_until, write_config
+from tests.support import closed_gate, fixture_server, wait_until, write_config
 
 pytestmark = pytest.mark.anyio
 

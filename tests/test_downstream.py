@@ -14,8 +14,9 @@ from mcp.server.connection import Connection
 
 from mcpstore_proxy.downstream import Caller, Downstream
 from mcpstore_proxy.principals import ANONYMOUS
+from tests.conversation import NoClient
 from tests.engines import running_engine
-from tests.support import NoClient, fixture_server
+from tests.support import fixture_server
 
 pytestmark = pytest.mark.anyio
 

@@ -17,8 +17,9 @@ from mcp.client.session import ClientRequestContext
 from mcp.types.version import HANDSHAKE_PROTOCOL_VERSIONS, MODERN_PROTOCOL_VERSIONS
 from pydantic import FileUrl
 
+from tests.conversation import answering_sampling, structured
 from tests.inprocess import running_app
-from tests.support import answering_sampling, connect, fixture_server, structured, write_config
+from tests.support import connect, fixture_server, write_config
 
 pytestmark = pytest.mark.anyio
 

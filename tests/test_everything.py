@@ -16,8 +16,9 @@ from typing import Any
 import pytest
 from mcp import types
 
+from tests.conversation import text_of
 from tests.inprocess import InProcessProxy, running_app
-from tests.support import NODE_BIN, PROJECT_ROOT, connect, descendants, is_alive, text_of, wait_until, write_config
+from tests.support import NODE_BIN, PROJECT_ROOT, connect, descendants, is_alive, wait_until, write_config
 
 pytestmark = pytest.mark.anyio
 

@@ -20,9 +20,10 @@ from mcpstore_proxy.config import UpstreamConfig
 from mcpstore_proxy.errors import UPSTREAM_FAILED
 from mcpstore_proxy.relay import SessionRelay
 from mcpstore_proxy.upstream import UpstreamSession
+from tests.conversation import structured
 from tests.inprocess import running_app
 from tests.memory import MemoryUpstreams
-from tests.support import connect, fixture_server, running_proxy, structured, wait_until, write_config
+from tests.support import connect, fixture_server, running_proxy, wait_until, write_config
 
 pytestmark = pytest.mark.anyio
 

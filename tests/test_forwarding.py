@@ -16,20 +16,12 @@ import pytest
 from mcp import Client, MCPError, types
 from mcp.client.session import ClientRequestContext
 
+from tests.conversation import set_log_level, structured, text_of
 from tests.fixtures.conformance_server import ConformanceFixtures
 from tests.fixtures.stateful_server import ProcessHost, build, parse
 from tests.inprocess import running_app
 from tests.memory import MemoryUpstreams
-from tests.support import (
-    CONFORMANCE_SERVER,
-    connect,
-    fixture_server,
-    set_log_level,
-    structured,
-    text_of,
-    wait_until,
-    write_config,
-)
+from tests.support import CONFORMANCE_SERVER, connect, fixture_server, wait_until, write_config
 
 pytestmark = pytest.mark.anyio
 

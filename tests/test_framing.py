@@ -17,10 +17,11 @@ import pytest
 from mcp import MCPError, types
 
 from mcpstore_proxy.framing import FirstEventResponse
+from tests.conversation import structured, text_of
 from tests.inprocess import running_app
 from tests.memory import one_tool_upstream
 from tests.raw_session import EVENT_STREAM, JSON, RawSession, events_of, lane_calls, media_type, opened_session
-from tests.support import connect, fixture_server, structured, text_of, wait_until, write_config
+from tests.support import connect, fixture_server, wait_until, write_config
 
 pytestmark = pytest.mark.anyio
 

@@ -20,17 +20,10 @@ from anyio.from_thread import start_blocking_portal
 from mcp import MCPError, types
 from mcp.types import INVALID_PARAMS
 
+from tests.conversation import structured
 from tests.fixtures.stateful_server import build, parse
 from tests.inprocess import running_app
-from tests.support import (
-    connect,
-    fixture_server,
-    free_port,
-    running_fixture_server,
-    structured,
-    wait_until,
-    write_config,
-)
+from tests.support import connect, fixture_server, free_port, running_fixture_server, wait_until, write_config
 
 pytestmark = pytest.mark.anyio
 

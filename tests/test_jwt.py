@@ -18,9 +18,10 @@ from mcpstore_proxy.auth import Authenticator
 from mcpstore_proxy.auth.settings import AuthSettings, JwtSettings
 from mcpstore_proxy.errors import AuthenticationError
 from mcpstore_proxy.principals import Principal
+from tests.conversation import structured
 from tests.inprocess import running_app
 from tests.issuer import AUDIENCE, ISSUER, TestIssuer, serving_issuer
-from tests.support import connect, fixture_server, structured, write_config
+from tests.support import connect, fixture_server, write_config
 
 pytestmark = pytest.mark.anyio
 

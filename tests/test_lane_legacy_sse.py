@@ -24,20 +24,11 @@ from mcp.client.streamable_http import streamable_http_client
 from pydantic import FileUrl
 
 from mcpstore_proxy.errors import SHUTTING_DOWN
+from tests.conversation import answering_sampling, chatter_until_answered, chattered, structured
 from tests.held_call import HeldCall
 from tests.inprocess import InProcessProxy, running_app
 from tests.raw_session import ALICE, BOB, guarded_config, tool_call
-from tests.support import (
-    admin,
-    admin_token_of,
-    answering_sampling,
-    chatter_until_answered,
-    chattered,
-    fixture_server,
-    structured,
-    wait_until,
-    write_config,
-)
+from tests.support import admin, admin_token_of, fixture_server, wait_until, write_config
 
 pytestmark = pytest.mark.anyio
 

@@ -13,8 +13,9 @@ from mcp.server.connection import Connection
 from mcpstore_proxy.json_bytes import from_json, to_json
 from mcpstore_proxy.lane_messages import MessageLane
 from mcpstore_proxy.server import ProxyServer
+from tests.conversation import NoClient
 from tests.engines import running_engine
-from tests.support import NoClient, fixture_server, wait_until
+from tests.support import fixture_server, wait_until
 
 pytestmark = pytest.mark.anyio
 

@@ -19,16 +19,9 @@ from mcp.client.context import ClientRequestContext
 from pydantic import FileUrl
 
 from tests import modern_requests as modern
+from tests.conversation import answering_sampling, chatter_until_answered, chattered, structured
 from tests.pipe_session import RawPipe, piped_proxy, sdk_client, tool_call
-from tests.support import (
-    answering_sampling,
-    chatter_until_answered,
-    chattered,
-    fixture_server,
-    structured,
-    wait_until,
-    write_config,
-)
+from tests.support import fixture_server, wait_until, write_config
 
 pytestmark = pytest.mark.anyio
 

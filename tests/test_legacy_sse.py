@@ -14,8 +14,9 @@ import pytest
 from mcp import Client
 from mcp.client.sse import sse_client
 
+from tests.conversation import structured
 from tests.inprocess import running_app
-from tests.support import fixture_server, structured, wait_until, write_config
+from tests.support import fixture_server, wait_until, write_config
 
 pytestmark = pytest.mark.anyio
 

@@ -23,6 +23,7 @@ import pytest
 from mcp import Client, MCPError, types
 
 from mcpstore_proxy.errors import SESSION_REFUSED, SHUTTING_DOWN
+from tests.conversation import structured
 from tests.support import (
     PROJECT_ROOT,
     admin,
@@ -32,7 +33,6 @@ from tests.support import (
     is_alive,
     running_proxy,
     stdio_parameters,
-    structured,
     wait_until,
     write_config,
 )

@@ -39,10 +39,11 @@ from mcpstore_proxy.errors import PermissionDeniedError, ToolError
 from mcpstore_proxy.langchain import langchain_names
 from mcpstore_proxy.principals import Principal
 from mcpstore_proxy.registry import ServicePolicy
+from tests.conversation import structured, text_of
 from tests.fixtures.stateful_server import _PIXEL as PIXEL  # pyright: ignore[reportPrivateUsage]  # the rich tool's image
 from tests.inprocess import SdkHarness, running_app, sdk_store
 from tests.memory import MemoryUpstreams
-from tests.support import admin, connect, fixture_server, structured, text_of, wait_until, write_config
+from tests.support import admin, connect, fixture_server, wait_until, write_config
 
 pytestmark = pytest.mark.anyio
 

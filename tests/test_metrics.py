@@ -20,18 +20,10 @@ from mcp.types import INVALID_PARAMS
 from prometheus_client.parser import text_string_to_metric_families
 
 from mcpstore_proxy.errors import SESSION_REFUSED, SHUTTING_DOWN, UPSTREAM_FAILED
+from tests.conversation import structured
 from tests.inprocess import InProcessProxy, running_app
 from tests.pinning import mutable
-from tests.support import (
-    ACCEPT,
-    INITIALIZE,
-    admin,
-    connect,
-    fixture_server,
-    structured,
-    wait_until,
-    write_config,
-)
+from tests.support import ACCEPT, INITIALIZE, admin, connect, fixture_server, wait_until, write_config
 
 pytestmark = pytest.mark.anyio
 

@@ -16,9 +16,10 @@ from mcp import MCPError
 
 from mcpstore_proxy import cli
 from mcpstore_proxy.errors import TOOL_CHANGED, PermissionDeniedError, ToolChangedError
+from tests.conversation import structured
 from tests.inprocess import running_app, sdk_store
 from tests.pinning import ListChanges, mutable
-from tests.support import admin, connect, structured, write_config
+from tests.support import admin, connect, write_config
 
 pytestmark = pytest.mark.anyio
 

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from tests.browser import button_ref, playwright_upstream
-from tests.support import connect, running_proxy, text_of, write_config
+from tests.conversation import text_of
+from tests.support import connect, running_proxy, write_config
 
 pytestmark = [pytest.mark.anyio, pytest.mark.playwright]
 

@@ -21,9 +21,10 @@ import httpx2
 import pytest
 
 from mcpstore_proxy import MCPStore
+from tests.conversation import structured
 from tests.inprocess import InProcessProxy, running_app
 from tests.issuer import AUDIENCE, ISSUER, TestIssuer, serving_issuer
-from tests.support import connect, fixture_server, structured, write_config
+from tests.support import connect, fixture_server, write_config
 
 pytestmark = pytest.mark.anyio
 

@@ -20,6 +20,7 @@ from mcpstore_proxy.config import ProxySettings, load_settings
 from mcpstore_proxy.engine import ProxyEngine
 from mcpstore_proxy.errors import SHUTTING_DOWN, ConfigError
 from mcpstore_proxy.reload import Reloader, reload_in_background
+from tests.conversation import structured
 from tests.held_call import HeldCall
 from tests.inprocess import running_app
 from tests.memory import MemoryUpstreams
@@ -32,7 +33,6 @@ from tests.support import (
     is_alive,
     running_proxy,
     stdio_parameters,
-    structured,
     wait_until,
     write_config,
 )

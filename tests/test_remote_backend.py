@@ -32,9 +32,10 @@ from mcpstore_proxy.errors import (
     UpstreamStartError,
 )
 from tests.clock import ManualClock
+from tests.conversation import structured
 from tests.inprocess import InProcessProxy, running_app
 from tests.memory import MemoryUpstreams
-from tests.support import admin, connect, fixture_server, free_port, structured, write_config
+from tests.support import admin, connect, fixture_server, free_port, write_config
 
 pytestmark = pytest.mark.anyio
 

@@ -15,19 +15,11 @@ from mcp import MCPError, types
 from mcp.types import INVALID_PARAMS
 
 from bench import echo_server
+from tests.conversation import subscribe, unsubscribe
 from tests.fixtures.conformance_server import ConformanceFixtures
 from tests.inprocess import running_app
 from tests.memory import MemoryUpstreams
-from tests.support import (
-    CONFORMANCE_SERVER,
-    PROJECT_ROOT,
-    connect,
-    fixture_server,
-    subscribe,
-    unsubscribe,
-    wait_until,
-    write_config,
-)
+from tests.support import CONFORMANCE_SERVER, PROJECT_ROOT, connect, fixture_server, wait_until, write_config
 
 pytestmark = pytest.mark.anyio
 

@@ -25,8 +25,9 @@ from mcpstore_proxy import (
     UpstreamError,
     UpstreamStartError,
 )
+from tests.conversation import structured
 from tests.inprocess import SdkHarness, running_app, sdk_store
-from tests.support import fixture_server, free_port, structured, wait_until, write_config
+from tests.support import fixture_server, free_port, wait_until, write_config
 
 pytestmark = pytest.mark.anyio
 

@@ -14,8 +14,9 @@ import pytest
 
 from mcpstore_proxy import MCPStore, Session, UpstreamStartError
 from tests.browser import button_ref, running_playwright_sse
+from tests.conversation import text_of
 from tests.inprocess import sdk_store
-from tests.support import text_of, write_config
+from tests.support import write_config
 
 pytestmark = [pytest.mark.anyio, pytest.mark.playwright]
 

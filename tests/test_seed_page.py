@@ -32,8 +32,9 @@ from pydantic import Field
 from mcpstore_proxy import MCPStore, StoreContext, UnknownToolError
 from mcpstore_proxy.config import CONFIG_PATH_ENV
 from tests.browser import running_playwright_sse
+from tests.conversation import text_of
 from tests.inprocess import running_app
-from tests.support import text_of, write_config
+from tests.support import write_config
 
 pytestmark = [pytest.mark.anyio, pytest.mark.playwright]
 

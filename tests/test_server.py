@@ -14,8 +14,9 @@ import httpx2
 import pytest
 from mcp import types
 
+from tests.conversation import structured
 from tests.inprocess import running_app
-from tests.support import closed_gate, connect, fixture_server, structured, wait_until, write_config
+from tests.support import closed_gate, connect, fixture_server, wait_until, write_config
 
 pytestmark = pytest.mark.anyio
 

@@ -16,8 +16,9 @@ from typing import Any
 import pytest
 from mcp import types
 
+from tests.conversation import structured
 from tests.inprocess import running_app
-from tests.support import FIXTURES, connect, fixture_server, structured, write_config
+from tests.support import FIXTURES, connect, fixture_server, write_config
 
 pytestmark = pytest.mark.anyio
 

@@ -12,8 +12,9 @@ from typing import Any
 
 import pytest
 
+from tests.conversation import structured
 from tests.inprocess import running_app
-from tests.support import connect, fixture_server, structured, write_config
+from tests.support import connect, fixture_server, write_config
 
 pytestmark = pytest.mark.anyio
 

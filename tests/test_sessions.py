@@ -13,8 +13,9 @@ import pytest
 from mcp import MCPError
 
 from mcpstore_proxy.errors import SESSION_REFUSED
+from tests.conversation import structured
 from tests.inprocess import running_app
-from tests.support import connect, fixture_server, structured, write_config
+from tests.support import connect, fixture_server, write_config
 
 pytestmark = pytest.mark.anyio
 

@@ -17,16 +17,9 @@ import pytest
 from mcp import Client, MCPError
 
 from mcpstore_proxy.errors import SESSION_REFUSED
+from tests.conversation import structured
 from tests.inprocess import InProcessProxy, running_app
-from tests.support import (
-    PROJECT_ROOT,
-    REPORT,
-    fixture_server,
-    streamable_http_client,
-    structured,
-    wait_until,
-    write_config,
-)
+from tests.support import PROJECT_ROOT, REPORT, fixture_server, streamable_http_client, wait_until, write_config
 
 pytestmark = pytest.mark.anyio
 

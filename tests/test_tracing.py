@@ -25,9 +25,10 @@ from opentelemetry.trace import SpanContext, SpanKind
 
 from mcpstore_proxy.errors import ConfigError
 from mcpstore_proxy.tracing import INSTALL_HINT, start_tracing
+from tests.conversation import text_of
 from tests.inprocess import running_app
 from tests.memory import MemoryUpstreams
-from tests.support import connect, text_of, write_config
+from tests.support import connect, write_config
 
 pytestmark = pytest.mark.anyio
 

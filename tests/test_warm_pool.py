@@ -32,10 +32,11 @@ from mcpstore_proxy.pool import SessionPool
 from mcpstore_proxy.services import IsolatedService
 from mcpstore_proxy.status import status_report
 from tests.clock import ManualClock
+from tests.conversation import structured
 from tests.engines import EngineHarness, running_engine
 from tests.inprocess import running_app
 from tests.memory import MemoryUpstreams
-from tests.support import PROJECT_ROOT, connect, fixture_server, structured, wait_until, write_config
+from tests.support import PROJECT_ROOT, connect, fixture_server, wait_until, write_config
 
 pytestmark = pytest.mark.anyio
 
