@@ -113,9 +113,8 @@ class ProxyServer(Server[Any]):
         self._engine = engine
         self.drain = drain or Drain(engine.events)
         self.downstream = Downstream(engine, stdio=stdio)
-        """Which session key a request belongs to, and how to reach its client (an attribute, not a property:
-        the lanes read it for every call)."""
-        """Which session key each request belongs to, and how to reach the client that sent it."""
+        """Which session key each request belongs to, and how to reach the client that sent it (an attribute, not
+        a property: the lanes read it for every call)."""
         # The SDK checks a 2026-07-28 call's `Mcp-Param-*` headers against the tool's schema; without this it runs
         # the whole tools/list handler for every such call to find that schema.
         self.get_tool_input_schema = self.downstream.input_schema

@@ -34,7 +34,7 @@ from mcp.shared.message import SessionMessage
 from mcpstore_proxy.compat import TransportStreams, spawn_stdio_server, stdin_writer, stop_stdio_server
 from mcpstore_proxy.json_bytes import from_json, to_json
 from mcpstore_proxy.message_streams import MessageReadStream, MessageWriteStream
-from mcpstore_proxy.upstream_process import Arrival, PipeReader
+from mcpstore_proxy.upstream_process import Arrival, PipeReader, ReadAhead
 
 __all__ = ["RawAnswers", "StdinMessages", "StdoutMessages", "stdio_pipes"]
 
@@ -67,18 +67,16 @@ class StdoutMessages(MessageReadStream, asyncio.Protocol):
     def __init__(self, stdout: ByteReceiveStream | None) -> None:
         self._stdout = stdout
         """Where `receive` reads chunks from; None once they are pushed (`connection_made`)."""
-        self._transport: asyncio.ReadTransport | None = None
         self._waiting: list[object] = []
         """The lines the session's reader has yet to take, from `_next` on, in order: each a line as read (bytes),
         or as parsed already (any other type: JSON never parses to bytes) where `_answers` did not take it. A
         list, not a `deque`: an empty one is 0.6 KiB, for every idle session; emptied once every line is taken."""
         self._next = 0
-        self._waiting_size = 0
-        """The bytes of the lines waiting (when pushed, reading pauses past `_READ_AHEAD_BYTES`)."""
+        self._read_ahead = ReadAhead(_READ_AHEAD_BYTES)
+        """The bytes of the lines kept as read (when pushed, the pipe is no longer read past the limit)."""
         self._partial = bytearray()
         self._arrival = Arrival()
         self._has_ended = False
-        self._is_paused = False
         self._is_closed = False
         self._answers: RawAnswers | None = None
 
@@ -102,9 +100,7 @@ class StdoutMessages(MessageReadStream, asyncio.Protocol):
                 self._waiting.clear()
                 self._next = 0
             if type(line) is bytes:
-                self._waiting_size -= len(line)
-                if self._is_paused and self._waiting_size <= _READ_AHEAD_BYTES:
-                    self._resume_reading()
+                self._read_ahead.taken(len(line))
             try:
                 if type(line) is not bytes:
                     parsed = line  # parsed as it arrived, and not an answer `_answers` took
@@ -131,7 +127,7 @@ class StdoutMessages(MessageReadStream, asyncio.Protocol):
         await self._arrival.wait()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._transport = cast("asyncio.ReadTransport", transport)  # uvloop's pipe is not registered as one
+        self._read_ahead.transport = cast("asyncio.ReadTransport", transport)  # uvloop's pipe is not one, by type
         self._stdout = None
 
     def data_received(self, data: bytes) -> None:
@@ -169,10 +165,7 @@ class StdoutMessages(MessageReadStream, asyncio.Protocol):
                     self._waiting.append(parsed)  # pyright: ignore[reportUnknownArgumentType]
                 return
         self._waiting.append(line)
-        self._waiting_size += len(line)
-        if self._waiting_size > _READ_AHEAD_BYTES and self._transport is not None and not self._is_paused:
-            self._is_paused = True
-            self._transport.pause_reading()
+        self._read_ahead.added(len(line))
 
     def eof_received(self) -> bool | None:
         self._ended()
@@ -186,24 +179,17 @@ class StdoutMessages(MessageReadStream, asyncio.Protocol):
         self._arrival.wake()
 
     def discard(self) -> None:
-        """Drop every line waiting and every one to come (an upstream being stopped: one blocked writing to a full
-        stdout pipe never reads its stdin's end)."""
+        """Drop every line waiting and every one to come, and read the pipe on (nobody reads these any more; an
+        upstream being stopped that is blocked writing to a full stdout pipe never reads its stdin's end)."""
         self._is_closed = True
         self._ended()
         self._waiting.clear()
-        self._next = self._waiting_size = 0
+        self._next = 0
         self._partial.clear()
-        if self._is_paused:
-            self._resume_reading()
-
-    def _resume_reading(self) -> None:
-        self._is_paused = False
-        if self._transport is not None and not self._transport.is_closing():
-            self._transport.resume_reading()
+        self._read_ahead.released()
 
     async def aclose(self) -> None:
-        self._is_closed = True
-        self._ended()
+        self.discard()
 
 
 class StdinMessages(MessageWriteStream):

@@ -27,7 +27,7 @@ from typing import IO, Final, TextIO, cast
 import anyio
 from anyio.abc import ByteReceiveStream, ByteSendStream, Process
 
-__all__ = ["Arrival", "PipeReader", "PipeWriter", "UpstreamProcess", "start_process"]
+__all__ = ["Arrival", "PipeReader", "PipeWriter", "ReadAhead", "UpstreamProcess", "start_process"]
 
 _EXIT_POLL_SECONDS: Final = 0.05
 """How often `wait()` asks whether the process has exited (nothing in the proxy waits on it that way)."""
@@ -78,46 +78,75 @@ class Arrival:
             self._waiter.set_result(None)
 
 
+class ReadAhead:
+    """How much of a pipe is held unread: past `limit` bytes the pipe is no longer read (its writer blocks), until
+    what is taken brings it back to `limit`."""
+
+    __slots__ = ("_is_paused", "_limit", "_size", "transport")
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._size = 0
+        self._is_paused = False
+        self.transport: asyncio.ReadTransport | None = None
+        """The pipe, once connected."""
+
+    def added(self, size: int) -> None:
+        self._size += size
+        if self._size > self._limit and not self._is_paused and self.transport is not None:
+            self._is_paused = True
+            self.transport.pause_reading()
+
+    def taken(self, size: int) -> None:
+        self._size -= size
+        if self._is_paused and self._size <= self._limit:
+            self._resume()
+
+    def released(self) -> None:
+        """Nothing is held any more (dropped, or handed on)."""
+        self._size = 0
+        if self._is_paused:
+            self._resume()
+
+    def _resume(self) -> None:
+        self._is_paused = False
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.resume_reading()
+
+
 class PipeReader(ByteReceiveStream, asyncio.Protocol):
     """The process's stdout, as the event loop's protocol for its pipe: an anyio stream of the chunks it delivers,
     until `deliver_to` makes another protocol the pipe's (the session's `stdio_pipes.StdoutMessages`), which then
     gets each chunk in the loop's own callback, with no task, future or buffer in between."""
 
     def __init__(self) -> None:
-        self._transport: asyncio.ReadTransport | None = None
         self._chunks: list[bytes] = []
-        self._size = 0
+        self._read_ahead = ReadAhead(_READ_AHEAD_BYTES)
         self._arrival = Arrival()
         self._has_ended = False
-        self._is_paused = False
         self._is_closed = False
 
     def deliver_to(self, target: asyncio.Protocol) -> None:
         """Make `target` the pipe's protocol (`connection_made` first, with the pipe's transport, which it may
         pause), given first what was not read yet; `receive` is not used after this. The loop calls `target`
         itself from then on, and `aclose` still closes the pipe (`target` hears of it)."""
-        transport = self._transport
+        transport = self._read_ahead.transport
         assert transport is not None  # connected in `start_process`
         transport.set_protocol(target)
         target.connection_made(transport)
         chunks, self._chunks = self._chunks, []
         for chunk in chunks:
             target.data_received(chunk)
-        if self._is_paused:
-            self._is_paused = False
-            transport.resume_reading()
+        self._read_ahead.released()
         if self._has_ended:
             target.eof_received()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._transport = cast("asyncio.ReadTransport", transport)  # uvloop's pipe is not registered as one
+        self._read_ahead.transport = cast("asyncio.ReadTransport", transport)  # uvloop's pipe is not registered as one
 
     def data_received(self, data: bytes) -> None:
         self._chunks.append(data)
-        self._size += len(data)
-        if self._size > _READ_AHEAD_BYTES and not self._is_paused and self._transport is not None:
-            self._is_paused = True
-            self._transport.pause_reading()
+        self._read_ahead.added(len(data))
         self._arrival.wake()
 
     def eof_received(self) -> bool | None:
@@ -141,16 +170,13 @@ class PipeReader(ByteReceiveStream, asyncio.Protocol):
             self._chunks[0], chunk = chunk[max_bytes:], chunk[:max_bytes]
         else:
             del self._chunks[0]
-        self._size -= len(chunk)
-        if self._is_paused and self._size <= _READ_AHEAD_BYTES and self._transport is not None:
-            self._is_paused = False
-            self._transport.resume_reading()
+        self._read_ahead.taken(len(chunk))
         return chunk
 
     async def aclose(self) -> None:
         self._is_closed = True
-        if self._transport is not None:
-            self._transport.close()  # a reader waiting now gets the end of the stream
+        if self._read_ahead.transport is not None:
+            self._read_ahead.transport.close()  # a reader waiting now gets the end of the stream
         self._arrival.wake()
 
 
