@@ -102,6 +102,11 @@ class InProcessProxy:
 
         await self.on_proxy_loop(request)
 
+    async def start_draining(self) -> None:
+        """Request a stop, as SIGTERM does, and wait until the proxy has begun draining."""
+        await self.request_stop()
+        await wait_until(lambda: "draining" in self.log, what="the proxy to start draining")
+
 
 @asynccontextmanager
 async def running_app(

@@ -197,8 +197,7 @@ async def test_during_the_drain_a_call_in_flight_completes_and_newcomers_get_503
     too_late: pytest.ExceptionInfo[MCPError] | None = None
     async with running_app(config) as proxy, connect(proxy.url, sampling_callback=held.answer_once_released) as client:
         async with held.in_flight(client, "state_ask"):
-            await proxy.request_stop()
-            await wait_until(lambda: "draining" in proxy.log, what="the proxy to start draining")
+            await proxy.start_draining()
             async with httpx2.AsyncClient() as http:
                 newcomer = await http.post(proxy.url, json=INITIALIZE, headers=ACCEPT)
                 health = (await http.get(proxy.url.replace("/mcp", "/healthz"))).json()

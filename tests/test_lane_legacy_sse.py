@@ -323,8 +323,7 @@ async def test_during_the_drain_a_lane_call_in_flight_completes_on_its_stream_an
         await client.call_tool("state_echo", {"text": "adopted"})
         async with held.in_flight(client, "state_ask"):
             assert await legacy_lane_calls(proxy, config) == 2  # the held call is the lane's
-            await proxy.request_stop()
-            await wait_until(lambda: "draining" in proxy.log, what="the proxy to start draining")
+            await proxy.start_draining()
             with pytest.raises(MCPError) as refused:  # a new request in the open session
                 await client.call_tool("state_echo", {"text": "too late"})
             too_late = refused

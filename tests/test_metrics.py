@@ -278,8 +278,7 @@ async def test_requests_and_sessions_refused_while_draining_count_as_shutting_do
 
         tg.start_soon(call_in_flight)
         await wait_until(marker.exists, what="the upstream to start the call in flight")
-        await proxy.request_stop()
-        await wait_until(lambda: "draining" in proxy.log, what="the proxy to start draining")
+        await proxy.start_draining()
         async with httpx2.AsyncClient() as http:
             newcomer = await http.post(proxy.url, json=INITIALIZE, headers=ACCEPT)
         assert newcomer.status_code == 503

@@ -16,7 +16,7 @@ from mcpstore_proxy.engine import ProxyEngine
 from tests.held_call import HeldCall
 from tests.inprocess import running_app
 from tests.memory import MemoryUpstreams
-from tests.support import alice_and_bob_config, connect, fixture_server, wait_until, write_config
+from tests.support import alice_and_bob_config, connect, fixture_server, write_config
 
 pytestmark = pytest.mark.anyio
 
@@ -38,8 +38,7 @@ async def test_ready_flips_to_503_during_a_drain_while_health_stays_200(tmp_path
         assert await probe(proxy.port, "/health") == (200, {"status": "ok"})
 
         async with held.in_flight(client, "state_ask"):
-            await proxy.request_stop()
-            await wait_until(lambda: "draining" in proxy.log, what="the proxy to start draining")
+            await proxy.start_draining()
             for path in ("/ready", "/health", "/healthz"):
                 during_drain[path] = await probe(proxy.port, path)
             held.release()

@@ -279,8 +279,7 @@ async def test_a_reload_during_the_drain_is_refused(tmp_path: Path) -> None:
     ):
         assert (await _reload(proxy.port))["unchanged"] == ["state"]  # the same request, before the drain
 
-        await proxy.request_stop()
-        await wait_until(lambda: "draining" in proxy.log, what="the proxy to start draining")
+        await proxy.start_draining()
         refused = await admin(proxy.port, "POST", "/reload")
         held.release()
         assert refused.status_code == 503
