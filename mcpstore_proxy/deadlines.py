@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import math
 import weakref
-from typing import Final, Protocol
+from typing import ClassVar, Final, Protocol
 
 __all__ = ["Deadlines", "Expiring"]
 
@@ -31,6 +31,9 @@ class Deadlines:
     __slots__ = ("_at", "_timer", "_waiters", "loop")
 
     _OF_LOOP: Final[weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Deadlines]] = weakref.WeakKeyDictionary()
+    _last: ClassVar[Deadlines | None] = None
+    """The one `of` gave last: asked for on every call, for the same loop, and a weak dict's lookup makes a weak
+    reference each time. (It keeps that loop alive until another asks: one loop, not a growing set.)"""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
@@ -41,9 +44,13 @@ class Deadlines:
 
     @classmethod
     def of(cls, loop: asyncio.AbstractEventLoop) -> Deadlines:
+        last = Deadlines._last
+        if last is not None and last.loop is loop:
+            return last
         deadlines = cls._OF_LOOP.get(loop)
         if deadlines is None:
             deadlines = cls._OF_LOOP[loop] = cls(loop)
+        Deadlines._last = deadlines
         return deadlines
 
     def __len__(self) -> int:

@@ -44,8 +44,8 @@ class HangUpWatch(Deferred):
     long as it says the answer is still to come.
 
     The watch starts only once the block has run for `_WATCH_AFTER_SECONDS` (see `deferred`): a hang-up is
-    noticed at most that much later, which only delays the upstream's cancellation. One task, one timer for
-    both: most calls are answered before either has anything to do.
+    noticed at most that much later, which only delays the upstream's cancellation. One task for both, started
+    by the event loop's one timer for deadlines: most calls are answered before either has anything to do.
     """
 
     __slots__ = ("_keepalive", "_keepalive_seconds", "_receive", "_scope")

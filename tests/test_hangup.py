@@ -3,13 +3,16 @@ connection says so; a call answered first leaves nothing behind."""
 
 from __future__ import annotations
 
+import asyncio
 from collections import deque
 from collections.abc import Mapping
+from contextlib import ExitStack
 from typing import Any
 
 import anyio
 import pytest
 
+from mcpstore_proxy.deadlines import Deadlines
 from mcpstore_proxy.hangup import HangUpWatch
 from tests.clock import LoopClock
 
@@ -102,3 +105,18 @@ async def test_a_watch_starts_only_once_its_call_has_run_its_while_whatever_othe
             await clock.advance(1.5)
             assert late.read.is_set()
     assert not early.read.is_set()  # answered before its watch was due: it never read its connection
+
+
+async def test_calls_in_flight_share_the_loops_one_timer_and_an_answered_call_leaves_nothing_behind() -> None:
+    loop = asyncio.get_running_loop()
+    deadlines = Deadlines.of(loop)
+    scheduled: list[asyncio.TimerHandle] = getattr(loop, "_scheduled")  # noqa: B009  # asyncio's own timers
+    waiting, timers = len(deadlines), sum(not timer.cancelled() for timer in scheduled)
+    connections = [_Connection() for _ in range(50)]
+    with ExitStack() as calls:
+        for connection in connections:
+            calls.enter_context(HangUpWatch(connection.receive, anyio.CancelScope(), after_seconds=5))
+        assert len(deadlines) == waiting + 50
+        assert sum(not timer.cancelled() for timer in scheduled) <= timers + 1  # the loop's one, at most
+    assert len(deadlines) == waiting  # answered: none is held until the timer fires
+    assert not any(connection.read.is_set() for connection in connections)
