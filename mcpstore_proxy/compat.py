@@ -9,7 +9,6 @@ instead of somewhere deep in a proxied call.
 from __future__ import annotations
 
 import asyncio
-import math
 import sys
 from collections.abc import Awaitable, Generator
 from contextlib import contextmanager
@@ -54,7 +53,6 @@ __all__ = [
     "WriteStream",
     "downstream_connection",
     "frame_answers_by_first_event",
-    "holding_http_session",
     "http_session",
     "legacy_session",
     "legacy_session_named",
@@ -154,41 +152,6 @@ def _requestor(user: AuthenticatedUser) -> AuthorizationContext:
     """Who `user` is to the session manager (the owner it records); worked out once per user object, of which the
     gate makes one per principal (users compare by identity)."""
     return authorization_context(user)
-
-
-class holding_http_session:  # noqa: N801  # used as a function; a class, as a generator costs more per call
-    """Hold the session open while a request the transport never sees is served, as its own `handle_request`
-    does (`idle_scope`, `_requests_in_flight`, `_idle_timeout`): no idle expiry while any request is in flight,
-    the countdown restarting when the last ends. Gives False when the session's idle period already ran out."""
-
-    __slots__ = ("_idle", "_timeout", "_transport")
-
-    def __init__(self, transport: StreamableHTTPServerTransport) -> None:
-        self._transport = transport
-        self._idle: anyio.CancelScope | None = None
-        """The session's idle scope, while this holds it."""
-        self._timeout = 0.0
-
-    def __enter__(self) -> bool:
-        transport = self._transport
-        idle: anyio.CancelScope | None = transport.idle_scope
-        timeout: float | None = getattr(transport, "_idle_timeout")  # noqa: B009  # private; pinned by a test
-        if idle is None or timeout is None:
-            return True
-        if idle.cancel_called:
-            return False
-        self._idle, self._timeout = idle, timeout
-        transport._requests_in_flight += 1  # pyright: ignore[reportPrivateUsage]  # private; pinned by a test
-        idle.deadline = math.inf
-        return True
-
-    def __exit__(self, *exc_info: object) -> None:
-        if self._idle is None:
-            return
-        transport = self._transport
-        transport._requests_in_flight -= 1  # pyright: ignore[reportPrivateUsage]
-        if not transport._requests_in_flight:  # pyright: ignore[reportPrivateUsage]
-            self._idle.deadline = anyio.current_time() + self._timeout
 
 
 _RequestStreams = dict[Any, tuple[MemoryObjectSendStream[EventMessage], MemoryObjectReceiveStream[EventMessage]]]

@@ -41,9 +41,10 @@ from mcp.server.transport_security import TransportSecurityMiddleware, Transport
 from mcp.types.version import HANDSHAKE_PROTOCOL_VERSIONS
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from mcpstore_proxy.compat import holding_http_session, http_session, standalone_stream
+from mcpstore_proxy.compat import http_session, standalone_stream
 from mcpstore_proxy.compressed import accepts_gzip
 from mcpstore_proxy.downstream import Caller
+from mcpstore_proxy.idle_holds import IdleHolds
 from mcpstore_proxy.json_bytes import from_json
 from mcpstore_proxy.lane_calls import LaneCalls
 from mcpstore_proxy.lane_modern import (
@@ -117,6 +118,7 @@ class FastLane:
         self._calls = LaneCalls(server)
         self._questions = LaneQuestions()
         self._modern = ModernCalls(server)
+        self._holds = IdleHolds()
         self.calls_served = 0
         """Calls the lane took (`fast_lane_calls` in `/admin/status`)."""
         self.streams_served = 0
@@ -194,7 +196,7 @@ class FastLane:
         is_listing = method in LISTINGS and is_id(request_id) and (params is None or isinstance(params, dict))
         if call is None and not is_listing:
             return False
-        with holding_http_session(transport) as is_open:
+        with self._holds.of(transport, connection.state) as is_open:
             if not is_open:
                 return False  # its idle period ran out: the SDK answers for a session that is ending
             if call is not None:
@@ -205,8 +207,8 @@ class FastLane:
 
     async def _stream(self, receive: Receive, send: Send, session: _Session) -> bool:
         """Serve the session's standing event stream (see `lane_stream`); False leaves it to the SDK."""
-        session_id, _, transport = session
-        with holding_http_session(transport) as is_open, standalone_stream(transport) as messages:
+        session_id, connection, transport = session
+        with self._holds.of(transport, connection.state) as is_open, standalone_stream(transport) as messages:
             if not is_open or messages is None:
                 return False  # a session ending, or a second stream: the SDK answers (404, 409)
             self.streams_served += 1

@@ -6,7 +6,6 @@ If an upgrade breaks one, it fails here, by name, rather than somewhere deep in 
 from __future__ import annotations
 
 import inspect
-import math
 import os
 import signal
 import sys
@@ -212,28 +211,6 @@ async def test_a_session_is_found_by_its_id_only_for_the_principal_that_opened_i
         assert compat.http_session(manager, "0" * 32, anonymous) is None
         await transport.terminate()
         assert compat.http_session(manager, session_id, anonymous) is None
-
-
-async def test_holding_a_session_suspends_its_idle_countdown_until_the_last_holder_lets_go() -> None:
-    manager = StreamableHTTPSessionManager(app=_server([]), session_idle_timeout=600)
-    async with _serving(manager) as url, httpx2.AsyncClient() as http:
-        session_id = await _open_raw_session(http, url)
-        transport = compat.http_session(manager, session_id, {"type": "http"})
-        assert transport is not None
-        assert transport.idle_scope is not None
-        idle = transport.idle_scope
-        # The opening request's response may reach us before its handler has returned.
-        await wait_until(lambda: idle.deadline != math.inf, what="the opening request to end")
-        with compat.holding_http_session(transport) as first:
-            assert first is True
-            assert idle.deadline == math.inf
-            with compat.holding_http_session(transport) as second:
-                assert second is True
-            assert idle.deadline == math.inf
-        assert anyio.current_time() < idle.deadline <= anyio.current_time() + 600
-        idle.cancel()
-        with compat.holding_http_session(transport) as expired:
-            assert expired is False
 
 
 async def test_a_standing_stream_registers_where_the_sdk_routes_messages_outside_requests_one_per_session() -> None:
