@@ -51,9 +51,19 @@ class SessionKey:
     _hash: int = field(init=False, repr=False, compare=False)
     """Worked out once: a key is looked up in several dicts per request, and a dataclass hashes a new tuple of
     its fields each time."""
+    is_explicit: bool = field(init=False, repr=False, compare=False)
+    """Named by its client (a `session_id` argument or the session header). This and the two below are worked out
+    once, as attributes: each request reads them."""
+    is_named: bool = field(init=False, repr=False, compare=False)
+    """Whether the session outlives connections, and so is recorded and expires when idle."""
+    is_ephemeral: bool = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "_hash", hash((self.kind, self.name, self.agent, self.principal)))
+        kind = self.kind
+        object.__setattr__(self, "_hash", hash((kind, self.name, self.agent, self.principal)))
+        object.__setattr__(self, "is_explicit", kind == "explicit")
+        object.__setattr__(self, "is_named", kind in ("explicit", "principal"))
+        object.__setattr__(self, "is_ephemeral", kind == "ephemeral")
 
     def __hash__(self) -> int:
         return self._hash
@@ -76,19 +86,6 @@ class SessionKey:
     def for_principal(self) -> SessionKey:
         """The principal's own default session in this agent scope (`session_scope: principal`)."""
         return SessionKey("principal", self.principal, self.agent, self.principal)
-
-    @property
-    def is_explicit(self) -> bool:
-        return self.kind == "explicit"
-
-    @property
-    def is_named(self) -> bool:
-        """Whether the session outlives connections, and so is recorded and expires when idle."""
-        return self.kind in ("explicit", "principal")
-
-    @property
-    def is_ephemeral(self) -> bool:
-        return self.kind == "ephemeral"
 
     @property
     def fingerprint(self) -> str:
