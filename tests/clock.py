@@ -65,8 +65,12 @@ class LoopClock:
         else:
             self._loop.time = self._shadowed  # type: ignore[method-assign]
 
+    def move(self, seconds: float) -> None:
+        """Move the clock; the loop's timers due by then fire at its next turn (see `advance` to wait for that)."""
+        self._skew += seconds
+
     async def advance(self, seconds: float) -> None:
         """Move the clock, then let the loop turn (its timers due by then fire) until every task waits again."""
-        self._skew += seconds
+        self.move(seconds)
         await anyio.lowlevel.checkpoint()
         await anyio.wait_all_tasks_blocked()

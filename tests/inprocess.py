@@ -31,7 +31,7 @@ from mcpstore_proxy.bridge import LoopThread
 from mcpstore_proxy.config import load_settings
 from mcpstore_proxy.logs import RedactSessionIds
 from mcpstore_proxy.serving import StopRequests, serve_http
-from tests.clock import ManualClock
+from tests.clock import LoopClock, ManualClock
 from tests.memory import MemoryUpstreams
 from tests.support import admin_token_of, free_port, health_answers, upstreams_started, wait_until
 
@@ -93,6 +93,29 @@ class InProcessProxy:
             self.clock.advance(seconds)
 
         await self.on_proxy_loop(advance)
+
+    async def loop_clock(self) -> Callable[[float], Awaitable[None]]:
+        """From now on the proxy's event loop's own clock moves only when told, for the rest of the proxy's life
+        (put back, timers armed meanwhile would fire that much later, its stop's included). Gives `advance(seconds)`,
+        which moves it on; the loop's timers due by then (the SDK's idle deadlines, the lane's) have fired when it
+        returns, and what they start goes on from there (wait for its outcome)."""
+        clock = LoopClock()
+
+        async def enter() -> None:
+            clock.__enter__()
+
+        async def advance(seconds: float) -> None:
+            async def move() -> None:
+                clock.move(seconds)
+
+            async def turned() -> None:
+                pass  # run by the loop after a turn that fired the timers due
+
+            await self.on_proxy_loop(move)
+            await self.on_proxy_loop(turned)
+
+        await self.on_proxy_loop(enter)
+        return advance
 
     async def request_stop(self) -> None:
         """What SIGTERM does: the first request drains, a second one hurries."""

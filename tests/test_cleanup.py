@@ -15,6 +15,7 @@ from mcp import Client
 
 from tests.conversation import structured
 from tests.inprocess import running_app
+from tests.raw_session import opened_session
 from tests.support import (
     connect,
     fixture_server,
@@ -130,3 +131,32 @@ async def test_the_session_of_keyless_2026_requests_is_kept_then_closed_when_idl
         assert len(proxy.live_upstreams()) == len(catalog) + 1  # one session for both calls, still open
         await proxy.advance_clock(61)
         await wait_until(lambda: proxy.live_upstreams() == catalog, what="the idle session to close")
+
+
+async def test_a_call_in_flight_past_the_idle_timeout_keeps_its_session_until_the_timeout_after_it_ends(
+    tmp_path: Path,
+) -> None:
+    # A session with no standing stream (which would hold it all along), and a call the lane serves: its idle
+    # countdown, the SDK's and the upstream's wait all run on the proxy's event loop, whose clock the test moves.
+    config = write_config(tmp_path, {"state": fixture_server("state")}, session_idle_timeout_seconds=30)
+    async with opened_session(config) as (proxy, _, session), anyio.create_task_group() as tg:
+        advance = await proxy.loop_clock()
+        answers: list[httpx2.Response] = []
+
+        started = tmp_path / "started"
+
+        async def sleep_upstream() -> None:
+            arguments = {"seconds": 40, "started_marker": str(started)}
+            answers.append(await session.call_tool(1, "state_sleep", arguments))
+
+        tg.start_soon(sleep_upstream)
+        await wait_until(started.exists, what="the upstream to start waiting")
+        await advance(35)  # past the timeout, with the call in flight
+        await advance(10)  # the upstream's wait is over
+        await wait_until(lambda: bool(answers), what="the call to be answered")
+        assert answers[0].json()["result"]["content"][0]["text"] == "slept"  # its session was not ended under it
+        await advance(25)  # not yet the timeout since the call ended
+        assert (await session.call_tool(2, "state_echo", {"text": "still here"})).status_code == 200
+        await advance(31)  # the timeout since that call ended
+        await wait_until(lambda: "idle timeout" in proxy.log, what="the idle session to end")
+        assert (await session.call_tool(3, "state_echo", {"text": "too late"})).status_code == 404
