@@ -2,12 +2,12 @@
 
 The SDK's transport ends a session once no request has been in flight for its idle timeout: each request it serves
 moves the session's idle scope's deadline to infinity and, when the last one ends, back to the timeout from then.
-Done for each request the lane serves, that made, cancelled and closed a timer per call (and asked for the time
-through a system call). Here the lane's requests count in flight as the SDK's do, but the deadline is moved to
-infinity once, when the lane first holds the session after the SDK set it, and the time the lane's last request
-ended is noted. One timer per lane, armed for the earliest countdown to end, cancels the idle scope of a session that
-has been idle for the timeout since then, as the deadline would have; a session whose deadline the SDK set again
-(its own request ended last) is left to the SDK's countdown.
+Done for each request the lane serves, that made, cancelled and closed a timer per call. Here the lane's requests
+count in flight as the SDK's do, but the deadline is moved to infinity once, when the lane first holds the session
+after the SDK set it, and the time the lane's last request ended is noted. One timer per lane, armed for the
+earliest countdown to end, cancels the idle scope of a session that has been idle for the timeout since then, as the
+deadline would have; a session whose deadline the SDK set again (its own request ended last) is left to the SDK's
+countdown.
 """
 
 from __future__ import annotations
