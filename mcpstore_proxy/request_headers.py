@@ -23,6 +23,7 @@ from starlette.types import Scope
 __all__ = [
     "AGENT_HEADER",
     "CHECKED_HEADERS",
+    "EXISTING_SESSION_HEADER",
     "LAST_EVENT_ID",
     "PROTOCOL_VERSION",
     "SESSION_ID",
@@ -35,6 +36,8 @@ SESSION_ID: Final = MCP_SESSION_ID_HEADER.lower().encode()
 PROTOCOL_VERSION: Final = MCP_PROTOCOL_VERSION_HEADER.lower().encode()
 LAST_EVENT_ID: Final = LAST_EVENT_ID_HEADER.lower().encode()
 AGENT_HEADER: Final = "x-mcpstore-agent"
+EXISTING_SESSION_HEADER: Final = "x-mcpstore-existing-session"
+"""Sent as "1" by the SDK's remote backend with a session it expects to exist already (see `records.require`)."""
 SESSION_KEY_HEADER: Final = "x-mcpstore-session"
 """The default `session_header`, found with the rest (another name by a pass of its own, see `first_value`)."""
 
@@ -49,6 +52,7 @@ _KEPT: Final = {
     "content_length": b"content-length",
     "last_event_id": LAST_EVENT_ID,
     "session_key": SESSION_KEY_HEADER.encode(),
+    "existing_session": EXISTING_SESSION_HEADER.encode(),
 }
 """The headers whose first value the pass keeps, by the `RequestHeaders` field that holds it, in the order the pass
 assigns them."""
@@ -67,14 +71,15 @@ _SCOPE_KEY: Final = "mcpstore_proxy.headers"
 class RequestHeaders:
     """What one request's headers say, for the proxy's layers (see the module docstring): the first value of
     `Authorization`, `X-MCPStore-Agent` (`agent`), `Mcp-Session-Id`, `MCP-Protocol-Version`, `Content-Length`,
-    `Last-Event-ID` (a resumption) and `X-MCPStore-Session` (`session_key`), each None when not sent; and the rest
-    below."""
+    `Last-Event-ID` (a resumption), `X-MCPStore-Session` (`session_key`) and `X-MCPStore-Existing-Session`
+    (`existing_session`), each None when not sent; and the rest below."""
 
     __slots__ = (
         "agent",
         "authorization",
         "checked",
         "content_length",
+        "existing_session",
         "is_padded",
         "last_event_id",
         "protocol_version",
@@ -112,6 +117,7 @@ class RequestHeaders:
             self.content_length,
             self.last_event_id,
             self.session_key,
+            self.existing_session,
         ) = values
         self.checked = checked
         """The headers the SDK's transport checks judge, as sent: repeats and order included."""

@@ -19,7 +19,7 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
-from typing import Any, Final, TypeVar
+from typing import Any, TypeVar
 
 import anyio
 from mcp import MCPError, types
@@ -50,6 +50,7 @@ from mcpstore_proxy.keys import SessionKey
 from mcpstore_proxy.listings import LISTINGS, ShapedListings, WireListing, listing_result
 from mcpstore_proxy.operations import ObservedOperations, OperationObserver, OperationTracer, note_tool
 from mcpstore_proxy.relay import ClientCall
+from mcpstore_proxy.request_headers import EXISTING_SESSION_HEADER
 from mcpstore_proxy.rounds import InputRounds, Unaskable
 
 __all__ = ["AGENT_HEADER", "EXISTING_SESSION_HEADER", "REQUEST_SCOPE", "ProxyServer"]
@@ -59,7 +60,6 @@ logger = logging.getLogger(__name__)
 Context = ServerRequestContext[Any, Any]
 _ResultT = TypeVar("_ResultT", bound=BaseModel)
 
-EXISTING_SESSION_HEADER: Final = "x-mcpstore-existing-session"
 """Sent as `1` (by the remote SDK): a tool call must run in an open named session, not open one."""
 
 

@@ -118,9 +118,10 @@ def test_the_session_header_is_found_with_the_rest_and_any_other_header_by_a_pas
 
 def test_every_header_the_pass_keeps_is_what_a_pass_of_its_own_would_find() -> None:
     names = [b"authorization", b"x-mcpstore-agent", b"mcp-session-id", b"mcp-protocol-version", b"content-length"]
-    sent = [*_SENT, (b"last-event-id", b"7"), (b"x-mcpstore-session", b"work")]
+    sent = [*_SENT, (b"last-event-id", b"7"), (b"x-mcpstore-session", b"work"), (b"x-mcpstore-existing-session", b"1")]
     scope = _scope(sent)
-    for name in [*names, b"last-event-id", b"x-mcpstore-session"]:
+    assert request_headers(scope).existing_session == b"1"
+    for name in [*names, b"last-event-id", b"x-mcpstore-session", b"x-mcpstore-existing-session"]:
         assert first_value(scope, name) == Headers(raw=sent)[name.decode()].encode(), name
 
 
