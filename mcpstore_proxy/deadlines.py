@@ -9,11 +9,14 @@ timer fires each waiter fails what is due and says when its next one is (`expire
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import weakref
 from typing import ClassVar, Final, Protocol
 
 __all__ = ["Deadlines", "Expiring"]
+
+logger = logging.getLogger(__name__)
 
 _SLACK_SECONDS: Final = 0.001
 """A timer may fire up to a millisecond early (uvloop's are in milliseconds): a deadline that close is past."""
@@ -77,7 +80,11 @@ class Deadlines:
         due = self.loop.time() + _SLACK_SECONDS
         earliest = math.inf
         for waiter in list(self._waiters):
-            after = waiter.expire_due(due)
+            try:
+                after = waiter.expire_due(due)
+            except Exception:  # a bug in one waiter: the loop's callback must go on keeping the others' deadlines
+                logger.exception("a deadline's waiter failed; it is let go")
+                after = math.inf
             if after == math.inf:
                 self._waiters.discard(waiter)
             elif after < earliest:

@@ -2,10 +2,11 @@
 deadline with the event loop's one timer for deadlines until then, then one bare asyncio task, both given up when
 the block ends.
 
-Most calls are answered within milliseconds and then cost an entry in a set, not a timer or a task: a timer of
-their own (uvloop's, made, cancelled and closed on every call) cost about 2% of the instructions of a forwarded
-call. The loop's timer (`deadlines.Deadlines`) is armed for the earliest deadline of what is still waiting, so it
-fires about once per `after_seconds` however many calls come and go. The task is bare asyncio, not anyio: these
+Most calls are answered within milliseconds and then cost an entry in a set, not a timer or a task. A timer of
+their own (uvloop's, made, cancelled and closed on every call, about 0.4 µs of the loop's time each) was one of
+two per call whose removal took the proxy's CPU per call at c=1 to 0.92 of what it was, in a same-run A/B. The
+loop's timer (`deadlines.Deadlines`) is armed for the earliest deadline of what is still waiting, so it fires
+about once per `after_seconds` however many calls come and go. The task is bare asyncio, not anyio: these
 requests are only ever served by uvicorn on asyncio, and an anyio task group per call cost several times as much.
 Nothing awaits it, so its work must never raise (`_run`).
 """

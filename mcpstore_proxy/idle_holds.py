@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
+import logging
 import math
 import weakref
 from typing import Any, Final
@@ -22,6 +23,8 @@ from typing import Any, Final
 from mcp.server.streamable_http import StreamableHTTPServerTransport
 
 __all__ = ["IdleHold", "IdleHolds"]
+
+logger = logging.getLogger(__name__)
 
 _SLACK_SECONDS: Final = 0.001
 """A timer may fire up to a millisecond early (uvloop's are in milliseconds): a countdown that close has ended."""
@@ -136,7 +139,12 @@ class IdleHolds:
             hold = held()
             if hold is None:
                 continue
-            after = hold.expire_due(due)
+            try:
+                after = hold.expire_due(due)
+            except Exception:  # a bug in one hold: the loop's callback must go on keeping the others' countdowns
+                logger.exception("a session's idle countdown failed; it starts again after the session's next request")
+                hold._is_queued = False  # pyright: ignore[reportPrivateUsage]  # this module's own
+                after = math.inf
             if after < math.inf:
                 heapq.heappush(queue, (after, next(self._order), held))
         if queue:

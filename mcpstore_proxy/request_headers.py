@@ -37,7 +37,8 @@ PROTOCOL_VERSION: Final = MCP_PROTOCOL_VERSION_HEADER.lower().encode()
 LAST_EVENT_ID: Final = LAST_EVENT_ID_HEADER.lower().encode()
 AGENT_HEADER: Final = "x-mcpstore-agent"
 EXISTING_SESSION_HEADER: Final = "x-mcpstore-existing-session"
-"""Sent as "1" by the SDK's remote backend with a session it expects to exist already (see `records.require`)."""
+"""Sent as `1` by the SDK's remote backend: a tool call must run in an open named session, not open one (see
+`records.require`)."""
 SESSION_KEY_HEADER: Final = "x-mcpstore-session"
 """The default `session_header`, found with the rest (another name by a pass of its own, see `first_value`)."""
 

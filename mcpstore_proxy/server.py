@@ -60,8 +60,6 @@ logger = logging.getLogger(__name__)
 Context = ServerRequestContext[Any, Any]
 _ResultT = TypeVar("_ResultT", bound=BaseModel)
 
-"""Sent as `1` (by the remote SDK): a tool call must run in an open named session, not open one."""
-
 
 class ProxyServer(Server[Any]):
     """Serves the engine's merged offer to one kind of downstream transport (HTTP, SSE or stdio)."""

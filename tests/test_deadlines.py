@@ -122,3 +122,24 @@ async def test_each_event_loop_has_one_timer_for_its_deadlines() -> None:
     loop = asyncio.get_running_loop()
 
     assert Deadlines.of(loop) is Deadlines.of(loop)
+
+
+class _Broken:
+    def expire_due(self, due: float) -> float:
+        raise RuntimeError("a bug in a waiter")
+
+
+def test_a_waiter_that_fails_is_logged_and_let_go_and_the_others_deadlines_are_kept(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    loop = _ManualLoop()
+    deadlines = _deadlines(loop)
+    broken, kept = _Broken(), _Waiter(loop, 100.05, 100.2)
+    deadlines.watch(broken, 100.05)
+    deadlines.watch(kept, 100.05)
+
+    loop.advance_to(101.0)  # the timer's callback raises nothing into the loop
+
+    assert kept.expired == [(100.05, 100.05), (100.2, 100.2)]
+    assert len(deadlines) == 0
+    assert "a deadline's waiter failed" in caplog.text

@@ -147,6 +147,25 @@ async def test_a_session_gone_before_its_countdown_ends_is_not_kept_alive_by_it(
         assert not held.idle.cancel_called  # not looked at: a session gone is the SDK's to end
 
 
+async def test_a_countdown_that_fails_is_logged_and_the_other_sessions_are_still_counted_down(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async with _session() as held, _session() as other:
+        other.holds = held.holds  # one lane, two sessions
+
+        class _Failing(IdleHold):
+            def expire_due(self, due: float) -> float:
+                raise RuntimeError("a bug in a countdown")
+
+        with other.hold():
+            pass
+        failing = _Failing(held.transport, held.holds, asyncio.get_running_loop())  # kept alive by this name
+        held.holds.queue(failing, anyio.current_time() + 1)  # due first
+        await held.clock.advance(_TIMEOUT + 1)
+        assert other.idle.cancel_called  # counted down all the same
+        assert "a session's idle countdown failed" in caplog.text
+
+
 def test_the_sdk_transport_keeps_its_idle_timeout_and_requests_in_flight_where_the_hold_reads_them() -> None:
     transport = StreamableHTTPServerTransport(mcp_session_id="a" * 32, idle_timeout=5.0)
     assert getattr(transport, "_idle_timeout") == 5.0  # noqa: B009
