@@ -9,7 +9,7 @@ Every target serves the `echo` tool of bench/echo_server.py over Streamable HTTP
 - mcpstore: this repository's `mcpstore-proxy serve`, the echo server as an isolated stdio upstream;
 - mcp-proxy, fastmcp: the peers, each installed by this script in its own venv under bench/.venvs/ (pinned).
 
-Each system under test runs pinned to core 1 (with the upstreams it starts), the load generator to core 0. The load
+Each system under test runs pinned to core 1 (with the upstreams it starts), the load generator to the others. The load
 generator is the MCP SDK client (`mcp.Client`, `streamable_http_client`, mode="legacy"), one session per worker:
 N calls in one session (c=1: latency), then M calls spread over 8 sessions (c=8: throughput). "CPU ms per call" is
 the utime+stime that the system under test's own process spends per call (its upstream children excluded; for
@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import sys
 import tempfile
 import time
@@ -34,12 +33,11 @@ import anyio
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import scale
 from forwarding_load import SESSIONS, run_target
-from forwarding_processes import SUT_CORE
+from forwarding_processes import SUT_CORE, pin_load_generator
 from forwarding_report import load_average, machine, source_state, table
 from forwarding_targets import BENCH, TARGETS
 
 DEFAULT_JSON = BENCH / "results" / "forwarding.json"
-LOADGEN_CORE = 0
 
 
 def serve_direct(framing: str, port: int) -> None:
@@ -66,9 +64,7 @@ async def run(arguments: argparse.Namespace) -> None:
     list_calls = arguments.list_calls or (20 if arguments.quick else 200)
     upstreams = arguments.upstreams or (5 if arguments.quick else 50)
     first_call_sessions = arguments.first_call_sessions or (3 if arguments.quick else 20)
-    pin = (os.cpu_count() or 1) >= 2 and shutil.which("taskset") is not None
-    if pin:
-        os.sched_setaffinity(0, {LOADGEN_CORE})
+    pin = pin_load_generator()
     load_before = load_average()
     started = time.perf_counter()
     rows: list[dict[str, Any]] = []
@@ -76,7 +72,7 @@ async def run(arguments: argparse.Namespace) -> None:
         "command": " ".join([".venv/bin/python", "bench/forwarding.py", *sys.argv[1:]]),
         "machine": machine(),
         "source": source_state(),
-        "pinned": {"system_under_test": SUT_CORE, "load_generator": LOADGEN_CORE} if pin else None,
+        "pinned": {"system_under_test": SUT_CORE, "load_generator": sorted(os.sched_getaffinity(0))} if pin else None,
         "sections": sections,
     }
     reports: list[str] = []

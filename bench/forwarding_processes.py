@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 from collections.abc import AsyncGenerator
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -62,6 +63,16 @@ def stop_leftover(pid: int) -> None:
             os.kill(pid, 15)
     except (FileNotFoundError, ProcessLookupError):
         pass
+
+
+def pin_load_generator() -> bool:
+    """Pin this process (the load) to every core but the system under test's, where there is a core to spare and
+    `taskset` to pin the system under test with (`pinned`); whether it did."""
+    cores = os.sched_getaffinity(0)
+    if len(cores) < 2 or shutil.which("taskset") is None:
+        return False
+    os.sched_setaffinity(0, cores - {SUT_CORE})
+    return True
 
 
 def pinned(argv: list[str], pin: bool) -> list[str]:

@@ -32,7 +32,7 @@ from mcp import Client
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from forwarding_load import SESSIONS, call_batch
-from forwarding_processes import SUT_CORE, running
+from forwarding_processes import pin_load_generator, running
 from forwarding_targets import TARGETS
 from proxy_overhead import cpu_seconds
 
@@ -68,9 +68,7 @@ async def main() -> None:
         names = arguments.targets.split(",")
         if len(names) != 2 or any(name not in TARGETS for name in names):
             raise SystemExit(f"--targets takes two of: {', '.join(TARGETS)}")
-    pin = len(os.sched_getaffinity(0)) > 1
-    if pin:
-        os.sched_setaffinity(0, set(os.sched_getaffinity(0)) - {SUT_CORE})
+    pin = pin_load_generator()
     bursts: dict[str, list[dict[str, dict[str, float]]]] = {"c1": [], "c8": []}
     """Per pair of bursts: each name's CPU ms per call ("cpu_ms") and calls per second ("calls_per_s")."""
     with tempfile.TemporaryDirectory(prefix="mcpstore-interleaved-") as scratch:
@@ -115,6 +113,9 @@ async def main() -> None:
         for figure, digits in (("cpu_ms", 3), ("calls_per_s", 0)):
             measured_pairs = [pair[figure] for pair in pairs if pair[figure][first] > 0]
             ratios = [pair[second] / pair[first] for pair in measured_pairs]
+            if not ratios:  # each burst too short for a clock tick (10 ms) of the first target's CPU
+                cells += ["—", "—", f"no pair measured: raise --calls (now {arguments.calls})"]
+                continue
             cells += [
                 f"{statistics.median(p[first] for p in measured_pairs):.{digits}f}",
                 f"{statistics.median(p[second] for p in measured_pairs):.{digits}f}",

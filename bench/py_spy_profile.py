@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import argparse
 import collections
-import os
 import re
-import shutil
 import sys
 import tempfile
 from contextlib import AsyncExitStack
@@ -30,7 +28,7 @@ import anyio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from forwarding_load import call_batch
-from forwarding_processes import SUT_CORE, running
+from forwarding_processes import pin_load_generator, running
 from forwarding_targets import TARGETS, ensure_venv
 
 PY_SPY_REQUIREMENTS = ["py-spy==0.4.3"]
@@ -85,9 +83,7 @@ def report(raw: str, top: int) -> str:
 
 async def sample(target_name: str, seconds: int, rate: int, native: bool, install: bool) -> str:
     py_spy = ensure_venv("py-spy", PY_SPY_REQUIREMENTS, install).parent / "py-spy"
-    pin = (os.cpu_count() or 1) >= 2 and shutil.which("taskset") is not None
-    if pin:
-        os.sched_setaffinity(0, set(os.sched_getaffinity(0)) - {SUT_CORE})
+    pin = pin_load_generator()
     target = TARGETS[target_name]
     with tempfile.TemporaryDirectory(prefix="mcpstore-profile-") as scratch:
         out = Path(scratch) / "raw.txt"
