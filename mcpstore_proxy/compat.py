@@ -40,7 +40,8 @@ from mcp.server.streamable_http import (
 )
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 from opentelemetry import trace
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from uvicorn.protocols.http import h11_impl, httptools_impl
 
 from mcpstore_proxy.request_headers import request_headers
 from mcpstore_proxy.upstream_process import PipeWriter, start_process
@@ -58,6 +59,7 @@ __all__ = [
     "legacy_session_named",
     "newest_legacy_session",
     "open_http_sessions",
+    "respond_at_once",
     "set_session_limit",
     "spans_only_when_traced",
     "spawn_stdio_server",
@@ -240,6 +242,56 @@ class TrimmedFieldValues:
             headers: list[tuple[bytes, bytes]] = scope["headers"]
             scope = {**scope, "headers": [(name, value.strip(b" \t")) for name, value in headers]}
         return self._app(scope, receive, send)  # the app's own coroutine: a frame less per request
+
+
+_UVICORN_CYCLES: Final = (h11_impl.RequestResponseCycle, httptools_impl.RequestResponseCycle)
+
+
+class _Gathered:
+    """What uvicorn's response cycle writes while it sends a whole response: kept, to go out as one write."""
+
+    __slots__ = ("chunks", "is_closed", "transport")
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self.transport = transport
+        self.chunks: list[bytes] = []
+        self.is_closed = False
+
+    def write(self, data: bytes) -> None:
+        self.chunks.append(data)
+
+    def close(self) -> None:
+        self.is_closed = True
+
+    def is_closing(self) -> bool:
+        return self.is_closed or self.transport.is_closing()
+
+
+async def respond_at_once(send: Send, start: Message, body: Message) -> None:
+    """Send a response's start and its whole body (`more_body` false); through uvicorn, in one write.
+
+    uvicorn's response cycle writes the status line and headers to its transport the moment they are sent, then
+    the body: two system calls and two TCP segments for an answer that is ready whole, about 4% of the proxy's
+    CPU per forwarded call. Here the cycle's `transport` is swapped, for the two sends, for one that keeps what
+    they write (and a close, when the connection is not kept alive); then that goes out in one write, and the
+    close after it. Any other `send` (an app in between, another server) gets the two messages as they are."""
+    cycle: Any = getattr(send, "__self__", None)
+    if type(cycle) not in _UVICORN_CYCLES:
+        await send(start)
+        await send(body)
+        return
+    transport: asyncio.Transport = cycle.transport
+    gathered = _Gathered(transport)
+    cycle.transport = gathered
+    try:
+        await send(start)
+        await send(body)
+    finally:
+        cycle.transport = transport
+        if gathered.chunks and not transport.is_closing():
+            transport.write(b"".join(gathered.chunks))
+        if gathered.is_closed:
+            transport.close()
 
 
 class SignalFreeServer(uvicorn.Server):

@@ -18,6 +18,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
+from mcpstore_proxy.compat import respond_at_once
 from mcpstore_proxy.json_bytes import to_json
 from mcpstore_proxy.request_headers import CHECKED_HEADERS, LAST_EVENT_ID, PROTOCOL_VERSION, SESSION_ID, request_headers
 
@@ -291,8 +292,11 @@ class Answer:
         assert not self._is_done, "the answer went already"
         self._is_done = True
         headers = _json_headers(body, self._session_header, _GZIPPED)
-        await self._send({"type": "http.response.start", "status": 200, "headers": headers})
-        await self._send({"type": "http.response.body", "body": body, "more_body": False})
+        await respond_at_once(
+            self._send,
+            {"type": "http.response.start", "status": 200, "headers": headers},
+            {"type": "http.response.body", "body": body, "more_body": False},
+        )
 
     async def _finish_locked(self, lock: anyio.Lock, body: bytes, *, as_stream: bool, status: int) -> None:
         async with lock:
@@ -307,8 +311,11 @@ class Answer:
             await self._send({"type": "http.response.body", "body": sse_event(body), "more_body": False})
             return
         headers = _json_headers(body, self._session_header)
-        await self._send({"type": "http.response.start", "status": status, "headers": headers})
-        await self._send({"type": "http.response.body", "body": body, "more_body": False})
+        await respond_at_once(
+            self._send,
+            {"type": "http.response.start", "status": status, "headers": headers},
+            {"type": "http.response.body", "body": body, "more_body": False},
+        )
 
     async def _open_stream(self) -> None:
         if not self._is_streaming:

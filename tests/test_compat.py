@@ -346,3 +346,74 @@ async def test_a_legacy_sse_session_is_the_one_last_opened_and_is_found_only_for
         assert compat.legacy_session(transport, {**post, "query_string": b"session_id=nope"}) is None
         left.set()
     assert compat.legacy_session(transport, post) is None
+
+
+class _Recorded:
+    """A transport as it was: every write it is given, kept for the test to see, and passed on."""
+
+    def __init__(self, transport: Any) -> None:
+        self._transport = transport
+        self.writes: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(bytes(data))
+        self._transport.write(data)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+
+async def _answered(stream: Any, until: bytes) -> bytes:
+    received = b""
+    with anyio.fail_after(5):
+        while not received.endswith(until):
+            received += await stream.receive()
+    return received
+
+
+@pytest.mark.parametrize("protocol", ["httptools", "h11"])
+async def test_a_whole_response_goes_through_uvicorns_transport_in_one_write_and_a_close_after_it(
+    protocol: str,
+) -> None:
+    writes: list[list[bytes]] = []
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        cycle = send.__self__  # pyright: ignore[reportFunctionMemberAccess]
+        cycle.transport = recorded = _Recorded(cycle.transport)
+        writes.append(recorded.writes)
+        body = scope["path"].encode() * 3
+        start = {"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"%d" % len(body))]}
+        await compat.respond_at_once(send, start, {"type": "http.response.body", "body": body, "more_body": False})
+
+    port = free_port()
+    config = uvicorn.Config(app, port=port, http=protocol, log_level="warning", lifespan="off")
+    server = compat.SignalFreeServer(config)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(server.serve)
+        await wait_until(lambda: server.started, what="uvicorn to start")
+        async with await anyio.connect_tcp("127.0.0.1", port) as stream:
+            await stream.send(b"GET /one HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            first = await _answered(stream, b"/one/one/one")
+            await stream.send(b"GET /two HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+            second = await _answered(stream, b"/two/two/two")
+            with anyio.fail_after(5), pytest.raises(anyio.EndOfStream):
+                await stream.receive()  # closed after the answer, as asked
+        server.should_exit = True
+        assert first.startswith(b"HTTP/1.1 200 OK\r\n")
+        assert second.startswith(b"HTTP/1.1 200 OK\r\n")
+        assert b"connection: close\r\n" in second.lower()
+        assert writes == [[first], [second]]
+
+
+async def test_a_whole_response_reaches_a_send_that_is_not_uvicorns_as_its_two_messages() -> None:
+    sent: list[Message] = []
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    start: Message = {"type": "http.response.start", "status": 200, "headers": []}
+    body: Message = {"type": "http.response.body", "body": b"{}", "more_body": False}
+    await compat.respond_at_once(send, start, body)
+    assert sent == [start, body]
