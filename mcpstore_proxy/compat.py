@@ -13,11 +13,10 @@ import sys
 from collections.abc import Awaitable, Generator
 from contextlib import contextmanager
 from functools import lru_cache
-from typing import Any, Final, TextIO
+from typing import Any, Final, Protocol, TextIO
 from urllib.parse import parse_qs
 from uuid import UUID
 
-import anyio
 import mcp.client.stdio
 import mcp.server.streamable_http
 import mcp.shared._otel
@@ -25,7 +24,6 @@ import mcp.shared.jsonrpc_dispatcher
 import sse_starlette
 import uvicorn
 from anyio.abc import ByteSendStream, Process
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from mcp.client._transport import ReadStream, TransportStreams, WriteStream
 from mcp.client.stdio import StdioServerParameters, get_default_environment
 from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser, AuthorizationContext, authorization_context
@@ -34,7 +32,6 @@ from mcp.server.context import ServerRequestContext
 from mcp.server.sse import SseServerTransport
 from mcp.server.streamable_http import (
     GET_STREAM_KEY,
-    REQUEST_STREAM_BUFFER_SIZE,
     EventMessage,
     StreamableHTTPServerTransport,
 )
@@ -47,6 +44,7 @@ from mcpstore_proxy.request_headers import request_headers
 from mcpstore_proxy.upstream_process import PipeWriter, start_process
 
 __all__ = [
+    "EventSink",
     "ReadStream",
     "SignalFreeServer",
     "TransportStreams",
@@ -63,7 +61,7 @@ __all__ = [
     "set_session_limit",
     "spans_only_when_traced",
     "spawn_stdio_server",
-    "standalone_stream",
+    "standing_stream",
     "stdin_writer",
     "stop_stdio_server",
     "terminate_http_sessions",
@@ -156,31 +154,36 @@ def _requestor(user: AuthenticatedUser) -> AuthorizationContext:
     return authorization_context(user)
 
 
-_RequestStreams = dict[Any, tuple[MemoryObjectSendStream[EventMessage], MemoryObjectReceiveStream[EventMessage]]]
+class EventSink(Protocol):
+    """What the SDK's transport sends a session's messages outside any request to, and closes (as it does the two
+    ends of a memory stream)."""
+
+    async def send(self, event: EventMessage) -> None: ...
+
+    def close(self) -> None: ...
+
+    async def aclose(self) -> None: ...
 
 
 @contextmanager
-def standalone_stream(
-    transport: StreamableHTTPServerTransport,
-) -> Generator[MemoryObjectReceiveStream[EventMessage] | None]:
-    """Where the session's messages outside any request arrive while the block runs, as the SDK's own GET handler
-    sets it up (`_request_streams[GET_STREAM_KEY]`, `REQUEST_STREAM_BUFFER_SIZE`); None when the session has such
-    a stream already (the SDK refuses a second one with 409). Leaving closes it, unless the session already
-    replaced or closed it."""
-    streams: _RequestStreams = getattr(transport, "_request_streams")  # noqa: B009  # private; pinned by a test
+def standing_stream(transport: StreamableHTTPServerTransport, sink: EventSink) -> Generator[bool]:
+    """Have the session's messages outside any request sent to `sink` while the block runs, where the SDK's own GET
+    handler puts its memory stream (`_request_streams[GET_STREAM_KEY]`, both ends: its router sends to the first,
+    the session's end closes both); False, with nothing put there, when the session has such a stream already (the
+    SDK refuses a second one with 409). Leaving takes it out, unless the session already replaced or dropped it,
+    and closes it."""
+    streams: dict[Any, tuple[Any, Any]] = getattr(transport, "_request_streams")  # noqa: B009  # pinned by a test
     if GET_STREAM_KEY in streams:
-        yield None
+        yield False
         return
-    writer, reader = anyio.create_memory_object_stream[EventMessage](REQUEST_STREAM_BUFFER_SIZE)
-    streams[GET_STREAM_KEY] = writer, reader
+    streams[GET_STREAM_KEY] = sink, sink
     try:
-        yield reader
+        yield True
     finally:
         registered = streams.get(GET_STREAM_KEY)
-        if registered is not None and registered[1] is reader:
+        if registered is not None and registered[0] is sink:
             del streams[GET_STREAM_KEY]
-        writer.close()
-        reader.close()
+        sink.close()
 
 
 _SDK_SPAN: Final = mcp.shared._otel.otel_span  # pyright: ignore[reportPrivateUsage]

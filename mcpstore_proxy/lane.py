@@ -41,7 +41,7 @@ from mcp.server.transport_security import TransportSecurityMiddleware, Transport
 from mcp.types.version import HANDSHAKE_PROTOCOL_VERSIONS
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from mcpstore_proxy.compat import http_session, standalone_stream
+from mcpstore_proxy.compat import http_session, standing_stream
 from mcpstore_proxy.compressed import accepts_gzip
 from mcpstore_proxy.downstream import Caller
 from mcpstore_proxy.idle_holds import IdleHolds
@@ -56,7 +56,7 @@ from mcpstore_proxy.lane_modern import (
     routing_of,
 )
 from mcpstore_proxy.lane_questions import LaneQuestions
-from mcpstore_proxy.lane_stream import PING_SECONDS, serve_event_stream
+from mcpstore_proxy.lane_stream import PING_SECONDS, StandingStream
 from mcpstore_proxy.lane_wire import (
     Acceptance,
     Answer,
@@ -208,11 +208,12 @@ class FastLane:
     async def _stream(self, receive: Receive, send: Send, session: _Session) -> bool:
         """Serve the session's standing event stream (see `lane_stream`); False leaves it to the SDK."""
         session_id, connection, transport = session
-        with self._holds.of(transport, connection.state) as is_open, standalone_stream(transport) as messages:
-            if not is_open or messages is None:
+        stream = StandingStream(send)
+        with self._holds.of(transport, connection.state) as is_open, standing_stream(transport, stream) as is_ours:
+            if not is_open or not is_ours:
                 return False  # a session ending, or a second stream: the SDK answers (404, 409)
             self.streams_served += 1
-            await serve_event_stream(messages, session_id, receive, send, ping_seconds=self._ping_seconds)
+            await stream.serve(session_id, receive, ping_seconds=self._ping_seconds)
             return True
 
     def _session_of(self, scope: Scope) -> tuple[_Session, list[tuple[bytes, bytes]]] | None:

@@ -1,82 +1,129 @@
 """The lane's standing event stream: a client's `GET` in an established Streamable HTTP session, served without
-sse_starlette.
+sse_starlette, and without a memory stream or a task of its own.
 
 The SDK serves that stream with sse_starlette: per stream a response object, a task group with four tasks (its
 sender, pings, a disconnect listener and a shutdown listener), a task that copies the session's messages into a
 memory stream of its own, and that stream. Held open by every idle client, it was a fifth of the proxy's memory per
-idle session. Here the request's own task writes each message as it comes, and one bare asyncio task both watches
-for the client hanging up and sends a comment line every `ping_seconds`, as sse_starlette does, so that proxies
-and load balancers in between keep the connection.
+idle session. Here a `StandingStream` takes the place of the memory stream the SDK's transport sends those messages
+to (`compat.standing_stream`): the transport's message router hands it each message and it goes out on the response
+then and there, framed as the SDK's writer frames it (the router waits for the write as it would wait on a full
+buffer). The request's own task, meanwhile, watches for the client hanging up and sends a comment line every
+`ping_seconds`, as sse_starlette does, so that proxies and load balancers in between keep the connection.
 
-The messages come from where the SDK's transport puts them for its own stream (`compat.standalone_stream`), framed
-as its writer frames them. The stream ends when the client hangs up, or when the session closes the standalone
-stream (the session ends: DELETE, idle expiry, shutdown).
+The stream ends when the client hangs up, or when the session closes it (the session ends: DELETE, idle expiry,
+shutdown); then the response ends once every message being written is out.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+from collections.abc import Callable
 from typing import Final
 
 import anyio
-from anyio.streams.memory import MemoryObjectReceiveStream
 from mcp.server.streamable_http import EventMessage
 from starlette.types import Receive, Send
 
 from mcpstore_proxy.lane_wire import SESSION_ID, SSE_HEADERS, sse_event
 
-__all__ = ["PING_SECONDS", "serve_event_stream"]
+__all__ = ["PING_SECONDS", "StandingStream"]
 
 PING_SECONDS: Final = 15.0
 """sse_starlette's interval."""
 
-_PING: Final = {"type": "http.response.body", "body": b": ping\r\n\r\n", "more_body": True}
+_PING: Final = b": ping\r\n\r\n"
 
 
-async def serve_event_stream(
-    messages: MemoryObjectReceiveStream[EventMessage],
-    session_id: str,
-    receive: Receive,
-    send: Send,
-    *,
-    ping_seconds: float = PING_SECONDS,
-) -> None:
-    """Send `messages` as server-sent events until they end or the client hangs up."""
-    await send(
-        {"type": "http.response.start", "status": 200, "headers": [*SSE_HEADERS, (SESSION_ID, session_id.encode())]}
-    )
-    with anyio.CancelScope() as hung_up:
-        watcher = asyncio.get_running_loop().create_task(_watch(receive, send, hung_up, ping_seconds))
+class StandingStream:
+    """One session's standing event stream, as the SDK's transport holds it: both ends of the stream it sends the
+    session's messages outside any request to (`send`, `close`, `aclose`), and the response they go out on
+    (`serve`)."""
+
+    __slots__ = ("_early", "_ended", "_in_flight", "_is_closed", "_is_open", "_on_close", "_send")
+
+    def __init__(self, send: Send) -> None:
+        self._send = send
+        self._is_open = False
+        """Whether the response has started: until then, messages wait in `_early`."""
+        self._early: list[bytes] | None = None
+        self._is_closed = False
+        self._in_flight = 0
+        """Writes under way: the response ends only once none is."""
+        self._ended: asyncio.Future[None] | None = None
+        self._on_close: Callable[[], None] | None = None
+
+    async def send(self, event: EventMessage) -> None:
+        """Send one of the session's messages on the stream (the SDK's router calls this).
+
+        Raises:
+            anyio.ClosedResourceError: the stream ended (the router then forgets it, as it forgets a closed memory
+                stream).
+        """
+        if self._is_closed:
+            raise anyio.ClosedResourceError
+        chunk = sse_event(event.message.model_dump_json(by_alias=True, exclude_unset=True).encode(), event.event_id)
+        if not self._is_open:
+            if self._early is None:
+                self._early = []
+            self._early.append(chunk)
+            return
+        await self._write(chunk)
+
+    def close(self) -> None:
+        """End the stream (the SDK closes it as the session ends); the response ends once nothing is being
+        written."""
+        if not self._is_closed:
+            self._is_closed = True
+            if self._on_close is not None:
+                self._on_close()
+
+    async def aclose(self) -> None:
+        self.close()
+
+    async def serve(self, session_id: str, receive: Receive, *, ping_seconds: float = PING_SECONDS) -> None:
+        """Send the response: the messages as they come, a ping while none does, until the client hangs up or the
+        stream is closed."""
+        start = [*SSE_HEADERS, (SESSION_ID, session_id.encode())]
+        await self._send({"type": "http.response.start", "status": 200, "headers": start})
+        while self._early:  # what came before the response started, in order
+            await self._write(self._early.pop(0))
+        self._is_open = True
+        hung_up = False
+        with anyio.CancelScope() as closed:
+            self._on_close = closed.cancel
+            if self._is_closed:
+                closed.cancel()
+            hung_up = await self._watch(receive, ping_seconds)
+        self._on_close = None
+        if hung_up:
+            self.close()  # nothing more is written to a client gone
+            return
+        if self._in_flight:
+            self._ended = asyncio.get_running_loop().create_future()
+            await self._ended
+        await self._send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def _watch(self, receive: Receive, ping_seconds: float) -> bool:
+        """Ping the client every `ping_seconds` until it hangs up (True)."""
         try:
-            async for event in messages:
-                await send({"type": "http.response.body", "body": _framed(event), "more_body": True})
-        except anyio.ClosedResourceError:
-            pass  # the session closed the stream under us
+            while True:
+                try:
+                    async with asyncio.timeout(ping_seconds):
+                        message = await receive()
+                except TimeoutError:
+                    await self._write(_PING)
+                    continue
+                if message.get("type") == "http.disconnect":
+                    return True
+        except Exception:  # noqa: BLE001 - a connection that cannot be read from is a client gone
+            return True
+
+    async def _write(self, chunk: bytes) -> None:
+        self._in_flight += 1
+        try:
+            await self._send({"type": "http.response.body", "body": chunk, "more_body": True})
         finally:
-            watcher.cancel()
-    if not hung_up.cancelled_caught:
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
-
-
-async def _watch(receive: Receive, send: Send, hung_up: anyio.CancelScope, ping_seconds: float) -> None:
-    """Until the client hangs up, ping it every `ping_seconds`; then end the stream.
-
-    A bare task, cancelled when the stream ends: nothing awaits it, so whatever ends the watch must end in the
-    stream's cancellation, not here. Two sends at once are safe: each is one write, after a wait to drain."""
-    with contextlib.suppress(Exception):  # a connection that cannot be read from is a client gone
-        while True:
-            try:
-                async with asyncio.timeout(ping_seconds):
-                    message = await receive()
-            except TimeoutError:
-                await send(_PING)
-                continue
-            if message.get("type") == "http.disconnect":
-                break
-    hung_up.cancel()
-
-
-def _framed(event: EventMessage) -> bytes:
-    """One message as the SDK's writer frames it (`event: message`, its id if the session keeps events)."""
-    return sse_event(event.message.model_dump_json(by_alias=True, exclude_unset=True).encode(), event.event_id)
+            self._in_flight -= 1
+            ended = self._ended
+            if not self._in_flight and ended is not None and not ended.done():
+                ended.set_result(None)

@@ -31,9 +31,10 @@ from mcp.server.connection import Connection
 from mcp.server.context import ServerRequestContext
 from mcp.server.lowlevel.server import Server
 from mcp.server.sse import SseServerTransport
-from mcp.server.streamable_http import StreamableHTTPServerTransport
+from mcp.server.streamable_http import EventMessage, StreamableHTTPServerTransport
 from mcp.server.streamable_http_manager import StreamableHTTPASGIApp, StreamableHTTPSessionManager
 from mcp.shared._stream_protocols import ReadStream, WriteStream
+from mcp.shared.message import SessionMessage
 from opentelemetry import trace
 from starlette.applications import Starlette
 from starlette.routing import Route
@@ -213,7 +214,24 @@ async def test_a_session_is_found_by_its_id_only_for_the_principal_that_opened_i
         assert compat.http_session(manager, session_id, anonymous) is None
 
 
-async def test_a_standing_stream_registers_where_the_sdk_routes_messages_outside_requests_one_per_session() -> None:
+class _Sink:
+    """A standing stream as the SDK's transport uses one: what it was sent, and whether it was closed."""
+
+    def __init__(self) -> None:
+        self.events: list[EventMessage] = []
+        self.is_closed = False
+
+    async def send(self, event: EventMessage) -> None:
+        self.events.append(event)
+
+    def close(self) -> None:
+        self.is_closed = True
+
+    async def aclose(self) -> None:
+        self.close()
+
+
+async def test_a_standing_stream_is_put_where_the_sdk_routes_messages_outside_requests_one_per_session() -> None:
     assert "GET_STREAM_KEY" in inspect.getsource(StreamableHTTPServerTransport.connect)  # where the router sends them
     manager = StreamableHTTPSessionManager(app=_server([]))
     async with _serving(manager) as url, httpx2.AsyncClient() as http:
@@ -221,17 +239,41 @@ async def test_a_standing_stream_registers_where_the_sdk_routes_messages_outside
         transport = compat.http_session(manager, session_id, {"type": "http"})
         assert transport is not None
         streams: dict[Any, Any] = transport._request_streams  # pyright: ignore[reportPrivateUsage]
-        with compat.standalone_stream(transport) as messages:
-            assert messages is not None
-            assert streams[mcp.server.streamable_http.GET_STREAM_KEY][1] is messages
-            with compat.standalone_stream(transport) as second:
-                assert second is None
+        first, second = _Sink(), _Sink()
+        with compat.standing_stream(transport, first) as is_ours:
+            assert is_ours
+            assert streams[mcp.server.streamable_http.GET_STREAM_KEY] == (first, first)
+            with compat.standing_stream(transport, second) as is_second_ours:
+                assert not is_second_ours
+            assert not first.is_closed
         assert mcp.server.streamable_http.GET_STREAM_KEY not in streams
-        with compat.standalone_stream(transport) as messages:
-            assert messages is not None
+        assert first.is_closed
+        with compat.standing_stream(transport, second) as is_ours:
+            assert is_ours
+            notice = types.JSONRPCNotification(jsonrpc="2.0", method="notifications/tools/list_changed")
+            writer = transport._write_stream  # pyright: ignore[reportPrivateUsage]
+            assert writer is not None
+            await writer.send(SessionMessage(notice))  # as the server session sends one outside any request
+            await wait_until(lambda: len(second.events) == 1, what="the router to send the notice")
+            assert second.events[0].message == notice
             await transport.terminate()
-            with anyio.fail_after(5), pytest.raises((anyio.EndOfStream, anyio.ClosedResourceError)):
-                await messages.receive()
+            assert second.is_closed
+
+
+@asynccontextmanager
+async def _connected(app: Any, protocol: str = "httptools") -> AsyncGenerator[Any]:
+    """A raw TCP connection to `app` behind a real uvicorn (its `protocol` parser) on a loopback port."""
+    port = free_port()
+    config = uvicorn.Config(app, port=port, http=protocol, interface="asgi3", log_level="warning", lifespan="off")
+    server = compat.SignalFreeServer(config)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(server.serve)
+        await wait_until(lambda: server.started, what="uvicorn to start")
+        try:
+            async with await anyio.connect_tcp("127.0.0.1", port) as stream:
+                yield stream
+        finally:
+            server.should_exit = True
 
 
 @pytest.mark.parametrize("trimmed", [False, True])
@@ -246,19 +288,11 @@ async def test_uvicorns_httptools_protocol_keeps_whitespace_after_a_header_value
             await send({"type": "http.response.start", "status": 204, "headers": []})
             await send({"type": "http.response.body", "body": b""})
 
-    port = free_port()
-    served = compat.TrimmedFieldValues(app) if trimmed else app
-    config = uvicorn.Config(served, port=port, http="httptools", interface="asgi3", log_level="warning", lifespan="off")
-    server = compat.SignalFreeServer(config)
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(server.serve)
-        await wait_until(lambda: server.started, what="uvicorn to start")
-        async with await anyio.connect_tcp("127.0.0.1", port) as stream:
-            await stream.send(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nMcp-Name:   echo \t\r\nConnection: close\r\n\r\n")
-            while await stream.receive():
-                if seen:
-                    break
-        server.should_exit = True
+    async with _connected(compat.TrimmedFieldValues(app) if trimmed else app) as stream:
+        await stream.send(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nMcp-Name:   echo \t\r\nConnection: close\r\n\r\n")
+        while await stream.receive():
+            if seen:
+                break
     assert seen == ([b"echo"] if trimmed else [b"echo \t"])  # llhttp drops the leading whitespace only
 
 
@@ -387,24 +421,17 @@ async def test_a_whole_response_goes_through_uvicorns_transport_in_one_write_and
         start = {"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"%d" % len(body))]}
         await compat.respond_at_once(send, start, {"type": "http.response.body", "body": body, "more_body": False})
 
-    port = free_port()
-    config = uvicorn.Config(app, port=port, http=protocol, log_level="warning", lifespan="off")
-    server = compat.SignalFreeServer(config)
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(server.serve)
-        await wait_until(lambda: server.started, what="uvicorn to start")
-        async with await anyio.connect_tcp("127.0.0.1", port) as stream:
-            await stream.send(b"GET /one HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
-            first = await _answered(stream, b"/one/one/one")
-            await stream.send(b"GET /two HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
-            second = await _answered(stream, b"/two/two/two")
-            with anyio.fail_after(5), pytest.raises(anyio.EndOfStream):
-                await stream.receive()  # closed after the answer, as asked
-        server.should_exit = True
-        assert first.startswith(b"HTTP/1.1 200 OK\r\n")
-        assert second.startswith(b"HTTP/1.1 200 OK\r\n")
-        assert b"connection: close\r\n" in second.lower()
-        assert writes == [[first], [second]]
+    async with _connected(app, protocol) as stream:
+        await stream.send(b"GET /one HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        first = await _answered(stream, b"/one/one/one")
+        await stream.send(b"GET /two HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        second = await _answered(stream, b"/two/two/two")
+        with anyio.fail_after(5), pytest.raises(anyio.EndOfStream):
+            await stream.receive()  # closed after the answer, as asked
+    assert first.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert second.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert b"connection: close\r\n" in second.lower()
+    assert writes == [[first], [second]]
 
 
 async def test_a_whole_response_reaches_a_send_that_is_not_uvicorns_as_its_two_messages() -> None:

@@ -1,6 +1,6 @@
-"""The lane's standing event stream: `serve_event_stream` in memory (ASGI's `receive` and `send` as streams and
-lists, the session's messages from a memory stream as the SDK's transport feeds it); then a session's `GET` through
-the proxy served in process, for what only the whole path shows (the SDK's refusals, session ends, principals)."""
+"""The lane's standing event stream: a `StandingStream` in memory (ASGI's `receive` and `send` as streams and
+lists, the session's messages sent to it as the SDK's transport sends them); then a session's `GET` through the
+proxy served in process, for what only the whole path shows (the SDK's refusals, session ends, principals)."""
 
 from __future__ import annotations
 
@@ -14,12 +14,11 @@ from typing import Any
 import anyio
 import httpx2
 import pytest
-from anyio.streams.memory import MemoryObjectSendStream
 from mcp import types
 from mcp.server.streamable_http import EventMessage
 from starlette.types import Message
 
-from mcpstore_proxy.lane_stream import serve_event_stream
+from mcpstore_proxy.lane_stream import StandingStream
 from tests.inprocess import running_app
 from tests.raw_session import (
     ALICE,
@@ -41,10 +40,14 @@ Sent = list[dict[str, Any]]
 
 
 class _Client:
-    """ASGI's side of one GET: what the stream sent, and the client's own messages (its request, a hang-up)."""
+    """ASGI's side of one GET: what the stream sent, and the client's own messages (its request, a hang-up). With
+    `slow_on`, a body holding those bytes is written only once `go_on` is set (a client not reading)."""
 
-    def __init__(self) -> None:
+    def __init__(self, slow_on: bytes | None = None) -> None:
         self.sent: Sent = []
+        self.slow_on = slow_on
+        self.go_on = anyio.Event()
+        self.writing_slowly = anyio.Event()
         self._changed = anyio.Event()
         self._inbox, self._receive = anyio.create_memory_object_stream[dict[str, Any]](10)
         self._inbox.send_nowait({"type": "http.request", "body": b"", "more_body": False})
@@ -53,6 +56,9 @@ class _Client:
         return await self._receive.receive()
 
     async def send(self, message: Message) -> None:
+        if self.slow_on is not None and self.slow_on in message.get("body", b""):
+            self.writing_slowly.set()
+            await self.go_on.wait()
         self.sent.append(dict(message))
         self._changed.set()
         self._changed = anyio.Event()
@@ -82,38 +88,40 @@ def _notice(n: int) -> EventMessage:
     return EventMessage(types.JSONRPCNotification(jsonrpc="2.0", method="notifications/message", params=params))
 
 
+@dataclass
+class _Served:
+    stream: StandingStream
+    ended: anyio.Event
+
+
 @asynccontextmanager
-async def _serving(client: _Client, ping_seconds: float = 60) -> AsyncGenerator[_Stream]:
+async def _serving(client: _Client, ping_seconds: float = 60) -> AsyncGenerator[_Served]:
     """The stream served to `client` while the block runs."""
-    writer, reader = anyio.create_memory_object_stream[EventMessage](16)
-    stream = _Stream(writer, anyio.Event())
+    served = _Served(StandingStream(client.send), anyio.Event())
 
     async def serve() -> None:
-        await serve_event_stream(reader, "session-1", client.receive, client.send, ping_seconds=ping_seconds)
-        stream.ended.set()
+        await served.stream.serve("session-1", client.receive, ping_seconds=ping_seconds)
+        served.ended.set()
 
-    with writer, reader:
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(serve)
-            yield stream
-            tg.cancel_scope.cancel()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(serve)
+        yield served
+        tg.cancel_scope.cancel()
     client.close()
 
 
-@dataclass
-class _Stream:
-    messages: MemoryObjectSendStream[EventMessage]
-    ended: anyio.Event
+async def _ended(served: _Served) -> None:
+    with anyio.fail_after(5):
+        await served.ended.wait()
 
 
 async def test_messages_go_out_in_order_framed_as_the_sdk_frames_them_and_the_stream_ends_with_them() -> None:
     client = _Client()
-    async with _serving(client) as stream:
+    async with _serving(client) as served:
         for n in range(3):
-            await stream.messages.send(_notice(n))
-        await stream.messages.aclose()
-        with anyio.fail_after(5):
-            await stream.ended.wait()
+            await served.stream.send(_notice(n))
+        await served.stream.aclose()
+        await _ended(served)
 
     start = client.sent[0]
     assert (start["type"], start["status"]) == ("http.response.start", 200)
@@ -124,44 +132,77 @@ async def test_messages_go_out_in_order_framed_as_the_sdk_frames_them_and_the_st
     assert client.sent[-1] == {"type": "http.response.body", "body": b"", "more_body": False}
 
 
+async def test_messages_sent_before_the_response_started_follow_its_start_in_order() -> None:
+    client = _Client()
+    stream = StandingStream(client.send)
+    for n in range(2):
+        await stream.send(_notice(n))  # the router may send as soon as the stream is put in place
+    assert client.sent == []
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(stream.serve, "session-1", client.receive)
+        await client.sent_until(lambda sent: len(sent) == 3)
+        await stream.send(_notice(2))
+        await client.sent_until(lambda sent: len(sent) == 4)
+        stream.close()
+    client.close()
+    assert client.sent[0]["type"] == "http.response.start"
+    assert [event["params"]["data"] for event in client.events()] == ["notice 0", "notice 1", "notice 2"]
+
+
 async def test_a_quiet_stream_is_pinged_with_comment_lines_and_messages_still_follow() -> None:
     client = _Client()
-    async with _serving(client, ping_seconds=0.05) as stream:
+    async with _serving(client, ping_seconds=0.05) as served:
         await client.sent_until(lambda sent: sum(m.get("body") == b": ping\r\n\r\n" for m in sent) >= 2)
-        await stream.messages.send(_notice(1))
+        await served.stream.send(_notice(1))
         await client.sent_until(lambda sent: any(b"notice 1" in m.get("body", b"") for m in sent))
     assert [event["params"]["data"] for event in client.events()] == ["notice 1"]
 
 
-async def test_a_client_hanging_up_ends_the_stream_without_another_write() -> None:
+async def test_a_client_hanging_up_ends_the_stream_and_a_later_message_is_refused_without_a_write() -> None:
     client = _Client()
-    async with _serving(client) as stream:
-        await stream.messages.send(_notice(1))
+    async with _serving(client) as served:
+        await served.stream.send(_notice(1))
         await client.sent_until(lambda sent: len(sent) == 2)
         client.hang_up()
-        with anyio.fail_after(5):
-            await stream.ended.wait()
+        await _ended(served)
+        with pytest.raises(anyio.ClosedResourceError):  # the SDK's router then forgets the stream
+            await served.stream.send(_notice(2))
     assert len(client.sent) == 2  # the start and the one message: nothing more is written to a client gone
 
 
 async def test_the_session_closing_its_stream_ends_the_response() -> None:
     client = _Client()
-    writer, reader = anyio.create_memory_object_stream[EventMessage](16)
-    with anyio.fail_after(5):
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(lambda: serve_event_stream(reader, "session-1", client.receive, client.send))
-            await client.sent_until(lambda sent: len(sent) == 1)
-            reader.close()  # as the SDK's `close_sse_stream` and `terminate` do
-            writer.close()
-    client.close()
+    async with _serving(client) as served:
+        await client.sent_until(lambda sent: len(sent) == 1)
+        served.stream.close()  # as the SDK's `close_standalone_sse_stream` and `terminate` do
+        await _ended(served)
+        with pytest.raises(anyio.ClosedResourceError):
+            await served.stream.send(_notice(1))
+    assert client.sent[-1] == {"type": "http.response.body", "body": b"", "more_body": False}
+
+
+async def test_a_stream_closed_while_a_message_is_being_written_ends_only_after_that_message() -> None:
+    client = _Client(slow_on=b"notice 1")
+    async with _serving(client) as served, anyio.create_task_group() as tg:
+        await client.sent_until(lambda sent: len(sent) == 1)
+        tg.start_soon(served.stream.send, _notice(1))
+        with anyio.fail_after(5):
+            await client.writing_slowly.wait()
+        served.stream.close()
+        await anyio.wait_all_tasks_blocked()
+        assert not served.ended.is_set()
+        assert client.sent[-1]["type"] == "http.response.start"  # no end of the response before the message
+        client.go_on.set()
+        await _ended(served)
+    assert [event["params"]["data"] for event in client.events()] == ["notice 1"]
     assert client.sent[-1] == {"type": "http.response.body", "body": b"", "more_body": False}
 
 
 async def test_a_message_the_session_kept_as_an_event_carries_its_id_before_it() -> None:
     client = _Client()
-    async with _serving(client) as stream:
+    async with _serving(client) as served:
         notice = _notice(1)
-        await stream.messages.send(EventMessage(notice.message, event_id="stream-1:7"))
+        await served.stream.send(EventMessage(notice.message, event_id="stream-1:7"))
         await client.sent_until(lambda sent: len(sent) == 2)
     assert client.bodies()[0].startswith(b"id: stream-1:7\r\nevent: message\r\ndata: {")
 
