@@ -393,6 +393,10 @@ class _Recorded:
         self.writes.append(bytes(data))
         self._transport.write(data)
 
+    def writelines(self, data: list[bytes]) -> None:
+        self.writes.append(b"".join(data))  # one write: a single system call (writev)
+        self._transport.writelines(data)
+
     def __getattr__(self, name: str) -> Any:
         return getattr(self._transport, name)
 
