@@ -42,7 +42,6 @@ from mcp.shared.inbound import (
     ERROR_CODE_HTTP_STATUS,
     MCP_METHOD_HEADER,
     MCP_NAME_HEADER,
-    MCP_PARAM_HEADER_PREFIX,
     MCP_PROTOCOL_VERSION_HEADER,
     InboundModernRoute,
     classify_inbound_request,
@@ -63,15 +62,13 @@ from starlette.types import Scope
 from mcpstore_proxy.client_capabilities import declared_by
 from mcpstore_proxy.json_bytes import to_json
 from mcpstore_proxy.lane_wire import (
-    CHECKED_HEADERS,
-    LAST_EVENT_ID,
-    SESSION_ID,
     RequestId,
     ToolCall,
     is_id,
     tool_call,
 )
 from mcpstore_proxy.listings import LISTINGS
+from mcpstore_proxy.request_headers import request_headers
 from mcpstore_proxy.server import ProxyServer
 
 __all__ = [
@@ -99,9 +96,6 @@ STREAM_HEADERS: Final = (
 )
 """The SDK's headers for a 2026-07-28 answer on an event stream."""
 
-_ROUTING: Final = frozenset(name.encode() for name in (MCP_PROTOCOL_VERSION_HEADER, MCP_METHOD_HEADER, MCP_NAME_HEADER))
-_NOT_OURS: Final = frozenset((SESSION_ID, LAST_EVENT_ID))
-_PARAM_PREFIX: Final = MCP_PARAM_HEADER_PREFIX.lower().encode()
 _MESSAGE_KEYS: Final = frozenset(("jsonrpc", "id", "method", "params"))
 _PARAMS_KEYS: Final = frozenset(("name", "arguments", "_meta"))
 _ENVELOPE_KEYS: Final = frozenset((PROTOCOL_VERSION_META_KEY, CLIENT_CAPABILITIES_META_KEY, CLIENT_INFO_META_KEY))
@@ -115,7 +109,7 @@ _TEXT_KEYS: Final = frozenset(("type", "text"))
 
 class Routing(NamedTuple):
     """A POST's routing headers (by lower-case name), and the headers the transport checks judge (see
-    `lane_wire.Acceptance`), found in one pass."""
+    `lane_wire.Acceptance`), from the request's one header pass (`request_headers`)."""
 
     headers: dict[str, str]
     checked: list[tuple[bytes, bytes]]
@@ -124,24 +118,25 @@ class Routing(NamedTuple):
 def routing_of(scope: Scope, limit: int) -> Routing | None:
     """A POST's routing headers, when its headers alone allow the lane to take it as a 2026-07-28 call (the
     ladder's header rungs are checked with its body); else None."""
-    routing: dict[str, str] = {}
-    checked: list[tuple[bytes, bytes]] = []
-    for header in scope["headers"]:  # one pass: this runs for every 2026-07-28 request
-        name = header[0]
-        if name in _ROUTING:
-            key = name.decode()
-            if key in routing:
-                return None  # a routing header repeated: the SDK refuses it
-            routing[key] = header[1].decode("latin-1")
-        elif name in CHECKED_HEADERS:
-            checked.append(header)
-        elif name in _NOT_OURS or name.startswith(_PARAM_PREFIX):
-            return None
-        elif name == b"content-length" and header[1].isdigit() and int(header[1]) > limit:
-            return None  # the SDK refuses it unread
-    if routing.get(MCP_PROTOCOL_VERSION_HEADER) not in MODERN_PROTOCOL_VERSIONS:
+    headers = request_headers(scope)
+    version = headers.protocol_version
+    if (
+        version is None
+        or headers.repeats  # a routing header repeated: the SDK refuses it
+        or headers.session_id is not None
+        or headers.last_event_id is not None
+        or headers.has_param_headers
+        or headers.declares_more_than(limit)  # the SDK refuses it unread
+    ):
         return None
-    return Routing(routing, checked)
+    routing = {MCP_PROTOCOL_VERSION_HEADER: version.decode("latin-1")}
+    if routing[MCP_PROTOCOL_VERSION_HEADER] not in MODERN_PROTOCOL_VERSIONS:
+        return None
+    if headers.mcp_method is not None:
+        routing[MCP_METHOD_HEADER] = headers.mcp_method.decode("latin-1")
+    if headers.mcp_name is not None:
+        routing[MCP_NAME_HEADER] = headers.mcp_name.decode("latin-1")
+    return Routing(routing, headers.checked)
 
 
 class ModernCall(NamedTuple):

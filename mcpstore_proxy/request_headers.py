@@ -8,8 +8,9 @@ found in: a layer that replaces the scope's headers (trimming their values, drop
 next reader find them again, never a stale copy.
 
 Where a header is sent twice, the first one counts, as Starlette's `Headers.get` (and so the SDK) reads it; a
-repeated `Mcp-Session-Id` or `MCP-Protocol-Version` is noted (`repeats`), for the fast lane to leave such a
-request to the SDK.
+repeated `Mcp-Session-Id`, `MCP-Protocol-Version`, `Mcp-Method` or `Mcp-Name` is noted (`repeats`), for the fast
+lane to leave such a request to the SDK. The pass also notes whether any `Mcp-Param-*` header came (a 2026-07-28
+request's routing: see `lane_modern`).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from __future__ import annotations
 from typing import Final
 
 from mcp.server.streamable_http import LAST_EVENT_ID_HEADER, MCP_SESSION_ID_HEADER
-from mcp.shared.inbound import MCP_PROTOCOL_VERSION_HEADER
+from mcp.shared.inbound import MCP_METHOD_HEADER, MCP_NAME_HEADER, MCP_PARAM_HEADER_PREFIX, MCP_PROTOCOL_VERSION_HEADER
 from starlette.types import Scope
 
 __all__ = [
@@ -54,12 +55,18 @@ _KEPT: Final = {
     "last_event_id": LAST_EVENT_ID,
     "session_key": SESSION_KEY_HEADER.encode(),
     "existing_session": EXISTING_SESSION_HEADER.encode(),
+    "mcp_method": MCP_METHOD_HEADER.lower().encode(),
+    "mcp_name": MCP_NAME_HEADER.lower().encode(),
 }
 """The headers whose first value the pass keeps, by the `RequestHeaders` field that holds it, in the order the pass
 assigns them."""
 _NAMES: Final = tuple(_KEPT.values())
 _ATTRIBUTES: Final = tuple(_KEPT)
-_SESSION, _VERSION = _NAMES.index(SESSION_ID), _NAMES.index(PROTOCOL_VERSION)
+_ONCE: Final = frozenset(
+    _ATTRIBUTES.index(field) for field in ("session_id", "protocol_version", "mcp_method", "mcp_name")
+)
+"""The fields whose header, sent twice, makes the request doubtful (`repeats`)."""
+_PARAM_PREFIX: Final = MCP_PARAM_HEADER_PREFIX.lower().encode()
 _CHECKED = -1
 _FIELDS: Final[dict[bytes, int]] = {
     **{name: field for field, name in enumerate(_NAMES)},
@@ -72,8 +79,9 @@ _SCOPE_KEY: Final = "mcpstore_proxy.headers"
 class RequestHeaders:
     """What one request's headers say, for the proxy's layers (see the module docstring): the first value of
     `Authorization`, `X-MCPStore-Agent` (`agent`), `Mcp-Session-Id`, `MCP-Protocol-Version`, `Content-Length`,
-    `Last-Event-ID` (a resumption), `X-MCPStore-Session` (`session_key`) and `X-MCPStore-Existing-Session`
-    (`existing_session`), each None when not sent; and the rest below."""
+    `Last-Event-ID` (a resumption), `X-MCPStore-Session` (`session_key`), `X-MCPStore-Existing-Session`
+    (`existing_session`), `Mcp-Method` and `Mcp-Name` (a 2026-07-28 request's routing), each None when not sent;
+    and the rest below."""
 
     __slots__ = (
         "agent",
@@ -81,8 +89,11 @@ class RequestHeaders:
         "checked",
         "content_length",
         "existing_session",
+        "has_param_headers",
         "is_padded",
         "last_event_id",
+        "mcp_method",
+        "mcp_name",
         "protocol_version",
         "repeats",
         "session_id",
@@ -95,20 +106,22 @@ class RequestHeaders:
         """The headers list this was found in."""
         values: list[bytes | None] = [None] * len(_NAMES)
         checked: list[tuple[bytes, bytes]] = []
-        is_padded = repeats = False
-        fields, ows = _FIELDS, _OWS
+        is_padded = repeats = has_param_headers = False
+        fields, ows, once = _FIELDS, _OWS, _ONCE
         for header in source:  # one pass, as plain as it gets: this runs for every request
             name, value = header
             if value.strip(ows) is not value:  # the same object when there is nothing to strip
                 is_padded = True
             field = fields.get(name)
             if field is None:
+                if name.startswith(_PARAM_PREFIX):
+                    has_param_headers = True
                 continue
             if field == _CHECKED:
                 checked.append(header)
             elif values[field] is None:
                 values[field] = value
-            elif field in (_SESSION, _VERSION):
+            elif field in once:
                 repeats = True
         (  # in the order of `_KEPT`
             self.authorization,
@@ -119,13 +132,17 @@ class RequestHeaders:
             self.last_event_id,
             self.session_key,
             self.existing_session,
+            self.mcp_method,
+            self.mcp_name,
         ) = values
         self.checked = checked
         """The headers the SDK's transport checks judge, as sent: repeats and order included."""
         self.is_padded = is_padded
         """Whether a value has whitespace around it (RFC 9110 §5.5: not part of the value)."""
         self.repeats = repeats
-        """Whether `Mcp-Session-Id` or `MCP-Protocol-Version` was sent more than once."""
+        """Whether `Mcp-Session-Id`, `MCP-Protocol-Version`, `Mcp-Method` or `Mcp-Name` was sent more than once."""
+        self.has_param_headers = has_param_headers
+        """Whether an `Mcp-Param-*` header was sent."""
 
     def declares_more_than(self, limit: int) -> bool:
         """Whether the request declares a body past `limit` bytes (`Content-Length`), which a transport refuses

@@ -6,8 +6,10 @@ from __future__ import annotations
 import random
 from typing import Any
 
+import pytest
 from starlette.datastructures import Headers
 
+from mcpstore_proxy.lane_modern import routing_of
 from mcpstore_proxy.request_headers import first_value, request_headers
 
 _SENT = [
@@ -62,10 +64,53 @@ def test_a_header_not_sent_is_none() -> None:
     assert found.checked == [(b"host", b"127.0.0.1")]
 
 
-def test_a_repeated_session_id_or_protocol_version_is_noted_and_other_repeats_are_not() -> None:
+def test_a_repeated_session_id_protocol_version_method_or_name_is_noted_and_other_repeats_are_not() -> None:
     assert request_headers(_scope([*_SENT, (b"mcp-session-id", b"other")])).repeats
     assert request_headers(_scope([*_SENT, (b"mcp-protocol-version", b"2025-06-18")])).repeats
+    assert request_headers(_scope([*_SENT, (b"mcp-method", b"tools/call"), (b"mcp-method", b"tools/list")])).repeats
+    assert request_headers(_scope([*_SENT, (b"mcp-name", b"echo"), (b"mcp-name", b"echo")])).repeats
     assert not request_headers(_scope([*_SENT, (b"authorization", b"Bearer third")])).repeats
+
+
+def _modern(*extra: tuple[bytes, bytes]) -> dict[str, Any]:
+    sent = [
+        (b"host", b"127.0.0.1:8000"),
+        (b"mcp-protocol-version", b"2026-07-28"),
+        (b"mcp-method", b"tools/call"),
+        (b"mcp-name", b"echo"),
+        (b"content-type", b"application/json"),
+        (b"content-length", b"120"),
+    ]
+    return _scope([*sent, *extra])
+
+
+def test_a_2026_requests_routing_headers_come_from_the_one_pass_with_the_checked_ones() -> None:
+    found = routing_of(_modern(), limit=1000)
+    assert found is not None
+    assert found.headers == {"mcp-protocol-version": "2026-07-28", "mcp-method": "tools/call", "mcp-name": "echo"}
+    assert found.checked == [(b"host", b"127.0.0.1:8000"), (b"content-type", b"application/json")]
+    assert request_headers(_modern()).has_param_headers is False
+
+
+@pytest.mark.parametrize(
+    "scope",
+    [
+        _modern((b"mcp-name", b"other")),  # a routing header repeated: the SDK refuses it
+        _modern((b"mcp-param-region", b"eu")),  # the SDK checks it against the tool's schema
+        _modern((b"mcp-session-id", b"abc")),
+        _modern((b"last-event-id", b"1")),
+        _scope([(b"mcp-protocol-version", b"2025-11-25"), (b"mcp-method", b"tools/call")]),  # the handshake era
+        _scope([(b"mcp-method", b"tools/call")]),  # no version
+    ],
+    ids=["repeated-name", "param-header", "session-id", "resumption", "handshake-era", "no-version"],
+)
+def test_a_2026_request_its_headers_alone_leave_to_the_sdk_gets_no_routing(scope: dict[str, Any]) -> None:
+    assert routing_of(scope, limit=1000) is None
+
+
+def test_a_2026_request_declaring_a_body_past_the_limit_gets_no_routing_and_one_within_it_does() -> None:
+    assert routing_of(_modern(), limit=119) is None
+    assert routing_of(_modern(), limit=120) is not None
 
 
 def test_a_resumption_is_noted() -> None:
