@@ -42,6 +42,7 @@ from mcp.shared.inbound import (
     ERROR_CODE_HTTP_STATUS,
     MCP_METHOD_HEADER,
     MCP_NAME_HEADER,
+    MCP_PARAM_HEADER_PREFIX,
     MCP_PROTOCOL_VERSION_HEADER,
     InboundModernRoute,
     classify_inbound_request,
@@ -103,6 +104,7 @@ _META_KEYS: Final = _ENVELOPE_KEYS | {"progressToken"}
 _LISTING_PARAMS_KEYS: Final = frozenset(("_meta",))
 _REMEMBERED: Final = 256
 _NO_ROUTING: Final[Mapping[str, str]] = {}
+_PARAM_PREFIX: Final = MCP_PARAM_HEADER_PREFIX.lower().encode()
 _PLAIN_RESULT_KEYS: Final = frozenset(("content", "structuredContent", "isError", "resultType"))
 _TEXT_KEYS: Final = frozenset(("type", "text"))
 
@@ -125,10 +127,12 @@ def routing_of(scope: Scope, limit: int) -> Routing | None:
         or headers.repeats  # a routing header repeated: the SDK refuses it
         or headers.session_id is not None
         or headers.last_event_id is not None
-        or headers.has_param_headers
         or headers.declares_more_than(limit)  # the SDK refuses it unread
     ):
         return None
+    for name, _ in headers.source:  # the SDK checks these against the tool's schema
+        if name.startswith(_PARAM_PREFIX):
+            return None
     routing = {MCP_PROTOCOL_VERSION_HEADER: version.decode("latin-1")}
     if routing[MCP_PROTOCOL_VERSION_HEADER] not in MODERN_PROTOCOL_VERSIONS:
         return None

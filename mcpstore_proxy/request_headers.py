@@ -9,8 +9,7 @@ next reader find them again, never a stale copy.
 
 Where a header is sent twice, the first one counts, as Starlette's `Headers.get` (and so the SDK) reads it; a
 repeated `Mcp-Session-Id`, `MCP-Protocol-Version`, `Mcp-Method` or `Mcp-Name` is noted (`repeats`), for the fast
-lane to leave such a request to the SDK. The pass also notes whether any `Mcp-Param-*` header came (a 2026-07-28
-request's routing: see `lane_modern`).
+lane to leave such a request to the SDK.
 """
 
 from __future__ import annotations
@@ -18,7 +17,7 @@ from __future__ import annotations
 from typing import Final
 
 from mcp.server.streamable_http import LAST_EVENT_ID_HEADER, MCP_SESSION_ID_HEADER
-from mcp.shared.inbound import MCP_METHOD_HEADER, MCP_NAME_HEADER, MCP_PARAM_HEADER_PREFIX, MCP_PROTOCOL_VERSION_HEADER
+from mcp.shared.inbound import MCP_METHOD_HEADER, MCP_NAME_HEADER, MCP_PROTOCOL_VERSION_HEADER
 from starlette.types import Scope
 
 __all__ = [
@@ -66,7 +65,6 @@ _ONCE: Final = frozenset(
     _ATTRIBUTES.index(field) for field in ("session_id", "protocol_version", "mcp_method", "mcp_name")
 )
 """The fields whose header, sent twice, makes the request doubtful (`repeats`)."""
-_PARAM_PREFIX: Final = MCP_PARAM_HEADER_PREFIX.lower().encode()
 _CHECKED = -1
 _FIELDS: Final[dict[bytes, int]] = {
     **{name: field for field, name in enumerate(_NAMES)},
@@ -89,7 +87,6 @@ class RequestHeaders:
         "checked",
         "content_length",
         "existing_session",
-        "has_param_headers",
         "is_padded",
         "last_event_id",
         "mcp_method",
@@ -106,7 +103,7 @@ class RequestHeaders:
         """The headers list this was found in."""
         values: list[bytes | None] = [None] * len(_NAMES)
         checked: list[tuple[bytes, bytes]] = []
-        is_padded = repeats = has_param_headers = False
+        is_padded = repeats = False
         fields, ows, once = _FIELDS, _OWS, _ONCE
         for header in source:  # one pass, as plain as it gets: this runs for every request
             name, value = header
@@ -114,8 +111,6 @@ class RequestHeaders:
                 is_padded = True
             field = fields.get(name)
             if field is None:
-                if name.startswith(_PARAM_PREFIX):
-                    has_param_headers = True
                 continue
             if field == _CHECKED:
                 checked.append(header)
@@ -141,8 +136,6 @@ class RequestHeaders:
         """Whether a value has whitespace around it (RFC 9110 §5.5: not part of the value)."""
         self.repeats = repeats
         """Whether `Mcp-Session-Id`, `MCP-Protocol-Version`, `Mcp-Method` or `Mcp-Name` was sent more than once."""
-        self.has_param_headers = has_param_headers
-        """Whether an `Mcp-Param-*` header was sent."""
 
     def declares_more_than(self, limit: int) -> bool:
         """Whether the request declares a body past `limit` bytes (`Content-Length`), which a transport refuses
