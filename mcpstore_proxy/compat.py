@@ -1,9 +1,10 @@
 """Every place the proxy leans on a private part of a dependency, and nowhere else.
 
 Each function here wraps one assumption about `mcp` (pinned to the minor
-release in pyproject.toml) or uvicorn, and `tests/test_compat.py` holds one
-test per assumption, so an upgrade that breaks one fails there, by name,
-instead of somewhere deep in a proxied call.
+release in pyproject.toml) or uvicorn, and `tests/test_compat.py` (for `mcp`)
+and `tests/test_compat_uvicorn.py` hold one test per assumption, so an upgrade
+that breaks one fails there, by name, instead of somewhere deep in a proxied
+call.
 """
 
 from __future__ import annotations

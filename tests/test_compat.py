@@ -1,4 +1,5 @@
-"""One test per assumption that `mcpstore_proxy.compat` makes about the private parts of `mcp` and uvicorn.
+"""One test per assumption that `mcpstore_proxy.compat` makes about the private parts of `mcp` (those about uvicorn
+are in `test_compat_uvicorn`).
 
 If an upgrade breaks one, it fails here, by name, rather than somewhere deep in a proxied call.
 """
@@ -7,7 +8,6 @@ from __future__ import annotations
 
 import inspect
 import os
-import signal
 import sys
 import typing
 from collections.abc import AsyncGenerator
@@ -38,7 +38,7 @@ from mcp.shared.message import SessionMessage
 from opentelemetry import trace
 from starlette.applications import Starlette
 from starlette.routing import Route
-from starlette.types import Message, Receive, Scope, Send
+from starlette.types import Message
 
 from mcpstore_proxy import compat
 from mcpstore_proxy.framing import FirstEventResponse
@@ -140,15 +140,6 @@ def test_transport_streams_is_the_read_and_write_stream_pair_the_sdk_transports_
     read, write = typing.get_args(compat.TransportStreams)
     assert typing.get_origin(read) is ReadStream
     assert typing.get_origin(write) is WriteStream
-
-
-def test_uvicorn_takes_its_signal_handlers_in_capture_signals_and_the_override_takes_none() -> None:
-    before = signal.getsignal(signal.SIGTERM)
-    config = uvicorn.Config(Starlette(), port=free_port(), log_level="warning")
-    with uvicorn.Server(config).capture_signals():
-        assert signal.getsignal(signal.SIGTERM) != before  # the assumption: this is where uvicorn takes SIGTERM
-    with compat.SignalFreeServer(config).capture_signals():
-        assert signal.getsignal(signal.SIGTERM) == before
 
 
 async def test_the_managers_session_limit_can_be_changed_and_past_it_a_new_session_gets_503() -> None:
@@ -260,42 +251,6 @@ async def test_a_standing_stream_is_put_where_the_sdk_routes_messages_outside_re
             assert second.is_closed
 
 
-@asynccontextmanager
-async def _connected(app: Any, protocol: str = "httptools") -> AsyncGenerator[Any]:
-    """A raw TCP connection to `app` behind a real uvicorn (its `protocol` parser) on a loopback port."""
-    port = free_port()
-    config = uvicorn.Config(app, port=port, http=protocol, interface="asgi3", log_level="warning", lifespan="off")
-    server = compat.SignalFreeServer(config)
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(server.serve)
-        await wait_until(lambda: server.started, what="uvicorn to start")
-        try:
-            async with await anyio.connect_tcp("127.0.0.1", port) as stream:
-                yield stream
-        finally:
-            server.should_exit = True
-
-
-@pytest.mark.parametrize("trimmed", [False, True])
-async def test_uvicorns_httptools_protocol_keeps_whitespace_after_a_header_value_which_the_wrapper_removes(
-    trimmed: bool,
-) -> None:
-    seen: list[bytes] = []
-
-    async def app(scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            seen.extend(value for name, value in scope["headers"] if name == b"mcp-name")
-            await send({"type": "http.response.start", "status": 204, "headers": []})
-            await send({"type": "http.response.body", "body": b""})
-
-    async with _connected(compat.TrimmedFieldValues(app) if trimmed else app) as stream:
-        await stream.send(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nMcp-Name:   echo \t\r\nConnection: close\r\n\r\n")
-        while await stream.receive():
-            if seen:
-                break
-    assert seen == ([b"echo"] if trimmed else [b"echo \t"])  # llhttp drops the leading whitespace only
-
-
 async def test_the_sdk_clients_request_spans_are_skipped_until_a_tracer_provider_is_set() -> None:
     compat.spans_only_when_traced()
     span_of: Any = getattr(mcp.shared.jsonrpc_dispatcher, "otel_span")  # noqa: B009  # the name the SDK calls
@@ -380,71 +335,3 @@ async def test_a_legacy_sse_session_is_the_one_last_opened_and_is_found_only_for
         assert compat.legacy_session(transport, {**post, "query_string": b"session_id=nope"}) is None
         left.set()
     assert compat.legacy_session(transport, post) is None
-
-
-class _Recorded:
-    """A transport as it was: every write it is given, kept for the test to see, and passed on."""
-
-    def __init__(self, transport: Any) -> None:
-        self._transport = transport
-        self.writes: list[bytes] = []
-
-    def write(self, data: bytes) -> None:
-        self.writes.append(bytes(data))
-        self._transport.write(data)
-
-    def writelines(self, data: list[bytes]) -> None:
-        self.writes.append(b"".join(data))  # one write: a single system call (writev)
-        self._transport.writelines(data)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._transport, name)
-
-
-async def _answered(stream: Any, until: bytes) -> bytes:
-    received = b""
-    with anyio.fail_after(5):
-        while not received.endswith(until):
-            received += await stream.receive()
-    return received
-
-
-@pytest.mark.parametrize("protocol", ["httptools", "h11"])
-async def test_a_whole_response_goes_through_uvicorns_transport_in_one_write_and_a_close_after_it(
-    protocol: str,
-) -> None:
-    writes: list[list[bytes]] = []
-
-    async def app(scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            return
-        cycle = send.__self__  # pyright: ignore[reportFunctionMemberAccess]
-        cycle.transport = recorded = _Recorded(cycle.transport)
-        writes.append(recorded.writes)
-        body = scope["path"].encode() * 3
-        start = {"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"%d" % len(body))]}
-        await compat.respond_at_once(send, start, {"type": "http.response.body", "body": body, "more_body": False})
-
-    async with _connected(app, protocol) as stream:
-        await stream.send(b"GET /one HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
-        first = await _answered(stream, b"/one/one/one")
-        await stream.send(b"GET /two HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
-        second = await _answered(stream, b"/two/two/two")
-        with anyio.fail_after(5), pytest.raises(anyio.EndOfStream):
-            await stream.receive()  # closed after the answer, as asked
-    assert first.startswith(b"HTTP/1.1 200 OK\r\n")
-    assert second.startswith(b"HTTP/1.1 200 OK\r\n")
-    assert b"connection: close\r\n" in second.lower()
-    assert writes == [[first], [second]]
-
-
-async def test_a_whole_response_reaches_a_send_that_is_not_uvicorns_as_its_two_messages() -> None:
-    sent: list[Message] = []
-
-    async def send(message: Message) -> None:
-        sent.append(message)
-
-    start: Message = {"type": "http.response.start", "status": 200, "headers": []}
-    body: Message = {"type": "http.response.body", "body": b"{}", "more_body": False}
-    await compat.respond_at_once(send, start, body)
-    assert sent == [start, body]
