@@ -3,7 +3,8 @@
 A timer per request is made and cancelled on every call (uvloop's cancel alone is about 460 instructions), and a
 timer per upstream session stays armed after its last call until that call's deadline: 0.6 KiB for each session
 used lately. One timer for the loop costs neither: a waiter says when its next deadline is (`watch`), and when the
-timer fires each waiter fails what is due and says when its next one is (`expire_due`).
+timer fires each waiter fails what is due and says when its next one is (`expire_due`). The timer itself
+(`EarliestTimer`) also keeps the lane's idle countdowns (`idle_holds`).
 """
 
 from __future__ import annotations
@@ -12,14 +13,41 @@ import asyncio
 import logging
 import math
 import weakref
+from collections.abc import Callable
 from typing import ClassVar, Final, Protocol
 
-__all__ = ["Deadlines", "Expiring"]
+__all__ = ["Deadlines", "EarliestTimer", "Expiring"]
 
 logger = logging.getLogger(__name__)
 
 _SLACK_SECONDS: Final = 0.001
 """A timer may fire up to a millisecond early (uvloop's are in milliseconds): a deadline that close is past."""
+
+
+class EarliestTimer:
+    """One event loop timer, armed for the earliest time it is asked for (`at`); when it fires it calls `fire` with
+    what is due by then (the loop's clock, a millisecond's slack included), and is free to be armed again."""
+
+    __slots__ = ("_fire", "_timer", "earliest", "loop")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, fire: Callable[[float], None]) -> None:
+        self.loop = loop
+        self._fire = fire
+        self._timer: asyncio.TimerHandle | None = None
+        self.earliest = math.inf
+        """When it fires next (`math.inf`: not armed)."""
+
+    def at(self, when: float) -> None:
+        """Fire at `when` if that is earlier than it would (the loop's clock)."""
+        if when < self.earliest:
+            if self._timer is not None:
+                self._timer.cancel()
+            self.earliest = when
+            self._timer = self.loop.call_at(when, self._fired)
+
+    def _fired(self) -> None:
+        self._timer, self.earliest = None, math.inf
+        self._fire(self.loop.time() + _SLACK_SECONDS)
 
 
 class Expiring(Protocol):
@@ -31,7 +59,7 @@ class Expiring(Protocol):
 class Deadlines:
     """One event loop's timer for the deadlines of its waiters (`of` gives the loop's own)."""
 
-    __slots__ = ("_at", "_timer", "_waiters", "loop")
+    __slots__ = ("_timer", "_waiters", "loop")
 
     _OF_LOOP: Final[weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Deadlines]] = weakref.WeakKeyDictionary()
     _last: ClassVar[Deadlines | None] = None
@@ -40,8 +68,7 @@ class Deadlines:
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
-        self._timer: asyncio.TimerHandle | None = None
-        self._at = math.inf
+        self._timer = EarliestTimer(loop, self._expire_due)
         self._waiters: set[Expiring] = set()
         """Those with a deadline to keep: held until the timer finds they have none left (or `forget`)."""
 
@@ -62,22 +89,14 @@ class Deadlines:
     def watch(self, waiter: Expiring, deadline: float) -> None:
         """`waiter` has a deadline at `deadline` (the loop's clock): it is asked to expire what is due by then."""
         self._waiters.add(waiter)
-        if deadline < self._at:
-            self._arm(deadline)
+        if deadline < self._timer.earliest:  # the usual case, a later one, without a call
+            self._timer.at(deadline)
 
     def forget(self, waiter: Expiring) -> None:
         """`waiter` has nothing left to expire (it was closed)."""
         self._waiters.discard(waiter)
 
-    def _arm(self, at: float) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-        self._at = at
-        self._timer = self.loop.call_at(at, self._expire_due)
-
-    def _expire_due(self) -> None:
-        self._timer, self._at = None, math.inf
-        due = self.loop.time() + _SLACK_SECONDS
+    def _expire_due(self, due: float) -> None:
         earliest = math.inf
         for waiter in list(self._waiters):
             try:
@@ -90,4 +109,4 @@ class Deadlines:
             elif after < earliest:
                 earliest = after
         if earliest < math.inf:
-            self._arm(earliest)
+            self._timer.at(earliest)

@@ -8,6 +8,10 @@ after the SDK set it, and the time the lane's last request ended is noted. One t
 earliest countdown to end, cancels the idle scope of a session that has been idle for the timeout since then, as the
 deadline would have; a session whose deadline the SDK set again (its own request ended last) is left to the SDK's
 countdown.
+
+Not `deadlines.Deadlines`' waiters (whose timer, `EarliestTimer`, it shares): that asks every waiter at each firing,
+about every 50 ms while calls are in flight, and holds its waiters; this keeps a heap, so a firing looks only at the
+sessions whose countdown is due, and weak references, so a session that ended is not kept alive until its turn.
 """
 
 from __future__ import annotations
@@ -22,12 +26,12 @@ from typing import Any, Final
 
 from mcp.server.streamable_http import StreamableHTTPServerTransport
 
+from mcpstore_proxy.deadlines import EarliestTimer
+
 __all__ = ["IdleHold", "IdleHolds"]
 
 logger = logging.getLogger(__name__)
 
-_SLACK_SECONDS: Final = 0.001
-"""A timer may fire up to a millisecond early (uvloop's are in milliseconds): a countdown that close has ended."""
 _STATE_KEY: Final = "mcpstore_proxy.idle_hold"
 
 
@@ -98,18 +102,16 @@ class IdleHolds:
         self._queue: list[tuple[float, int, weakref.ref[IdleHold]]] = []
         """(when to look, order, hold): a hold whose session is gone is dropped, unlooked at, when its turn comes."""
         self._order = itertools.count()
-        self._timer: asyncio.TimerHandle | None = None
-        self._at = math.inf
-        self._loop: asyncio.AbstractEventLoop | None = None
-        """The event loop the lane's sessions are held on (found at the first hold)."""
+        self._timer: EarliestTimer | None = None
+        """On the event loop the lane's sessions are held on (made at the first hold)."""
 
     def of(self, transport: StreamableHTTPServerTransport, state: dict[str, Any]) -> IdleHold:
         """The hold on the session of `transport`, kept in `state` (its downstream connection's)."""
         hold: IdleHold | None = state.get(_STATE_KEY)
         if hold is None:
-            if self._loop is None:
-                self._loop = asyncio.get_running_loop()
-            hold = state[_STATE_KEY] = IdleHold(transport, self, self._loop)
+            if self._timer is None:
+                self._timer = EarliestTimer(asyncio.get_running_loop(), self._expire_due)
+            hold = state[_STATE_KEY] = IdleHold(transport, self, self._timer.loop)
         return hold
 
     def __len__(self) -> int:
@@ -119,21 +121,11 @@ class IdleHolds:
     def queue(self, hold: IdleHold, at: float) -> None:
         """Look at `hold`'s countdown at `at` (the loop's clock)."""
         heapq.heappush(self._queue, (at, next(self._order), weakref.ref(hold)))
-        if at < self._at:
-            self._arm(at)
+        assert self._timer is not None  # queued by a hold, made with the timer
+        self._timer.at(at)
 
-    def _arm(self, at: float) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-        self._at = at
-        assert self._loop is not None  # queued by a hold, made on the loop
-        self._timer = self._loop.call_at(at, self._expire_due)
-
-    def _expire_due(self) -> None:
-        self._timer, self._at = None, math.inf
+    def _expire_due(self, due: float) -> None:
         queue = self._queue
-        assert self._loop is not None
-        due = self._loop.time() + _SLACK_SECONDS
         while queue and queue[0][0] <= due:
             _, _, held = heapq.heappop(queue)
             hold = held()
@@ -148,4 +140,5 @@ class IdleHolds:
             if after < math.inf:
                 heapq.heappush(queue, (after, next(self._order), held))
         if queue:
-            self._arm(queue[0][0])
+            assert self._timer is not None
+            self._timer.at(queue[0][0])
