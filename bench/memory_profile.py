@@ -44,11 +44,13 @@ _CHECKOUT = f"{ROOT}/"
 _INSTALLED = re.compile(r"^.*(?:/site-packages/|/lib/python3\.\d+/)")
 _SNAPSHOT_SECONDS = 60.0
 _TRACED = """\
-import gc, itertools, signal, sys, tracemalloc
+import gc, itertools, os, signal, sys, tracemalloc
 taken = itertools.count()
 def snapshot(*_):
     gc.collect()
-    tracemalloc.take_snapshot().dump(f"{prefix}.{next(taken)}")
+    path = f"{prefix}.{next(taken)}"
+    tracemalloc.take_snapshot().dump(path + ".part")
+    os.replace(path + ".part", path)  # whole when it appears
 signal.signal(signal.SIGUSR1, snapshot)
 from mcpstore_proxy.cli import main
 sys.argv = ["mcpstore-proxy", *sys.argv[1:]]
@@ -126,13 +128,11 @@ async def _snapshot(pid: int, path: Path) -> tracemalloc.Snapshot:
     await anyio.sleep(SETTLE_SECONDS)  # the sessions' standing streams open after their calls: measurement only
     os.kill(pid, signal.SIGUSR1)
     deadline = time.monotonic() + _SNAPSHOT_SECONDS
-    while True:
-        try:
-            return tracemalloc.Snapshot.load(str(path))
-        except (FileNotFoundError, EOFError, ValueError):
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"no snapshot at {path} after {_SNAPSHOT_SECONDS:g} s") from None
-            await anyio.sleep(0.2)
+    while not await anyio.Path(path).exists():  # written under another name, then renamed: never half-written
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"no snapshot at {path} after {_SNAPSHOT_SECONDS:g} s")
+        await anyio.sleep(0.2)
+    return tracemalloc.Snapshot.load(str(path))
 
 
 async def profile(target: Target, sessions: int, first: int, frames: int, top: int) -> str:
