@@ -6,9 +6,10 @@ sender, pings, a disconnect listener and a shutdown listener), a task that copie
 memory stream of its own, and that stream. Held open by every idle client, it was a fifth of the proxy's memory per
 idle session. Here a `StandingStream` takes the place of the memory stream the SDK's transport sends those messages
 to (`compat.standing_stream`): the transport's message router hands it each message and it goes out on the response
-then and there, framed as the SDK's writer frames it (the router waits for the write as it would wait on a full
-buffer). The request's own task, meanwhile, watches for the client hanging up and sends a comment line every
-`ping_seconds`, as sse_starlette does, so that proxies and load balancers in between keep the connection.
+then and there, framed as the SDK's writer frames it (the router waits for the write, and for the response to
+start, as it would wait on a full buffer). The request's own task, meanwhile, watches for the client hanging up
+and sends a comment line every `ping_seconds`, as sse_starlette does, so that proxies and load balancers in
+between keep the connection.
 
 The stream ends when the client hangs up, or when the session closes it (the session ends: DELETE, idle expiry,
 shutdown); then the response ends once every message being written is out.
@@ -39,13 +40,13 @@ class StandingStream:
     session's messages outside any request to (`send`, `close`, `aclose`), and the response they go out on
     (`serve`)."""
 
-    __slots__ = ("_early", "_ended", "_in_flight", "_is_closed", "_is_open", "_on_close", "_send")
+    __slots__ = ("_ended", "_in_flight", "_is_closed", "_is_open", "_on_close", "_opened", "_send")
 
     def __init__(self, send: Send) -> None:
         self._send = send
         self._is_open = False
-        """Whether the response has started: until then, messages wait in `_early`."""
-        self._early: list[bytes] | None = None
+        """Whether the response has started: until then, the router waits (`_opened`), as on a full buffer."""
+        self._opened: asyncio.Future[None] | None = None
         self._is_closed = False
         self._in_flight = 0
         """Writes under way: the response ends only once none is."""
@@ -59,21 +60,23 @@ class StandingStream:
             anyio.ClosedResourceError: the stream ended (the router then forgets it, as it forgets a closed memory
                 stream).
         """
+        if not self._is_open and not self._is_closed:  # put in place just before the response starts: rare
+            opened = self._opened
+            if opened is None or opened.done():  # done: cancelled under a router that gave up waiting
+                opened = self._opened = asyncio.get_running_loop().create_future()
+            await opened
         if self._is_closed:
             raise anyio.ClosedResourceError
-        chunk = sse_event(event.message.model_dump_json(by_alias=True, exclude_unset=True).encode(), event.event_id)
-        if not self._is_open:
-            if self._early is None:
-                self._early = []
-            self._early.append(chunk)
-            return
-        await self._write(chunk)
+        await self._write(
+            sse_event(event.message.model_dump_json(by_alias=True, exclude_unset=True).encode(), event.event_id)
+        )
 
     def close(self) -> None:
         """End the stream (the SDK closes it as the session ends); the response ends once nothing is being
         written."""
         if not self._is_closed:
             self._is_closed = True
+            self._open()
             if self._on_close is not None:
                 self._on_close()
 
@@ -85,9 +88,8 @@ class StandingStream:
         stream is closed."""
         start = [*SSE_HEADERS, (SESSION_ID, session_id.encode())]
         await self._send({"type": "http.response.start", "status": 200, "headers": start})
-        while self._early:  # what came before the response started, in order
-            await self._write(self._early.pop(0))
         self._is_open = True
+        self._open()
         hung_up = False
         with anyio.CancelScope() as closed:
             self._on_close = closed.cancel
@@ -117,6 +119,12 @@ class StandingStream:
                     return True
         except Exception:  # noqa: BLE001 - a connection that cannot be read from is a client gone
             return True
+
+    def _open(self) -> None:
+        """Let a message waiting for the response to start go on (to be sent, or refused once closed)."""
+        opened = self._opened
+        if opened is not None and not opened.done():
+            opened.set_result(None)
 
     async def _write(self, chunk: bytes) -> None:
         self._in_flight += 1

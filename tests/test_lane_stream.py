@@ -132,21 +132,43 @@ async def test_messages_go_out_in_order_framed_as_the_sdk_frames_them_and_the_st
     assert client.sent[-1] == {"type": "http.response.body", "body": b"", "more_body": False}
 
 
-async def test_messages_sent_before_the_response_started_follow_its_start_in_order() -> None:
+async def test_a_message_sent_before_the_response_started_waits_for_its_start_then_goes_in_order() -> None:
     client = _Client()
     stream = StandingStream(client.send)
-    for n in range(2):
-        await stream.send(_notice(n))  # the router may send as soon as the stream is put in place
-    assert client.sent == []
+    sent: list[int] = []
+
+    async def router() -> None:  # the SDK's router may send as soon as the stream is put in place
+        for n in range(3):
+            await stream.send(_notice(n))
+            sent.append(n)
+
     async with anyio.create_task_group() as tg:
+        tg.start_soon(router)
+        await anyio.wait_all_tasks_blocked()
+        assert (client.sent, sent) == ([], [])  # the router waits, as on a full buffer, and nothing is written
         tg.start_soon(stream.serve, "session-1", client.receive)
-        await client.sent_until(lambda sent: len(sent) == 3)
-        await stream.send(_notice(2))
         await client.sent_until(lambda sent: len(sent) == 4)
         stream.close()
     client.close()
     assert client.sent[0]["type"] == "http.response.start"
     assert [event["params"]["data"] for event in client.events()] == ["notice 0", "notice 1", "notice 2"]
+
+
+async def test_a_message_waiting_for_a_response_that_never_starts_is_refused_when_the_stream_closes() -> None:
+    client = _Client()
+    stream = StandingStream(client.send)
+
+    async def router() -> None:
+        with pytest.raises(anyio.ClosedResourceError):  # the router then forgets the stream
+            await stream.send(_notice(1))
+
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(router)
+            await anyio.wait_all_tasks_blocked()
+            stream.close()  # as leaving `compat.standing_stream` does when the lane does not serve it after all
+    client.close()
+    assert client.sent == []
 
 
 async def test_a_quiet_stream_is_pinged_with_comment_lines_and_messages_still_follow() -> None:
