@@ -26,6 +26,7 @@ from mcpstore_proxy.collector import tuned_collector
 from mcpstore_proxy.config import ProxySettings, load_settings
 from mcpstore_proxy.engine import ProxyEngine
 from mcpstore_proxy.errors import ConfigError, ProxyError
+from mcpstore_proxy.lean_events import lean_events
 from mcpstore_proxy.logs import configure_logging
 from mcpstore_proxy.pins import PinInfo, ToolPins
 from mcpstore_proxy.services import IsolatedService
@@ -55,10 +56,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         configure_logging(settings.log_level, settings.log_format)
         if arguments.command == "serve":
-            with tuned_collector():
+            with tuned_collector(), lean_events():
                 anyio.run(serve_http, settings, backend_options=_event_loop())
         elif arguments.command == "stdio":
-            with tuned_collector():
+            with tuned_collector(), lean_events():
                 anyio.run(serve_stdio, settings, backend_options=_event_loop())
         elif arguments.command == "pins":
             _pins(settings, arguments.action, arguments.name)
