@@ -22,7 +22,7 @@ from asyncio.streams import FlowControlMixin
 from collections.abc import Mapping, Sequence
 from contextlib import suppress
 from pathlib import Path
-from typing import IO, Final, TextIO, cast
+from typing import IO, Any, Final, TextIO, cast
 
 import anyio
 from anyio.abc import ByteReceiveStream, ByteSendStream, Process
@@ -56,6 +56,15 @@ class PipeWriter(ByteSendStream):
     async def aclose(self) -> None:
         self._is_closed = True
         self.writer.close()  # the child reads the end of its stdin
+
+
+class _StdinFlow(FlowControlMixin):
+    """The stdin pipe's flow control, its drain waiters kept in a list: the stdlib's deque is 0.7 KiB per session,
+    for the one waiter a full pipe may have."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(loop=loop)
+        self._drain_waiters: Any = []
 
 
 class Arrival:
@@ -278,7 +287,7 @@ async def _connected(
 ) -> tuple[PipeWriter, PipeReader]:
     _, reader = await loop.connect_read_pipe(PipeReader, stdout)
     # Flow control alone for stdin: a `StreamReaderProtocol` would keep a reader (0.7 KiB) nothing reads.
-    write_transport, write_protocol = await loop.connect_write_pipe(lambda: FlowControlMixin(loop=loop), stdin)
+    write_transport, write_protocol = await loop.connect_write_pipe(lambda: _StdinFlow(loop), stdin)
     writer = asyncio.StreamWriter(write_transport, write_protocol, None, loop)
     return PipeWriter(writer), reader
 

@@ -124,3 +124,17 @@ async def test_writing_to_one_that_has_exited_breaks_the_stream_rather_than_hang
         await stop_stdio_server(process)
     with pytest.raises(anyio.ClosedResourceError):
         await process.stdin.send(b"after the stop")
+
+
+async def test_a_write_larger_than_the_pipe_waits_for_the_upstream_to_read_and_loses_nothing() -> None:
+    count = "import sys; sys.stdout.write(str(len(sys.stdin.buffer.read())))"
+    with open(os.devnull, "w") as errlog:  # noqa: ASYNC230  # /dev/null never blocks
+        process = await start_process([sys.executable, "-c", count], env=os.environ, cwd=None, stderr=errlog)
+    try:
+        for _ in range(64):  # 4 MiB through a 64 KiB pipe: each send waits for the pipe to drain
+            await process.stdin.send(b"x" * 65536)
+        await process.stdin.aclose()
+        assert process.stdout is not None
+        assert await _all_of(process.stdout) == str(64 * 65536).encode()
+    finally:
+        await stop_stdio_server(process)
