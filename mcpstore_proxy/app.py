@@ -42,6 +42,7 @@ from mcpstore_proxy.auth import Authenticator
 from mcpstore_proxy.compat import (
     frame_answers_by_first_event,
     open_http_sessions,
+    read_sessions_through,
     set_session_limit,
     terminate_http_sessions,
 )
@@ -62,6 +63,7 @@ from mcpstore_proxy.outstanding import Outstanding
 from mcpstore_proxy.registry import ServicePolicy
 from mcpstore_proxy.request_headers import request_headers
 from mcpstore_proxy.server import REQUEST_SCOPE, ProxyServer
+from mcpstore_proxy.spent_messages import ReleasingReadStream
 from mcpstore_proxy.status import status_report
 from mcpstore_proxy.status_page import render_html
 
@@ -114,6 +116,8 @@ def create_app(engine: ProxyEngine) -> HttpFace:
     settings = engine.settings
     # A request whose first event is its answer is answered in plain JSON, without an event stream.
     frame_answers_by_first_event(FirstEventResponse)
+    # Each session's loop lets go of the last message it read, and the HTTP request that carried it.
+    read_sessions_through(ReleasingReadStream)
     metrics = ProxyMetrics(
         engine,
         downstream_sessions=lambda: open_http_sessions(manager) + legacy.open,

@@ -10,8 +10,9 @@ call.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import sys
-from collections.abc import Awaitable, Generator
+from collections.abc import Awaitable, Callable, Generator
 from contextlib import contextmanager
 from functools import lru_cache
 from typing import Any, Final, Protocol, TextIO
@@ -19,7 +20,9 @@ from urllib.parse import parse_qs
 from uuid import UUID
 
 import mcp.client.stdio
+import mcp.server.runner
 import mcp.server.streamable_http
+import mcp.server.streamable_http_manager
 import mcp.shared._otel
 import mcp.shared.jsonrpc_dispatcher
 import sse_starlette
@@ -37,6 +40,8 @@ from mcp.server.streamable_http import (
     StreamableHTTPServerTransport,
 )
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
+from mcp.shared._context_streams import ContextReceiveStream
+from mcp.shared.message import SessionMessage
 from opentelemetry import trace
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http import h11_impl, httptools_impl
@@ -46,6 +51,7 @@ from mcpstore_proxy.upstream_process import PipeWriter, start_process
 
 __all__ = [
     "EventSink",
+    "MessageStream",
     "ReadStream",
     "SignalFreeServer",
     "TransportStreams",
@@ -58,6 +64,7 @@ __all__ = [
     "legacy_session_named",
     "newest_legacy_session",
     "open_http_sessions",
+    "read_sessions_through",
     "respond_at_once",
     "set_session_limit",
     "spans_only_when_traced",
@@ -65,6 +72,7 @@ __all__ = [
     "standing_stream",
     "stdin_writer",
     "stop_stdio_server",
+    "take_last_context",
     "terminate_http_sessions",
 ]
 
@@ -215,6 +223,37 @@ def spans_only_when_traced() -> None:
         raise RuntimeError("this mcp SDK no longer opens its client spans with mcp.shared._otel.otel_span")
     setattr(module, "otel_span", _span_if_traced)  # noqa: B010  # private; pinned by a test
     setattr(module, "inject_trace_context", _inject_if_traced)  # noqa: B010
+
+
+_SDK_SERVE_LOOP: Final = mcp.server.runner.serve_loop
+
+MessageStream = ReadStream[SessionMessage | Exception]
+
+
+def read_sessions_through(wrap: Callable[[MessageStream], MessageStream]) -> None:
+    """Have the SDK's session manager serve each Streamable HTTP session on `wrap(read_stream)` rather than on the
+    stream its transport made, by rebinding the name `serve_loop` its module looks up for each session."""
+    module = mcp.server.streamable_http_manager
+    current = getattr(module, "serve_loop", None)
+    if getattr(current, "__wrapped__", current) is not _SDK_SERVE_LOOP:
+        raise RuntimeError("this mcp SDK's session manager no longer drives its sessions with runner.serve_loop")
+
+    async def serve_loop(server: Any, read_stream: MessageStream, write_stream: Any, **options: Any) -> None:
+        await _SDK_SERVE_LOOP(server, wrap(read_stream), write_stream, **options)
+
+    setattr(serve_loop, "__wrapped__", _SDK_SERVE_LOOP)  # noqa: B010  # how the next call knows it for ours
+    setattr(module, "serve_loop", serve_loop)  # noqa: B010  # private; pinned by a test
+
+
+def take_last_context(stream: object) -> contextvars.Context | None:
+    """The context `stream`'s last message was sent in (`last_context`, which the SDK's dispatcher runs its handler
+    in): taken out of the SDK's own context streams, so that they no longer hold it; read from any other stream that
+    has one (None if it has none)."""
+    if not isinstance(stream, ContextReceiveStream):
+        return getattr(stream, "last_context", None)
+    context: contextvars.Context | None = stream.last_context
+    stream.last_context = None
+    return context
 
 
 def set_session_limit(manager: StreamableHTTPSessionManager, max_sessions: int) -> None:

@@ -6,8 +6,10 @@ If an upgrade breaks one, it fails here, by name, rather than somewhere deep in 
 
 from __future__ import annotations
 
+import contextvars
 import inspect
 import os
+import re
 import sys
 import typing
 from collections.abc import AsyncGenerator
@@ -17,7 +19,9 @@ from typing import Any
 import anyio
 import httpx2
 import mcp.client.stdio
+import mcp.server.runner
 import mcp.server.streamable_http
+import mcp.server.streamable_http_manager
 import mcp.shared._otel
 import mcp.shared.jsonrpc_dispatcher
 import pytest
@@ -33,6 +37,7 @@ from mcp.server.lowlevel.server import Server
 from mcp.server.sse import SseServerTransport
 from mcp.server.streamable_http import EventMessage, StreamableHTTPServerTransport
 from mcp.server.streamable_http_manager import StreamableHTTPASGIApp, StreamableHTTPSessionManager
+from mcp.shared._context_streams import create_context_streams
 from mcp.shared._stream_protocols import ReadStream, WriteStream
 from mcp.shared.message import SessionMessage
 from opentelemetry import trace
@@ -42,6 +47,7 @@ from starlette.types import Message
 
 from mcpstore_proxy import compat
 from mcpstore_proxy.framing import FirstEventResponse
+from mcpstore_proxy.spent_messages import ReleasingReadStream
 from tests.support import free_port, wait_until
 
 pytestmark = pytest.mark.anyio
@@ -268,6 +274,51 @@ def test_the_sdk_dispatcher_sends_each_request_inside_otel_span_and_injects_its_
     source = inspect.getsource(mcp.shared.jsonrpc_dispatcher.JSONRPCDispatcher.send_raw_request)
     assert "with otel_span(" in source
     assert "inject_trace_context(out_meta)" in source
+
+
+async def test_the_manager_drives_each_session_on_the_read_stream_we_wrap(monkeypatch: pytest.MonkeyPatch) -> None:
+    wrapped: list[object] = []
+
+    def wrap(stream: compat.MessageStream) -> compat.MessageStream:
+        wrapped.append(stream)
+        return ReleasingReadStream(stream)
+
+    # Start from the SDK's own binding (an earlier test may have installed ours); restored after the test.
+    monkeypatch.setattr(mcp.server.streamable_http_manager, "serve_loop", mcp.server.runner.serve_loop)
+    compat.read_sessions_through(wrap)
+    compat.read_sessions_through(wrap)  # again: still one wrapping per session, not two
+    manager = StreamableHTTPSessionManager(app=_server([]))
+    async with _serving(manager) as url, _client(url) as client:
+        assert (await client.list_tools()).tools == []
+    assert len(wrapped) == 1
+
+
+def test_a_manager_that_no_longer_drives_its_sessions_with_serve_loop_is_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async def some_other_loop(*_: object, **__: object) -> None: ...
+
+    monkeypatch.setattr(mcp.server.streamable_http_manager, "serve_loop", some_other_loop)
+    with pytest.raises(RuntimeError, match="serve_loop"):
+        compat.read_sessions_through(ReleasingReadStream)
+
+
+def test_the_sdk_dispatcher_hands_a_messages_parts_on_and_is_done_with_it_before_reading_the_next() -> None:
+    run = inspect.getsource(mcp.shared.jsonrpc_dispatcher.JSONRPCDispatcher.run)
+    assert "await self._dispatch(item, on_request, on_notify, sender_ctx)" in run
+    dispatch = inspect.getsource(mcp.shared.jsonrpc_dispatcher.JSONRPCDispatcher._dispatch)  # pyright: ignore[reportPrivateUsage]
+    assert re.findall(r"\bitem\.(\w+)", dispatch) == ["metadata", "message"]  # read once each, then handed on
+
+
+async def test_the_context_a_message_came_in_is_taken_out_of_the_sdks_context_stream() -> None:
+    send, receive = create_context_streams[int](1)
+    async with send, receive:
+        await send.send(1)
+        assert await receive.receive() == 1
+        taken = compat.take_last_context(receive)
+        assert isinstance(taken, contextvars.Context)
+        assert receive.last_context is None
+    assert compat.take_last_context(object()) is None
 
 
 async def test_a_stdio_server_is_spawned_as_stdio_client_spawns_it_leading_a_process_group_of_its_own() -> None:
