@@ -238,8 +238,9 @@ def read_sessions_through(wrap: Callable[[MessageStream], MessageStream]) -> Non
     if getattr(current, "__wrapped__", current) is not _SDK_SERVE_LOOP:
         raise RuntimeError("this mcp SDK's session manager no longer drives its sessions with runner.serve_loop")
 
-    async def serve_loop(server: Any, read_stream: MessageStream, write_stream: Any, **options: Any) -> None:
-        await _SDK_SERVE_LOOP(server, wrap(read_stream), write_stream, **options)
+    def serve_loop(server: Any, read_stream: MessageStream, write_stream: Any, **options: Any) -> Awaitable[None]:
+        # The SDK's own coroutine, not one awaiting it: no frame of ours for the session's whole life.
+        return _SDK_SERVE_LOOP(server, wrap(read_stream), write_stream, **options)
 
     setattr(serve_loop, "__wrapped__", _SDK_SERVE_LOOP)  # noqa: B010  # how the next call knows it for ours
     setattr(module, "serve_loop", serve_loop)  # noqa: B010  # private; pinned by a test

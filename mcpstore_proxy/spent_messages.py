@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextvars
 from typing import Final
 
+import anyio
 from mcp.shared.message import SessionMessage
 from mcp.types import JSONRPCNotification
 
@@ -44,13 +45,28 @@ class ReleasingReadStream(MessageReadStream):
         asked for."""
 
     async def receive(self) -> SessionMessage | Exception:
+        self._let_go()
+        return self._given(await self._inner.receive())
+
+    async def __anext__(self) -> SessionMessage | Exception:
+        # What the SDK's dispatcher awaits, written out rather than awaiting `receive`: an idle session's loop
+        # waits here for its whole life, and a coroutine frame less is 0.4 KiB less.
+        self._let_go()
+        try:
+            item = await self._inner.receive()
+        except anyio.EndOfStream:
+            raise StopAsyncIteration from None
+        return self._given(item)
+
+    def _let_go(self) -> None:
         last = self._last
         if last is not None:
             self._last = None
             last.message = SPENT
             last.metadata = None
         self.last_context = None
-        item = await self._inner.receive()
+
+    def _given(self, item: SessionMessage | Exception) -> SessionMessage | Exception:
         self.last_context = take_last_context(self._inner)
         if isinstance(item, SessionMessage):
             self._last = item
