@@ -25,6 +25,7 @@ import logging
 from collections.abc import AsyncGenerator, Awaitable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Final
 
 import anyio
@@ -49,6 +50,7 @@ from mcpstore_proxy.compat import (
 from mcpstore_proxy.config import ProxySettings
 from mcpstore_proxy.control import Control
 from mcpstore_proxy.direct_route import DirectRoute
+from mcpstore_proxy.downstream import handling_context
 from mcpstore_proxy.drain import Drain
 from mcpstore_proxy.engine import ProxyEngine
 from mcpstore_proxy.errors import ConnectionLimitError, ProxyError, ShuttingDownError
@@ -117,7 +119,7 @@ def create_app(engine: ProxyEngine) -> HttpFace:
     # A request whose first event is its answer is answered in plain JSON, without an event stream.
     frame_answers_by_first_event(FirstEventResponse)
     # Each session's loop lets go of the last message it read, and the HTTP request that carried it.
-    read_sessions_through(ReleasingReadStream)
+    read_sessions_through(partial(ReleasingReadStream, context_for=handling_context))
     metrics = ProxyMetrics(
         engine,
         downstream_sessions=lambda: open_http_sessions(manager) + legacy.open,
@@ -255,6 +257,10 @@ class _FrontDoor:
 
     async def admit(self, app: ASGIApp, scope: Scope, receive: Receive, send: Send) -> None:
         opens = _opens_a_session(scope)
+        if not opens:
+            # For the SDK's schema lookup (`ProxyServer`), in this request's own task. Not in one that opens a
+            # session: the session's tasks start in its context, and would keep its scope for the session's life.
+            REQUEST_SCOPE.set(scope)
         refusal = self._refusal() if opens else None
         if refusal is not None:
             await self._refuse(refusal, scope, receive, send)
@@ -317,7 +323,6 @@ class _Guarded:
         self._app = app
 
     def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
-        REQUEST_SCOPE.set(scope)  # this request's own task: the SDK's schema lookup reads it (`ProxyServer`)
         return self._door.admit(self._app, scope, receive, send)  # its coroutine: a frame less per request
 
 

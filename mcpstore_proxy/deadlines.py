@@ -10,6 +10,7 @@ timer fires each waiter fails what is due and says when its next one is (`expire
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import math
 import weakref
@@ -43,7 +44,9 @@ class EarliestTimer:
             if self._timer is not None:
                 self._timer.cancel()
             self.earliest = when
-            self._timer = self.loop.call_at(when, self._fired)
+            # In a context of its own: armed by a request, it would keep that request's context (its scope, its
+            # operation) until it fires, a session's idle timeout away.
+            self._timer = self.loop.call_at(when, self._fired, context=contextvars.Context())
 
     def _fired(self) -> None:
         self._timer, self.earliest = None, math.inf

@@ -26,6 +26,7 @@ while some change awaits approval.
 
 from __future__ import annotations
 
+import contextvars
 import logging
 from collections.abc import Callable, Coroutine
 from contextlib import AsyncExitStack
@@ -133,6 +134,7 @@ class ProxyEngine(RequestRouting):
 
     async def __aenter__(self) -> Self:
         self.startup.open()
+        self._own_context = contextvars.copy_context()
         async with AsyncExitStack() as stack:
             self._task_group = await stack.enter_async_context(anyio.create_task_group())
             stack.push_async_callback(self._shutdown)
@@ -266,7 +268,7 @@ class ProxyEngine(RequestRouting):
     def _retire(self, service: UpstreamService, reason: str) -> None:
         assert self._task_group is not None
         self._retiring.add(service)
-        self._task_group.start_soon(self._retire_then_forget, service, reason, name=f"retiring {service.name}")
+        self._start_soon(self._retire_then_forget, service, reason, name=f"retiring {service.name}")
 
     async def _retire_then_forget(self, service: UpstreamService, reason: str) -> None:
         """An owner task: a fault is logged, never raised into the engine."""
@@ -371,16 +373,20 @@ class ProxyEngine(RequestRouting):
         )
 
     def _start(self, service: UpstreamService) -> None:
-        assert self._task_group is not None
-        self._task_group.start_soon(service.maintain, name=f"upstream {service.name}")
+        self._start_soon(service.maintain, name=f"upstream {service.name}")
 
     def _spawn(self, session: UpstreamSession) -> None:
-        assert self._task_group is not None
-        self._task_group.start_soon(session.run, name=repr(session))
+        self._start_soon(session.run, name=repr(session))
 
     def _start_task(self, function: Callable[[], Coroutine[Any, Any, None]], name: str) -> None:
+        self._start_soon(function, name=name)
+
+    def _start_soon(self, function: Callable[..., Coroutine[Any, Any, None]], *args: Any, name: str) -> None:
+        """Start an owner task of the engine's in the engine's own context, not in that of the request that needed
+        it (which set the request's scope and its operation there): the task would keep those for its whole life,
+        an upstream session's for as long as its key lasts."""
         assert self._task_group is not None
-        self._task_group.start_soon(function, name=name)
+        self._own_context.copy().run(self._task_group.start_soon, function, *args, name=name)
 
     def _exposed_uri(self, key: SessionKey, upstream: str, uri: str) -> str:
         return self.views.exposed_uri(key, upstream, uri)
@@ -393,7 +399,7 @@ class ProxyEngine(RequestRouting):
             return
         if self.views.rebuild():
             for listener in self._listeners:
-                self._task_group.start_soon(_guarded, listener)
+                self._start_soon(_guarded, listener, name="catalog listener")
 
 
 async def _guarded(listener: CatalogListener) -> None:

@@ -6,19 +6,21 @@ The loop is a manual one (its clock and its one kind of timer), so nothing here 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import math
 from collections.abc import Callable
 from typing import Any, cast
 
 import pytest
 
-from mcpstore_proxy.deadlines import Deadlines
+from mcpstore_proxy.deadlines import Deadlines, EarliestTimer
 
 
 class _Timer:
-    def __init__(self, at: float, callback: Callable[[], None]) -> None:
+    def __init__(self, at: float, callback: Callable[[], None], context: contextvars.Context | None) -> None:
         self.at = at
         self.callback = callback
+        self.context = context if context is not None else contextvars.copy_context()  # as the loop does
         self.cancelled = False
 
     def cancel(self) -> None:
@@ -35,8 +37,8 @@ class _ManualLoop:
     def time(self) -> float:
         return self.now
 
-    def call_at(self, at: float, callback: Callable[[], None]) -> _Timer:
-        timer = _Timer(at, callback)
+    def call_at(self, at: float, callback: Callable[[], None], *, context: contextvars.Context | None = None) -> _Timer:
+        timer = _Timer(at, callback, context)
         self.timers.append(timer)
         return timer
 
@@ -49,7 +51,7 @@ class _ManualLoop:
             timer = due[0]
             self.timers.remove(timer)
             self.now = timer.at
-            timer.callback()
+            timer.context.run(timer.callback)
         self.now = now
 
 
@@ -65,6 +67,9 @@ class _Waiter:
         while self.pending and self.pending[0] <= due:
             self.expired.append((self.pending.pop(0), self._loop.time()))
         return self.pending[0] if self.pending else math.inf
+
+
+_ARMED_BY: contextvars.ContextVar[str] = contextvars.ContextVar("armed_by", default="no one")
 
 
 def _deadlines(loop: _ManualLoop) -> Deadlines:
@@ -143,3 +148,17 @@ def test_a_waiter_that_fails_is_logged_and_let_go_and_the_others_deadlines_are_k
     assert kept.expired == [(100.05, 100.05), (100.2, 100.2)]
     assert len(deadlines) == 0
     assert "a deadline's waiter failed" in caplog.text
+
+
+def test_the_timer_fires_in_a_context_of_its_own_not_in_the_one_of_whoever_armed_it() -> None:
+    # A request arms it, and its context (the request's scope, its operation) must not be kept until it fires.
+    loop = _ManualLoop()
+    seen: list[str] = []
+    timer = EarliestTimer(cast(asyncio.AbstractEventLoop, cast(Any, loop)), lambda _: seen.append(_ARMED_BY.get()))
+    token = _ARMED_BY.set("a request")
+    try:
+        timer.at(101.0)
+    finally:
+        _ARMED_BY.reset(token)
+    loop.advance_to(102.0)
+    assert seen == ["no one"]

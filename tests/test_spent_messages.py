@@ -4,9 +4,9 @@ loop used to keep the HTTP request that carried its last message."""
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import gc
-from pathlib import Path
 
 import anyio
 import pytest
@@ -14,9 +14,10 @@ from mcp import types
 from mcp.shared._context_streams import create_context_streams
 from mcp.shared.message import ServerMessageMetadata, SessionMessage
 
+from mcpstore_proxy.downstream import REQUEST_SCOPE, handling_context
 from mcpstore_proxy.spent_messages import SPENT, ReleasingReadStream
 from tests.raw_session import opened_session
-from tests.support import fixture_server, wait_until, write_config
+from tests.support import PROJECT_ROOT, wait_until
 
 pytestmark = pytest.mark.anyio
 
@@ -61,6 +62,41 @@ async def test_the_context_a_message_was_sent_in_is_handed_on_and_then_held_nowh
         assert stream.last_context is not context
 
 
+async def test_a_message_is_handled_in_the_context_made_for_it_of_the_one_it_was_sent_in() -> None:
+    send, receive = create_context_streams[SessionMessage | Exception](4)
+
+    def context_for(message: SessionMessage, sent_in: contextvars.Context) -> contextvars.Context:
+        handled_in = sent_in.copy()
+        handled_in.run(_SENDER.set, f"for {message.message.method}")  # pyright: ignore[reportAttributeAccessIssue, reportUnknownMemberType]
+        return handled_in
+
+    async with send, ReleasingReadStream(receive, context_for=context_for) as stream:
+        await send.send(_message(1))
+        await stream.receive()
+        assert stream.last_context is not None
+        assert stream.last_context.run(_SENDER.get) == "for notifications/n1"
+
+
+def _sent_in_a_request(method: str) -> tuple[SessionMessage, contextvars.Context]:
+    request = types.JSONRPCRequest(jsonrpc="2.0", id=1, method=method)
+    token = REQUEST_SCOPE.set({"type": "http", "path": "/mcp"})
+    try:
+        return SessionMessage(request), contextvars.copy_context()
+    finally:
+        REQUEST_SCOPE.reset(token)
+
+
+def test_only_a_tool_call_is_handled_with_the_http_requests_scope() -> None:
+    call, sent_in = _sent_in_a_request("tools/call")
+    assert handling_context(call, sent_in) is sent_in
+    listing, sent_in = _sent_in_a_request("prompts/list")
+    handled_in = handling_context(listing, sent_in)
+    assert handled_in.get(REQUEST_SCOPE) is None
+    assert sent_in.get(REQUEST_SCOPE) is not None  # the sender's own context is left as it was
+    outside = contextvars.Context()
+    assert handling_context(listing, outside) is outside
+
+
 async def test_errors_pass_through_and_the_end_of_the_stream_ends_iteration() -> None:
     send, receive = create_context_streams[SessionMessage | Exception](4)
     fault = ValueError("unparsable")
@@ -76,21 +112,30 @@ async def test_errors_pass_through_and_the_end_of_the_stream_ends_iteration() ->
 
 
 def _requests_held() -> int:
-    """The SDK's message metadata objects alive in this process that still hold the HTTP request of a message."""
+    """The SDK's message metadata objects, and contexts, alive in this process that still hold the HTTP request of a
+    message (its `Request`, or its scope). The event loop's timers are left out: each keeps the context it was armed
+    in until it is due, and the tests' loop (asyncio's, not uvloop) keeps a cancelled one until then too."""
     gc.collect()
-    return sum(
-        1 for held in gc.get_objects() if isinstance(held, ServerMessageMetadata) and held.request_context is not None
-    )
+    alive = gc.get_objects()
+    held = 0
+    for item in alive:
+        if isinstance(item, ServerMessageMetadata) and item.request_context is not None:
+            held += 1
+        elif isinstance(item, contextvars.Context) and item.get(REQUEST_SCOPE) is not None:
+            holders = [holder for holder in gc.get_referrers(item) if holder is not alive]
+            held += any(not isinstance(holder, asyncio.TimerHandle) for holder in holders)
+    return held
 
 
-async def test_an_idle_session_keeps_none_of_the_http_requests_its_messages_came_in(tmp_path: Path) -> None:
-    config = write_config(tmp_path, {"state": fixture_server("state")})
-    async with opened_session(config) as (_, _, session):  # `initialize`, then `notifications/initialized`
-        called = await session.call_tool(1, "state_echo", {"text": "a"})
+async def test_an_idle_session_keeps_none_of_the_http_requests_its_messages_came_in() -> None:
+    # The bundled demo upstreams: real processes over stdio, as in production.
+    async with opened_session(PROJECT_ROOT / "config" / "proxy.yaml") as (_, _, session):
+        # `initialize` and `notifications/initialized` were sent; a call (the lane's), a listing (the SDK's)
+        called = await session.call_tool(1, "notes_list_notes", {})
         assert called.status_code == 200
         listed = await session.post({"jsonrpc": "2.0", "id": 2, "method": "prompts/list"})
         assert listed.status_code == 200
-        await wait_until(lambda: _requests_held() == 0, what="the session's loop to let go of its last request")
+        await wait_until(lambda: _requests_held() == 0, what="the session to let go of every request it served")
         with anyio.fail_after(5):
-            again = await session.call_tool(3, "state_echo", {"text": "a"})
+            again = await session.call_tool(3, "notes_list_notes", {})
         assert again.status_code == 200
