@@ -12,10 +12,11 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import sys
+from collections import deque
 from collections.abc import Awaitable, Callable, Generator
 from contextlib import contextmanager
 from functools import lru_cache
-from typing import Any, Final, Protocol, TextIO
+from typing import Any, Final, Protocol, TextIO, cast
 from urllib.parse import parse_qs
 from uuid import UUID
 
@@ -51,6 +52,7 @@ from mcpstore_proxy.upstream_process import PipeWriter, start_process
 
 __all__ = [
     "EventSink",
+    "LeanHttpToolsProtocol",
     "MessageStream",
     "ReadStream",
     "SignalFreeServer",
@@ -337,6 +339,42 @@ async def respond_at_once(send: Send, start: Message, body: Message) -> None:
             transport.writelines(gathered.chunks)
         if gathered.is_closed:
             transport.close()
+
+
+class _Pipeline:
+    """What uvicorn's httptools protocol queues a connection's pipelined requests in (`pipeline`), but made only
+    when a client pipelines: uvicorn makes a deque (0.7 KiB) for every connection, kept for the connection's whole
+    life, and clients seldom pipeline."""
+
+    __slots__ = ("_queue",)
+
+    def __init__(self) -> None:
+        self._queue: deque[Any] | None = None
+
+    def __bool__(self) -> bool:
+        return bool(self._queue)
+
+    def __len__(self) -> int:
+        return 0 if self._queue is None else len(self._queue)
+
+    def appendleft(self, item: Any) -> None:
+        if self._queue is None:
+            self._queue = deque()
+        self._queue.appendleft(item)
+
+    def pop(self) -> Any:
+        if not self._queue:
+            raise IndexError("pop from an empty pipeline")
+        return self._queue.pop()
+
+
+class LeanHttpToolsProtocol(httptools_impl.HttpToolsProtocol):
+    """uvicorn's httptools protocol (what `http="httptools"` serves with), its queue of pipelined requests made only
+    when a request is pipelined (uvicorn uses it only through `appendleft`, `pop` and its truth; pinned by a test)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.pipeline = cast(Any, _Pipeline())
 
 
 class SignalFreeServer(uvicorn.Server):

@@ -31,7 +31,7 @@ import uvicorn
 
 from mcpstore_proxy.app import create_app
 from mcpstore_proxy.clock import SYSTEM_CLOCK, Clock
-from mcpstore_proxy.compat import SignalFreeServer, TrimmedFieldValues
+from mcpstore_proxy.compat import LeanHttpToolsProtocol, SignalFreeServer, TrimmedFieldValues
 from mcpstore_proxy.config import ProxySettings
 from mcpstore_proxy.engine import ProxyEngine
 from mcpstore_proxy.errors import ConfigError, ProxyError
@@ -142,6 +142,7 @@ async def _serve_http(engine: ProxyEngine, stop: StopRequests) -> bool:
         uvicorn.Config(
             TrimmedFieldValues(face.app),
             interface="asgi3",  # a plain callable returning the app's coroutine (see `TrimmedFieldValues`)
+            http=LeanHttpToolsProtocol,  # httptools, without a queue per connection for requests seldom pipelined
             proxy_headers=False,  # nothing reads a client's address or scheme: a layer and a header pass less
             server_header=False,  # names no server software to a scan (and a header less on every answer)
             host=settings.host,

@@ -6,6 +6,8 @@ If an upgrade breaks one, it fails here, by name, rather than somewhere deep in 
 
 from __future__ import annotations
 
+import inspect
+import re
 import signal
 from collections.abc import AsyncGenerator
 from contextlib import asynccontextmanager
@@ -16,6 +18,7 @@ import pytest
 import uvicorn
 from starlette.applications import Starlette
 from starlette.types import Message, Receive, Scope, Send
+from uvicorn.protocols.http import httptools_impl
 
 from mcpstore_proxy import compat
 from tests.support import free_port, wait_until
@@ -33,11 +36,16 @@ def test_uvicorn_takes_its_signal_handlers_in_capture_signals_and_the_override_t
 
 
 @asynccontextmanager
-async def _connected(app: Any, protocol: str = "httptools") -> AsyncGenerator[Any]:
-    """A raw TCP connection to `app` behind a real uvicorn (its `protocol` parser) on a loopback port."""
+async def _connected(
+    app: Any, protocol: Any = "httptools", served: list[uvicorn.Server] | None = None
+) -> AsyncGenerator[Any]:
+    """A raw TCP connection to `app` behind a real uvicorn (its `protocol` parser, or protocol class) on a loopback
+    port; the server is put in `served`, for a test to see its connections."""
     port = free_port()
     config = uvicorn.Config(app, port=port, http=protocol, interface="asgi3", log_level="warning", lifespan="off")
     server = compat.SignalFreeServer(config)
+    if served is not None:
+        served.append(server)
     async with anyio.create_task_group() as tg:
         tg.start_soon(server.serve)
         await wait_until(lambda: server.started, what="uvicorn to start")
@@ -134,3 +142,31 @@ async def test_a_whole_response_reaches_a_send_that_is_not_uvicorns_as_its_two_m
     body: Message = {"type": "http.response.body", "body": b"{}", "more_body": False}
     await compat.respond_at_once(send, start, body)
     assert sent == [start, body]
+
+
+async def _path_echo(scope: Scope, receive: Receive, send: Send) -> None:
+    if scope["type"] == "http":
+        body = scope["path"].encode()
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"%d" % len(body))]})
+        await send({"type": "http.response.body", "body": body})
+
+
+async def test_the_lean_protocol_answers_pipelined_requests_in_order_and_queues_nothing_until_one_is() -> None:
+    served: list[uvicorn.Server] = []
+    async with _connected(_path_echo, compat.LeanHttpToolsProtocol, served) as stream:
+        await stream.send(b"GET /alone HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        assert (await _answered(stream, b"/alone")).startswith(b"HTTP/1.1 200")
+        (connection,) = served[0].server_state.connections
+        assert isinstance(connection, compat.LeanHttpToolsProtocol)
+        assert getattr(connection.pipeline, "_queue") is None  # noqa: B009  # no deque made for this connection
+        requests = b"".join(b"GET /%d HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n" % number for number in range(1, 4))
+        await stream.send(requests)  # three at once: pipelined
+        answered = await _answered(stream, b"/3")
+        assert re.findall(rb"\r\n\r\n(/\d)", answered) == [b"/1", b"/2", b"/3"]  # each answer's body, in order
+        assert not connection.pipeline
+
+
+def test_uvicorns_httptools_protocol_uses_its_pipeline_only_as_the_lean_queue_allows() -> None:
+    source = inspect.getsource(httptools_impl.HttpToolsProtocol)
+    uses = re.findall(r"self\.pipeline\b(\.\w+|\s*[:=]|\W)", source)
+    assert set(uses) <= {".appendleft", ".pop", ":", ")"}, uses  # its methods, its annotation, its truth, len()
