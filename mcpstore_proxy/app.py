@@ -25,7 +25,6 @@ import logging
 from collections.abc import AsyncGenerator, Awaitable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from functools import partial
 from typing import Any, Final
 
 import anyio
@@ -50,7 +49,6 @@ from mcpstore_proxy.compat import (
 from mcpstore_proxy.config import ProxySettings
 from mcpstore_proxy.control import Control
 from mcpstore_proxy.direct_route import DirectRoute
-from mcpstore_proxy.downstream import handling_context
 from mcpstore_proxy.drain import Drain
 from mcpstore_proxy.engine import ProxyEngine
 from mcpstore_proxy.errors import ConnectionLimitError, ProxyError, ShuttingDownError
@@ -119,7 +117,7 @@ def create_app(engine: ProxyEngine) -> HttpFace:
     # A request whose first event is its answer is answered in plain JSON, without an event stream.
     frame_answers_by_first_event(FirstEventResponse)
     # Each session's loop lets go of the last message it read, and the HTTP request that carried it.
-    read_sessions_through(partial(ReleasingReadStream, context_for=handling_context))
+    read_sessions_through(ReleasingReadStream)
     metrics = ProxyMetrics(
         engine,
         downstream_sessions=lambda: open_http_sessions(manager) + legacy.open,
@@ -257,9 +255,10 @@ class _FrontDoor:
 
     async def admit(self, app: ASGIApp, scope: Scope, receive: Receive, send: Send) -> None:
         opens = _opens_a_session(scope)
-        if not opens:
-            # For the SDK's schema lookup (`ProxyServer`), in this request's own task. Not in one that opens a
-            # session: the session's tasks start in its context, and would keep its scope for the session's life.
+        if _is_modern(scope):
+            # For the schema lookup of a 2026-07-28 request's `Mcp-Param` headers (`Downstream.input_schema`), the
+            # one reader, in this request's own task. Not for a handshake-era request: the session's loop keeps
+            # the context of the last message it read, and its tasks the one they started in, with the scope in it.
             REQUEST_SCOPE.set(scope)
         refusal = self._refusal() if opens else None
         if refusal is not None:
@@ -324,6 +323,12 @@ class _Guarded:
 
     def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
         return self._door.admit(self._app, scope, receive, send)  # its coroutine: a frame less per request
+
+
+def _is_modern(scope: Scope) -> bool:
+    """A 2026-07-28 request (its `MCP-Protocol-Version` not a handshake era's), as the SDK's manager routes it."""
+    version = request_headers(scope).protocol_version
+    return version is not None and version.decode("latin-1") not in HANDSHAKE_PROTOCOL_VERSIONS
 
 
 def _opens_a_session(scope: Scope) -> bool:

@@ -15,7 +15,6 @@ key's `subscriptions/listen` streams.
 
 from __future__ import annotations
 
-import contextvars
 import secrets
 import weakref
 from collections.abc import Mapping
@@ -26,7 +25,6 @@ import anyio
 from mcp import types
 from mcp.server.connection import Connection
 from mcp.server.context import ServerRequestContext
-from mcp.shared.message import SessionMessage
 from mcp.types.version import MODERN_PROTOCOL_VERSIONS
 from starlette.types import Scope
 
@@ -42,13 +40,13 @@ from mcpstore_proxy.principals import ANONYMOUS, LOCAL, Principal
 from mcpstore_proxy.relay import ClientCall, ClientChannel
 from mcpstore_proxy.request_headers import first_value
 
-__all__ = ["NOTIFY_SECONDS", "REQUEST_SCOPE", "Caller", "Downstream", "handling_context"]
+__all__ = ["NOTIFY_SECONDS", "REQUEST_SCOPE", "Caller", "Downstream"]
 
 Context = ServerRequestContext[Any, Any]
 
 REQUEST_SCOPE: Final[ContextVar[Scope | None]] = ContextVar("mcpstore_proxy.request_scope", default=None)
-"""The ASGI scope of the HTTP request being served (set by the app as it hands the request to the MCP transport);
-read only while a tool call is handled (`Downstream.input_schema`)."""
+"""The ASGI scope of the 2026-07-28 HTTP request being served (set by the app as it hands the request on), for the
+schema lookup of its `Mcp-Param` headers (`Downstream.input_schema`), its one reader, in the request's own task."""
 NOTIFY_SECONDS: Final = 1.0
 """How long a notice to a client, or its shielded clean-up, may take before it is given up."""
 _KEY_STATE: Final = "mcpstore_proxy.session_key"
@@ -57,18 +55,6 @@ _LEGACY_STATE: Final = "mcpstore_proxy.legacy_session"
 _KEYS_REMEMBERED: Final = 4096
 _CLIENT_PARAMS: Final = Interned[types.InitializeRequestParams](64)
 """The clients' `initialize` parameters, each kept once however many connections sent them (see `interned`)."""
-
-
-def handling_context(message: SessionMessage, sent_in: contextvars.Context) -> contextvars.Context:
-    """The context `message` is handled in: the one it was sent in, but for anything other than a tool call without
-    the request's scope (`REQUEST_SCOPE`), which only a tool call's handler reads. The SDK's loop keeps the context of
-    the last message it read until the next arrives: for an idle session, with the scope, the whole HTTP request
-    that carried it (2.4 KiB)."""
-    if sent_in.get(REQUEST_SCOPE) is None or getattr(message.message, "method", None) == "tools/call":
-        return sent_in
-    handled_in = sent_in.copy()
-    handled_in.run(REQUEST_SCOPE.set, None)
-    return handled_in
 
 
 class Caller(NamedTuple):

@@ -4,12 +4,10 @@ The SDK's dispatcher reads a session's messages in a loop (`async for item in re
 message's parts (the JSON-RPC message, its metadata, the context it was sent in) to the handler it starts; the
 loop's variables then keep the last `SessionMessage` and its context until the next message arrives, which for an
 idle session is never. For a downstream Streamable HTTP session, that message's metadata is the HTTP request that
-carried it (Starlette's `Request`: its scope and headers, its body, uvicorn's response cycle) and its context
-holds that scope too: about 6 KiB per idle session, kept by two local variables. A `ReleasingReadStream` empties
+carried it (Starlette's `Request`: its scope and headers, its body, uvicorn's response cycle): about 6 KiB per
+idle session, kept by a local variable. A `ReleasingReadStream` empties
 the message it gave out last (its `message` a shared placeholder, its `metadata` None) and drops its context when
-the reader asks for the next one: by then the dispatcher has handed the parts on and uses nothing else of it. The
-context a message is handled in may be made of the one it was sent in (`context_for`): the app's leaves out the
-request's scope for anything but a tool call (`downstream.handling_context`), since the loop keeps that context too.
+the reader asks for the next one: by then the dispatcher has handed the parts on and uses nothing else of it.
 
 It stands between the SDK's dispatchers and their streams on both sides: each Streamable HTTP session's, through
 `compat.read_sessions_through`, and each upstream session's (`UpstreamSession`). Only where the dispatcher reads
@@ -20,7 +18,6 @@ the next message before the dispatcher has handled the one it relayed.
 from __future__ import annotations
 
 import contextvars
-from collections.abc import Callable
 from typing import Final
 
 import anyio
@@ -30,10 +27,7 @@ from mcp.types import JSONRPCNotification
 from mcpstore_proxy.compat import MessageStream, take_last_context
 from mcpstore_proxy.message_streams import MessageReadStream
 
-__all__ = ["SPENT", "ContextFor", "ReleasingReadStream"]
-
-ContextFor = Callable[[SessionMessage, contextvars.Context], contextvars.Context]
-"""Given a message and the context it was sent in, the context it is to be handled in."""
+__all__ = ["SPENT", "ReleasingReadStream"]
 
 SPENT: Final = JSONRPCNotification(jsonrpc="2.0", method="notifications/mcpstore/spent")
 """What a message given out is left holding once its reader asked for the next one (never sent anywhere)."""
@@ -43,10 +37,8 @@ class ReleasingReadStream(MessageReadStream):
     """`inner`'s messages and its `last_context` unchanged, each message emptied (see the module docstring) once the
     next one is asked for."""
 
-    def __init__(self, inner: MessageStream, *, context_for: ContextFor | None = None) -> None:
+    def __init__(self, inner: MessageStream) -> None:
         self._inner = inner
-        self._context_for = context_for
-        """What makes the context a message is handled in of the one it was sent in (by default, that one)."""
         self._last: SessionMessage | None = None
         self.last_context: contextvars.Context | None = None
         """The context `inner`'s last message was sent in (the SDK's context streams carry one), until the next is
@@ -75,12 +67,9 @@ class ReleasingReadStream(MessageReadStream):
         self.last_context = None
 
     def _given(self, item: SessionMessage | Exception) -> SessionMessage | Exception:
-        context = take_last_context(self._inner)
+        self.last_context = take_last_context(self._inner)
         if isinstance(item, SessionMessage):
             self._last = item
-            if context is not None and self._context_for is not None:
-                context = self._context_for(item, context)
-        self.last_context = context
         return item
 
     async def aclose(self) -> None:

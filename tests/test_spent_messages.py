@@ -14,7 +14,7 @@ from mcp import types
 from mcp.shared._context_streams import create_context_streams
 from mcp.shared.message import ServerMessageMetadata, SessionMessage
 
-from mcpstore_proxy.downstream import REQUEST_SCOPE, handling_context
+from mcpstore_proxy.downstream import REQUEST_SCOPE
 from mcpstore_proxy.spent_messages import SPENT, ReleasingReadStream
 from tests.raw_session import opened_session
 from tests.support import PROJECT_ROOT, wait_until
@@ -60,41 +60,6 @@ async def test_the_context_a_message_was_sent_in_is_handed_on_and_then_held_nowh
         assert receive.last_context is None  # the SDK's stream no longer holds it
         await stream.receive()
         assert stream.last_context is not context
-
-
-async def test_a_message_is_handled_in_the_context_made_for_it_of_the_one_it_was_sent_in() -> None:
-    send, receive = create_context_streams[SessionMessage | Exception](4)
-
-    def context_for(message: SessionMessage, sent_in: contextvars.Context) -> contextvars.Context:
-        handled_in = sent_in.copy()
-        handled_in.run(_SENDER.set, f"for {message.message.method}")  # pyright: ignore[reportAttributeAccessIssue, reportUnknownMemberType]
-        return handled_in
-
-    async with send, ReleasingReadStream(receive, context_for=context_for) as stream:
-        await send.send(_message(1))
-        await stream.receive()
-        assert stream.last_context is not None
-        assert stream.last_context.run(_SENDER.get) == "for notifications/n1"
-
-
-def _sent_in_a_request(method: str) -> tuple[SessionMessage, contextvars.Context]:
-    request = types.JSONRPCRequest(jsonrpc="2.0", id=1, method=method)
-    token = REQUEST_SCOPE.set({"type": "http", "path": "/mcp"})
-    try:
-        return SessionMessage(request), contextvars.copy_context()
-    finally:
-        REQUEST_SCOPE.reset(token)
-
-
-def test_only_a_tool_call_is_handled_with_the_http_requests_scope() -> None:
-    call, sent_in = _sent_in_a_request("tools/call")
-    assert handling_context(call, sent_in) is sent_in
-    listing, sent_in = _sent_in_a_request("prompts/list")
-    handled_in = handling_context(listing, sent_in)
-    assert handled_in.get(REQUEST_SCOPE) is None
-    assert sent_in.get(REQUEST_SCOPE) is not None  # the sender's own context is left as it was
-    outside = contextvars.Context()
-    assert handling_context(listing, outside) is outside
 
 
 async def test_errors_pass_through_and_the_end_of_the_stream_ends_iteration() -> None:
