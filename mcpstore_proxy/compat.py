@@ -354,9 +354,6 @@ class _Pipeline:
     def __bool__(self) -> bool:
         return bool(self._queue)
 
-    def __len__(self) -> int:
-        return 0 if self._queue is None else len(self._queue)
-
     def appendleft(self, item: Any) -> None:
         if self._queue is None:
             self._queue = deque()

@@ -40,8 +40,11 @@ async def test_setting_it_wakes_every_waiter_and_a_set_event_is_not_waited_for()
 
 async def test_a_cancelled_waiter_leaves_no_trace_and_the_event_still_works() -> None:
     event = LeanEvent()
-    with anyio.move_on_after(0.01):
-        await event.wait()
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(event.wait)
+        await anyio.wait_all_tasks_blocked()
+        assert len(event._waiters) == 1  # pyright: ignore[reportPrivateUsage]
+        tasks.cancel_scope.cancel()
     assert event._waiters == []  # pyright: ignore[reportPrivateUsage]
     event.set()
     assert await event.wait()
