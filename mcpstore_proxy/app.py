@@ -40,6 +40,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from mcpstore_proxy.admin import admin_routes, operator_page
 from mcpstore_proxy.auth import Authenticator
 from mcpstore_proxy.compat import (
+    carry_session_messages_on,
     frame_answers_by_first_event,
     open_http_sessions,
     read_sessions_through,
@@ -56,6 +57,7 @@ from mcpstore_proxy.events import EventLog
 from mcpstore_proxy.framing import FirstEventResponse
 from mcpstore_proxy.gate import METADATA_PATH, AuthGate, principal_of
 from mcpstore_proxy.lane import FastLane
+from mcpstore_proxy.lean_channels import LeanContextStreams
 from mcpstore_proxy.legacy_sse import LegacySse
 from mcpstore_proxy.logs import ThrottledWarning, log_fields
 from mcpstore_proxy.metrics import ProxyMetrics, metrics_route
@@ -118,6 +120,8 @@ def create_app(engine: ProxyEngine) -> HttpFace:
     frame_answers_by_first_event(FirstEventResponse)
     # Each session's loop lets go of the last message it read, and the HTTP request that carried it.
     read_sessions_through(ReleasingReadStream)
+    # Each session's two message channels are lean ones (see `lean_channels`).
+    carry_session_messages_on(LeanContextStreams)
     metrics = ProxyMetrics(
         engine,
         downstream_sessions=lambda: open_http_sessions(manager) + legacy.open,

@@ -41,12 +41,13 @@ from mcp.server.streamable_http import (
     StreamableHTTPServerTransport,
 )
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
-from mcp.shared._context_streams import ContextReceiveStream
+from mcp.shared._context_streams import ContextReceiveStream, create_context_streams
 from mcp.shared.message import SessionMessage
 from opentelemetry import trace
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http import h11_impl, httptools_impl
 
+from mcpstore_proxy.lean_channels import LeanReceiveStream
 from mcpstore_proxy.request_headers import request_headers
 from mcpstore_proxy.upstream_process import PipeWriter, start_process
 
@@ -59,6 +60,7 @@ __all__ = [
     "TransportStreams",
     "TrimmedFieldValues",
     "WriteStream",
+    "carry_session_messages_on",
     "downstream_connection",
     "frame_answers_by_first_event",
     "http_session",
@@ -248,11 +250,23 @@ def read_sessions_through(wrap: Callable[[MessageStream], MessageStream]) -> Non
     setattr(module, "serve_loop", serve_loop)  # noqa: B010  # private; pinned by a test
 
 
+def carry_session_messages_on(streams: type[Any]) -> None:
+    """Have the SDK's Streamable HTTP transport make each session's two message channels with `streams` (called as
+    `create_context_streams[T](max_buffer_size)` is) by rebinding the name its module looks up in `connect`."""
+    module = mcp.server.streamable_http
+    current = getattr(module, "create_context_streams", None)
+    if current is not create_context_streams and current is not streams:
+        raise RuntimeError(
+            "this mcp SDK no longer makes a session's streams with _context_streams.create_context_streams"
+        )
+    setattr(module, "create_context_streams", streams)  # noqa: B010  # private; pinned by a test
+
+
 def take_last_context(stream: object) -> contextvars.Context | None:
     """The context `stream`'s last message was sent in (`last_context`, which the SDK's dispatcher runs its handler
     in): taken out of the SDK's own context streams, so that they no longer hold it; read from any other stream that
     has one (None if it has none)."""
-    if not isinstance(stream, ContextReceiveStream):
+    if not isinstance(stream, ContextReceiveStream | LeanReceiveStream):
         return getattr(stream, "last_context", None)
     context: contextvars.Context | None = stream.last_context
     stream.last_context = None

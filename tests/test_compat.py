@@ -14,7 +14,7 @@ import sys
 import typing
 from collections.abc import AsyncGenerator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 import httpx2
@@ -47,10 +47,13 @@ from starlette.types import Message
 
 from mcpstore_proxy import compat
 from mcpstore_proxy.framing import FirstEventResponse
+from mcpstore_proxy.lean_channels import LeanContextStreams, LeanReceiveStream, LeanSendStream
 from mcpstore_proxy.spent_messages import ReleasingReadStream
 from tests.support import free_port, wait_until
 
 pytestmark = pytest.mark.anyio
+
+T = TypeVar("T")
 
 
 def _server(seen: list[Connection]) -> Server[Any]:
@@ -293,6 +296,35 @@ async def test_the_manager_drives_each_session_on_the_read_stream_we_wrap(monkey
     assert len(wrapped) == 1
 
 
+async def test_each_session_of_the_sdks_transport_carries_its_messages_on_the_channels_we_make(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    made: list[tuple[object, object]] = []
+
+    class Counted(LeanContextStreams[T]):
+        def __new__(cls, max_buffer_size: float = 0) -> tuple[LeanSendStream[T], LeanReceiveStream[T]]:
+            made.append(LeanContextStreams[T](max_buffer_size))
+            return made[-1]  # pyright: ignore[reportReturnType]
+
+    # Start from the SDK's own binding (an earlier test may have installed ours); restored after the test.
+    monkeypatch.setattr(mcp.server.streamable_http, "create_context_streams", create_context_streams)
+    compat.carry_session_messages_on(Counted)
+    compat.carry_session_messages_on(Counted)  # again: harmless
+    manager = StreamableHTTPSessionManager(app=_server([]))
+    async with _serving(manager) as url, _client(url) as client:
+        assert (await client.list_tools()).tools == []
+    assert len(made) == 2  # messages in, messages out
+    assert all(isinstance(receive, LeanReceiveStream) for _, receive in made)
+
+
+def test_a_transport_that_no_longer_makes_its_streams_with_create_context_streams_is_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(mcp.server.streamable_http, "create_context_streams", lambda size=0: (None, None))
+    with pytest.raises(RuntimeError, match="create_context_streams"):
+        compat.carry_session_messages_on(LeanContextStreams)
+
+
 def test_a_manager_that_no_longer_drives_its_sessions_with_serve_loop_is_refused(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -319,6 +351,15 @@ async def test_the_context_a_message_came_in_is_taken_out_of_the_sdks_context_st
         assert isinstance(taken, contextvars.Context)
         assert receive.last_context is None
     assert compat.take_last_context(object()) is None
+
+
+async def test_the_context_a_message_came_in_is_taken_out_of_a_lean_channel_too() -> None:
+    send, receive = LeanContextStreams[int](1)
+    async with send, receive:
+        await send.send(1)
+        assert await receive.receive() == 1
+        assert isinstance(compat.take_last_context(receive), contextvars.Context)
+        assert receive.last_context is None
 
 
 async def test_a_stdio_server_is_spawned_as_stdio_client_spawns_it_leading_a_process_group_of_its_own() -> None:
