@@ -93,7 +93,7 @@ class StdoutMessages(MessageReadStream, asyncio.Protocol):
         """
         while True:
             while self._next == len(self._waiting):
-                await self._more()
+                await self._more()  # a future while pushed: the idle reader's frame is this one
             line = self._waiting[self._next]
             self._next += 1
             if self._next == len(self._waiting):
@@ -115,16 +115,18 @@ class StdoutMessages(MessageReadStream, asyncio.Protocol):
                 logger.warning("upstream wrote a line that is not a JSON-RPC message: %s", error)
                 return error
 
-    async def _more(self) -> None:
-        """Wait for more lines (reading them, when pulled)."""
+    def _more(self) -> Awaitable[None]:
+        """What to await for more lines: their arrival when pushed, or reading them when pulled."""
         if self._is_closed:
             raise anyio.ClosedResourceError
         if self._stdout is not None:
-            self.data_received(await self._stdout.receive())
-            return
+            return self._pulled(self._stdout)
         if self._has_ended:
             raise anyio.EndOfStream
-        await self._arrival.wait()
+        return self._arrival.arrived()
+
+    async def _pulled(self, stdout: ByteReceiveStream) -> None:
+        self.data_received(await stdout.receive())
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._read_ahead.transport = cast("asyncio.ReadTransport", transport)  # uvloop's pipe is not one, by type

@@ -23,7 +23,7 @@ from collections import deque
 from collections.abc import AsyncGenerator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 import anyio
 import httpx2
@@ -35,7 +35,7 @@ from mcp.shared.message import SessionMessage
 
 from mcpstore_proxy.compat import ReadStream, TransportStreams
 from mcpstore_proxy.config import UpstreamConfig
-from mcpstore_proxy.message_streams import MessageReadStream
+from mcpstore_proxy.spent_messages import ReleasingReadStream
 from mcpstore_proxy.stdio_pipes import RawAnswers, StdoutMessages, stdio_pipes
 
 __all__ = [
@@ -158,10 +158,11 @@ class AnswerTaker(RawAnswers, Protocol):
         ...
 
 
-class SessionReadStream(MessageReadStream):
+class SessionReadStream(ReleasingReadStream):
     """A transport's read stream as the upstream session reads it. Messages pass through unchanged, but for those
     `answers` takes; when the upstream's stream ends (a crash or exit, as against a close we asked for) `on_end` is
-    told and `has_ended` set; when it ends or is closed, `answers` is closed.
+    told and `has_ended` set; when it ends or is closed, `answers` is closed. Each message given out is emptied
+    once the next is asked for (see `ReleasingReadStream`).
 
     Wrapping rather than relaying adds no task or stream hop to the hot path.
     """
@@ -172,7 +173,7 @@ class SessionReadStream(MessageReadStream):
         on_end: Callable[[], None],
         answers: AnswerTaker | None = None,
     ) -> None:
-        self._inner = inner
+        super().__init__(inner)
         self._on_end = on_end
         self._answers = answers
         self._typed_answers = answers
@@ -182,22 +183,32 @@ class SessionReadStream(MessageReadStream):
             inner.offer_answers_to(answers)
             self._typed_answers = None
 
-    @property
-    def last_context(self) -> Any:
-        return getattr(self._inner, "last_context", None)
-
     async def receive(self) -> SessionMessage | Exception:
+        try:
+            return await self.__anext__()
+        except StopAsyncIteration:
+            raise anyio.EndOfStream from None
+
+    async def __anext__(self) -> SessionMessage | Exception:
+        # What the SDK's dispatcher awaits, for the session's whole life: one frame, not one per wrapper.
+        self._let_go()
         try:
             while True:
                 item = await self._inner.receive()
                 if self._typed_answers is None or not self._typed_answers.take(item):
-                    return item
-        except (anyio.EndOfStream, anyio.ClosedResourceError, anyio.BrokenResourceError):
-            self.has_ended = True
-            self._on_end()
-            if self._answers is not None:
-                self._answers.close()
+                    return self._given(item)
+        except anyio.EndOfStream:
+            self._ended()
+            raise StopAsyncIteration from None
+        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+            self._ended()
             raise
+
+    def _ended(self) -> None:
+        self.has_ended = True
+        self._on_end()
+        if self._answers is not None:
+            self._answers.close()
 
     async def aclose(self) -> None:
         if self._answers is not None:

@@ -48,7 +48,6 @@ from mcpstore_proxy.latch import Latch
 from mcpstore_proxy.logs import log_fields
 from mcpstore_proxy.operations import upstream_leg
 from mcpstore_proxy.relay import ClientCall, ListKind, SessionRelay
-from mcpstore_proxy.spent_messages import ReleasingReadStream
 from mcpstore_proxy.start_failures import start_error, start_failure, stderr_detail
 from mcpstore_proxy.transports import (
     SessionReadStream,
@@ -216,7 +215,7 @@ class UpstreamSession:
                 direct = DirectRequests(write_stream) if self.config.resolved_transport == "stdio" else None
                 observed = SessionReadStream(read_stream, self._stop.set, direct)
                 async with ClientSession(
-                    ReleasingReadStream(observed),
+                    observed,
                     write_stream,
                     message_handler=self.relay.on_message,
                     sampling_callback=self.relay.sampling if "sampling" in self.declared else None,

@@ -75,16 +75,16 @@ class Arrival:
     def __init__(self) -> None:
         self._waiter: asyncio.Future[None] | None = None
 
-    async def wait(self) -> None:
-        self._waiter = asyncio.get_running_loop().create_future()
-        try:
-            await self._waiter
-        finally:
-            self._waiter = None
+    def arrived(self) -> asyncio.Future[None]:
+        """What the waiting task awaits: done when more arrives. A future, not a coroutine: a reader idle for an
+        upstream session's whole life waits with no frame of this class's."""
+        self._waiter = waiter = asyncio.get_running_loop().create_future()
+        return waiter
 
     def wake(self) -> None:
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_result(None)
+        waiter, self._waiter = self._waiter, None
+        if waiter is not None and not waiter.done():  # a cancelled wait's is done
+            waiter.set_result(None)
 
 
 class ReadAhead:
@@ -173,7 +173,7 @@ class PipeReader(ByteReceiveStream, asyncio.Protocol):
                 raise anyio.ClosedResourceError
             if self._has_ended:
                 raise anyio.EndOfStream
-            await self._arrival.wait()
+            await self._arrival.arrived()
         chunk = self._chunks[0]
         if len(chunk) > max_bytes:
             self._chunks[0], chunk = chunk[max_bytes:], chunk[:max_bytes]

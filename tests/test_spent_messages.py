@@ -16,6 +16,7 @@ from mcp.shared.message import ServerMessageMetadata, SessionMessage
 
 from mcpstore_proxy.downstream import REQUEST_SCOPE
 from mcpstore_proxy.spent_messages import SPENT, ReleasingReadStream
+from mcpstore_proxy.transports import SessionReadStream
 from tests.raw_session import opened_session
 from tests.support import PROJECT_ROOT, wait_until
 
@@ -71,6 +72,27 @@ async def test_errors_pass_through_and_the_end_of_the_stream_ends_iteration() ->
             await send.send(_message(1))
         seen = [item if isinstance(item, Exception) else item.message async for item in stream]
     assert seen == [fault, _message(1).message]
+
+
+async def test_an_upstream_sessions_read_stream_empties_what_it_gave_out_and_tells_when_the_upstream_ended() -> None:
+    send, receive = create_context_streams[SessionMessage | Exception](4)
+    ended: list[bool] = []
+    first = _message(1)
+    async with SessionReadStream(receive, lambda: ended.append(True)) as stream:
+        async with send:
+            await send.send(first)
+            await send.send(_message(2))
+        assert await anext(stream) is first
+        assert first.message == _message(1).message
+        second = await stream.receive()
+        assert isinstance(second, SessionMessage)
+        assert second.message == _message(2).message
+        assert (first.message, first.metadata) == (SPENT, None)
+        assert not ended
+        with pytest.raises(StopAsyncIteration):
+            await anext(stream)
+    assert ended == [True]
+    assert stream.has_ended
 
 
 # Through the proxy: an idle session's loop holds no HTTP request.

@@ -134,7 +134,10 @@ async def _direct(answer: str) -> AsyncGenerator[tuple[DirectRequests, list[Sess
         async def read() -> None:
             with suppress(anyio.EndOfStream, anyio.ClosedResourceError):
                 while True:
-                    session_saw.append(await observed.receive())
+                    item = await observed.receive()
+                    # A copy: the stream empties the message it gave out when the next is asked for.
+                    kept = item if isinstance(item, Exception) else SessionMessage(item.message, item.metadata)
+                    session_saw.append(kept)
 
         tg.start_soon(read)
         yield direct, session_saw
