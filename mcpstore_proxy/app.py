@@ -42,6 +42,7 @@ from mcpstore_proxy.auth import Authenticator
 from mcpstore_proxy.compat import (
     carry_session_messages_on,
     frame_answers_by_first_event,
+    keep_connection_callbacks_in_lists,
     open_http_sessions,
     read_sessions_through,
     set_session_limit,
@@ -122,6 +123,7 @@ def create_app(engine: ProxyEngine) -> HttpFace:
     read_sessions_through(ReleasingReadStream)
     # Each session's two message channels are lean ones (see `lean_channels`).
     carry_session_messages_on(LeanContextStreams)
+    keep_connection_callbacks_in_lists()
     metrics = ProxyMetrics(
         engine,
         downstream_sessions=lambda: open_http_sessions(manager) + legacy.open,

@@ -14,13 +14,14 @@ import contextvars
 import sys
 from collections import deque
 from collections.abc import Awaitable, Callable, Generator
-from contextlib import contextmanager
+from contextlib import AsyncExitStack, contextmanager
 from functools import lru_cache
-from typing import Any, Final, Protocol, TextIO, cast
+from typing import Any, Final, Protocol, Self, TextIO, cast
 from urllib.parse import parse_qs
 from uuid import UUID
 
 import mcp.client.stdio
+import mcp.server.connection
 import mcp.server.runner
 import mcp.server.streamable_http
 import mcp.server.streamable_http_manager
@@ -54,6 +55,7 @@ from mcpstore_proxy.upstream_process import PipeWriter, start_process
 __all__ = [
     "EventSink",
     "LeanHttpToolsProtocol",
+    "ListExitStack",
     "MessageStream",
     "ReadStream",
     "SignalFreeServer",
@@ -64,6 +66,7 @@ __all__ = [
     "downstream_connection",
     "frame_answers_by_first_event",
     "http_session",
+    "keep_connection_callbacks_in_lists",
     "legacy_session",
     "legacy_session_named",
     "newest_legacy_session",
@@ -260,6 +263,30 @@ def carry_session_messages_on(streams: type[Any]) -> None:
             "this mcp SDK no longer makes a session's streams with _context_streams.create_context_streams"
         )
     setattr(module, "create_context_streams", streams)  # noqa: B010  # private; pinned by a test
+
+
+class ListExitStack(AsyncExitStack):
+    """An `AsyncExitStack` with its callbacks in a list, not the stdlib's `deque` (0.6 KiB, empty, for each
+    connection the SDK makes): the stack only appends to them, pops the last and tests them for truth."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._exit_callbacks: Any = []
+
+    def pop_all(self) -> Self:
+        moved = super().pop_all()
+        self._exit_callbacks = []
+        return moved
+
+
+def keep_connection_callbacks_in_lists() -> None:
+    """Have each of the SDK's downstream connections (`Connection.exit_stack`) made as a `ListExitStack`, by
+    rebinding the name its module looks up in `Connection.__init__`."""
+    module = mcp.server.connection
+    current = getattr(module, "AsyncExitStack", None)
+    if current is not AsyncExitStack and current is not ListExitStack:
+        raise RuntimeError("this mcp SDK no longer makes a connection's exit stack with contextlib.AsyncExitStack")
+    setattr(module, "AsyncExitStack", ListExitStack)  # noqa: B010  # private; pinned by a test
 
 
 def take_last_context(stream: object) -> contextvars.Context | None:

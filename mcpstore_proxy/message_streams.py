@@ -18,6 +18,8 @@ __all__ = ["MessageReadStream", "MessageWriteStream"]
 
 
 class _ClosedOnExit(ABC):
+    __slots__ = ()  # so that a subclass with slots of its own has no `__dict__`: one per idle session's stream
+
     @abstractmethod
     async def aclose(self) -> None: ...
 
@@ -32,6 +34,8 @@ class _ClosedOnExit(ABC):
 
 
 class MessageReadStream(_ClosedOnExit):
+    __slots__ = ()
+
     @abstractmethod
     async def receive(self) -> SessionMessage | Exception:
         """The next message, or an error to report; raises `anyio.EndOfStream` once there are no more."""
@@ -47,5 +51,7 @@ class MessageReadStream(_ClosedOnExit):
 
 
 class MessageWriteStream(_ClosedOnExit):
+    __slots__ = ()
+
     @abstractmethod
     async def send(self, item: SessionMessage, /) -> None: ...

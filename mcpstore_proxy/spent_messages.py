@@ -37,6 +37,8 @@ class ReleasingReadStream(MessageReadStream):
     """`inner`'s messages and its `last_context` unchanged, each message emptied (see the module docstring) once the
     next one is asked for."""
 
+    __slots__ = ("_inner", "_last", "last_context")
+
     def __init__(self, inner: MessageStream) -> None:
         self._inner = inner
         self._last: SessionMessage | None = None

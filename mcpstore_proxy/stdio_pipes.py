@@ -64,6 +64,18 @@ class StdoutMessages(MessageReadStream, asyncio.Protocol):
     answer is handed over.
     """
 
+    __slots__ = (
+        "_answers",
+        "_arrival",
+        "_has_ended",
+        "_is_closed",
+        "_next",
+        "_partial",
+        "_read_ahead",
+        "_stdout",
+        "_waiting",
+    )
+
     def __init__(self, stdout: ByteReceiveStream | None) -> None:
         self._stdout = stdout
         """Where `receive` reads chunks from; None once they are pushed (`connection_made`)."""
@@ -196,6 +208,8 @@ class StdoutMessages(MessageReadStream, asyncio.Protocol):
 
 class StdinMessages(MessageWriteStream):
     """Writes each message to an upstream's stdin as one line, in the sending task."""
+
+    __slots__ = ("_is_closed", "_stdin", "_writer")
 
     def __init__(self, stdin: ByteSendStream) -> None:
         self._stdin = stdin

@@ -167,6 +167,8 @@ class SessionReadStream(ReleasingReadStream):
     Wrapping rather than relaying adds no task or stream hop to the hot path.
     """
 
+    __slots__ = ("_answers", "_on_end", "_typed_answers", "has_ended")
+
     def __init__(
         self,
         inner: ReadStream[SessionMessage | Exception],

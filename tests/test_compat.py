@@ -12,9 +12,7 @@ import os
 import re
 import sys
 import typing
-from collections.abc import AsyncGenerator
-from contextlib import asynccontextmanager
-from typing import Any, TypeVar
+from typing import Any
 
 import anyio
 import httpx2
@@ -26,78 +24,32 @@ import mcp.shared._otel
 import mcp.shared.jsonrpc_dispatcher
 import pytest
 import sse_starlette
-import uvicorn
-from mcp import Client, StdioServerParameters, types
-from mcp.client.streamable_http import streamable_http_client
+from mcp import StdioServerParameters, types
 from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
 from mcp.server.auth.provider import AccessToken
 from mcp.server.connection import Connection
-from mcp.server.context import ServerRequestContext
-from mcp.server.lowlevel.server import Server
 from mcp.server.sse import SseServerTransport
 from mcp.server.streamable_http import EventMessage, StreamableHTTPServerTransport
-from mcp.server.streamable_http_manager import StreamableHTTPASGIApp, StreamableHTTPSessionManager
+from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 from mcp.shared._context_streams import create_context_streams
 from mcp.shared._stream_protocols import ReadStream, WriteStream
 from mcp.shared.message import SessionMessage
 from opentelemetry import trace
-from starlette.applications import Starlette
-from starlette.routing import Route
 from starlette.types import Message
 
 from mcpstore_proxy import compat
 from mcpstore_proxy.framing import FirstEventResponse
-from mcpstore_proxy.lean_channels import LeanContextStreams, LeanReceiveStream, LeanSendStream
 from mcpstore_proxy.spent_messages import ReleasingReadStream
-from tests.support import free_port, wait_until
+from tests.sdk_serving import handshake_client, listing_server, serving
+from tests.support import wait_until
 
 pytestmark = pytest.mark.anyio
-
-T = TypeVar("T")
-
-
-def _server(seen: list[Connection]) -> Server[Any]:
-    async def list_tools(ctx: ServerRequestContext[Any, Any], params: object) -> types.ListToolsResult:
-        seen.append(compat.downstream_connection(ctx))
-        return types.ListToolsResult(tools=[])
-
-    return Server("compat", on_list_tools=list_tools)
-
-
-@asynccontextmanager
-async def _serving(manager: StreamableHTTPSessionManager) -> AsyncGenerator[str]:
-    """The manager behind a real uvicorn on a loopback port, in this event loop."""
-    port = free_port()
-
-    @asynccontextmanager
-    async def lifespan(_: Starlette) -> AsyncGenerator[None]:
-        async with manager.run():
-            yield
-
-    app = Starlette(routes=[Route("/mcp", endpoint=StreamableHTTPASGIApp(manager))], lifespan=lifespan)
-    server = compat.SignalFreeServer(uvicorn.Config(app, port=port, log_level="warning", lifespan="on"))
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(server.serve)
-        await wait_until(lambda: server.started, what="uvicorn to start")
-        try:
-            yield f"http://127.0.0.1:{port}/mcp"
-        finally:
-            server.should_exit = True
-
-
-@asynccontextmanager
-async def _client(url: str) -> AsyncGenerator[Client]:
-    async with (
-        httpx2.AsyncClient() as http,
-        Client(streamable_http_client(url, http_client=http, terminate_on_close=False), mode="legacy") as client,
-    ):
-        yield client
 
 
 async def test_a_request_context_reaches_its_connection_and_the_connection_is_the_same_for_each_request() -> None:
     seen: list[Connection] = []
-    manager = StreamableHTTPSessionManager(app=_server(seen))
-    async with _serving(manager) as url, _client(url) as client:
+    manager = StreamableHTTPSessionManager(app=listing_server(seen))
+    async with serving(manager) as url, handshake_client(url) as client:
         await client.list_tools()
         await client.list_tools()
     assert len(seen) == 2
@@ -108,10 +60,10 @@ async def test_a_request_context_reaches_its_connection_and_the_connection_is_th
 
 
 async def test_the_manager_counts_its_open_sessions() -> None:
-    manager = StreamableHTTPSessionManager(app=_server([]))
-    async with _serving(manager) as url:
+    manager = StreamableHTTPSessionManager(app=listing_server([]))
+    async with serving(manager) as url:
         assert compat.open_http_sessions(manager) == 0
-        async with _client(url) as first, _client(url) as second:
+        async with handshake_client(url) as first, handshake_client(url) as second:
             await first.list_tools()
             await second.list_tools()
             assert compat.open_http_sessions(manager) == 2
@@ -119,9 +71,9 @@ async def test_the_manager_counts_its_open_sessions() -> None:
 
 async def test_terminating_the_managers_sessions_ends_them_and_unwinds_each_connection() -> None:
     seen: list[Connection] = []
-    manager = StreamableHTTPSessionManager(app=_server(seen))
+    manager = StreamableHTTPSessionManager(app=listing_server(seen))
     ended = anyio.Event()
-    async with _serving(manager) as url, httpx2.AsyncClient() as http:
+    async with serving(manager) as url, httpx2.AsyncClient() as http:
         # A raw session: the SDK client would re-open its event stream and raise once the session is gone.
         headers = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
         hello = {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}
@@ -152,12 +104,12 @@ def test_transport_streams_is_the_read_and_write_stream_pair_the_sdk_transports_
 
 
 async def test_the_managers_session_limit_can_be_changed_and_past_it_a_new_session_gets_503() -> None:
-    manager = StreamableHTTPSessionManager(app=_server([]), max_sessions=10)
+    manager = StreamableHTTPSessionManager(app=listing_server([]), max_sessions=10)
     compat.set_session_limit(manager, 1)
     hello = {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}
     initialize = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": hello}
     headers = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
-    async with _serving(manager) as url, httpx2.AsyncClient() as http:
+    async with serving(manager) as url, httpx2.AsyncClient() as http:
         assert (await http.post(url, json=initialize, headers=headers)).status_code == 200
         refused = await http.post(url, json=initialize, headers=headers)
         assert refused.status_code == 503
@@ -178,10 +130,10 @@ async def test_the_sdk_builds_each_post_answer_with_the_event_source_response_na
     # Start from the SDK's own binding (an earlier test may have installed ours); restored after the test.
     monkeypatch.setattr(mcp.server.streamable_http, "EventSourceResponse", sse_starlette.EventSourceResponse)
     compat.frame_answers_by_first_event(Recording)
-    manager = StreamableHTTPSessionManager(app=_server([]))
+    manager = StreamableHTTPSessionManager(app=listing_server([]))
     headers = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
     hello = {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}
-    async with _serving(manager) as url, httpx2.AsyncClient() as http:
+    async with serving(manager) as url, httpx2.AsyncClient() as http:
         opened = await http.post(
             url, json={"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": hello}, headers=headers
         )
@@ -200,10 +152,10 @@ async def _open_raw_session(http: httpx2.AsyncClient, url: str) -> str:
 
 
 async def test_a_session_is_found_by_its_id_only_for_the_principal_that_opened_it_and_only_while_it_lives() -> None:
-    manager = StreamableHTTPSessionManager(app=_server([]))
+    manager = StreamableHTTPSessionManager(app=listing_server([]))
     anonymous: dict[str, Any] = {"type": "http"}
     someone = {"type": "http", "user": AuthenticatedUser(AccessToken(token="t", client_id="someone", scopes=[]))}
-    async with _serving(manager) as url, httpx2.AsyncClient() as http:
+    async with serving(manager) as url, httpx2.AsyncClient() as http:
         session_id = await _open_raw_session(http, url)
         transport = compat.http_session(manager, session_id, anonymous)
         assert isinstance(transport, StreamableHTTPServerTransport)
@@ -233,8 +185,8 @@ class _Sink:
 
 async def test_a_standing_stream_is_put_where_the_sdk_routes_messages_outside_requests_one_per_session() -> None:
     assert "GET_STREAM_KEY" in inspect.getsource(StreamableHTTPServerTransport.connect)  # where the router sends them
-    manager = StreamableHTTPSessionManager(app=_server([]))
-    async with _serving(manager) as url, httpx2.AsyncClient() as http:
+    manager = StreamableHTTPSessionManager(app=listing_server([]))
+    async with serving(manager) as url, httpx2.AsyncClient() as http:
         session_id = await _open_raw_session(http, url)
         transport = compat.http_session(manager, session_id, {"type": "http"})
         assert transport is not None
@@ -290,39 +242,10 @@ async def test_the_manager_drives_each_session_on_the_read_stream_we_wrap(monkey
     monkeypatch.setattr(mcp.server.streamable_http_manager, "serve_loop", mcp.server.runner.serve_loop)
     compat.read_sessions_through(wrap)
     compat.read_sessions_through(wrap)  # again: still one wrapping per session, not two
-    manager = StreamableHTTPSessionManager(app=_server([]))
-    async with _serving(manager) as url, _client(url) as client:
+    manager = StreamableHTTPSessionManager(app=listing_server([]))
+    async with serving(manager) as url, handshake_client(url) as client:
         assert (await client.list_tools()).tools == []
     assert len(wrapped) == 1
-
-
-async def test_each_session_of_the_sdks_transport_carries_its_messages_on_the_channels_we_make(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    made: list[tuple[object, object]] = []
-
-    class Counted(LeanContextStreams[T]):
-        def __new__(cls, max_buffer_size: float = 0) -> tuple[LeanSendStream[T], LeanReceiveStream[T]]:
-            made.append(LeanContextStreams[T](max_buffer_size))
-            return made[-1]  # pyright: ignore[reportReturnType]
-
-    # Start from the SDK's own binding (an earlier test may have installed ours); restored after the test.
-    monkeypatch.setattr(mcp.server.streamable_http, "create_context_streams", create_context_streams)
-    compat.carry_session_messages_on(Counted)
-    compat.carry_session_messages_on(Counted)  # again: harmless
-    manager = StreamableHTTPSessionManager(app=_server([]))
-    async with _serving(manager) as url, _client(url) as client:
-        assert (await client.list_tools()).tools == []
-    assert len(made) == 2  # messages in, messages out
-    assert all(isinstance(receive, LeanReceiveStream) for _, receive in made)
-
-
-def test_a_transport_that_no_longer_makes_its_streams_with_create_context_streams_is_refused(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setattr(mcp.server.streamable_http, "create_context_streams", lambda size=0: (None, None))
-    with pytest.raises(RuntimeError, match="create_context_streams"):
-        compat.carry_session_messages_on(LeanContextStreams)
 
 
 def test_a_manager_that_no_longer_drives_its_sessions_with_serve_loop_is_refused(
@@ -351,15 +274,6 @@ async def test_the_context_a_message_came_in_is_taken_out_of_the_sdks_context_st
         assert isinstance(taken, contextvars.Context)
         assert receive.last_context is None
     assert compat.take_last_context(object()) is None
-
-
-async def test_the_context_a_message_came_in_is_taken_out_of_a_lean_channel_too() -> None:
-    send, receive = LeanContextStreams[int](1)
-    async with send, receive:
-        await send.send(1)
-        assert await receive.receive() == 1
-        assert isinstance(compat.take_last_context(receive), contextvars.Context)
-        assert receive.last_context is None
 
 
 async def test_a_stdio_server_is_spawned_as_stdio_client_spawns_it_leading_a_process_group_of_its_own() -> None:
