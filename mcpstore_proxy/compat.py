@@ -20,9 +20,12 @@ from typing import Any, Final, Protocol, Self, TextIO, cast
 from urllib.parse import parse_qs
 from uuid import UUID
 
+import mcp.client.sse
 import mcp.client.stdio
+import mcp.client.streamable_http
 import mcp.server.connection
 import mcp.server.runner
+import mcp.server.sse
 import mcp.server.streamable_http
 import mcp.server.streamable_http_manager
 import mcp.shared._otel
@@ -253,16 +256,26 @@ def read_sessions_through(wrap: Callable[[MessageStream], MessageStream]) -> Non
     setattr(module, "serve_loop", serve_loop)  # noqa: B010  # private; pinned by a test
 
 
+_SESSION_CHANNEL_MAKERS: Final = (
+    mcp.server.streamable_http,
+    mcp.server.sse,
+    mcp.client.streamable_http,
+    mcp.client.sse,
+)
+"""The SDK's modules that make a session's message channels with `create_context_streams`: both server transports
+(each downstream session's) and both HTTP client transports (each HTTP upstream session's)."""
+
+
 def carry_session_messages_on(streams: type[Any]) -> None:
-    """Have the SDK's Streamable HTTP transport make each session's two message channels with `streams` (called as
-    `create_context_streams[T](max_buffer_size)` is) by rebinding the name its module looks up in `connect`."""
-    module = mcp.server.streamable_http
-    current = getattr(module, "create_context_streams", None)
-    if current is not create_context_streams and current is not streams:
-        raise RuntimeError(
-            "this mcp SDK no longer makes a session's streams with _context_streams.create_context_streams"
-        )
-    setattr(module, "create_context_streams", streams)  # noqa: B010  # private; pinned by a test
+    """Have the SDK's transports make each session's message channels with `streams` (called as
+    `create_context_streams[T](max_buffer_size)` is), by rebinding the name each of their modules looks up when a
+    session opens."""
+    for module in _SESSION_CHANNEL_MAKERS:
+        current = getattr(module, "create_context_streams", None)
+        if current is not create_context_streams and current is not streams:
+            raise RuntimeError(f"{module.__name__} no longer makes its sessions' streams with create_context_streams")
+    for module in _SESSION_CHANNEL_MAKERS:
+        setattr(module, "create_context_streams", streams)  # noqa: B010  # private; pinned by a test
 
 
 class ListExitStack(AsyncExitStack):

@@ -9,7 +9,10 @@ import re
 from contextlib import AsyncExitStack
 from typing import TypeVar
 
+import mcp.client.sse
+import mcp.client.streamable_http
 import mcp.server.connection
+import mcp.server.sse
 import mcp.server.streamable_http
 import pytest
 from mcp.server.connection import Connection
@@ -35,21 +38,38 @@ async def test_each_session_of_the_sdks_transport_carries_its_messages_on_the_ch
             made.append(LeanContextStreams[T](max_buffer_size))
             return made[-1]  # pyright: ignore[reportReturnType]
 
-    # Start from the SDK's own binding (an earlier test may have installed ours); restored after the test.
-    monkeypatch.setattr(mcp.server.streamable_http, "create_context_streams", create_context_streams)
+    _sdks_own_channels(monkeypatch)
     compat.carry_session_messages_on(Counted)
     compat.carry_session_messages_on(Counted)  # again: harmless
     manager = StreamableHTTPSessionManager(app=listing_server([]))
     async with serving(manager) as url, handshake_client(url) as client:
         assert (await client.list_tools()).tools == []
-    assert len(made) == 2  # messages in, messages out
+    assert len(made) == 4  # messages in and out, of the server's session and of the client's
     assert all(isinstance(receive, LeanReceiveStream) for _, receive in made)
+
+
+def test_every_sdk_transport_the_proxy_opens_sessions_with_makes_them_where_the_name_is_rebound() -> None:
+    sources = {
+        "server, Streamable HTTP": inspect.getsource(mcp.server.streamable_http.StreamableHTTPServerTransport.connect),
+        "server, legacy SSE": inspect.getsource(mcp.server.sse.SseServerTransport.connect_sse),
+        "client, Streamable HTTP": inspect.getsource(mcp.client.streamable_http.streamable_http_client),
+        "client, legacy SSE": inspect.getsource(mcp.client.sse.sse_client),
+    }
+    for transport, source in sources.items():
+        assert source.count("= create_context_streams[") == 2, transport
+
+
+def _sdks_own_channels(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Start from the SDK's own bindings (an earlier test may have installed ours); restored after the test."""
+    for module in (mcp.server.streamable_http, mcp.server.sse, mcp.client.streamable_http, mcp.client.sse):
+        monkeypatch.setattr(module, "create_context_streams", create_context_streams)
 
 
 def test_a_transport_that_no_longer_makes_its_streams_with_create_context_streams_is_refused(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(mcp.server.streamable_http, "create_context_streams", lambda size=0: (None, None))
+    _sdks_own_channels(monkeypatch)
+    monkeypatch.setattr(mcp.client.sse, "create_context_streams", lambda size=0: (None, None))
     with pytest.raises(RuntimeError, match="create_context_streams"):
         compat.carry_session_messages_on(LeanContextStreams)
 
