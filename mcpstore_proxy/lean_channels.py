@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-from typing import Any, Final, Generic, TypeVar
+from typing import Any, Final, Generic, Self, TypeVar
 
 import anyio
 
@@ -91,14 +91,33 @@ class _Channel:
                 sender.set_result(why)
 
 
-class LeanSendStream(Generic[T]):
-    """The sending end: `send`, `close`/`aclose`, and use as an async context manager (closed on exit)."""
+class _End:
+    """What both ends have: their channel, whether they are closed, and `aclose` and use as an async context manager
+    (closed on exit) over their own `close`."""
 
     __slots__ = ("_channel", "_closed")
 
     def __init__(self, channel: _Channel) -> None:
         self._channel = channel
         self._closed = False
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    async def aclose(self) -> None:
+        self.close()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        self.close()
+
+
+class LeanSendStream(_End, Generic[T]):
+    """The sending end: `send`, `close`/`aclose`, and use as an async context manager (closed on exit)."""
+
+    __slots__ = ()
 
     async def send(self, item: T) -> None:
         await asyncio.sleep(0)  # a checkpoint, as anyio's
@@ -138,25 +157,15 @@ class LeanSendStream(Generic[T]):
             channel.wake_senders(_WITHDRAWN)
             channel.wake_receivers()
 
-    async def aclose(self) -> None:
-        self.close()
 
-    async def __aenter__(self) -> LeanSendStream[T]:
-        return self
-
-    async def __aexit__(self, *_: object) -> None:
-        self.close()
-
-
-class LeanReceiveStream(Generic[T]):
+class LeanReceiveStream(_End, Generic[T]):
     """The receiving end: `receive`, async iteration, `last_context` (the context the last message was sent in),
     `close`/`aclose`, and use as an async context manager (closed on exit)."""
 
-    __slots__ = ("_channel", "_closed", "last_context")
+    __slots__ = ("last_context",)
 
     def __init__(self, channel: _Channel) -> None:
-        self._channel = channel
-        self._closed = False
+        super().__init__(channel)
         self.last_context: contextvars.Context | None = None
 
     async def receive(self) -> T:
@@ -237,15 +246,6 @@ class LeanReceiveStream(Generic[T]):
             channel.buffer = None
             channel.wake_senders(_BROKEN)
             channel.wake_receivers()
-
-    async def aclose(self) -> None:
-        self.close()
-
-    async def __aenter__(self) -> LeanReceiveStream[T]:
-        return self
-
-    async def __aexit__(self, *_: object) -> None:
-        self.close()
 
 
 class LeanContextStreams(Generic[T]):
