@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import tracemalloc
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
@@ -27,6 +27,21 @@ _MAKERS: dict[str, Streams] = {
 }
 _STREAM_FILES = ("mcpstore_proxy/lean_channels.py", "mcp/shared/_context_streams.py", "anyio/streams/memory.py")
 _SENDER = contextvars.ContextVar[str]("sender", default="none")
+
+
+async def _cancelled_once_blocked(operation: Callable[..., Awaitable[object]], *args: object) -> bool:
+    """Start `operation` in a task, cancel it once every task is blocked; whether it was still blocked then."""
+    scope = anyio.CancelScope()
+
+    async def run() -> None:
+        with scope:
+            await operation(*args)
+
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(run)
+        await anyio.wait_all_tasks_blocked()
+        scope.cancel()
+    return scope.cancelled_caught
 
 
 @pytest.fixture(params=sorted(_MAKERS))
@@ -72,9 +87,8 @@ async def test_a_buffer_takes_as_many_messages_as_it_holds_without_a_receiver(st
     async with send, receive:
         await send.send(1)
         await send.send(2)
-        with anyio.move_on_after(0.05) as waited:
-            await send.send(3)  # full: waits for a receiver there will not be
-        assert waited.cancelled_caught
+        blocked = await _cancelled_once_blocked(send.send, 3)  # full: waits for a receiver there will not be
+        assert blocked
         assert [await receive.receive(), await receive.receive()] == [1, 2]
 
 
@@ -155,8 +169,7 @@ async def test_a_receiver_blocked_when_its_own_end_closes_says_it_is_closed(stre
 async def test_a_cancelled_send_withdraws_its_message(streams: Streams) -> None:
     send, receive = streams(0)
     async with send, receive:
-        with anyio.move_on_after(0.01):
-            await send.send(1)
+        assert await _cancelled_once_blocked(send.send, 1)
         async with anyio.create_task_group() as tasks:
             tasks.start_soon(send.send, 2)
             assert await receive.receive() == 2
@@ -165,8 +178,7 @@ async def test_a_cancelled_send_withdraws_its_message(streams: Streams) -> None:
 async def test_a_cancelled_receive_leaves_the_next_message_to_the_next_receiver(streams: Streams) -> None:
     send, receive = streams(0)
     async with send, receive:
-        with anyio.move_on_after(0.01):
-            await receive.receive()
+        assert await _cancelled_once_blocked(receive.receive)
         async with anyio.create_task_group() as tasks:
             tasks.start_soon(send.send, 3)
             assert await receive.receive() == 3
@@ -181,7 +193,8 @@ async def test_a_message_given_to_a_receiver_cancelled_before_it_resumed_is_not_
         receiving.cancel()  # ...which is cancelled before it runs again
         with pytest.raises(asyncio.CancelledError):
             await receiving
-        assert await receive.receive() == 4
+        with anyio.fail_after(5):  # lost, it would never come
+            assert await receive.receive() == 4
 
 
 def test_a_pair_is_typed_by_subscript_and_its_ends_are_the_lean_ones() -> None:
