@@ -18,7 +18,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
-from mcpstore_proxy.compat import respond_at_once
+from mcpstore_proxy.compat_uvicorn import respond_at_once
 from mcpstore_proxy.json_bytes import to_json
 from mcpstore_proxy.request_headers import CHECKED_HEADERS, LAST_EVENT_ID, PROTOCOL_VERSION, SESSION_ID, request_headers
 

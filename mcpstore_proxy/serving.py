@@ -31,7 +31,7 @@ import uvicorn
 
 from mcpstore_proxy.app import create_app
 from mcpstore_proxy.clock import SYSTEM_CLOCK, Clock
-from mcpstore_proxy.compat import LeanHttpToolsProtocol, SignalFreeServer, TrimmedFieldValues
+from mcpstore_proxy.compat_uvicorn import LeanHttpToolsProtocol, SignalFreeServer, TrimmedFieldValues
 from mcpstore_proxy.config import ProxySettings
 from mcpstore_proxy.engine import ProxyEngine
 from mcpstore_proxy.errors import ConfigError, ProxyError

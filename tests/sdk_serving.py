@@ -20,6 +20,7 @@ from starlette.applications import Starlette
 from starlette.routing import Route
 
 from mcpstore_proxy import compat
+from mcpstore_proxy.compat_uvicorn import SignalFreeServer
 from tests.support import free_port, wait_until
 
 
@@ -42,7 +43,7 @@ async def serving(manager: StreamableHTTPSessionManager) -> AsyncGenerator[str]:
             yield
 
     app = Starlette(routes=[Route("/mcp", endpoint=StreamableHTTPASGIApp(manager))], lifespan=lifespan)
-    server = compat.SignalFreeServer(uvicorn.Config(app, port=port, log_level="warning", lifespan="on"))
+    server = SignalFreeServer(uvicorn.Config(app, port=port, log_level="warning", lifespan="on"))
     async with anyio.create_task_group() as tg:
         tg.start_soon(server.serve)
         await wait_until(lambda: server.started, what="uvicorn to start")

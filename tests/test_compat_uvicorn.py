@@ -1,4 +1,4 @@
-"""One test per assumption that `mcpstore_proxy.compat` makes about the private parts of uvicorn (those about
+"""One test per assumption that `mcpstore_proxy.compat_uvicorn` makes about the private parts of uvicorn (those about
 `mcp` are in `test_compat`): its signal handling, its header values, and its response cycles' writes.
 
 If an upgrade breaks one, it fails here, by name, rather than somewhere deep in a proxied call.
@@ -20,7 +20,7 @@ from starlette.applications import Starlette
 from starlette.types import Message, Receive, Scope, Send
 from uvicorn.protocols.http import httptools_impl
 
-from mcpstore_proxy import compat
+from mcpstore_proxy import compat_uvicorn
 from tests.support import free_port, wait_until
 
 pytestmark = pytest.mark.anyio
@@ -31,7 +31,7 @@ def test_uvicorn_takes_its_signal_handlers_in_capture_signals_and_the_override_t
     config = uvicorn.Config(Starlette(), port=free_port(), log_level="warning")
     with uvicorn.Server(config).capture_signals():
         assert signal.getsignal(signal.SIGTERM) != before  # the assumption: this is where uvicorn takes SIGTERM
-    with compat.SignalFreeServer(config).capture_signals():
+    with compat_uvicorn.SignalFreeServer(config).capture_signals():
         assert signal.getsignal(signal.SIGTERM) == before
 
 
@@ -43,7 +43,7 @@ async def _connected(
     port; the server is put in `served`, for a test to see its connections."""
     port = free_port()
     config = uvicorn.Config(app, port=port, http=protocol, interface="asgi3", log_level="warning", lifespan="off")
-    server = compat.SignalFreeServer(config)
+    server = compat_uvicorn.SignalFreeServer(config)
     if served is not None:
         served.append(server)
     async with anyio.create_task_group() as tg:
@@ -68,7 +68,7 @@ async def test_uvicorns_httptools_protocol_keeps_whitespace_after_a_header_value
             await send({"type": "http.response.start", "status": 204, "headers": []})
             await send({"type": "http.response.body", "body": b""})
 
-    async with _connected(compat.TrimmedFieldValues(app) if trimmed else app) as stream:
+    async with _connected(compat_uvicorn.TrimmedFieldValues(app) if trimmed else app) as stream:
         await stream.send(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nMcp-Name:   echo \t\r\nConnection: close\r\n\r\n")
         while await stream.receive():
             if seen:
@@ -117,7 +117,8 @@ async def test_a_whole_response_goes_through_uvicorns_transport_in_one_write_and
         writes.append(recorded.writes)
         body = scope["path"].encode() * 3
         start = {"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"%d" % len(body))]}
-        await compat.respond_at_once(send, start, {"type": "http.response.body", "body": body, "more_body": False})
+        whole = {"type": "http.response.body", "body": body, "more_body": False}
+        await compat_uvicorn.respond_at_once(send, start, whole)
 
     async with _connected(app, protocol) as stream:
         await stream.send(b"GET /one HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
@@ -140,7 +141,7 @@ async def test_a_whole_response_reaches_a_send_that_is_not_uvicorns_as_its_two_m
 
     start: Message = {"type": "http.response.start", "status": 200, "headers": []}
     body: Message = {"type": "http.response.body", "body": b"{}", "more_body": False}
-    await compat.respond_at_once(send, start, body)
+    await compat_uvicorn.respond_at_once(send, start, body)
     assert sent == [start, body]
 
 
@@ -153,11 +154,11 @@ async def _path_echo(scope: Scope, receive: Receive, send: Send) -> None:
 
 async def test_the_lean_protocol_answers_pipelined_requests_in_order_and_queues_nothing_until_one_is() -> None:
     served: list[uvicorn.Server] = []
-    async with _connected(_path_echo, compat.LeanHttpToolsProtocol, served) as stream:
+    async with _connected(_path_echo, compat_uvicorn.LeanHttpToolsProtocol, served) as stream:
         await stream.send(b"GET /alone HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
         assert (await _answered(stream, b"/alone")).startswith(b"HTTP/1.1 200")
         (connection,) = served[0].server_state.connections
-        assert isinstance(connection, compat.LeanHttpToolsProtocol)
+        assert isinstance(connection, compat_uvicorn.LeanHttpToolsProtocol)
         assert getattr(connection.pipeline, "_queue") is None  # noqa: B009  # no deque made for this connection
         requests = b"".join(b"GET /%d HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n" % number for number in range(1, 4))
         await stream.send(requests)  # three at once: pipelined
