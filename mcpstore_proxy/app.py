@@ -121,7 +121,8 @@ def create_app(engine: ProxyEngine) -> HttpFace:
     frame_answers_by_first_event(FirstEventResponse)
     # Each session's loop lets go of the last message it read, and the HTTP request that carried it.
     read_sessions_through(ReleasingReadStream)
-    # Each session's two message channels are lean ones (see `lean_channels`).
+    # Each session's two message channels are lean ones (see `lean_channels`), and so is each connection's
+    # exit stack (its callbacks in a list).
     carry_session_messages_on(LeanContextStreams)
     keep_connection_callbacks_in_lists()
     metrics = ProxyMetrics(

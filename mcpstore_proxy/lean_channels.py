@@ -1,18 +1,18 @@
 """A session's in-memory message channels, as the SDK's context streams behave, in a sixth of the memory.
 
-Each Streamable HTTP session of the SDK's has two channels between its transport and its dispatcher (messages in,
-messages out), made by `mcp.shared._context_streams.create_context_streams`: anyio memory object streams, which
-carry each message with the context it was sent in. An idle session has a task blocked receiving on each. anyio
-spends about 1.3 KiB making a pair (its shared state and both ends are dataclasses, each with a dict) and about
-2 KiB on each blocked receiver (an anyio `Event` wrapping an asyncio one, a set of waiters, an item holder, an
-ordered dict entry): 8 KiB of the 60 KiB of Python objects an idle session holds. Here a pair is three slotted
-objects, and a blocked receiver one future.
+Each session the SDK's transports serve or open (Streamable HTTP and legacy SSE, server and client) has two channels
+between its transport and its dispatcher (messages in, messages out), made by
+`mcp.shared._context_streams.create_context_streams`: anyio memory object streams, which carry each message with the
+context it was sent in. An idle session has a task blocked receiving on each. anyio spends about 1.3 KiB making a
+pair (its shared state and both ends are dataclasses, each with a dict) and about 2 KiB on each blocked receiver (an
+anyio `Event` wrapping an asyncio one, a set of waiters, an item holder, an ordered dict entry): 8 KiB of the 60 KiB
+of Python objects an idle session holds. Here a pair is three slotted objects, and a blocked receiver one future.
 
 The behaviour is the SDK's: each message travels with `contextvars.copy_context()` taken at `send` (the receive end
 exposes it as `last_context`), a send waits until a receiver takes the message (or the buffer has room), and closing
 either end is seen by the other as anyio's streams report it (`EndOfStream`, `BrokenResourceError`; a closed end's
 own use is `ClosedResourceError`). A message taken by a receiver whose task is cancelled before it resumes is put
-back at the front, not lost. `compat.carry_session_messages_on` has the SDK's Streamable HTTP transport make these.
+back at the front, not lost. `compat.carry_session_messages_on` has the SDK's transports make these.
 """
 
 from __future__ import annotations
