@@ -215,6 +215,21 @@ def _inject_if_traced(meta: dict[str, Any]) -> None:
         _SDK_INJECT(meta)
 
 
+def is_tracing() -> bool:
+    """Whether a tracer provider is set (`tracing: true`), so that the SDK's client spans would be recorded."""
+    return not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
+
+
+def with_trace_context(params: dict[str, Any] | None) -> dict[str, Any] | None:
+    """`params` carrying the current trace context in `_meta`, as the SDK's client passes it on (a copy; `params`
+    itself when there is none to pass on)."""
+    if not trace.get_current_span().get_span_context().is_valid:
+        return params
+    meta: dict[str, Any] = dict(params.get("_meta") or {}) if params else {}
+    _SDK_INJECT(meta)
+    return {**(params or {}), "_meta": meta}
+
+
 def spans_only_when_traced() -> None:
     """The SDK's JSON-RPC dispatcher opens an OpenTelemetry span and injects a trace context for every request it
     sends (`otel_span`, `inject_trace_context`), recording or not: about 4% of the proxy's CPU per forwarded call

@@ -1,16 +1,20 @@
-"""Requests the proxy sends to an upstream itself, on the streams its SDK `ClientSession` runs on.
+"""Requests the proxy sends to an upstream itself, on the streams its session's client runs on.
 
 A forwarded call needs none of what the SDK's client adds to a request: a
 typed result validated against the protocol, a span, a clock, a memory stream
 per request. `DirectRequests` writes the request to the session's write stream
 under an id of its own and takes the answer off the read stream
-(`transports.SessionReadStream` hands it over) before the `ClientSession` sees
+(`transports.SessionReadStream` hands it over) before the session's client sees
 it, so the result reaches the caller exactly as the upstream sent it. Its ids
 are strings, `mcpstore-1`, `mcpstore-2`, ...: the SDK's client numbers its own
 requests, so the two never meet, and every MCP server must take string ids,
 while a numeric id past 32 bits could break a server that keeps them narrower. Everything else
 on the stream (log entries, sampling, list changes, answers to the SDK's own
-requests) still goes to the `ClientSession`, in order.
+requests) still goes to the session's client, in order.
+
+The proxy's own client (`upstream_client.LeanClient`) sends everything through it: its requests (with a
+progress token, its id, when the caller wants progress reports, which `progress_of` finds), its notifications and
+its answers to the upstream's requests.
 
 Each request has a deadline (the upstream's `call_timeout_seconds`); a request
 past it fails with `TimeoutError`. The deadlines are kept by the event loop's
@@ -32,6 +36,7 @@ from typing import Any, Final, TypeGuard, cast
 
 import anyio
 from mcp import MCPError, types
+from mcp.shared.dispatcher import ProgressFnT
 from mcp.shared.message import SessionMessage
 
 from mcpstore_proxy.compat import WriteStream
@@ -65,9 +70,14 @@ class DirectRequests:
         self._deadlines: Deadlines | None = None
         """Its event loop's timer for deadlines (found at the first request)."""
         self._is_closed = False
+        self._progress: dict[str, ProgressFnT] | None = None
+        """The requests waiting that asked for progress reports, by id (their progress token)."""
 
-    async def request(self, method: str, params: dict[str, Any] | None, *, timeout: float) -> dict[str, Any]:
-        """Send one request and return its result as the upstream sent it.
+    async def request(
+        self, method: str, params: dict[str, Any] | None, *, timeout: float, on_progress: ProgressFnT | None = None
+    ) -> dict[str, Any]:
+        """Send one request and return its result as the upstream sent it; with `on_progress`, ask for progress
+        reports under its id, which whoever reads the session's notifications gives it (`progress_of`).
 
         Raises:
             MCPError: the upstream's error answer, or `CONNECTION_CLOSED` when the session ended first.
@@ -85,6 +95,11 @@ class DirectRequests:
         deadline = loop.time() + timeout
         self._waiting[request_id] = (waiting, deadline)
         deadlines.watch(self, deadline)
+        if on_progress is not None:
+            params = _with_progress_token(params, request_id)
+            if self._progress is None:
+                self._progress = {}
+            self._progress[request_id] = on_progress
         try:
             try:
                 sending = self._sent(request_id, method, params, deadline)
@@ -100,6 +115,10 @@ class DirectRequests:
                 raise
         finally:
             self._waiting.pop(request_id, None)
+            if on_progress is not None and self._progress is not None:
+                self._progress.pop(request_id, None)
+                if not self._progress:
+                    self._progress = None
             if waiting.done() and not waiting.cancelled():
                 waiting.exception()  # retrieved: the deadline may have passed while the request was being sent
         return _result_of(answer)
@@ -115,6 +134,38 @@ class DirectRequests:
             elif deadline < earliest:
                 earliest = deadline
         return earliest
+
+    def progress_of(self, token: object) -> ProgressFnT | None:
+        """Where the progress reported under `token` goes: the request waiting under that id that asked for it."""
+        return self._progress.get(token) if self._progress is not None and type(token) is str else None
+
+    async def notify(self, method: str, params: dict[str, Any] | None) -> None:
+        """Send a notification (dropped, as the SDK's client drops it, once the session is gone)."""
+        notification: dict[str, Any] = {"jsonrpc": "2.0", "method": method}
+        if params is not None:
+            notification["params"] = params
+        with suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
+            await self._written(notification)
+
+    async def answer(
+        self, request_id: types.RequestId, *, result: dict[str, Any] | None = None, error: types.ErrorData | None = None
+    ) -> None:
+        """Answer a request the upstream sent (dropped once the session is gone: nobody is left to read it)."""
+        answer: dict[str, Any] = {"jsonrpc": "2.0", "id": request_id}
+        if error is not None:
+            answer["error"] = error.model_dump(by_alias=True, mode="json", exclude_none=True)
+        else:
+            answer["result"] = result if result is not None else {}
+        with suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
+            await self._written(answer)
+
+    async def _written(self, message: dict[str, Any]) -> None:
+        if self._stdin is not None:
+            sending = self._stdin.send_json(message)
+            if sending is not None:
+                await sending
+        else:
+            await self._write_stream.send(SessionMessage(types.jsonrpc_message_adapter.validate_python(message)))
 
     def _sent(
         self, request_id: str, method: str, params: dict[str, Any] | None, deadline: float
@@ -177,6 +228,14 @@ class DirectRequests:
         )
         with suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):  # if gone, its work went with it
             await self._write_stream.send(SessionMessage(notice))
+
+
+def _with_progress_token(params: dict[str, Any] | None, token: str) -> dict[str, Any]:
+    """`params` asking for progress reports under `token` (a copy: the caller's are left as they were)."""
+    meta: object = params.get("_meta") if params else None
+    merged: dict[str, Any] = {**cast(dict[str, Any], meta)} if isinstance(meta, dict) else {}
+    merged["progressToken"] = token
+    return {**(params or {}), "_meta": merged}
 
 
 def _is_ours(request_id: object) -> TypeGuard[str]:

@@ -14,7 +14,7 @@ to the owning connection's own stream. A shared upstream's single session is
 used by every client: whoever has a call in flight on it is asked, else
 whoever called last.
 
-Ordering: the SDK hands each upstream notification to its own task. A call
+Ordering: the session's client hands each upstream notification to its own task. A call
 whose result arrives right after a notification waits (briefly) until every
 forward that started before it has been delivered, so a client sees a call's
 log entries and progress before its result.
@@ -136,7 +136,7 @@ class SessionRelay:
         return forward
 
     async def sampling(
-        self, context: ClientRequestContext, params: types.CreateMessageRequestParams
+        self, context: ClientRequestContext | None, params: types.CreateMessageRequestParams
     ) -> types.CreateMessageResult | types.CreateMessageResultWithTools | types.ErrorData:
         result_type = (
             types.CreateMessageResultWithTools if params.tools or params.tool_choice else types.CreateMessageResult
@@ -144,12 +144,25 @@ class SessionRelay:
         return await self._ask(types.CreateMessageRequest(params=params), result_type, "sampling")
 
     async def elicitation(
-        self, context: ClientRequestContext, params: types.ElicitRequestParams
+        self, context: ClientRequestContext | None, params: types.ElicitRequestParams
     ) -> types.ElicitResult | types.ErrorData:
         return await self._ask(types.ElicitRequest(params=params), types.ElicitResult, "elicitation")
 
-    async def list_roots(self, context: ClientRequestContext) -> types.ListRootsResult | types.ErrorData:
+    async def list_roots(self, context: ClientRequestContext | None) -> types.ListRootsResult | types.ErrorData:
         return await self._ask(types.ListRootsRequest(), types.ListRootsResult, "roots")
+
+    async def answer(
+        self, question: types.CreateMessageRequest | types.ElicitRequest | types.ListRootsRequest
+    ) -> types.ClientResult | types.ErrorData:
+        """The client's answer to an upstream's question (the proxy's own client's way in; the SDK's client calls
+        the three callbacks above)."""
+        match question:
+            case types.CreateMessageRequest(params=params):
+                return await self.sampling(None, params)
+            case types.ElicitRequest(params=params):
+                return await self.elicitation(None, params)
+            case types.ListRootsRequest():
+                return await self.list_roots(None)
 
     async def on_message(self, message: IncomingMessage) -> None:
         """The upstream's notifications (the ClientSession's `message_handler`)."""

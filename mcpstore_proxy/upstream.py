@@ -1,10 +1,12 @@
 """One live MCP session with one upstream server, owned by one task.
 
-The SDK's transports and `ClientSession` hold task groups, so the task that
-enters them must be the task that exits them. `UpstreamSession.run` is that
-owner: it connects, performs the 2025-11-25 handshake, publishes the ready
-`ClientSession`, and then waits until it is asked to close or the upstream
-goes away. Any other task may issue requests on the ready session at once.
+The SDK's transports and clients hold task groups, so the task that enters
+them must be the task that exits them. `UpstreamSession.run` is that owner:
+it connects, performs the 2025-11-25 handshake, publishes the ready client,
+and then waits until it is asked to close or the upstream goes away. Any other
+task may issue requests on the ready session at once. The client is the
+proxy's own (`upstream_client.LeanClient`) for an upstream over stdio (or in
+memory) while nothing is traced, else the SDK's `ClientSession`.
 
 A session ends for one of three reasons, recorded in `end_reason`:
 `closed` (we asked, saying why: restart, removal, shutdown, the end of its
@@ -32,7 +34,7 @@ from pydantic import RootModel
 
 from mcpstore_proxy.__about__ import __version__
 from mcpstore_proxy.client_capabilities import ClientCapability
-from mcpstore_proxy.compat import spans_only_when_traced
+from mcpstore_proxy.compat import is_tracing, spans_only_when_traced, with_trace_context
 from mcpstore_proxy.config import UpstreamConfig
 from mcpstore_proxy.direct_requests import DirectRequests
 from mcpstore_proxy.errors import (
@@ -56,6 +58,7 @@ from mcpstore_proxy.transports import (
     TransportFactory,
     open_transport,
 )
+from mcpstore_proxy.upstream_client import LeanClient
 from mcpstore_proxy.upstream_listings import Listing, list_every
 
 __all__ = ["EndReason", "UpstreamSession"]
@@ -79,7 +82,7 @@ def _in_a_trace() -> bool:
     return bool(current) and trace.get_current_span(current).get_span_context().is_valid
 
 
-def _share_initialize_result(client: ClientSession) -> None:
+def _share_initialize_result(client: ClientSession | LeanClient) -> None:
     """Have `client` keep the copy of its upstream's answer to `initialize` that other sessions keep (in a frame
     of its own: the session's serving frame lives as long as the session, and must not hold its own copy)."""
     result = client.initialize_result
@@ -143,7 +146,7 @@ class UpstreamSession:
         self.hides_start_detail = hides_start_detail
         """Whether a failed start tells clients only that it could not connect (the rest goes to `detail`)."""
         self._close_reason = "it was closed"
-        self._client: ClientSession | None = None
+        self._client: ClientSession | LeanClient | None = None
         self._direct: DirectRequests | None = None
         """Sends what needs no progress callback, on a stdio upstream (see `direct_requests`)."""
         self._ready = Latch()
@@ -214,16 +217,24 @@ class UpstreamSession:
                 # Only over stdio: an HTTP upstream's transport needs the per-request headers the SDK adds.
                 direct = DirectRequests(write_stream) if self.config.resolved_transport == "stdio" else None
                 observed = SessionReadStream(read_stream, self._stop.set, direct)
-                async with ClientSession(
-                    observed,
-                    write_stream,
-                    message_handler=self.relay.on_message,
-                    sampling_callback=self.relay.sampling if "sampling" in self.declared else None,
-                    elicitation_callback=self.relay.elicitation if "elicitation" in self.declared else None,
-                    list_roots_callback=self.relay.list_roots if "roots" in self.declared else None,
-                    client_info=_CLIENT_INFO,
-                ) as client:
-                    await client.initialize()
+                client = (
+                    LeanClient(observed, direct, self.relay, self.declared, self._stop.set)
+                    if direct is not None and not is_tracing()
+                    else ClientSession(
+                        observed,
+                        write_stream,
+                        message_handler=self.relay.on_message,
+                        sampling_callback=self.relay.sampling if "sampling" in self.declared else None,
+                        elicitation_callback=self.relay.elicitation if "elicitation" in self.declared else None,
+                        list_roots_callback=self.relay.list_roots if "roots" in self.declared else None,
+                        client_info=_CLIENT_INFO,
+                    )
+                )
+                async with client:
+                    if isinstance(client, LeanClient):
+                        await client.initialize(_CLIENT_INFO, timeout=math.inf)  # the start's deadline bounds it
+                    else:
+                        await client.initialize()
                     _share_initialize_result(client)
                     if self._events is not None:
                         seconds = time.monotonic() - self.started_at
@@ -247,7 +258,7 @@ class UpstreamSession:
                 hides_detail=self.hides_start_detail,
             )
 
-    async def client(self) -> ClientSession:
+    async def client(self) -> ClientSession | LeanClient:
         """The ready session, waiting for the start if needed.
 
         Raises:
@@ -303,9 +314,15 @@ class UpstreamSession:
             timeout = self.config.call_timeout_seconds
             with upstream_leg(method, self.upstream) as leg:
                 progress = relay.progress_for(call)
+                direct = self._direct
+                if isinstance(client, LeanClient):
+                    assert direct is not None  # a lean client's requests are direct
+                    if _in_a_trace():  # passed on, as the SDK's client passes it (nothing records a span)
+                        params = with_trace_context(params)
+                    result = await direct.request(method, params, timeout=timeout, on_progress=progress)
                 # A traced call goes through the SDK's client, which opens its span and passes the trace on.
-                if self._direct is not None and progress is None and not _in_a_trace():
-                    result = await self._direct.request(method, params, timeout=timeout)
+                elif direct is not None and progress is None and not _in_a_trace():
+                    result = await direct.request(method, params, timeout=timeout)
                 else:
                     with anyio.fail_after(timeout):
                         result = (await client.send_request(typed(), _RawResult, progress_callback=progress)).root
@@ -348,7 +365,12 @@ class UpstreamSession:
 
     async def notify(self, notification: types.ClientNotification) -> None:
         client = await self.client()
-        await client.send_notification(notification)
+        if isinstance(client, LeanClient):
+            assert self._direct is not None  # a lean client's messages are direct
+            data = notification.model_dump(by_alias=True, mode="json", exclude_none=True)
+            await self._direct.notify(data["method"], data.get("params"))
+        else:
+            await client.send_notification(notification)
 
     async def set_logging_level(self, level: types.LoggingLevel) -> None:
         """Forward a client's `logging/setLevel`, when this upstream has logging at all."""
@@ -359,8 +381,17 @@ class UpstreamSession:
     async def list_all(self, kind: ListKind) -> Listing:
         """Every item of one listing (following pagination); empty when the upstream lacks the capability."""
         client = await self.client()
+        direct = self._direct
+
+        async def fetch(request: types.ClientRequest) -> dict[str, Any]:
+            if isinstance(client, LeanClient):
+                assert direct is not None  # a lean client's requests are direct
+                data = request.model_dump(by_alias=True, mode="json", exclude_none=True)
+                return await direct.request(data["method"], data.get("params"), timeout=math.inf)
+            return (await client.send_request(request, _RawResult)).root
+
         try:
-            return await list_every(client, self.server_capabilities, kind)
+            return await list_every(fetch, self.server_capabilities, kind)
         except MCPError as error:
             raise self._translate(error, f"listing {kind}") from None
 

@@ -1,4 +1,4 @@
-"""Requests the proxy sends upstream itself (`DirectRequests`), beside the SDK's client on one session.
+"""Requests the proxy sends upstream itself (`DirectRequests`), for its own client on one session.
 
 Each test runs a real `UpstreamSession` with the fixture server in memory, and watches what is written to it.
 """
@@ -31,7 +31,8 @@ from tests.support import wait_until
 
 pytestmark = pytest.mark.anyio
 
-_FIRST_DIRECT_ID = "mcpstore-1"
+_FIRST_DIRECT_ID = "mcpstore-2"
+"""The first call's id: the handshake's `initialize` went out as `mcpstore-1`."""
 
 
 class _Written:
@@ -98,14 +99,23 @@ async def test_a_call_without_progress_goes_out_under_the_proxys_own_id_and_its_
     }
 
 
-async def test_a_call_that_asks_for_progress_goes_through_the_sdk_client_which_reports_it() -> None:
+async def test_a_call_that_asks_for_progress_goes_out_under_its_own_id_as_its_token_and_its_progress_is_reported() -> (
+    None
+):
     journal: Journal = []
     written = _Written()
     async with fixture_session(SessionRelay("up"), through=written.through) as session:
         await session.call_tool("chatter", {"tag": "t", "count": 2}, _call(journal, progress=True))
+        journal.append(("call", "result"))
     [request] = written.requests("tools/call")
-    assert isinstance(request.id, int)
-    assert [entry for entry in journal if entry[0] == "progress"] == [("progress", "1"), ("progress", "2")]
+    assert request.id == _FIRST_DIRECT_ID
+    assert request.params is not None
+    assert request.params["_meta"] == {"progressToken": _FIRST_DIRECT_ID}
+    assert [entry for entry in journal if entry[0] == "progress" or entry[1] == "result"] == [
+        ("progress", "1"),
+        ("progress", "2"),
+        ("call", "result"),
+    ]
 
 
 async def test_a_direct_calls_log_entries_reach_its_caller_before_its_result() -> None:
@@ -117,7 +127,7 @@ async def test_a_direct_calls_log_entries_reach_its_caller_before_its_result() -
     assert journal == [("call", "log t 1"), ("call", "log t 2"), ("call", "log t 3"), ("call", "result")]
 
 
-async def test_direct_calls_and_the_sdk_clients_own_requests_share_a_session_and_each_gets_its_own_answer() -> None:
+async def test_direct_calls_and_listings_share_a_session_and_each_gets_its_own_answer() -> None:
     results: dict[str, Any] = {}
     async with fixture_session(SessionRelay("up")) as session:
 
