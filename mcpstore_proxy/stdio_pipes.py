@@ -21,8 +21,8 @@ import asyncio
 import logging
 import math
 import os
-from collections.abc import AsyncGenerator, Awaitable
-from contextlib import asynccontextmanager, suppress
+from collections.abc import Awaitable
+from contextlib import suppress
 from typing import Any, Final, Protocol, cast
 
 import anyio
@@ -36,7 +36,7 @@ from mcpstore_proxy.json_bytes import from_json, to_json
 from mcpstore_proxy.message_streams import MessageReadStream, MessageWriteStream
 from mcpstore_proxy.upstream_process import Arrival, PipeReader, ReadAhead
 
-__all__ = ["RawAnswers", "StdinMessages", "StdoutMessages", "stdio_pipes"]
+__all__ = ["RawAnswers", "StdinMessages", "StdioPipes", "StdoutMessages"]
 
 logger = logging.getLogger(__name__)
 
@@ -279,32 +279,49 @@ class StdinMessages(MessageWriteStream):
         self._is_closed = True
 
 
-@asynccontextmanager
-async def stdio_pipes(parameters: StdioServerParameters, stderr_fd: int) -> AsyncGenerator[TransportStreams]:
-    """Start the upstream process with `stderr_fd` as its stderr, and yield its pipes as streams; leaving stops it
-    (bounded, even when cancelled). `stderr_fd` is closed here once the child has its own copy, or the start failed.
+class StdioPipes:
+    """Entering starts the upstream process with `stderr_fd` as its stderr, and gives its pipes as streams;
+    leaving stops it (bounded, even when cancelled). `stderr_fd` is closed once the child has its own copy, or the
+    start failed.
 
-    Raises:
-        OSError: the command could not be started.
+    A class, not a generator: it stays entered for the session's whole life, where a generator kept a frame and a
+    context manager object (0.7 KiB per session). It keeps what stopping the process needs, no more.
     """
-    process = await _spawn(parameters, stderr_fd)
-    del parameters  # this frame lives as long as the session: it keeps what stopping the process needs, no more
-    stdout, stdin = process.stdout, process.stdin
-    assert stdout is not None  # spawned with pipes
-    assert stdin is not None
-    messages = StdoutMessages(stdout)
-    if isinstance(stdout, PipeReader):
-        stdout.deliver_to(messages)  # the loop's callback splits each line off: no task reads them
-    try:
-        yield messages, StdinMessages(stdin)
-    finally:
+
+    __slots__ = ("_messages", "_parameters", "_process", "_stderr_fd")
+
+    def __init__(self, parameters: StdioServerParameters, stderr_fd: int) -> None:
+        self._parameters: StdioServerParameters | None = parameters
+        self._stderr_fd = stderr_fd
+        self._process: Process | None = None
+        self._messages: StdoutMessages | None = None
+
+    async def __aenter__(self) -> TransportStreams:
+        """Raises OSError: the command could not be started."""
+        assert self._parameters is not None, "entered once"
+        parameters, self._parameters = self._parameters, None
+        process = await _spawn(parameters, self._stderr_fd)
+        stdout, stdin = process.stdout, process.stdin
+        assert stdout is not None  # spawned with pipes
+        assert stdin is not None
+        messages = StdoutMessages(stdout)
+        if isinstance(stdout, PipeReader):
+            stdout.deliver_to(messages)  # the loop's callback splits each line off: no task reads them
+        self._process, self._messages = process, messages
+        return messages, StdinMessages(stdin)
+
+    async def __aexit__(self, *_: object) -> None:
+        process, messages = self._process, self._messages
+        assert process is not None
+        assert messages is not None
+        stdout = process.stdout
         with anyio.CancelScope(shield=True):
             async with anyio.create_task_group() as tg:
 
                 async def discard_stdout() -> None:
                     # An upstream blocked writing to a full stdout pipe never reads its stdin's end.
                     with suppress(anyio.EndOfStream, anyio.ClosedResourceError, anyio.BrokenResourceError, OSError):
-                        while True:
+                        while stdout is not None:
                             await stdout.receive()
 
                 if isinstance(stdout, PipeReader):

@@ -23,7 +23,7 @@ from collections import deque
 from collections.abc import AsyncGenerator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import anyio
 import httpx2
@@ -36,13 +36,14 @@ from mcp.shared.message import SessionMessage
 from mcpstore_proxy.compat import ReadStream, TransportStreams
 from mcpstore_proxy.config import UpstreamConfig
 from mcpstore_proxy.spent_messages import ReleasingReadStream
-from mcpstore_proxy.stdio_pipes import RawAnswers, StdoutMessages, stdio_pipes
+from mcpstore_proxy.stdio_pipes import RawAnswers, StdioPipes, StdoutMessages
 
 __all__ = [
     "AnswerTaker",
     "SessionReadStream",
     "StderrReading",
     "StderrTail",
+    "StdioTransport",
     "TransportEvents",
     "TransportFactory",
     "TransportStreams",
@@ -226,35 +227,68 @@ class TransportFactory(Protocol):
         ...
 
 
-@asynccontextmanager
-async def open_transport(
+def open_transport(
     upstream: str, config: UpstreamConfig, events: TransportEvents
-) -> AsyncGenerator[TransportStreams]:
+) -> AbstractAsyncContextManager[TransportStreams]:
     """Connect to the upstream described by `config`; closing the context stops it (and its process)."""
-    transport = config.resolved_transport
-    if transport == "stdio":
-        # Inline, not a context manager of its own: each stays suspended for the session's whole life.
+    if config.resolved_transport == "stdio":
+        return StdioTransport(_parameters(config), events.stderr)
+    return _http_transport(config, events)
+
+
+class StdioTransport:
+    """An upstream process's stdin and stdout as the session's streams (`StdioPipes`), its stderr read into a
+    `StderrTail` while it runs. A class, not nested generators: it stays entered for the session's whole life."""
+
+    __slots__ = ("_parameters", "_pipes", "_reading", "_stderr")
+
+    def __init__(self, parameters: StdioServerParameters, stderr: StderrTail) -> None:
+        self._parameters = parameters
+        self._stderr = stderr
+        self._reading: StderrReading | None = None
+        self._pipes: StdioPipes | None = None
+
+    async def __aenter__(self) -> TransportStreams:
         read_fd, write_fd = os.pipe()
-        async with events.stderr.reading(read_fd), stdio_pipes(_parameters(config), write_fd) as streams:
-            yield streams
-    elif transport == "sse":
-        assert config.url is not None
+        reading = self._reading = self._stderr.reading(read_fd)
+        await reading.__aenter__()
+        try:
+            pipes = StdioPipes(self._parameters, write_fd)
+            streams = await pipes.__aenter__()
+        except BaseException:
+            await reading.__aexit__(None, None, None)
+            raise
+        self._pipes = pipes
+        return streams
+
+    async def __aexit__(self, *exc_info: Any) -> None:
+        assert self._reading is not None
+        assert self._pipes is not None
+        try:
+            await self._pipes.__aexit__(*exc_info)
+        finally:
+            await self._reading.__aexit__(*exc_info)
+
+
+@asynccontextmanager
+async def _http_transport(config: UpstreamConfig, events: TransportEvents) -> AsyncGenerator[TransportStreams]:
+    assert config.url is not None
+    if config.resolved_transport == "sse":
         async with sse_client(config.url, headers=dict(config.headers)) as streams:
             yield streams
-    else:
-        assert config.url is not None
+        return
 
-        async def watch_for_expiry(response: httpx2.Response) -> None:
-            if response.status_code == 404 and MCP_SESSION_ID_HEADER in response.request.headers:
-                events.session_expired()
+    async def watch_for_expiry(response: httpx2.Response) -> None:
+        if response.status_code == 404 and MCP_SESSION_ID_HEADER in response.request.headers:
+            events.session_expired()
 
-        async with (
-            httpx2.AsyncClient(
-                headers=dict(config.headers), timeout=_HTTP_TIMEOUT, event_hooks={"response": [watch_for_expiry]}
-            ) as http,
-            streamable_http_client(config.url, http_client=http) as streams,
-        ):
-            yield streams
+    async with (
+        httpx2.AsyncClient(
+            headers=dict(config.headers), timeout=_HTTP_TIMEOUT, event_hooks={"response": [watch_for_expiry]}
+        ) as http,
+        streamable_http_client(config.url, http_client=http) as streams,
+    ):
+        yield streams
 
 
 def _parameters(config: UpstreamConfig) -> StdioServerParameters:

@@ -16,7 +16,7 @@ from mcp.shared.message import SessionMessage
 
 from mcpstore_proxy.compat import ReadStream, TransportStreams
 from mcpstore_proxy.direct_requests import DirectRequests
-from mcpstore_proxy.stdio_pipes import stdio_pipes
+from mcpstore_proxy.stdio_pipes import StdioPipes
 from mcpstore_proxy.transports import SessionReadStream
 from tests.support import is_alive, wait_until
 
@@ -26,7 +26,7 @@ pytestmark = pytest.mark.anyio
 @asynccontextmanager
 async def _child(script: str) -> AsyncGenerator[TransportStreams]:
     parameters = StdioServerParameters(command=sys.executable, args=["-c", textwrap.dedent(script)])
-    async with stdio_pipes(parameters, os.open(os.devnull, os.O_WRONLY)) as streams:
+    async with StdioPipes(parameters, os.open(os.devnull, os.O_WRONLY)) as streams:
         yield streams
 
 

@@ -14,7 +14,7 @@ from anyio.abc import ByteReceiveStream, ByteSendStream
 from mcp.client.stdio import StdioServerParameters
 
 from mcpstore_proxy.compat import stop_stdio_server
-from mcpstore_proxy.stdio_pipes import stdio_pipes
+from mcpstore_proxy.stdio_pipes import StdioPipes
 from mcpstore_proxy.upstream_process import start_process
 
 pytestmark = pytest.mark.anyio
@@ -98,7 +98,7 @@ async def test_an_upstream_whose_pipes_are_cancelled_as_it_starts_is_stopped_not
     entered = False
     with anyio.CancelScope() as scope:
         scope.cancel()  # delivered at the first wait after the process started
-        async with stdio_pipes(parameters, os.open(os.devnull, os.O_WRONLY)):
+        async with StdioPipes(parameters, os.open(os.devnull, os.O_WRONLY)):
             entered = True
             await anyio.sleep(60)
     assert scope.cancelled_caught
