@@ -30,6 +30,7 @@ import contextvars
 import logging
 from collections.abc import Callable, Coroutine
 from contextlib import AsyncExitStack
+from functools import partial
 from types import TracebackType
 from typing import Any, Final, Self
 
@@ -44,6 +45,7 @@ from mcpstore_proxy.errors import UpstreamStartError
 from mcpstore_proxy.events import EventLog
 from mcpstore_proxy.keys import STORE_SCOPE, SessionKey
 from mcpstore_proxy.named import NamedSessions
+from mcpstore_proxy.owned_tasks import OwnedTasks
 from mcpstore_proxy.pins import Approval, ToolPins
 from mcpstore_proxy.pool import PoolHooks
 from mcpstore_proxy.records import SessionRecords, SessionStore
@@ -117,6 +119,8 @@ class ProxyEngine(RequestRouting):
         """Applies a changed config file (SIGHUP, `POST /admin/reload`, `watch_config`)."""
         self._retiring: set[UpstreamService] = set()
         self._task_group: anyio.abc.TaskGroup | None = None
+        self._sessions = OwnedTasks()
+        """Each upstream session's owner task."""
         self._stack: AsyncExitStack | None = None
         self._is_closing = False
 
@@ -137,6 +141,8 @@ class ProxyEngine(RequestRouting):
         self._own_context = contextvars.copy_context()
         async with AsyncExitStack() as stack:
             self._task_group = await stack.enter_async_context(anyio.create_task_group())
+            # Left after `_shutdown` has closed every session: what still runs then is asked to stop, and awaited.
+            await stack.enter_async_context(self._sessions)
             stack.push_async_callback(self._shutdown)
             for service in self.registry.configured():
                 self._start(service)
@@ -376,7 +382,13 @@ class ProxyEngine(RequestRouting):
         self._start_soon(service.maintain, name=f"upstream {service.name}")
 
     def _spawn(self, session: UpstreamSession) -> None:
-        self._start_soon(session.run, name=repr(session))
+        # A plain task, not the task group's: a session's runs as long as it does (see `owned_tasks`).
+        self._sessions.start_soon(
+            session.run(),
+            name=repr(session),
+            stop=partial(session.close_soon, "the proxy is shutting down"),
+            context=self._own_context,
+        )
 
     def _start_task(self, function: Callable[[], Coroutine[Any, Any, None]], name: str) -> None:
         self._start_soon(function, name=name)

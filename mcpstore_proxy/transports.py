@@ -243,17 +243,20 @@ class StdioTransport:
     __slots__ = ("_parameters", "_pipes", "_reading", "_stderr")
 
     def __init__(self, parameters: StdioServerParameters, stderr: StderrTail) -> None:
-        self._parameters = parameters
+        self._parameters: StdioServerParameters | None = parameters
+        """Until the process is started (0.6 KiB, which the session's whole life need not keep)."""
         self._stderr = stderr
         self._reading: StderrReading | None = None
         self._pipes: StdioPipes | None = None
 
     async def __aenter__(self) -> TransportStreams:
+        parameters, self._parameters = self._parameters, None
+        assert parameters is not None, "entered once"
         read_fd, write_fd = os.pipe()
         reading = self._reading = self._stderr.reading(read_fd)
         await reading.__aenter__()
         try:
-            pipes = StdioPipes(self._parameters, write_fd)
+            pipes = StdioPipes(parameters, write_fd)
             streams = await pipes.__aenter__()
         except BaseException:
             await reading.__aexit__(None, None, None)
