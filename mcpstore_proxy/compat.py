@@ -49,6 +49,7 @@ from opentelemetry import trace
 from starlette.types import Scope
 
 from mcpstore_proxy.lean_channels import LeanReceiveStream
+from mcpstore_proxy.raw_pipes import PipeWriting
 from mcpstore_proxy.upstream_process import PipeWriter, start_process
 
 __all__ = [
@@ -357,8 +358,8 @@ async def stop_stdio_server(process: Process) -> None:
     await mcp.client.stdio._stop_server_process(process)  # pyright: ignore[reportPrivateUsage]
 
 
-def stdin_writer(stdin: ByteSendStream) -> asyncio.StreamWriter | None:
-    """The asyncio writer under a process's stdin (`upstream_process.PipeWriter`'s, or under anyio's
+def stdin_writer(stdin: ByteSendStream) -> PipeWriting | None:
+    """The writer under a process's stdin (`upstream_process.PipeWriter`'s pipe, or the asyncio writer under anyio's
     `StreamWriterWrapper._stream` where the SDK started it), or None elsewhere.
 
     anyio's `send` yields to the event loop after every write that did not fill the pipe (a cancel-shielded

@@ -34,6 +34,7 @@ from mcp.shared.message import SessionMessage
 from mcpstore_proxy.compat import TransportStreams, spawn_stdio_server, stdin_writer, stop_stdio_server
 from mcpstore_proxy.json_bytes import from_json, to_json
 from mcpstore_proxy.message_streams import MessageReadStream, MessageWriteStream
+from mcpstore_proxy.raw_pipes import PipeWriting
 from mcpstore_proxy.upstream_process import Arrival, PipeReader, ReadAhead
 
 __all__ = ["RawAnswers", "StdinMessages", "StdioPipes", "StdoutMessages"]
@@ -141,7 +142,7 @@ class StdoutMessages(MessageReadStream, asyncio.Protocol):
         self.data_received(await stdout.receive())
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._read_ahead.transport = cast("asyncio.ReadTransport", transport)  # uvloop's pipe is not one, by type
+        self._read_ahead.transport = cast("asyncio.ReadTransport", transport)  # a `ReadPipe`, or uvloop's
         self._stdout = None
 
     def data_received(self, data: bytes) -> None:
@@ -250,7 +251,7 @@ class StdinMessages(MessageWriteStream):
         if not self._written_at_once(writer, data):
             await self._drained(writer, deadline)
 
-    def _written_at_once(self, writer: asyncio.StreamWriter, data: bytes) -> bool:
+    def _written_at_once(self, writer: PipeWriting, data: bytes) -> bool:
         """Put `data` in the pipe; whether it all went, to a pipe still open (what `drain()` would find, without
         its two coroutines). No lock: each message is one write to the pipe's buffer, whole and in order; only
         the wait for the buffer to drain is shared between senders, and asyncio lets several wait at once."""
@@ -263,7 +264,7 @@ class StdinMessages(MessageWriteStream):
         transport = writer.transport
         return not transport.get_write_buffer_size() and not transport.is_closing()
 
-    async def _drained(self, writer: asyncio.StreamWriter, deadline: float | None) -> None:
+    async def _drained(self, writer: PipeWriting, deadline: float | None) -> None:
         try:
             if deadline is None:
                 await writer.drain()  # raises once the pipe is gone

@@ -4,8 +4,8 @@ uvloop starts a subprocess with `fork()`: the child gets a copy of the page tabl
 more), and the event loop, every client's calls included, waits meanwhile: 15 to 20 ms per start on a 2-core
 cloud machine, at every new session and every warm spare. Python's `subprocess` starts one with `vfork()` (or
 `posix_spawn`), which copies nothing: about 0.5 ms. So the process is started by `subprocess.Popen`, and its
-pipes are handed to the event loop (`connect_read_pipe`, `connect_write_pipe`, which every asyncio loop, uvloop's
-included, supports), as an `anyio.abc.Process`.
+pipes are driven by the event loop's readiness callbacks on their descriptors (`raw_pipes`), as an
+`anyio.abc.Process`.
 
 Its exit is seen by `returncode`, which asks the kernel (`Popen.poll()`, reaping it): the SDK's stop code polls
 exactly that (it does not use `wait()`, which on asyncio also waits for the pipes' end), and a live upstream is
@@ -18,14 +18,15 @@ import asyncio
 import os
 import signal
 import subprocess
-from asyncio.streams import FlowControlMixin
 from collections.abc import Mapping, Sequence
 from contextlib import suppress
 from pathlib import Path
-from typing import IO, Any, Final, TextIO, cast
+from typing import IO, Final, TextIO, cast
 
 import anyio
 from anyio.abc import ByteReceiveStream, ByteSendStream, Process
+
+from mcpstore_proxy.raw_pipes import ReadPipe, WritePipe
 
 __all__ = ["Arrival", "PipeReader", "PipeWriter", "ReadAhead", "UpstreamProcess", "start_process"]
 
@@ -38,9 +39,11 @@ _REAP_SECONDS: Final = 2.0
 
 
 class PipeWriter(ByteSendStream):
-    """The process's stdin, as an anyio stream over the asyncio `writer` (which the proxy writes to itself)."""
+    """The process's stdin, as an anyio stream over `writer` (which the proxy writes to itself)."""
 
-    def __init__(self, writer: asyncio.StreamWriter) -> None:
+    __slots__ = ("_is_closed", "writer")
+
+    def __init__(self, writer: WritePipe) -> None:
         self.writer = writer
         self._is_closed = False
 
@@ -50,21 +53,12 @@ class PipeWriter(ByteSendStream):
         try:
             self.writer.write(item)
             await self.writer.drain()
-        except (OSError, RuntimeError) as error:  # RuntimeError: uvloop's write to a closed pipe
+        except (OSError, RuntimeError) as error:  # RuntimeError: a write to a closed pipe
             raise anyio.BrokenResourceError from error
 
     async def aclose(self) -> None:
         self._is_closed = True
         self.writer.close()  # the child reads the end of its stdin
-
-
-class _StdinFlow(FlowControlMixin):
-    """The stdin pipe's flow control, its drain waiters kept in a list: the stdlib's deque is 0.7 KiB per session,
-    for the one waiter a full pipe may have."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        super().__init__(loop=loop)
-        self._drain_waiters: Any = []
 
 
 class Arrival:
@@ -151,7 +145,7 @@ class PipeReader(ByteReceiveStream, asyncio.Protocol):
             target.eof_received()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._read_ahead.transport = cast("asyncio.ReadTransport", transport)  # uvloop's pipe is not registered as one
+        self._read_ahead.transport = cast("asyncio.ReadTransport", transport)  # a `ReadPipe`
 
     def data_received(self, data: bytes) -> None:
         self._chunks.append(data)
@@ -262,33 +256,41 @@ async def start_process(
     )
     assert popen.stdin is not None  # spawned with pipes
     assert popen.stdout is not None
-    pipes: tuple[PipeWriter, PipeReader] | None = None
     try:
-        # Shielded: a cancellation landing while a pipe is being connected would leave it unknown whether the loop
-        # had taken the pipe (and closes it) or not; this takes one trip round the loop.
-        with anyio.CancelScope(shield=True):
-            pipes = await _connected(loop, popen.stdin, popen.stdout)
+        stdin, stdout = _connected(loop, popen.stdin, popen.stdout)
     except Exception:  # the loop refused a pipe: leave no process behind
         with suppress(ProcessLookupError, PermissionError):
             os.killpg(popen.pid, signal.SIGKILL)
         for pipe in (popen.stdin, popen.stdout):
-            with suppress(OSError):  # a transport that took it may have closed it
+            with suppress(OSError):  # already closed, if its descriptor was taken
                 pipe.close()
         with anyio.move_on_after(_REAP_SECONDS, shield=True):
             await _exit_code(popen)
         raise
-    assert pipes is not None  # shielded: nothing cancelled it
-    # Nothing awaited from here on: the caller has the process before any cancellation reaches it.
-    return UpstreamProcess(popen, *pipes)
+    # Nothing awaited since the start: the caller has the process before any cancellation reaches it.
+    return UpstreamProcess(popen, stdin, stdout)
 
 
-async def _connected(
-    loop: asyncio.AbstractEventLoop, stdin: IO[bytes], stdout: IO[bytes]
-) -> tuple[PipeWriter, PipeReader]:
-    _, reader = await loop.connect_read_pipe(PipeReader, stdout)
-    # Flow control alone for stdin: a `StreamReaderProtocol` would keep a reader (0.7 KiB) nothing reads.
-    write_transport, write_protocol = await loop.connect_write_pipe(lambda: _StdinFlow(loop), stdin)
-    writer = asyncio.StreamWriter(write_transport, write_protocol, None, loop)
+def _connected(loop: asyncio.AbstractEventLoop, stdin: IO[bytes], stdout: IO[bytes]) -> tuple[PipeWriter, PipeReader]:
+    """The pipes as the loop drives them (see `raw_pipes`), on descriptors of their own: `Popen`'s file objects
+    are closed at once, so that nothing else ever closes those descriptors."""
+    stdin_fd = os.dup(stdin.fileno())
+    try:
+        stdout_fd = os.dup(stdout.fileno())
+    except OSError:
+        os.close(stdin_fd)
+        raise
+    stdin.close()
+    stdout.close()
+    try:
+        writer = WritePipe(loop, stdin_fd)
+        reader = PipeReader()
+        ReadPipe(loop, stdout_fd, reader)
+    except BaseException:
+        for fd in (stdin_fd, stdout_fd):
+            with suppress(OSError):
+                os.close(fd)
+        raise
     return PipeWriter(writer), reader
 
 
