@@ -47,9 +47,14 @@ class RawSession:
 
 
 @asynccontextmanager
-async def opened_session(config: Path) -> AsyncGenerator[tuple[InProcessProxy, httpx2.AsyncClient, RawSession]]:
-    """The proxy of `config` served in process, a plain HTTP client, and a session it opened."""
-    async with running_app(config) as proxy, httpx2.AsyncClient(timeout=30) as http:
+async def opened_session(
+    config: Path, *, keep_alive: bool = True
+) -> AsyncGenerator[tuple[InProcessProxy, httpx2.AsyncClient, RawSession]]:
+    """The proxy of `config` served in process, a plain HTTP client, and a session it opened. Without
+    `keep_alive`, each request has a connection of its own: a test that moves the proxy's clock past uvicorn's
+    keep-alive timeout has it close idle connections, and the client could be writing on one as it does."""
+    limits = httpx2.Limits() if keep_alive else httpx2.Limits(max_keepalive_connections=0)
+    async with running_app(config) as proxy, httpx2.AsyncClient(timeout=30, limits=limits) as http:
         session = RawSession(http, proxy.url)
         await session.open()
         yield proxy, http, session

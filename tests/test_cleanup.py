@@ -139,7 +139,7 @@ async def test_a_call_in_flight_past_the_idle_timeout_keeps_its_session_until_th
     # A session with no standing stream (which would hold it all along), and a call the lane serves: its idle
     # countdown, the SDK's and the upstream's wait all run on the proxy's event loop, whose clock the test moves.
     config = write_config(tmp_path, {"state": fixture_server("state")}, session_idle_timeout_seconds=30)
-    async with opened_session(config) as (proxy, _, session), anyio.create_task_group() as tg:
+    async with opened_session(config, keep_alive=False) as (proxy, _, session), anyio.create_task_group() as tg:
         advance = await proxy.loop_clock()
         answers: list[httpx2.Response] = []
 
