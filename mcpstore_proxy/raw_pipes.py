@@ -51,7 +51,7 @@ class ReadPipe(asyncio.ReadTransport):
 
     __slots__ = ("_fd", "_is_closing", "_is_reading", "_loop", "_protocol")
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, fd: int, protocol: asyncio.BaseProtocol) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, fd: int, protocol: asyncio.Protocol) -> None:
         super().__init__()
         self._loop = loop
         self._fd = fd
@@ -63,7 +63,7 @@ class ReadPipe(asyncio.ReadTransport):
         self.resume_reading()
 
     def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
-        self._protocol = protocol
+        self._protocol = cast(asyncio.Protocol, protocol)  # a pipe's: chunks and their end
 
     def get_protocol(self) -> asyncio.BaseProtocol:
         return self._protocol
@@ -97,12 +97,11 @@ class ReadPipe(asyncio.ReadTransport):
         except OSError as error:
             self._end(error)
             return
-        protocol = cast(asyncio.Protocol, self._protocol)
         if not chunk:
-            protocol.eof_received()
+            self._protocol.eof_received()
             self._end(None)
             return
-        protocol.data_received(chunk)
+        self._protocol.data_received(chunk)
 
     def _end(self, error: Exception | None) -> None:
         self.pause_reading()
@@ -147,11 +146,12 @@ class WritePipe:
             OSError: the pipe is broken (its reader is gone).
             RuntimeError: the pipe was closed.
         """
-        if self._error is not None:
-            raise self._error
-        if self._is_closing:
-            raise RuntimeError("the pipe is closed")
-        if self._buffer:
+        if self._buffer or self._is_closing:  # both rare: one test for the usual case
+            if self._error is not None:
+                raise self._error
+            if self._is_closing:
+                raise RuntimeError("the pipe is closed")
+            assert self._buffer is not None
             self._buffer.extend(data)
             return
         try:
