@@ -148,7 +148,8 @@ class UpstreamSession:
         self._close_reason = "it was closed"
         self._client: ClientSession | LeanClient | None = None
         self._direct: DirectRequests | None = None
-        """Sends what needs no progress callback, on a stdio upstream (see `direct_requests`)."""
+        """Sends the proxy's own requests on a stdio upstream (see `direct_requests`): every one, under the proxy's
+        own client; under the SDK's, what wants no progress reports and is not traced."""
         self._ready = Latch()
         self._stop = Latch()
         self._ended = Latch()
