@@ -33,7 +33,7 @@ from mcpstore_proxy.logs import RedactSessionIds
 from mcpstore_proxy.serving import StopRequests, serve_http
 from tests.clock import LoopClock, ManualClock
 from tests.memory import MemoryUpstreams
-from tests.support import admin_token_of, free_port, health_answers, upstreams_started, wait_until
+from tests.support import admin_token_of, free_port, health_answers, is_draining, upstreams_started, wait_until
 
 __all__ = ["InProcessProxy", "SdkHarness", "running_app", "sdk_store"]
 
@@ -126,9 +126,9 @@ class InProcessProxy:
         await self.on_proxy_loop(request)
 
     async def start_draining(self) -> None:
-        """Request a stop, as SIGTERM does, and wait until the proxy has begun draining."""
+        """Request a stop, as SIGTERM does, and wait until the proxy has begun draining (refuses new requests)."""
         await self.request_stop()
-        await wait_until(lambda: "draining" in self.log, what="the proxy to start draining")
+        await wait_until(lambda: is_draining(self.port), what="the proxy to start draining")
 
 
 @asynccontextmanager

@@ -275,6 +275,14 @@ async def health_answers(port: int) -> bool:
     return response.status_code == 200
 
 
+async def is_draining(port: int) -> bool:
+    """Whether the proxy on `port` refuses new requests now: its `/healthz` says it drains. (The log's "draining"
+    comes first, when the stop is asked for, a moment before the serving task begins the drain.)"""
+    async with httpx2.AsyncClient() as http:
+        response = await http.get(f"http://127.0.0.1:{port}/healthz")
+    return response.json().get("status") == "draining"
+
+
 async def upstreams_started(port: int, admin_token: str | None = None) -> bool:
     """Whether every upstream of the proxy on `port` has made its first start attempt (asked of `/admin/status`,
     with `admin_token` where the proxy wants one)."""

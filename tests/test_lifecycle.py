@@ -31,6 +31,7 @@ from tests.support import (
     connect,
     fixture_server,
     is_alive,
+    is_draining,
     running_proxy,
     stdio_parameters,
     wait_until,
@@ -322,7 +323,7 @@ async def test_sigterm_lets_calls_in_flight_finish_refuses_new_work_and_exits_cl
             await wait_until(lambda: all(marker.exists() for marker in markers), what="the calls to start")
             assert proxy.process.pid is not None
             os.kill(proxy.process.pid, signal.SIGTERM)
-            await wait_until(lambda: "draining" in proxy.log, what="the proxy to start draining")
+            await wait_until(lambda: is_draining(proxy.port), what="the proxy to start draining")
             too_late = await session.call_tool(9, "state_echo", {"text": "too late"})
             newcomer = await RawSession(http, proxy.url).post(
                 {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {}}
