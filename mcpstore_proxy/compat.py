@@ -45,6 +45,7 @@ from mcp.server.streamable_http import (
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 from mcp.shared._context_streams import ContextReceiveStream, create_context_streams
 from mcp.shared.message import SessionMessage
+from opentelemetry import context as otel_context
 from opentelemetry import trace
 from starlette.types import Scope
 
@@ -219,6 +220,13 @@ def _inject_if_traced(meta: dict[str, Any]) -> None:
 def is_tracing() -> bool:
     """Whether a tracer provider is set (`tracing: true`), so that the SDK's client spans would be recorded."""
     return not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
+
+
+def in_a_trace() -> bool:
+    """Whether a trace is in effect (a span context to pass on), whether or not anything records it."""
+    current = otel_context.get_current()
+    # An empty context holds no span: the usual case, answered without the span lookup's four calls.
+    return bool(current) and trace.get_current_span(current).get_span_context().is_valid
 
 
 def with_trace_context(params: dict[str, Any] | None) -> dict[str, Any] | None:

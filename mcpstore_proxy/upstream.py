@@ -5,8 +5,8 @@ them must be the task that exits them. `UpstreamSession.run` is that owner:
 it connects, performs the 2025-11-25 handshake, publishes the ready client,
 and then waits until it is asked to close or the upstream goes away. Any other
 task may issue requests on the ready session at once. The client is the
-proxy's own (`upstream_client.LeanClient`) for an upstream over stdio (or in
-memory) while nothing is traced, else the SDK's `ClientSession`.
+proxy's own for an upstream over stdio (or in memory) while nothing is
+traced, else the SDK's (see `session_clients`).
 
 A session ends for one of three reasons, recorded in `end_reason`:
 `closed` (we asked, saying why: restart, removal, shutdown, the end of its
@@ -27,14 +27,10 @@ from collections.abc import Callable, Coroutine, Mapping
 from typing import Any, Final
 
 import anyio
-from mcp import ClientSession, MCPError, types
-from opentelemetry import context as otel_context
-from opentelemetry import trace
-from pydantic import RootModel
+from mcp import MCPError, types
 
-from mcpstore_proxy.__about__ import __version__
 from mcpstore_proxy.client_capabilities import ClientCapability
-from mcpstore_proxy.compat import is_tracing, spans_only_when_traced, with_trace_context
+from mcpstore_proxy.compat import spans_only_when_traced
 from mcpstore_proxy.config import UpstreamConfig
 from mcpstore_proxy.direct_requests import DirectRequests
 from mcpstore_proxy.errors import (
@@ -45,11 +41,11 @@ from mcpstore_proxy.errors import (
     UpstreamTimeoutError,
 )
 from mcpstore_proxy.events import EventLog
-from mcpstore_proxy.interned import Interned
 from mcpstore_proxy.latch import Latch
 from mcpstore_proxy.logs import log_fields
 from mcpstore_proxy.operations import upstream_leg
 from mcpstore_proxy.relay import ClientCall, ListKind, SessionRelay
+from mcpstore_proxy.session_clients import SessionClient, session_client, share_initialize_result
 from mcpstore_proxy.start_failures import start_error, start_failure, stderr_detail
 from mcpstore_proxy.transports import (
     SessionReadStream,
@@ -58,7 +54,6 @@ from mcpstore_proxy.transports import (
     TransportFactory,
     open_transport,
 )
-from mcpstore_proxy.upstream_client import LeanClient
 from mcpstore_proxy.upstream_listings import Listing, list_every
 
 __all__ = ["EndReason", "UpstreamSession"]
@@ -66,30 +61,6 @@ __all__ = ["EndReason", "UpstreamSession"]
 logger = logging.getLogger(__name__)
 
 _CLOSE_TIMEOUT_SECONDS: Final = 10.0
-
-_CLIENT_INFO: Final = types.Implementation(name="mcpstore-proxy", version=__version__)
-_INITIALIZE_RESULTS: Final = Interned[types.InitializeResult](64)
-"""The upstreams' `initialize` answers, each kept once however many sessions got it (see `interned`)."""
-
-
-class _RawResult(RootModel[dict[str, Any]]):
-    """A result exactly as the upstream sent it: every field kept, nothing re-validated."""
-
-
-def _in_a_trace() -> bool:
-    current = otel_context.get_current()
-    # An empty context holds no span: the usual case, answered without the span lookup's four calls.
-    return bool(current) and trace.get_current_span(current).get_span_context().is_valid
-
-
-def _share_initialize_result(client: ClientSession | LeanClient) -> None:
-    """Have `client` keep the copy of its upstream's answer to `initialize` that other sessions keep (in a frame
-    of its own: the session's serving frame lives as long as the session, and must not hold its own copy)."""
-    result = client.initialize_result
-    assert result is not None  # initialized
-    shared = _INITIALIZE_RESULTS.get(result)
-    if shared is not result:
-        client.adopt(shared)  # public, and sends nothing: the negotiated state, from an equal answer
 
 
 def _describe(method: str, params: Mapping[str, Any] | None) -> str:
@@ -146,10 +117,9 @@ class UpstreamSession:
         self.hides_start_detail = hides_start_detail
         """Whether a failed start tells clients only that it could not connect (the rest goes to `detail`)."""
         self._close_reason = "it was closed"
-        self._client: ClientSession | LeanClient | None = None
+        self._client: SessionClient | None = None
         self._direct: DirectRequests | None = None
-        """Sends the proxy's own requests on a stdio upstream (see `direct_requests`): every one, under the proxy's
-        own client; under the SDK's, what wants no progress reports and is not traced."""
+        """Sends the proxy's own requests on a stdio upstream (see `direct_requests`); failed when the session ends."""
         self._ready = Latch()
         self._stop = Latch()
         self._ended = Latch()
@@ -218,25 +188,10 @@ class UpstreamSession:
                 # Only over stdio: an HTTP upstream's transport needs the per-request headers the SDK adds.
                 direct = DirectRequests(write_stream) if self.config.resolved_transport == "stdio" else None
                 observed = SessionReadStream(read_stream, self._stop.set, direct)
-                client = (
-                    LeanClient(observed, direct, self.relay, self.declared, self._stop.set)
-                    if direct is not None and not is_tracing()
-                    else ClientSession(
-                        observed,
-                        write_stream,
-                        message_handler=self.relay.on_message,
-                        sampling_callback=self.relay.sampling if "sampling" in self.declared else None,
-                        elicitation_callback=self.relay.elicitation if "elicitation" in self.declared else None,
-                        list_roots_callback=self.relay.list_roots if "roots" in self.declared else None,
-                        client_info=_CLIENT_INFO,
-                    )
-                )
+                client = session_client(observed, write_stream, direct, self.relay, self.declared, self._stop.set)
                 async with client:
-                    if isinstance(client, LeanClient):
-                        await client.initialize(_CLIENT_INFO, timeout=math.inf)  # the start's deadline bounds it
-                    else:
-                        await client.initialize()
-                    _share_initialize_result(client)
+                    await client.initialize()  # bounded by the start's deadline
+                    share_initialize_result(client)
                     if self._events is not None:
                         seconds = time.monotonic() - self.started_at
                         self._events.record(
@@ -259,7 +214,7 @@ class UpstreamSession:
                 hides_detail=self.hides_start_detail,
             )
 
-    async def client(self) -> ClientSession | LeanClient:
+    async def client(self) -> SessionClient:
         """The ready session, waiting for the start if needed.
 
         Raises:
@@ -301,8 +256,7 @@ class UpstreamSession:
         call: ClientCall | None,
         typed: Callable[[], types.ClientRequest],
     ) -> dict[str, Any]:
-        """`request`, given the request's wire form; `typed()` builds its model when the SDK's client sends it (a
-        call that wants progress reports, or is traced, or an upstream over HTTP)."""
+        """`request`, given the request's wire form; `typed()` builds its model where the SDK's client sends it."""
         client = self._client if self._client is not None else await self.client()
         self.calls_in_flight += 1
         relay = self.relay
@@ -315,18 +269,7 @@ class UpstreamSession:
             timeout = self.config.call_timeout_seconds
             with upstream_leg(method, self.upstream) as leg:
                 progress = relay.progress_for(call)
-                direct = self._direct
-                if isinstance(client, LeanClient):
-                    assert direct is not None  # a lean client's requests are direct
-                    if _in_a_trace():  # passed on, as the SDK's client passes it (nothing records a span)
-                        params = with_trace_context(params)
-                    result = await direct.request(method, params, timeout=timeout, on_progress=progress)
-                # A traced call goes through the SDK's client, which opens its span and passes the trace on.
-                elif direct is not None and progress is None and not _in_a_trace():
-                    result = await direct.request(method, params, timeout=timeout)
-                else:
-                    with anyio.fail_after(timeout):
-                        result = (await client.send_request(typed(), _RawResult, progress_callback=progress)).root
+                result = await client.request(method, params, typed, timeout=timeout, progress=progress)
                 answered = True
                 if result.get("isError") is True:
                     leg.outcome = "error"
@@ -366,12 +309,7 @@ class UpstreamSession:
 
     async def notify(self, notification: types.ClientNotification) -> None:
         client = await self.client()
-        if isinstance(client, LeanClient):
-            assert self._direct is not None  # a lean client's messages are direct
-            data = notification.model_dump(by_alias=True, mode="json", exclude_none=True)
-            await self._direct.notify(data["method"], data.get("params"))
-        else:
-            await client.send_notification(notification)
+        await client.notify(notification)
 
     async def set_logging_level(self, level: types.LoggingLevel) -> None:
         """Forward a client's `logging/setLevel`, when this upstream has logging at all."""
@@ -382,17 +320,8 @@ class UpstreamSession:
     async def list_all(self, kind: ListKind) -> Listing:
         """Every item of one listing (following pagination); empty when the upstream lacks the capability."""
         client = await self.client()
-        direct = self._direct
-
-        async def fetch(request: types.ClientRequest) -> dict[str, Any]:
-            if isinstance(client, LeanClient):
-                assert direct is not None  # a lean client's requests are direct
-                data = request.model_dump(by_alias=True, mode="json", exclude_none=True)
-                return await direct.request(data["method"], data.get("params"), timeout=math.inf)
-            return (await client.send_request(request, _RawResult)).root
-
         try:
-            return await list_every(fetch, self.server_capabilities, kind)
+            return await list_every(client.fetch, self.server_capabilities, kind)
         except MCPError as error:
             raise self._translate(error, f"listing {kind}") from None
 

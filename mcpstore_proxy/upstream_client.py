@@ -14,15 +14,15 @@ their answers itself already (`DirectRequests`). `LeanClient` does the rest:
   of their own and answers with what the client said (or the SDK's refusal, for what the client did not declare),
   and cancels a question the upstream withdraws (`notifications/cancelled`).
 
-It runs the sessions `DirectRequests` can write for (an upstream over stdio, or in memory) while nothing is traced;
-an upstream over HTTP, whose transport needs the headers the SDK's client adds to each request, and a traced proxy,
-whose client spans the SDK opens, keep the SDK's client.
+It runs the sessions `DirectRequests` can write for (an upstream over stdio, or in memory) while nothing is traced
+(`session_clients` picks the client of each session).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from types import TracebackType
 from typing import Any, Final, Protocol, Self
@@ -30,19 +30,23 @@ from typing import Any, Final, Protocol, Self
 import anyio
 from mcp import types
 from mcp.client.session import IncomingMessage
+from mcp.shared.dispatcher import ProgressFnT
 from mcp.shared.message import SessionMessage
 from mcp_types import methods
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS, LATEST_HANDSHAKE_VERSION
 from pydantic import ValidationError
 
+from mcpstore_proxy.__about__ import __version__
 from mcpstore_proxy.client_capabilities import ClientCapability
-from mcpstore_proxy.compat import ReadStream
+from mcpstore_proxy.compat import ReadStream, in_a_trace, with_trace_context
 from mcpstore_proxy.direct_requests import DirectRequests
 
-__all__ = ["LeanClient", "Question", "Questions"]
+__all__ = ["CLIENT_INFO", "LeanClient", "Question", "Questions"]
 
 logger = logging.getLogger(__name__)
 
+CLIENT_INFO: Final = types.Implementation(name="mcpstore-proxy", version=__version__)
+"""How the proxy names itself to its upstreams."""
 _CLOSE_SECONDS: Final = 5.0
 """How long leaving the block waits for its tasks, once cancelled, to end."""
 
@@ -135,8 +139,10 @@ class LeanClient:
         with anyio.move_on_after(_CLOSE_SECONDS, shield=True):
             await asyncio.wait(tasks)
 
-    async def initialize(self, client_info: types.Implementation, *, timeout: float) -> types.InitializeResult:
-        """The handshake.
+    async def initialize(
+        self, client_info: types.Implementation = CLIENT_INFO, *, timeout: float = math.inf
+    ) -> types.InitializeResult:
+        """The handshake (bounded by its caller: an upstream session's start has its own deadline).
 
         Raises:
             MCPError: the upstream's error, or the session ended first.
@@ -156,6 +162,29 @@ class LeanClient:
         self.initialize_result = result
         await self._requests.notify("notifications/initialized", None)
         return result
+
+    async def request(
+        self,
+        method: str,
+        params: dict[str, Any] | None,
+        typed: Callable[[], types.ClientRequest],
+        *,
+        timeout: float,
+        progress: ProgressFnT | None,
+    ) -> dict[str, Any]:
+        """The raw result of `method` with `params`, under the proxy's own id (see `session_clients.SessionClient`;
+        `typed` is for the SDK's client, not needed here)."""
+        if in_a_trace():  # passed on, as the SDK's client passes it (nothing records a span: tracing is off)
+            params = with_trace_context(params)
+        return await self._requests.request(method, params, timeout=timeout, on_progress=progress)
+
+    async def fetch(self, request: types.ClientRequest) -> dict[str, Any]:
+        data = request.model_dump(by_alias=True, mode="json", exclude_none=True)
+        return await self._requests.request(data["method"], data.get("params"), timeout=math.inf)
+
+    async def notify(self, notification: types.ClientNotification) -> None:
+        data = notification.model_dump(by_alias=True, mode="json", exclude_none=True)
+        await self._requests.notify(data["method"], data.get("params"))
 
     def adopt(self, result: types.InitializeResult) -> None:
         """Keep `result`, an answer equal to the one it got, in its place (see `upstream._share_initialize_result`)."""
