@@ -233,3 +233,19 @@ async def test_the_end_of_the_upstreams_stream_is_reported_once_reading_stops() 
             await up.ended.wait()
         with pytest.raises(MCPError):
             await up.requests.request("tools/list", None, timeout=5)
+
+
+async def test_a_question_with_malformed_params_is_refused_as_invalid_without_asking_the_client() -> None:
+    journal: Journal = []
+    relay = SessionRelay("up")
+    call = ClientCall(stream=Recorder("call", journal), connection=Recorder("client", journal))
+    async with upstream(relay, frozenset({"sampling"})) as up, serving(relay, call):
+        await _initialized(up)
+        await up.say({"id": 8, "method": "sampling/createMessage", "params": {"maxTokens": "many"}})
+        refused = await up.next()
+        await up.say({"id": 9, "method": "roots/list"})  # undeclared: refused too, but not as malformed
+        undeclared = await up.next()
+    assert refused["error"]["code"] == types.INVALID_PARAMS
+    assert "sampling/createMessage" in refused["error"]["message"]
+    assert undeclared["error"]["code"] == types.INVALID_REQUEST
+    assert journal == []
