@@ -11,7 +11,7 @@ page), `notify`, and keeps its upstream's `initialize` answer, the copy every se
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import Any, Final, Protocol, Self
 
@@ -45,7 +45,7 @@ class SessionClient(Protocol):
 
     def adopt(self, result: types.InitializeResult) -> None: ...
 
-    async def request(
+    def request(
         self,
         method: str,
         params: dict[str, Any] | None,
@@ -53,7 +53,7 @@ class SessionClient(Protocol):
         *,
         timeout: float,
         progress: ProgressFnT | None,
-    ) -> dict[str, Any]:
+    ) -> Awaitable[dict[str, Any]]:
         """The raw result of `method` with `params` (`typed()` builds its model, where the SDK's client sends it).
 
         Raises:

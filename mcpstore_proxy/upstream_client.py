@@ -163,7 +163,7 @@ class LeanClient:
         await self._requests.notify("notifications/initialized", None)
         return result
 
-    async def request(
+    def request(
         self,
         method: str,
         params: dict[str, Any] | None,
@@ -171,12 +171,13 @@ class LeanClient:
         *,
         timeout: float,
         progress: ProgressFnT | None,
-    ) -> dict[str, Any]:
+    ) -> Coroutine[Any, Any, dict[str, Any]]:
         """The raw result of `method` with `params`, under the proxy's own id (see `session_clients.SessionClient`;
-        `typed` is for the SDK's client, not needed here)."""
+        `typed` is for the SDK's client, not needed here). `DirectRequests`' own coroutine, not one awaiting it:
+        a frame less per call."""
         if in_a_trace():  # passed on, as the SDK's client passes it (nothing records a span: tracing is off)
             params = with_trace_context(params)
-        return await self._requests.request(method, params, timeout=timeout, on_progress=progress)
+        return self._requests.request(method, params, timeout=timeout, on_progress=progress)
 
     async def fetch(self, request: types.ClientRequest) -> dict[str, Any]:
         data = request.model_dump(by_alias=True, mode="json", exclude_none=True)
