@@ -44,7 +44,6 @@ from mcpstore_proxy.compat import (
     frame_answers_by_first_event,
     keep_connection_callbacks_in_lists,
     open_http_sessions,
-    read_sessions_through,
     set_session_limit,
     terminate_http_sessions,
 )
@@ -66,9 +65,9 @@ from mcpstore_proxy.outstanding import Outstanding
 from mcpstore_proxy.registry import ServicePolicy
 from mcpstore_proxy.request_headers import request_headers
 from mcpstore_proxy.server import REQUEST_SCOPE, ProxyServer
-from mcpstore_proxy.spent_messages import ReleasingReadStream
 from mcpstore_proxy.status import status_report
 from mcpstore_proxy.status_page import render_html
+from mcpstore_proxy.taskless_sessions import TasklessSessionManager
 
 __all__ = ["HttpFace", "create_app", "security_settings"]
 
@@ -119,8 +118,6 @@ def create_app(engine: ProxyEngine) -> HttpFace:
     settings = engine.settings
     # A request whose first event is its answer is answered in plain JSON, without an event stream.
     frame_answers_by_first_event(FirstEventResponse)
-    # Each session's loop lets go of the last message it read, and the HTTP request that carried it.
-    read_sessions_through(ReleasingReadStream)
     # Each session's two message channels are lean ones (see `lean_channels`), and so is each connection's
     # exit stack (its callbacks in a list).
     carry_session_messages_on(LeanContextStreams)
@@ -132,7 +129,7 @@ def create_app(engine: ProxyEngine) -> HttpFace:
     )
     server = ProxyServer(engine, observer=metrics)
     security = security_settings(settings)
-    manager = StreamableHTTPSessionManager(
+    manager = TasklessSessionManager(
         app=server,
         security_settings=security,
         session_idle_timeout=settings.session_idle_timeout_seconds,
