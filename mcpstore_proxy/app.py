@@ -118,7 +118,8 @@ def create_app(engine: ProxyEngine) -> HttpFace:
     settings = engine.settings
     # A request whose first event is its answer is answered in plain JSON, without an event stream.
     frame_answers_by_first_event(FirstEventResponse)
-    # Each session's two message channels are lean ones (see `lean_channels`), and so is each connection's
+    # A legacy SSE session's and an HTTP upstream session's two message channels are lean ones (see
+    # `lean_channels`; a Streamable HTTP session has none, see `taskless_sessions`), and so is each connection's
     # exit stack (its callbacks in a list).
     carry_session_messages_on(LeanContextStreams)
     keep_connection_callbacks_in_lists()

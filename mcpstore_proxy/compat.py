@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import sys
-from collections.abc import Awaitable, Callable, Generator
+from collections.abc import Generator
 from contextlib import AsyncExitStack, contextmanager
 from functools import lru_cache
 from typing import Any, Final, Protocol, Self, TextIO
@@ -23,10 +23,8 @@ import mcp.client.sse
 import mcp.client.stdio
 import mcp.client.streamable_http
 import mcp.server.connection
-import mcp.server.runner
 import mcp.server.sse
 import mcp.server.streamable_http
-import mcp.server.streamable_http_manager
 import mcp.shared._otel
 import mcp.shared.jsonrpc_dispatcher
 import sse_starlette
@@ -69,7 +67,6 @@ __all__ = [
     "legacy_session_named",
     "newest_legacy_session",
     "open_http_sessions",
-    "read_sessions_through",
     "set_session_limit",
     "spans_only_when_traced",
     "spawn_stdio_server",
@@ -251,25 +248,7 @@ def spans_only_when_traced() -> None:
     setattr(module, "inject_trace_context", _inject_if_traced)  # noqa: B010
 
 
-_SDK_SERVE_LOOP: Final = mcp.server.runner.serve_loop
-
 MessageStream = ReadStream[SessionMessage | Exception]
-
-
-def read_sessions_through(wrap: Callable[[MessageStream], MessageStream]) -> None:
-    """Have the SDK's session manager serve each Streamable HTTP session on `wrap(read_stream)` rather than on the
-    stream its transport made, by rebinding the name `serve_loop` its module looks up for each session."""
-    module = mcp.server.streamable_http_manager
-    current = getattr(module, "serve_loop", None)
-    if getattr(current, "__wrapped__", current) is not _SDK_SERVE_LOOP:
-        raise RuntimeError("this mcp SDK's session manager no longer drives its sessions with runner.serve_loop")
-
-    def serve_loop(server: Any, read_stream: MessageStream, write_stream: Any, **options: Any) -> Awaitable[None]:
-        # The SDK's own coroutine, not one awaiting it: no frame of ours for the session's whole life.
-        return _SDK_SERVE_LOOP(server, wrap(read_stream), write_stream, **options)
-
-    setattr(serve_loop, "__wrapped__", _SDK_SERVE_LOOP)  # noqa: B010  # how the next call knows it for ours
-    setattr(module, "serve_loop", serve_loop)  # noqa: B010  # private; pinned by a test
 
 
 _SESSION_CHANNEL_MAKERS: Final = (

@@ -9,10 +9,10 @@ idle session, kept by a local variable. A `ReleasingReadStream` empties
 the message it gave out last (its `message` a shared placeholder, its `metadata` None) and drops its context when
 the reader asks for the next one: by then the dispatcher has handed the parts on and uses nothing else of it.
 
-It stands between the SDK's dispatchers and their streams on both sides: each Streamable HTTP session's, through
-`compat.read_sessions_through`, and each upstream session's (`UpstreamSession`). Only where the dispatcher reads
-the stream itself: `Server.run` (a legacy SSE session's loop) reads it in a relay task of its own, which asks for
-the next message before the dispatcher has handled the one it relayed.
+It stands between the SDK's dispatcher and an upstream session's stream (`UpstreamSession`, when the SDK's client
+runs it). Only where the dispatcher reads the stream itself: `Server.run` (a legacy SSE session's loop) reads it in
+a relay task of its own, which asks for the next message before the dispatcher has handled the one it relayed. A
+downstream Streamable HTTP session has no read loop at all (see `taskless_sessions`).
 """
 
 from __future__ import annotations

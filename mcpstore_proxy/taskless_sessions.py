@@ -178,20 +178,20 @@ class Inlet:
     """The transport's inbound channel: each message the client posts is dispatched at once; closing it (the
     transport's `terminate()`) ends the session."""
 
-    __slots__ = ("_closed", "_connection", "_countdown", "_dispatcher", "_forget", "_runner")
+    __slots__ = ("_closed", "_countdown", "_dispatcher", "_ended", "_runner")
 
     def __init__(
         self,
         dispatcher: PushedDispatcher,
         runner: ServerRunner[Any],
         countdown: IdleCountdown | None,
-        forget: Callable[[], None],
+        ended: Callable[[Connection], Awaitable[None]],
     ) -> None:
         self._dispatcher = dispatcher
         self._runner = runner
-        self._connection: Connection = runner.connection
         self._countdown = countdown
-        self._forget = forget
+        self._ended = ended
+        """Told once the session has ended, with its connection (whose exit stack it unwinds)."""
         self._closed = False
 
     async def send(self, item: Item) -> None:
@@ -206,13 +206,16 @@ class Inlet:
         if self._countdown is not None:
             self._countdown.stop()
         self._dispatcher.close()
-        self._forget()
-        await aclose_shielded(self._connection)
+        await self._ended(self._runner.connection)
 
 
 class TasklessSessionManager(StreamableHTTPSessionManager):
     """The SDK's session manager, serving each handshake-era session without a task of its own (see the module);
     admission, owners, the session limit, requests to sessions and their refusals are the SDK's."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._ending = False
 
     @contextlib.asynccontextmanager
     async def run(self) -> AsyncGenerator[None]:
@@ -221,6 +224,7 @@ class TasklessSessionManager(StreamableHTTPSessionManager):
                 yield
             finally:
                 # No task of a session's ends with the manager's task group: end the sessions still open.
+                self._ending = True
                 with anyio.CancelScope(shield=True):
                     for transport in list(self._server_instances.values()):
                         await transport.terminate()
@@ -249,13 +253,20 @@ class TasklessSessionManager(StreamableHTTPSessionManager):
         timeout: float | None = getattr(transport, "_idle_timeout")  # noqa: B009  # private; pinned by a test
         countdown = None if timeout is None else IdleCountdown(partial(self._expire, session_id, transport))
         transport.idle_scope = cast(anyio.CancelScope, countdown)
-        inlet = Inlet(dispatcher, runner, countdown, partial(self._forget, session_id))
+        inlet = Inlet(dispatcher, runner, countdown, partial(self._ended, session_id))
         setattr(transport, "_read_stream_writer", inlet)  # noqa: B010  # private; pinned by a test
         setattr(transport, "_write_stream", outlet)  # noqa: B010  # private; pinned by a test
 
-    def _forget(self, session_id: str) -> None:
+    async def _ended(self, session_id: str, connection: Connection) -> None:
+        """Forget the session, and unwind its connection's exit stack in a task of the manager's (as the session's
+        own task did), so that its end (a DELETE, a shutdown ending every session) waits for no upstream session
+        to close; while the manager itself ends, at once."""
         self._server_instances.pop(session_id, None)
         self._session_owners.pop(session_id, None)
+        if self._task_group is not None and not self._ending:
+            self._task_group.start_soon(aclose_shielded, connection)
+        else:
+            await aclose_shielded(connection)
 
     def _expire(self, session_id: str, transport: StreamableHTTPServerTransport) -> None:
         logger.info("Session %s idle timeout", session_id)

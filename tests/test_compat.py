@@ -17,9 +17,7 @@ from typing import Any
 import anyio
 import httpx2
 import mcp.client.stdio
-import mcp.server.runner
 import mcp.server.streamable_http
-import mcp.server.streamable_http_manager
 import mcp.shared._otel
 import mcp.shared.jsonrpc_dispatcher
 import pytest
@@ -39,7 +37,6 @@ from starlette.types import Message
 
 from mcpstore_proxy import compat
 from mcpstore_proxy.framing import FirstEventResponse
-from mcpstore_proxy.spent_messages import ReleasingReadStream
 from tests.sdk_serving import handshake_client, listing_server, serving
 from tests.support import wait_until
 
@@ -229,33 +226,6 @@ def test_the_sdk_dispatcher_sends_each_request_inside_otel_span_and_injects_its_
     source = inspect.getsource(mcp.shared.jsonrpc_dispatcher.JSONRPCDispatcher.send_raw_request)
     assert "with otel_span(" in source
     assert "inject_trace_context(out_meta)" in source
-
-
-async def test_the_manager_drives_each_session_on_the_read_stream_we_wrap(monkeypatch: pytest.MonkeyPatch) -> None:
-    wrapped: list[object] = []
-
-    def wrap(stream: compat.MessageStream) -> compat.MessageStream:
-        wrapped.append(stream)
-        return ReleasingReadStream(stream)
-
-    # Start from the SDK's own binding (an earlier test may have installed ours); restored after the test.
-    monkeypatch.setattr(mcp.server.streamable_http_manager, "serve_loop", mcp.server.runner.serve_loop)
-    compat.read_sessions_through(wrap)
-    compat.read_sessions_through(wrap)  # again: still one wrapping per session, not two
-    manager = StreamableHTTPSessionManager(app=listing_server([]))
-    async with serving(manager) as url, handshake_client(url) as client:
-        assert (await client.list_tools()).tools == []
-    assert len(wrapped) == 1
-
-
-def test_a_manager_that_no_longer_drives_its_sessions_with_serve_loop_is_refused(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    async def some_other_loop(*_: object, **__: object) -> None: ...
-
-    monkeypatch.setattr(mcp.server.streamable_http_manager, "serve_loop", some_other_loop)
-    with pytest.raises(RuntimeError, match="serve_loop"):
-        compat.read_sessions_through(ReleasingReadStream)
 
 
 def test_the_sdk_dispatcher_hands_a_messages_parts_on_and_is_done_with_it_before_reading_the_next() -> None:

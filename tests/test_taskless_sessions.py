@@ -150,7 +150,7 @@ async def test_deleting_a_session_cancels_its_call_in_flight_unwinds_its_connect
         deleted = await http.delete(url, headers=_session_headers(session_id))
         assert deleted.status_code == 200
         await wait_until(lambda: seen.cancelled == ["wait"], what="the call in flight to be cancelled")
-        assert seen.ended == [session_id]
+        await wait_until(lambda: seen.ended == [session_id], what="the connection's exit stack to unwind")
         assert compat.open_http_sessions(manager) == 0
         again = await http.post(
             url, json={"jsonrpc": "2.0", "id": 3, "method": "tools/list"}, headers=_session_headers(session_id)
