@@ -80,7 +80,10 @@ class Outlet:
         event_id = None
         store: EventStore | None = getattr(transport, "_event_store")  # noqa: B009  # private; pinned by a test
         if store is not None:
-            event_id = await store.store_event(stream_id, message)
+            try:
+                event_id = await store.store_event(stream_id, message)
+            except Exception:  # the writer's task is a handler's, in the manager's task group: never raise into it
+                logger.exception("the event store failed to keep a message for %s; sent without an event id", stream_id)
         streams: dict[str, tuple[Any, Any]] = getattr(transport, "_request_streams")  # noqa: B009  # pinned
         stream = streams.get(stream_id)
         if stream is None:

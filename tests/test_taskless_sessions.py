@@ -21,7 +21,9 @@ import pytest
 from mcp import types
 from mcp.server.context import ServerRequestContext
 from mcp.server.lowlevel.server import Server
+from mcp.server.streamable_http import EventCallback, EventId, EventStore, StreamId
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
+from mcp.types import JSONRPCMessage
 
 from mcpstore_proxy import compat
 from mcpstore_proxy.taskless_sessions import IdleCountdown, TasklessSessionManager
@@ -212,3 +214,29 @@ async def test_an_idle_countdown_moved_later_fires_once_at_its_last_deadline_and
         assert countdown.cancel_called
         countdown.cancel()  # again: nothing more
         assert len(expired) == 1
+
+
+class _ForgetfulStore(EventStore):
+    """An event store that keeps the priming events and fails on every message."""
+
+    def __init__(self) -> None:
+        self.failed = 0
+
+    async def store_event(self, stream_id: StreamId, message: JSONRPCMessage | None) -> EventId:
+        if message is not None:
+            self.failed += 1
+            raise OSError("the event store's disk is full")
+        return f"{stream_id}-priming"
+
+    async def replay_events_after(self, last_event_id: EventId, send_callback: EventCallback) -> StreamId | None:
+        return None
+
+
+async def test_an_event_store_that_fails_costs_a_message_its_event_id_not_the_session_or_the_others() -> None:
+    store = _ForgetfulStore()
+    async with _served(_Seen(), event_store=store) as (manager, url), handshake_client(url) as client:
+        for name in ("one", "two"):
+            result = await client.call_tool(name, {})
+            assert result.content == [types.TextContent(type="text", text=f"done {name}")]
+        assert store.failed >= 2
+        assert compat.open_http_sessions(manager) == 1
