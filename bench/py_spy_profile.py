@@ -33,7 +33,10 @@ from forwarding_targets import TARGETS, ensure_venv
 
 PY_SPY_REQUIREMENTS = ["py-spy==0.4.3"]
 _LINE = re.compile(r":\d+\)$")
-_PIPE_WRITES = ("StreamWriter.write (asyncio/streams.py",)
+_PIPE_WRITES = (
+    "StreamWriter.write (asyncio/streams.py",
+    "WritePipe.write (mcpstore_proxy/raw_pipes.py",  # a stdio upstream's stdin since 489f151
+)
 
 
 def _frame(entry: str) -> str:
