@@ -217,6 +217,7 @@ class TasklessSessionManager(StreamableHTTPSessionManager):
     admission, owners, the session limit, requests to sessions and their refusals are the SDK's."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
+        _require_sdk_parts()
         super().__init__(*args, **kwargs)
         self._ending = False
 
@@ -275,6 +276,26 @@ class TasklessSessionManager(StreamableHTTPSessionManager):
         logger.info("Session %s idle timeout", session_id)
         if self._task_group is not None:
             self._task_group.start_soon(self._discard_session, session_id, transport)
+
+
+_SDK_PARTS: Final[dict[type, tuple[str, ...]]] = {
+    StreamableHTTPSessionManager: ("_serve_opening_request", "_discard_session"),
+    StreamableHTTPServerTransport: ("_read_stream_writer", "_write_stream", "terminate"),
+    JSONRPCDispatcher: ("_dispatch", "_fan_out_closed"),
+}
+"""The SDK's parts a taskless session drives or replaces (the instance attributes besides are pinned by the tests)."""
+
+
+def _require_sdk_parts() -> None:
+    """Refuse an SDK without them, naming what is missing, rather than fail at a session's first message."""
+    missing = [
+        f"{owner.__name__}.{name}" for owner, names in _SDK_PARTS.items() for name in names if not hasattr(owner, name)
+    ]
+    if missing:
+        raise RuntimeError(
+            f"this mcp SDK no longer has {', '.join(missing)}, which the proxy's Streamable HTTP sessions are served "
+            "with; pin mcp to a supported release"
+        )
 
 
 async def _answered_status(

@@ -23,6 +23,7 @@ from mcp.server.context import ServerRequestContext
 from mcp.server.lowlevel.server import Server
 from mcp.server.streamable_http import EventCallback, EventId, EventStore, StreamId
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
+from mcp.shared.jsonrpc_dispatcher import JSONRPCDispatcher
 from mcp.types import JSONRPCMessage
 
 from mcpstore_proxy import compat
@@ -240,3 +241,10 @@ async def test_an_event_store_that_fails_costs_a_message_its_event_id_not_the_se
             assert result.content == [types.TextContent(type="text", text=f"done {name}")]
         assert store.failed >= 2
         assert compat.open_http_sessions(manager) == 1
+
+
+def test_an_sdk_without_a_part_taskless_sessions_drive_is_refused_by_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    TasklessSessionManager(app=_server(_Seen()))  # this SDK has them all
+    monkeypatch.delattr(JSONRPCDispatcher, "_fan_out_closed")
+    with pytest.raises(RuntimeError, match=r"JSONRPCDispatcher\._fan_out_closed.*pin mcp"):
+        TasklessSessionManager(app=_server(_Seen()))
