@@ -188,7 +188,8 @@ class LeanClient:
         await self._requests.notify(data["method"], data.get("params"))
 
     def adopt(self, result: types.InitializeResult) -> None:
-        """Keep `result`, an answer equal to the one it got, in its place (see `upstream._share_initialize_result`)."""
+        """Keep `result`, an answer equal to the one it got, in its place (see
+        `session_clients.share_initialize_result`)."""
         self.initialize_result = result
 
     @property
@@ -234,7 +235,7 @@ class LeanClient:
         except ValidationError:
             logger.warning("Failed to validate notification: %s", method, exc_info=True)
             return
-        self._spawn(self._forwarded(notification))  # pyright: ignore[reportArgumentType]
+        self._spawn(self._questions.on_message(notification))  # pyright: ignore[reportArgumentType]
 
     def _progressed(self, params: Mapping[str, Any]) -> None:
         token, progress = params.get("progressToken"), params.get("progress")
@@ -250,9 +251,6 @@ class LeanClient:
             )
         )
 
-    async def _forwarded(self, notification: IncomingMessage) -> None:
-        await self._questions.on_message(notification)
-
     def _asked(self, request: types.JSONRPCRequest) -> None:
         task = self._spawn(self._answered(request))
         if self._in_flight is None:
@@ -261,14 +259,21 @@ class LeanClient:
 
     async def _answered(self, request: types.JSONRPCRequest) -> None:
         try:
-            answer = await self._answer(request.method, request.params)
+            try:
+                answer = await self._answer(request.method, request.params)
+            except Exception:  # the upstream waits for an answer: it gets one, as the SDK's dispatcher gives one
+                logger.exception("answering %s from an upstream failed", request.method)
+                answer = types.ErrorData(code=types.INTERNAL_ERROR, message=f"answering {request.method} failed")
             if isinstance(answer, types.ErrorData):
                 await self._requests.answer(request.id, error=answer)
             else:
                 await self._requests.answer(request.id, result=answer)
         finally:
-            if self._in_flight is not None:
-                self._in_flight.pop(request.id, None)
+            in_flight = self._in_flight
+            if in_flight is not None:
+                in_flight.pop(request.id, None)
+                if not in_flight:
+                    self._in_flight = None  # an empty dict is 0.1 KiB, for each idle session
 
     async def _answer(self, method: str, params: Mapping[str, Any] | None) -> dict[str, Any] | types.ErrorData:
         try:

@@ -90,6 +90,13 @@ async def _initialized(up: Upstream) -> tuple[types.InitializeResult, dict[str, 
     return answers["result"], answers["request"], answers["following"]
 
 
+def _asking_client() -> tuple[SessionRelay, ClientCall, Journal]:
+    """A session's relay with a call in flight whose client records what it is asked (and answers it)."""
+    journal: Journal = []
+    call = ClientCall(stream=Recorder("call", journal), connection=Recorder("client", journal))
+    return SessionRelay("up"), call, journal
+
+
 async def test_the_handshake_declares_what_the_sessions_client_declared_and_then_says_it_is_initialized() -> None:
     async with upstream(SessionRelay("up"), frozenset({"sampling", "roots"})) as up:
         result, request, following = await _initialized(up)
@@ -130,9 +137,7 @@ async def test_a_ping_from_the_upstream_is_answered_and_an_unknown_request_is_re
 
 
 async def test_a_question_the_client_declared_is_put_to_it_and_its_answer_goes_back_upstream() -> None:
-    journal: Journal = []
-    relay = SessionRelay("up")
-    call = ClientCall(stream=Recorder("call", journal), connection=Recorder("client", journal))
+    relay, call, journal = _asking_client()
     async with upstream(relay, frozenset({"roots"})) as up, serving(relay, call):
         await _initialized(up)
         await up.say({"id": 3, "method": "roots/list"})
@@ -155,9 +160,7 @@ async def test_a_question_the_client_declared_is_put_to_it_and_its_answer_goes_b
 async def test_a_question_the_client_did_not_declare_is_refused_as_the_sdks_client_refuses_it_without_asking(
     method: str, params: dict[str, Any] | None, refusal: str
 ) -> None:
-    journal: Journal = []
-    relay = SessionRelay("up")
-    call = ClientCall(stream=Recorder("call", journal), connection=Recorder("client", journal))
+    relay, call, journal = _asking_client()
     async with upstream(relay, frozenset({"sampling"})) as up, serving(relay, call):
         await _initialized(up)
         await up.say({"id": 4, "method": method, **({"params": params} if params else {})})
@@ -195,9 +198,7 @@ async def test_a_question_the_upstream_withdraws_is_cancelled_and_never_answered
 
 
 async def test_the_upstreams_notifications_reach_the_call_in_flight_and_its_progress_the_request_that_asked() -> None:
-    journal: Journal = []
-    relay = SessionRelay("up")
-    call = ClientCall(stream=Recorder("call", journal), connection=Recorder("client", journal))
+    relay, call, journal = _asking_client()
     reports: list[tuple[float, float | None, str | None]] = []
 
     async def report(progress: float, total: float | None, message: str | None) -> None:
@@ -236,9 +237,7 @@ async def test_the_end_of_the_upstreams_stream_is_reported_once_reading_stops() 
 
 
 async def test_a_question_with_malformed_params_is_refused_as_invalid_without_asking_the_client() -> None:
-    journal: Journal = []
-    relay = SessionRelay("up")
-    call = ClientCall(stream=Recorder("call", journal), connection=Recorder("client", journal))
+    relay, call, journal = _asking_client()
     async with upstream(relay, frozenset({"sampling"})) as up, serving(relay, call):
         await _initialized(up)
         await up.say({"id": 8, "method": "sampling/createMessage", "params": {"maxTokens": "many"}})
@@ -249,3 +248,25 @@ async def test_a_question_with_malformed_params_is_refused_as_invalid_without_as
     assert "sampling/createMessage" in refused["error"]["message"]
     assert undeclared["error"]["code"] == types.INVALID_REQUEST
     assert journal == []
+
+
+async def test_a_question_whose_answer_fails_is_answered_with_an_internal_error_not_left_waiting() -> None:
+    journal: Journal = []
+    relay = SessionRelay("up")
+    asking = Recorder("call", journal)
+
+    async def hung_up(request: types.ServerRequest, result_type: Any) -> Any:
+        raise anyio.BrokenResourceError  # the client's connection went away while it was being asked
+
+    asking.request = hung_up  # type: ignore[method-assign]
+    call = ClientCall(stream=asking, connection=Recorder("client", journal))
+    async with upstream(relay, frozenset({"roots"})) as up, serving(relay, call):
+        await _initialized(up)
+        await up.say({"id": 10, "method": "roots/list"})
+        failed = await up.next()
+        await up.say({"id": 11, "method": "ping"})  # the session goes on
+        pinged = await up.next()
+    assert failed["id"] == 10
+    assert failed["error"]["code"] == types.INTERNAL_ERROR
+    assert "roots/list" in failed["error"]["message"]
+    assert pinged == {"jsonrpc": "2.0", "id": 11, "result": {}}
