@@ -3,8 +3,7 @@
 A timer per request is made and cancelled on every call (uvloop's cancel alone is about 460 instructions), and a
 timer per upstream session stays armed after its last call until that call's deadline: 0.6 KiB for each session
 used lately. One timer for the loop costs neither: a waiter says when its next deadline is (`watch`), and when the
-timer fires each waiter fails what is due and says when its next one is (`expire_due`). The timer itself
-(`EarliestTimer`) also keeps the lane's idle countdowns (`idle_holds`).
+timer fires each waiter fails what is due and says when its next one is (`expire_due`).
 """
 
 from __future__ import annotations

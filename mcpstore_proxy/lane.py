@@ -44,7 +44,6 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from mcpstore_proxy.compat import http_session, standing_stream
 from mcpstore_proxy.compressed import accepts_gzip
 from mcpstore_proxy.downstream import Caller
-from mcpstore_proxy.idle_holds import IdleHolds
 from mcpstore_proxy.json_bytes import from_json
 from mcpstore_proxy.lane_calls import LaneCalls
 from mcpstore_proxy.lane_modern import (
@@ -81,6 +80,7 @@ from mcpstore_proxy.relay import ClientCall
 from mcpstore_proxy.request_headers import first_value, request_headers
 from mcpstore_proxy.rounds import Unaskable
 from mcpstore_proxy.server import ProxyServer
+from mcpstore_proxy.taskless_sessions import hold
 
 __all__ = ["FastLane"]
 
@@ -118,7 +118,6 @@ class FastLane:
         self._calls = LaneCalls(server)
         self._questions = LaneQuestions()
         self._modern = ModernCalls(server)
-        self._holds = IdleHolds()
         self.calls_served = 0
         """Calls the lane took (`fast_lane_calls` in `/admin/status`)."""
         self.streams_served = 0
@@ -196,7 +195,7 @@ class FastLane:
         is_listing = method in LISTINGS and is_id(request_id) and (params is None or isinstance(params, dict))
         if call is None and not is_listing:
             return False
-        with self._holds.of(transport, connection.state) as is_open:
+        with hold(transport) as is_open:
             if not is_open:
                 return False  # its idle period ran out: the SDK answers for a session that is ending
             if call is not None:
@@ -207,9 +206,9 @@ class FastLane:
 
     async def _stream(self, receive: Receive, send: Send, session: _Session) -> bool:
         """Serve the session's standing event stream (see `lane_stream`); False leaves it to the SDK."""
-        session_id, connection, transport = session
+        session_id, _, transport = session
         stream = StandingStream(send)
-        with self._holds.of(transport, connection.state) as is_open, standing_stream(transport, stream) as is_ours:
+        with hold(transport) as is_open, standing_stream(transport, stream) as is_ours:
             if not is_open or not is_ours:
                 return False  # a session ending, or a second stream: the SDK answers (404, 409)
             self.streams_served += 1

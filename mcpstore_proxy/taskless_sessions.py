@@ -42,7 +42,7 @@ from mcp.shared.transport_context import TransportContext
 from mcp.types import JSONRPCError, JSONRPCResponse
 from starlette.types import Message, Receive, Scope, Send
 
-__all__ = ["IdleCountdown", "Inlet", "Outlet", "PushedDispatcher", "TasklessSessionManager"]
+__all__ = ["IdleCountdown", "Inlet", "Outlet", "PushedDispatcher", "TasklessSessionManager", "hold"]
 
 logger = logging.getLogger(__name__)
 
@@ -130,15 +130,29 @@ class PushedDispatcher(JSONRPCDispatcher[TransportContext]):
 
 
 class IdleCountdown:
-    """The transport's idle scope, with the parts of anyio's `CancelScope` the transport and `IdleHolds` use
-    (`deadline`, `cancel_called`, `cancel()`), as one timer: a deadline moved later moves no timer until it fires,
-    when it is set again for the deadline of then (none while a request is in flight), or ends the session."""
+    """The transport's idle scope, with the parts of anyio's `CancelScope` the transport uses (`deadline`,
+    `cancel_called`, `cancel()`), as one timer: a deadline moved later moves no timer until it fires, when it is set
+    again for the deadline of then (none while a request is in flight), or ends the session.
 
-    __slots__ = ("_deadline", "_expire", "_timer", "cancel_called")
+    Entering it holds the session as a request the transport serves holds it (the lane's requests and standing
+    streams, see `hold`): counted in flight, no expiry until the last one ends, the timeout counted from then; it
+    gives False when the session's idle period already ran out (the session is ending).
+    """
 
-    def __init__(self, expire: Callable[[], None]) -> None:
-        self._deadline = math.inf
+    __slots__ = ("_deadline", "_expire", "_loop", "_timeout", "_timer", "_transport", "cancel_called")
+
+    def __init__(
+        self,
+        transport: StreamableHTTPServerTransport,
+        timeout: float,
+        expire: Callable[[], None],
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
+        self._transport = transport
+        self._timeout = timeout
         self._expire = expire
+        self._loop = loop
+        self._deadline = math.inf
         self._timer: asyncio.TimerHandle | None = None
         self.cancel_called = False
 
@@ -150,7 +164,20 @@ class IdleCountdown:
     def deadline(self, value: float) -> None:
         self._deadline = value
         if value != math.inf and self._timer is None and not self.cancel_called:
-            self._timer = asyncio.get_running_loop().call_at(value, self._due)
+            self._timer = self._loop.call_at(value, self._due)
+
+    def __enter__(self) -> bool:
+        self._transport._requests_in_flight += 1  # pyright: ignore[reportPrivateUsage]  # the SDK's own count
+        if self.cancel_called:
+            return False  # counted all the same: the block's end counts it out
+        self._deadline = math.inf
+        return True
+
+    def __exit__(self, *exc_info: object) -> None:
+        transport = self._transport
+        transport._requests_in_flight -= 1  # pyright: ignore[reportPrivateUsage]
+        if not transport._requests_in_flight:  # pyright: ignore[reportPrivateUsage]
+            self.deadline = self._loop.time() + self._timeout
 
     def cancel(self) -> None:
         """End the session now, as its deadline passing does."""
@@ -170,11 +197,20 @@ class IdleCountdown:
         deadline = self._deadline
         if deadline == math.inf or self.cancel_called:
             return  # a request in flight: its end sets the deadline again
-        loop = asyncio.get_running_loop()
-        if deadline - loop.time() > _EARLY_SECONDS:
-            self._timer = loop.call_at(deadline, self._due)
+        if deadline - self._loop.time() > _EARLY_SECONDS:
+            self._timer = self._loop.call_at(deadline, self._due)
             return
         self.cancel()
+
+
+_NEVER_EXPIRES: Final = contextlib.nullcontext(True)
+
+
+def hold(transport: StreamableHTTPServerTransport) -> contextlib.AbstractContextManager[bool]:
+    """What holds the session of `transport` while a request the lane serves in it runs (see `IdleCountdown`);
+    a session without an idle timeout needs no holding."""
+    idle = cast(object, transport.idle_scope)  # an `IdleCountdown` in every session `TasklessSessionManager` serves
+    return idle if isinstance(idle, IdleCountdown) else _NEVER_EXPIRES
 
 
 class Inlet:
@@ -255,7 +291,13 @@ class TasklessSessionManager(StreamableHTTPSessionManager):
         connection = Connection.for_loop(dispatcher, session_id=session_id)
         runner = ServerRunner(self.app, connection, self._lifespan_state)
         timeout: float | None = getattr(transport, "_idle_timeout")  # noqa: B009  # private; pinned by a test
-        countdown = None if timeout is None else IdleCountdown(partial(self._expire, session_id, transport))
+        countdown = (
+            None
+            if timeout is None
+            else IdleCountdown(
+                transport, timeout, partial(self._expire, session_id, transport), asyncio.get_running_loop()
+            )
+        )
         transport.idle_scope = cast(anyio.CancelScope, countdown)
         inlet = Inlet(dispatcher, runner, countdown, partial(self._ended, session_id))
         setattr(transport, "_read_stream_writer", inlet)  # noqa: B010  # private; pinned by a test

@@ -13,7 +13,7 @@ from collections.abc import AsyncGenerator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any
+from typing import Any, cast
 
 import anyio
 import httpx2
@@ -21,13 +21,19 @@ import pytest
 from mcp import types
 from mcp.server.context import ServerRequestContext
 from mcp.server.lowlevel.server import Server
-from mcp.server.streamable_http import EventCallback, EventId, EventStore, StreamId
+from mcp.server.streamable_http import (
+    EventCallback,
+    EventId,
+    EventStore,
+    StreamableHTTPServerTransport,
+    StreamId,
+)
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 from mcp.shared.jsonrpc_dispatcher import JSONRPCDispatcher
 from mcp.types import JSONRPCMessage
 
 from mcpstore_proxy import compat
-from mcpstore_proxy.taskless_sessions import IdleCountdown, TasklessSessionManager
+from mcpstore_proxy.taskless_sessions import IdleCountdown, TasklessSessionManager, hold
 from tests.clock import LoopClock
 from tests.sdk_serving import handshake_client, serving
 from tests.support import wait_until
@@ -194,11 +200,20 @@ async def test_leaving_the_manager_ends_every_session_still_open() -> None:
         assert set(seen.ended) == opened
 
 
+def _countdown(expired: list[float], timeout: float = 60) -> tuple[StreamableHTTPServerTransport, IdleCountdown]:
+    """A session's transport with its idle countdown, as `TasklessSessionManager` gives it one."""
+    loop = asyncio.get_running_loop()
+    transport = StreamableHTTPServerTransport(mcp_session_id="a" * 32, idle_timeout=timeout)
+    countdown = IdleCountdown(transport, timeout, lambda: expired.append(loop.time()), loop)
+    transport.idle_scope = cast(anyio.CancelScope, countdown)
+    return transport, countdown
+
+
 async def test_an_idle_countdown_moved_later_fires_once_at_its_last_deadline_and_never_while_held() -> None:
     expired: list[float] = []
     loop = asyncio.get_running_loop()
     with LoopClock() as clock:
-        countdown = IdleCountdown(lambda: expired.append(loop.time()))
+        _, countdown = _countdown(expired)
         countdown.deadline = loop.time() + 10
         countdown.deadline = loop.time() + 20  # a request came and went: the timer is not moved now
         await clock.advance(15)
@@ -209,12 +224,40 @@ async def test_an_idle_countdown_moved_later_fires_once_at_its_last_deadline_and
         ended_at = loop.time() + 5
         countdown.deadline = ended_at
         await clock.advance(6)
-        await wait_until(lambda: bool(expired), what="the countdown to end")
         assert len(expired) == 1
         assert expired[0] >= ended_at
         assert countdown.cancel_called
         countdown.cancel()  # again: nothing more
         assert len(expired) == 1
+
+
+async def test_a_session_the_lane_holds_expires_its_timeout_after_the_last_holder_lets_go() -> None:
+    expired: list[float] = []
+    loop = asyncio.get_running_loop()
+    with LoopClock() as clock:
+        transport, _ = _countdown(expired)
+        with hold(transport) as first:
+            with hold(transport) as second:  # a standing stream and a call, say
+                assert (first, second) == (True, True)
+                await clock.advance(120)
+            await clock.advance(120)
+            assert expired == []  # still held by the first
+        let_go = loop.time()
+        await clock.advance(59)
+        assert expired == []
+        await clock.advance(2)
+        assert len(expired) == 1
+        assert expired[0] >= let_go + 60
+        with hold(transport) as is_open:  # a request arriving as the session ends
+            assert is_open is False
+        assert transport._requests_in_flight == 0  # pyright: ignore[reportPrivateUsage]  # counted out again
+
+
+async def test_a_session_without_an_idle_timeout_is_held_without_counting() -> None:
+    transport = StreamableHTTPServerTransport(mcp_session_id="b" * 32, idle_timeout=None)
+    with hold(transport) as is_open:
+        assert is_open is True
+        assert transport._requests_in_flight == 0  # pyright: ignore[reportPrivateUsage]
 
 
 class _ForgetfulStore(EventStore):
