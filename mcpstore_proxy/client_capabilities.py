@@ -9,10 +9,8 @@ from mcp import types
 __all__ = ["ALL_CLIENT_CAPABILITIES", "ClientCapability", "declared_by"]
 
 ClientCapability = Literal["sampling", "elicitation", "roots"]
-ALL_CLIENT_CAPABILITIES: Final[frozenset[ClientCapability]] = frozenset({"sampling", "elicitation", "roots"})
-
-
 _ORDER: Final[tuple[ClientCapability, ...]] = ("sampling", "elicitation", "roots")
+ALL_CLIENT_CAPABILITIES: Final[frozenset[ClientCapability]] = frozenset(_ORDER)
 _SETS: Final[dict[tuple[ClientCapability, ...], frozenset[ClientCapability]]] = {}
 """Each combination's one set: a session keeps its own for its whole life, and a set is 0.2 KiB however small."""
 

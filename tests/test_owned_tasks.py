@@ -6,6 +6,7 @@ import asyncio
 import contextvars
 
 import anyio
+import anyio.lowlevel
 import pytest
 
 from mcpstore_proxy.owned_tasks import OwnedTasks
@@ -30,7 +31,7 @@ class _Idle:
             await self.asked.wait()
         finally:
             with anyio.CancelScope(shield=True):
-                await anyio.sleep(0.01)
+                await anyio.lowlevel.checkpoint()  # a clean-up that awaits: the owner must wait past it
             self.cleaned_up.append(self.what)
 
 
