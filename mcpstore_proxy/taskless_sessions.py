@@ -60,39 +60,39 @@ class Outlet:
     """The transport's outbound channel: each message goes to its request's stream, or to the standing stream
     when it belongs to no request, as the SDK's router task sends it (and to the event store first, if any)."""
 
-    __slots__ = ("_transport",)
+    __slots__ = ("_json_only", "_store", "_streams")
 
     def __init__(self, transport: StreamableHTTPServerTransport) -> None:
-        self._transport = transport
+        # The transport's own table and store (each made once, with the transport), read where its router reads them.
+        self._streams: dict[str, tuple[Any, Any]] = getattr(transport, "_request_streams")  # noqa: B009  # pinned
+        self._store: EventStore | None = getattr(transport, "_event_store")  # noqa: B009  # private; pinned
+        self._json_only = transport.is_json_response_enabled
 
     async def send(self, session_message: SessionMessage) -> None:
-        transport = self._transport
         message = session_message.message
         metadata = session_message.metadata
         target: str | None = None
         if isinstance(message, JSONRPCResponse | JSONRPCError) and message.id is not None:
             target = str(message.id)
         elif isinstance(metadata, ServerMessageMetadata) and metadata.related_request_id is not None:
-            if transport.is_json_response_enabled:
+            if self._json_only:
                 return  # a JSON body carries only the answer: nothing else has a wire
             target = str(metadata.related_request_id)
         stream_id = GET_STREAM_KEY if target is None else target
         event_id = None
-        store: EventStore | None = getattr(transport, "_event_store")  # noqa: B009  # private; pinned by a test
-        if store is not None:
+        if self._store is not None:
             try:
-                event_id = await store.store_event(stream_id, message)
+                event_id = await self._store.store_event(stream_id, message)
             except Exception:  # the writer's task is a handler's, in the manager's task group: never raise into it
                 logger.exception("the event store failed to keep a message for %s; sent without an event id", stream_id)
-        streams: dict[str, tuple[Any, Any]] = getattr(transport, "_request_streams")  # noqa: B009  # pinned
-        stream = streams.get(stream_id)
+        stream = self._streams.get(stream_id)
         if stream is None:
             logger.debug("no stream for a message of %s: not sent (a resuming client gets it from a store)", stream_id)
             return
         try:
             await stream[0].send(EventMessage(message, event_id))
         except (anyio.BrokenResourceError, anyio.ClosedResourceError):
-            streams.pop(stream_id, None)
+            self._streams.pop(stream_id, None)
 
     async def aclose(self) -> None:
         """Nothing to close: the streams it writes to are the transport's."""
